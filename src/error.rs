@@ -1,0 +1,127 @@
+//! The one error type of the crate.
+//!
+//! Every fallible call returns [`Result`]. Errors caused by input from a peer are
+//! raised *before* anything is mutated: a rejected message leaves the state exactly as
+//! it was.
+
+use crate::id::{Dot, ReplicaId};
+
+/// Shorthand for `std::result::Result<T, concord::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in concord.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A string that should name a replica is not a UUID.
+    #[error("invalid replica id {input:?}: expected a UUID")]
+    InvalidReplicaId {
+        /// The offending input (truncated to 64 characters).
+        input: String,
+    },
+
+    /// A remote hybrid-logical-clock timestamp is further ahead of the local wall clock
+    /// than the configured maximum offset. The local clock was not changed.
+    #[error("remote clock is {ahead_ms} ms ahead of local time (max offset {max_offset_ms} ms)")]
+    ClockDrift {
+        /// How far ahead of local wall time the remote timestamp is, in milliseconds.
+        ahead_ms: u64,
+        /// The configured maximum offset, in milliseconds.
+        max_offset_ms: u64,
+    },
+
+    /// The logical counter of the hybrid logical clock would overflow (more than
+    /// `u32::MAX` events in one millisecond, or a hostile remote timestamp).
+    #[error("hybrid logical clock counter overflow")]
+    ClockOverflow,
+
+    /// A merge or write would leave more concurrent siblings in a register than its cap.
+    #[error("{count} concurrent siblings exceed the cap of {cap}")]
+    TooManySiblings {
+        /// How many siblings the operation would have left.
+        count: usize,
+        /// The configured cap.
+        cap: usize,
+    },
+
+    /// A dot is malformed (counter 0) or inconsistent with the causal context sent with it.
+    #[error("invalid dot {dot}: {reason}")]
+    InvalidDot {
+        /// The offending dot.
+        dot: Dot,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A local write was attempted on a read-only replica (a follower).
+    #[error("replica {replica} is a read-only follower")]
+    ReadOnly {
+        /// The follower's id.
+        replica: ReplicaId,
+    },
+
+    /// A message came from a replica that is not in the configured peer set.
+    #[error("message from unknown peer {peer}")]
+    UnknownPeer {
+        /// The sender named in the message.
+        peer: ReplicaId,
+    },
+
+    /// A message is larger than the configured limit (in bytes).
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The size of the message, in bytes.
+        size: usize,
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
+
+    /// A message holds more entries (keys, dots, siblings, clock entries) than allowed.
+    #[error("message holds {count} {what}, more than the limit of {limit}")]
+    TooManyEntries {
+        /// What was counted.
+        what: &'static str,
+        /// How many the message holds.
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A message uses a protocol version this build does not speak.
+    #[error("unsupported protocol version {version} (this build speaks {supported})")]
+    UnsupportedVersion {
+        /// The version named in the message.
+        version: u32,
+        /// The version this build speaks.
+        supported: u32,
+    },
+
+    /// A message could not be decoded (malformed JSON or wrong shape).
+    #[error("malformed message: {reason}")]
+    Decode {
+        /// The decoder's description of the problem.
+        reason: String,
+    },
+
+    /// A message is well formed but its contents contradict each other or the protocol.
+    #[error("invalid message: {reason}")]
+    InvalidMessage {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A snapshot cannot be restored (wrong shape, or it belongs to another replica).
+    #[error("invalid snapshot: {reason}")]
+    InvalidSnapshot {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Error::Decode {
+            reason: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+pub mod hlc;
+pub mod id;
+pub mod resolver;
+
+pub use error::{Error, Result};
+pub use id::{Dot, ReplicaId};
+pub use resolver::{Outcome, Resolver};
