@@ -10,5 +10,6 @@ pub mod resolver;
 
 pub use clock::{CausalContext, CausalOrder, VectorClock};
 pub use error::{Error, Result};
+pub use hlc::{Hlc, ManualClock, SystemClock, TimeSource, Timestamp};
 pub use id::{Dot, ReplicaId};
 pub use resolver::{Outcome, Resolver};
