@@ -252,7 +252,9 @@ impl FromIterator<(ReplicaId, u64)> for VectorClock {
 
 impl fmt::Debug for VectorClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.entries.iter().map(|(r, n)| (r, n))).finish()
+        f.debug_map()
+            .entries(self.entries.iter().map(|(r, n)| (r, n)))
+            .finish()
     }
 }
 
@@ -319,7 +321,11 @@ impl Ranges {
         if start < end && self.0[start].0 <= lo && self.0[start].1 >= hi {
             return false;
         }
-        let new_lo = if start < end { lo.min(self.0[start].0) } else { lo };
+        let new_lo = if start < end {
+            lo.min(self.0[start].0)
+        } else {
+            lo
+        };
         let new_hi = if start < end {
             hi.max(self.0[end - 1].1)
         } else {
@@ -434,6 +440,17 @@ impl CausalContext {
             .insert_range(dot.counter(), dot.counter())
     }
 
+    /// Records the events `lo..=hi` of `replica` as seen (`lo >= 1`, `lo <= hi`).
+    pub(crate) fn insert_range(&mut self, replica: ReplicaId, lo: u64, hi: u64) -> bool {
+        debug_assert!(lo >= 1 && lo <= hi);
+        self.seen.entry(replica).or_default().insert_range(lo, hi)
+    }
+
+    /// The newest counter seen from each replica, gaps or not.
+    pub fn max_clock(&self) -> VectorClock {
+        self.seen.iter().map(|(r, ranges)| (*r, ranges.max())).collect()
+    }
+
     /// Records every event of every replica up to `clock`.
     pub fn insert_clock(&mut self, clock: &VectorClock) {
         for (r, n) in clock.iter() {
@@ -462,11 +479,9 @@ impl CausalContext {
 
     /// True if every event of `clock` has been seen.
     pub fn covers(&self, clock: &VectorClock) -> bool {
-        clock.iter().all(|(r, n)| {
-            self.seen
-                .get(&r)
-                .is_some_and(|ranges| ranges.prefix() >= n)
-        })
+        clock
+            .iter()
+            .all(|(r, n)| self.seen.get(&r).is_some_and(|ranges| ranges.prefix() >= n))
     }
 
     /// True if every dot of `other` has been seen here.
@@ -520,7 +535,9 @@ impl CausalContext {
 
     /// The ranges of counters seen from each replica (inclusive `(first, last)` pairs).
     pub fn ranges(&self) -> impl Iterator<Item = (ReplicaId, &[(u64, u64)])> + '_ {
-        self.seen.iter().map(|(r, ranges)| (*r, ranges.0.as_slice()))
+        self.seen
+            .iter()
+            .map(|(r, ranges)| (*r, ranges.0.as_slice()))
     }
 
     /// True if nothing has been seen.
@@ -683,7 +700,10 @@ mod tests {
             format!(r#"{{"{a}":[[1,3],[4,5]]}}"#),
             format!(r#"{{"{a}":[[5,6],[1,2]]}}"#),
         ] {
-            assert!(serde_json::from_str::<CausalContext>(&bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<CausalContext>(&bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -2,14 +2,23 @@
 #![deny(missing_docs)]
 #![doc = include_str!("../README.md")]
 
+pub mod causal;
 pub mod clock;
+pub mod counter;
+mod dotfun;
 pub mod error;
 pub mod hlc;
 pub mod id;
+pub mod lww;
+pub mod mvreg;
 pub mod resolver;
 
+pub use causal::{Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op};
 pub use clock::{CausalContext, CausalOrder, VectorClock};
 pub use error::{Error, Result};
 pub use hlc::{Hlc, ManualClock, SystemClock, TimeSource, Timestamp};
+pub use counter::PnCounter;
 pub use id::{Dot, ReplicaId};
+pub use lww::LwwRegister;
+pub use mvreg::{MergeFn, MvRegister};
 pub use resolver::{Outcome, Resolver};

@@ -1,0 +1,352 @@
+//! The machinery shared by every replicated value: dot stores, write stamps, limits,
+//! conflict reports and the compact encoding of dots.
+//!
+//! Every value in concord is a *dot store*: its elements are tagged with the [`Dot`] of
+//! the write that made them, and a [`CausalContext`] remembers every dot ever seen. A
+//! dot that the context has seen but the store no longer holds was overwritten or
+//! removed; that is all a removal leaves behind, so there are no tombstones. Joining two
+//! stores keeps an element if both sides hold it, or if the other side has never seen
+//! its dot.
+//!
+//! Standalone values ([`MvRegister`](crate::MvRegister),
+//! [`LwwRegister`](crate::LwwRegister), [`PnCounter`](crate::PnCounter),
+//! [`OrMap`](crate::OrMap)) carry their own context. Inside an `OrMap`, values share
+//! the map's context and keep theirs empty, so a nested value costs no clock of its own.
+//!
+//! You only need this module to nest a type of your own inside an `OrMap`: implement
+//! [`DotStore`] for it.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{CausalContext, VectorClock};
+use crate::error::{Error, Result};
+use crate::hlc::Timestamp;
+use crate::id::{Dot, ReplicaId};
+
+/// What a register can hold: any cloneable, comparable, serializable value.
+///
+/// Implemented automatically for every type with those traits.
+pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
+
+impl<T: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned> Data for T {}
+
+/// The stamp of one local write: the dot it is tagged with and its hybrid-logical-clock
+/// time (issued by the same replica).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op {
+    dot: Dot,
+    ts: Timestamp,
+}
+
+impl Op {
+    /// Builds a stamp. The dot and the timestamp must come from the same replica.
+    ///
+    /// # Panics
+    ///
+    /// If `dot.replica() != ts.replica()` (a programming error, never caused by input).
+    pub fn new(dot: Dot, ts: Timestamp) -> Self {
+        assert_eq!(dot.replica(), ts.replica(), "dot and timestamp from different replicas");
+        Op { dot, ts }
+    }
+
+    /// The dot the write is tagged with.
+    pub fn dot(&self) -> Dot {
+        self.dot
+    }
+
+    /// The write's hybrid-logical-clock time.
+    pub fn timestamp(&self) -> Timestamp {
+        self.ts
+    }
+}
+
+/// Limits applied to state received from peers (see [`Crdt::try_merge`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The most concurrent siblings one register may hold after a merge.
+    pub max_siblings: usize,
+    /// The most entries (keys, at every level of nesting, plus register siblings and
+    /// counter segments) one received state may hold.
+    pub max_entries: usize,
+    /// The most ranges one received causal context may hold.
+    pub max_context_ranges: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_siblings: 64,
+            max_entries: 1_000_000,
+            max_context_ranges: 1_000_000,
+        }
+    }
+}
+
+/// A value that can live inside a causal container (an [`OrMap`](crate::OrMap)).
+///
+/// The methods take the causal contexts explicitly because a nested value shares its
+/// container's context. All of the library's types implement it; implement it for your
+/// own type to nest it (the law kit checks the result).
+pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
+    /// The borrowed form written to the wire (dots as indices into a replica table).
+    type Encoded<'a>: Serialize
+    where
+        Self: 'a;
+    /// The owned form read from the wire, validated by [`DotStore::decode`].
+    type Decoded: DeserializeOwned;
+
+    /// True if the store holds no element (never written, or everything removed).
+    fn is_bottom(&self) -> bool;
+
+    /// Calls `f` with the dot of every element held, at every level of nesting.
+    fn for_each_dot(&self, f: &mut dyn FnMut(Dot));
+
+    /// Joins `other` (whose context is `other_ctx`) into `self` (whose context is
+    /// `ctx`): an element survives if both sides hold it or the other side never saw
+    /// its dot.
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext);
+
+    /// Removes every element whose dot `ctx` has seen (the join with an empty store).
+    fn kill(&mut self, ctx: &CausalContext);
+
+    /// The part of the store whose dots satisfy `keep` (empty containers dropped).
+    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self;
+
+    /// How many sibling values the largest register inside would hold after joining
+    /// `other`, computed without changing anything.
+    fn joined_siblings(&self, ctx: &CausalContext, other: &Self, other_ctx: &CausalContext)
+        -> usize;
+
+    /// The number of elements (keys, siblings, segments) at every level of nesting.
+    fn size(&self) -> usize;
+
+    /// The newest hybrid-logical-clock timestamp held, if the type keeps any.
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        None
+    }
+
+    /// The wire form, registering every replica it mentions in `table`.
+    fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a>;
+
+    /// Rebuilds a store from its wire form; fails on a replica index out of range or
+    /// an invalid dot.
+    fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self>;
+}
+
+/// The dots a store holds, collected into a vector.
+pub(crate) fn dots_of<S: DotStore>(store: &S) -> Vec<Dot> {
+    let mut out = Vec::new();
+    store.for_each_dot(&mut |d| out.push(d));
+    out
+}
+
+/// The replicas mentioned by a state, numbered in order of first appearance so that the
+/// wire form names each one once.
+#[derive(Debug, Default)]
+pub struct ReplicaTable {
+    ids: Vec<ReplicaId>,
+    index: HashMap<ReplicaId, u32>,
+}
+
+impl ReplicaTable {
+    /// Returns the index of `replica`, adding it if new.
+    pub fn index(&mut self, replica: ReplicaId) -> u32 {
+        if let Some(&i) = self.index.get(&replica) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.push(replica);
+        self.index.insert(replica, i);
+        i
+    }
+
+    /// The encoded form of a dot: `(replica index, counter)`.
+    pub fn dot(&mut self, dot: Dot) -> (u32, u64) {
+        (self.index(dot.replica()), dot.counter())
+    }
+
+    /// The replicas, by index.
+    pub fn into_ids(self) -> Vec<ReplicaId> {
+        self.ids
+    }
+}
+
+/// Decodes a `(replica index, counter)` pair against a replica table.
+pub fn decode_dot(replicas: &[ReplicaId], idx: u32, counter: u64) -> Result<Dot> {
+    let replica = replicas
+        .get(idx as usize)
+        .copied()
+        .ok_or_else(|| Error::InvalidMessage {
+            reason: format!("replica index {idx} out of range ({} replicas)", replicas.len()),
+        })?;
+    let dot = Dot::new(replica, counter);
+    if counter == 0 {
+        return Err(Error::InvalidDot {
+            dot,
+            reason: "counters start at 1",
+        });
+    }
+    Ok(dot)
+}
+
+/// The causal context on the wire: for each replica (by table index), its ranges.
+pub(crate) type EncodedContext = Vec<(u32, Vec<(u64, u64)>)>;
+
+pub(crate) fn encode_context(ctx: &CausalContext, table: &mut ReplicaTable) -> EncodedContext {
+    ctx.ranges()
+        .map(|(r, ranges)| (table.index(r), ranges.to_vec()))
+        .collect()
+}
+
+pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Result<CausalContext> {
+    let mut ctx = CausalContext::new();
+    let mut previous: Option<(u32, u64)> = None;
+    for (idx, ranges) in enc {
+        for (lo, hi) in ranges {
+            let first = decode_dot(replicas, idx, lo)?;
+            if lo > hi {
+                return Err(Error::InvalidMessage {
+                    reason: format!("empty range [{lo}, {hi}] in causal context"),
+                });
+            }
+            if let Some((pidx, phi)) = previous {
+                if pidx == idx && lo <= phi.saturating_add(1) {
+                    return Err(Error::InvalidMessage {
+                        reason: "causal context ranges must be sorted and disjoint".into(),
+                    });
+                }
+            }
+            previous = Some((idx, hi));
+            ctx.insert_range(first.replica(), lo, hi);
+        }
+    }
+    Ok(ctx)
+}
+
+/// One concurrency resolved by a merge: both sides had written to `key` without seeing
+/// each other's write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conflict<K, V> {
+    /// The key both sides wrote (`()` for a standalone register or counter).
+    pub key: K,
+    /// Our value before the merge.
+    pub ours: V,
+    /// The causal history of our value: the newest dot of each replica it holds.
+    pub ours_clock: VectorClock,
+    /// The value the peer sent.
+    pub theirs: V,
+    /// The causal history of their value.
+    pub theirs_clock: VectorClock,
+    /// The merged value, which every replica will converge to.
+    pub resolved: V,
+}
+
+/// Where a merge sends the concurrencies it resolves.
+///
+/// `()` discards them at no cost (the merge does not even look for them);
+/// `Vec<Conflict<K, V>>` collects them.
+pub trait ConflictSink<K, V> {
+    /// False for sinks that discard everything: the merge then skips the detection.
+    const ACTIVE: bool;
+    /// Receives one resolved concurrency.
+    fn report(&mut self, conflict: Conflict<K, V>);
+}
+
+impl<K, V> ConflictSink<K, V> for () {
+    const ACTIVE: bool = false;
+    fn report(&mut self, _: Conflict<K, V>) {}
+}
+
+impl<K, V> ConflictSink<K, V> for Vec<Conflict<K, V>> {
+    const ACTIVE: bool = true;
+    fn report(&mut self, conflict: Conflict<K, V>) {
+        self.push(conflict);
+    }
+}
+
+/// The newest dot of each replica among `dots`, as a vector clock.
+pub(crate) fn clock_of<S: DotStore>(store: &S) -> VectorClock {
+    let mut clock = VectorClock::new();
+    store.for_each_dot(&mut |d| clock.observe(d));
+    clock
+}
+
+/// True if `store` holds a dot that `ctx` has not seen.
+pub(crate) fn has_unseen<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
+    let mut unseen = false;
+    store.for_each_dot(&mut |d| unseen |= !ctx.contains(d));
+    unseen
+}
+
+/// Applies a local write to a store that has its own context, and returns the delta:
+/// the part tagged with the new dot, plus a context naming the new dot and every dot
+/// the write overwrote.
+pub(crate) fn local_write<S: DotStore>(
+    store: &mut S,
+    ctx: &mut CausalContext,
+    op: Op,
+    write: impl FnOnce(&mut S, &Op),
+) -> (S, CausalContext) {
+    let before = dots_of(store);
+    write(store, &op);
+    let mut delta_ctx = CausalContext::new();
+    delta_ctx.insert(op.dot());
+    if !before.is_empty() {
+        let mut after = CausalContext::new();
+        store.for_each_dot(&mut |d| {
+            after.insert(d);
+        });
+        for d in before {
+            if !after.contains(d) {
+                delta_ctx.insert(d);
+            }
+        }
+    }
+    ctx.insert(op.dot());
+    let dot = op.dot();
+    (store.filtered(&|d| d == dot), delta_ctx)
+}
+
+/// A top-level replicated state: what the sync engine replicates.
+///
+/// Implemented by every standalone type of the library; the usual choice is an
+/// [`OrMap`](crate::OrMap).
+pub trait Crdt: crate::Resolver + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {
+    /// What a conflict report names (`K` for a map, `()` for a register or counter).
+    type Key: Clone + fmt::Debug;
+    /// The value type reported in conflicts.
+    type Value: Clone + fmt::Debug;
+
+    /// Every dot this state has seen.
+    fn context(&self) -> &CausalContext;
+
+    /// Everything a peer whose state has seen exactly `clock` lacks, removals included.
+    /// Merging the result into such a state equals merging the whole of `self`.
+    fn delta_since(&self, clock: &VectorClock) -> Self;
+
+    /// Checks a received state against `limits` and its own consistency (every held dot
+    /// is in its context, no dot tags two elements). Changes nothing.
+    fn validate(&self, limits: &Limits) -> Result<()>;
+
+    /// Validates `other`, then merges it, reporting every concurrency resolved into
+    /// `sink`. On error `self` is left exactly as it was.
+    fn try_merge<C: ConflictSink<Self::Key, Self::Value>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+    ) -> Result<crate::Outcome>;
+
+    /// The newest hybrid-logical-clock timestamp this state holds.
+    fn max_timestamp(&self) -> Option<Timestamp>;
+
+    /// Forgets bookkeeping that every peer has acknowledged (`stable` is what all peers
+    /// are known to have seen). Never changes the replicated value.
+    fn prune(&mut self, stable: &VectorClock) {
+        let _ = stable;
+    }
+}

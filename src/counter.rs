@@ -1,0 +1,270 @@
+//! [`PnCounter`]: a counter that takes increments and decrements at every replica.
+//!
+//! The value is the sum of every replica's contributions, so concurrent increments
+//! add up and nothing is double-counted, whatever order they arrive in.
+//!
+//! ```
+//! use concord::{Hlc, ManualClock, PnCounter, ReplicaId, Resolver};
+//!
+//! let time = ManualClock::new(0);
+//! let mut a = PnCounter::new();
+//! let mut b = PnCounter::new();
+//! a.increment(3, &mut Hlc::new(ReplicaId::from_u128(1), time.clone()))?;
+//! b.increment(2, &mut Hlc::new(ReplicaId::from_u128(2), time.clone()))?;
+//! b.increment(-1, &mut Hlc::new(ReplicaId::from_u128(2), time.clone()))?;
+//! a.merge(b);
+//! assert_eq!(a.value(), 4);
+//! # Ok::<(), concord::Error>(())
+//! ```
+//!
+//! Standalone, a counter keeps one entry per replica. Inside an
+//! [`OrMap`](crate::OrMap) each update is a separate segment tagged with its own dot, so
+//! that removing the counter takes away exactly the updates the remover had seen and an
+//! update that raced the removal survives on its own (a cart line removed at one
+//! replica while another adds 1 reads 1, not the old quantity plus 1). A counter that
+//! is removed and re-added, or whose map entry is overwritten, sheds its segments.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{local_write, ConflictSink, Crdt, DotStore, Limits, Op, ReplicaTable};
+use crate::clock::{CausalContext, VectorClock};
+use crate::dotfun::{self, DotFun};
+use crate::error::Result;
+use crate::hlc::{Hlc, TimeSource};
+use crate::id::{Dot, ReplicaId};
+use crate::resolver::{Outcome, Resolver};
+
+/// A positive-negative counter.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PnCounter {
+    segments: DotFun<i64>,
+    ctx: CausalContext,
+}
+
+impl PnCounter {
+    /// A counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `amount` (negative to decrement) as `hlc`'s replica and returns the delta.
+    ///
+    /// The replica's previous contribution is folded into the new entry, so a standalone
+    /// counter holds one entry per replica.
+    pub fn increment<S: TimeSource>(&mut self, amount: i64, hlc: &mut Hlc<S>) -> Result<Self> {
+        let op = dotfun::next_op(&self.ctx, hlc)?;
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let (delta, delta_ctx) = local_write(self, &mut ctx, op, |c, op| {
+            let me = op.dot().replica();
+            let mut total = amount;
+            c.segments.entries.retain(|(d, n)| {
+                let mine = d.replica() == me;
+                if mine {
+                    total = total.saturating_add(*n);
+                }
+                !mine
+            });
+            c.segments.insert(op.dot(), total);
+        });
+        self.ctx = ctx;
+        Ok(PnCounter {
+            segments: delta.segments,
+            ctx: delta_ctx,
+        })
+    }
+
+    /// Inside a map update: adds `amount` as a new segment tagged with `op`.
+    pub fn add(&mut self, op: &Op, amount: i64) {
+        self.segments.insert(op.dot(), amount);
+    }
+
+    /// The current value: the sum of every contribution (saturating at the `i64`
+    /// bounds).
+    pub fn value(&self) -> i64 {
+        let sum: i128 = self.segments.entries.iter().map(|(_, n)| *n as i128).sum();
+        sum.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    }
+
+    /// Each replica's contribution to the value, in replica-id order.
+    pub fn contributions(&self) -> Vec<(ReplicaId, i64)> {
+        let mut out: Vec<(ReplicaId, i64)> = Vec::new();
+        for (d, n) in &self.segments.entries {
+            match out.last_mut() {
+                Some((r, total)) if *r == d.replica() => *total = total.saturating_add(*n),
+                _ => out.push((d.replica(), *n)),
+            }
+        }
+        out
+    }
+
+    fn split(mut self) -> (Self, CausalContext) {
+        let ctx = std::mem::take(&mut self.ctx);
+        (self, ctx)
+    }
+}
+
+impl fmt::Debug for PnCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("PnCounter");
+        d.field("value", &self.value());
+        d.field("segments", &self.segments.entries);
+        if !self.ctx.is_empty() {
+            d.field("ctx", &self.ctx);
+        }
+        d.finish()
+    }
+}
+
+impl DotStore for PnCounter {
+    type Encoded<'a> = Vec<(u32, u64, i64)>;
+    type Decoded = Vec<(u32, u64, i64)>;
+
+    fn is_bottom(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
+        self.segments.dots().for_each(f);
+    }
+
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+        self.segments.join(ctx, other.segments, other_ctx);
+    }
+
+    fn kill(&mut self, ctx: &CausalContext) {
+        self.segments.kill(ctx);
+    }
+
+    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
+        PnCounter {
+            segments: self.segments.filtered(keep),
+            ctx: CausalContext::new(),
+        }
+    }
+
+    fn joined_siblings(&self, _: &CausalContext, _: &Self, _: &CausalContext) -> usize {
+        // Segments are not siblings: they add up to one value.
+        0
+    }
+
+    fn size(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
+        self.segments.encode(table, |i, c, n| (i, c, *n))
+    }
+
+    fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self> {
+        Ok(PnCounter {
+            segments: DotFun::decode(decoded, replicas)?,
+            ctx: CausalContext::new(),
+        })
+    }
+}
+
+impl Resolver for PnCounter {
+    fn merge(&mut self, other: Self) -> Outcome {
+        let (other, other_ctx) = other.split();
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let outcome = dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
+        self.ctx = ctx;
+        outcome
+    }
+}
+
+impl Crdt for PnCounter {
+    type Key = ();
+    type Value = PnCounter;
+
+    fn context(&self) -> &CausalContext {
+        &self.ctx
+    }
+
+    fn delta_since(&self, clock: &VectorClock) -> Self {
+        let (mut store, ctx) = dotfun::standalone_delta_since(self, &self.ctx, clock);
+        store.ctx = ctx;
+        store
+    }
+
+    fn validate(&self, limits: &Limits) -> Result<()> {
+        dotfun::standalone_validate(self, &self.ctx, limits)
+    }
+
+    fn try_merge<C: ConflictSink<(), Self>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+    ) -> Result<Outcome> {
+        let (other, other_ctx) = other.split();
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let result =
+            dotfun::standalone_try_merge(self, &mut ctx, other, other_ctx, limits, sink, false);
+        self.ctx = ctx;
+        result
+    }
+
+    fn max_timestamp(&self) -> Option<crate::Timestamp> {
+        None
+    }
+}
+
+impl Serialize for PnCounter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        dotfun::serialize_standalone(self, &self.ctx, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PnCounter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (mut store, ctx): (Self, _) = dotfun::deserialize_standalone(d)?;
+        store.ctx = ctx;
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::ManualClock;
+
+    #[test]
+    fn standalone_counter_keeps_one_entry_per_replica() {
+        let mut h = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+        let mut c = PnCounter::new();
+        let mut peer = PnCounter::new();
+        for _ in 0..1000 {
+            let delta = c.increment(1, &mut h).unwrap();
+            peer.merge(delta);
+        }
+        assert_eq!(c.value(), 1000);
+        assert_eq!(peer, c);
+        assert_eq!(c.size(), 1);
+    }
+
+    #[test]
+    fn hostile_amounts_saturate_instead_of_overflowing() {
+        let mut c = PnCounter::new();
+        for n in 1..=3u128 {
+            let mut h = Hlc::new(ReplicaId::from_u128(n), ManualClock::new(0));
+            c.merge({
+                let mut x = PnCounter::new();
+                x.increment(i64::MAX, &mut h).unwrap();
+                x
+            });
+        }
+        assert_eq!(c.value(), i64::MAX);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut c = PnCounter::new();
+        c.increment(5, &mut Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0)))
+            .unwrap();
+        let back: PnCounter = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,319 @@
+//! `DotFun<E>`: a set of elements, each tagged with its own dot, kept sorted by dot.
+//! The store behind registers (one element per concurrent write) and counters (one
+//! element per segment), plus the helpers every standalone type shares.
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{
+    decode_context, decode_dot, encode_context, has_unseen, ConflictSink, DotStore,
+    EncodedContext, Limits, Op, ReplicaTable,
+};
+use crate::clock::{CausalContext, VectorClock};
+use crate::error::{Error, Result};
+use crate::hlc::{Hlc, TimeSource};
+use crate::id::{Dot, ReplicaId};
+use crate::resolver::Outcome;
+
+/// Elements tagged with dots, sorted by dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DotFun<E> {
+    pub(crate) entries: Vec<(Dot, E)>,
+}
+
+impl<E> Default for DotFun<E> {
+    fn default() -> Self {
+        DotFun {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<E: Clone + PartialEq> DotFun<E> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.entries.iter().map(|e| e.0)
+    }
+
+    /// Replaces every element with one new element.
+    pub(crate) fn assign(&mut self, dot: Dot, element: E) {
+        self.entries.clear();
+        self.entries.push((dot, element));
+    }
+
+    /// Adds an element (its dot must be new).
+    pub(crate) fn insert(&mut self, dot: Dot, element: E) {
+        match self.entries.binary_search_by(|e| e.0.cmp(&dot)) {
+            Ok(i) => self.entries[i].1 = element,
+            Err(i) => self.entries.insert(i, (dot, element)),
+        }
+    }
+
+    pub(crate) fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+        // Fast path: both sides hold the same dots (the usual case between replicas
+        // that are in sync): nothing changes.
+        if self.entries.len() == other.entries.len()
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| a.0 == b.0)
+        {
+            return;
+        }
+        let mine = std::mem::take(&mut self.entries);
+        let mut out = Vec::with_capacity(mine.len().max(other.entries.len()));
+        let mut theirs = other.entries.into_iter().peekable();
+        for (dot, element) in mine {
+            while let Some((d, _)) = theirs.peek() {
+                if *d >= dot {
+                    break;
+                }
+                let (d, e) = theirs.next().expect("peeked");
+                if !ctx.contains(d) {
+                    out.push((d, e));
+                }
+            }
+            match theirs.peek() {
+                Some((d, _)) if *d == dot => {
+                    theirs.next();
+                    out.push((dot, element));
+                }
+                _ => {
+                    if !other_ctx.contains(dot) {
+                        out.push((dot, element));
+                    }
+                }
+            }
+        }
+        out.extend(theirs.filter(|(d, _)| !ctx.contains(*d)));
+        self.entries = out;
+    }
+
+    pub(crate) fn kill(&mut self, ctx: &CausalContext) {
+        self.entries.retain(|(d, _)| !ctx.contains(*d));
+    }
+
+    pub(crate) fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
+        DotFun {
+            entries: self
+                .entries
+                .iter()
+                .filter(|(d, _)| keep(*d))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub(crate) fn joined_len(
+        &self,
+        ctx: &CausalContext,
+        other: &Self,
+        other_ctx: &CausalContext,
+    ) -> usize {
+        let mine = self
+            .entries
+            .iter()
+            .filter(|(d, _)| !other_ctx.contains(*d) || other.contains(*d))
+            .count();
+        let theirs = other
+            .entries
+            .iter()
+            .filter(|(d, _)| !ctx.contains(*d))
+            .count();
+        mine + theirs
+    }
+
+    pub(crate) fn contains(&self, dot: Dot) -> bool {
+        self.entries.binary_search_by(|e| e.0.cmp(&dot)).is_ok()
+    }
+
+    pub(crate) fn encode<'a, W>(
+        &'a self,
+        table: &mut ReplicaTable,
+        wrap: impl Fn(u32, u64, &'a E) -> W,
+    ) -> Vec<W> {
+        self.entries
+            .iter()
+            .map(|(d, e)| {
+                let (i, c) = table.dot(*d);
+                wrap(i, c, e)
+            })
+            .collect()
+    }
+
+    /// Rebuilds from `(index, counter, element)` triples; rejects duplicate dots.
+    pub(crate) fn decode(
+        triples: impl IntoIterator<Item = (u32, u64, E)>,
+        replicas: &[ReplicaId],
+    ) -> Result<Self> {
+        let mut entries = Vec::new();
+        for (i, c, e) in triples {
+            entries.push((decode_dot(replicas, i, c)?, e));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::InvalidDot {
+                dot: w[0].0,
+                reason: "the same dot tags two elements",
+            });
+        }
+        Ok(DotFun { entries })
+    }
+}
+
+/// The next write stamp of `hlc`'s replica for a store whose context is `ctx`.
+pub(crate) fn next_op<S: TimeSource>(ctx: &CausalContext, hlc: &mut Hlc<S>) -> Result<Op> {
+    let ts = hlc.tick()?;
+    Ok(Op::new(ctx.next_dot(hlc.replica()), ts))
+}
+
+/// A standalone value (store plus its own context) on the wire.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Standalone<E> {
+    /// The replica table.
+    r: Vec<ReplicaId>,
+    /// The store.
+    s: E,
+    /// The causal context.
+    c: EncodedContext,
+}
+
+pub(crate) fn serialize_standalone<S: DotStore, Ser: serde::Serializer>(
+    store: &S,
+    ctx: &CausalContext,
+    serializer: Ser,
+) -> std::result::Result<Ser::Ok, Ser::Error> {
+    let mut table = ReplicaTable::default();
+    let s = store.encode(&mut table);
+    let c = encode_context(ctx, &mut table);
+    Standalone {
+        r: table.into_ids(),
+        s,
+        c,
+    }
+    .serialize(serializer)
+}
+
+pub(crate) fn deserialize_standalone<'de, S: DotStore, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<(S, CausalContext), D::Error> {
+    use serde::de::Error as _;
+    let raw = Standalone::<S::Decoded>::deserialize(deserializer)?;
+    let store = S::decode(raw.s, &raw.r).map_err(D::Error::custom)?;
+    let ctx = decode_context(raw.c, &raw.r).map_err(D::Error::custom)?;
+    Ok((store, ctx))
+}
+
+/// Joins a standalone value into another and says what happened.
+pub(crate) fn standalone_merge<S: DotStore>(
+    store: &mut S,
+    ctx: &mut CausalContext,
+    other: S,
+    other_ctx: CausalContext,
+) -> Outcome {
+    use crate::Resolver;
+    let gained = !ctx.includes(&other_ctx);
+    if !gained {
+        return Outcome::Unchanged;
+    }
+    let kept = !other_ctx.includes(ctx);
+    store.join(ctx, other, &other_ctx);
+    ctx.merge(other_ctx);
+    Outcome::from_flags(gained, kept)
+}
+
+/// Checks a received standalone value: every held dot is in its context, and the sizes
+/// are within `limits`.
+pub(crate) fn standalone_validate<S: DotStore>(
+    store: &S,
+    ctx: &CausalContext,
+    limits: &Limits,
+) -> Result<()> {
+    if ctx.range_count() > limits.max_context_ranges {
+        return Err(Error::TooManyEntries {
+            what: "context ranges",
+            count: ctx.range_count(),
+            limit: limits.max_context_ranges,
+        });
+    }
+    let size = store.size();
+    if size > limits.max_entries {
+        return Err(Error::TooManyEntries {
+            what: "entries",
+            count: size,
+            limit: limits.max_entries,
+        });
+    }
+    let mut bad = None;
+    store.for_each_dot(&mut |d| {
+        if bad.is_none() && !ctx.contains(d) {
+            bad = Some(d);
+        }
+    });
+    if let Some(dot) = bad {
+        return Err(Error::InvalidDot {
+            dot,
+            reason: "element dot missing from the causal context sent with it",
+        });
+    }
+    Ok(())
+}
+
+/// Validates and merges a received standalone value, reporting a concurrency if both
+/// sides held writes the other had not seen.
+pub(crate) fn standalone_try_merge<S, C>(
+    store: &mut S,
+    ctx: &mut CausalContext,
+    other: S,
+    other_ctx: CausalContext,
+    limits: &Limits,
+    sink: &mut C,
+    siblings_capped: bool,
+) -> Result<Outcome>
+where
+    S: DotStore,
+    C: ConflictSink<(), S>,
+{
+    standalone_validate(&other, &other_ctx, limits)?;
+    if siblings_capped {
+        let count = store.joined_siblings(ctx, &other, &other_ctx);
+        if count > limits.max_siblings {
+            return Err(Error::TooManySiblings {
+                count,
+                cap: limits.max_siblings,
+            });
+        }
+    }
+    let conflict = C::ACTIVE && has_unseen(store, &other_ctx) && has_unseen(&other, ctx);
+    let before = conflict.then(|| (store.clone(), other.clone()));
+    let outcome = standalone_merge(store, ctx, other, other_ctx);
+    if let Some((ours, theirs)) = before {
+        sink.report(crate::causal::Conflict {
+            key: (),
+            ours_clock: crate::causal::clock_of(&ours),
+            theirs_clock: crate::causal::clock_of(&theirs),
+            ours,
+            theirs,
+            resolved: store.clone(),
+        });
+    }
+    Ok(outcome)
+}
+
+/// `delta_since` for a small standalone value: all of it if the peer lacks anything,
+/// nothing otherwise. (A register or counter is small; sending it whole also carries
+/// every overwrite the peer has not seen.)
+pub(crate) fn standalone_delta_since<S: DotStore>(
+    store: &S,
+    ctx: &CausalContext,
+    clock: &VectorClock,
+) -> (S, CausalContext) {
+    if ctx.since(clock).is_empty() {
+        (S::default(), CausalContext::new())
+    } else {
+        (store.clone(), ctx.clone())
+    }
+}

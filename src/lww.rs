@@ -1,0 +1,337 @@
+//! [`LwwRegister`]: a last-write-wins register ordered by hybrid-logical-clock time.
+//!
+//! The winner is the write with the larger `(timestamp, replica id)`: a total order, so
+//! two writes in the same millisecond still resolve the same way everywhere. A write
+//! that saw another one replaces it outright (it is newer by causality, whatever the
+//! clocks say); only writes that raced are ordered by time. Until a later write
+//! replaces them, the losers of a race are kept beside the winner, which is what makes
+//! the register a lattice under any delivery order, and what lets a map remove a
+//! winner without resurrecting a loser it never saw.
+//!
+//! ```
+//! use concord::{Hlc, LwwRegister, ManualClock, ReplicaId, Resolver};
+//!
+//! let time = ManualClock::new(5_000);
+//! let mut eu = Hlc::new(ReplicaId::from_u128(1), time.clone());
+//! let mut us = Hlc::new(ReplicaId::from_u128(2), time.clone());
+//!
+//! let mut at_eu = LwwRegister::new();
+//! let mut at_us = LwwRegister::new();
+//! at_eu.set("blue".to_string(), &mut eu)?;
+//! at_us.set("green".to_string(), &mut us)?; // same millisecond: the larger replica id wins
+//!
+//! at_eu.merge(at_us.clone());
+//! at_us.merge(at_eu.clone());
+//! assert_eq!(at_eu.value().map(String::as_str), Some("green"));
+//! assert_eq!(at_eu, at_us);
+//! # Ok::<(), concord::Error>(())
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{local_write, Data, ConflictSink, Crdt, DotStore, Limits, Op, ReplicaTable};
+use crate::clock::{CausalContext, VectorClock};
+use crate::dotfun::{self, DotFun};
+use crate::error::Result;
+use crate::hlc::{Hlc, TimeSource, Timestamp};
+use crate::id::{Dot, ReplicaId};
+use crate::resolver::{Outcome, Resolver};
+
+/// A value with the wall and logical parts of its write's timestamp (the replica part
+/// is the dot's).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Stamped<T> {
+    ms: u64,
+    logical: u32,
+    value: T,
+}
+
+/// A last-write-wins register.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LwwRegister<T> {
+    writes: DotFun<Stamped<T>>,
+    ctx: CausalContext,
+}
+
+impl<T> Default for LwwRegister<T> {
+    fn default() -> Self {
+        LwwRegister {
+            writes: DotFun::default(),
+            ctx: CausalContext::new(),
+        }
+    }
+}
+
+impl<T: Data> LwwRegister<T> {
+    /// An empty register.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `value`, stamped by `hlc`, and returns the delta to ship to peers.
+    pub fn set<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        let op = dotfun::next_op(&self.ctx, hlc)?;
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let (delta, delta_ctx) = local_write(self, &mut ctx, op, |reg, op| reg.assign(op, value));
+        self.ctx = ctx;
+        Ok(delta.with_context(delta_ctx))
+    }
+
+    /// Inside a map update: replaces the value with `value`, stamped by `op`.
+    pub fn assign(&mut self, op: &Op, value: T) {
+        let ts = op.timestamp();
+        self.writes.assign(
+            op.dot(),
+            Stamped {
+                ms: ts.wall_ms(),
+                logical: ts.logical(),
+                value,
+            },
+        );
+    }
+
+    /// The winning value: the largest `(timestamp, replica)`. `None` if never set.
+    pub fn value(&self) -> Option<&T> {
+        self.winner().map(|(_, v)| v)
+    }
+
+    /// The winning value with its timestamp.
+    pub fn winner(&self) -> Option<(Timestamp, &T)> {
+        self.writes
+            .entries
+            .iter()
+            .map(|(d, s)| (Timestamp::new(s.ms, s.logical, d.replica()), &s.value))
+            .max_by_key(|(ts, _)| *ts)
+    }
+
+    /// The timestamp of the winning write.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        self.winner().map(|(ts, _)| ts)
+    }
+
+    /// How many raced writes are held (1 when there was no race).
+    pub fn write_count(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn with_context(mut self, ctx: CausalContext) -> Self {
+        self.ctx = ctx;
+        self
+    }
+
+    fn split(mut self) -> (Self, CausalContext) {
+        let ctx = std::mem::take(&mut self.ctx);
+        (self, ctx)
+    }
+}
+
+impl<T: Data> fmt::Debug for LwwRegister<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("LwwRegister");
+        d.field("value", &self.value());
+        if self.writes.len() > 1 {
+            d.field("writes", &self.writes.entries);
+        }
+        if !self.ctx.is_empty() {
+            d.field("ctx", &self.ctx);
+        }
+        d.finish()
+    }
+}
+
+impl<T> DotStore for LwwRegister<T>
+where
+    T: Data,
+{
+    type Encoded<'a>
+        = Vec<(u32, u64, u64, u32, &'a T)>
+    where
+        T: 'a;
+    type Decoded = Vec<(u32, u64, u64, u32, T)>;
+
+    fn is_bottom(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
+        self.writes.dots().for_each(f);
+    }
+
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+        self.writes.join(ctx, other.writes, other_ctx);
+    }
+
+    fn kill(&mut self, ctx: &CausalContext) {
+        self.writes.kill(ctx);
+    }
+
+    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
+        LwwRegister {
+            writes: self.writes.filtered(keep),
+            ctx: CausalContext::new(),
+        }
+    }
+
+    fn joined_siblings(
+        &self,
+        ctx: &CausalContext,
+        other: &Self,
+        other_ctx: &CausalContext,
+    ) -> usize {
+        self.writes.joined_len(ctx, &other.writes, other_ctx)
+    }
+
+    fn size(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        self.timestamp()
+    }
+
+    fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
+        self.writes
+            .encode(table, |i, c, s| (i, c, s.ms, s.logical, &s.value))
+    }
+
+    fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self> {
+        let triples = decoded.into_iter().map(|(i, c, ms, logical, value)| {
+            (i, c, Stamped { ms, logical, value })
+        });
+        Ok(LwwRegister {
+            writes: DotFun::decode(triples, replicas)?,
+            ctx: CausalContext::new(),
+        })
+    }
+}
+
+impl<T> Resolver for LwwRegister<T>
+where
+    T: Data,
+{
+    fn merge(&mut self, other: Self) -> Outcome {
+        let (other, other_ctx) = other.split();
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let outcome = dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
+        self.ctx = ctx;
+        outcome
+    }
+}
+
+impl<T> Crdt for LwwRegister<T>
+where
+    T: Data,
+{
+    type Key = ();
+    type Value = LwwRegister<T>;
+
+    fn context(&self) -> &CausalContext {
+        &self.ctx
+    }
+
+    fn delta_since(&self, clock: &VectorClock) -> Self {
+        let (store, ctx) = dotfun::standalone_delta_since(self, &self.ctx, clock);
+        store.with_context(ctx)
+    }
+
+    fn validate(&self, limits: &Limits) -> Result<()> {
+        dotfun::standalone_validate(self, &self.ctx, limits)?;
+        if self.writes.len() > limits.max_siblings {
+            return Err(crate::Error::TooManySiblings {
+                count: self.writes.len(),
+                cap: limits.max_siblings,
+            });
+        }
+        Ok(())
+    }
+
+    fn try_merge<C: ConflictSink<(), Self>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+    ) -> Result<Outcome> {
+        let (other, other_ctx) = other.split();
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let result =
+            dotfun::standalone_try_merge(self, &mut ctx, other, other_ctx, limits, sink, true);
+        self.ctx = ctx;
+        result
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        self.timestamp()
+    }
+}
+
+impl<T> Serialize for LwwRegister<T>
+where
+    T: Data,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        dotfun::serialize_standalone(self, &self.ctx, s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for LwwRegister<T>
+where
+    T: Data,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (store, ctx): (Self, _) = dotfun::deserialize_standalone(d)?;
+        Ok(store.with_context(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::ManualClock;
+
+    #[test]
+    fn same_millisecond_writes_resolve_identically_on_both_sides() {
+        let time = ManualClock::new(42);
+        let mut ha = Hlc::new(ReplicaId::from_u128(9), time.clone());
+        let mut hb = Hlc::new(ReplicaId::from_u128(3), time.clone());
+        let mut a = LwwRegister::new();
+        let mut b = LwwRegister::new();
+        let da = a.set('a', &mut ha).unwrap();
+        let db = b.set('b', &mut hb).unwrap();
+        a.merge(db);
+        b.merge(da);
+        assert_eq!(a, b);
+        // Same wall time and logical counter: the larger replica id (9) wins.
+        assert_eq!(a.value(), Some(&'a'));
+    }
+
+    #[test]
+    fn a_write_that_saw_another_wins_even_with_a_slower_clock() {
+        let fast = ManualClock::new(10_000);
+        let slow = ManualClock::new(1_000);
+        let mut hf = Hlc::new(ReplicaId::from_u128(1), fast);
+        let mut hs = Hlc::new(ReplicaId::from_u128(2), slow);
+        let mut f = LwwRegister::new();
+        f.set(1, &mut hf).unwrap();
+        let mut s = f.clone();
+        // The slow replica's clock is 9 s behind: its write still saw the first one.
+        s.set(2, &mut hs).unwrap();
+        f.merge(s);
+        assert_eq!(f.value(), Some(&2));
+        assert_eq!(f.write_count(), 1);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut a = LwwRegister::new();
+        a.set(
+            "x".to_string(),
+            &mut Hlc::new(ReplicaId::from_u128(1), ManualClock::new(7)),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&a).unwrap();
+        let back: LwwRegister<String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+    }
+}

@@ -1,0 +1,362 @@
+//! [`MvRegister`]: a multi-value register that keeps every concurrent write, and
+//! [`MergeFn`], the application-level merge functions that resolve them.
+//!
+//! A write supersedes exactly the values its writer had seen. Writes that raced survive
+//! side by side as *siblings*, read in a canonical order (by dot), so every replica
+//! that holds the same writes reads the same list, and a deterministic merge function
+//! over that list gives every replica the same answer.
+//!
+//! ```
+//! use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+//!
+//! let time = ManualClock::new(1_000);
+//! let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+//! let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+//!
+//! let mut a = MvRegister::new();
+//! let mut b = MvRegister::new();
+//! a.write("alice@old.example".to_string(), &mut hlc_a)?;
+//! b.write("alice@new.example".to_string(), &mut hlc_b)?;
+//! a.merge(b.clone());
+//! b.merge(a.clone());
+//!
+//! // Both writes survive, in the same order everywhere.
+//! assert_eq!(a.values().collect::<Vec<_>>(), ["alice@old.example", "alice@new.example"]);
+//! assert_eq!(a, b);
+//!
+//! // An application function picks the answer; every replica computes the same one.
+//! let pick_new_domain = |s: &[&String]| {
+//!     s.iter().find(|v| v.ends_with("@new.example")).copied().unwrap_or(s[0]).clone()
+//! };
+//! assert_eq!(a.resolve(pick_new_domain).as_deref(), Some("alice@new.example"));
+//!
+//! // Writing the resolved value back collapses the siblings.
+//! let resolved = a.resolve(pick_new_domain).unwrap();
+//! a.write(resolved, &mut hlc_a)?;
+//! assert_eq!(a.values().count(), 1);
+//! # Ok::<(), concord::Error>(())
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{local_write, Data, ConflictSink, Crdt, DotStore, Limits, Op, ReplicaTable};
+use crate::clock::{CausalContext, VectorClock};
+use crate::dotfun::{self, DotFun};
+use crate::error::Result;
+use crate::hlc::{Hlc, TimeSource};
+use crate::id::{Dot, ReplicaId};
+use crate::resolver::{Outcome, Resolver};
+
+/// An application-level merge function: given the siblings of a register in canonical
+/// order (never empty), returns the value to show (and, if written back, to keep).
+///
+/// Any `Fn(&[&T]) -> T` is one. It must be deterministic (a pure function of its input)
+/// for every replica to see the same answer.
+pub trait MergeFn<T> {
+    /// Resolves a non-empty list of concurrent values.
+    fn merge_values(&self, siblings: &[&T]) -> T;
+}
+
+impl<T, F: Fn(&[&T]) -> T> MergeFn<T> for F {
+    fn merge_values(&self, siblings: &[&T]) -> T {
+        self(siblings)
+    }
+}
+
+/// A multi-value register: every concurrent write survives as a sibling until a later
+/// write that saw them all replaces them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MvRegister<T> {
+    siblings: DotFun<T>,
+    ctx: CausalContext,
+}
+
+impl<T> Default for MvRegister<T> {
+    fn default() -> Self {
+        MvRegister {
+            siblings: DotFun::default(),
+            ctx: CausalContext::new(),
+        }
+    }
+}
+
+impl<T: Data> MvRegister<T> {
+    /// An empty register.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `value` as `hlc`'s replica, superseding every sibling this replica has
+    /// seen, and returns the delta to ship to peers.
+    pub fn write<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        let op = dotfun::next_op(&self.ctx, hlc)?;
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let (delta, delta_ctx) = local_write(self, &mut ctx, op, |reg, op| reg.set(op, value));
+        self.ctx = ctx;
+        Ok(delta.with_context(delta_ctx))
+    }
+
+    /// Inside a map update: replaces every sibling with `value`, tagged with `op`.
+    pub fn set(&mut self, op: &Op, value: T) {
+        self.siblings.assign(op.dot(), value);
+    }
+
+    /// The siblings' values in canonical order (by dot). Empty if never written.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
+        self.siblings.entries.iter().map(|e| &e.1)
+    }
+
+    /// The siblings with the dots of the writes that made them, in canonical order.
+    pub fn siblings(&self) -> impl ExactSizeIterator<Item = (Dot, &T)> + '_ {
+        self.siblings.entries.iter().map(|e| (e.0, &e.1))
+    }
+
+    /// The value when there is exactly one, `None` when empty or conflicted.
+    pub fn get(&self) -> Option<&T> {
+        match self.siblings.entries.as_slice() {
+            [(_, v)] => Some(v),
+            _ => None,
+        }
+    }
+
+    /// True if concurrent writes are waiting to be resolved (two or more siblings).
+    pub fn is_conflicted(&self) -> bool {
+        self.siblings.len() > 1
+    }
+
+    /// The value an application merge function makes of the siblings: the single value
+    /// as it is, or `f` over the canonical list. `None` if never written.
+    pub fn resolve(&self, f: impl MergeFn<T>) -> Option<T> {
+        match self.siblings.entries.as_slice() {
+            [] => None,
+            [(_, v)] => Some(v.clone()),
+            many => {
+                let refs: Vec<&T> = many.iter().map(|e| &e.1).collect();
+                Some(f.merge_values(&refs))
+            }
+        }
+    }
+
+    fn with_context(mut self, ctx: CausalContext) -> Self {
+        self.ctx = ctx;
+        self
+    }
+
+    fn split(mut self) -> (Self, CausalContext) {
+        let ctx = std::mem::take(&mut self.ctx);
+        (self, ctx)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for MvRegister<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("MvRegister");
+        d.field("siblings", &self.siblings.entries);
+        if !self.ctx.is_empty() {
+            d.field("ctx", &self.ctx);
+        }
+        d.finish()
+    }
+}
+
+impl<T> DotStore for MvRegister<T>
+where
+    T: Data,
+{
+    type Encoded<'a>
+        = Vec<(u32, u64, &'a T)>
+    where
+        T: 'a;
+    type Decoded = Vec<(u32, u64, T)>;
+
+    fn is_bottom(&self) -> bool {
+        self.siblings.is_empty()
+    }
+
+    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
+        self.siblings.dots().for_each(f);
+    }
+
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+        self.siblings.join(ctx, other.siblings, other_ctx);
+    }
+
+    fn kill(&mut self, ctx: &CausalContext) {
+        self.siblings.kill(ctx);
+    }
+
+    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
+        MvRegister {
+            siblings: self.siblings.filtered(keep),
+            ctx: CausalContext::new(),
+        }
+    }
+
+    fn joined_siblings(
+        &self,
+        ctx: &CausalContext,
+        other: &Self,
+        other_ctx: &CausalContext,
+    ) -> usize {
+        self.siblings.joined_len(ctx, &other.siblings, other_ctx)
+    }
+
+    fn size(&self) -> usize {
+        self.siblings.len()
+    }
+
+    fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
+        self.siblings.encode(table, |i, c, v| (i, c, v))
+    }
+
+    fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self> {
+        Ok(MvRegister {
+            siblings: DotFun::decode(decoded, replicas)?,
+            ctx: CausalContext::new(),
+        })
+    }
+}
+
+impl<T> Resolver for MvRegister<T>
+where
+    T: Data,
+{
+    fn merge(&mut self, other: Self) -> Outcome {
+        let (other, other_ctx) = other.split();
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let outcome = dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
+        self.ctx = ctx;
+        outcome
+    }
+}
+
+impl<T> Crdt for MvRegister<T>
+where
+    T: Data,
+{
+    type Key = ();
+    type Value = MvRegister<T>;
+
+    fn context(&self) -> &CausalContext {
+        &self.ctx
+    }
+
+    fn delta_since(&self, clock: &VectorClock) -> Self {
+        let (store, ctx) = dotfun::standalone_delta_since(self, &self.ctx, clock);
+        store.with_context(ctx)
+    }
+
+    fn validate(&self, limits: &Limits) -> Result<()> {
+        dotfun::standalone_validate(self, &self.ctx, limits)?;
+        if self.siblings.len() > limits.max_siblings {
+            return Err(crate::Error::TooManySiblings {
+                count: self.siblings.len(),
+                cap: limits.max_siblings,
+            });
+        }
+        Ok(())
+    }
+
+    fn try_merge<C: ConflictSink<(), Self>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+    ) -> Result<Outcome> {
+        let (other, other_ctx) = other.split();
+        let mut ctx = std::mem::take(&mut self.ctx);
+        let result =
+            dotfun::standalone_try_merge(self, &mut ctx, other, other_ctx, limits, sink, true);
+        self.ctx = ctx;
+        result
+    }
+
+    fn max_timestamp(&self) -> Option<crate::Timestamp> {
+        None
+    }
+}
+
+impl<T> Serialize for MvRegister<T>
+where
+    T: Data,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        dotfun::serialize_standalone(self, &self.ctx, s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for MvRegister<T>
+where
+    T: Data,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (store, ctx): (Self, _) = dotfun::deserialize_standalone(d)?;
+        Ok(store.with_context(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::ManualClock;
+
+    fn hlc(n: u128) -> Hlc<ManualClock> {
+        Hlc::new(ReplicaId::from_u128(n), ManualClock::new(1_000))
+    }
+
+    #[test]
+    fn a_write_supersedes_exactly_what_it_saw() {
+        let (mut ha, mut hb, mut hc) = (hlc(1), hlc(2), hlc(3));
+        let mut a = MvRegister::new();
+        let mut b = MvRegister::new();
+        a.write(1, &mut ha).unwrap();
+        b.write(2, &mut hb).unwrap();
+        let mut c = a.clone();
+        c.merge(b.clone());
+        assert_eq!(c.values().copied().collect::<Vec<_>>(), vec![1, 2]);
+        // C saw both: its write replaces both.
+        let delta = c.write(3, &mut hc).unwrap();
+        assert_eq!(c.values().copied().collect::<Vec<_>>(), vec![3]);
+        // A learns only the delta and still ends up with just 3.
+        a.merge(delta);
+        assert_eq!(a.values().copied().collect::<Vec<_>>(), vec![3]);
+        // B wrote again without seeing C: that write races C's.
+        b.write(4, &mut hb).unwrap();
+        a.merge(b);
+        assert_eq!(a.values().copied().collect::<Vec<_>>(), vec![4, 3]);
+    }
+
+    #[test]
+    fn sibling_cap_is_a_typed_error_and_leaves_state_unchanged() {
+        let limits = Limits {
+            max_siblings: 2,
+            ..Limits::default()
+        };
+        let mut acc = MvRegister::new();
+        for n in 1..=2 {
+            let mut r = MvRegister::new();
+            r.write(n, &mut hlc(n as u128)).unwrap();
+            acc.try_merge(r, &limits, &mut ()).unwrap();
+        }
+        let before = acc.clone();
+        let mut third = MvRegister::new();
+        third.write(3, &mut hlc(3)).unwrap();
+        let err = acc.try_merge(third, &limits, &mut ()).unwrap_err();
+        assert_eq!(err, crate::Error::TooManySiblings { count: 3, cap: 2 });
+        assert_eq!(acc, before);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut a = MvRegister::new();
+        a.write("x".to_string(), &mut hlc(1)).unwrap();
+        let mut b = MvRegister::new();
+        b.write("y".to_string(), &mut hlc(2)).unwrap();
+        a.merge(b);
+        let json = serde_json::to_string(&a).unwrap();
+        let back: MvRegister<String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+    }
+}
