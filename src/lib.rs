@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![doc = include_str!("../README.md")]
+#![doc = include_str!("../docs/guide.md")]
 
 pub mod causal;
 pub mod clock;
@@ -9,6 +10,8 @@ mod dotfun;
 pub mod error;
 pub mod hlc;
 pub mod id;
+#[cfg(feature = "laws")]
+pub mod laws;
 pub mod lww;
 pub mod mvreg;
 pub mod resolver;
