@@ -49,7 +49,11 @@ impl Op {
     ///
     /// If `dot.replica() != ts.replica()` (a programming error, never caused by input).
     pub fn new(dot: Dot, ts: Timestamp) -> Self {
-        assert_eq!(dot.replica(), ts.replica(), "dot and timestamp from different replicas");
+        assert_eq!(
+            dot.replica(),
+            ts.replica(),
+            "dot and timestamp from different replicas"
+        );
         Op { dot, ts }
     }
 
@@ -118,8 +122,12 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
 
     /// How many sibling values the largest register inside would hold after joining
     /// `other`, computed without changing anything.
-    fn joined_siblings(&self, ctx: &CausalContext, other: &Self, other_ctx: &CausalContext)
-        -> usize;
+    fn joined_siblings(
+        &self,
+        ctx: &CausalContext,
+        other: &Self,
+        other_ctx: &CausalContext,
+    ) -> usize;
 
     /// The number of elements (keys, siblings, segments) at every level of nesting.
     fn size(&self) -> usize;
@@ -181,7 +189,10 @@ pub fn decode_dot(replicas: &[ReplicaId], idx: u32, counter: u64) -> Result<Dot>
         .get(idx as usize)
         .copied()
         .ok_or_else(|| Error::InvalidMessage {
-            reason: format!("replica index {idx} out of range ({} replicas)", replicas.len()),
+            reason: format!(
+                "replica index {idx} out of range ({} replicas)",
+                replicas.len()
+            ),
         })?;
     let dot = Dot::new(replica, counter);
     if counter == 0 {
@@ -315,7 +326,9 @@ pub(crate) fn local_write<S: DotStore>(
 ///
 /// Implemented by every standalone type of the library; the usual choice is an
 /// [`OrMap`](crate::OrMap).
-pub trait Crdt: crate::Resolver + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {
+pub trait Crdt:
+    crate::Resolver + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned
+{
     /// What a conflict report names (`K` for a map, `()` for a register or counter).
     type Key: Clone + fmt::Debug;
     /// The value type reported in conflicts.

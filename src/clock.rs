@@ -448,7 +448,10 @@ impl CausalContext {
 
     /// The newest counter seen from each replica, gaps or not.
     pub fn max_clock(&self) -> VectorClock {
-        self.seen.iter().map(|(r, ranges)| (*r, ranges.max())).collect()
+        self.seen
+            .iter()
+            .map(|(r, ranges)| (*r, ranges.max()))
+            .collect()
     }
 
     /// Records every event of every replica up to `clock`.

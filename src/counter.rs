@@ -75,9 +75,17 @@ impl PnCounter {
         })
     }
 
-    /// Inside a map update: adds `amount` as a new segment tagged with `op`.
+    /// Inside a map update: adds `amount` as a new segment tagged with `op` (several
+    /// calls within one op add up).
     pub fn add(&mut self, op: &Op, amount: i64) {
-        self.segments.insert(op.dot(), amount);
+        let dot = op.dot();
+        let total = self
+            .segments
+            .entries
+            .iter()
+            .find(|(d, _)| *d == dot)
+            .map_or(amount, |(_, n)| n.saturating_add(amount));
+        self.segments.insert(dot, total);
     }
 
     /// The current value: the sum of every contribution (saturating at the `i64`
@@ -262,8 +270,11 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let mut c = PnCounter::new();
-        c.increment(5, &mut Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0)))
-            .unwrap();
+        c.increment(
+            5,
+            &mut Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0)),
+        )
+        .unwrap();
         let back: PnCounter = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }

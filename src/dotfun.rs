@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
-    decode_context, decode_dot, encode_context, has_unseen, ConflictSink, DotStore,
-    EncodedContext, Limits, Op, ReplicaTable,
+    decode_context, decode_dot, encode_context, has_unseen, ConflictSink, DotStore, EncodedContext,
+    Limits, Op, ReplicaTable,
 };
 use crate::clock::{CausalContext, VectorClock};
 use crate::error::{Error, Result};
@@ -59,7 +59,11 @@ impl<E: Clone + PartialEq> DotFun<E> {
         // Fast path: both sides hold the same dots (the usual case between replicas
         // that are in sync): nothing changes.
         if self.entries.len() == other.entries.len()
-            && self.entries.iter().zip(&other.entries).all(|(a, b)| a.0 == b.0)
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.0 == b.0)
         {
             return;
         }

@@ -67,7 +67,9 @@ pub fn commutative<T: Resolver + Clone + PartialEq + Debug>(a: &T, b: &T) -> Res
     if ab == ba {
         Ok(())
     } else {
-        Err(format!("not commutative:\n a ⊔ b = {ab:?}\n b ⊔ a = {ba:?}"))
+        Err(format!(
+            "not commutative:\n a ⊔ b = {ab:?}\n b ⊔ a = {ba:?}"
+        ))
     }
 }
 
@@ -112,19 +114,25 @@ pub fn outcome_consistent<T: Resolver + Clone + PartialEq + Debug>(
     let (ab, outcome) = join(a, b);
     match outcome {
         Outcome::Unchanged if &ab != a => {
-            return Err(format!("reported Unchanged but a changed:\n a = {a:?}\n a ⊔ b = {ab:?}"))
+            return Err(format!(
+                "reported Unchanged but a changed:\n a = {a:?}\n a ⊔ b = {ab:?}"
+            ))
         }
         Outcome::Advanced | Outcome::Concurrent if &ab == a => {
             return Err(format!("reported {outcome:?} but a did not change: {a:?}"))
         }
         Outcome::Advanced if &ab != b => {
-            return Err(format!("reported Advanced but a ⊔ b != b:\n b = {b:?}\n a ⊔ b = {ab:?}"))
+            return Err(format!(
+                "reported Advanced but a ⊔ b != b:\n b = {b:?}\n a ⊔ b = {ab:?}"
+            ))
         }
         _ => {}
     }
     let (again, outcome) = join(&ab, b);
     if again != ab || outcome != Outcome::Unchanged {
-        return Err(format!("a ⊔ b is not an upper bound of b: {again:?} ({outcome:?})"));
+        return Err(format!(
+            "a ⊔ b is not an upper bound of b: {again:?} ({outcome:?})"
+        ));
     }
     Ok(())
 }

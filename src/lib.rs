@@ -13,15 +13,17 @@ pub mod id;
 #[cfg(feature = "laws")]
 pub mod laws;
 pub mod lww;
+pub mod map;
 pub mod mvreg;
 pub mod resolver;
 
 pub use causal::{Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op};
 pub use clock::{CausalContext, CausalOrder, VectorClock};
+pub use counter::PnCounter;
 pub use error::{Error, Result};
 pub use hlc::{Hlc, ManualClock, SystemClock, TimeSource, Timestamp};
-pub use counter::PnCounter;
 pub use id::{Dot, ReplicaId};
 pub use lww::LwwRegister;
+pub use map::OrMap;
 pub use mvreg::{MergeFn, MvRegister};
 pub use resolver::{Outcome, Resolver};

@@ -31,7 +31,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{local_write, Data, ConflictSink, Crdt, DotStore, Limits, Op, ReplicaTable};
+use crate::causal::{local_write, ConflictSink, Crdt, Data, DotStore, Limits, Op, ReplicaTable};
 use crate::clock::{CausalContext, VectorClock};
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
@@ -197,9 +197,9 @@ where
     }
 
     fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self> {
-        let triples = decoded.into_iter().map(|(i, c, ms, logical, value)| {
-            (i, c, Stamped { ms, logical, value })
-        });
+        let triples = decoded
+            .into_iter()
+            .map(|(i, c, ms, logical, value)| (i, c, Stamped { ms, logical, value }));
         Ok(LwwRegister {
             writes: DotFun::decode(triples, replicas)?,
             ctx: CausalContext::new(),

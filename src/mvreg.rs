@@ -41,7 +41,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{local_write, Data, ConflictSink, Crdt, DotStore, Limits, Op, ReplicaTable};
+use crate::causal::{local_write, ConflictSink, Crdt, Data, DotStore, Limits, Op, ReplicaTable};
 use crate::clock::{CausalContext, VectorClock};
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;

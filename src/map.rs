@@ -1,0 +1,978 @@
+//! [`OrMap`]: an observed-remove map whose values are replicated types themselves.
+//!
+//! Keys map to any dot store of the library: registers, counters, or maps again, to
+//! any depth. The semantics:
+//!
+//! * **Update wins** over a concurrent remove: a key removed at one replica while
+//!   another updates it is present after the merge.
+//! * **No resurrection**: the removal still takes away everything the remover had
+//!   seen. A counter removed at A while B adds 1 reads 1, not its old value plus 1; a
+//!   nested map keeps only the entries written concurrently with the removal.
+//! * **No tombstones**: a removed key leaves nothing in the map. The causal context
+//!   remembers the dots (as ranges that compact to a version vector), and a short log
+//!   of recent removals, pruned as peers acknowledge them, lets
+//!   [`delta_since`](crate::Crdt::delta_since) tell a peer what was removed without
+//!   scanning the map.
+//!
+//! ```
+//! use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId, Resolver};
+//!
+//! let time = ManualClock::new(0);
+//! let mut a_clock = Hlc::new(ReplicaId::from_u128(1), time.clone());
+//! let mut b_clock = Hlc::new(ReplicaId::from_u128(2), time.clone());
+//!
+//! // A shopping cart: product -> quantity.
+//! let mut a: OrMap<String, PnCounter> = OrMap::new();
+//! a.increment("apples".to_string(), 5, &mut a_clock)?;
+//! let mut b = a.clone();
+//!
+//! // A removes the line while B, concurrently, adds one more.
+//! a.remove(&"apples".to_string(), &mut a_clock)?;
+//! b.increment("apples".to_string(), 1, &mut b_clock)?;
+//!
+//! a.merge(b.clone());
+//! b.merge(a.clone());
+//! assert_eq!(a, b);
+//! // The update survives the removal, without the 5 the remover had seen.
+//! assert_eq!(a.get(&"apples".to_string()).map(PnCounter::value), Some(1));
+//! # Ok::<(), concord::Error>(())
+//! ```
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{
+    decode_context, encode_context, ConflictSink, Crdt, Data, DotStore, EncodedContext, Limits,
+    Op, ReplicaTable,
+};
+use crate::clock::{CausalContext, VectorClock};
+use crate::counter::PnCounter;
+use crate::dotfun::next_op;
+use crate::error::{Error, Result};
+use crate::hlc::{Hlc, TimeSource, Timestamp};
+use crate::id::{Dot, ReplicaId};
+use crate::lww::LwwRegister;
+use crate::mvreg::{MergeFn, MvRegister};
+use crate::resolver::{Outcome, Resolver};
+
+/// What a map key must be: hashable, ordered (for a canonical iteration and wire
+/// order), cloneable and serializable as a JSON object key (strings and integers).
+pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned {}
+
+impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
+
+/// How many dead dots the removal log keeps before it folds its oldest entries into a
+/// floor (peers behind the floor are sent the full state instead of a delta).
+const LOG_CAP: usize = 1 << 16;
+
+/// How many dots a received context may hold for the merge to list the removals it
+/// carries; a larger one (a full state) raises the log's floor instead.
+const LOG_ENUMERATE_LIMIT: u64 = 1 << 16;
+
+/// Recent removals: which dots died, and the clock a peer must have reached to know it.
+#[derive(Clone, Debug, Default)]
+struct RemovalLog {
+    /// `(trigger, dead dots)`: a peer whose clock does not cover `trigger` may still
+    /// hold the dots alive and must be told.
+    entries: VecDeque<(VectorClock, Vec<Dot>)>,
+    /// Removals older than this were forgotten: a peer below it gets the full state.
+    floor: VectorClock,
+    /// Dead dots held in `entries`.
+    dots: usize,
+}
+
+impl RemovalLog {
+    fn push(&mut self, trigger: VectorClock, dead: Vec<Dot>) {
+        if dead.is_empty() {
+            return;
+        }
+        self.dots += dead.len();
+        self.entries.push_back((trigger, dead));
+        while self.dots > LOG_CAP {
+            let Some((trigger, dead)) = self.entries.pop_front() else {
+                break;
+            };
+            self.dots -= dead.len();
+            self.floor.merge(trigger);
+        }
+    }
+
+    fn raise_floor(&mut self, clock: &VectorClock) {
+        self.floor.merge_ref(clock);
+    }
+
+    fn prune(&mut self, stable: &VectorClock) {
+        let before = self.entries.len();
+        self.entries.retain(|(trigger, _)| !stable.dominates(trigger));
+        if self.entries.len() != before {
+            self.dots = self.entries.iter().map(|e| e.1.len()).sum();
+        }
+    }
+}
+
+/// An observed-remove map of replicated values.
+///
+/// Standalone, it carries its causal context, an index from dots to entries (so that
+/// merging a delta and computing [`delta_since`](Crdt::delta_since) cost time in
+/// proportion to what changed) and a short removal log. As the value of another map it
+/// uses its parent's context and keeps none of these.
+#[derive(Clone)]
+pub struct OrMap<K, V> {
+    entries: IndexMap<K, V>,
+    ctx: CausalContext,
+    /// Live dot -> position in `entries` (standalone maps only).
+    index: HashMap<Dot, usize>,
+    log: RemovalLog,
+}
+
+impl<K, V> Default for OrMap<K, V> {
+    fn default() -> Self {
+        OrMap {
+            entries: IndexMap::new(),
+            ctx: CausalContext::new(),
+            index: HashMap::new(),
+            log: RemovalLog::default(),
+        }
+    }
+}
+
+impl<K: Key, V: DotStore> PartialEq for OrMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ctx == other.ctx && self.entries == other.entries
+    }
+}
+
+impl<K: Key, V: DotStore> fmt::Debug for OrMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("OrMap");
+        d.field("entries", &DebugSorted(self));
+        if !self.ctx.is_empty() {
+            d.field("ctx", &self.ctx);
+        }
+        d.finish()
+    }
+}
+
+struct DebugSorted<'a, K, V>(&'a OrMap<K, V>);
+
+impl<K: Key, V: DotStore> fmt::Debug for DebugSorted<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl<K: Key, V: DotStore> OrMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key)
+    }
+
+    /// True if `key` is present.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if the map has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries in key order: the same order on every replica that holds the same
+    /// state. Sorts on each call; see [`OrMap::iter_unordered`] for a cheaper walk.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        let mut sorted: Vec<(&K, &V)> = self.entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sorted.into_iter()
+    }
+
+    /// The entries in this replica's storage order (which differs between replicas).
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.entries.iter()
+    }
+
+    /// The keys in key order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Every dot this map has seen (its own context; empty for a nested map).
+    pub fn context(&self) -> &CausalContext {
+        &self.ctx
+    }
+
+    /// Updates the value at `key` (starting from an empty value if absent) as `hlc`'s
+    /// replica, and returns the delta to ship to peers.
+    ///
+    /// `f` receives the value and the write's [`Op`]; it calls the value's own in-op
+    /// methods (`assign`, `set`, `add`, or a nested map's `update_in`/`remove_in`).
+    /// If the value ends up empty the key is removed.
+    pub fn update<S: TimeSource>(
+        &mut self,
+        key: K,
+        hlc: &mut Hlc<S>,
+        f: impl FnOnce(&mut V, &Op),
+    ) -> Result<Self> {
+        let op = next_op(&self.ctx, hlc)?;
+        let dot = op.dot();
+        let entry = self.entries.entry(key);
+        let pos = entry.index();
+        let value = entry.or_default();
+        let mut before = Vec::new();
+        value.for_each_dot(&mut |d| before.push(d));
+        f(value, &op);
+        let mut after = HashSet::new();
+        value.for_each_dot(&mut |d| {
+            after.insert(d);
+        });
+        let delta_value = value.filtered(&|d| d == dot);
+        let bottom = value.is_bottom();
+
+        let mut delta_ctx = CausalContext::new();
+        delta_ctx.insert(dot);
+        let mut dead = Vec::new();
+        for d in before {
+            if !after.contains(&d) {
+                self.index.remove(&d);
+                delta_ctx.insert(d);
+                dead.push(d);
+            }
+        }
+        for d in after {
+            self.index.insert(d, pos);
+        }
+        let key = self.entries.get_index(pos).expect("just inserted").0.clone();
+        if bottom {
+            self.remove_positions(vec![pos]);
+        }
+        self.ctx.insert(dot);
+        self.log.push(single(dot), dead);
+
+        let mut delta = OrMap::new();
+        if !delta_value.is_bottom() {
+            delta.entries.insert(key, delta_value);
+        }
+        delta.ctx = delta_ctx;
+        Ok(delta)
+    }
+
+    /// Removes `key` as `hlc`'s replica and returns the delta. Removes what this
+    /// replica has seen of the key; a concurrent update elsewhere survives. Removing
+    /// an absent key changes nothing and returns an empty delta.
+    pub fn remove<S: TimeSource>(&mut self, key: &K, hlc: &mut Hlc<S>) -> Result<Self> {
+        let Some(pos) = self.entries.get_index_of(key) else {
+            return Ok(OrMap::new());
+        };
+        let op = next_op(&self.ctx, hlc)?;
+        let mut dead = Vec::new();
+        self.entries[pos].for_each_dot(&mut |d| dead.push(d));
+        let mut delta = OrMap::new();
+        delta.ctx.insert(op.dot());
+        for &d in &dead {
+            delta.ctx.insert(d);
+            self.index.remove(&d);
+        }
+        self.remove_positions(vec![pos]);
+        self.ctx.insert(op.dot());
+        self.log.push(single(op.dot()), dead);
+        Ok(delta)
+    }
+
+    /// Inside a parent map's update: updates the value at `key` with the parent's op.
+    pub fn update_in(&mut self, op: &Op, key: K, f: impl FnOnce(&mut V, &Op)) {
+        let entry = self.entries.entry(key);
+        let pos = entry.index();
+        let value = entry.or_default();
+        f(value, op);
+        if value.is_bottom() {
+            self.entries.swap_remove_index(pos);
+        }
+    }
+
+    /// Inside a parent map's update: removes `key` (everything the replica has seen of
+    /// it).
+    pub fn remove_in(&mut self, key: &K) {
+        self.entries.swap_remove(key);
+    }
+
+    /// The removal log's size in dead dots (bookkeeping that pruning releases).
+    pub fn pending_removals(&self) -> usize {
+        self.log.dots
+    }
+
+    /// Removes entries at `positions` (deferred removals), keeping the index right.
+    fn remove_positions(&mut self, mut positions: Vec<usize>) {
+        positions.sort_unstable_by(|a, b| b.cmp(a));
+        positions.dedup();
+        for pos in positions {
+            let last = self.entries.len() - 1;
+            self.entries.swap_remove_index(pos);
+            if pos != last && !self.index.is_empty() {
+                let index = &mut self.index;
+                self.entries[pos].for_each_dot(&mut |d| {
+                    index.insert(d, pos);
+                });
+            }
+        }
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index.clear();
+        let index = &mut self.index;
+        for (pos, (_, v)) in self.entries.iter().enumerate() {
+            v.for_each_dot(&mut |d| {
+                index.insert(d, pos);
+            });
+        }
+    }
+
+    /// The full state as a delta (no index or log).
+    fn full(&self) -> Self {
+        OrMap {
+            entries: self.entries.clone(),
+            ctx: self.ctx.clone(),
+            index: HashMap::new(),
+            log: RemovalLog::default(),
+        }
+    }
+
+    /// The standalone join: index and removal log maintained, concurrencies reported.
+    fn merge_reporting<C: ConflictSink<K, V>>(&mut self, other: Self, sink: &mut C) -> Outcome {
+        let gained = !self.ctx.includes(&other.ctx);
+        if !gained {
+            return Outcome::Unchanged;
+        }
+        let kept = !other.ctx.includes(&self.ctx);
+        let OrMap {
+            entries: their_entries,
+            ctx: their_ctx,
+            ..
+        } = other;
+
+        // Removals the other side carries, for the log (before anything changes).
+        let enumerate = their_ctx.dot_count() <= LOG_ENUMERATE_LIMIT;
+        let mut their_live = HashSet::new();
+        if enumerate {
+            for v in their_entries.values() {
+                v.for_each_dot(&mut |d| {
+                    their_live.insert(d);
+                });
+            }
+        }
+        let newly_dead: Vec<Dot> = if enumerate {
+            their_ctx
+                .dots_since(&VectorClock::new())
+                .filter(|d| {
+                    !their_live.contains(d) && (!self.ctx.contains(*d) || self.index.contains_key(d))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+
+        let mut removed = Vec::new();
+        // Entries of ours the other side did not send: kill what it has seen.
+        let small = their_ctx.dot_count() <= self.entries.len() as u64;
+        let mut touched: Vec<usize> = Vec::new();
+        if small {
+            for d in their_ctx.dots_since(&VectorClock::new()) {
+                if let Some(&pos) = self.index.get(&d) {
+                    touched.push(pos);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            touched.retain(|&pos| {
+                !their_entries.contains_key(self.entries.get_index(pos).expect("in range").0)
+            });
+        } else {
+            touched = (0..self.entries.len())
+                .filter(|&pos| {
+                    !their_entries.contains_key(self.entries.get_index(pos).expect("in range").0)
+                })
+                .collect();
+        }
+        let mut scratch = Vec::new();
+        for pos in touched {
+            let value = &mut self.entries[pos];
+            scratch.clear();
+            value.for_each_dot(&mut |d| scratch.push(d));
+            if scratch.iter().all(|d| !their_ctx.contains(*d)) {
+                continue;
+            }
+            value.kill(&their_ctx);
+            for d in &scratch {
+                if their_ctx.contains(*d) {
+                    self.index.remove(d);
+                }
+            }
+            if value.is_bottom() {
+                removed.push(pos);
+            }
+        }
+
+        // Entries the other side sent: join them.
+        let mut before = Vec::new();
+        let mut theirs = Vec::new();
+        for (key, their_value) in their_entries {
+            match self.entries.get_index_of(&key) {
+                Some(pos) => {
+                    let value = &mut self.entries[pos];
+                    before.clear();
+                    value.for_each_dot(&mut |d| before.push(d));
+                    theirs.clear();
+                    their_value.for_each_dot(&mut |d| theirs.push(d));
+                    if before == theirs {
+                        continue;
+                    }
+                    let conflict = C::ACTIVE
+                        && before.iter().any(|d| !their_ctx.contains(*d))
+                        && theirs.iter().any(|d| !self.ctx.contains(*d));
+                    let report = conflict.then(|| (value.clone(), their_value.clone()));
+                    value.join(&self.ctx, their_value, &their_ctx);
+                    for d in &before {
+                        if their_ctx.contains(*d) && !theirs.contains(d) {
+                            self.index.remove(d);
+                        }
+                    }
+                    let index = &mut self.index;
+                    value.for_each_dot(&mut |d| {
+                        index.insert(d, pos);
+                    });
+                    if value.is_bottom() {
+                        removed.push(pos);
+                    }
+                    if let Some((ours, theirs_value)) = report {
+                        sink.report(crate::causal::Conflict {
+                            key,
+                            ours_clock: crate::causal::clock_of(&ours),
+                            theirs_clock: crate::causal::clock_of(&theirs_value),
+                            ours,
+                            theirs: theirs_value,
+                            resolved: value.clone(),
+                        });
+                    }
+                }
+                None => {
+                    let mut value = V::default();
+                    value.join(&self.ctx, their_value, &their_ctx);
+                    if !value.is_bottom() {
+                        let pos = self.entries.len();
+                        let index = &mut self.index;
+                        value.for_each_dot(&mut |d| {
+                            index.insert(d, pos);
+                        });
+                        self.entries.insert(key, value);
+                    }
+                }
+            }
+        }
+        self.remove_positions(removed);
+
+        self.ctx.merge_ref(&their_ctx);
+        if enumerate {
+            self.log.push(self.ctx.max_clock(), newly_dead);
+        } else {
+            self.log.raise_floor(&their_ctx.max_clock());
+        }
+        Outcome::from_flags(gained, kept)
+    }
+}
+
+fn single(dot: Dot) -> VectorClock {
+    let mut clock = VectorClock::new();
+    clock.observe(dot);
+    clock
+}
+
+impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
+    /// Sets the register at `key` to `value`; returns the delta.
+    pub fn set<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        self.update(key, hlc, |reg, op| reg.assign(op, value))
+    }
+
+    /// The winning value at `key`.
+    pub fn value(&self, key: &K) -> Option<&T> {
+        self.get(key).and_then(LwwRegister::value)
+    }
+}
+
+impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
+    /// Writes `value` at `key`, superseding the siblings this replica has seen; returns
+    /// the delta.
+    pub fn write<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        self.update(key, hlc, |reg, op| reg.set(op, value))
+    }
+
+    /// The value at `key` as the application merge function `f` resolves its siblings.
+    pub fn resolved(&self, key: &K, f: impl MergeFn<T>) -> Option<T> {
+        self.get(key).and_then(|reg| reg.resolve(f))
+    }
+
+    /// Every key with its value resolved by `f`, in key order: the application's view
+    /// of the map, the same on every replica that holds the same state.
+    pub fn resolve_all<'a, F: MergeFn<T> + 'a>(
+        &'a self,
+        f: &'a F,
+    ) -> impl Iterator<Item = (&'a K, T)> + 'a {
+        self.iter()
+            .filter_map(move |(k, reg)| reg.resolve(|s: &[&T]| f.merge_values(s)).map(|v| (k, v)))
+    }
+
+    /// The keys whose registers hold concurrent siblings.
+    pub fn conflicted_keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.iter().filter(|(_, r)| r.is_conflicted()).map(|(k, _)| k)
+    }
+
+    /// Writes the resolved value back to every conflicted key, collapsing the siblings;
+    /// returns one delta covering all of them.
+    pub fn collapse<S: TimeSource>(&mut self, f: impl MergeFn<T>, hlc: &mut Hlc<S>) -> Result<Self> {
+        let fixes: Vec<(K, T)> = self
+            .iter()
+            .filter(|(_, r)| r.is_conflicted())
+            .filter_map(|(k, r)| r.resolve(|s: &[&T]| f.merge_values(s)).map(|v| (k.clone(), v)))
+            .collect();
+        let mut delta = OrMap::new();
+        for (key, value) in fixes {
+            let d = self.write(key, value, hlc)?;
+            delta.merge(d);
+        }
+        Ok(delta)
+    }
+}
+
+impl<K: Key> OrMap<K, PnCounter> {
+    /// Adds `amount` (negative to subtract) to the counter at `key`; returns the delta.
+    pub fn increment<S: TimeSource>(&mut self, key: K, amount: i64, hlc: &mut Hlc<S>) -> Result<Self> {
+        self.update(key, hlc, |c, op| c.add(op, amount))
+    }
+
+    /// The counter's value at `key` (0 if absent).
+    pub fn count(&self, key: &K) -> i64 {
+        self.get(key).map_or(0, PnCounter::value)
+    }
+}
+
+/// The wire form of a map's entries: a JSON object in key order.
+pub struct EncodedEntries<'a, K, V: DotStore + 'a>(Vec<(&'a K, V::Encoded<'a>)>);
+
+impl<K: Serialize, V: DotStore> Serialize for EncodedEntries<'_, K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<K: Key, V: DotStore> OrMap<K, V> {
+    fn encode_entries<'a>(&'a self, table: &mut ReplicaTable) -> EncodedEntries<'a, K, V> {
+        let mut sorted: Vec<(&K, &V)> = self.entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        EncodedEntries(sorted.into_iter().map(|(k, v)| (k, v.encode(table))).collect())
+    }
+
+    fn decode_entries(decoded: IndexMap<K, V::Decoded>, replicas: &[ReplicaId]) -> Result<IndexMap<K, V>> {
+        let mut entries = IndexMap::with_capacity(decoded.len());
+        for (k, v) in decoded {
+            entries.insert(k, V::decode(v, replicas)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
+    type Encoded<'a>
+        = EncodedEntries<'a, K, V>
+    where
+        Self: 'a;
+    type Decoded = IndexMap<K, V::Decoded>;
+
+    fn is_bottom(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
+        for v in self.entries.values() {
+            v.for_each_dot(f);
+        }
+    }
+
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+        let their_entries = other.entries;
+        self.entries.retain(|k, v| {
+            if !their_entries.contains_key(k) {
+                v.kill(other_ctx);
+            }
+            !v.is_bottom()
+        });
+        for (k, their_value) in their_entries {
+            match self.entries.get_index_of(&k) {
+                Some(pos) => {
+                    let value = &mut self.entries[pos];
+                    value.join(ctx, their_value, other_ctx);
+                    if value.is_bottom() {
+                        self.entries.swap_remove_index(pos);
+                    }
+                }
+                None => {
+                    let mut value = V::default();
+                    value.join(ctx, their_value, other_ctx);
+                    if !value.is_bottom() {
+                        self.entries.insert(k, value);
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self, ctx: &CausalContext) {
+        self.entries.retain(|_, v| {
+            v.kill(ctx);
+            !v.is_bottom()
+        });
+    }
+
+    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
+        let mut out = OrMap::new();
+        for (k, v) in &self.entries {
+            let part = v.filtered(keep);
+            if !part.is_bottom() {
+                out.entries.insert(k.clone(), part);
+            }
+        }
+        out
+    }
+
+    fn joined_siblings(&self, ctx: &CausalContext, other: &Self, other_ctx: &CausalContext) -> usize {
+        let empty = V::default();
+        other
+            .entries
+            .iter()
+            .map(|(k, theirs)| {
+                self.entries
+                    .get(k)
+                    .unwrap_or(&empty)
+                    .joined_siblings(ctx, theirs, other_ctx)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn size(&self) -> usize {
+        self.entries.values().map(|v| 1 + v.size()).sum()
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        self.entries.values().filter_map(DotStore::max_timestamp).max()
+    }
+
+    fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
+        self.encode_entries(table)
+    }
+
+    fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self> {
+        Ok(OrMap {
+            entries: Self::decode_entries(decoded, replicas)?,
+            ..OrMap::default()
+        })
+    }
+}
+
+impl<K: Key, V: DotStore> Resolver for OrMap<K, V> {
+    fn merge(&mut self, other: Self) -> Outcome {
+        self.merge_reporting(other, &mut ())
+    }
+}
+
+impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
+    type Key = K;
+    type Value = V;
+
+    fn context(&self) -> &CausalContext {
+        &self.ctx
+    }
+
+    fn delta_since(&self, clock: &VectorClock) -> Self {
+        if !clock.dominates(&self.log.floor) {
+            return self.full();
+        }
+        let since = self.ctx.since(clock);
+        if since.dot_count() > self.entries.len() as u64 {
+            return self.full();
+        }
+        let mut positions: Vec<usize> = since
+            .dots_since(&VectorClock::new())
+            .filter_map(|d| self.index.get(&d).copied())
+            .collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let mut delta = OrMap::new();
+        for pos in positions {
+            let (k, v) = self.entries.get_index(pos).expect("index points into entries");
+            let part = v.filtered(&|d| !clock.covers(d));
+            if !part.is_bottom() {
+                delta.entries.insert(k.clone(), part);
+            }
+        }
+        delta.ctx = since;
+        for (trigger, dead) in &self.log.entries {
+            if !clock.dominates(trigger) {
+                for &d in dead {
+                    delta.ctx.insert(d);
+                }
+            }
+        }
+        delta
+    }
+
+    fn validate(&self, limits: &Limits) -> Result<()> {
+        if self.ctx.range_count() > limits.max_context_ranges {
+            return Err(Error::TooManyEntries {
+                what: "context ranges",
+                count: self.ctx.range_count(),
+                limit: limits.max_context_ranges,
+            });
+        }
+        let size = DotStore::size(self);
+        if size > limits.max_entries {
+            return Err(Error::TooManyEntries {
+                what: "entries",
+                count: size,
+                limit: limits.max_entries,
+            });
+        }
+        let mut owner: HashMap<Dot, usize> = HashMap::new();
+        for (pos, v) in self.entries.values().enumerate() {
+            let mut bad: Option<(Dot, &'static str)> = None;
+            v.for_each_dot(&mut |d| {
+                if bad.is_some() {
+                    return;
+                }
+                if !self.ctx.contains(d) {
+                    bad = Some((d, "element dot missing from the causal context sent with it"));
+                } else if owner.insert(d, pos).is_some_and(|p| p != pos) {
+                    bad = Some((d, "the same dot tags entries of two keys"));
+                }
+            });
+            if let Some((dot, reason)) = bad {
+                return Err(Error::InvalidDot { dot, reason });
+            }
+        }
+        Ok(())
+    }
+
+    fn try_merge<C: ConflictSink<K, V>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+    ) -> Result<Outcome> {
+        other.validate(limits)?;
+        let count = DotStore::joined_siblings(self, &self.ctx, &other, &other.ctx);
+        if count > limits.max_siblings {
+            return Err(Error::TooManySiblings {
+                count,
+                cap: limits.max_siblings,
+            });
+        }
+        Ok(self.merge_reporting(other, sink))
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        DotStore::max_timestamp(self)
+    }
+
+    fn prune(&mut self, stable: &VectorClock) {
+        self.log.prune(stable);
+    }
+}
+
+/// A standalone map on the wire.
+#[derive(Serialize)]
+#[serde(bound = "K: Serialize, V: DotStore")]
+struct WireMap<'a, K, V: DotStore + 'a> {
+    r: Vec<ReplicaId>,
+    c: EncodedContext,
+    e: EncodedEntries<'a, K, V>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "K: Key, V: DotStore")]
+struct WireMapOwned<K, V: DotStore> {
+    r: Vec<ReplicaId>,
+    c: EncodedContext,
+    e: IndexMap<K, V::Decoded>,
+}
+
+impl<K: Key, V: DotStore> Serialize for OrMap<K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut table = ReplicaTable::default();
+        let c = encode_context(&self.ctx, &mut table);
+        let e = self.encode_entries(&mut table);
+        WireMap {
+            r: table.into_ids(),
+            c,
+            e,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = WireMapOwned::<K, V>::deserialize(d)?;
+        let ctx = decode_context(raw.c, &raw.r).map_err(D::Error::custom)?;
+        let entries = Self::decode_entries(raw.e, &raw.r).map_err(D::Error::custom)?;
+        let mut map = OrMap {
+            entries,
+            log: RemovalLog {
+                floor: ctx.max_clock(),
+                ..RemovalLog::default()
+            },
+            ctx,
+            index: HashMap::new(),
+        };
+        map.rebuild_index();
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::ManualClock;
+
+    type Cart = OrMap<String, PnCounter>;
+
+    fn hlc(n: u128) -> Hlc<ManualClock> {
+        Hlc::new(ReplicaId::from_u128(n), ManualClock::new(1_000))
+    }
+
+    fn k(s: &str) -> String {
+        s.to_string()
+    }
+
+    #[test]
+    fn update_wins_over_concurrent_remove_without_resurrection() {
+        let (mut ha, mut hb) = (hlc(1), hlc(2));
+        let mut a = Cart::new();
+        a.increment(k("x"), 5, &mut ha).unwrap();
+        let mut b = a.clone();
+        b.increment(k("x"), 2, &mut hb).unwrap(); // b: 7, seen by a below
+        a.merge(b.clone());
+        a.remove(&k("x"), &mut ha).unwrap();
+        b.increment(k("x"), 1, &mut hb).unwrap();
+        let mut a2 = a.clone();
+        a2.merge(b.clone());
+        b.merge(a.clone());
+        assert_eq!(a2, b);
+        assert_eq!(a2.count(&k("x")), 1);
+    }
+
+    #[test]
+    fn re_add_after_remove() {
+        let mut h = hlc(1);
+        let mut m: OrMap<String, LwwRegister<u32>> = OrMap::new();
+        m.set(k("a"), 1, &mut h).unwrap();
+        m.remove(&k("a"), &mut h).unwrap();
+        assert!(m.get(&k("a")).is_none());
+        m.set(k("a"), 2, &mut h).unwrap();
+        assert_eq!(m.value(&k("a")), Some(&2));
+    }
+
+    #[test]
+    fn nested_remove_keeps_only_concurrent_inner_writes() {
+        let (mut ha, mut hb) = (hlc(1), hlc(2));
+        type Doc = OrMap<String, OrMap<String, LwwRegister<u32>>>;
+        let mut a = Doc::new();
+        a.update(k("user"), &mut ha, |m, op| {
+            m.update_in(op, k("name"), |r, op| r.assign(op, 1));
+            m.update_in(op, k("age"), |r, op| r.assign(op, 2));
+        })
+        .unwrap();
+        let mut b = a.clone();
+        a.remove(&k("user"), &mut ha).unwrap();
+        b.update(k("user"), &mut hb, |m, op| {
+            m.update_in(op, k("email"), |r, op| r.assign(op, 3))
+        })
+        .unwrap();
+        a.merge(b.clone());
+        let user = a.get(&k("user")).unwrap();
+        assert_eq!(user.keys().cloned().collect::<Vec<_>>(), vec![k("email")]);
+    }
+
+    #[test]
+    fn delta_since_carries_overwrites_and_removals() {
+        let (mut ha, mut hb) = (hlc(1), hlc(2));
+        let mut a: OrMap<String, MvRegister<u32>> = OrMap::new();
+        for i in 0..20 {
+            a.write(format!("k{i}"), i, &mut ha).unwrap();
+        }
+        let mut b = OrMap::new();
+        b.merge(a.clone());
+        let b_clock = b.context().clock();
+        a.write(k("k1"), 100, &mut ha).unwrap();
+        a.remove(&k("k2"), &mut ha).unwrap();
+        b.write(k("k3"), 300, &mut hb).unwrap();
+        let delta = a.delta_since(&b_clock);
+        assert_eq!(delta.len(), 1, "only k1 changed: {delta:?}");
+        let mut via_delta = b.clone();
+        via_delta.merge(delta);
+        let mut via_full = b.clone();
+        via_full.merge(a.clone());
+        assert_eq!(via_delta, via_full);
+        assert_eq!(via_delta.get(&k("k1")).unwrap().values().collect::<Vec<_>>(), vec![&100]);
+        assert!(via_delta.get(&k("k2")).is_none());
+    }
+
+    #[test]
+    fn forwarded_overwrite_reaches_a_third_replica() {
+        // A writes, C gets it; B overwrites; M learns B's overwrite and forwards to C.
+        let (mut ha, mut hb) = (hlc(1), hlc(2));
+        let mut a: OrMap<String, MvRegister<u32>> = OrMap::new();
+        a.write(k("x"), 1, &mut ha).unwrap();
+        let mut b = a.clone();
+        let mut c = a.clone();
+        let mut m: OrMap<String, MvRegister<u32>> = OrMap::new();
+        let overwrite = b.write(k("x"), 2, &mut hb).unwrap();
+        m.merge(overwrite);
+        let delta = m.delta_since(&c.context().clock());
+        c.merge(delta);
+        assert_eq!(c.get(&k("x")).unwrap().values().collect::<Vec<_>>(), vec![&2]);
+    }
+
+    #[test]
+    fn json_round_trip_and_sizes() {
+        let mut h = hlc(1);
+        let mut m: OrMap<String, MvRegister<String>> = OrMap::new();
+        for i in 0..100 {
+            m.write(format!("key-{i:06}"), format!("value-{i:06}"), &mut h).unwrap();
+        }
+        let json = serde_json::to_string(&m).unwrap();
+        let back: OrMap<String, MvRegister<String>> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        let floor: IndexMap<String, String> = (0..100)
+            .map(|i| (format!("key-{i:06}"), format!("value-{i:06}")))
+            .collect();
+        let floor_len = serde_json::to_string(&floor).unwrap().len();
+        assert!(json.len() < floor_len * 2, "{} vs {}", json.len(), floor_len);
+    }
+}
