@@ -110,6 +110,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A read with a session token was refused: this replica has not yet seen every
+    /// write the token names (it lags by `missing` events).
+    #[error("replica has not caught up with the session token ({missing} events missing)")]
+    NotCaughtUp {
+        /// How many events named by the token this replica has not seen.
+        missing: u64,
+    },
+
     /// A snapshot cannot be restored (wrong shape, or it belongs to another replica).
     #[error("invalid snapshot: {reason}")]
     InvalidSnapshot {

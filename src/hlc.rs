@@ -224,6 +224,17 @@ impl<S: TimeSource> Hlc<S> {
         self.last
     }
 
+    /// Reads the wall clock of the time source (milliseconds since the Unix epoch).
+    pub fn now_ms(&mut self) -> u64 {
+        self.source.now_ms()
+    }
+
+    /// Raises [`Hlc::last`] to `ts` without the offset check: used when restoring a
+    /// snapshot, whose timestamps this replica issued or accepted before.
+    pub(crate) fn restore_last(&mut self, ts: Timestamp) {
+        self.last = self.last.max(ts);
+    }
+
     /// A timestamp for a local event, greater than every timestamp issued or observed
     /// before, even if the wall clock went backwards.
     ///

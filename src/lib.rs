@@ -16,6 +16,8 @@ pub mod lww;
 pub mod map;
 pub mod mvreg;
 pub mod resolver;
+pub mod sync;
+pub mod wire;
 
 pub use causal::{Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op};
 pub use clock::{CausalContext, CausalOrder, VectorClock};

@@ -1,0 +1,31 @@
+//! The messages masters exchange.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::VectorClock;
+use crate::id::ReplicaId;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One message between two replicas: the sender's version vector, the delta it
+/// believes the receiver lacks (if any), and whether it wants an answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "T: Serialize + serde::de::DeserializeOwned")]
+pub struct Message<T> {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// The sending replica (its node id).
+    pub from: ReplicaId,
+    /// The receiving replica.
+    pub to: ReplicaId,
+    /// Everything the sender has seen (its version vector). The receiver treats it as
+    /// an acknowledgement of everything it names.
+    pub clock: VectorClock,
+    /// What the receiver lacks, as far as the sender knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<T>,
+    /// True if the sender wants the receiver to answer with what the sender lacks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply: bool,
+}

@@ -1,0 +1,54 @@
+//! A serializable snapshot of an engine's health.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::VectorClock;
+use crate::id::ReplicaId;
+
+use super::engine::Role;
+use super::peer::PeerLag;
+
+/// Counters and lag for one replica, ready to export (it serializes to JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The replica's node id.
+    pub node: ReplicaId,
+    /// The id its current incarnation stamps writes with.
+    pub incarnation: ReplicaId,
+    /// Master or follower.
+    pub role: Role,
+    /// Its version vector.
+    pub clock: VectorClock,
+    /// Local writes accepted.
+    pub writes: u64,
+    /// Messages produced.
+    pub messages_sent: u64,
+    /// Messages accepted.
+    pub messages_received: u64,
+    /// Messages rejected with an error (state unchanged).
+    pub messages_rejected: u64,
+    /// Concurrent writes resolved while applying peers' deltas.
+    pub conflicts_resolved: u64,
+    /// Per-peer replication state, in peer-id order.
+    pub peers: Vec<PeerMetrics>,
+}
+
+/// Replication state towards one peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerMetrics {
+    /// The peer's node id.
+    pub peer: ReplicaId,
+    /// What the peer has acknowledged.
+    pub acked: VectorClock,
+    /// Lag towards it.
+    pub lag: PeerLag,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) writes: u64,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) rejected: u64,
+    pub(crate) conflicts: u64,
+}
