@@ -16,6 +16,7 @@ pub mod lww;
 pub mod map;
 pub mod mvreg;
 pub mod resolver;
+pub mod sim;
 pub mod sync;
 pub mod wire;
 

@@ -1,0 +1,457 @@
+//! A deterministic, seeded network simulator for testing replication setups.
+//!
+//! [`Sim`] runs N [`SyncEngine`]s in one process over a simulated network that loses,
+//! duplicates and reorders messages, splits into partitions and heals, and crashes
+//! replicas, which restart from their last snapshot. Everything is driven by one
+//! [`Action`] enum, so a property test, a fuzz target and your own tests can share
+//! scenarios; the same seed and actions always give the same run. Messages travel as
+//! encoded bytes, so the wire format is exercised too.
+//!
+//! ```
+//! use concord::sim::{Action, Faults, Sim, SimOp};
+//! use concord::{Hlc, ManualClock, MvRegister, OrMap, Result};
+//!
+//! /// The application's write: set `key` to `value`.
+//! #[derive(Clone, Debug)]
+//! struct Put(&'static str, u8);
+//!
+//! impl SimOp<OrMap<String, MvRegister<u8>>> for Put {
+//!     fn apply(
+//!         &self,
+//!         map: &mut OrMap<String, MvRegister<u8>>,
+//!         hlc: &mut Hlc<ManualClock>,
+//!     ) -> Result<OrMap<String, MvRegister<u8>>> {
+//!         map.write(self.0.to_string(), self.1, hlc)
+//!     }
+//! }
+//!
+//! let mut sim = Sim::new(3, 42, Faults::lossy());
+//! sim.run([
+//!     Action::Partition { side_a: 0b001 },
+//!     Action::Write { node: 0, op: Put("x", 1) },
+//!     Action::Write { node: 1, op: Put("x", 2) },
+//!     Action::Push { node: 0 },
+//!     Action::Push { node: 1 },
+//!     Action::Deliver { count: 10 },
+//!     Action::Heal,
+//! ]);
+//! sim.quiesce();
+//! assert!(sim.converged());
+//! let x = sim.engine(2).state().get(&"x".to_string()).unwrap();
+//! assert_eq!(x.values().count(), 2); // the partitioned writes raced: both kept
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::causal::Crdt;
+use crate::error::Result;
+use crate::hlc::{Hlc, ManualClock};
+use crate::id::{Dot, ReplicaId};
+use crate::sync::{Config, Snapshot, SyncEngine};
+
+/// A small deterministic pseudo-random generator (SplitMix64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `p` (in percent, 0–100).
+    pub fn percent(&mut self, p: u8) -> bool {
+        self.below(100) < p as usize
+    }
+}
+
+/// The network's misbehaviour, in percent per delivered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Faults {
+    /// Chance that a message is lost.
+    pub loss: u8,
+    /// Chance that a delivered message is delivered again later.
+    pub duplicate: u8,
+    /// Deliver in-flight messages in random order instead of the order sent.
+    pub reorder: bool,
+}
+
+impl Faults {
+    /// A perfect network: no loss, no duplicates, in order.
+    pub fn none() -> Self {
+        Faults {
+            loss: 0,
+            duplicate: 0,
+            reorder: false,
+        }
+    }
+
+    /// A bad network: 20% loss, 10% duplicates, reordering.
+    pub fn lossy() -> Self {
+        Faults {
+            loss: 20,
+            duplicate: 10,
+            reorder: true,
+        }
+    }
+}
+
+/// An application write the simulator can apply at any replica.
+pub trait SimOp<T>: Clone + fmt::Debug {
+    /// Applies the write to `state` with the replica's clock; returns the delta.
+    fn apply(&self, state: &mut T, hlc: &mut Hlc<ManualClock>) -> Result<T>;
+}
+
+/// One step of a simulation. Node numbers are taken modulo the number of nodes, so any
+/// generated value is valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action<W> {
+    /// A local write at `node`.
+    Write {
+        /// The writing node.
+        node: usize,
+        /// The application's write.
+        op: W,
+    },
+    /// `from` opens a sync session with `to`.
+    Sync {
+        /// The node opening the session.
+        from: usize,
+        /// Its peer.
+        to: usize,
+    },
+    /// `node` pushes its news to every peer.
+    Push {
+        /// The pushing node.
+        node: usize,
+    },
+    /// Up to `count` in-flight messages are delivered (or lost, or duplicated).
+    Deliver {
+        /// How many.
+        count: usize,
+    },
+    /// The network splits: nodes whose bit is set in `side_a` on one side, the rest on
+    /// the other. Messages across are lost.
+    Partition {
+        /// Bit `i` set: node `i` is on side A.
+        side_a: u64,
+    },
+    /// The partition heals.
+    Heal,
+    /// `node` persists a snapshot.
+    Snapshot {
+        /// The node.
+        node: usize,
+    },
+    /// `node` crashes, losing everything since its last snapshot, and restarts from it
+    /// as a new incarnation.
+    Crash {
+        /// The node.
+        node: usize,
+    },
+    /// Simulated time passes.
+    Advance {
+        /// Milliseconds.
+        ms: u64,
+    },
+}
+
+/// What happened during a simulation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Local writes applied.
+    pub writes: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages delivered and accepted.
+    pub delivered: u64,
+    /// Messages lost (to faults or partitions).
+    pub lost: u64,
+    /// Extra copies delivered.
+    pub duplicated: u64,
+    /// Messages rejected by their receiver (should stay 0 between honest replicas).
+    pub rejected: u64,
+    /// Concurrent writes reported by receivers.
+    pub conflicts: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+struct InFlight {
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+struct Node<T: Crdt> {
+    engine: SyncEngine<T, ManualClock>,
+    snapshot: Option<Snapshot<T>>,
+}
+
+/// A simulated cluster of replicas over a faulty network.
+pub struct Sim<T: Crdt + Default> {
+    nodes: Vec<Node<T>>,
+    ids: Vec<ReplicaId>,
+    network: Vec<InFlight>,
+    rng: Rng,
+    faults: Faults,
+    side_a: Option<u64>,
+    time: ManualClock,
+    stats: Stats,
+    /// Writes with the number of peers that held them when their writer crashed.
+    crashed_writes: Vec<(Dot, usize)>,
+    last_error: Option<crate::Error>,
+}
+
+impl<T: Crdt + Default> Sim<T> {
+    /// `n` masters, all peers of each other, over a network with `faults`, seeded with
+    /// `seed`.
+    pub fn new(n: usize, seed: u64, faults: Faults) -> Self {
+        let mut rng = Rng::new(seed);
+        let ids: Vec<ReplicaId> = (1..=n as u128).map(ReplicaId::from_u128).collect();
+        let time = ManualClock::new(1_700_000_000_000);
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                let incarnation = ReplicaId::from_u128(rng.next_u64() as u128 | 1 << 64);
+                let config = Config::with_peers(ids.iter().copied()).incarnation(incarnation);
+                Node {
+                    engine: SyncEngine::new(*id, T::default(), time.clone(), config),
+                    snapshot: None,
+                }
+            })
+            .collect();
+        Sim {
+            nodes,
+            ids,
+            network: Vec::new(),
+            rng,
+            faults,
+            side_a: None,
+            time,
+            stats: Stats::default(),
+            crashed_writes: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    /// The engine of node `i`.
+    pub fn engine(&self, i: usize) -> &SyncEngine<T, ManualClock> {
+        &self.nodes[i % self.nodes.len()].engine
+    }
+
+    /// The engine of node `i`, mutably (to write or read outside the action list).
+    pub fn engine_mut(&mut self, i: usize) -> &mut SyncEngine<T, ManualClock> {
+        let n = self.nodes.len();
+        &mut self.nodes[i % n].engine
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True if there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// What happened so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Messages in flight.
+    pub fn in_flight(&self) -> usize {
+        self.network.len()
+    }
+
+    /// The last error a receiver returned, if any (between honest replicas there
+    /// should be none).
+    pub fn last_error(&self) -> Option<&crate::Error> {
+        self.last_error.as_ref()
+    }
+
+    /// Every write that had reached at least one other replica when its writer crashed,
+    /// with how many peers held it.
+    pub fn acknowledged_before_crash(&self) -> &[(Dot, usize)] {
+        &self.crashed_writes
+    }
+
+    /// Runs the actions in order.
+    pub fn run<W: SimOp<T>>(&mut self, actions: impl IntoIterator<Item = Action<W>>) {
+        for action in actions {
+            self.step(action);
+        }
+    }
+
+    /// Runs one action.
+    pub fn step<W: SimOp<T>>(&mut self, action: Action<W>) {
+        let n = self.nodes.len();
+        match action {
+            Action::Write { node, op } => {
+                let engine = &mut self.nodes[node % n].engine;
+                if engine.update(|state, hlc| op.apply(state, hlc)).is_ok() {
+                    self.stats.writes += 1;
+                }
+            }
+            Action::Sync { from, to } => {
+                let (from, to) = (from % n, to % n);
+                if from != to {
+                    let peer = self.ids[to];
+                    if let Ok(msg) = self.nodes[from].engine.sync_with(peer) {
+                        self.send(from, to, &msg);
+                    }
+                }
+            }
+            Action::Push { node } => {
+                let node = node % n;
+                for msg in self.nodes[node].engine.push() {
+                    let to = self.index_of(msg.to);
+                    self.send(node, to, &msg);
+                }
+            }
+            Action::Deliver { count } => {
+                for _ in 0..count {
+                    if !self.deliver_one(true) {
+                        break;
+                    }
+                }
+            }
+            Action::Partition { side_a } => self.side_a = Some(side_a),
+            Action::Heal => self.side_a = None,
+            Action::Snapshot { node } => {
+                let node = &mut self.nodes[node % n];
+                node.snapshot = Some(node.engine.snapshot());
+            }
+            Action::Crash { node } => self.crash(node % n),
+            Action::Advance { ms } => self.time.advance(ms.min(60_000)),
+        }
+    }
+
+    fn index_of(&self, id: ReplicaId) -> usize {
+        self.ids.iter().position(|x| *x == id).expect("known node")
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: &crate::sync::Message<T>) {
+        let bytes = crate::wire::encode(msg);
+        self.stats.sent += 1;
+        self.stats.bytes += bytes.len() as u64;
+        self.network.push(InFlight { from, to, bytes });
+    }
+
+    fn cut(&self, a: usize, b: usize) -> bool {
+        match self.side_a {
+            Some(mask) => ((mask >> (a % 64)) & 1) != ((mask >> (b % 64)) & 1),
+            None => false,
+        }
+    }
+
+    /// Delivers one in-flight message; false if none was in flight.
+    fn deliver_one(&mut self, with_faults: bool) -> bool {
+        if self.network.is_empty() {
+            return false;
+        }
+        let i = if with_faults && self.faults.reorder {
+            self.rng.below(self.network.len())
+        } else {
+            0
+        };
+        let msg = self.network.remove(i);
+        if self.cut(msg.from, msg.to) || (with_faults && self.rng.percent(self.faults.loss)) {
+            self.stats.lost += 1;
+            return true;
+        }
+        if with_faults && self.rng.percent(self.faults.duplicate) {
+            self.stats.duplicated += 1;
+            self.network.push(InFlight {
+                from: msg.from,
+                to: msg.to,
+                bytes: msg.bytes.clone(),
+            });
+        }
+        match self.nodes[msg.to].engine.receive_bytes(&msg.bytes) {
+            Ok(received) => {
+                self.stats.delivered += 1;
+                self.stats.conflicts += received.conflicts.len() as u64;
+                if let Some(reply) = received.reply {
+                    self.send(msg.to, msg.from, &reply);
+                }
+            }
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.last_error = Some(e);
+            }
+        }
+        true
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.stats.crashes += 1;
+        // Record which of the crashing node's writes other replicas already hold.
+        let engine = &self.nodes[i].engine;
+        let me = engine.incarnation();
+        let written = engine.state().context().max_counter(me);
+        for counter in 1..=written {
+            let dot = Dot::new(me, counter);
+            let holders = (0..self.nodes.len())
+                .filter(|&j| j != i && self.nodes[j].engine.state().context().contains(dot))
+                .count();
+            if holders > 0 {
+                self.crashed_writes.push((dot, holders));
+            }
+        }
+        let incarnation = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
+        let config = Config::with_peers(self.ids.iter().copied()).incarnation(incarnation);
+        let node = &mut self.nodes[i];
+        node.engine = match node.snapshot.clone() {
+            Some(snapshot) => SyncEngine::restore(snapshot, self.time.clone(), config)
+                .expect("a snapshot taken by the simulator restores"),
+            None => SyncEngine::new(self.ids[i], T::default(), self.time.clone(), config),
+        };
+    }
+
+    /// Heals the network and runs sync sessions between every pair, delivering without
+    /// faults, until every replica holds the same state (or `32` rounds pass).
+    pub fn quiesce(&mut self) {
+        self.side_a = None;
+        for _ in 0..32 {
+            while self.deliver_one(false) {}
+            if self.converged() {
+                return;
+            }
+            for from in 0..self.nodes.len() {
+                for msg in self.nodes[from].engine.sync_all() {
+                    let to = self.index_of(msg.to);
+                    self.send(from, to, &msg);
+                }
+            }
+            while self.deliver_one(false) {}
+        }
+    }
+
+    /// True if every replica holds the same state.
+    pub fn converged(&self) -> bool {
+        self.nodes
+            .windows(2)
+            .all(|w| w[0].engine.state() == w[1].engine.state())
+    }
+}
