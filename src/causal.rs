@@ -90,6 +90,26 @@ impl Default for Limits {
     }
 }
 
+/// What a join did, from the receiving side's point of view; merges turn it into an
+/// [`Outcome`](crate::Outcome).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinEffect {
+    /// An element of ours was removed (the other side had seen it and dropped it).
+    pub killed: bool,
+    /// An element of theirs was not taken (we had seen it and dropped it).
+    pub discarded: bool,
+}
+
+impl JoinEffect {
+    /// Both effects of `self` and `other`.
+    pub fn or(self, other: JoinEffect) -> JoinEffect {
+        JoinEffect {
+            killed: self.killed || other.killed,
+            discarded: self.discarded || other.discarded,
+        }
+    }
+}
+
 /// A value that can live inside a causal container (an [`OrMap`](crate::OrMap)).
 ///
 /// The methods take the causal contexts explicitly because a nested value shares its
@@ -112,10 +132,11 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// Joins `other` (whose context is `other_ctx`) into `self` (whose context is
     /// `ctx`): an element survives if both sides hold it or the other side never saw
     /// its dot.
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext);
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect;
 
-    /// Removes every element whose dot `ctx` has seen (the join with an empty store).
-    fn kill(&mut self, ctx: &CausalContext);
+    /// Removes every element whose dot `ctx` has seen (the join with an empty store);
+    /// returns true if anything was removed.
+    fn kill(&mut self, ctx: &CausalContext) -> bool;
 
     /// The part of the store whose dots satisfy `keep` (empty containers dropped).
     fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self;
@@ -143,13 +164,6 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// Rebuilds a store from its wire form; fails on a replica index out of range or
     /// an invalid dot.
     fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self>;
-}
-
-/// The dots a store holds, collected into a vector.
-pub(crate) fn dots_of<S: DotStore>(store: &S) -> Vec<Dot> {
-    let mut out = Vec::new();
-    store.for_each_dot(&mut |d| out.push(d));
-    out
 }
 
 /// The replicas mentioned by a state, numbered in order of first appearance so that the
@@ -293,33 +307,18 @@ pub(crate) fn has_unseen<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
     unseen
 }
 
-/// Applies a local write to a store that has its own context, and returns the delta:
-/// the part tagged with the new dot, plus a context naming the new dot and every dot
-/// the write overwrote.
+/// Applies a local write to a store that has its own context and returns the part of
+/// the store tagged with the new dot (the caller adds the delta's context).
 pub(crate) fn local_write<S: DotStore>(
     store: &mut S,
     ctx: &mut CausalContext,
     op: Op,
     write: impl FnOnce(&mut S, &Op),
-) -> (S, CausalContext) {
-    let before = dots_of(store);
+) -> S {
     write(store, &op);
-    let mut delta_ctx = CausalContext::new();
-    delta_ctx.insert(op.dot());
-    if !before.is_empty() {
-        let mut after = CausalContext::new();
-        store.for_each_dot(&mut |d| {
-            after.insert(d);
-        });
-        for d in before {
-            if !after.contains(d) {
-                delta_ctx.insert(d);
-            }
-        }
-    }
     ctx.insert(op.dot());
     let dot = op.dot();
-    (store.filtered(&|d| d == dot), delta_ctx)
+    store.filtered(&|d| d == dot)
 }
 
 /// A top-level replicated state: what the sync engine replicates.

@@ -446,6 +446,17 @@ impl CausalContext {
         self.seen.entry(replica).or_default().insert_range(lo, hi)
     }
 
+    /// The part of this context that names `replica`'s events.
+    pub fn only(&self, replica: ReplicaId) -> CausalContext {
+        let seen = self
+            .seen
+            .get(&replica)
+            .map(|r| (replica, r.clone()))
+            .into_iter()
+            .collect();
+        CausalContext { seen }
+    }
+
     /// The newest counter seen from each replica, gaps or not.
     pub fn max_clock(&self) -> VectorClock {
         self.seen

@@ -28,7 +28,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{local_write, ConflictSink, Crdt, DotStore, Limits, Op, ReplicaTable};
+use crate::causal::{
+    local_write, ConflictSink, Crdt, DotStore, JoinEffect, Limits, Op, ReplicaTable,
+};
 use crate::clock::{CausalContext, VectorClock};
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
@@ -56,7 +58,7 @@ impl PnCounter {
     pub fn increment<S: TimeSource>(&mut self, amount: i64, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
-        let (delta, delta_ctx) = local_write(self, &mut ctx, op, |c, op| {
+        let delta = local_write(self, &mut ctx, op, |c, op| {
             let me = op.dot().replica();
             let mut total = amount;
             c.segments.entries.retain(|(d, n)| {
@@ -69,9 +71,11 @@ impl PnCounter {
             c.segments.insert(op.dot(), total);
         });
         self.ctx = ctx;
+        // The delta names every dot of this replica: applying it replaces all of the
+        // replica's earlier contributions, even where earlier deltas were lost.
         Ok(PnCounter {
             segments: delta.segments,
-            ctx: delta_ctx,
+            ctx: self.ctx.only(op.dot().replica()),
         })
     }
 
@@ -137,12 +141,12 @@ impl DotStore for PnCounter {
         self.segments.dots().for_each(f);
     }
 
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
-        self.segments.join(ctx, other.segments, other_ctx);
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
+        self.segments.join(ctx, other.segments, other_ctx)
     }
 
-    fn kill(&mut self, ctx: &CausalContext) {
-        self.segments.kill(ctx);
+    fn kill(&mut self, ctx: &CausalContext) -> bool {
+        self.segments.kill(ctx)
     }
 
     fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::causal::{
     decode_context, decode_dot, encode_context, has_unseen, ConflictSink, DotStore, EncodedContext,
-    Limits, Op, ReplicaTable,
+    JoinEffect, Limits, Op, ReplicaTable,
 };
 use crate::clock::{CausalContext, VectorClock};
 use crate::error::{Error, Result};
@@ -55,7 +55,12 @@ impl<E: Clone + PartialEq> DotFun<E> {
         }
     }
 
-    pub(crate) fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+    pub(crate) fn join(
+        &mut self,
+        ctx: &CausalContext,
+        other: Self,
+        other_ctx: &CausalContext,
+    ) -> JoinEffect {
         // Fast path: both sides hold the same dots (the usual case between replicas
         // that are in sync): nothing changes.
         if self.entries.len() == other.entries.len()
@@ -65,8 +70,9 @@ impl<E: Clone + PartialEq> DotFun<E> {
                 .zip(&other.entries)
                 .all(|(a, b)| a.0 == b.0)
         {
-            return;
+            return JoinEffect::default();
         }
+        let mut effect = JoinEffect::default();
         let mine = std::mem::take(&mut self.entries);
         let mut out = Vec::with_capacity(mine.len().max(other.entries.len()));
         let mut theirs = other.entries.into_iter().peekable();
@@ -76,7 +82,9 @@ impl<E: Clone + PartialEq> DotFun<E> {
                     break;
                 }
                 let (d, e) = theirs.next().expect("peeked");
-                if !ctx.contains(d) {
+                if ctx.contains(d) {
+                    effect.discarded = true;
+                } else {
                     out.push((d, e));
                 }
             }
@@ -85,19 +93,25 @@ impl<E: Clone + PartialEq> DotFun<E> {
                     theirs.next();
                     out.push((dot, element));
                 }
-                _ => {
-                    if !other_ctx.contains(dot) {
-                        out.push((dot, element));
-                    }
-                }
+                _ if other_ctx.contains(dot) => effect.killed = true,
+                _ => out.push((dot, element)),
             }
         }
-        out.extend(theirs.filter(|(d, _)| !ctx.contains(*d)));
+        for (d, e) in theirs {
+            if ctx.contains(d) {
+                effect.discarded = true;
+            } else {
+                out.push((d, e));
+            }
+        }
         self.entries = out;
+        effect
     }
 
-    pub(crate) fn kill(&mut self, ctx: &CausalContext) {
+    pub(crate) fn kill(&mut self, ctx: &CausalContext) -> bool {
+        let before = self.entries.len();
         self.entries.retain(|(d, _)| !ctx.contains(*d));
+        self.entries.len() != before
     }
 
     pub(crate) fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
@@ -157,7 +171,7 @@ impl<E: Clone + PartialEq> DotFun<E> {
         for (i, c, e) in triples {
             entries.push((decode_dot(replicas, i, c)?, e));
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::InvalidDot {
                 dot: w[0].0,
@@ -219,14 +233,14 @@ pub(crate) fn standalone_merge<S: DotStore>(
     other_ctx: CausalContext,
 ) -> Outcome {
     use crate::Resolver;
-    let gained = !ctx.includes(&other_ctx);
-    if !gained {
-        return Outcome::Unchanged;
-    }
-    let kept = !other_ctx.includes(ctx);
-    store.join(ctx, other, &other_ctx);
+    // No shortcut on the contexts alone: a state built from deltas that arrived out of
+    // order can hold an element its own context says was overwritten, and only the
+    // join removes it.
+    let grew = !ctx.includes(&other_ctx);
+    let behind = !other_ctx.includes(ctx);
+    let effect = store.join(ctx, other, &other_ctx);
     ctx.merge(other_ctx);
-    Outcome::from_flags(gained, kept)
+    Outcome::from_flags(grew || effect.killed, behind || effect.discarded)
 }
 
 /// Checks a received standalone value: every held dot is in its context, and the sizes

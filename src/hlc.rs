@@ -102,8 +102,13 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix = self.replica.as_uuid().as_u128() >> 96;
-        write!(f, "{}.{}@{prefix:08x}", self.wall_ms, self.logical)
+        write!(
+            f,
+            "{}.{}@{}",
+            self.wall_ms,
+            self.logical,
+            self.replica.short()
+        )
     }
 }
 

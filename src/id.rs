@@ -50,6 +50,23 @@ impl ReplicaId {
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+
+    /// Eight hex digits that tell replicas apart in logs: the first eight of a random
+    /// id, the last eight of a small numbered one (such as [`ReplicaId::from_u128`]).
+    ///
+    /// ```
+    /// use concord::ReplicaId;
+    /// assert_eq!(ReplicaId::from_u128(0x2a).short(), "0000002a");
+    /// ```
+    pub fn short(&self) -> String {
+        let n = self.0.as_u128();
+        let digits = if n >> 96 == 0 {
+            n as u32
+        } else {
+            (n >> 96) as u32
+        };
+        format!("{digits:08x}")
+    }
 }
 
 impl fmt::Display for ReplicaId {
@@ -60,9 +77,7 @@ impl fmt::Display for ReplicaId {
 
 impl fmt::Debug for ReplicaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The first eight hex digits are enough to tell replicas apart in logs.
-        let s = self.0.simple().to_string();
-        write!(f, "ReplicaId({})", &s[..8])
+        write!(f, "ReplicaId({})", self.short())
     }
 }
 
@@ -121,8 +136,7 @@ impl Dot {
 
 impl fmt::Display for Dot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.replica.0.simple().to_string();
-        write!(f, "{}:{}", &s[..8], self.counter)
+        write!(f, "{}:{}", self.replica.short(), self.counter)
     }
 }
 

@@ -48,8 +48,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
-    decode_context, encode_context, ConflictSink, Crdt, Data, DotStore, EncodedContext, Limits,
-    Op, ReplicaTable,
+    decode_context, encode_context, ConflictSink, Crdt, Data, DotStore, EncodedContext, JoinEffect,
+    Limits, Op, ReplicaTable,
 };
 use crate::clock::{CausalContext, VectorClock};
 use crate::counter::PnCounter;
@@ -107,12 +107,21 @@ impl RemovalLog {
         self.floor.merge_ref(clock);
     }
 
+    /// Forgets the removals every peer has acknowledged. The floor rises to cover
+    /// them, so a peer that later comes back from an older snapshot, below what it had
+    /// acknowledged, is sent the full state rather than a delta missing them.
     fn prune(&mut self, stable: &VectorClock) {
-        let before = self.entries.len();
-        self.entries.retain(|(trigger, _)| !stable.dominates(trigger));
-        if self.entries.len() != before {
-            self.dots = self.entries.iter().map(|e| e.1.len()).sum();
-        }
+        let floor = &mut self.floor;
+        let mut dropped = 0;
+        self.entries.retain(|(trigger, dead)| {
+            let keep = !stable.dominates(trigger);
+            if !keep {
+                floor.merge_ref(trigger);
+                dropped += dead.len();
+            }
+            keep
+        });
+        self.dots -= dropped;
     }
 }
 
@@ -256,7 +265,12 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         for d in after {
             self.index.insert(d, pos);
         }
-        let key = self.entries.get_index(pos).expect("just inserted").0.clone();
+        let key = self
+            .entries
+            .get_index(pos)
+            .expect("just inserted")
+            .0
+            .clone();
         if bottom {
             self.remove_positions(vec![pos]);
         }
@@ -353,11 +367,11 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
     /// The standalone join: index and removal log maintained, concurrencies reported.
     fn merge_reporting<C: ConflictSink<K, V>>(&mut self, other: Self, sink: &mut C) -> Outcome {
-        let gained = !self.ctx.includes(&other.ctx);
-        if !gained {
-            return Outcome::Unchanged;
-        }
-        let kept = !other.ctx.includes(&self.ctx);
+        // No shortcut on the contexts alone: a state built from deltas that arrived out
+        // of order can hold an element its own context says was overwritten.
+        let grew = !self.ctx.includes(&other.ctx);
+        let behind = !other.ctx.includes(&self.ctx);
+        let mut effect = JoinEffect::default();
         let OrMap {
             entries: their_entries,
             ctx: their_ctx,
@@ -378,7 +392,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             their_ctx
                 .dots_since(&VectorClock::new())
                 .filter(|d| {
-                    !their_live.contains(d) && (!self.ctx.contains(*d) || self.index.contains_key(d))
+                    !their_live.contains(d)
+                        && (!self.ctx.contains(*d) || self.index.contains_key(d))
                 })
                 .collect()
         } else {
@@ -415,7 +430,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             if scratch.iter().all(|d| !their_ctx.contains(*d)) {
                 continue;
             }
-            value.kill(&their_ctx);
+            effect.killed |= value.kill(&their_ctx);
             for d in &scratch {
                 if their_ctx.contains(*d) {
                     self.index.remove(d);
@@ -444,7 +459,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                         && before.iter().any(|d| !their_ctx.contains(*d))
                         && theirs.iter().any(|d| !self.ctx.contains(*d));
                     let report = conflict.then(|| (value.clone(), their_value.clone()));
-                    value.join(&self.ctx, their_value, &their_ctx);
+                    effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
                     for d in &before {
                         if their_ctx.contains(*d) && !theirs.contains(d) {
                             self.index.remove(d);
@@ -470,7 +485,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                 }
                 None => {
                     let mut value = V::default();
-                    value.join(&self.ctx, their_value, &their_ctx);
+                    effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
                     if !value.is_bottom() {
                         let pos = self.entries.len();
                         let index = &mut self.index;
@@ -490,7 +505,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         } else {
             self.log.raise_floor(&their_ctx.max_clock());
         }
-        Outcome::from_flags(gained, kept)
+        Outcome::from_flags(grew || effect.killed, behind || effect.discarded)
     }
 }
 
@@ -536,16 +551,25 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
 
     /// The keys whose registers hold concurrent siblings.
     pub fn conflicted_keys(&self) -> impl Iterator<Item = &K> + '_ {
-        self.iter().filter(|(_, r)| r.is_conflicted()).map(|(k, _)| k)
+        self.iter()
+            .filter(|(_, r)| r.is_conflicted())
+            .map(|(k, _)| k)
     }
 
     /// Writes the resolved value back to every conflicted key, collapsing the siblings;
     /// returns one delta covering all of them.
-    pub fn collapse<S: TimeSource>(&mut self, f: impl MergeFn<T>, hlc: &mut Hlc<S>) -> Result<Self> {
+    pub fn collapse<S: TimeSource>(
+        &mut self,
+        f: impl MergeFn<T>,
+        hlc: &mut Hlc<S>,
+    ) -> Result<Self> {
         let fixes: Vec<(K, T)> = self
             .iter()
             .filter(|(_, r)| r.is_conflicted())
-            .filter_map(|(k, r)| r.resolve(|s: &[&T]| f.merge_values(s)).map(|v| (k.clone(), v)))
+            .filter_map(|(k, r)| {
+                r.resolve(|s: &[&T]| f.merge_values(s))
+                    .map(|v| (k.clone(), v))
+            })
             .collect();
         let mut delta = OrMap::new();
         for (key, value) in fixes {
@@ -558,7 +582,12 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
 
 impl<K: Key> OrMap<K, PnCounter> {
     /// Adds `amount` (negative to subtract) to the counter at `key`; returns the delta.
-    pub fn increment<S: TimeSource>(&mut self, key: K, amount: i64, hlc: &mut Hlc<S>) -> Result<Self> {
+    pub fn increment<S: TimeSource>(
+        &mut self,
+        key: K,
+        amount: i64,
+        hlc: &mut Hlc<S>,
+    ) -> Result<Self> {
         self.update(key, hlc, |c, op| c.add(op, amount))
     }
 
@@ -585,10 +614,18 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     fn encode_entries<'a>(&'a self, table: &mut ReplicaTable) -> EncodedEntries<'a, K, V> {
         let mut sorted: Vec<(&K, &V)> = self.entries.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        EncodedEntries(sorted.into_iter().map(|(k, v)| (k, v.encode(table))).collect())
+        EncodedEntries(
+            sorted
+                .into_iter()
+                .map(|(k, v)| (k, v.encode(table)))
+                .collect(),
+        )
     }
 
-    fn decode_entries(decoded: IndexMap<K, V::Decoded>, replicas: &[ReplicaId]) -> Result<IndexMap<K, V>> {
+    fn decode_entries(
+        decoded: IndexMap<K, V::Decoded>,
+        replicas: &[ReplicaId],
+    ) -> Result<IndexMap<K, V>> {
         let mut entries = IndexMap::with_capacity(decoded.len());
         for (k, v) in decoded {
             entries.insert(k, V::decode(v, replicas)?);
@@ -614,11 +651,12 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
         }
     }
 
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
+        let mut effect = JoinEffect::default();
         let their_entries = other.entries;
         self.entries.retain(|k, v| {
             if !their_entries.contains_key(k) {
-                v.kill(other_ctx);
+                effect.killed |= v.kill(other_ctx);
             }
             !v.is_bottom()
         });
@@ -626,27 +664,30 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
             match self.entries.get_index_of(&k) {
                 Some(pos) => {
                     let value = &mut self.entries[pos];
-                    value.join(ctx, their_value, other_ctx);
+                    effect = effect.or(value.join(ctx, their_value, other_ctx));
                     if value.is_bottom() {
                         self.entries.swap_remove_index(pos);
                     }
                 }
                 None => {
                     let mut value = V::default();
-                    value.join(ctx, their_value, other_ctx);
+                    effect = effect.or(value.join(ctx, their_value, other_ctx));
                     if !value.is_bottom() {
                         self.entries.insert(k, value);
                     }
                 }
             }
         }
+        effect
     }
 
-    fn kill(&mut self, ctx: &CausalContext) {
+    fn kill(&mut self, ctx: &CausalContext) -> bool {
+        let mut killed = false;
         self.entries.retain(|_, v| {
-            v.kill(ctx);
+            killed |= v.kill(ctx);
             !v.is_bottom()
         });
+        killed
     }
 
     fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
@@ -660,7 +701,12 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
         out
     }
 
-    fn joined_siblings(&self, ctx: &CausalContext, other: &Self, other_ctx: &CausalContext) -> usize {
+    fn joined_siblings(
+        &self,
+        ctx: &CausalContext,
+        other: &Self,
+        other_ctx: &CausalContext,
+    ) -> usize {
         let empty = V::default();
         other
             .entries
@@ -680,7 +726,10 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
     }
 
     fn max_timestamp(&self) -> Option<Timestamp> {
-        self.entries.values().filter_map(DotStore::max_timestamp).max()
+        self.entries
+            .values()
+            .filter_map(DotStore::max_timestamp)
+            .max()
     }
 
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
@@ -725,7 +774,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         positions.dedup();
         let mut delta = OrMap::new();
         for pos in positions {
-            let (k, v) = self.entries.get_index(pos).expect("index points into entries");
+            let (k, v) = self
+                .entries
+                .get_index(pos)
+                .expect("index points into entries");
             let part = v.filtered(&|d| !clock.covers(d));
             if !part.is_bottom() {
                 delta.entries.insert(k.clone(), part);
@@ -766,7 +818,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                     return;
                 }
                 if !self.ctx.contains(d) {
-                    bad = Some((d, "element dot missing from the causal context sent with it"));
+                    bad = Some((
+                        d,
+                        "element dot missing from the causal context sent with it",
+                    ));
                 } else if owner.insert(d, pos).is_some_and(|p| p != pos) {
                     bad = Some((d, "the same dot tags entries of two keys"));
                 }
@@ -939,7 +994,14 @@ mod tests {
         let mut via_full = b.clone();
         via_full.merge(a.clone());
         assert_eq!(via_delta, via_full);
-        assert_eq!(via_delta.get(&k("k1")).unwrap().values().collect::<Vec<_>>(), vec![&100]);
+        assert_eq!(
+            via_delta
+                .get(&k("k1"))
+                .unwrap()
+                .values()
+                .collect::<Vec<_>>(),
+            vec![&100]
+        );
         assert!(via_delta.get(&k("k2")).is_none());
     }
 
@@ -956,7 +1018,10 @@ mod tests {
         m.merge(overwrite);
         let delta = m.delta_since(&c.context().clock());
         c.merge(delta);
-        assert_eq!(c.get(&k("x")).unwrap().values().collect::<Vec<_>>(), vec![&2]);
+        assert_eq!(
+            c.get(&k("x")).unwrap().values().collect::<Vec<_>>(),
+            vec![&2]
+        );
     }
 
     #[test]
@@ -964,7 +1029,8 @@ mod tests {
         let mut h = hlc(1);
         let mut m: OrMap<String, MvRegister<String>> = OrMap::new();
         for i in 0..100 {
-            m.write(format!("key-{i:06}"), format!("value-{i:06}"), &mut h).unwrap();
+            m.write(format!("key-{i:06}"), format!("value-{i:06}"), &mut h)
+                .unwrap();
         }
         let json = serde_json::to_string(&m).unwrap();
         let back: OrMap<String, MvRegister<String>> = serde_json::from_str(&json).unwrap();
@@ -973,6 +1039,11 @@ mod tests {
             .map(|i| (format!("key-{i:06}"), format!("value-{i:06}")))
             .collect();
         let floor_len = serde_json::to_string(&floor).unwrap().len();
-        assert!(json.len() < floor_len * 2, "{} vs {}", json.len(), floor_len);
+        assert!(
+            json.len() < floor_len * 2,
+            "{} vs {}",
+            json.len(),
+            floor_len
+        );
     }
 }

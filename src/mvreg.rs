@@ -41,7 +41,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{local_write, ConflictSink, Crdt, Data, DotStore, Limits, Op, ReplicaTable};
+use crate::causal::{
+    local_write, ConflictSink, Crdt, Data, DotStore, JoinEffect, Limits, Op, ReplicaTable,
+};
 use crate::clock::{CausalContext, VectorClock};
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
@@ -93,9 +95,11 @@ impl<T: Data> MvRegister<T> {
     pub fn write<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
-        let (delta, delta_ctx) = local_write(self, &mut ctx, op, |reg, op| reg.set(op, value));
+        let delta = local_write(self, &mut ctx, op, |reg, op| reg.set(op, value));
         self.ctx = ctx;
-        Ok(delta.with_context(delta_ctx))
+        // The delta carries the whole context (a register's is small): whoever applies it
+        // learns every write this one replaced, even if earlier deltas were lost.
+        Ok(delta.with_context(self.ctx.clone()))
     }
 
     /// Inside a map update: replaces every sibling with `value`, tagged with `op`.
@@ -179,12 +183,12 @@ where
         self.siblings.dots().for_each(f);
     }
 
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) {
-        self.siblings.join(ctx, other.siblings, other_ctx);
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
+        self.siblings.join(ctx, other.siblings, other_ctx)
     }
 
-    fn kill(&mut self, ctx: &CausalContext) {
-        self.siblings.kill(ctx);
+    fn kill(&mut self, ctx: &CausalContext) -> bool {
+        self.siblings.kill(ctx)
     }
 
     fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {

@@ -191,6 +191,9 @@ pub struct Stats {
     pub conflicts: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Replicated writes lost because every replica holding them crashed before a
+    /// snapshot.
+    pub lost_in_crashes: u64,
     /// Bytes sent.
     pub bytes: u64,
 }
@@ -291,7 +294,8 @@ impl<T: Crdt + Default> Sim<T> {
     }
 
     /// Every write that had reached at least one other replica when its writer crashed,
-    /// with how many peers held it.
+    /// with how many peers held it (less those whose every holder later crashed before
+    /// persisting it, counted in [`Stats::lost_in_crashes`]).
     pub fn acknowledged_before_crash(&self) -> &[(Dot, usize)] {
         &self.crashed_writes
     }
@@ -427,6 +431,16 @@ impl<T: Crdt + Default> Sim<T> {
                 .expect("a snapshot taken by the simulator restores"),
             None => SyncEngine::new(self.ids[i], T::default(), self.time.clone(), config),
         };
+        // A write whose every holder has now crashed without persisting it is gone for
+        // good: that is not a replication failure, so stop expecting it.
+        let nodes = &self.nodes;
+        let before = self.crashed_writes.len();
+        self.crashed_writes.retain(|(dot, _)| {
+            nodes
+                .iter()
+                .any(|n| n.engine.state().context().contains(*dot))
+        });
+        self.stats.lost_in_crashes += (before - self.crashed_writes.len()) as u64;
     }
 
     /// Heals the network and runs sync sessions between every pair, delivering without

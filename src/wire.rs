@@ -17,6 +17,7 @@
 //!     to: ReplicaId::from_u128(2),
 //!     clock: VectorClock::new(),
 //!     delta: None,
+//!     base: VectorClock::new(),
 //!     reply: true,
 //! };
 //! let bytes = wire::encode(&msg);

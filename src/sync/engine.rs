@@ -9,7 +9,7 @@ use crate::clock::VectorClock;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, SystemClock, TimeSource, Timestamp};
 use crate::id::{Dot, ReplicaId};
-use crate::resolver::{Outcome, Resolver};
+use crate::resolver::Outcome;
 
 use super::message::{Message, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
@@ -266,7 +266,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// [`Error::ReadOnly`] on a follower; whatever `f` returns (the mutators fail only
     /// before changing anything).
-    pub fn update(&mut self, f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<T>) -> Result<WriteReceipt<T>> {
+    pub fn update(
+        &mut self,
+        f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<T>,
+    ) -> Result<WriteReceipt<T>> {
         if self.role == Role::Follower {
             return Err(Error::ReadOnly { replica: self.node });
         }
@@ -352,12 +355,18 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     fn message(&mut self, to: ReplicaId, since: &VectorClock, reply: bool) -> Message<T> {
         let delta = self.state.delta_since(since);
         self.counters.sent += 1;
+        let delta = (!delta.context().is_empty()).then_some(delta);
         Message {
             v: PROTOCOL_VERSION,
             from: self.node,
             to,
             clock: self.clock(),
-            delta: (!delta.context().is_empty()).then_some(delta),
+            base: if delta.is_some() {
+                since.clone()
+            } else {
+                VectorClock::new()
+            },
+            delta,
             reply,
         }
     }
@@ -388,7 +397,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         if msg.to != self.node || msg.from == self.node {
             return Err(Error::InvalidMessage {
-                reason: format!("message from {} to {} reached {}", msg.from, msg.to, self.node),
+                reason: format!(
+                    "message from {} to {} reached {}",
+                    msg.from, msg.to, self.node
+                ),
             });
         }
         if !self.peers.contains_key(&msg.from) && !self.config.open_membership {
@@ -406,11 +418,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             self.hlc.validate(ts)?;
         }
         let mut conflicts = Vec::new();
+        // A delta computed against more than this replica has (it was restored from an
+        // older snapshot since the peer last heard from it) could leave out removals
+        // it needs: skip it and ask for a fresh one.
+        let stale = msg
+            .delta
+            .as_ref()
+            .is_some_and(|_| !self.state.context().covers(&msg.base));
         let outcome = match msg.delta {
-            Some(delta) => self
-                .state
-                .try_merge(delta, &self.config.limits, &mut conflicts)?,
-            None => Outcome::Unchanged,
+            Some(delta) if !stale => {
+                self.state
+                    .try_merge(delta, &self.config.limits, &mut conflicts)?
+            }
+            _ => Outcome::Unchanged,
         };
         // Validated above; a clock that moved backwards since then only narrows the
         // window, and the write is already merged, so a late drift error is ignored.
@@ -419,13 +439,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         let now = self.hlc.now_ms();
         let peer = self.peers.entry(msg.from).or_default();
-        peer.acked.merge_ref(&msg.clock);
+        // The sender's clock is what it holds now. Replacing (not joining) lets a peer
+        // restored from an older snapshot, or a late reordered message, lower what we
+        // count on: that only costs a resend, where overcounting would skip one.
+        peer.acked = msg.clock.clone();
         peer.last_heard_ms = Some(now);
         self.counters.received += 1;
         self.counters.conflicts += conflicts.len() as u64;
-        let reply = msg.reply.then(|| {
+        if stale {
+            self.counters.stale += 1;
+        }
+        let reply = (msg.reply || stale).then(|| {
             let theirs = msg.clock.clone();
-            self.message(msg.from, &theirs, false)
+            self.message(msg.from, &theirs, stale)
         });
         self.forget_acknowledged();
         Ok(Received {
@@ -438,7 +464,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// Drops bookkeeping every peer has acknowledged.
     fn forget_acknowledged(&mut self) {
         let me = self.hlc.replica();
-        let lowest = self.peers.values().map(|p| p.acked.get(me)).min().unwrap_or(u64::MAX);
+        let lowest = self
+            .peers
+            .values()
+            .map(|p| p.acked.get(me))
+            .min()
+            .unwrap_or(u64::MAX);
         while self.write_times.front().is_some_and(|(c, _)| *c <= lowest) {
             self.write_times.pop_front();
         }
@@ -542,6 +573,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             messages_received: self.counters.received,
             messages_rejected: self.counters.rejected,
             conflicts_resolved: self.counters.conflicts,
+            stale_deltas: self.counters.stale,
             peers,
         }
     }

@@ -25,6 +25,11 @@ pub struct Message<T> {
     /// What the receiver lacks, as far as the sender knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<T>,
+    /// The version vector `delta` was computed against: the receiver applies the delta
+    /// only if it has seen all of it (a replica restored from an older snapshot may
+    /// not have, and then asks for a fresh delta instead).
+    #[serde(default, skip_serializing_if = "VectorClock::is_empty")]
+    pub base: VectorClock,
     /// True if the sender wants the receiver to answer with what the sender lacks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reply: bool,

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub messages_rejected: u64,
     /// Concurrent writes resolved while applying peers' deltas.
     pub conflicts_resolved: u64,
+    /// Deltas skipped because they were computed against more than this replica had
+    /// (after a restore from an older snapshot); a fresh one was requested.
+    pub stale_deltas: u64,
     /// Per-peer replication state, in peer-id order.
     pub peers: Vec<PeerMetrics>,
 }
@@ -51,4 +54,5 @@ pub(crate) struct Counters {
     pub(crate) received: u64,
     pub(crate) rejected: u64,
     pub(crate) conflicts: u64,
+    pub(crate) stale: u64,
 }
