@@ -34,32 +34,76 @@ pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned> Data for T {}
 
-/// The stamp of one local write: the dot it is tagged with and its hybrid-logical-clock
-/// time (issued by the same replica).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The largest event counter a replica may issue or a peer may name. Far beyond any
+/// real history (2^62 events), and it keeps `counter + 1` from ever overflowing.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+/// The stamp of one local write: its hybrid-logical-clock time, and the dots it tags
+/// new elements with.
+///
+/// Every element a write creates gets a dot of its own from [`Op::tag`] (one write may
+/// fill several keys of a nested map, and each element must be named by exactly one
+/// dot). The first dot, [`Op::dot`], also names the write itself: a write that only
+/// removes still takes it, so version vectors see the removal.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Op {
-    dot: Dot,
+    first: Dot,
+    next: std::cell::Cell<u64>,
     ts: Timestamp,
 }
 
 impl Op {
-    /// Builds a stamp. The dot and the timestamp must come from the same replica.
+    /// A stamp whose first dot is `first`. The dot and the timestamp must come from
+    /// the same replica.
     ///
     /// # Panics
     ///
-    /// If `dot.replica() != ts.replica()` (a programming error, never caused by input).
-    pub fn new(dot: Dot, ts: Timestamp) -> Self {
+    /// If `first.replica() != ts.replica()` (a programming error, never caused by
+    /// input).
+    pub(crate) fn new(first: Dot, ts: Timestamp) -> Self {
         assert_eq!(
-            dot.replica(),
+            first.replica(),
             ts.replica(),
             "dot and timestamp from different replicas"
         );
-        Op { dot, ts }
+        Op {
+            first,
+            next: std::cell::Cell::new(first.counter()),
+            ts,
+        }
     }
 
-    /// The dot the write is tagged with.
+    /// The write's own dot (the first it issues).
     pub fn dot(&self) -> Dot {
-        self.dot
+        self.first
+    }
+
+    /// A fresh dot for one new element: the write's own dot the first time, the next
+    /// counters after that.
+    pub fn tag(&self) -> Dot {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        Dot::new(self.first.replica(), n)
+    }
+
+    /// The last counter this write used (its own dot's if it tagged nothing).
+    pub(crate) fn last_counter(&self) -> u64 {
+        (self.next.get().saturating_sub(1)).max(self.first.counter())
+    }
+
+    /// True if `dot` was issued by this write.
+    pub(crate) fn issued(&self, dot: Dot) -> bool {
+        dot.replica() == self.first.replica()
+            && (self.first.counter()..=self.last_counter()).contains(&dot.counter())
+    }
+
+    /// Records every dot this write issued in `ctx`.
+    pub(crate) fn record(&self, ctx: &mut CausalContext) {
+        ctx.insert_range(
+            self.first.replica(),
+            self.first.counter(),
+            self.last_counter(),
+        );
     }
 
     /// The write's hybrid-logical-clock time.
@@ -166,6 +210,40 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self>;
 }
 
+/// A fast hasher for dots (FxHash's multiply-rotate): dots are not attacker-chosen
+/// keys of a long-lived table an attacker can probe, and SipHash would double the cost
+/// of every index update.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DotHasher(u64);
+
+impl std::hash::Hasher for DotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by dots.
+pub(crate) type DotMap<V> = HashMap<Dot, V, std::hash::BuildHasherDefault<DotHasher>>;
+
+/// A set of dots.
+pub(crate) type DotSet = std::collections::HashSet<Dot, std::hash::BuildHasherDefault<DotHasher>>;
+
 /// The replicas mentioned by a state, numbered in order of first appearance so that the
 /// wire form names each one once.
 #[derive(Debug, Default)]
@@ -215,6 +293,12 @@ pub fn decode_dot(replicas: &[ReplicaId], idx: u32, counter: u64) -> Result<Dot>
             reason: "counters start at 1",
         });
     }
+    if counter > MAX_COUNTER {
+        return Err(Error::InvalidDot {
+            dot,
+            reason: "counter beyond the largest a replica may issue",
+        });
+    }
     Ok(dot)
 }
 
@@ -233,6 +317,7 @@ pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Res
     for (idx, ranges) in enc {
         for (lo, hi) in ranges {
             let first = decode_dot(replicas, idx, lo)?;
+            decode_dot(replicas, idx, hi)?;
             if lo > hi {
                 return Err(Error::InvalidMessage {
                     reason: format!("empty range [{lo}, {hi}] in causal context"),
@@ -312,13 +397,12 @@ pub(crate) fn has_unseen<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
 pub(crate) fn local_write<S: DotStore>(
     store: &mut S,
     ctx: &mut CausalContext,
-    op: Op,
+    op: &Op,
     write: impl FnOnce(&mut S, &Op),
 ) -> S {
-    write(store, &op);
-    ctx.insert(op.dot());
-    let dot = op.dot();
-    store.filtered(&|d| d == dot)
+    write(store, op);
+    op.record(ctx);
+    store.filtered(&|d| op.issued(d))
 }
 
 /// A top-level replicated state: what the sync engine replicates.
@@ -338,6 +422,14 @@ pub trait Crdt:
 
     /// Everything a peer whose state has seen exactly `clock` lacks, removals included.
     /// Merging the result into such a state equals merging the whole of `self`.
+    ///
+    /// The peer's clock must be honest: it has received everything the clock covers
+    /// *with its effects*. States built from merged states and `delta_since` results
+    /// always are. Mutator deltas merged out of causal order (a later write's delta
+    /// before an earlier one's) can leave a replica whose clock covers a write it
+    /// never saw, and a delta cannot repair that; a full-state merge does. The
+    /// [sync engine](crate::sync) replicates with `delta_since` only, and skips a
+    /// delta computed against more than the receiver holds.
     fn delta_since(&self, clock: &VectorClock) -> Self;
 
     /// Checks a received state against `limits` and its own consistency (every held dot

@@ -356,13 +356,15 @@ impl Ranges {
         let i = self.0.partition_point(|r| r.1 <= floor);
         let mut out: Vec<(u64, u64)> = self.0[i..].to_vec();
         if let Some(first) = out.first_mut() {
-            first.0 = first.0.max(floor + 1);
+            first.0 = first.0.max(floor.saturating_add(1));
         }
         Ranges(out)
     }
 
     fn count(&self) -> u64 {
-        self.0.iter().map(|r| r.1 - r.0 + 1).sum()
+        self.0
+            .iter()
+            .fold(0u64, |n, r| n.saturating_add((r.1 - r.0).saturating_add(1)))
     }
 }
 
@@ -527,14 +529,16 @@ impl CausalContext {
             ranges
                 .0
                 .iter()
-                .flat_map(move |&(lo, hi)| lo.max(floor + 1)..=hi)
+                .flat_map(move |&(lo, hi)| lo.max(floor.saturating_add(1))..=hi)
                 .map(move |n| Dot::new(*r, n))
         })
     }
 
     /// How many dots this context holds.
     pub fn dot_count(&self) -> u64 {
-        self.seen.values().map(Ranges::count).sum()
+        self.seen
+            .values()
+            .fold(0u64, |n, r| n.saturating_add(r.count()))
     }
 
     /// How many ranges it takes to describe this context (a measure of its size).

@@ -58,7 +58,7 @@ impl PnCounter {
     pub fn increment<S: TimeSource>(&mut self, amount: i64, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
-        let delta = local_write(self, &mut ctx, op, |c, op| {
+        let delta = local_write(self, &mut ctx, &op, |c, op| {
             let me = op.dot().replica();
             let mut total = amount;
             c.segments.entries.retain(|(d, n)| {
@@ -68,7 +68,7 @@ impl PnCounter {
                 }
                 !mine
             });
-            c.segments.insert(op.dot(), total);
+            c.segments.insert(op.tag(), total);
         });
         self.ctx = ctx;
         // The delta names every dot of this replica: applying it replaces all of the
@@ -79,17 +79,9 @@ impl PnCounter {
         })
     }
 
-    /// Inside a map update: adds `amount` as a new segment tagged with `op` (several
-    /// calls within one op add up).
+    /// Inside a map update: adds `amount` as a new segment tagged by `op`.
     pub fn add(&mut self, op: &Op, amount: i64) {
-        let dot = op.dot();
-        let total = self
-            .segments
-            .entries
-            .iter()
-            .find(|(d, _)| *d == dot)
-            .map_or(amount, |(_, n)| n.saturating_add(amount));
-        self.segments.insert(dot, total);
+        self.segments.insert(op.tag(), amount);
     }
 
     /// The current value: the sum of every contribution (saturating at the `i64`

@@ -184,8 +184,15 @@ impl<E: Clone + PartialEq> DotFun<E> {
 
 /// The next write stamp of `hlc`'s replica for a store whose context is `ctx`.
 pub(crate) fn next_op<S: TimeSource>(ctx: &CausalContext, hlc: &mut Hlc<S>) -> Result<Op> {
+    let dot = ctx.next_dot(hlc.replica());
+    if dot.counter() >= crate::causal::MAX_COUNTER {
+        return Err(Error::InvalidDot {
+            dot,
+            reason: "this replica has issued the largest counter allowed",
+        });
+    }
     let ts = hlc.tick()?;
-    Ok(Op::new(ctx.next_dot(hlc.replica()), ts))
+    Ok(Op::new(dot, ts))
 }
 
 /// A standalone value (store plus its own context) on the wire.

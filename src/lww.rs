@@ -76,7 +76,7 @@ impl<T: Data> LwwRegister<T> {
     pub fn set<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
-        let delta = local_write(self, &mut ctx, op, |reg, op| reg.assign(op, value));
+        let delta = local_write(self, &mut ctx, &op, |reg, op| reg.assign(op, value));
         self.ctx = ctx;
         // The delta carries the whole context (a register's is small): whoever applies it
         // learns every write this one replaced, even if earlier deltas were lost.
@@ -87,7 +87,7 @@ impl<T: Data> LwwRegister<T> {
     pub fn assign(&mut self, op: &Op, value: T) {
         let ts = op.timestamp();
         self.writes.assign(
-            op.dot(),
+            op.tag(),
             Stamped {
                 ms: ts.wall_ms(),
                 logical: ts.logical(),

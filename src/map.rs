@@ -38,7 +38,7 @@
 //! # Ok::<(), concord::Error>(())
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::Hash;
 
@@ -48,8 +48,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
-    decode_context, encode_context, ConflictSink, Crdt, Data, DotStore, EncodedContext, JoinEffect,
-    Limits, Op, ReplicaTable,
+    decode_context, encode_context, ConflictSink, Crdt, Data, DotMap, DotSet, DotStore,
+    EncodedContext, JoinEffect, Limits, Op, ReplicaTable,
 };
 use crate::clock::{CausalContext, VectorClock};
 use crate::counter::PnCounter;
@@ -136,8 +136,10 @@ pub struct OrMap<K, V> {
     entries: IndexMap<K, V>,
     ctx: CausalContext,
     /// Live dot -> position in `entries` (standalone maps only).
-    index: HashMap<Dot, usize>,
+    index: DotMap<usize>,
     log: RemovalLog,
+    /// A reusable buffer for the dots of the value being written.
+    scratch: Vec<Dot>,
 }
 
 impl<K, V> Default for OrMap<K, V> {
@@ -145,8 +147,9 @@ impl<K, V> Default for OrMap<K, V> {
         OrMap {
             entries: IndexMap::new(),
             ctx: CausalContext::new(),
-            index: HashMap::new(),
+            index: DotMap::default(),
             log: RemovalLog::default(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -231,6 +234,16 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// `f` receives the value and the write's [`Op`]; it calls the value's own in-op
     /// methods (`assign`, `set`, `add`, or a nested map's `update_in`/`remove_in`).
     /// If the value ends up empty the key is removed.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut settings: OrMap<String, LwwRegister<u32>> = OrMap::new();
+    /// let delta = settings.update("volume".into(), &mut hlc, |reg, op| reg.assign(op, 7))?;
+    /// assert_eq!(delta.value(&"volume".into()), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn update<S: TimeSource>(
         &mut self,
         key: K,
@@ -238,51 +251,75 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         f: impl FnOnce(&mut V, &Op),
     ) -> Result<Self> {
         let op = next_op(&self.ctx, hlc)?;
+        Ok(self.mutate(key, &op, f, true).unwrap_or_default())
+    }
+
+    /// [`OrMap::update`] without building a delta: for replicas that replicate with
+    /// [`delta_since`](Crdt::delta_since) (as the sync engine does) rather than by
+    /// shipping each write's delta. Returns the write's dot.
+    pub fn apply<S: TimeSource>(
+        &mut self,
+        key: K,
+        hlc: &mut Hlc<S>,
+        f: impl FnOnce(&mut V, &Op),
+    ) -> Result<Dot> {
+        let op = next_op(&self.ctx, hlc)?;
+        self.mutate(key, &op, f, false);
+        Ok(op.dot())
+    }
+
+    fn mutate(
+        &mut self,
+        key: K,
+        op: &Op,
+        f: impl FnOnce(&mut V, &Op),
+        want_delta: bool,
+    ) -> Option<Self> {
         let dot = op.dot();
         let entry = self.entries.entry(key);
         let pos = entry.index();
         let value = entry.or_default();
-        let mut before = Vec::new();
+        let mut before = std::mem::take(&mut self.scratch);
+        before.clear();
         value.for_each_dot(&mut |d| before.push(d));
-        f(value, &op);
-        let mut after = HashSet::new();
-        value.for_each_dot(&mut |d| {
-            after.insert(d);
-        });
-        let delta_value = value.filtered(&|d| d == dot);
+        let split = before.len();
+        f(value, op);
+        value.for_each_dot(&mut |d| before.push(d));
+        let (old, new) = before.split_at(split);
+        let delta_value = want_delta.then(|| value.filtered(&|d| op.issued(d)));
         let bottom = value.is_bottom();
 
-        let mut delta_ctx = CausalContext::new();
-        delta_ctx.insert(dot);
         let mut dead = Vec::new();
-        for d in before {
-            if !after.contains(&d) {
-                self.index.remove(&d);
-                delta_ctx.insert(d);
-                dead.push(d);
+        for d in old.iter().filter(|d| !new.contains(d)) {
+            self.index.remove(d);
+            dead.push(*d);
+        }
+        for d in new.iter().filter(|d| !old.contains(d)) {
+            self.index.insert(*d, pos);
+        }
+        self.scratch = before;
+        let delta = delta_value.map(|delta_value| {
+            let mut delta = OrMap::new();
+            op.record(&mut delta.ctx);
+            for d in &dead {
+                delta.ctx.insert(*d);
             }
-        }
-        for d in after {
-            self.index.insert(d, pos);
-        }
-        let key = self
-            .entries
-            .get_index(pos)
-            .expect("just inserted")
-            .0
-            .clone();
+            if !delta_value.is_bottom() {
+                let key = self.entries.get_index(pos).expect("present").0.clone();
+                delta.entries.insert(key, delta_value);
+            }
+            delta.seal();
+            delta
+        });
         if bottom {
             self.remove_positions(vec![pos]);
         }
-        self.ctx.insert(dot);
-        self.log.push(single(dot), dead);
-
-        let mut delta = OrMap::new();
-        if !delta_value.is_bottom() {
-            delta.entries.insert(key, delta_value);
+        op.record(&mut self.ctx);
+        if !dead.is_empty() {
+            self.log
+                .push(single(Dot::new(dot.replica(), op.last_counter())), dead);
         }
-        delta.ctx = delta_ctx;
-        Ok(delta)
+        delta
     }
 
     /// Removes `key` as `hlc`'s replica and returns the delta. Removes what this
@@ -296,14 +333,17 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         let mut dead = Vec::new();
         self.entries[pos].for_each_dot(&mut |d| dead.push(d));
         let mut delta = OrMap::new();
-        delta.ctx.insert(op.dot());
+        op.record(&mut delta.ctx);
         for &d in &dead {
             delta.ctx.insert(d);
             self.index.remove(&d);
         }
+        delta.seal();
         self.remove_positions(vec![pos]);
-        self.ctx.insert(op.dot());
-        self.log.push(single(op.dot()), dead);
+        op.record(&mut self.ctx);
+        if !dead.is_empty() {
+            self.log.push(single(op.dot()), dead);
+        }
         Ok(delta)
     }
 
@@ -357,12 +397,26 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
     /// The full state as a delta (no index or log).
     fn full(&self) -> Self {
-        OrMap {
+        let mut copy = OrMap {
             entries: self.entries.clone(),
             ctx: self.ctx.clone(),
-            index: HashMap::new(),
+            index: self.index.clone(),
             log: RemovalLog::default(),
-        }
+            scratch: Vec::new(),
+        };
+        copy.log.floor = copy.ctx.max_clock();
+        copy
+    }
+
+    /// Makes a map built from parts (a delta) a complete standalone map: its dot
+    /// index, and a removal-log floor at its context (it knows no removal history, so
+    /// a peer below that gets all of it).
+    fn seal(&mut self) {
+        self.rebuild_index();
+        self.log = RemovalLog {
+            floor: self.ctx.max_clock(),
+            ..RemovalLog::default()
+        };
     }
 
     /// The standalone join: index and removal log maintained, concurrencies reported.
@@ -380,7 +434,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
         // Removals the other side carries, for the log (before anything changes).
         let enumerate = their_ctx.dot_count() <= LOG_ENUMERATE_LIMIT;
-        let mut their_live = HashSet::new();
+        let mut their_live: DotSet = DotSet::default();
         if enumerate {
             for v in their_entries.values() {
                 v.for_each_dot(&mut |d| {
@@ -401,52 +455,15 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         };
 
         let mut removed = Vec::new();
-        // Entries of ours the other side did not send: kill what it has seen.
-        let small = their_ctx.dot_count() <= self.entries.len() as u64;
-        let mut touched: Vec<usize> = Vec::new();
-        if small {
-            for d in their_ctx.dots_since(&VectorClock::new()) {
-                if let Some(&pos) = self.index.get(&d) {
-                    touched.push(pos);
-                }
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            touched.retain(|&pos| {
-                !their_entries.contains_key(self.entries.get_index(pos).expect("in range").0)
-            });
-        } else {
-            touched = (0..self.entries.len())
-                .filter(|&pos| {
-                    !their_entries.contains_key(self.entries.get_index(pos).expect("in range").0)
-                })
-                .collect();
-        }
-        let mut scratch = Vec::new();
-        for pos in touched {
-            let value = &mut self.entries[pos];
-            scratch.clear();
-            value.for_each_dot(&mut |d| scratch.push(d));
-            if scratch.iter().all(|d| !their_ctx.contains(*d)) {
-                continue;
-            }
-            effect.killed |= value.kill(&their_ctx);
-            for d in &scratch {
-                if their_ctx.contains(*d) {
-                    self.index.remove(d);
-                }
-            }
-            if value.is_bottom() {
-                removed.push(pos);
-            }
-        }
-
+        let original_len = self.entries.len();
+        let mut visited = vec![false; original_len];
         // Entries the other side sent: join them.
         let mut before = Vec::new();
         let mut theirs = Vec::new();
         for (key, their_value) in their_entries {
             match self.entries.get_index_of(&key) {
                 Some(pos) => {
+                    visited[pos] = true;
                     let value = &mut self.entries[pos];
                     before.clear();
                     value.for_each_dot(&mut |d| before.push(d));
@@ -495,6 +512,39 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                         self.entries.insert(key, value);
                     }
                 }
+            }
+        }
+        // Entries of ours the other side did not send: kill what it has seen. A small
+        // context (a delta) is looked up through the dot index; a large one (a full
+        // state) is checked against every entry it did not visit.
+        let touched: Vec<usize> = if their_ctx.dot_count() <= original_len as u64 {
+            let mut touched: Vec<usize> = their_ctx
+                .dots_since(&VectorClock::new())
+                .filter_map(|d| self.index.get(&d).copied())
+                .filter(|&pos| pos < original_len && !visited[pos])
+                .collect();
+            touched.sort_unstable();
+            touched.dedup();
+            touched
+        } else {
+            (0..original_len).filter(|&pos| !visited[pos]).collect()
+        };
+        let mut scratch = Vec::new();
+        for pos in touched {
+            let value = &mut self.entries[pos];
+            scratch.clear();
+            value.for_each_dot(&mut |d| scratch.push(d));
+            if scratch.iter().all(|d| !their_ctx.contains(*d)) {
+                continue;
+            }
+            effect.killed |= value.kill(&their_ctx);
+            for d in &scratch {
+                if their_ctx.contains(*d) {
+                    self.index.remove(d);
+                }
+            }
+            if value.is_bottom() {
+                removed.push(pos);
             }
         }
         self.remove_positions(removed);
@@ -576,6 +626,7 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
             let d = self.write(key, value, hlc)?;
             delta.merge(d);
         }
+        delta.seal();
         Ok(delta)
     }
 }
@@ -763,13 +814,22 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             return self.full();
         }
         let since = self.ctx.since(clock);
-        if since.dot_count() > self.entries.len() as u64 {
-            return self.full();
-        }
-        let mut positions: Vec<usize> = since
-            .dots_since(&VectorClock::new())
-            .filter_map(|d| self.index.get(&d).copied())
-            .collect();
+        // Few new dots: find their entries through the index. Many (a long absence,
+        // or keys rewritten often): scan the entries, still sending only what changed.
+        let mut positions: Vec<usize> = if since.dot_count() <= self.entries.len() as u64 {
+            since
+                .dots_since(&VectorClock::new())
+                .filter_map(|d| self.index.get(&d).copied())
+                .collect()
+        } else {
+            (0..self.entries.len())
+                .filter(|&pos| {
+                    let mut unseen = false;
+                    self.entries[pos].for_each_dot(&mut |d| unseen |= !clock.covers(d));
+                    unseen
+                })
+                .collect()
+        };
         positions.sort_unstable();
         positions.dedup();
         let mut delta = OrMap::new();
@@ -791,6 +851,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 }
             }
         }
+        delta.seal();
         delta
     }
 
@@ -810,27 +871,25 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 limit: limits.max_entries,
             });
         }
-        let mut owner: HashMap<Dot, usize> = HashMap::new();
-        for (pos, v) in self.entries.values().enumerate() {
-            let mut bad: Option<(Dot, &'static str)> = None;
-            v.for_each_dot(&mut |d| {
-                if bad.is_some() {
-                    return;
-                }
-                if !self.ctx.contains(d) {
-                    bad = Some((
-                        d,
-                        "element dot missing from the causal context sent with it",
-                    ));
-                } else if owner.insert(d, pos).is_some_and(|p| p != pos) {
-                    bad = Some((d, "the same dot tags entries of two keys"));
-                }
-            });
-            if let Some((dot, reason)) = bad {
-                return Err(Error::InvalidDot { dot, reason });
+        let mut seen = DotSet::default();
+        let mut bad: Option<(Dot, &'static str)> = None;
+        DotStore::for_each_dot(self, &mut |d| {
+            if bad.is_some() {
+                return;
             }
+            if !self.ctx.contains(d) {
+                bad = Some((
+                    d,
+                    "element dot missing from the causal context sent with it",
+                ));
+            } else if !seen.insert(d) {
+                bad = Some((d, "the same dot tags two elements"));
+            }
+        });
+        match bad {
+            Some((dot, reason)) => Err(Error::InvalidDot { dot, reason }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn try_merge<C: ConflictSink<K, V>>(
@@ -898,14 +957,10 @@ impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
         let entries = Self::decode_entries(raw.e, &raw.r).map_err(D::Error::custom)?;
         let mut map = OrMap {
             entries,
-            log: RemovalLog {
-                floor: ctx.max_clock(),
-                ..RemovalLog::default()
-            },
             ctx,
-            index: HashMap::new(),
+            ..OrMap::default()
         };
-        map.rebuild_index();
+        map.seal();
         Ok(map)
     }
 }

@@ -95,7 +95,7 @@ impl<T: Data> MvRegister<T> {
     pub fn write<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
-        let delta = local_write(self, &mut ctx, op, |reg, op| reg.set(op, value));
+        let delta = local_write(self, &mut ctx, &op, |reg, op| reg.set(op, value));
         self.ctx = ctx;
         // The delta carries the whole context (a register's is small): whoever applies it
         // learns every write this one replaced, even if earlier deltas were lost.
@@ -104,7 +104,7 @@ impl<T: Data> MvRegister<T> {
 
     /// Inside a map update: replaces every sibling with `value`, tagged with `op`.
     pub fn set(&mut self, op: &Op, value: T) {
-        self.siblings.assign(op.dot(), value);
+        self.siblings.assign(op.tag(), value);
     }
 
     /// The siblings' values in canonical order (by dot). Empty if never written.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{Conflict, Crdt, Limits};
+use crate::causal::{Conflict, Crdt, Limits, MAX_COUNTER};
 use crate::clock::VectorClock;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, SystemClock, TimeSource, Timestamp};
@@ -406,12 +406,20 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if !self.peers.contains_key(&msg.from) && !self.config.open_membership {
             return Err(Error::UnknownPeer { peer: msg.from });
         }
-        if msg.clock.len() > self.config.max_clock_entries {
-            return Err(Error::TooManyEntries {
-                what: "version vector entries",
-                count: msg.clock.len(),
-                limit: self.config.max_clock_entries,
-            });
+        for clock in [&msg.clock, &msg.base] {
+            if clock.len() > self.config.max_clock_entries {
+                return Err(Error::TooManyEntries {
+                    what: "version vector entries",
+                    count: clock.len(),
+                    limit: self.config.max_clock_entries,
+                });
+            }
+            if let Some((replica, n)) = clock.iter().find(|(_, n)| *n > MAX_COUNTER) {
+                return Err(Error::InvalidDot {
+                    dot: Dot::new(replica, n),
+                    reason: "counter beyond the largest a replica may issue",
+                });
+            }
         }
         let newest = msg.delta.as_ref().and_then(Crdt::max_timestamp);
         if let Some(ts) = &newest {
