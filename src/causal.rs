@@ -56,12 +56,8 @@ impl Op {
     /// A stamp whose first dot is `first`. The dot and the timestamp must come from
     /// the same replica.
     ///
-    /// # Panics
-    ///
-    /// If `first.replica() != ts.replica()` (a programming error, never caused by
-    /// input).
     pub(crate) fn new(first: Dot, ts: Timestamp) -> Self {
-        assert_eq!(
+        debug_assert_eq!(
             first.replica(),
             ts.replica(),
             "dot and timestamp from different replicas"

@@ -103,7 +103,7 @@ impl From<Uuid> for ReplicaId {
 ///
 /// Every write in concord is tagged with a fresh dot; causality is tracked by which dots
 /// a replica has seen, never by wall clocks.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct Dot {
     replica: ReplicaId,
     counter: u64,
@@ -131,6 +131,16 @@ impl Dot {
             replica: self.replica,
             counter: self.counter + 1,
         }
+    }
+}
+
+impl std::hash::Hash for Dot {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Three words, not a length-prefixed byte slice: dots key the hot indexes.
+        let id = self.replica.0.as_u128();
+        state.write_u64(id as u64);
+        state.write_u64((id >> 64) as u64);
+        state.write_u64(self.counter);
     }
 }
 
