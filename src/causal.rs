@@ -299,35 +299,115 @@ pub fn decode_dot(replicas: &[ReplicaId], idx: u32, counter: u64) -> Result<Dot>
 }
 
 /// The causal context on the wire: for each replica (by table index), its ranges.
-pub(crate) type EncodedContext = Vec<(u32, Vec<(u64, u64)>)>;
+pub(crate) type EncodedContext = Vec<(u32, Vec<Span>)>;
+
+/// One range of counters on the wire, relative to the end of the previous range of
+/// the same replica: a lone counter as one number (its distance from the previous
+/// range), a run as `[distance, length - 1]`. Removals leave many lone dots in a
+/// delta's context; this keeps each to a few bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Span {
+    One(u64),
+    Run(u64, u64),
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            Span::One(gap) => s.serialize_u64(gap),
+            Span::Run(gap, extra) => (gap, extra).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct SpanVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpanVisitor {
+            type Value = Span;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a [distance, length] pair")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<Span, E> {
+                Ok(Span::One(n))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Span, A::Error> {
+                use serde::de::Error as _;
+                let gap = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let extra = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                Ok(Span::Run(gap, extra))
+            }
+        }
+        d.deserialize_any(SpanVisitor)
+    }
+}
 
 pub(crate) fn encode_context(ctx: &CausalContext, table: &mut ReplicaTable) -> EncodedContext {
     ctx.ranges()
-        .map(|(r, ranges)| (table.index(r), ranges.to_vec()))
+        .map(|(r, ranges)| {
+            let mut previous = 0;
+            let spans = ranges
+                .iter()
+                .map(|&(lo, hi)| {
+                    let gap = lo - previous;
+                    previous = hi;
+                    if lo == hi {
+                        Span::One(gap)
+                    } else {
+                        Span::Run(gap, hi - lo)
+                    }
+                })
+                .collect();
+            (table.index(r), spans)
+        })
         .collect()
 }
 
 pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Result<CausalContext> {
     let mut ctx = CausalContext::new();
-    let mut previous: Option<(u32, u64)> = None;
-    for (idx, ranges) in enc {
-        for (lo, hi) in ranges {
-            let first = decode_dot(replicas, idx, lo)?;
-            decode_dot(replicas, idx, hi)?;
-            if lo > hi {
+    let mut seen_replicas = std::collections::HashSet::new();
+    for (idx, spans) in enc {
+        if !seen_replicas.insert(idx) {
+            return Err(Error::InvalidMessage {
+                reason: format!("replica index {idx} appears twice in a causal context"),
+            });
+        }
+        let mut previous = 0u64;
+        for span in spans {
+            let (gap, extra) = match span {
+                Span::One(gap) => (gap, 0),
+                Span::Run(gap, extra) => (gap, extra),
+            };
+            let lo = previous.checked_add(gap);
+            let hi = lo.and_then(|lo| lo.checked_add(extra));
+            let (Some(lo), Some(hi)) = (lo, hi) else {
                 return Err(Error::InvalidMessage {
-                    reason: format!("empty range [{lo}, {hi}] in causal context"),
+                    reason: "causal context range overflows".into(),
+                });
+            };
+            if gap == 0
+                || (previous > 0 && gap < 2)
+                || (matches!(span, Span::Run(..)) && extra == 0)
+            {
+                return Err(Error::InvalidMessage {
+                    reason: "causal context ranges must be sorted, disjoint and non-adjacent"
+                        .into(),
                 });
             }
-            if let Some((pidx, phi)) = previous {
-                if pidx == idx && lo <= phi.saturating_add(1) {
-                    return Err(Error::InvalidMessage {
-                        reason: "causal context ranges must be sorted and disjoint".into(),
-                    });
-                }
-            }
-            previous = Some((idx, hi));
+            let first = decode_dot(replicas, idx, lo)?;
+            decode_dot(replicas, idx, hi)?;
             ctx.insert_range(first.replica(), lo, hi);
+            previous = hi;
         }
     }
     Ok(ctx)

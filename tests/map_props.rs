@@ -1881,7 +1881,7 @@ fn other_limits_are_enforced_before_anything_changes() {
     let mut gappy = Lww::new();
     for (i, d) in [1u64, 3, 5, 7].into_iter().enumerate() {
         let json = format!(
-            r#"{{"r":["{}"],"c":[[0,[[{d},{d}]]]],"e":{{"k{i}":[[0,{d},1,0,1]]}}}}"#,
+            r#"{{"r":["{}"],"c":[[0,[{d}]]],"e":{{"k{i}":[[0,{d},1,0,1]]}}}}"#,
             rid(1)
         );
         gappy.merge(serde_json::from_str::<Lww>(&json).unwrap());
@@ -1933,13 +1933,13 @@ fn an_element_whose_dot_is_missing_from_its_context_is_rejected() {
         serde_json::from_str(&format!(r#"{{"r":["{id}"],"c":[],"e":{{"x":[[0,1,7]]}}}}"#)).unwrap();
     assert_rejected(&receiver, hostile, "dot outside the context");
     let hostile: Mv = serde_json::from_str(&format!(
-        r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"x":[[0,2,7]]}}}}"#
+        r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"x":[[0,2,7]]}}}}"#
     ))
     .unwrap();
     assert_rejected(&receiver, hostile, "dot above the context");
     // The same dot under two keys.
     let hostile: Mv = serde_json::from_str(&format!(
-        r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"x":[[0,1,7]],"y":[[0,1,8]]}}}}"#
+        r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"x":[[0,1,7]],"y":[[0,1,8]]}}}}"#
     ))
     .unwrap();
     assert_rejected(&receiver, hostile, "one dot, two keys");
@@ -1956,7 +1956,7 @@ fn the_same_dot_under_two_inner_keys_is_rejected() {
         .unwrap();
     let id = rid(5);
     let hostile: Doc = serde_json::from_str(&format!(
-        r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"u":{{"x":[[0,1,5,0,7]],"y":[[0,1,5,0,8]]}}}}}}"#
+        r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"u":{{"x":[[0,1,5,0,7]],"y":[[0,1,5,0,8]]}}}}}}"#
     ))
     .unwrap();
     assert_rejected(&receiver, hostile, "one dot, two inner keys");
@@ -1967,20 +1967,20 @@ fn out_of_range_replica_indices_and_zero_counters_fail_to_decode() {
     let id = rid(0);
     let cases = [
         r#"{"r":[],"c":[],"e":{"x":[[0,1,7]]}}"#.to_string(),
-        format!(r#"{{"r":["{id}"],"c":[[1,[[1,1]]]],"e":{{}}}}"#),
-        format!(r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"x":[[3,1,7]]}}}}"#),
-        format!(r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"x":[[4294967295,1,7]]}}}}"#),
-        format!(r#"{{"r":["{id}"],"c":[[0,[[0,1]]]],"e":{{}}}}"#),
-        format!(r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"x":[[0,0,7]]}}}}"#),
-        format!(r#"{{"r":["{id}"],"c":[[0,[[2,1]]]],"e":{{}}}}"#),
-        format!(r#"{{"r":["{id}"],"c":[[0,[[1,2],[2,3]]]],"e":{{}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[1,[1]]],"e":{{}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"x":[[3,1,7]]}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"x":[[4294967295,1,7]]}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[0,[0]]],"e":{{}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"x":[[0,0,7]]}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[0,[[2,0]]]],"e":{{}}}}"#),
+        format!(r#"{{"r":["{id}"],"c":[[0,[[1,1],[1,1]]]],"e":{{}}}}"#),
     ];
     for json in &cases {
         assert!(serde_json::from_str::<Mv>(json).is_err(), "accepted {json}");
     }
-    let nested = format!(r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"u":{{"x":[[1,1,5,0,7]]}}}}}}"#);
+    let nested = format!(r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"u":{{"x":[[1,1,5,0,7]]}}}}}}"#);
     assert!(serde_json::from_str::<Doc>(&nested).is_err());
-    let counter = format!(r#"{{"r":["{id}"],"c":[[0,[[1,1]]]],"e":{{"u":[[2,1,5]]}}}}"#);
+    let counter = format!(r#"{{"r":["{id}"],"c":[[0,[1]]],"e":{{"u":[[2,1,5]]}}}}"#);
     assert!(serde_json::from_str::<Cart>(&counter).is_err());
 }
 
@@ -1990,15 +1990,16 @@ fn out_of_range_replica_indices_and_zero_counters_fail_to_decode() {
 fn a_huge_context_does_not_panic_the_merge() {
     // Past the largest counter a replica may issue: refused when decoding.
     let json = format!(
-        r#"{{"r":["{}","{}"],"c":[[0,[[1,18446744073709551615]]],[1,[[1,18446744073709551615]]]],"e":{{}}}}"#,
+        r#"{{"r":["{}","{}"],"c":[[0,[[1,18446744073709551614]]],[1,[[1,18446744073709551614]]]],"e":{{}}}}"#,
         rid(5),
         rid(6)
     );
     assert!(serde_json::from_str::<Mv>(&json).is_err());
     // At the limit: accepted, and merging it neither panics nor enumerates 2^62 dots.
-    let max = concord::causal::MAX_COUNTER;
+    // Wire contexts are `[distance, length - 1]`: this is the run 1..=MAX_COUNTER.
+    let below = concord::causal::MAX_COUNTER - 1;
     let json = format!(
-        r#"{{"r":["{}","{}"],"c":[[0,[[1,{max}]]],[1,[[1,{max}]]]],"e":{{}}}}"#,
+        r#"{{"r":["{}","{}"],"c":[[0,[[1,{below}]]],[1,[[1,{below}]]]],"e":{{}}}}"#,
         rid(5),
         rid(6)
     );
@@ -2013,8 +2014,9 @@ fn a_huge_context_does_not_panic_the_merge() {
 fn a_context_at_the_counter_limit_does_not_panic_later_writes() {
     let (_, mut h) = clocks(1);
     let mut receiver = reachable_mv();
-    let max = concord::causal::MAX_COUNTER;
-    let json = format!(r#"{{"r":["{}"],"c":[[0,[[1,{max}]]]],"e":{{}}}}"#, rid(0));
+    // Wire contexts are `[distance, length - 1]`: this is the run 1..=MAX_COUNTER.
+    let below = concord::causal::MAX_COUNTER - 1;
+    let json = format!(r#"{{"r":["{}"],"c":[[0,[[1,{below}]]]],"e":{{}}}}"#, rid(0));
     let hostile: Mv = serde_json::from_str(&json).unwrap();
     receiver
         .try_merge(hostile, &Limits::default(), &mut ())
