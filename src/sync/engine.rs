@@ -99,11 +99,13 @@ pub enum AckLevel {
 
 /// What a local write produced.
 #[derive(Clone, Debug, PartialEq)]
-pub struct WriteReceipt<T> {
-    /// The write's dot: ask [`SyncEngine::holders`] who holds it.
+pub struct WriteReceipt<R> {
+    /// The write's dot (its last, if it issued several): ask
+    /// [`SyncEngine::holders`] who holds it.
     pub dot: Dot,
-    /// The delta the write produced (already part of the state; push sends it).
-    pub delta: T,
+    /// What the write function returned: usually the mutator's delta (already part of
+    /// the state; [`SyncEngine::push`] computes what each peer lacks by itself).
+    pub delta: R,
 }
 
 /// What applying a received message did.
@@ -260,16 +262,18 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// Applies a local write: `f` receives the state and the replica's clock and calls
-    /// one of the state's mutators (which returns its delta).
+    /// one of the state's mutators, returning what it returns (a delta, or with
+    /// [`OrMap::apply`](crate::OrMap::apply) just a dot: the engine does not need the
+    /// delta, it computes what each peer lacks from the state).
     ///
     /// # Errors
     ///
     /// [`Error::ReadOnly`] on a follower; whatever `f` returns (the mutators fail only
     /// before changing anything).
-    pub fn update(
+    pub fn update<R>(
         &mut self,
-        f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<T>,
-    ) -> Result<WriteReceipt<T>> {
+        f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<R>,
+    ) -> Result<WriteReceipt<R>> {
         if self.role == Role::Follower {
             return Err(Error::ReadOnly { replica: self.node });
         }
