@@ -423,7 +423,8 @@ pub struct Conflict<K, V> {
     pub ours: V,
     /// The causal history of our value: the newest dot of each replica it holds.
     pub ours_clock: VectorClock,
-    /// The value the peer sent.
+    /// The value the peer sent: its whole value in a full state, only the part this
+    /// replica lacked in a delta (a counter's new segments, say, not its total).
     pub theirs: V,
     /// The causal history of their value.
     pub theirs_clock: VectorClock,

@@ -72,6 +72,13 @@ impl Config {
         }
     }
 
+    /// The same configuration, accepting messages from replicas not yet in `peers`
+    /// (they become peers).
+    pub fn open(mut self) -> Self {
+        self.open_membership = true;
+        self
+    }
+
     /// The same configuration as a read-only follower.
     pub fn follower(mut self) -> Self {
         self.role = Role::Follower;
@@ -244,6 +251,33 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// The replicated state (read it freely; write through [`SyncEngine::update`]).
     pub fn state(&self) -> &T {
         &self.state
+    }
+
+    /// Takes the replicated state out of the engine.
+    pub fn into_state(self) -> T {
+        self.state
+    }
+
+    /// Merges a full state obtained out of band (a backup, a bulk copy from another
+    /// region), validated and reported like a peer's delta.
+    ///
+    /// # Errors
+    ///
+    /// The state's validation errors; on error nothing changed.
+    pub fn merge_state(&mut self, state: T) -> Result<Received<T>> {
+        if let Some(ts) = state.max_timestamp() {
+            self.hlc.validate(&ts)?;
+        }
+        let mut conflicts = Vec::new();
+        let outcome = self
+            .state
+            .try_merge(state, &self.config.limits, &mut conflicts)?;
+        self.counters.conflicts += conflicts.len() as u64;
+        Ok(Received {
+            outcome,
+            conflicts,
+            reply: None,
+        })
     }
 
     /// The version vector: every write this replica has seen, gap-free.
