@@ -131,7 +131,6 @@ impl RemovalLog {
 /// merging a delta and computing [`delta_since`](Crdt::delta_since) cost time in
 /// proportion to what changed) and a short removal log. As the value of another map it
 /// uses its parent's context and keeps none of these.
-#[derive(Clone)]
 pub struct OrMap<K, V> {
     entries: IndexMap<K, V>,
     ctx: CausalContext,
@@ -140,6 +139,22 @@ pub struct OrMap<K, V> {
     log: RemovalLog,
     /// A reusable buffer for the dots of the value being written.
     scratch: Vec<Dot>,
+}
+
+impl<K: Clone, V: Clone> Clone for OrMap<K, V> {
+    fn clone(&self) -> Self {
+        let mut index = self.index.clone();
+        // Headroom, so that the first merges into a copy (a restored snapshot, say) do
+        // not each pay for rehashing a nearly full index.
+        index.reserve(index.len() / 8);
+        OrMap {
+            entries: self.entries.clone(),
+            ctx: self.ctx.clone(),
+            index,
+            log: self.log.clone(),
+            scratch: Vec::new(),
+        }
+    }
 }
 
 impl<K, V> Default for OrMap<K, V> {
@@ -456,14 +471,15 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
         let mut removed = Vec::new();
         let original_len = self.entries.len();
-        let mut visited = vec![false; original_len];
+        // Positions of ours the other side sent (a list: a delta touches few).
+        let mut visited: Vec<usize> = Vec::new();
         // Entries the other side sent: join them.
         let mut before = Vec::new();
         let mut theirs = Vec::new();
         for (key, their_value) in their_entries {
             match self.entries.get_index_of(&key) {
                 Some(pos) => {
-                    visited[pos] = true;
+                    visited.push(pos);
                     let value = &mut self.entries[pos];
                     before.clear();
                     value.for_each_dot(&mut |d| before.push(d));
@@ -517,17 +533,22 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         // Entries of ours the other side did not send: kill what it has seen. A small
         // context (a delta) is looked up through the dot index; a large one (a full
         // state) is checked against every entry it did not visit.
+        visited.sort_unstable();
         let touched: Vec<usize> = if their_ctx.dot_count() <= original_len as u64 {
             let mut touched: Vec<usize> = their_ctx
                 .dots_since(&VectorClock::new())
                 .filter_map(|d| self.index.get(&d).copied())
-                .filter(|&pos| pos < original_len && !visited[pos])
+                .filter(|&pos| pos < original_len && visited.binary_search(&pos).is_err())
                 .collect();
             touched.sort_unstable();
             touched.dedup();
             touched
         } else {
-            (0..original_len).filter(|&pos| !visited[pos]).collect()
+            let mut sent = vec![false; original_len];
+            for &pos in &visited {
+                sent[pos] = true;
+            }
+            (0..original_len).filter(|&pos| !sent[pos]).collect()
         };
         let mut scratch = Vec::new();
         for pos in touched {
