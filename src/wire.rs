@@ -15,6 +15,7 @@
 //!     v: PROTOCOL_VERSION,
 //!     from: ReplicaId::from_u128(1),
 //!     to: ReplicaId::from_u128(2),
+//!     inc: ReplicaId::from_u128(1),
 //!     clock: VectorClock::new(),
 //!     delta: None,
 //!     base: VectorClock::new(),

@@ -9,7 +9,7 @@ use crate::clock::VectorClock;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, SystemClock, TimeSource, Timestamp};
 use crate::id::{Dot, ReplicaId};
-use crate::resolver::Outcome;
+use crate::resolver::{Outcome, Resolver};
 
 use super::message::{Message, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
@@ -398,6 +398,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             v: PROTOCOL_VERSION,
             from: self.node,
             to,
+            inc: self.hlc.replica(),
             clock: self.clock(),
             base: if delta.is_some() {
                 since.clone()
@@ -459,9 +460,28 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 });
             }
         }
+        // No peer can have seen a write of this incarnation that it has not issued: a
+        // message claiming one would stall or corrupt this replica's own writes.
+        let me = self.hlc.replica();
+        let issued = self.state.context().max_counter(me);
+        let claimed = msg
+            .delta
+            .as_ref()
+            .map_or(0, |d| d.context().max_counter(me))
+            .max(msg.clock.get(me));
+        if claimed > issued {
+            return Err(Error::InvalidDot {
+                dot: Dot::new(me, claimed),
+                reason: "a write of this replica that it never issued",
+            });
+        }
         let newest = msg.delta.as_ref().and_then(Crdt::max_timestamp);
         if let Some(ts) = &newest {
             self.hlc.validate(ts)?;
+        }
+        // Validated even when it turns out to be stale and is skipped below.
+        if let Some(delta) = &msg.delta {
+            delta.validate(&self.config.limits)?;
         }
         let mut conflicts = Vec::new();
         // A delta computed against more than this replica has (it was restored from an
@@ -485,10 +505,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         let now = self.hlc.now_ms();
         let peer = self.peers.entry(msg.from).or_default();
-        // The sender's clock is what it holds now. Replacing (not joining) lets a peer
-        // restored from an older snapshot, or a late reordered message, lower what we
-        // count on: that only costs a resend, where overcounting would skip one.
-        peer.acked = msg.clock.clone();
+        // Acknowledgements of one incarnation only grow (a late reordered message
+        // changes nothing). A new incarnation was restored from a snapshot and may hold
+        // less than its predecessor acknowledged: its clock replaces the old one.
+        if peer.incarnation == Some(msg.inc) {
+            peer.acked.merge_ref(&msg.clock);
+        } else {
+            peer.acked = msg.clock.clone();
+            peer.incarnation = Some(msg.inc);
+        }
         peer.last_heard_ms = Some(now);
         self.counters.received += 1;
         self.counters.conflicts += conflicts.len() as u64;

@@ -19,6 +19,10 @@ pub struct Message<T> {
     pub from: ReplicaId,
     /// The receiving replica.
     pub to: ReplicaId,
+    /// The sender's incarnation (see [`SyncEngine`](crate::sync::SyncEngine)'s restart
+    /// safety): acknowledgements from one incarnation only grow; a new incarnation
+    /// (restored from a snapshot) may acknowledge less than the last one did.
+    pub inc: ReplicaId,
     /// Everything the sender has seen (its version vector). The receiver treats it as
     /// an acknowledgement of everything it names.
     pub clock: VectorClock,

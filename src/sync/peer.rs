@@ -7,8 +7,12 @@ use crate::clock::VectorClock;
 /// One peer as seen from this replica.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Peer {
-    /// Everything the peer is known to hold (the largest vector it has sent us).
+    /// Everything the peer is known to hold (the largest vector its current
+    /// incarnation has sent us).
     pub(crate) acked: VectorClock,
+    /// The incarnation that sent `acked`.
+    #[serde(skip)]
+    pub(crate) incarnation: Option<crate::id::ReplicaId>,
     /// Our vector when we last pushed to it (to avoid resending the same delta).
     #[serde(skip)]
     pub(crate) pushed: Option<VectorClock>,

@@ -1,0 +1,343 @@
+//! Golden wire vectors: deterministic messages and states (fixed replica ids, fixed
+//! incarnations, a `ManualClock`), encoded and compared byte for byte with the files
+//! committed in `tests/golden/`. A change of format is a visible diff there, never an
+//! accident.
+//!
+//! To accept an intended change, regenerate the files and review the diff:
+//!
+//! ```text
+//! CONCORD_BLESS=1 cargo test --all-features --test wire
+//! git diff tests/golden/
+//! ```
+//!
+//! Each file holds the encoding followed by one newline. Every test also decodes the
+//! committed file and checks that it gives back the same value, which encodes to the
+//! same bytes again.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use concord::sync::{Config, Message, Snapshot, SyncEngine, PROTOCOL_VERSION};
+use concord::{
+    wire, Crdt, Hlc, LwwRegister, ManualClock, MvRegister, OrMap, PnCounter, ReplicaId, Resolver,
+    VectorClock,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const START_MS: u64 = 1_700_000_000_000;
+const MAX_BYTES: usize = 1 << 20;
+
+/// Replica ids that read well in the files: `…00a0` is node A, `…00a1` its first
+/// incarnation.
+fn id(n: u128) -> ReplicaId {
+    ReplicaId::from_u128(n)
+}
+
+const A: u128 = 0xa0;
+const B: u128 = 0xb0;
+const C: u128 = 0xc0;
+
+fn engine<T: Crdt + Default>(
+    node: u128,
+    peers: &[u128],
+    time: &ManualClock,
+) -> SyncEngine<T, ManualClock> {
+    let config = Config::with_peers(peers.iter().map(|p| id(*p))).incarnation(id(node + 1));
+    SyncEngine::new(id(node), T::default(), time.clone(), config)
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.json"))
+}
+
+/// Compares `bytes` with `tests/golden/<name>.json` (or writes the file when
+/// `CONCORD_BLESS=1`), and returns the committed bytes (without the final newline).
+fn golden(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let path = golden_path(name);
+    let mut expected_file = bytes.to_vec();
+    expected_file.push(b'\n');
+    if std::env::var_os("CONCORD_BLESS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &expected_file).unwrap();
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; create it with CONCORD_BLESS=1 cargo test --all-features --test wire",
+            path.display()
+        )
+    });
+    if committed != expected_file {
+        panic!(
+            "the wire format of {name} changed.\n committed: {}\n   encoded: {}\n\
+             If the change is intended, run CONCORD_BLESS=1 cargo test --all-features \
+             --test wire and commit the diff of tests/golden/.",
+            String::from_utf8_lossy(&committed).trim_end(),
+            String::from_utf8_lossy(bytes),
+        );
+    }
+    committed[..committed.len() - 1].to_vec()
+}
+
+/// A message vector: encoded with `wire::encode`, decoded with `wire::decode`.
+fn golden_message<T: Crdt>(name: &str, msg: &Message<T>) {
+    let bytes = wire::encode(msg);
+    let committed = golden(name, &bytes);
+    let decoded = wire::decode::<T>(&committed, MAX_BYTES).expect("the golden file decodes");
+    assert_eq!(&decoded, msg);
+    assert_eq!(wire::encode(&decoded), committed);
+}
+
+/// A value vector (a state, a clock, a snapshot): plain `serde_json`.
+fn golden_value<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T) {
+    let bytes = serde_json::to_vec(value).unwrap();
+    let committed = golden(name, &bytes);
+    let decoded: T = serde_json::from_slice(&committed).expect("the golden file decodes");
+    assert_eq!(&decoded, value);
+    assert_eq!(serde_json::to_vec(&decoded).unwrap(), committed);
+}
+
+/// How many times `needle` occurs in `haystack`.
+fn occurrences(haystack: &[u8], needle: &str) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle.as_bytes())
+        .count()
+}
+
+type LwwMap = OrMap<String, LwwRegister<String>>;
+type MvMap = OrMap<String, MvRegister<String>>;
+type Cart = OrMap<String, PnCounter>;
+type Doc = OrMap<String, OrMap<String, LwwRegister<u32>>>;
+
+#[test]
+fn lww_map_delta() {
+    let time = ManualClock::new(START_MS);
+    let mut a = engine::<LwwMap>(A, &[B], &time);
+    let mut b = engine::<LwwMap>(B, &[A], &time);
+    a.update(|m, hlc| m.set("color".into(), "blue".into(), hlc))
+        .unwrap();
+    a.update(|m, hlc| m.set("size".into(), "L".into(), hlc))
+        .unwrap();
+    let ack = b
+        .receive(a.sync_with(id(B)).unwrap())
+        .unwrap()
+        .reply
+        .unwrap();
+    a.receive(ack).unwrap();
+
+    // After the exchange A overwrites one key: the push carries only that key, and
+    // its context names the new dot and the overwritten one.
+    time.advance(7);
+    a.update(|m, hlc| m.set("color".into(), "green".into(), hlc))
+        .unwrap();
+    let pushed = a.push();
+    assert_eq!(pushed.len(), 1);
+    let msg = &pushed[0];
+    assert_eq!(msg.delta.as_ref().unwrap().len(), 1);
+    golden_message("lww_map_delta", msg);
+}
+
+#[test]
+fn mv_map_with_siblings() {
+    let time = ManualClock::new(START_MS);
+    let mut a = engine::<MvMap>(A, &[B, C], &time);
+    let mut b = engine::<MvMap>(B, &[A, C], &time);
+    let mut c = engine::<MvMap>(C, &[A, B], &time);
+    a.update(|m, hlc| m.write("alice".into(), "alice@a.example".into(), hlc))
+        .unwrap();
+    b.update(|m, hlc| m.write("alice".into(), "alice@b.example".into(), hlc))
+        .unwrap();
+    c.update(|m, hlc| m.write("bob".into(), "bob@c.example".into(), hlc))
+        .unwrap();
+    time.advance(1);
+    c.update(|m, hlc| m.write("alice".into(), "alice@c.example".into(), hlc))
+        .unwrap();
+    for msg in [b.sync_with(id(A)).unwrap(), c.sync_with(id(A)).unwrap()] {
+        a.receive(msg).unwrap();
+    }
+    let alice = a.state().get(&"alice".to_string()).unwrap();
+    assert_eq!(alice.values().count(), 3);
+
+    // The full state, and A's answer to B's session: all B lacks, both siblings of
+    // "alice" it has not seen and the whole of "bob".
+    golden_value("mv_map_siblings_state", a.state());
+    let hello = b.sync_with(id(A)).unwrap();
+    let answer = a.receive(hello).unwrap().reply.unwrap();
+    golden_message("mv_map_siblings_answer", &answer);
+
+    // Replica ids are listed once per state, then named by index.
+    let bytes = serde_json::to_vec(a.state()).unwrap();
+    for incarnation in [A + 1, B + 1, C + 1] {
+        assert_eq!(occurrences(&bytes, &id(incarnation).to_string()), 1);
+    }
+}
+
+#[test]
+fn counter_map_after_remove() {
+    let time = ManualClock::new(START_MS);
+    let mut a = engine::<Cart>(A, &[B], &time);
+    let mut b = engine::<Cart>(B, &[A], &time);
+    a.update(|m, hlc| m.increment("apples".into(), 5, hlc))
+        .unwrap();
+    a.update(|m, hlc| m.increment("pears".into(), 2, hlc))
+        .unwrap();
+    let ack = b
+        .receive(a.sync_with(id(B)).unwrap())
+        .unwrap()
+        .reply
+        .unwrap();
+    a.receive(ack).unwrap();
+
+    // A removes the apples while B, concurrently, adds one and takes a pear back.
+    let removal = a
+        .update(|m, hlc| m.remove(&"apples".to_string(), hlc))
+        .unwrap()
+        .delta;
+    b.update(|m, hlc| m.increment("apples".into(), 1, hlc))
+        .unwrap();
+    b.update(|m, hlc| m.increment("pears".into(), -1, hlc))
+        .unwrap();
+    golden_value("counter_map_removal_delta", &removal);
+    assert!(removal.is_empty(), "a removal delta is context only");
+
+    let hello = a.sync_with(id(B)).unwrap();
+    let answer = b.receive(hello).unwrap().reply.unwrap();
+    a.receive(answer).unwrap();
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.state().count(&"apples".to_string()), 1, "no resurrection");
+    assert_eq!(a.state().count(&"pears".to_string()), 1);
+    golden_value("counter_map_after_remove", a.state());
+}
+
+#[test]
+fn nested_map() {
+    let time = ManualClock::new(START_MS);
+    let mut hlc = Hlc::new(id(A + 1), time.clone());
+    let mut doc = Doc::new();
+    doc.update("user:1".into(), &mut hlc, |profile, op| {
+        profile.update_in(op, "age".into(), |r, op| r.assign(op, 41));
+        profile.update_in(op, "zip".into(), |r, op| r.assign(op, 10115));
+    })
+    .unwrap();
+    time.advance(1);
+    let delta = doc
+        .update("user:1".into(), &mut hlc, |profile, op| {
+            profile.update_in(op, "age".into(), |r, op| r.assign(op, 42));
+            profile.remove_in(&"zip".to_string());
+        })
+        .unwrap();
+    doc.update("user:2".into(), &mut hlc, |profile, op| {
+        profile.update_in(op, "age".into(), |r, op| r.assign(op, 7));
+    })
+    .unwrap();
+    golden_value("nested_map_delta", &delta);
+    golden_value("nested_map_state", &doc);
+
+    let msg = Message {
+        v: PROTOCOL_VERSION,
+        from: id(A),
+        to: id(B),
+        inc: id(A + 1),
+        clock: doc.context().clock(),
+        delta: Some(doc.clone()),
+        base: VectorClock::new(),
+        reply: true,
+    };
+    golden_message("nested_map_message", &msg);
+}
+
+#[test]
+fn envelope_without_delta() {
+    let mut clock = VectorClock::new();
+    clock.raise(id(A + 1), 3);
+    clock.raise(id(B + 1), 1);
+    let msg: Message<MvMap> = Message {
+        v: PROTOCOL_VERSION,
+        from: id(B),
+        to: id(A),
+        inc: id(B + 1),
+        clock,
+        delta: None,
+        base: VectorClock::new(),
+        reply: false,
+    };
+    golden_message("envelope_ack", &msg);
+}
+
+#[test]
+fn standalone_values() {
+    let time = ManualClock::new(START_MS);
+    let (mut ha, mut hb) = (Hlc::new(id(A + 1), time.clone()), Hlc::new(id(B + 1), time));
+    let mut lww = LwwRegister::new();
+    lww.set("blue".to_string(), &mut ha).unwrap();
+    let mut theirs = LwwRegister::new();
+    theirs.set("green".to_string(), &mut hb).unwrap();
+    lww.merge(theirs);
+    golden_value("lww_register", &lww);
+
+    let mut mv = MvRegister::new();
+    mv.write(1u8, &mut ha).unwrap();
+    let mut other = MvRegister::new();
+    other.write(2u8, &mut hb).unwrap();
+    mv.merge(other);
+    golden_value("mv_register", &mv);
+
+    let mut counter = PnCounter::new();
+    counter.increment(10, &mut ha).unwrap();
+    counter.increment(-3, &mut hb).unwrap();
+    golden_value("pn_counter", &counter);
+}
+
+#[test]
+fn engine_snapshot() {
+    let time = ManualClock::new(START_MS);
+    let mut a = engine::<MvMap>(A, &[B], &time);
+    let mut b = engine::<MvMap>(B, &[A], &time);
+    a.update(|m, hlc| m.write("k".into(), "v".into(), hlc))
+        .unwrap();
+    let ack = b
+        .receive(a.sync_with(id(B)).unwrap())
+        .unwrap()
+        .reply
+        .unwrap();
+    a.receive(ack).unwrap();
+    a.update(|m, hlc| m.write("k".into(), "w".into(), hlc))
+        .unwrap();
+    let snapshot: Snapshot<MvMap> = a.snapshot();
+    golden_value("engine_snapshot", &snapshot);
+}
+
+#[test]
+fn every_golden_file_is_checked() {
+    if std::env::var_os("CONCORD_BLESS").is_some() {
+        return; // the other tests are writing the files right now
+    }
+    let dir = golden_path("x").parent().unwrap().to_path_buf();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "counter_map_after_remove.json",
+            "counter_map_removal_delta.json",
+            "engine_snapshot.json",
+            "envelope_ack.json",
+            "lww_map_delta.json",
+            "lww_register.json",
+            "mv_map_siblings_answer.json",
+            "mv_map_siblings_state.json",
+            "mv_register.json",
+            "nested_map_delta.json",
+            "nested_map_message.json",
+            "nested_map_state.json",
+            "pn_counter.json",
+        ],
+        "a golden file without a test (or a test without a file)"
+    );
+}
