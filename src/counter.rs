@@ -26,17 +26,12 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-use crate::causal::{
-    local_write, ConflictSink, Crdt, DotStore, JoinEffect, Limits, Op, ReplicaTable,
-};
-use crate::clock::{CausalContext, VectorClock};
+use crate::causal::{local_write, DotStore, JoinEffect, Op, ReplicaTable};
+use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource};
 use crate::id::{Dot, ReplicaId};
-use crate::resolver::{Outcome, Resolver};
 
 /// A positive-negative counter.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -101,6 +96,11 @@ impl PnCounter {
             }
         }
         out
+    }
+
+    fn with_context(mut self, ctx: CausalContext) -> Self {
+        self.ctx = ctx;
+        self
     }
 
     fn split(mut self) -> (Self, CausalContext) {
@@ -169,71 +169,13 @@ impl DotStore for PnCounter {
     }
 }
 
-impl Resolver for PnCounter {
-    fn merge(&mut self, other: Self) -> Outcome {
-        let (other, other_ctx) = other.split();
-        let mut ctx = std::mem::take(&mut self.ctx);
-        let outcome = dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
-        self.ctx = ctx;
-        outcome
-    }
-}
-
-impl Crdt for PnCounter {
-    type Key = ();
-    type Value = PnCounter;
-
-    fn context(&self) -> &CausalContext {
-        &self.ctx
-    }
-
-    fn delta_since(&self, clock: &VectorClock) -> Self {
-        let (mut store, ctx) = dotfun::standalone_delta_since(self, &self.ctx, clock);
-        store.ctx = ctx;
-        store
-    }
-
-    fn validate(&self, limits: &Limits) -> Result<()> {
-        dotfun::standalone_validate(self, &self.ctx, limits)
-    }
-
-    fn try_merge<C: ConflictSink<(), Self>>(
-        &mut self,
-        other: Self,
-        limits: &Limits,
-        sink: &mut C,
-    ) -> Result<Outcome> {
-        let (other, other_ctx) = other.split();
-        let mut ctx = std::mem::take(&mut self.ctx);
-        let result =
-            dotfun::standalone_try_merge(self, &mut ctx, other, other_ctx, limits, sink, false);
-        self.ctx = ctx;
-        result
-    }
-
-    fn max_timestamp(&self) -> Option<crate::Timestamp> {
-        None
-    }
-}
-
-impl Serialize for PnCounter {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        dotfun::serialize_standalone(self, &self.ctx, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for PnCounter {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (mut store, ctx): (Self, _) = dotfun::deserialize_standalone(d)?;
-        store.ctx = ctx;
-        Ok(store)
-    }
-}
+crate::dotfun::standalone_impls!(PnCounter, capped = false);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hlc::ManualClock;
+    use crate::resolver::Resolver;
 
     #[test]
     fn standalone_counter_keeps_one_entry_per_replica() {

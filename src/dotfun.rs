@@ -342,3 +342,85 @@ pub(crate) fn standalone_delta_since<S: DotStore>(
         (store.clone(), ctx.clone())
     }
 }
+
+/// The `Resolver`, `Crdt` and serde impls every standalone value (a store with its own
+/// context in a `ctx` field, and `split` / `with_context` methods) shares.
+/// `capped`: whether the sibling cap of [`Limits`] applies to the value.
+macro_rules! standalone_impls {
+    ($ty:ident $(<$t:ident>)?, capped = $capped:expr) => {
+        impl$(<$t: crate::causal::Data>)? crate::resolver::Resolver for $ty$(<$t>)? {
+            fn merge(&mut self, other: Self) -> crate::resolver::Outcome {
+                let (other, other_ctx) = other.split();
+                let mut ctx = std::mem::take(&mut self.ctx);
+                let outcome = crate::dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
+                self.ctx = ctx;
+                outcome
+            }
+        }
+
+        impl$(<$t: crate::causal::Data>)? crate::causal::Crdt for $ty$(<$t>)? {
+            type Key = ();
+            type Value = Self;
+
+            fn context(&self) -> &crate::clock::CausalContext {
+                &self.ctx
+            }
+
+            fn delta_since(&self, clock: &crate::clock::VectorClock) -> Self {
+                let (store, ctx) = crate::dotfun::standalone_delta_since(self, &self.ctx, clock);
+                store.with_context(ctx)
+            }
+
+            fn validate(&self, limits: &crate::causal::Limits) -> crate::error::Result<()> {
+                crate::dotfun::standalone_validate(self, &self.ctx, limits)?;
+                let count = crate::causal::DotStore::size(self);
+                if $capped && count > limits.max_siblings {
+                    return Err(crate::error::Error::TooManySiblings {
+                        count,
+                        cap: limits.max_siblings,
+                    });
+                }
+                Ok(())
+            }
+
+            fn try_merge<C: crate::causal::ConflictSink<(), Self>>(
+                &mut self,
+                other: Self,
+                limits: &crate::causal::Limits,
+                sink: &mut C,
+            ) -> crate::error::Result<crate::resolver::Outcome> {
+                let (other, other_ctx) = other.split();
+                let mut ctx = std::mem::take(&mut self.ctx);
+                let result = crate::dotfun::standalone_try_merge(
+                    self, &mut ctx, other, other_ctx, limits, sink, $capped,
+                );
+                self.ctx = ctx;
+                result
+            }
+
+            fn max_timestamp(&self) -> Option<crate::hlc::Timestamp> {
+                crate::causal::DotStore::max_timestamp(self)
+            }
+        }
+
+        impl$(<$t: crate::causal::Data>)? serde::Serialize for $ty$(<$t>)? {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                crate::dotfun::serialize_standalone(self, &self.ctx, s)
+            }
+        }
+
+        impl<'de, $($t: crate::causal::Data)?> serde::Deserialize<'de> for $ty$(<$t>)? {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let (store, ctx): (Self, _) = crate::dotfun::deserialize_standalone(d)?;
+                Ok(store.with_context(ctx))
+            }
+        }
+    };
+}
+
+pub(crate) use standalone_impls;

@@ -29,17 +29,12 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-use crate::causal::{
-    local_write, ConflictSink, Crdt, Data, DotStore, JoinEffect, Limits, Op, ReplicaTable,
-};
-use crate::clock::{CausalContext, VectorClock};
+use crate::causal::{local_write, Data, DotStore, JoinEffect, Op, ReplicaTable};
+use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource, Timestamp};
 use crate::id::{Dot, ReplicaId};
-use crate::resolver::{Outcome, Resolver};
 
 /// A value with the wall and logical parts of its write's timestamp (the replica part
 /// is the dot's).
@@ -211,88 +206,13 @@ where
     }
 }
 
-impl<T> Resolver for LwwRegister<T>
-where
-    T: Data,
-{
-    fn merge(&mut self, other: Self) -> Outcome {
-        let (other, other_ctx) = other.split();
-        let mut ctx = std::mem::take(&mut self.ctx);
-        let outcome = dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
-        self.ctx = ctx;
-        outcome
-    }
-}
-
-impl<T> Crdt for LwwRegister<T>
-where
-    T: Data,
-{
-    type Key = ();
-    type Value = LwwRegister<T>;
-
-    fn context(&self) -> &CausalContext {
-        &self.ctx
-    }
-
-    fn delta_since(&self, clock: &VectorClock) -> Self {
-        let (store, ctx) = dotfun::standalone_delta_since(self, &self.ctx, clock);
-        store.with_context(ctx)
-    }
-
-    fn validate(&self, limits: &Limits) -> Result<()> {
-        dotfun::standalone_validate(self, &self.ctx, limits)?;
-        if self.writes.len() > limits.max_siblings {
-            return Err(crate::Error::TooManySiblings {
-                count: self.writes.len(),
-                cap: limits.max_siblings,
-            });
-        }
-        Ok(())
-    }
-
-    fn try_merge<C: ConflictSink<(), Self>>(
-        &mut self,
-        other: Self,
-        limits: &Limits,
-        sink: &mut C,
-    ) -> Result<Outcome> {
-        let (other, other_ctx) = other.split();
-        let mut ctx = std::mem::take(&mut self.ctx);
-        let result =
-            dotfun::standalone_try_merge(self, &mut ctx, other, other_ctx, limits, sink, true);
-        self.ctx = ctx;
-        result
-    }
-
-    fn max_timestamp(&self) -> Option<Timestamp> {
-        self.timestamp()
-    }
-}
-
-impl<T> Serialize for LwwRegister<T>
-where
-    T: Data,
-{
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        dotfun::serialize_standalone(self, &self.ctx, s)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for LwwRegister<T>
-where
-    T: Data,
-{
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (store, ctx): (Self, _) = dotfun::deserialize_standalone(d)?;
-        Ok(store.with_context(ctx))
-    }
-}
+crate::dotfun::standalone_impls!(LwwRegister<T>, capped = true);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hlc::ManualClock;
+    use crate::resolver::Resolver;
 
     #[test]
     fn same_millisecond_writes_resolve_identically_on_both_sides() {

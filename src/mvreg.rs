@@ -39,17 +39,12 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-use crate::causal::{
-    local_write, ConflictSink, Crdt, Data, DotStore, JoinEffect, Limits, Op, ReplicaTable,
-};
-use crate::clock::{CausalContext, VectorClock};
+use crate::causal::{local_write, Data, DotStore, JoinEffect, Op, ReplicaTable};
+use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource};
 use crate::id::{Dot, ReplicaId};
-use crate::resolver::{Outcome, Resolver};
 
 /// An application-level merge function: given the siblings of a register in canonical
 /// order (never empty), returns the value to show (and, if written back, to keep).
@@ -223,88 +218,14 @@ where
     }
 }
 
-impl<T> Resolver for MvRegister<T>
-where
-    T: Data,
-{
-    fn merge(&mut self, other: Self) -> Outcome {
-        let (other, other_ctx) = other.split();
-        let mut ctx = std::mem::take(&mut self.ctx);
-        let outcome = dotfun::standalone_merge(self, &mut ctx, other, other_ctx);
-        self.ctx = ctx;
-        outcome
-    }
-}
-
-impl<T> Crdt for MvRegister<T>
-where
-    T: Data,
-{
-    type Key = ();
-    type Value = MvRegister<T>;
-
-    fn context(&self) -> &CausalContext {
-        &self.ctx
-    }
-
-    fn delta_since(&self, clock: &VectorClock) -> Self {
-        let (store, ctx) = dotfun::standalone_delta_since(self, &self.ctx, clock);
-        store.with_context(ctx)
-    }
-
-    fn validate(&self, limits: &Limits) -> Result<()> {
-        dotfun::standalone_validate(self, &self.ctx, limits)?;
-        if self.siblings.len() > limits.max_siblings {
-            return Err(crate::Error::TooManySiblings {
-                count: self.siblings.len(),
-                cap: limits.max_siblings,
-            });
-        }
-        Ok(())
-    }
-
-    fn try_merge<C: ConflictSink<(), Self>>(
-        &mut self,
-        other: Self,
-        limits: &Limits,
-        sink: &mut C,
-    ) -> Result<Outcome> {
-        let (other, other_ctx) = other.split();
-        let mut ctx = std::mem::take(&mut self.ctx);
-        let result =
-            dotfun::standalone_try_merge(self, &mut ctx, other, other_ctx, limits, sink, true);
-        self.ctx = ctx;
-        result
-    }
-
-    fn max_timestamp(&self) -> Option<crate::Timestamp> {
-        None
-    }
-}
-
-impl<T> Serialize for MvRegister<T>
-where
-    T: Data,
-{
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        dotfun::serialize_standalone(self, &self.ctx, s)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for MvRegister<T>
-where
-    T: Data,
-{
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (store, ctx): (Self, _) = dotfun::deserialize_standalone(d)?;
-        Ok(store.with_context(ctx))
-    }
-}
+crate::dotfun::standalone_impls!(MvRegister<T>, capped = true);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causal::{Crdt, Limits};
     use crate::hlc::ManualClock;
+    use crate::resolver::Resolver;
 
     fn hlc(n: u128) -> Hlc<ManualClock> {
         Hlc::new(ReplicaId::from_u128(n), ManualClock::new(1_000))
