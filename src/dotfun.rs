@@ -44,6 +44,9 @@ impl<E: Clone + PartialEq> DotFun<E> {
     /// Replaces every element with one new element.
     pub(crate) fn assign(&mut self, dot: Dot, element: E) {
         self.entries.clear();
+        // One element is the usual case: allocate for exactly that (a plain `push`
+        // would reserve room for four).
+        self.entries.reserve_exact(1);
         self.entries.push((dot, element));
     }
 
