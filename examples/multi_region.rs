@@ -393,19 +393,19 @@ impl World {
     fn write_setting(&mut self, r: usize, key: &str, value: &str) -> Result<Dot> {
         let receipt =
             self.settings.at[r].update(|m, hlc| m.set(key.to_string(), value.to_string(), hlc))?;
-        Ok(receipt.dot)
+        Ok(receipt.dot.expect("a write issues a dot"))
     }
 
     fn write_profile(&mut self, r: usize, key: &str, value: &str) -> Result<Dot> {
         let receipt = self.profiles.at[r]
             .update(|m, hlc| m.write(key.to_string(), value.to_string(), hlc))?;
-        Ok(receipt.dot)
+        Ok(receipt.dot.expect("a write issues a dot"))
     }
 
     fn add_to_cart(&mut self, r: usize, key: &str, amount: i64) -> Result<Dot> {
         let receipt =
             self.carts.at[r].update(|m, hlc| m.increment(key.to_string(), amount, hlc))?;
-        Ok(receipt.dot)
+        Ok(receipt.dot.expect("a write issues a dot"))
     }
 
     /// Lag from `r` towards `peer`, over the three tables: unacknowledged writes

@@ -29,7 +29,9 @@ use crate::id::{Dot, ReplicaId};
 
 /// What a register can hold: any cloneable, comparable, serializable value.
 ///
-/// Implemented automatically for every type with those traits.
+/// Implemented automatically for every type with those traits. Values travel as JSON,
+/// so they must round-trip through it: a float that is NaN or infinite serializes as
+/// `null` and makes every message holding it fail to decode at the receiver.
 pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned> Data for T {}
@@ -111,10 +113,17 @@ impl Op {
 /// Limits applied to state received from peers (see [`Crdt::try_merge`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    /// The most concurrent siblings one register may hold after a merge.
+    /// The most concurrent siblings one register may hold after a merge. A received
+    /// state that would exceed it anywhere is refused whole, so one key with too many
+    /// racing writers stops the exchange between two replicas until a write that saw
+    /// them collapses it (for example [`OrMap::collapse`](crate::OrMap::collapse)).
     pub max_siblings: usize,
     /// The most entries (keys, at every level of nesting, plus register siblings and
-    /// counter segments) one received state may hold.
+    /// counter segments) one received state may hold. A replica that is new or back
+    /// from a long partition receives the whole state in one message, so this must
+    /// exceed the state's size (as must the engine's `max_message_bytes`): one
+    /// key over the limit blocks that catch-up. The default, 16 million, fits about 8
+    /// million conflict-free register keys.
     pub max_entries: usize,
     /// The most ranges one received causal context may hold.
     pub max_context_ranges: usize,
@@ -124,8 +133,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_siblings: 64,
-            max_entries: 1_000_000,
-            max_context_ranges: 1_000_000,
+            max_entries: 16_000_000,
+            max_context_ranges: 16_000_000,
         }
     }
 }
@@ -269,6 +278,20 @@ impl ReplicaTable {
     pub fn into_ids(self) -> Vec<ReplicaId> {
         self.ids
     }
+}
+
+/// Checks a received replica table: each replica named once (a repeated id would let
+/// one replica's ranges arrive under two indices, out of order).
+pub(crate) fn check_table(replicas: &[ReplicaId]) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(replicas.len());
+    for r in replicas {
+        if !seen.insert(*r) {
+            return Err(Error::InvalidMessage {
+                reason: format!("replica {r} appears twice in a replica table"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a `(replica index, counter)` pair against a replica table.

@@ -230,6 +230,7 @@ pub(crate) fn deserialize_standalone<'de, S: DotStore, D: serde::Deserializer<'d
 ) -> std::result::Result<(S, CausalContext), D::Error> {
     use serde::de::Error as _;
     let raw = Standalone::<S::Decoded>::deserialize(deserializer)?;
+    crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
     let store = S::decode(raw.s, &raw.r).map_err(D::Error::custom)?;
     let ctx = decode_context(raw.c, &raw.r).map_err(D::Error::custom)?;
     Ok((store, ctx))

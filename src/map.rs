@@ -62,7 +62,11 @@ use crate::mvreg::{MergeFn, MvRegister};
 use crate::resolver::{Outcome, Resolver};
 
 /// What a map key must be: hashable, ordered (for a canonical iteration and wire
-/// order), cloneable and serializable as a JSON object key (strings and integers).
+/// order), cloneable and serializable.
+///
+/// On the wire a map is a JSON object, so a key must serialize as a JSON string or
+/// integer (`String`, integers, newtypes of them, unit enum variants). Other keys (a
+/// tuple, say) compile but make encoding a state that holds them panic.
 pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
@@ -629,6 +633,10 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
 
     /// Writes the resolved value back to every conflicted key, collapsing the siblings;
     /// returns one delta covering all of them.
+    ///
+    /// One write per key: if the clock fails part way ([`Error::ClockOverflow`]), the
+    /// keys written before stay written (each is a complete write) and the error is
+    /// returned.
     pub fn collapse<S: TimeSource>(
         &mut self,
         f: impl MergeFn<T>,
@@ -974,6 +982,7 @@ impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let raw = WireMapOwned::<K, V>::deserialize(d)?;
+        crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
         let ctx = decode_context(raw.c, &raw.r).map_err(D::Error::custom)?;
         let entries = Self::decode_entries(raw.e, &raw.r).map_err(D::Error::custom)?;
         let mut map = OrMap {

@@ -227,7 +227,12 @@ pub struct Sim<T: Crdt + Default> {
 impl<T: Crdt + Default> Sim<T> {
     /// `n` masters, all peers of each other, over a network with `faults`, seeded with
     /// `seed`.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
     pub fn new(n: usize, seed: u64, faults: Faults) -> Self {
+        assert!(n > 0, "a simulation needs at least one node");
         let mut rng = Rng::new(seed);
         let ids: Vec<ReplicaId> = (1..=n as u128).map(ReplicaId::from_u128).collect();
         let time = ManualClock::new(1_700_000_000_000);

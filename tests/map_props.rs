@@ -2229,3 +2229,14 @@ proptest! {
         prop_hostile::<MvRegister<u8>>(n, &actions, &mutations)?;
     }
 }
+
+/// A replica table naming one replica twice is refused when decoding (its ranges could
+/// otherwise arrive under two indices, out of order, and cost quadratic time).
+#[test]
+fn a_replica_table_with_a_repeated_id_fails_to_decode() {
+    let id = rid(1);
+    let json = format!(r#"{{"r":["{id}","{id}"],"c":[[0,[1]],[1,[2]]],"e":{{}}}}"#);
+    assert!(serde_json::from_str::<Mv>(&json).is_err());
+    let json = format!(r#"{{"r":["{id}"],"c":[[0,[1,2]]],"e":{{}}}}"#);
+    assert!(serde_json::from_str::<Mv>(&json).is_ok());
+}

@@ -45,6 +45,7 @@ fn put(e: &mut Engine, key: &str, value: u8) -> Dot {
     e.update(|m, hlc| m.write(key.to_string(), value, hlc))
         .expect("a master accepts writes")
         .dot
+        .expect("a write issues a dot")
 }
 
 fn values(reg: &MvRegister<u8>) -> Vec<u8> {
@@ -500,7 +501,8 @@ fn a_follower_refuses_writes_receives_deltas_and_accepts_writes_once_promoted() 
     let dot = f
         .update(|m, hlc| m.write("x".to_string(), 8, hlc))
         .unwrap()
-        .dot;
+        .dot
+        .unwrap();
     assert_eq!(dot.replica(), incarnation(2, 1));
     session(&mut f, &mut a);
     assert_eq!(read(&a, "x"), [8], "the promoted follower's write saw A's");
@@ -806,4 +808,45 @@ fn metrics_serialize_to_json() {
     assert_eq!(peers[1]["lag"]["since_heard_ms"], serde_json::Value::Null);
     let back: concord::sync::Metrics = serde_json::from_value(json).unwrap();
     assert_eq!(back, metrics);
+}
+
+/// A write that changes nothing (removing an absent key) issues no dot, and says so.
+#[test]
+fn a_write_that_changes_nothing_has_no_dot() {
+    let time = ManualClock::new(1_000);
+    let mut a: Engine = engine(1, &[2], &time);
+    let receipt = a
+        .update(|m, hlc| m.remove(&"absent".to_string(), hlc))
+        .unwrap();
+    assert_eq!(receipt.dot, None);
+    let dot = put(&mut a, "x", 1);
+    assert_eq!(dot, Dot::new(incarnation(1, 1), 1));
+}
+
+/// Open membership admits new replicas up to `max_peers`; the next one is refused and
+/// nothing changes.
+#[test]
+fn open_membership_is_capped() {
+    let time = ManualClock::new(1_000);
+    let config = Config {
+        max_peers: 2,
+        ..config(1, &[]).open()
+    };
+    let mut hub: Engine = engine_with(1, &time, config);
+    for n in 2..=3 {
+        let mut spoke: Engine = engine(n, &[1], &time);
+        put(&mut spoke, "x", n as u8);
+        hub.receive(spoke.sync_with(node(1)).unwrap()).unwrap();
+    }
+    assert_eq!(hub.peers().count(), 2);
+    let mut extra: Engine = engine(4, &[1], &time);
+    put(&mut extra, "y", 4);
+    let before = (hub.state().clone(), hub.clock());
+    let err = hub.receive(extra.sync_with(node(1)).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyEntries { what: "peers", .. }),
+        "{err:?}"
+    );
+    assert_eq!((hub.state().clone(), hub.clock()), before);
+    assert_eq!(hub.peers().count(), 2);
 }

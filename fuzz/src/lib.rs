@@ -174,7 +174,8 @@ fn check_alive(b: &mut SyncEngine<Map, ManualClock>, reply: Option<&Message<Map>
     let receipt = b
         .update(|m, hlc| m.write("k0".to_string(), 9, hlc))
         .unwrap_or_else(|e| panic!("a peer's message disabled local writes: {e}"));
-    assert!(!seen.contains(receipt.dot), "dot {} reused", receipt.dot);
+    let dot = receipt.dot.expect("a write issues a dot");
+    assert!(!seen.contains(dot), "dot {dot} reused");
 
     // The receiver still replicates: a session with a peer carries its local write
     // across (the message may have claimed A holds more than A does: then A asks
@@ -193,7 +194,7 @@ fn check_alive(b: &mut SyncEngine<Map, ManualClock>, reply: Option<&Message<Map>
         }
     }
     assert!(
-        refused || a.state().context().contains(receipt.dot),
+        refused || a.state().context().contains(dot),
         "the receiver's write did not reach its peer in a session"
     );
 

@@ -47,6 +47,13 @@ pub struct Config {
     /// The id this incarnation stamps its writes with. `None` (the default) draws a
     /// random one; set it only for deterministic tests, and never reuse one.
     pub incarnation: Option<ReplicaId>,
+    /// How far ahead of local wall time, in milliseconds, a received timestamp may be
+    /// (see [`Hlc::with_max_offset`]); further ahead, the message is refused with
+    /// [`Error::ClockDrift`].
+    pub max_offset_ms: u64,
+    /// With `open_membership`, the most peers this replica keeps: a message from one
+    /// more new replica is refused with [`Error::TooManyEntries`].
+    pub max_peers: usize,
 }
 
 impl Default for Config {
@@ -59,6 +66,8 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             max_clock_entries: 4096,
             incarnation: None,
+            max_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
+            max_peers: 64,
         }
     }
 }
@@ -108,8 +117,9 @@ pub enum AckLevel {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteReceipt<R> {
     /// The write's dot (its last, if it issued several): ask
-    /// [`SyncEngine::holders`] who holds it.
-    pub dot: Dot,
+    /// [`SyncEngine::holders`] who holds it. `None` if the write changed nothing (it
+    /// removed an absent key, say).
+    pub dot: Option<Dot>,
     /// What the write function returned: usually the mutator's delta (already part of
     /// the state; [`SyncEngine::push`] computes what each peer lacks by itself).
     pub delta: R,
@@ -178,7 +188,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .collect();
         SyncEngine {
             node,
-            hlc: Hlc::new(incarnation, source),
+            hlc: Hlc::new(incarnation, source).with_max_offset(config.max_offset_ms),
             state,
             role: config.role,
             peers,
@@ -195,7 +205,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// [`Error::InvalidSnapshot`] if the configured incarnation id already issued dots
     /// in the snapshot's state, or the state fails validation.
     pub fn restore(snapshot: Snapshot<T>, source: S, mut config: Config) -> Result<Self> {
-        snapshot.state.validate(&config.limits)?;
+        // Our own state: check its consistency, not the limits meant for peers' input.
+        let unlimited = Limits {
+            max_siblings: usize::MAX,
+            max_entries: usize::MAX,
+            max_context_ranges: usize::MAX,
+        };
+        snapshot.state.validate(&unlimited)?;
         let incarnation = config.incarnation.unwrap_or_else(ReplicaId::random);
         if snapshot.state.context().max_counter(incarnation) > 0 {
             return Err(Error::InvalidSnapshot {
@@ -265,13 +281,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// The state's validation errors; on error nothing changed.
     pub fn merge_state(&mut self, state: T) -> Result<Received<T>> {
-        if let Some(ts) = state.max_timestamp() {
-            self.hlc.validate(&ts)?;
+        let newest = state.max_timestamp();
+        if let Some(ts) = &newest {
+            self.hlc.validate(ts)?;
         }
         let mut conflicts = Vec::new();
         let outcome = self
             .state
             .try_merge(state, &self.config.limits, &mut conflicts)?;
+        if let Some(ts) = &newest {
+            let _ = self.hlc.observe(ts);
+        }
         self.counters.conflicts += conflicts.len() as u64;
         Ok(Received {
             outcome,
@@ -325,7 +345,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             }
         }
         Ok(WriteReceipt {
-            dot: Dot::new(me, after.max(1)),
+            dot: (after > before).then(|| Dot::new(me, after)),
             delta,
         })
     }
@@ -442,8 +462,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 ),
             });
         }
-        if !self.peers.contains_key(&msg.from) && !self.config.open_membership {
-            return Err(Error::UnknownPeer { peer: msg.from });
+        if !self.peers.contains_key(&msg.from) {
+            if !self.config.open_membership {
+                return Err(Error::UnknownPeer { peer: msg.from });
+            }
+            if self.peers.len() >= self.config.max_peers {
+                return Err(Error::TooManyEntries {
+                    what: "peers",
+                    count: self.peers.len() + 1,
+                    limit: self.config.max_peers,
+                });
+            }
         }
         for clock in [&msg.clock, &msg.base] {
             if clock.len() > self.config.max_clock_entries {

@@ -19,7 +19,7 @@ pub struct Metrics {
     pub role: Role,
     /// Its version vector.
     pub clock: VectorClock,
-    /// Local writes accepted.
+    /// Local events issued (dots: one per element a write created, one per removal).
     pub writes: u64,
     /// Messages produced.
     pub messages_sent: u64,

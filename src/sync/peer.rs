@@ -23,7 +23,9 @@ pub(crate) struct Peer {
 /// Replication lag towards one peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerLag {
-    /// Local writes (of this incarnation) the peer has not acknowledged.
+    /// Local events (dots of this incarnation) the peer has not acknowledged. A write
+    /// that fills several elements at once (several fields of a nested map) counts
+    /// one per element, a removal one.
     pub unacked_writes: u64,
     /// Age in milliseconds of the oldest unacknowledged local write (0 if none).
     pub oldest_unacked_ms: u64,
