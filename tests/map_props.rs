@@ -1077,7 +1077,7 @@ fn prop_converge<V: Flavor>(
     let full_edge = |i: usize| match mode % 3 {
         0 => true,
         1 => false,
-        _ => i % 2 == 0,
+        _ => i.is_multiple_of(2),
     };
     for i in 1..n {
         sync(&mut world.reps, i, 0, full_edge(i));
