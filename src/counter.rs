@@ -26,12 +26,12 @@
 
 use std::fmt;
 
-use crate::causal::{local_write, DotStore, JoinEffect, Op, ReplicaTable};
+use crate::causal::{local_write, DotStore, Op, ReplicaTable};
 use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource};
-use crate::id::{Dot, ReplicaId};
+use crate::id::ReplicaId;
 
 /// A positive-negative counter.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -125,36 +125,11 @@ impl DotStore for PnCounter {
     type Encoded<'a> = Vec<(u32, u64, i64)>;
     type Decoded = Vec<(u32, u64, i64)>;
 
-    fn is_bottom(&self) -> bool {
-        self.segments.is_empty()
-    }
-
-    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
-        self.segments.dots().for_each(f);
-    }
-
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
-        self.segments.join(ctx, other.segments, other_ctx)
-    }
-
-    fn kill(&mut self, ctx: &CausalContext) -> bool {
-        self.segments.kill(ctx)
-    }
-
-    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
-        PnCounter {
-            segments: self.segments.filtered(keep),
-            ctx: CausalContext::new(),
-        }
-    }
+    crate::dotfun::forward_to_dotfun!(segments);
 
     fn joined_siblings(&self, _: &CausalContext, _: &Self, _: &CausalContext) -> usize {
         // Segments are not siblings: they add up to one value.
         0
-    }
-
-    fn size(&self) -> usize {
-        self.segments.len()
     }
 
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {

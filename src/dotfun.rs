@@ -347,6 +347,46 @@ pub(crate) fn standalone_delta_since<S: DotStore>(
     }
 }
 
+/// The `DotStore` methods that a value holding its elements in one `DotFun` field
+/// forwards to it (everything but `joined_siblings`, `encode` and `decode`).
+macro_rules! forward_to_dotfun {
+    ($field:ident) => {
+        fn is_bottom(&self) -> bool {
+            self.$field.is_empty()
+        }
+
+        fn for_each_dot(&self, f: &mut dyn FnMut(crate::id::Dot)) {
+            self.$field.dots().for_each(f);
+        }
+
+        fn join(
+            &mut self,
+            ctx: &crate::clock::CausalContext,
+            other: Self,
+            other_ctx: &crate::clock::CausalContext,
+        ) -> crate::causal::JoinEffect {
+            self.$field.join(ctx, other.$field, other_ctx)
+        }
+
+        fn kill(&mut self, ctx: &crate::clock::CausalContext) -> bool {
+            self.$field.kill(ctx)
+        }
+
+        fn filtered(&self, keep: &dyn Fn(crate::id::Dot) -> bool) -> Self {
+            Self {
+                $field: self.$field.filtered(keep),
+                ctx: crate::clock::CausalContext::new(),
+            }
+        }
+
+        fn size(&self) -> usize {
+            self.$field.len()
+        }
+    };
+}
+
+pub(crate) use forward_to_dotfun;
+
 /// The `Resolver`, `Crdt` and serde impls every standalone value (a store with its own
 /// context in a `ctx` field, and `split` / `with_context` methods) shares.
 /// `capped`: whether the sibling cap of [`Limits`] applies to the value.

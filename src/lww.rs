@@ -29,12 +29,12 @@
 
 use std::fmt;
 
-use crate::causal::{local_write, Data, DotStore, JoinEffect, Op, ReplicaTable};
+use crate::causal::{local_write, Data, DotStore, Op, ReplicaTable};
 use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource, Timestamp};
-use crate::id::{Dot, ReplicaId};
+use crate::id::ReplicaId;
 
 /// A value with the wall and logical parts of its write's timestamp (the replica part
 /// is the dot's).
@@ -150,28 +150,7 @@ where
         T: 'a;
     type Decoded = Vec<(u32, u64, u64, u32, T)>;
 
-    fn is_bottom(&self) -> bool {
-        self.writes.is_empty()
-    }
-
-    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
-        self.writes.dots().for_each(f);
-    }
-
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
-        self.writes.join(ctx, other.writes, other_ctx)
-    }
-
-    fn kill(&mut self, ctx: &CausalContext) -> bool {
-        self.writes.kill(ctx)
-    }
-
-    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
-        LwwRegister {
-            writes: self.writes.filtered(keep),
-            ctx: CausalContext::new(),
-        }
-    }
+    crate::dotfun::forward_to_dotfun!(writes);
 
     fn joined_siblings(
         &self,
@@ -180,10 +159,6 @@ where
         other_ctx: &CausalContext,
     ) -> usize {
         self.writes.joined_len(ctx, &other.writes, other_ctx)
-    }
-
-    fn size(&self) -> usize {
-        self.writes.len()
     }
 
     fn max_timestamp(&self) -> Option<Timestamp> {

@@ -39,7 +39,7 @@
 
 use std::fmt;
 
-use crate::causal::{local_write, Data, DotStore, JoinEffect, Op, ReplicaTable};
+use crate::causal::{local_write, Data, DotStore, Op, ReplicaTable};
 use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
@@ -170,28 +170,7 @@ where
         T: 'a;
     type Decoded = Vec<(u32, u64, T)>;
 
-    fn is_bottom(&self) -> bool {
-        self.siblings.is_empty()
-    }
-
-    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
-        self.siblings.dots().for_each(f);
-    }
-
-    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
-        self.siblings.join(ctx, other.siblings, other_ctx)
-    }
-
-    fn kill(&mut self, ctx: &CausalContext) -> bool {
-        self.siblings.kill(ctx)
-    }
-
-    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
-        MvRegister {
-            siblings: self.siblings.filtered(keep),
-            ctx: CausalContext::new(),
-        }
-    }
+    crate::dotfun::forward_to_dotfun!(siblings);
 
     fn joined_siblings(
         &self,
@@ -200,10 +179,6 @@ where
         other_ctx: &CausalContext,
     ) -> usize {
         self.siblings.joined_len(ctx, &other.siblings, other_ctx)
-    }
-
-    fn size(&self) -> usize {
-        self.siblings.len()
     }
 
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
