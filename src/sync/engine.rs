@@ -508,18 +508,18 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if let Some(ts) = &newest {
             self.hlc.validate(ts)?;
         }
-        // Validated even when it turns out to be stale and is skipped below.
-        if let Some(delta) = &msg.delta {
-            delta.validate(&self.config.limits)?;
-        }
         let mut conflicts = Vec::new();
         // A delta computed against more than this replica has (it was restored from an
         // older snapshot since the peer last heard from it) could leave out removals
-        // it needs: skip it and ask for a fresh one.
+        // it needs: skip it and ask for a fresh one. A skipped delta is still
+        // validated (a merged one is validated by `try_merge`, once).
         let stale = msg
             .delta
             .as_ref()
             .is_some_and(|_| !self.state.context().covers(&msg.base));
+        if let (true, Some(delta)) = (stale, &msg.delta) {
+            delta.validate(&self.config.limits)?;
+        }
         let outcome = match msg.delta {
             Some(delta) if !stale => {
                 self.state
