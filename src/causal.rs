@@ -505,6 +505,35 @@ pub(crate) fn local_write<S: DotStore>(
     store.filtered(&|d| op.issued(d))
 }
 
+/// Where a chunked catch-up stands (see [`Crdt::delta_chunk`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkCursor {
+    /// 0: removals from the log; 1: removed dots; 2: entries; 3: done.
+    pub(crate) phase: u8,
+    /// The sequence number of the next log entry to look at.
+    pub(crate) log: u64,
+    /// The last dot looked at in phase 1.
+    pub(crate) dot: Option<Dot>,
+    /// The next entry position in phase 2.
+    pub(crate) pos: usize,
+    /// The peer is below the removal log's floor: every removed dot it has seen goes
+    /// too.
+    pub(crate) full: bool,
+}
+
+impl ChunkCursor {
+    /// True once the last piece has been produced.
+    pub fn is_done(&self) -> bool {
+        self.phase >= 3
+    }
+
+    /// Marks the catch-up as complete (for implementations of
+    /// [`Crdt::delta_chunk`] that send everything at once).
+    pub fn finish(&mut self) {
+        self.phase = 3;
+    }
+}
+
 /// A top-level replicated state: what the sync engine replicates.
 ///
 /// Implemented by every standalone type of the library; the usual choice is an
@@ -530,7 +559,36 @@ pub trait Crdt:
     /// never saw, and a delta cannot repair that; a full-state merge does. The
     /// [sync engine](crate::sync) replicates with `delta_since` only, and skips a
     /// delta computed against more than the receiver holds.
-    fn delta_since(&self, clock: &VectorClock) -> Self;
+    fn delta_since(&self, clock: &VectorClock) -> Self {
+        self.delta_since_context(&CausalContext::from(clock))
+    }
+
+    /// Everything a peer whose state has seen exactly the dots of `seen` lacks,
+    /// removals included: [`Crdt::delta_since`] for a peer whose context has gaps (it
+    /// is sent only the dots it misses, not everything past its first gap). The same
+    /// honesty rule applies: the peer holds every dot of `seen` with its effects.
+    fn delta_since_context(&self, seen: &CausalContext) -> Self;
+
+    /// The next piece of a catch-up too large for one message: a part of
+    /// [`Crdt::delta_since_context`]`(seen)` restricted to the dots of `upto` (what this
+    /// replica held when the catch-up started), holding about `max_items` entries or
+    /// context ranges, starting where `cursor` stands and moving it on. Each piece is
+    /// a valid state on its own (its entries and exactly the dots they hold, plus dots
+    /// removed here); applied in order, the pieces carry everything the delta would.
+    /// Removals a peer must learn before the writes that caused them come first.
+    ///
+    /// The default sends the whole delta as one piece; [`OrMap`](crate::OrMap) splits.
+    fn delta_chunk(
+        &self,
+        seen: &CausalContext,
+        upto: &CausalContext,
+        cursor: &mut ChunkCursor,
+        max_items: usize,
+    ) -> Self {
+        let _ = (upto, max_items);
+        cursor.finish();
+        self.delta_since_context(seen)
+    }
 
     /// Checks a received state against `limits` and its own consistency (every held dot
     /// is in its context, no dot tags two elements). Changes nothing.
@@ -550,7 +608,7 @@ pub trait Crdt:
 
     /// Forgets bookkeeping that every peer has acknowledged (`stable` is what all peers
     /// are known to have seen). Never changes the replicated value.
-    fn prune(&mut self, stable: &VectorClock) {
+    fn prune(&mut self, stable: &CausalContext) {
         let _ = stable;
     }
 }

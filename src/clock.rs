@@ -240,6 +240,100 @@ impl Resolver for VectorClock {
     }
 }
 
+const TOKEN_DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// The most entries a token may name when parsed.
+const TOKEN_MAX_ENTRIES: usize = 4096;
+
+fn token_digits(mut n: u128, out: &mut String) {
+    let mut buf = Vec::new();
+    loop {
+        buf.push(TOKEN_DIGITS[(n & 63) as usize]);
+        n >>= 6;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(buf.iter().rev().map(|&b| b as char));
+}
+
+fn token_number(s: &str) -> Option<u128> {
+    if s.is_empty() || s.len() > 22 {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for b in s.bytes() {
+        let d = TOKEN_DIGITS.iter().position(|&x| x == b)? as u128;
+        n = n.checked_mul(64)?.checked_add(d)?;
+    }
+    Some(n)
+}
+
+impl VectorClock {
+    /// The compact text form of this clock, for a session token in an HTTP header or
+    /// a cookie: `replica.counter` pairs in base 64 (URL-safe), joined by `~`. Three
+    /// random replica ids take about 80 bytes.
+    ///
+    /// ```
+    /// use concord::{ReplicaId, VectorClock};
+    ///
+    /// let clock: VectorClock = [(ReplicaId::from_u128(1), 12), (ReplicaId::random(), 7)]
+    ///     .into_iter()
+    ///     .collect();
+    /// let token = clock.to_token();
+    /// assert_eq!(VectorClock::from_token(&token)?, clock);
+    /// assert!(VectorClock::from_token("not a token").is_err());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn to_token(&self) -> String {
+        let mut out = String::new();
+        for (i, (r, n)) in self.iter().enumerate() {
+            if i > 0 {
+                out.push('~');
+            }
+            token_digits(r.as_uuid().as_u128(), &mut out);
+            out.push('.');
+            token_digits(n as u128, &mut out);
+        }
+        out
+    }
+
+    /// Parses [`VectorClock::to_token`]'s form.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`](crate::Error::Decode) for anything else: a malformed pair, a
+    /// counter beyond the largest a replica may issue, a replica named twice, or more
+    /// than 4096 pairs.
+    pub fn from_token(token: &str) -> crate::Result<VectorClock> {
+        let bad = |why: &str| crate::Error::Decode {
+            reason: format!("session token: {why}"),
+        };
+        if token.is_empty() {
+            return Ok(VectorClock::new());
+        }
+        let mut entries = Vec::new();
+        let mut named = std::collections::BTreeSet::new();
+        for pair in token.split('~') {
+            if entries.len() >= TOKEN_MAX_ENTRIES {
+                return Err(bad("too many entries"));
+            }
+            let (r, n) = pair
+                .split_once('.')
+                .ok_or_else(|| bad("a pair lacks '.'"))?;
+            let r = token_number(r).ok_or_else(|| bad("malformed replica"))?;
+            let n = token_number(n)
+                .filter(|n| *n <= crate::causal::MAX_COUNTER as u128)
+                .ok_or_else(|| bad("malformed counter"))? as u64;
+            if !named.insert(r) {
+                return Err(bad("a replica named twice"));
+            }
+            entries.push((ReplicaId::from_u128(r), n));
+        }
+        Ok(entries.into_iter().collect())
+    }
+}
+
 impl FromIterator<(ReplicaId, u64)> for VectorClock {
     fn from_iter<I: IntoIterator<Item = (ReplicaId, u64)>>(iter: I) -> Self {
         let mut clock = VectorClock::new();
@@ -357,6 +451,62 @@ impl Ranges {
         let mut out: Vec<(u64, u64)> = self.0[i..].to_vec();
         if let Some(first) = out.first_mut() {
             first.0 = first.0.max(floor.saturating_add(1));
+        }
+        Ranges(out)
+    }
+
+    /// The counters in `self` that are not in `other`.
+    fn minus(&self, other: &Ranges) -> Ranges {
+        let mut out = Vec::new();
+        let mut j = 0;
+        for &(lo, hi) in &self.0 {
+            let mut lo = lo;
+            while j < other.0.len() && other.0[j].1 < lo {
+                j += 1;
+            }
+            let mut k = j;
+            while lo <= hi {
+                match other.0.get(k) {
+                    Some(&(olo, ohi)) if olo <= hi => {
+                        if olo > lo {
+                            out.push((lo, olo - 1));
+                        }
+                        if ohi >= hi {
+                            lo = hi.saturating_add(1);
+                            if hi == u64::MAX {
+                                break;
+                            }
+                        } else {
+                            lo = ohi + 1;
+                            k += 1;
+                        }
+                    }
+                    _ => {
+                        out.push((lo, hi));
+                        break;
+                    }
+                }
+            }
+        }
+        Ranges(out)
+    }
+
+    /// The counters in both `self` and `other`.
+    fn intersection(&self, other: &Ranges) -> Ranges {
+        let (mut i, mut j) = (0, 0);
+        let mut out = Vec::new();
+        while i < self.0.len() && j < other.0.len() {
+            let (alo, ahi) = self.0[i];
+            let (blo, bhi) = other.0[j];
+            let (lo, hi) = (alo.max(blo), ahi.min(bhi));
+            if lo <= hi {
+                out.push((lo, hi));
+            }
+            if ahi < bhi {
+                i += 1;
+            } else {
+                j += 1;
+            }
         }
         Ranges(out)
     }
@@ -558,6 +708,85 @@ impl CausalContext {
             .map(|(r, ranges)| (*r, ranges.0.as_slice()))
     }
 
+    /// The dots seen here that `other` has not seen: what a peer whose context is
+    /// `other` lacks (gaps included, so a peer that misses a few old dots is sent
+    /// just those).
+    pub fn minus(&self, other: &CausalContext) -> CausalContext {
+        let seen = self
+            .seen
+            .iter()
+            .filter_map(|(r, mine)| {
+                let rest = match other.seen.get(r) {
+                    Some(theirs) => mine.minus(theirs),
+                    None => mine.clone(),
+                };
+                (!rest.0.is_empty()).then_some((*r, rest))
+            })
+            .collect();
+        CausalContext { seen }
+    }
+
+    /// The dots seen both here and in `other` (what two peers are both known to
+    /// hold).
+    pub fn intersection(&self, other: &CausalContext) -> CausalContext {
+        let seen = self
+            .seen
+            .iter()
+            .filter_map(|(r, mine)| {
+                let both = mine.intersection(other.seen.get(r)?);
+                (!both.0.is_empty()).then_some((*r, both))
+            })
+            .collect();
+        CausalContext { seen }
+    }
+
+    /// Iterates over the dots seen here that come after `after` in (replica, counter)
+    /// order (all of them for `None`): a resumable walk over a large context.
+    pub(crate) fn dots_after(&self, after: Option<Dot>) -> impl Iterator<Item = Dot> + '_ {
+        use std::ops::Bound;
+        let (start, floor) = match after {
+            Some(d) => (Bound::Included(d.replica()), Some(d)),
+            None => (Bound::Unbounded, None),
+        };
+        self.seen
+            .range((start, Bound::Unbounded))
+            .flat_map(move |(r, ranges)| {
+                let min = match floor {
+                    Some(d) if d.replica() == *r => d.counter().saturating_add(1),
+                    _ => 1,
+                };
+                let i = ranges.0.partition_point(|x| x.1 < min);
+                ranges.0[i..]
+                    .iter()
+                    .flat_map(move |&(lo, hi)| lo.max(min)..=hi)
+                    .map(move |n| Dot::new(*r, n))
+            })
+    }
+
+    /// Forgets every event of `replica` above `max`.
+    pub(crate) fn truncate(&mut self, replica: ReplicaId, max: u64) {
+        if let Some(ranges) = self.seen.get_mut(&replica) {
+            ranges.0.retain(|r| r.0 <= max);
+            if let Some(last) = ranges.0.last_mut() {
+                last.1 = last.1.min(max);
+            }
+            if ranges.0.is_empty() {
+                self.seen.remove(&replica);
+            }
+        }
+    }
+
+    /// Iterates over every dot seen here (the count can be large).
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.seen.iter().flat_map(|(r, ranges)| {
+            ranges
+                .0
+                .iter()
+                .flat_map(|&(lo, hi)| lo..=hi)
+                .map(move |n| Dot::new(*r, n))
+        })
+    }
+
     /// True if nothing has been seen.
     pub fn is_empty(&self) -> bool {
         self.seen.values().all(|r| r.0.is_empty())
@@ -688,6 +917,26 @@ mod tests {
             }
             let listed: Vec<Dot> = ctx.dots_since(&c).collect();
             prop_assert_eq!(listed.len() as u64, since.dot_count());
+        }
+
+        #[test]
+        fn minus_and_intersection_match_plain_sets(a in context(), b in context()) {
+            let diff = a.minus(&b);
+            let both = a.intersection(&b);
+            for r in 0..4 {
+                for n in 1..13 {
+                    let d = Dot::new(rid(r), n);
+                    prop_assert_eq!(diff.contains(d), a.contains(d) && !b.contains(d));
+                    prop_assert_eq!(both.contains(d), a.contains(d) && b.contains(d));
+                }
+            }
+            // Canonical form: equal sets compare equal.
+            let mut rebuilt = CausalContext::new();
+            for d in diff.dots() {
+                rebuilt.insert(d);
+            }
+            prop_assert_eq!(rebuilt, diff);
+            prop_assert_eq!(a.dots().count() as u64, a.dot_count());
         }
 
         #[test]

@@ -8,7 +8,7 @@ use crate::causal::{
     decode_context, decode_dot, encode_context, has_unseen, ConflictSink, DotStore, EncodedContext,
     JoinEffect, Limits, Op, ReplicaTable,
 };
-use crate::clock::{CausalContext, VectorClock};
+use crate::clock::CausalContext;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, TimeSource};
 use crate::id::{Dot, ReplicaId};
@@ -187,7 +187,11 @@ impl<E: Clone + PartialEq> DotFun<E> {
 
 /// The next write stamp of `hlc`'s replica for a store whose context is `ctx`.
 pub(crate) fn next_op<S: TimeSource>(ctx: &CausalContext, hlc: &mut Hlc<S>) -> Result<Op> {
-    let dot = ctx.next_dot(hlc.replica());
+    let replica = hlc.replica();
+    let dot = Dot::new(
+        replica,
+        ctx.max_counter(replica).max(hlc.counter_floor()) + 1,
+    );
     if dot.counter() >= crate::causal::MAX_COUNTER {
         return Err(Error::InvalidDot {
             dot,
@@ -338,9 +342,9 @@ where
 pub(crate) fn standalone_delta_since<S: DotStore>(
     store: &S,
     ctx: &CausalContext,
-    clock: &VectorClock,
+    seen: &CausalContext,
 ) -> (S, CausalContext) {
-    if ctx.since(clock).is_empty() {
+    if seen.includes(ctx) {
         (S::default(), CausalContext::new())
     } else {
         (store.clone(), ctx.clone())
@@ -410,8 +414,8 @@ macro_rules! standalone_impls {
                 &self.ctx
             }
 
-            fn delta_since(&self, clock: &crate::clock::VectorClock) -> Self {
-                let (store, ctx) = crate::dotfun::standalone_delta_since(self, &self.ctx, clock);
+            fn delta_since_context(&self, seen: &crate::clock::CausalContext) -> Self {
+                let (store, ctx) = crate::dotfun::standalone_delta_since(self, &self.ctx, seen);
                 store.with_context(ctx)
             }
 

@@ -118,6 +118,22 @@ pub enum Error {
         missing: u64,
     },
 
+    /// The node's counter lease could not be read or recorded (see
+    /// [`LeaseStore`](crate::sync::LeaseStore)); the write that needed it changed
+    /// nothing.
+    #[error("counter lease: {reason}")]
+    Lease {
+        /// What failed.
+        reason: String,
+    },
+
+    /// An engine configuration is inconsistent (see `Config::validate`).
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// Which setting is wrong, and why.
+        reason: String,
+    },
+
     /// A snapshot cannot be restored (wrong shape, or it belongs to another replica).
     #[error("invalid snapshot: {reason}")]
     InvalidSnapshot {

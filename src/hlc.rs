@@ -193,6 +193,9 @@ pub struct Hlc<S: TimeSource = SystemClock> {
     source: S,
     last: Timestamp,
     max_offset_ms: u64,
+    /// Counters up to this one may have been issued before a restart (see
+    /// [`crate::sync::LeaseStore`]): the next dot is above it.
+    counter_floor: u64,
 }
 
 impl<S: TimeSource> Hlc<S> {
@@ -204,7 +207,24 @@ impl<S: TimeSource> Hlc<S> {
             source,
             last: Timestamp::new(0, 0, replica),
             max_offset_ms: DEFAULT_MAX_OFFSET_MS,
+            counter_floor: 0,
         }
+    }
+
+    /// The counter the next write's dot must exceed, whatever the state holds (raised
+    /// by the sync engine's counter lease after a restart).
+    pub(crate) fn counter_floor(&self) -> u64 {
+        self.counter_floor
+    }
+
+    pub(crate) fn set_counter_floor(&mut self, floor: u64) {
+        self.counter_floor = floor;
+    }
+
+    /// Stamps writes with `replica` from now on (the engine switches from a random
+    /// writer id to the node's own once a lease protects it).
+    pub(crate) fn set_replica(&mut self, replica: ReplicaId) {
+        self.replica = replica;
     }
 
     /// Sets how far ahead of local wall time, in milliseconds, a remote timestamp may be.

@@ -20,7 +20,7 @@ pub mod sim;
 pub mod sync;
 pub mod wire;
 
-pub use causal::{Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op};
+pub use causal::{ChunkCursor, Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op};
 pub use clock::{CausalContext, CausalOrder, VectorClock};
 pub use counter::PnCounter;
 pub use error::{Error, Result};

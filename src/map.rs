@@ -48,10 +48,10 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
-    decode_context, encode_context, ConflictSink, Crdt, Data, DotMap, DotSet, DotStore,
-    EncodedContext, JoinEffect, Limits, Op, ReplicaTable,
+    decode_context, encode_context, ChunkCursor, ConflictSink, Crdt, Data, DotMap, DotSet,
+    DotStore, EncodedContext, JoinEffect, Limits, Op, ReplicaTable,
 };
-use crate::clock::{CausalContext, VectorClock};
+use crate::clock::CausalContext;
 use crate::counter::PnCounter;
 use crate::dotfun::next_op;
 use crate::error::{Error, Result};
@@ -84,22 +84,25 @@ const LOG_ENUMERATE_LIMIT: u64 = 1 << 16;
 struct RemovalLog {
     /// `(trigger, dead dots)`: a peer whose clock does not cover `trigger` may still
     /// hold the dots alive and must be told.
-    entries: VecDeque<(VectorClock, Vec<Dot>)>,
+    entries: VecDeque<(u64, CausalContext, Vec<Dot>)>,
+    /// The sequence number of the next entry (a chunked catch-up walks the log by it).
+    next_seq: u64,
     /// Removals older than this were forgotten: a peer below it gets the full state.
-    floor: VectorClock,
+    floor: CausalContext,
     /// Dead dots held in `entries`.
     dots: usize,
 }
 
 impl RemovalLog {
-    fn push(&mut self, trigger: VectorClock, dead: Vec<Dot>) {
+    fn push(&mut self, trigger: CausalContext, dead: Vec<Dot>) {
         if dead.is_empty() {
             return;
         }
         self.dots += dead.len();
-        self.entries.push_back((trigger, dead));
+        self.entries.push_back((self.next_seq, trigger, dead));
+        self.next_seq += 1;
         while self.dots > LOG_CAP {
-            let Some((trigger, dead)) = self.entries.pop_front() else {
+            let Some((_, trigger, dead)) = self.entries.pop_front() else {
                 break;
             };
             self.dots -= dead.len();
@@ -107,18 +110,18 @@ impl RemovalLog {
         }
     }
 
-    fn raise_floor(&mut self, clock: &VectorClock) {
-        self.floor.merge_ref(clock);
+    fn raise_floor(&mut self, seen: &CausalContext) {
+        self.floor.merge_ref(seen);
     }
 
     /// Forgets the removals every peer has acknowledged. The floor rises to cover
     /// them, so a peer that later comes back from an older snapshot, below what it had
     /// acknowledged, is sent the full state rather than a delta missing them.
-    fn prune(&mut self, stable: &VectorClock) {
+    fn prune(&mut self, stable: &CausalContext) {
         let floor = &mut self.floor;
         let mut dropped = 0;
-        self.entries.retain(|(trigger, dead)| {
-            let keep = !stable.dominates(trigger);
+        self.entries.retain(|(_, trigger, dead)| {
+            let keep = !stable.includes(trigger);
             if !keep {
                 floor.merge_ref(trigger);
                 dropped += dead.len();
@@ -423,7 +426,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             log: RemovalLog::default(),
             scratch: Vec::new(),
         };
-        copy.log.floor = copy.ctx.max_clock();
+        copy.log.floor = copy.ctx.clone();
         copy
     }
 
@@ -433,7 +436,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     fn seal(&mut self) {
         self.rebuild_index();
         self.log = RemovalLog {
-            floor: self.ctx.max_clock(),
+            floor: self.ctx.clone(),
             ..RemovalLog::default()
         };
     }
@@ -463,7 +466,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
         let newly_dead: Vec<Dot> = if enumerate {
             their_ctx
-                .dots_since(&VectorClock::new())
+                .dots()
                 .filter(|d| {
                     !their_live.contains(d)
                         && (!self.ctx.contains(*d) || self.index.contains_key(d))
@@ -540,7 +543,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         visited.sort_unstable();
         let touched: Vec<usize> = if their_ctx.dot_count() <= original_len as u64 {
             let mut touched: Vec<usize> = their_ctx
-                .dots_since(&VectorClock::new())
+                .dots()
                 .filter_map(|d| self.index.get(&d).copied())
                 .filter(|&pos| pos < original_len && visited.binary_search(&pos).is_err())
                 .collect();
@@ -576,18 +579,18 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
         self.ctx.merge_ref(&their_ctx);
         if enumerate {
-            self.log.push(self.ctx.max_clock(), newly_dead);
+            self.log.push(self.ctx.clone(), newly_dead);
         } else {
-            self.log.raise_floor(&their_ctx.max_clock());
+            self.log.raise_floor(&their_ctx);
         }
         Outcome::from_flags(grew || effect.killed, behind || effect.discarded)
     }
 }
 
-fn single(dot: Dot) -> VectorClock {
-    let mut clock = VectorClock::new();
-    clock.observe(dot);
-    clock
+fn single(dot: Dot) -> CausalContext {
+    let mut ctx = CausalContext::new();
+    ctx.insert(dot);
+    ctx
 }
 
 impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
@@ -838,23 +841,23 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         &self.ctx
     }
 
-    fn delta_since(&self, clock: &VectorClock) -> Self {
-        if !clock.dominates(&self.log.floor) {
+    fn delta_since_context(&self, seen: &CausalContext) -> Self {
+        if !seen.includes(&self.log.floor) {
             return self.full();
         }
-        let since = self.ctx.since(clock);
+        let since = self.ctx.minus(seen);
         // Few new dots: find their entries through the index. Many (a long absence,
         // or keys rewritten often): scan the entries, still sending only what changed.
         let mut positions: Vec<usize> = if since.dot_count() <= self.entries.len() as u64 {
             since
-                .dots_since(&VectorClock::new())
+                .dots()
                 .filter_map(|d| self.index.get(&d).copied())
                 .collect()
         } else {
             (0..self.entries.len())
                 .filter(|&pos| {
                     let mut unseen = false;
-                    self.entries[pos].for_each_dot(&mut |d| unseen |= !clock.covers(d));
+                    self.entries[pos].for_each_dot(&mut |d| unseen |= !seen.contains(d));
                     unseen
                 })
                 .collect()
@@ -867,14 +870,14 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 .entries
                 .get_index(pos)
                 .expect("index points into entries");
-            let part = v.filtered(&|d| !clock.covers(d));
+            let part = v.filtered(&|d| !seen.contains(d));
             if !part.is_bottom() {
                 delta.entries.insert(k.clone(), part);
             }
         }
         delta.ctx = since;
-        for (trigger, dead) in &self.log.entries {
-            if !clock.dominates(trigger) {
+        for (_, trigger, dead) in &self.log.entries {
+            if !seen.includes(trigger) {
                 for &d in dead {
                     delta.ctx.insert(d);
                 }
@@ -882,6 +885,95 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         delta.seal();
         delta
+    }
+
+    fn delta_chunk(
+        &self,
+        seen: &CausalContext,
+        upto: &CausalContext,
+        cursor: &mut ChunkCursor,
+        max_items: usize,
+    ) -> Self {
+        let mut out = OrMap::new();
+        let mut items = 0usize;
+        let max_items = max_items.max(1);
+        // Below the removal log's floor (now, or since the stream began): the log no
+        // longer lists every removal the peer must learn, so phase 1 sends every
+        // removed dot it has seen too. If that happens mid-stream, walk again.
+        if !cursor.full && !seen.includes(&self.log.floor) {
+            cursor.full = true;
+            if cursor.phase >= 1 {
+                cursor.phase = 1;
+                cursor.dot = None;
+            }
+        }
+        if cursor.phase == 0 {
+            // Removals the peer may not know of (it may hold the dots alive).
+            let start = self.log.entries.partition_point(|e| e.0 < cursor.log);
+            for (seq, trigger, dead) in self.log.entries.range(start..) {
+                if items >= max_items {
+                    break;
+                }
+                if !seen.includes(trigger) {
+                    for &d in dead.iter().filter(|d| upto.contains(**d)) {
+                        out.ctx.insert(d);
+                        items += 1;
+                    }
+                }
+                cursor.log = seq + 1;
+            }
+            if self.log.entries.back().is_none_or(|e| e.0 < cursor.log) {
+                cursor.phase = 1;
+            }
+        }
+        if cursor.phase == 1 {
+            // Dots removed here: those the peer never saw, and (below the floor) those
+            // it may hold alive.
+            let mut last: Option<Dot> = None;
+            let mut finished = true;
+            for d in upto.dots_after(cursor.dot) {
+                if items >= max_items {
+                    finished = false;
+                    break;
+                }
+                cursor.dot = Some(d);
+                if self.index.contains_key(&d) || (seen.contains(d) && !cursor.full) {
+                    continue;
+                }
+                out.ctx.insert(d);
+                let extends = last
+                    .is_some_and(|l| l.replica() == d.replica() && l.counter() + 1 == d.counter());
+                if !extends {
+                    items += 1;
+                }
+                last = Some(d);
+            }
+            if finished {
+                cursor.phase = 2;
+            }
+        }
+        if cursor.phase == 2 {
+            while cursor.pos < self.entries.len() && items < max_items {
+                let (k, v) = self
+                    .entries
+                    .get_index(cursor.pos)
+                    .expect("position in range");
+                cursor.pos += 1;
+                let part = v.filtered(&|d| !seen.contains(d) && upto.contains(d));
+                if !part.is_bottom() {
+                    items += part.size().max(1);
+                    part.for_each_dot(&mut |d| {
+                        out.ctx.insert(d);
+                    });
+                    out.entries.insert(k.clone(), part);
+                }
+            }
+            if cursor.pos >= self.entries.len() {
+                cursor.phase = 3;
+            }
+        }
+        out.seal();
+        out
     }
 
     fn validate(&self, limits: &Limits) -> Result<()> {
@@ -942,7 +1034,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         DotStore::max_timestamp(self)
     }
 
-    fn prune(&mut self, stable: &VectorClock) {
+    fn prune(&mut self, stable: &CausalContext) {
         self.log.prune(stable);
     }
 }

@@ -49,11 +49,13 @@
 //! ```
 
 mod engine;
+mod lease;
 mod message;
 mod metrics;
 mod peer;
 
-pub use engine::{AckLevel, Config, Received, Role, Snapshot, SyncEngine, WriteReceipt};
-pub use message::{Message, PROTOCOL_VERSION};
+pub use engine::{AckLevel, Config, Received, Role, Snapshot, SyncEngine, Transmit, WriteReceipt};
+pub use lease::{FileLease, LeaseStore, MemoryLease};
+pub use message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub use metrics::{Metrics, PeerMetrics};
 pub use peer::PeerLag;

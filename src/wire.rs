@@ -1,24 +1,30 @@
 //! The wire format: a versioned JSON envelope, and the checks applied before a byte of
 //! it reaches the state.
 //!
-//! A message is one JSON object (`serde_json`): `{"v":1,"from":…,"to":…,"clock":{…},
-//! "delta":{…},"reply":true}`. Inside a delta, replica ids are listed once in a table
-//! (`"r"`) and every dot names its replica by index, so ids do not repeat per key.
-//! Decoding checks, in order: the size limit (before parsing), the version (before the
-//! body is interpreted), then the shape; the engine then validates the contents.
+//! A message is one JSON object (`serde_json`). Version 2, the current one:
+//! `{"v":2,"vmax":2,"from":…,"to":…,"inc":…,"seen":{…},"delta":{…},"chunk":{…},
+//! "reply":true}`; version 1, which this build still reads and writes for peers that
+//! have not upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
+//! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
+//! delta, replica ids are listed once in a table (`"r"`) and every dot names its
+//! replica by index, so ids do not repeat per key. Decoding checks, in order: the size
+//! limit (before parsing), the version (before the body is interpreted), then the
+//! shape; the engine then validates the contents.
 //!
 //! ```
 //! use concord::sync::{Message, PROTOCOL_VERSION};
-//! use concord::{wire, Error, OrMap, PnCounter, ReplicaId, VectorClock};
+//! use concord::{wire, CausalContext, Error, OrMap, PnCounter, ReplicaId};
 //!
 //! let msg: Message<OrMap<String, PnCounter>> = Message {
 //!     v: PROTOCOL_VERSION,
+//!     vmax: PROTOCOL_VERSION,
 //!     from: ReplicaId::from_u128(1),
 //!     to: ReplicaId::from_u128(2),
 //!     inc: ReplicaId::from_u128(1),
-//!     clock: VectorClock::new(),
+//!     seen: CausalContext::new(),
 //!     delta: None,
-//!     base: VectorClock::new(),
+//!     base: CausalContext::new(),
+//!     chunk: None,
 //!     reply: true,
 //! };
 //! let bytes = wire::encode(&msg);
@@ -30,24 +36,138 @@
 //! # Ok::<(), concord::Error>(())
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::causal::Crdt;
+use crate::clock::{CausalContext, VectorClock};
 use crate::error::{Error, Result};
-use crate::sync::{Message, PROTOCOL_VERSION};
+use crate::id::ReplicaId;
+use crate::sync::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
-/// Encodes a message as JSON bytes.
-pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
-    serde_json::to_vec(msg).expect("concord messages always serialize")
+#[derive(Serialize)]
+#[serde(bound = "T: Serialize")]
+struct V1Out<'a, T> {
+    v: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmax: Option<u32>,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    clock: VectorClock,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a T>,
+    #[serde(skip_serializing_if = "VectorClock::is_empty")]
+    base: VectorClock,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reply: bool,
 }
 
-/// Decodes a message, refusing anything larger than `max_bytes` before parsing it and
-/// any version other than [`PROTOCOL_VERSION`] before interpreting its body.
+#[derive(Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct V1In<T> {
+    #[serde(default)]
+    vmax: Option<u32>,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    clock: VectorClock,
+    #[serde(default)]
+    delta: Option<T>,
+    #[serde(default)]
+    base: VectorClock,
+    #[serde(default)]
+    reply: bool,
+}
+
+#[derive(Serialize)]
+#[serde(bound = "T: Serialize")]
+struct V2Out<'a, T> {
+    v: u32,
+    vmax: u32,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    seen: &'a CausalContext,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a T>,
+    #[serde(skip_serializing_if = "CausalContext::is_empty")]
+    base: &'a CausalContext,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk: Option<Chunk>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reply: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct V2In<T> {
+    vmax: u32,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    seen: CausalContext,
+    #[serde(default)]
+    delta: Option<T>,
+    #[serde(default)]
+    base: CausalContext,
+    #[serde(default)]
+    chunk: Option<Chunk>,
+    #[serde(default)]
+    reply: bool,
+}
+
+/// Encodes a message as JSON bytes, in the version it names (`msg.v`).
+///
+/// A version-1 message carries the gap-free prefix of `seen` and of `base` (version
+/// 1 has no way to name gaps) and no chunk information; the engine never writes one
+/// that needs more.
+pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+    let written = if msg.v <= 1 {
+        serde_json::to_vec(&V1Out {
+            v: msg.v,
+            vmax: (msg.vmax != msg.v).then_some(msg.vmax),
+            from: msg.from,
+            to: msg.to,
+            inc: msg.inc,
+            clock: msg.seen.clock(),
+            delta: msg.delta.as_ref(),
+            base: msg.base.clock(),
+            reply: msg.reply,
+        })
+    } else {
+        serde_json::to_vec(&V2Out {
+            v: msg.v,
+            vmax: msg.vmax,
+            from: msg.from,
+            to: msg.to,
+            inc: msg.inc,
+            seen: &msg.seen,
+            delta: msg.delta.as_ref(),
+            base: &msg.base,
+            chunk: msg.chunk,
+            reply: msg.reply,
+        })
+    };
+    written.expect("concord messages always serialize")
+}
+
+/// Decodes a message of any version this build speaks, refusing anything larger than
+/// `max_bytes` before parsing it and an unknown version before interpreting its body.
 ///
 /// # Errors
 ///
 /// [`Error::MessageTooLarge`], [`Error::UnsupportedVersion`], [`Error::Decode`].
 pub fn decode<T: Crdt>(bytes: &[u8], max_bytes: usize) -> Result<Message<T>> {
+    decode_up_to(bytes, max_bytes, PROTOCOL_VERSION)
+}
+
+/// [`decode`], speaking versions up to `newest` only (an engine held back to an older
+/// version during a rolling upgrade refuses what it would not have understood).
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_up_to<T: Crdt>(bytes: &[u8], max_bytes: usize, newest: u32) -> Result<Message<T>> {
     if bytes.len() > max_bytes {
         return Err(Error::MessageTooLarge {
             size: bytes.len(),
@@ -59,11 +179,40 @@ pub fn decode<T: Crdt>(bytes: &[u8], max_bytes: usize) -> Result<Message<T>> {
         v: u32,
     }
     let probe: Probe = serde_json::from_slice(bytes)?;
-    if probe.v != PROTOCOL_VERSION {
+    let newest = newest.min(PROTOCOL_VERSION);
+    if probe.v < OLDEST_PROTOCOL_VERSION || probe.v > newest {
         return Err(Error::UnsupportedVersion {
             version: probe.v,
-            supported: PROTOCOL_VERSION,
+            supported: newest,
         });
     }
-    Ok(serde_json::from_slice(bytes)?)
+    if probe.v == 1 {
+        let m: V1In<T> = serde_json::from_slice(bytes)?;
+        Ok(Message {
+            v: 1,
+            vmax: m.vmax.unwrap_or(1),
+            from: m.from,
+            to: m.to,
+            inc: m.inc,
+            seen: CausalContext::from(&m.clock),
+            delta: m.delta,
+            base: CausalContext::from(&m.base),
+            chunk: None,
+            reply: m.reply,
+        })
+    } else {
+        let m: V2In<T> = serde_json::from_slice(bytes)?;
+        Ok(Message {
+            v: probe.v,
+            vmax: m.vmax,
+            from: m.from,
+            to: m.to,
+            inc: m.inc,
+            seen: m.seen,
+            delta: m.delta,
+            base: m.base,
+            chunk: m.chunk,
+            reply: m.reply,
+        })
+    }
 }

@@ -2109,7 +2109,7 @@ fn add_remove_cycles_at_two_replicas_exchanging_deltas_stay_small() {
             b.merge(to_b);
             assert_eq!(a, b, "after exchange {}", i / EVERY);
             max_pending = max_pending.max(a.pending_removals().max(b.pending_removals()));
-            let (ca, cb) = (a.context().clock(), b.context().clock());
+            let (ca, cb) = (a.context().clone(), b.context().clone());
             a.prune(&cb);
             b.prune(&ca);
             assert!(

@@ -77,7 +77,7 @@ fn session<T: Crdt>(from: &mut Engine<T>, to: &mut Engine<T>) -> usize {
 struct Fingerprint<T> {
     state: T,
     clock: VectorClock,
-    acked: Vec<(ReplicaId, VectorClock)>,
+    acked: Vec<(ReplicaId, concord::CausalContext)>,
     lag: Vec<PeerLag>,
     hlc_last: Timestamp,
     received: u64,
@@ -655,7 +655,7 @@ fn too_many_clock_entries_are_refused() {
     narrow.max_clock_entries = 1;
     let (mut a, mut b) = synced_pair(&time, narrow);
     let msg = a.sync_with(node(2)).unwrap();
-    assert_eq!(msg.clock.len(), 2);
+    assert_eq!(msg.seen.replicas().count(), 2);
     assert_rejected(&mut b, &wire(&msg), |e| {
         matches!(
             e,

@@ -17,10 +17,10 @@
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use concord::sync::{Config, Message, Snapshot, SyncEngine, PROTOCOL_VERSION};
+use concord::sync::{Chunk, Config, Message, Snapshot, SyncEngine, PROTOCOL_VERSION};
 use concord::{
-    wire, Crdt, Hlc, LwwRegister, ManualClock, MvRegister, OrMap, PnCounter, ReplicaId, Resolver,
-    VectorClock,
+    wire, CausalContext, Crdt, Dot, Hlc, LwwRegister, ManualClock, MvRegister, OrMap, PnCounter,
+    ReplicaId, Resolver, VectorClock,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,7 +43,11 @@ fn engine<T: Crdt + Default>(
     peers: &[u128],
     time: &ManualClock,
 ) -> SyncEngine<T, ManualClock> {
-    let config = Config::with_peers(peers.iter().map(|p| id(*p))).incarnation(id(node + 1));
+    // Version 1: these vectors were written by the first release, and an engine held
+    // back to version 1 must still write them byte for byte.
+    let config = Config::with_peers(peers.iter().map(|p| id(*p)))
+        .incarnation(id(node + 1))
+        .protocol_version(1);
     SyncEngine::new(id(node), T::default(), time.clone(), config)
 }
 
@@ -236,17 +240,33 @@ fn nested_map() {
     golden_value("nested_map_delta", &delta);
     golden_value("nested_map_state", &doc);
 
+    // Version 1, as a peer that has not upgraded writes and reads it.
     let msg = Message {
-        v: PROTOCOL_VERSION,
+        v: 1,
+        vmax: 1,
         from: id(A),
         to: id(B),
         inc: id(A + 1),
-        clock: doc.context().clock(),
+        seen: CausalContext::from(&doc.context().clock()),
         delta: Some(doc.clone()),
-        base: VectorClock::new(),
+        base: CausalContext::new(),
+        chunk: None,
         reply: true,
     };
     golden_message("nested_map_message", &msg);
+    // Version 2: the context itself, and a chunk of a stream.
+    let msg = Message {
+        v: PROTOCOL_VERSION,
+        vmax: PROTOCOL_VERSION,
+        seen: doc.context().clone(),
+        chunk: Some(Chunk {
+            stream: 3,
+            index: 1,
+            last: true,
+        }),
+        ..msg
+    };
+    golden_message("nested_map_message_v2", &msg);
 }
 
 #[test]
@@ -255,16 +275,28 @@ fn envelope_without_delta() {
     clock.raise(id(A + 1), 3);
     clock.raise(id(B + 1), 1);
     let msg: Message<MvMap> = Message {
-        v: PROTOCOL_VERSION,
+        v: 1,
+        vmax: 1,
         from: id(B),
         to: id(A),
         inc: id(B + 1),
-        clock,
+        seen: CausalContext::from(&clock),
         delta: None,
-        base: VectorClock::new(),
+        base: CausalContext::new(),
+        chunk: None,
         reply: false,
     };
     golden_message("envelope_ack", &msg);
+    // Version 2 names gaps: B has seen A's events 1-3 and 5.
+    let mut seen = CausalContext::from(&clock);
+    seen.insert(Dot::new(id(A + 1), 5));
+    let msg = Message {
+        v: PROTOCOL_VERSION,
+        vmax: PROTOCOL_VERSION,
+        seen,
+        ..msg
+    };
+    golden_message("envelope_ack_v2", &msg);
 }
 
 #[test]
@@ -308,6 +340,13 @@ fn engine_snapshot() {
         .unwrap();
     let snapshot: Snapshot<MvMap> = a.snapshot();
     golden_value("engine_snapshot", &snapshot);
+    // A snapshot written by the first release (acknowledgements as version vectors)
+    // still restores, with the same acknowledgements.
+    let old = r#"{"node":"00000000-0000-0000-0000-0000000000a0","role":"Master","state":{"r":["00000000-0000-0000-0000-0000000000a1"],"c":[[0,[[1,1]]]],"e":{"k":[[0,2,"w"]]}},"peers":[["00000000-0000-0000-0000-0000000000b0",{"00000000-0000-0000-0000-0000000000a1":1}]],"hlc_last":{"ms":1700000000000,"l":1,"r":"00000000-0000-0000-0000-0000000000a1"}}"#;
+    let old: Snapshot<MvMap> = serde_json::from_str(old).unwrap();
+    assert_eq!(old, snapshot);
+    let config = Config::with_peers([id(B)]).incarnation(id(A + 2));
+    SyncEngine::restore(old, time, config).unwrap();
 }
 
 #[test]
@@ -328,6 +367,7 @@ fn every_golden_file_is_checked() {
             "counter_map_removal_delta.json",
             "engine_snapshot.json",
             "envelope_ack.json",
+            "envelope_ack_v2.json",
             "lww_map_delta.json",
             "lww_register.json",
             "mv_map_siblings_answer.json",
@@ -335,6 +375,7 @@ fn every_golden_file_is_checked() {
             "mv_register.json",
             "nested_map_delta.json",
             "nested_map_message.json",
+            "nested_map_message_v2.json",
             "nested_map_state.json",
             "pn_counter.json",
         ],

@@ -4,16 +4,17 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{Conflict, Crdt, Limits, MAX_COUNTER};
-use crate::clock::VectorClock;
+use crate::causal::{ChunkCursor, Conflict, Crdt, Limits, MAX_COUNTER};
+use crate::clock::{CausalContext, VectorClock};
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, SystemClock, TimeSource, Timestamp};
 use crate::id::{Dot, ReplicaId};
 use crate::resolver::{Outcome, Resolver};
 
-use super::message::{Message, PROTOCOL_VERSION};
+use super::lease::LeaseStore;
+use super::message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
-use super::peer::{Peer, PeerLag};
+use super::peer::{OutStream, Peer, PeerLag};
 
 /// How many unacknowledged local writes the lag tracker remembers individually; past
 /// this it thins the middle of the queue (the oldest write's age stays exact).
@@ -28,7 +29,7 @@ pub enum Role {
     Follower,
 }
 
-/// How an engine is set up.
+/// How an engine is set up. Every field has a builder method of the same name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The peers this replica exchanges with. With `open_membership` false (the
@@ -40,12 +41,15 @@ pub struct Config {
     pub role: Role,
     /// Limits on received state.
     pub limits: Limits,
-    /// The largest encoded message accepted by [`SyncEngine::receive_bytes`], in bytes.
+    /// The largest encoded message, in bytes: received messages above it are refused
+    /// before parsing, and the driver ([`SyncEngine::poll_transmit`]) splits a larger
+    /// delta into chunks below it. Use the same value on every peer.
     pub max_message_bytes: usize,
-    /// The most entries a received version vector may hold.
+    /// The most replicas a received causal context may name.
     pub max_clock_entries: usize,
-    /// The id this incarnation stamps its writes with. `None` (the default) draws a
-    /// random one; set it only for deterministic tests, and never reuse one.
+    /// The id writes are stamped with when the engine has no counter lease (see
+    /// [`SyncEngine::with_lease`]). `None` (the default) draws a random one; set it
+    /// only for deterministic tests, and never reuse one.
     pub incarnation: Option<ReplicaId>,
     /// How far ahead of local wall time, in milliseconds, a received timestamp may be
     /// (see [`Hlc::with_max_offset`]); further ahead, the message is refused with
@@ -54,6 +58,25 @@ pub struct Config {
     /// With `open_membership`, the most peers this replica keeps: a message from one
     /// more new replica is refused with [`Error::TooManyEntries`].
     pub max_peers: usize,
+    /// The newest protocol version to speak (default [`PROTOCOL_VERSION`]); set it to
+    /// an older one to hold a node back during a rolling upgrade.
+    pub protocol_version: u32,
+    /// How many counters one lease extension grants (see [`LeaseStore`]): the lease
+    /// store is written once per this many local events.
+    pub lease_block: u64,
+    /// How long the driver waits for an acknowledgement before it resends, in
+    /// milliseconds (doubled after every resend, up to `max_retransmit_ms`).
+    pub retransmit_ms: u64,
+    /// The longest wait between resends, in milliseconds.
+    pub max_retransmit_ms: u64,
+    /// How often the driver tells a quiet peer what this replica holds (which also
+    /// feeds the peer's `since_heard_ms`), in milliseconds.
+    pub heartbeat_ms: u64,
+    /// How often the driver opens a full anti-entropy session with each peer (it asks
+    /// the peer for everything this replica lacks), in milliseconds.
+    pub anti_entropy_ms: u64,
+    /// How many chunks of one catch-up may be unacknowledged at once.
+    pub chunk_window: u32,
 }
 
 impl Default for Config {
@@ -68,8 +91,27 @@ impl Default for Config {
             incarnation: None,
             max_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
             max_peers: 64,
+            protocol_version: PROTOCOL_VERSION,
+            lease_block: 1024,
+            retransmit_ms: 200,
+            max_retransmit_ms: 10_000,
+            heartbeat_ms: 1_000,
+            anti_entropy_ms: 30_000,
+            chunk_window: 4,
         }
     }
+}
+
+macro_rules! config_setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $field(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
 }
 
 impl Config {
@@ -94,10 +136,73 @@ impl Config {
         self
     }
 
-    /// The same configuration with a fixed incarnation id (deterministic tests only).
+    /// The same configuration with a fixed writer id for an engine without a lease
+    /// (deterministic tests only).
     pub fn incarnation(mut self, id: ReplicaId) -> Self {
         self.incarnation = Some(id);
         self
+    }
+
+    config_setters! {
+        /// Sets [`Config::limits`].
+        limits: Limits,
+        /// Sets [`Config::max_message_bytes`].
+        max_message_bytes: usize,
+        /// Sets [`Config::max_clock_entries`].
+        max_clock_entries: usize,
+        /// Sets [`Config::max_offset_ms`].
+        max_offset_ms: u64,
+        /// Sets [`Config::max_peers`].
+        max_peers: usize,
+        /// Sets [`Config::protocol_version`].
+        protocol_version: u32,
+        /// Sets [`Config::lease_block`].
+        lease_block: u64,
+        /// Sets [`Config::retransmit_ms`].
+        retransmit_ms: u64,
+        /// Sets [`Config::max_retransmit_ms`].
+        max_retransmit_ms: u64,
+        /// Sets [`Config::heartbeat_ms`].
+        heartbeat_ms: u64,
+        /// Sets [`Config::anti_entropy_ms`].
+        anti_entropy_ms: u64,
+        /// Sets [`Config::chunk_window`].
+        chunk_window: u32,
+    }
+
+    /// Checks that the settings make sense together.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first setting that does not.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: &str| {
+            Err(Error::InvalidConfig {
+                reason: reason.to_string(),
+            })
+        };
+        if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&self.protocol_version) {
+            return bad("protocol_version is not one this build speaks");
+        }
+        if self.max_message_bytes < 1024 {
+            return bad("max_message_bytes below 1024 leaves no room for a chunk");
+        }
+        if self.lease_block == 0 {
+            return bad("lease_block must be at least 1");
+        }
+        if self.retransmit_ms == 0 || self.max_retransmit_ms < self.retransmit_ms {
+            return bad("retransmit_ms must be positive and at most max_retransmit_ms");
+        }
+        if self.heartbeat_ms == 0 || self.anti_entropy_ms == 0 {
+            return bad("heartbeat_ms and anti_entropy_ms must be positive");
+        }
+        if self.chunk_window == 0 {
+            return bad("chunk_window must be at least 1");
+        }
+        if self.limits.max_siblings == 0 {
+            return bad("limits.max_siblings must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -146,22 +251,75 @@ pub struct Snapshot<T> {
     pub role: Role,
     /// The replicated state.
     pub state: T,
-    /// What each peer had acknowledged.
-    pub peers: Vec<(ReplicaId, VectorClock)>,
+    /// What each peer had acknowledged (snapshots of protocol version 1 name version
+    /// vectors here; they restore as the same contexts).
+    #[serde(deserialize_with = "acked_any_form")]
+    pub peers: Vec<(ReplicaId, CausalContext)>,
     /// The greatest hybrid-logical-clock timestamp issued or seen.
     pub hlc_last: Timestamp,
 }
 
+fn acked_any_form<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<(ReplicaId, CausalContext)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Acked {
+        Context(CausalContext),
+        Clock(VectorClock),
+    }
+    let v: Vec<(ReplicaId, Acked)> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter()
+        .map(|(id, a)| match a {
+            Acked::Context(c) => (id, c),
+            Acked::Clock(c) => (id, CausalContext::from(&c)),
+        })
+        .collect())
+}
+
+/// One encoded message for the host to send (from [`SyncEngine::poll_transmit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer to send it to.
+    pub to: ReplicaId,
+    /// The message, encoded (at most [`Config::max_message_bytes`] unless a single
+    /// entry is larger than that).
+    pub bytes: Vec<u8>,
+}
+
+/// The counter lease of an engine that keeps its node id across restarts.
+#[derive(Debug)]
+struct Lease {
+    store: Box<dyn LeaseStore>,
+    /// The highest counter durably granted.
+    granted: u64,
+}
+
 /// One replica: its state, clock, peers and replication bookkeeping. Sans-IO.
 ///
-/// # Restart safety
+/// # Driving it
 ///
-/// Every incarnation of a replica stamps its writes with an id of its own (random
-/// unless configured): a replica restored from an older snapshot starts a new
-/// incarnation, so it can never issue a dot it issued before, and needs neither a
-/// persisted counter nor a round of questions to its peers. The node id, which peers
-/// and membership use, stays the same. The cost is one version-vector entry per
-/// incarnation.
+/// Hosts either drive it with timers (the usual way: see the guide's "The driver
+/// loop"): [`SyncEngine::handle_bytes`] for every message that arrives,
+/// [`SyncEngine::poll_transmit`] until it returns `None` after every call, and
+/// [`SyncEngine::handle_timeout`] when [`SyncEngine::poll_timeout`] says so; the engine
+/// then resends what was lost, chunks large catch-ups, acknowledges answers and
+/// heartbeats by itself. Or they call the manual steps ([`SyncEngine::sync_with`],
+/// [`SyncEngine::push`], [`SyncEngine::receive`]) and move the replies themselves.
+///
+/// # Restart safety and identity
+///
+/// A dot must never name two different writes. An engine given a counter lease
+/// ([`SyncEngine::with_lease`]) writes under its node id for its whole life: before
+/// any of its dots can leave the engine, it durably records a bound on the counters it
+/// may have issued, and restored from any snapshot it continues above that bound (see
+/// [`LeaseStore`] for the details and failure cases). Version vectors then stay one
+/// entry per node, and conflict reports, lag and tokens name nodes.
+///
+/// Without a lease, every engine that is built or restored writes under a fresh
+/// random id (safe with no durable storage at all, at the cost of one version-vector
+/// entry per incarnation): use it for tests and for replicas that never restart with
+/// their state.
 #[derive(Debug)]
 pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     node: ReplicaId,
@@ -173,18 +331,26 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     /// `(counter, wall ms)` of local writes not yet acknowledged by every peer.
     write_times: VecDeque<(u64, u64)>,
     counters: Counters,
+    lease: Option<Lease>,
+    /// A fresh id per boot (engine built or restored), sent as `inc`.
+    boot: ReplicaId,
+    /// The next chunk stream id.
+    next_stream: u64,
+    /// Where the driver's round-robin over peers starts next.
+    cursor: usize,
 }
 
 impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// A new replica `node` holding `state` (usually empty), reading time from
-    /// `source`.
+    /// `source`. It writes under a fresh random id until given a lease with
+    /// [`SyncEngine::with_lease`].
     pub fn new(node: ReplicaId, state: T, source: S, config: Config) -> Self {
         let incarnation = config.incarnation.unwrap_or_else(ReplicaId::random);
         let peers = config
             .peers
             .iter()
             .filter(|p| **p != node)
-            .map(|p| (*p, Peer::default()))
+            .map(|p| (*p, Peer::new(config.retransmit_ms)))
             .collect();
         SyncEngine {
             node,
@@ -195,10 +361,64 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             config,
             write_times: VecDeque::new(),
             counters: Counters::default(),
+            lease: None,
+            // Deterministic tests fix the boot id along with the writer id.
+            boot: incarnation,
+            next_stream: 1,
+            cursor: 0,
         }
     }
 
-    /// Restores a replica from a snapshot, as a new incarnation (see "Restart safety").
+    /// Writes under the node id from now on, protected by `lease` (see "Restart safety
+    /// and identity"): the next dot is above both the lease's bound and anything of
+    /// the node's the state holds. Call it right after [`SyncEngine::new`] or
+    /// [`SyncEngine::restore`], before the first write, with the store the node used
+    /// in its previous life.
+    ///
+    /// ```
+    /// use concord::sync::{Config, MemoryLease, SyncEngine};
+    /// use concord::{ManualClock, OrMap, LwwRegister, ReplicaId};
+    ///
+    /// let node = ReplicaId::from_u128(7);
+    /// let lease = MemoryLease::new();
+    /// let time = ManualClock::new(1_000);
+    /// let mut engine = SyncEngine::new(node, OrMap::<String, LwwRegister<u8>>::new(), time.clone(), Config::default())
+    ///     .with_lease(lease.clone())?;
+    /// let snapshot = engine.snapshot(); // persisted before the write below
+    /// let first = engine.update(|m, hlc| m.set("a".into(), 1, hlc))?.dot.unwrap();
+    /// assert_eq!(first.replica(), node);
+    ///
+    /// // Crash; restart from the older snapshot with the same lease.
+    /// let mut engine = SyncEngine::restore(snapshot, time, Config::default())?.with_lease(lease)?;
+    /// let second = engine.update(|m, hlc| m.set("b".into(), 2, hlc))?.dot.unwrap();
+    /// assert_eq!(second.replica(), node);
+    /// assert!(second.counter() > first.counter()); // never the same dot twice
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lease`] if the store cannot be read; [`Error::InvalidSnapshot`] if this
+    /// engine already wrote under another id.
+    pub fn with_lease(mut self, store: impl LeaseStore + 'static) -> Result<Self> {
+        let mut store: Box<dyn LeaseStore> = Box::new(store);
+        let writer = self.hlc.replica();
+        if writer != self.node && self.state.context().max_counter(writer) > 0 {
+            return Err(Error::InvalidSnapshot {
+                reason: format!("engine already wrote as {writer}; give the lease before writing"),
+            });
+        }
+        let granted = store.load()?;
+        let floor = granted.max(self.state.context().max_counter(self.node));
+        self.hlc.set_replica(self.node);
+        self.hlc.set_counter_floor(floor);
+        self.lease = Some(Lease { store, granted });
+        Ok(self)
+    }
+
+    /// Restores a replica from a snapshot. Without a lease it writes under a fresh
+    /// random id (a *disaster restore*: see "Restart safety and identity"); follow it
+    /// with [`SyncEngine::with_lease`] to keep the node id.
     ///
     /// # Errors
     ///
@@ -223,16 +443,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let mut engine = SyncEngine::new(snapshot.node, snapshot.state, source, config);
         engine.hlc.restore_last(snapshot.hlc_last);
         for (peer, acked) in snapshot.peers {
+            let retransmit_ms = engine.config.retransmit_ms;
             if let Some(p) = engine.peers.get_mut(&peer) {
+                p.offered = acked.clone();
                 p.acked = acked;
             } else if engine.config.open_membership {
-                engine.peers.insert(
-                    peer,
-                    Peer {
-                        acked,
-                        ..Peer::default()
-                    },
-                );
+                let mut p = Peer::new(retransmit_ms);
+                p.offered = acked.clone();
+                p.acked = acked;
+                engine.peers.insert(peer, p);
             }
         }
         Ok(engine)
@@ -259,7 +478,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.node
     }
 
-    /// The id this incarnation stamps its writes with.
+    /// The id this replica's writes are stamped with: the node id once it has a lease,
+    /// a random id of this incarnation before.
     pub fn incarnation(&self) -> ReplicaId {
         self.hlc.replica()
     }
@@ -274,6 +494,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.state
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Merges a full state obtained out of band (a backup, a bulk copy from another
     /// region), validated and reported like a peer's delta.
     ///
@@ -281,6 +506,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// The state's validation errors; on error nothing changed.
     pub fn merge_state(&mut self, state: T) -> Result<Received<T>> {
+        self.check_claims(state.context())?;
         let newest = state.max_timestamp();
         if let Some(ts) = &newest {
             self.hlc.validate(ts)?;
@@ -305,6 +531,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.state.context().clock()
     }
 
+    /// Every dot this replica has seen (its version vector plus what it holds past a
+    /// gap).
+    pub fn context(&self) -> &CausalContext {
+        self.state.context()
+    }
+
     /// Master or follower.
     pub fn role(&self) -> Role {
         self.role
@@ -315,6 +547,31 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.peers.keys().copied()
     }
 
+    /// The highest counter this replica may have issued under its writer id: what a
+    /// peer may legitimately have seen of it.
+    fn issued(&self) -> u64 {
+        let me = self.hlc.replica();
+        let held = self.state.context().max_counter(me);
+        match &self.lease {
+            Some(lease) => held.max(lease.granted),
+            None => held,
+        }
+    }
+
+    /// Makes sure the lease covers counters up to `upto`, extending it by a block.
+    fn ensure_lease(&mut self, upto: u64) -> Result<()> {
+        let block = self.config.lease_block.max(1);
+        if let Some(lease) = &mut self.lease {
+            if lease.granted < upto {
+                let grant = upto.saturating_add(block - 1).min(MAX_COUNTER);
+                lease.store.store(grant)?;
+                lease.granted = grant;
+                self.counters.lease_writes += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a local write: `f` receives the state and the replica's clock and calls
     /// one of the state's mutators, returning what it returns (a delta, or with
     /// [`OrMap::apply`](crate::OrMap::apply) just a dot: the engine does not need the
@@ -322,8 +579,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::ReadOnly`] on a follower; whatever `f` returns (the mutators fail only
-    /// before changing anything).
+    /// [`Error::ReadOnly`] on a follower; [`Error::Lease`] if the lease must grow and
+    /// cannot (nothing changed); whatever `f` returns (the mutators fail only before
+    /// changing anything).
     pub fn update<R>(
         &mut self,
         f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<R>,
@@ -332,10 +590,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             return Err(Error::ReadOnly { replica: self.node });
         }
         let me = self.hlc.replica();
-        let before = self.state.context().max_counter(me);
+        let before = self
+            .state
+            .context()
+            .max_counter(me)
+            .max(self.hlc.counter_floor());
+        self.ensure_lease(before + 1)?;
         let delta = f(&mut self.state, &mut self.hlc)?;
-        let after = self.state.context().max_counter(me);
+        let after = self.state.context().max_counter(me).max(before);
         if after > before {
+            // A write that issued more dots than the lease had left: extend it now,
+            // before any message can carry them. If that fails, messages wait until
+            // it succeeds (see `lease_covers_issued`).
+            let _ = self.ensure_lease(after);
             let now = self.hlc.now_ms();
             self.counters.writes += after - before;
             self.write_times.push_back((after, now));
@@ -350,6 +617,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         })
     }
 
+    /// True if every dot this replica issued is under its durable lease (always
+    /// without a lease): only then may its state leave the engine.
+    fn lease_covers_issued(&mut self) -> bool {
+        let me = self.hlc.replica();
+        let held = self.state.context().max_counter(me);
+        self.ensure_lease(held).is_ok()
+    }
+
     /// Turns this replica into a master.
     pub fn promote(&mut self) {
         self.role = Role::Master;
@@ -360,8 +635,64 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.role = Role::Follower;
     }
 
-    /// Opens a sync session with `peer`: my vector, plus the delta since what the peer
-    /// last acknowledged; asks for the peer's missing part in reply.
+    /// The protocol version to speak to `peer`.
+    fn version_for(&self, peer: &Peer) -> u32 {
+        match peer.vmax {
+            Some(theirs) => theirs.clamp(OLDEST_PROTOCOL_VERSION, self.config.protocol_version),
+            None => OLDEST_PROTOCOL_VERSION.min(self.config.protocol_version),
+        }
+    }
+
+    /// A message to `to`: what this replica has seen, and, if `against` is given, the
+    /// delta since it.
+    fn envelope(&self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
+        Message {
+            v,
+            vmax: self.config.protocol_version,
+            from: self.node,
+            to,
+            inc: self.boot,
+            seen: self.state.context().clone(),
+            delta,
+            base: CausalContext::new(),
+            chunk: None,
+            reply,
+        }
+    }
+
+    /// A whole-delta message for `to`, computed against `against`, recording it as
+    /// offered.
+    fn message(&mut self, to: ReplicaId, against: &CausalContext, reply: bool) -> Message<T> {
+        let v = self
+            .peers
+            .get(&to)
+            .map_or(OLDEST_PROTOCOL_VERSION, |p| self.version_for(p));
+        let delta = if self.lease_covers_issued() {
+            let delta = self.state.delta_since_context(against);
+            (!delta.context().is_empty()).then_some(delta)
+        } else {
+            None
+        };
+        let now = self.hlc.now_ms();
+        let ctx = self.state.context().clone();
+        if let Some(p) = self.peers.get_mut(&to) {
+            p.last_sent_ms = Some(now);
+            if delta.is_some() {
+                p.offered.merge_ref(&ctx);
+                p.deadline.get_or_insert(now + p.rto);
+            }
+        }
+        self.counters.sent += 1;
+        let mut msg = self.envelope(to, v, None, reply);
+        if delta.is_some() {
+            msg.base = against.clone();
+        }
+        msg.delta = delta;
+        msg
+    }
+
+    /// Opens a sync session with `peer`: what I have seen, plus the delta since what
+    /// the peer last acknowledged; asks for the peer's missing part in reply.
     ///
     /// # Errors
     ///
@@ -378,80 +709,154 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
 
     /// Opens a session with every peer.
     pub fn sync_all(&mut self) -> Vec<Message<T>> {
-        let peers: Vec<(ReplicaId, VectorClock)> = self
+        let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.sync_with(id).ok())
+            .collect()
+    }
+
+    /// Offers each peer that lacks something the delta since its acknowledged state
+    /// (asking for an acknowledgement). A peer already offered the current state is
+    /// skipped until the state changes again or the offer goes unacknowledged for the
+    /// retransmission timeout, so calling `push` periodically also recovers a lost
+    /// message. Hosts on the driver ([`SyncEngine::poll_transmit`]) need not call it.
+    #[must_use = "the messages must be sent to the peers"]
+    pub fn push(&mut self) -> Vec<Message<T>> {
+        self.expire_flights();
+        let ctx = self.state.context();
+        let due: Vec<(ReplicaId, CausalContext)> = self
             .peers
             .iter()
+            .filter(|(_, p)| !p.offered.includes(ctx))
             .map(|(id, p)| (*id, p.acked.clone()))
             .collect();
-        peers
-            .into_iter()
+        due.into_iter()
             .map(|(id, acked)| self.message(id, &acked, true))
             .collect()
     }
 
-    /// Offers each peer that lacks something the delta since its acknowledged vector
-    /// (asking for an acknowledgement). A peer already offered the current state is
-    /// skipped until the state changes again.
-    pub fn push(&mut self) -> Vec<Message<T>> {
-        let mine = self.state.context().max_clock();
-        let due: Vec<(ReplicaId, VectorClock)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.acked.dominates(&mine) && p.pushed.as_ref() != Some(&mine))
-            .map(|(id, p)| (*id, p.acked.clone()))
-            .collect();
-        due.into_iter()
-            .map(|(id, acked)| {
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.pushed = Some(mine.clone());
+    /// Resends after the retransmission timeout: forgets what was offered and not
+    /// acknowledged in time, so the next offer starts again from what the peer holds.
+    fn expire_flights(&mut self) {
+        let now = self.hlc.now_ms();
+        let max_rto = self.config.max_retransmit_ms;
+        for p in self.peers.values_mut() {
+            if p.deadline.is_some_and(|d| d <= now) {
+                p.deadline = None;
+                if !p.acked.includes(&p.offered) || p.out.is_some() {
+                    p.offered = p.acked.clone();
+                    p.out = None;
+                    p.rto = (p.rto.saturating_mul(2)).min(max_rto);
+                    self.counters.retransmits += 1;
                 }
-                self.message(id, &acked, true)
-            })
-            .collect()
-    }
-
-    fn message(&mut self, to: ReplicaId, since: &VectorClock, reply: bool) -> Message<T> {
-        let delta = self.state.delta_since(since);
-        self.counters.sent += 1;
-        let delta = (!delta.context().is_empty()).then_some(delta);
-        Message {
-            v: PROTOCOL_VERSION,
-            from: self.node,
-            to,
-            inc: self.hlc.replica(),
-            clock: self.clock(),
-            base: if delta.is_some() {
-                since.clone()
-            } else {
-                VectorClock::new()
-            },
-            delta,
-            reply,
+            }
         }
     }
 
-    /// Applies a message from a peer. Everything is checked before anything changes:
-    /// on error the state, the clock and the peer bookkeeping are exactly as before.
+    /// Checks that `ctx` claims no write of this replica's writer id that it never
+    /// issued: such a claim would stall or corrupt this replica's own writes.
+    fn check_claims(&self, ctx: &CausalContext) -> Result<()> {
+        let me = self.hlc.replica();
+        let claimed = ctx.max_counter(me);
+        if claimed > self.issued() {
+            return Err(Error::InvalidDot {
+                dot: Dot::new(me, claimed),
+                reason: "a write of this replica that it never issued",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a received context against the configured limits.
+    fn check_context(&self, ctx: &CausalContext) -> Result<()> {
+        let replicas = ctx.replicas().count();
+        if replicas > self.config.max_clock_entries {
+            return Err(Error::TooManyEntries {
+                what: "version vector entries",
+                count: replicas,
+                limit: self.config.max_clock_entries,
+            });
+        }
+        if ctx.range_count() > self.config.limits.max_context_ranges {
+            return Err(Error::TooManyEntries {
+                what: "context ranges",
+                count: ctx.range_count(),
+                limit: self.config.limits.max_context_ranges,
+            });
+        }
+        if let Some((replica, n)) = ctx.max_clock().iter().find(|(_, n)| *n > MAX_COUNTER) {
+            return Err(Error::InvalidDot {
+                dot: Dot::new(replica, n),
+                reason: "counter beyond the largest a replica may issue",
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a message from a peer and returns the answer to send back, if any
+    /// (the manual way; hosts on the driver call [`SyncEngine::handle_message`]).
+    /// Everything is checked before anything changes: on error the state, the clock
+    /// and the peer bookkeeping are exactly as before.
     ///
     /// # Errors
     ///
     /// [`Error::UnsupportedVersion`], [`Error::UnknownPeer`], [`Error::InvalidMessage`]
-    /// (misaddressed, or a version vector with too many entries), [`Error::ClockDrift`]
-    /// (a timestamp past the maximum offset), and the state's own validation errors
-    /// ([`Error::InvalidDot`], [`Error::TooManyEntries`], [`Error::TooManySiblings`]).
+    /// (misaddressed), [`Error::TooManyEntries`] (a context naming too many replicas
+    /// or ranges), [`Error::ClockDrift`] (a timestamp past the maximum offset), and the
+    /// state's own validation errors ([`Error::InvalidDot`], [`Error::TooManyEntries`],
+    /// [`Error::TooManySiblings`]).
     pub fn receive(&mut self, msg: Message<T>) -> Result<Received<T>> {
-        let result = self.apply(msg);
+        let result = self.apply(msg, false);
         if result.is_err() {
             self.counters.rejected += 1;
         }
         result
     }
 
-    fn apply(&mut self, msg: Message<T>) -> Result<Received<T>> {
-        if msg.v != PROTOCOL_VERSION {
+    /// Applies a message from a peer for a host on the driver: the answer, if one is
+    /// due, is queued for [`SyncEngine::poll_transmit`] (so `reply` is `None`).
+    ///
+    /// # Errors
+    ///
+    /// As [`SyncEngine::receive`].
+    pub fn handle_message(&mut self, msg: Message<T>) -> Result<Received<T>> {
+        let result = self.apply(msg, true);
+        if result.is_err() {
+            self.counters.rejected += 1;
+        }
+        result
+    }
+
+    /// Decodes and applies a message for a host on the driver (see
+    /// [`SyncEngine::handle_message`]), enforcing the size limit before parsing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`], [`Error::UnsupportedVersion`], [`Error::Decode`],
+    /// and everything [`SyncEngine::receive`] returns.
+    pub fn handle_bytes(&mut self, bytes: &[u8]) -> Result<Received<T>> {
+        match self.decode(bytes) {
+            Ok(msg) => self.handle_message(msg),
+            Err(e) => {
+                self.counters.rejected += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Message<T>> {
+        crate::wire::decode_up_to::<T>(
+            bytes,
+            self.config.max_message_bytes,
+            self.config.protocol_version,
+        )
+    }
+
+    fn apply(&mut self, msg: Message<T>, driver: bool) -> Result<Received<T>> {
+        if msg.v < OLDEST_PROTOCOL_VERSION || msg.v > self.config.protocol_version {
             return Err(Error::UnsupportedVersion {
                 version: msg.v,
-                supported: PROTOCOL_VERSION,
+                supported: self.config.protocol_version,
             });
         }
         if msg.to != self.node || msg.from == self.node {
@@ -474,54 +879,44 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 });
             }
         }
-        for clock in [&msg.clock, &msg.base] {
-            if clock.len() > self.config.max_clock_entries {
-                return Err(Error::TooManyEntries {
-                    what: "version vector entries",
-                    count: clock.len(),
-                    limit: self.config.max_clock_entries,
-                });
-            }
-            if let Some((replica, n)) = clock.iter().find(|(_, n)| *n > MAX_COUNTER) {
-                return Err(Error::InvalidDot {
-                    dot: Dot::new(replica, n),
-                    reason: "counter beyond the largest a replica may issue",
-                });
-            }
-        }
-        // No peer can have seen a write of this incarnation that it has not issued: a
-        // message claiming one would stall or corrupt this replica's own writes.
-        let me = self.hlc.replica();
-        let issued = self.state.context().max_counter(me);
-        let claimed = msg
-            .delta
-            .as_ref()
-            .map_or(0, |d| d.context().max_counter(me))
-            .max(msg.clock.get(me));
-        if claimed > issued {
-            return Err(Error::InvalidDot {
-                dot: Dot::new(me, claimed),
-                reason: "a write of this replica that it never issued",
-            });
+        self.check_context(&msg.seen)?;
+        self.check_context(&msg.base)?;
+        // What the peer says it has seen is an acknowledgement: a claim on writes of
+        // ours that were never issued (a peer poisoned by a hostile third party) is
+        // ignored rather than refused, so it cannot cut this link.
+        let mut msg = msg;
+        msg.seen.truncate(self.hlc.replica(), self.issued());
+        msg.base.truncate(self.hlc.replica(), self.issued());
+        if let Some(delta) = &msg.delta {
+            self.check_claims(delta.context())?;
         }
         let newest = msg.delta.as_ref().and_then(Crdt::max_timestamp);
         if let Some(ts) = &newest {
             self.hlc.validate(ts)?;
         }
-        let mut conflicts = Vec::new();
-        // A delta computed against more than this replica has (it was restored from an
-        // older snapshot since the peer last heard from it) could leave out removals
-        // it needs: skip it and ask for a fresh one. A skipped delta is still
-        // validated (a merged one is validated by `try_merge`, once).
-        let stale = msg
-            .delta
-            .as_ref()
-            .is_some_and(|_| !self.state.context().covers(&msg.base));
-        if let (true, Some(delta)) = (stale, &msg.delta) {
+        // A delta is skipped (validated, not merged) when the receiver lacks what it
+        // was computed against (it was restored from an older snapshot), or when it is
+        // a chunk out of order (an earlier piece of the same stream is missing); the
+        // answer then tells the sender what this replica holds.
+        let base_missing = msg.delta.is_some() && !self.state.context().includes(&msg.base);
+        let (in_order, stream_after) = match (&msg.chunk, self.peers.get(&msg.from)) {
+            (Some(c), peer) => {
+                let expected = peer.and_then(|p| p.inbound).is_some_and(|(boot, s, next)| {
+                    boot == msg.inc && s == c.stream && next == c.index
+                });
+                let ok = c.index == 0 || expected;
+                (ok, Some((msg.inc, c.stream, c.index + 1)))
+            }
+            (None, _) => (true, None),
+        };
+        let skip = msg.delta.is_some() && (base_missing || !in_order);
+        if let (true, Some(delta)) = (skip, &msg.delta) {
             delta.validate(&self.config.limits)?;
         }
+        let mut conflicts = Vec::new();
+        let had_delta = msg.delta.is_some();
         let outcome = match msg.delta {
-            Some(delta) if !stale => {
+            Some(delta) if !skip => {
                 self.state
                     .try_merge(delta, &self.config.limits, &mut conflicts)?
             }
@@ -533,25 +928,78 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             let _ = self.hlc.observe(ts);
         }
         let now = self.hlc.now_ms();
-        let peer = self.peers.entry(msg.from).or_default();
-        // Acknowledgements of one incarnation only grow (a late reordered message
-        // changes nothing). A new incarnation was restored from a snapshot and may hold
-        // less than its predecessor acknowledged: its clock replaces the old one.
-        if peer.incarnation == Some(msg.inc) {
-            peer.acked.merge_ref(&msg.clock);
+        let retransmit_ms = self.config.retransmit_ms;
+        let peer = self
+            .peers
+            .entry(msg.from)
+            .or_insert_with(|| Peer::new(retransmit_ms));
+        // Acknowledgements of one boot only grow (a late reordered message changes
+        // nothing). A new boot was restored from a snapshot and may hold less than its
+        // predecessor acknowledged: its context replaces the old one, and everything
+        // in flight to the old boot is forgotten.
+        let before = peer.acked.clone();
+        if peer.boot == Some(msg.inc) {
+            peer.acked.merge_ref(&msg.seen);
         } else {
-            peer.acked = msg.clock.clone();
-            peer.incarnation = Some(msg.inc);
+            peer.acked = msg.seen.clone();
+            peer.offered = msg.seen.clone();
+            peer.boot = Some(msg.inc);
+            peer.out = None;
+            peer.inbound = None;
+            peer.deadline = None;
         }
+        let progressed = peer.acked != before;
+        peer.offered.merge_ref(&peer.acked);
+        peer.vmax = Some(msg.vmax);
         peer.last_heard_ms = Some(now);
+        if !skip {
+            if let Some(after) = stream_after {
+                peer.inbound = Some(after);
+            }
+        }
+        // An acknowledgement (no delta) may report the peer's progress through a
+        // stream of ours.
+        if let (Some(c), false) = (&msg.chunk, had_delta) {
+            if let Some(out) = peer.out.as_mut().filter(|o| o.id == c.stream) {
+                out.acked = out.acked.max(c.index);
+                if msg.reply && c.index < out.next {
+                    // It skipped a piece (lost or reordered): start again from what it
+                    // holds.
+                    peer.out = None;
+                    peer.offered = peer.acked.clone();
+                }
+            }
+        }
+        if peer
+            .out
+            .as_ref()
+            .is_some_and(|o| o.finished && (o.acked >= o.next || peer.acked.includes(&o.upto)))
+        {
+            peer.out = None;
+        }
+        if peer.acked.includes(&peer.offered) && peer.out.is_none() {
+            peer.deadline = None;
+            peer.rto = retransmit_ms;
+        } else if progressed && peer.deadline.is_some() {
+            // Progress: wait a full timeout from now.
+            peer.deadline = Some(now + peer.rto);
+        }
+        let wants_answer = msg.reply || skip;
+        if driver {
+            if wants_answer && peer.out.is_none() {
+                peer.offered = peer.acked.clone();
+            }
+            peer.owe_ack |= had_delta || wants_answer;
+            peer.owe_restart |= skip;
+        }
         self.counters.received += 1;
         self.counters.conflicts += conflicts.len() as u64;
-        if stale {
+        if skip {
             self.counters.stale += 1;
         }
-        let reply = (msg.reply || stale).then(|| {
-            let theirs = msg.clock.clone();
-            self.message(msg.from, &theirs, stale)
+        let reply = (!driver && wants_answer).then(|| {
+            let theirs = msg.seen.clone();
+            self.message(msg.from, &theirs, skip)
         });
         self.forget_acknowledged();
         Ok(Received {
@@ -564,29 +1012,32 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// Drops bookkeeping every peer has acknowledged.
     fn forget_acknowledged(&mut self) {
         let me = self.hlc.replica();
-        let lowest = self
-            .peers
-            .values()
-            .map(|p| p.acked.get(me))
-            .min()
-            .unwrap_or(u64::MAX);
-        while self.write_times.front().is_some_and(|(c, _)| *c <= lowest) {
+        let mut stable: Option<CausalContext> = None;
+        let mut lowest = u64::MAX;
+        for p in self.peers.values() {
+            lowest = lowest.min(p.acked.only(me).clock().get(me));
+            stable = Some(match stable {
+                None => p.acked.clone(),
+                Some(s) => s.intersection(&p.acked),
+            });
+        }
+        while self.write_times.front().is_some_and(|(c, _)| {
+            *c <= lowest
+                || self
+                    .peers
+                    .values()
+                    .all(|p| p.acked.contains(Dot::new(me, *c)))
+        }) {
             self.write_times.pop_front();
         }
-        let stable = self
-            .peers
-            .values()
-            .map(|p| p.acked.clone())
-            .reduce(|a, b| a.meet(&b))
-            .unwrap_or_default();
-        self.state.prune(&stable);
+        self.state.prune(&stable.unwrap_or_default());
     }
 
-    /// The peers known to hold `dot` (those whose acknowledged vector covers it).
+    /// The peers known to hold `dot` (those whose acknowledged context has it).
     pub fn holders(&self, dot: Dot) -> Vec<ReplicaId> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.acked.covers(dot))
+            .filter(|(_, p)| p.acked.contains(dot))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -603,7 +1054,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
 
     /// A session token for a client: the version vector of what it has written or
     /// read here. Hand it to any replica with [`SyncEngine::can_serve`] or
-    /// [`SyncEngine::read`] for read-your-writes and monotonic reads.
+    /// [`SyncEngine::read`] for read-your-writes and monotonic reads; its compact
+    /// text form ([`VectorClock::to_token`]) fits an HTTP header.
     pub fn token(&self) -> VectorClock {
         self.clock()
     }
@@ -622,11 +1074,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if self.can_serve(token) {
             return Ok(&self.state);
         }
-        let mine = self.clock();
-        let missing = token
-            .iter()
-            .map(|(r, n)| n.saturating_sub(mine.get(r)))
-            .sum();
+        let wanted = CausalContext::from(token);
+        let missing = wanted.minus(self.state.context()).dot_count();
         Err(Error::NotCaughtUp { missing })
     }
 
@@ -634,17 +1083,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     pub fn lag(&mut self, peer: ReplicaId) -> Option<PeerLag> {
         let now = self.hlc.now_ms();
         let me = self.hlc.replica();
-        let mine = self.state.context().max_counter(me);
         let p = self.peers.get(&peer)?;
-        let acked = p.acked.get(me);
+        let mine = self.state.context().only(me);
+        let unacked = mine.minus(&p.acked).dot_count();
         let oldest = self
             .write_times
             .iter()
-            .find(|(c, _)| *c > acked)
+            .find(|(c, _)| !p.acked.contains(Dot::new(me, *c)))
             .map_or(0, |(_, ms)| now.saturating_sub(*ms));
         Some(PeerLag {
-            unacked_writes: mine.saturating_sub(acked),
-            oldest_unacked_ms: oldest,
+            unacked_writes: unacked,
+            oldest_unacked_ms: if unacked == 0 { 0 } else { oldest },
             since_heard_ms: p.last_heard_ms.map(|t| now.saturating_sub(t)),
         })
     }
@@ -656,10 +1105,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .into_iter()
             .filter_map(|id| {
                 let lag = self.lag(id)?;
+                let p = &self.peers[&id];
                 Some(PeerMetrics {
                     peer: id,
-                    acked: self.peers[&id].acked.clone(),
+                    acked: p.acked.clone(),
                     lag,
+                    protocol_version: self.version_for(p),
                 })
             })
             .collect();
@@ -674,6 +1125,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             messages_rejected: self.counters.rejected,
             conflicts_resolved: self.counters.conflicts,
             stale_deltas: self.counters.stale,
+            retransmits: self.counters.retransmits,
+            chunks_sent: self.counters.chunks,
+            lease_writes: self.counters.lease_writes,
             peers,
         }
     }
@@ -684,19 +1138,198 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// Decodes and applies a message from the wire, enforcing the configured size
-    /// limit before parsing.
+    /// limit before parsing (the manual way: see [`SyncEngine::receive`]).
     ///
     /// # Errors
     ///
     /// [`Error::MessageTooLarge`], [`Error::UnsupportedVersion`], [`Error::Decode`],
     /// and everything [`SyncEngine::receive`] returns.
     pub fn receive_bytes(&mut self, bytes: &[u8]) -> Result<Received<T>> {
-        match crate::wire::decode::<T>(bytes, self.config.max_message_bytes) {
+        match self.decode(bytes) {
             Ok(msg) => self.receive(msg),
             Err(e) => {
                 self.counters.rejected += 1;
                 Err(e)
             }
+        }
+    }
+
+    // ----- the driver -------------------------------------------------------------
+
+    /// Handles the passing of time: resends what went unacknowledged for the
+    /// retransmission timeout (with exponential backoff). Call it when
+    /// [`SyncEngine::poll_timeout`]'s deadline has passed, then drain
+    /// [`SyncEngine::poll_transmit`].
+    pub fn handle_timeout(&mut self) {
+        self.expire_flights();
+    }
+
+    /// When, in milliseconds of the engine's time source, the host should call
+    /// [`SyncEngine::handle_timeout`] (and drain [`SyncEngine::poll_transmit`]) at the
+    /// latest: the next retransmission, heartbeat or anti-entropy deadline. `None` if
+    /// there are no peers.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let hb = self.config.heartbeat_ms;
+        self.peers
+            .values()
+            .flat_map(|p| {
+                [
+                    p.deadline,
+                    Some(p.last_sent_ms.map_or(0, |t| t + hb)),
+                    Some(p.next_anti_entropy_ms.unwrap_or(0)),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// The next message to send, if any: deltas and chunks of catch-ups, answers and
+    /// acknowledgements, heartbeats and anti-entropy openers, resends after a timeout.
+    /// Call it until it returns `None` after every local write, every received message
+    /// and every timeout.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.expire_flights();
+        let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
+        let n = ids.len();
+        for k in 0..n {
+            let id = ids[(self.cursor + k) % n];
+            if let Some(bytes) = self.transmit_to(id) {
+                self.cursor = (self.cursor + k + 1) % n.max(1);
+                self.counters.sent += 1;
+                return Some(Transmit { to: id, bytes });
+            }
+        }
+        None
+    }
+
+    fn transmit_to(&mut self, id: ReplicaId) -> Option<Vec<u8>> {
+        let now = self.hlc.now_ms();
+        let p = self.peers.get(&id)?;
+        let v = self.version_for(p);
+        let heard = p.last_heard_ms.is_some();
+        if p.out.is_some() {
+            if let Some(bytes) = self.next_chunk(id, v) {
+                return Some(bytes);
+            }
+        } else if heard && !p.offered.includes(self.state.context()) && self.lease_covers_issued() {
+            if let Some(bytes) = self.send_delta(id, v) {
+                return Some(bytes);
+            }
+        }
+        let hb = self.config.heartbeat_ms;
+        let ae = self.config.anti_entropy_ms;
+        let p = self.peers.get_mut(&id)?;
+        let ae_due = p.next_anti_entropy_ms.is_none_or(|t| now >= t);
+        let hb_due = p.last_sent_ms.is_none_or(|t| now >= t + hb);
+        if !(p.owe_ack || ae_due || hb_due) {
+            return None;
+        }
+        let reply = ae_due || !heard || p.owe_restart;
+        if ae_due {
+            p.next_anti_entropy_ms = Some(now + ae);
+        }
+        p.owe_ack = false;
+        p.owe_restart = false;
+        p.last_sent_ms = Some(now);
+        let progress = p.inbound.map(|(_, stream, index)| Chunk {
+            stream,
+            index,
+            last: false,
+        });
+        let mut msg = self.envelope(id, v, None, reply);
+        msg.chunk = progress.filter(|_| v >= 2);
+        Some(crate::wire::encode(&msg))
+    }
+
+    /// Sends the delta a peer lacks in one message, or starts a chunked stream if it is
+    /// too large for one.
+    fn send_delta(&mut self, id: ReplicaId, v: u32) -> Option<Vec<u8>> {
+        let now = self.hlc.now_ms();
+        let p = self.peers.get(&id)?;
+        // Version 2 pipelines (the delta since what was offered: acknowledgements
+        // are contexts, so a lost earlier message shows as a gap and is resent);
+        // version 1 always sends since what the peer acknowledged.
+        let against = if v >= 2 {
+            p.offered.clone()
+        } else {
+            p.acked.clone()
+        };
+        let delta = self.state.delta_since_context(&against);
+        let ctx = self.state.context().clone();
+        if delta.context().is_empty() {
+            self.peers.get_mut(&id)?.offered.merge_ref(&ctx);
+            return None;
+        }
+        let mut msg = self.envelope(id, v, Some(delta), true);
+        if v < 2 {
+            msg.base = against;
+        }
+        let bytes = crate::wire::encode(&msg);
+        let p = self.peers.get_mut(&id)?;
+        p.offered.merge_ref(&ctx);
+        p.deadline.get_or_insert(now + p.rto);
+        p.last_sent_ms = Some(now);
+        p.owe_ack = false;
+        if bytes.len() <= self.config.max_message_bytes || v < 2 {
+            return Some(bytes);
+        }
+        // Too large: a stream of chunks from what the peer is known to hold.
+        p.out = Some(OutStream {
+            id: self.next_stream,
+            seen: p.acked.clone(),
+            upto: ctx,
+            cursor: ChunkCursor::default(),
+            next: 0,
+            acked: 0,
+            items: 1024,
+            finished: false,
+        });
+        self.next_stream += 1;
+        self.next_chunk(id, v)
+    }
+
+    /// The next chunk of the stream to `id`, if the window allows one.
+    fn next_chunk(&mut self, id: ReplicaId, v: u32) -> Option<Vec<u8>> {
+        let now = self.hlc.now_ms();
+        let window = self.config.chunk_window.max(1);
+        let limit = self.config.max_message_bytes;
+        let p = self.peers.get(&id)?;
+        let out = p.out.as_ref()?;
+        if out.finished || out.next.saturating_sub(out.acked) >= window {
+            return None;
+        }
+        let (stream, index, seen, upto) = (out.id, out.next, out.seen.clone(), out.upto.clone());
+        let mut items = out.items;
+        loop {
+            let mut cursor = self.peers[&id].out.as_ref()?.cursor.clone();
+            let piece = self.state.delta_chunk(&seen, &upto, &mut cursor, items);
+            let last = cursor.is_done();
+            let mut msg = self.envelope(id, v, Some(piece), true);
+            msg.chunk = Some(Chunk {
+                stream,
+                index,
+                last,
+            });
+            let bytes = crate::wire::encode(&msg);
+            if bytes.len() > limit && items > 1 {
+                items /= 2;
+                continue;
+            }
+            let p = self.peers.get_mut(&id)?;
+            let out = p.out.as_mut()?;
+            out.cursor = cursor;
+            out.next += 1;
+            out.finished = last;
+            out.items = if bytes.len() < limit / 4 {
+                items.saturating_mul(2).min(1 << 20)
+            } else {
+                items
+            };
+            p.deadline = Some(now + p.rto);
+            p.last_sent_ms = Some(now);
+            p.owe_ack = false;
+            self.counters.chunks += 1;
+            return Some(bytes);
         }
     }
 }

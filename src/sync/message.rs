@@ -1,40 +1,80 @@
-//! The messages masters exchange.
+//! The messages masters exchange, and the protocol versions they speak.
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::VectorClock;
+use crate::clock::CausalContext;
 use crate::id::ReplicaId;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this build speaks.
+///
+/// * **1**: acknowledgements are gap-free version vectors (`clock`), and a delta names
+///   the vector it was computed against (`base`).
+/// * **2**: acknowledgements are causal contexts (`seen`: range-compacted, so a peer
+///   that misses a few old dots says exactly which), deltas larger than the message
+///   limit travel as numbered chunks, and every message says the newest version its
+///   sender speaks (`vmax`).
+///
+/// Peers agree on the highest version both speak: an engine talks version 1 to a peer
+/// it has not heard from yet (a version-1 build ignores the `vmax` field it does not
+/// know), and switches up as soon as the peer's messages show it speaks more. A
+/// rolling upgrade therefore never splits the cluster.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// One message between two replicas: the sender's version vector, the delta it
-/// believes the receiver lacks (if any), and whether it wants an answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound = "T: Serialize + serde::de::DeserializeOwned")]
+/// The oldest protocol version this build still speaks.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
+
+/// One message between two replicas: what the sender has seen (which acknowledges
+/// everything in it), the delta it believes the receiver lacks (if any), and whether
+/// it wants an answer.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Message<T> {
-    /// Protocol version ([`PROTOCOL_VERSION`]).
+    /// The protocol version the message is written in.
     pub v: u32,
+    /// The newest protocol version the sender speaks.
+    pub vmax: u32,
     /// The sending replica (its node id).
     pub from: ReplicaId,
     /// The receiving replica.
     pub to: ReplicaId,
-    /// The sender's incarnation (see [`SyncEngine`](crate::sync::SyncEngine)'s restart
-    /// safety): acknowledgements from one incarnation only grow; a new incarnation
-    /// (restored from a snapshot) may acknowledge less than the last one did.
+    /// The sender's boot: a fresh id every time an engine is built or restored.
+    /// Acknowledgements from one boot only grow; a new boot (restored from a
+    /// snapshot) may hold less than the last one acknowledged, and replaces them.
     pub inc: ReplicaId,
-    /// Everything the sender has seen (its version vector). The receiver treats it as
+    /// Every dot the sender has seen (its causal context). The receiver treats it as
     /// an acknowledgement of everything it names.
-    pub clock: VectorClock,
+    pub seen: CausalContext,
     /// What the receiver lacks, as far as the sender knows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<T>,
-    /// The version vector `delta` was computed against: the receiver applies the delta
-    /// only if it has seen all of it (a replica restored from an older snapshot may
-    /// not have, and then asks for a fresh delta instead).
-    #[serde(default, skip_serializing_if = "VectorClock::is_empty")]
-    pub base: VectorClock,
+    /// What the receiver must already hold for `delta` to be applied; a receiver that
+    /// does not (it was restored from an older snapshot, or an earlier chunk of the
+    /// same catch-up has not arrived) skips the delta and answers with what it holds.
+    pub base: CausalContext,
+    /// Which part of a chunked delta this is (`None`: the whole delta).
+    pub chunk: Option<Chunk>,
     /// True if the sender wants the receiver to answer with what the sender lacks.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reply: bool,
+}
+
+/// One piece of a delta too large for one message (protocol version 2).
+///
+/// The pieces of one catch-up form a *stream*: each is a valid state on its own
+/// (its entries and exactly the dots they hold), and the receiver applies them in
+/// order, so removals sent early in the stream are known before the writes that
+/// caused them arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The stream (a sender-chosen number, new for every catch-up).
+    pub stream: u64,
+    /// The position of this piece in the stream, from 0.
+    pub index: u32,
+    /// True on the last piece.
+    pub last: bool,
+}
+
+impl<T> Message<T> {
+    /// True if the message carries no delta (an acknowledgement, a heartbeat or a
+    /// session opener).
+    pub fn is_ack_only(&self) -> bool {
+        self.delta.is_none()
+    }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::VectorClock;
+use crate::clock::{CausalContext, VectorClock};
 use crate::id::ReplicaId;
 
 use super::engine::Role;
@@ -32,6 +32,12 @@ pub struct Metrics {
     /// Deltas skipped because they were computed against more than this replica had
     /// (after a restore from an older snapshot); a fresh one was requested.
     pub stale_deltas: u64,
+    /// Times the driver resent after a retransmission timeout.
+    pub retransmits: u64,
+    /// Chunks of catch-ups sent.
+    pub chunks_sent: u64,
+    /// Times the counter lease was extended (written to its store).
+    pub lease_writes: u64,
     /// Per-peer replication state, in peer-id order.
     pub peers: Vec<PeerMetrics>,
 }
@@ -42,7 +48,9 @@ pub struct PeerMetrics {
     /// The peer's node id.
     pub peer: ReplicaId,
     /// What the peer has acknowledged.
-    pub acked: VectorClock,
+    pub acked: CausalContext,
+    /// The protocol version spoken to it.
+    pub protocol_version: u32,
     /// Lag towards it.
     pub lag: PeerLag,
 }
@@ -55,4 +63,7 @@ pub(crate) struct Counters {
     pub(crate) rejected: u64,
     pub(crate) conflicts: u64,
     pub(crate) stale: u64,
+    pub(crate) retransmits: u64,
+    pub(crate) chunks: u64,
+    pub(crate) lease_writes: u64,
 }

@@ -2,28 +2,88 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::VectorClock;
+use crate::causal::ChunkCursor;
+use crate::clock::CausalContext;
+use crate::id::ReplicaId;
+
+/// A chunked catch-up in progress towards one peer.
+#[derive(Clone, Debug)]
+pub(crate) struct OutStream {
+    /// The stream's id.
+    pub(crate) id: u64,
+    /// What the peer held when the stream started.
+    pub(crate) seen: CausalContext,
+    /// What this replica held when the stream started: the stream carries no dot
+    /// beyond it (later writes follow in the next delta).
+    pub(crate) upto: CausalContext,
+    /// Where the next chunk starts.
+    pub(crate) cursor: ChunkCursor,
+    /// The index of the next chunk.
+    pub(crate) next: u32,
+    /// How many chunks the peer has applied (its next expected index).
+    pub(crate) acked: u32,
+    /// How many items the next chunk may hold (adapted to the message limit).
+    pub(crate) items: usize,
+    /// True once the last chunk was sent.
+    pub(crate) finished: bool,
+}
 
 /// One peer as seen from this replica.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub(crate) struct Peer {
-    /// Everything the peer is known to hold (the largest vector its current
-    /// incarnation has sent us).
-    pub(crate) acked: VectorClock,
-    /// The incarnation that sent `acked`.
-    #[serde(skip)]
-    pub(crate) incarnation: Option<crate::id::ReplicaId>,
-    /// Our vector when we last pushed to it (to avoid resending the same delta).
-    #[serde(skip)]
-    pub(crate) pushed: Option<VectorClock>,
+    /// Every dot the peer is known to hold (the union of what its current boot has
+    /// told us).
+    pub(crate) acked: CausalContext,
+    /// `acked` plus everything sent to it since and not yet acknowledged.
+    pub(crate) offered: CausalContext,
+    /// The boot that sent `acked`.
+    pub(crate) boot: Option<ReplicaId>,
+    /// The newest protocol version it speaks (`None`: not heard yet).
+    pub(crate) vmax: Option<u32>,
     /// When we last received a valid message from it (ms of our time source).
     pub(crate) last_heard_ms: Option<u64>,
+    /// When we last sent it anything.
+    pub(crate) last_sent_ms: Option<u64>,
+    /// When the next anti-entropy opener is due (`None`: now).
+    pub(crate) next_anti_entropy_ms: Option<u64>,
+    /// When what was offered is resent if still unacknowledged.
+    pub(crate) deadline: Option<u64>,
+    /// The current retransmission timeout.
+    pub(crate) rto: u64,
+    /// It sent something that deserves an acknowledgement or an answer.
+    pub(crate) owe_ack: bool,
+    /// It sent a delta we had to skip: ask it to start over.
+    pub(crate) owe_restart: bool,
+    /// The catch-up stream we are sending it.
+    pub(crate) out: Option<OutStream>,
+    /// The stream it is sending us: `(its boot, stream, next expected index)`.
+    pub(crate) inbound: Option<(ReplicaId, u64, u32)>,
+}
+
+impl Peer {
+    pub(crate) fn new(rto: u64) -> Self {
+        Peer {
+            acked: CausalContext::new(),
+            offered: CausalContext::new(),
+            boot: None,
+            vmax: None,
+            last_heard_ms: None,
+            last_sent_ms: None,
+            next_anti_entropy_ms: None,
+            deadline: None,
+            rto,
+            owe_ack: false,
+            owe_restart: false,
+            out: None,
+            inbound: None,
+        }
+    }
 }
 
 /// Replication lag towards one peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerLag {
-    /// Local events (dots of this incarnation) the peer has not acknowledged. A write
+    /// Local events (dots of this replica) the peer has not acknowledged. A write
     /// that fills several elements at once (several fields of a nested map) counts
     /// one per element, a removal one.
     pub unacked_writes: u64,
