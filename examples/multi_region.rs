@@ -1,6 +1,8 @@
-//! Three regions, each a master, replicate through the sync engine over a simulated
-//! network: acknowledgement levels, a partition, concurrent writes on both sides, the
-//! heal and the conflict reports, a read-your-writes token and a read-only follower.
+//! Three regions, each a master, replicate through the sync engine's driver over an
+//! in-process network: acknowledgement levels, a message lost on the way and resent,
+//! a partition with concurrent writes on both sides, the heal and its conflict
+//! reports, a restart from an older snapshot, a read-your-writes token and a
+//! read-only follower.
 //!
 //! Each region runs one [`SyncEngine`] per table (a replicated map keeps one value
 //! type, so each conflict policy gets its own table):
@@ -11,18 +13,30 @@
 //! | `profiles` | `OrMap<String, MvRegister<String>>`  | siblings kept for the app   |
 //! | `carts`    | `OrMap<String, PnCounter>`           | quantities add up           |
 //!
-//! The engines are sans-IO. The network here is a few lines of code: every message is
-//! encoded with [`SyncEngine::encode`], travels as bytes with a fixed one-way latency
-//! per link, and is applied with [`SyncEngine::receive_bytes`], so the wire format is
-//! exercised. Time is a [`ManualClock`] that the network moves forward as messages
-//! arrive, and the incarnation ids are fixed, so every run prints the same output.
+//! Every engine has a counter lease ([`MemoryLease`] here, [`FileLease`] on a disk in
+//! production), so it stamps its writes with its region's node id for its whole life,
+//! restarts included.
+//!
+//! The engines are sans-IO and run on the driver: the host loop in [`World::run`]
+//! hands every arriving message to [`SyncEngine::handle_bytes`], sends whatever
+//! [`SyncEngine::poll_transmit`] returns, and calls [`SyncEngine::handle_timeout`]
+//! when [`SyncEngine::poll_timeout`]'s deadline has passed. It never calls
+//! `sync_with`, `push` or `receive`: resends, heartbeats, acknowledgements and
+//! anti-entropy are the driver's. The network is a queue of messages in flight, each
+//! due after its link's one-way latency; it can make a region deaf for a moment
+//! (every message arriving there is lost) and cut a region off. Time is a [`ManualClock`] that the loop moves from one event to the
+//! next, so every run prints the same output, in a few milliseconds.
 //!
 //! Run it with `cargo run --release --example multi_region`.
+//!
+//! [`FileLease`]: concord::sync::FileLease
 
-use concord::sync::{AckLevel, Config, PeerLag, SyncEngine};
+use concord::sync::{
+    AckLevel, Config, MemoryLease, Metrics, PeerLag, Snapshot, SyncEngine, Transmit,
+};
 use concord::{
-    Conflict, Dot, DotStore, Error, LwwRegister, ManualClock, MvRegister, OrMap, PnCounter,
-    ReplicaId, Result, VectorClock,
+    CausalContext, Conflict, Dot, DotStore, Error, LwwRegister, ManualClock, MvRegister, OrMap,
+    PnCounter, ReplicaId, Result, VectorClock,
 };
 
 /// Wall time at the start of the demo (ms since the Unix epoch); printed as `t+0.000s`.
@@ -32,6 +46,10 @@ const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 const US: usize = 0;
 const EU: usize = 1;
 const AP: usize = 2;
+
+/// How long an engine waits for an acknowledgement before it resends: above the
+/// slowest round trip (us-east~ap-south, 220 ms), so that only lost messages are resent.
+const RETRANSMIT_MS: u64 = 400;
 
 /// One-way latency of the link between two regions, in ms.
 fn latency(a: usize, b: usize) -> u64 {
@@ -43,27 +61,20 @@ fn latency(a: usize, b: usize) -> u64 {
     }
 }
 
-/// Region `r`'s node id (what peers and membership use).
+/// Region `r`'s node id: its identity for life, and the id its writes are stamped with.
 fn node(r: usize) -> ReplicaId {
     ReplicaId::from_u128(r as u128 + 1)
-}
-
-/// The incarnation id region `r` stamps its writes to `table` with. Fixed so that the
-/// run is deterministic; in production leave it unset and a random one is drawn.
-fn incarnation(table: Tab, r: usize) -> ReplicaId {
-    ReplicaId::from_u128(0x100 * (table as u128 + 1) + r as u128 + 1)
-}
-
-/// The region behind a node or incarnation id (the low byte is the region number).
-fn region_of(id: ReplicaId) -> &'static str {
-    let n = (id.as_uuid().as_u128() & 0xff) as usize;
-    REGIONS.get(n.wrapping_sub(1)).copied().unwrap_or("?")
 }
 
 fn region_index(id: ReplicaId) -> usize {
     (0..REGIONS.len())
         .find(|&r| node(r) == id)
         .expect("a known node")
+}
+
+/// The region behind a node id.
+fn region_of(id: ReplicaId) -> &'static str {
+    REGIONS[region_index(id)]
 }
 
 /// Milliseconds as seconds, `1.250s`.
@@ -80,6 +91,27 @@ fn clock(c: &VectorClock) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
+/// A causal context with region names and counter ranges: `{eu-west:1-3,1025}`.
+fn context(c: &CausalContext) -> String {
+    let parts: Vec<String> = c
+        .ranges()
+        .map(|(id, ranges)| {
+            let ranges: Vec<String> = ranges
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                })
+                .collect();
+            format!("{}:{}", region_of(id), ranges.join(","))
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
 fn names(ids: &[ReplicaId]) -> String {
     if ids.is_empty() {
         return "none".to_string();
@@ -88,6 +120,10 @@ fn names(ids: &[ReplicaId]) -> String {
         .map(|id| region_of(*id))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn show_dot(d: Dot) -> String {
+    format!("({}, {})", region_of(d.replica()), d.counter())
 }
 
 /// The three tables.
@@ -149,6 +185,8 @@ impl Show for PnCounter {
 
 /// One conflict report, rendered.
 struct Report {
+    /// When it was reported (ms since the start).
+    at_ms: u64,
     tab: Tab,
     key: String,
     at: usize,
@@ -164,6 +202,7 @@ struct Report {
 impl Report {
     fn new<V: Show>(tab: Tab, at: usize, from: usize, c: Conflict<String, V>) -> Self {
         Report {
+            at_ms: 0,
             tab,
             key: c.key,
             at,
@@ -178,25 +217,38 @@ impl Report {
     }
 }
 
-/// Encoded messages produced by an engine, with the index of the region each goes to.
-type Outbox = Vec<(usize, Vec<u8>)>;
+type Engine<V> = SyncEngine<OrMap<String, V>, ManualClock>;
 
-/// One table: an engine per region.
-struct Table<V: DotStore> {
+/// How every engine is configured: its peers are the other two regions.
+fn config(r: usize) -> Config {
+    let peers = (0..REGIONS.len()).filter(|p| *p != r).map(node);
+    Config::with_peers(peers).retransmit_ms(RETRANSMIT_MS)
+}
+
+/// One table: an engine per region, each with its counter lease, and the snapshot
+/// each region last saved.
+struct Table<V: Show> {
     tab: Tab,
-    at: Vec<SyncEngine<OrMap<String, V>, ManualClock>>,
+    at: Vec<Engine<V>>,
+    leases: Vec<MemoryLease>,
+    saved: Vec<Option<Snapshot<OrMap<String, V>>>>,
 }
 
 impl<V: Show> Table<V> {
-    fn new(tab: Tab, time: &ManualClock) -> Self {
+    fn new(tab: Tab, time: &ManualClock) -> Result<Self> {
+        let leases: Vec<MemoryLease> = REGIONS.iter().map(|_| MemoryLease::new()).collect();
         let at = (0..REGIONS.len())
             .map(|r| {
-                let peers = (0..REGIONS.len()).filter(|p| *p != r).map(node);
-                let config = Config::with_peers(peers).incarnation(incarnation(tab, r));
-                SyncEngine::new(node(r), OrMap::new(), time.clone(), config)
+                SyncEngine::new(node(r), OrMap::new(), time.clone(), config(r))
+                    .with_lease(leases[r].clone())
             })
-            .collect();
-        Table { tab, at }
+            .collect::<Result<_>>()?;
+        Ok(Table {
+            tab,
+            at,
+            leases,
+            saved: REGIONS.iter().map(|_| None).collect(),
+        })
     }
 
     fn state(&self, r: usize) -> &OrMap<String, V> {
@@ -204,49 +256,65 @@ impl<V: Show> Table<V> {
     }
 }
 
-/// What the network needs from a table, whatever its value type.
+/// What the host loop needs from a table, whatever its value type.
 trait Replicated {
-    fn push(&mut self, r: usize) -> Outbox;
-    fn sync_all(&mut self, r: usize) -> Outbox;
-    fn receive(&mut self, from: usize, to: usize, bytes: &[u8]) -> Result<(Outbox, Vec<Report>)>;
+    /// The next message region `r`'s engine wants sent: its destination, its bytes,
+    /// and whether it carries writes (else it is an acknowledgement, a heartbeat or a
+    /// session opener).
+    fn poll_transmit(&mut self, r: usize) -> Option<(usize, Vec<u8>, bool)>;
+    /// Hands a message that arrived at `to` to its engine; returns the conflicts it
+    /// resolved.
+    fn handle_bytes(&mut self, from: usize, to: usize, bytes: &[u8]) -> Result<Vec<Report>>;
+    fn poll_timeout(&self, r: usize) -> Option<u64>;
+    fn handle_timeout(&mut self, r: usize);
     fn lag(&mut self, r: usize, peer: usize) -> PeerLag;
+    fn metrics(&mut self, r: usize) -> Metrics;
+    fn context(&self, r: usize) -> &CausalContext;
     fn converged(&self) -> bool;
     fn digest(&self, r: usize) -> String;
-}
-
-fn encode_all<V: Show>(
-    engine: &SyncEngine<OrMap<String, V>, ManualClock>,
-    msgs: Vec<concord::sync::Message<OrMap<String, V>>>,
-) -> Outbox {
-    msgs.into_iter()
-        .map(|m| (region_index(m.to), engine.encode(&m)))
-        .collect()
+    /// Region `r` saves a snapshot (to its disk, in a real service).
+    fn save(&mut self, r: usize);
+    /// Region `r` crashes and restarts from its saved snapshot, with its lease.
+    fn restart(&mut self, r: usize, time: &ManualClock) -> Result<()>;
 }
 
 impl<V: Show> Replicated for Table<V> {
-    fn push(&mut self, r: usize) -> Outbox {
-        let msgs = self.at[r].push();
-        encode_all(&self.at[r], msgs)
+    fn poll_transmit(&mut self, r: usize) -> Option<(usize, Vec<u8>, bool)> {
+        let Transmit { to, bytes } = self.at[r].poll_transmit()?;
+        // Only to print the traffic by kind: the host needs nothing but `to` and `bytes`.
+        let msg = concord::wire::decode::<OrMap<String, V>>(&bytes, usize::MAX)
+            .expect("the engine encodes what it decodes");
+        Some((region_index(to), bytes, !msg.is_ack_only()))
     }
 
-    fn sync_all(&mut self, r: usize) -> Outbox {
-        let msgs = self.at[r].sync_all();
-        encode_all(&self.at[r], msgs)
-    }
-
-    fn receive(&mut self, from: usize, to: usize, bytes: &[u8]) -> Result<(Outbox, Vec<Report>)> {
-        let received = self.at[to].receive_bytes(bytes)?;
-        let reply = encode_all(&self.at[to], received.reply.into_iter().collect());
-        let reports = received
+    fn handle_bytes(&mut self, from: usize, to: usize, bytes: &[u8]) -> Result<Vec<Report>> {
+        let received = self.at[to].handle_bytes(bytes)?;
+        debug_assert!(received.reply.is_none(), "the driver queues answers itself");
+        Ok(received
             .conflicts
             .into_iter()
             .map(|c| Report::new(self.tab, to, from, c))
-            .collect();
-        Ok((reply, reports))
+            .collect())
+    }
+
+    fn poll_timeout(&self, r: usize) -> Option<u64> {
+        self.at[r].poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, r: usize) {
+        self.at[r].handle_timeout();
     }
 
     fn lag(&mut self, r: usize, peer: usize) -> PeerLag {
         self.at[r].lag(node(peer)).expect("a configured peer")
+    }
+
+    fn metrics(&mut self, r: usize) -> Metrics {
+        self.at[r].metrics()
+    }
+
+    fn context(&self, r: usize) -> &CausalContext {
+        self.at[r].context()
     }
 
     fn converged(&self) -> bool {
@@ -261,6 +329,19 @@ impl<V: Show> Replicated for Table<V> {
         });
         format!("{:08x}", hash >> 32)
     }
+
+    fn save(&mut self, r: usize) {
+        self.saved[r] = Some(self.at[r].snapshot());
+    }
+
+    fn restart(&mut self, r: usize, time: &ManualClock) -> Result<()> {
+        let snapshot = self.saved[r].clone().expect("a saved snapshot");
+        // The old engine is gone (the process died); the new one starts from the
+        // snapshot and continues above the lease the old one left behind.
+        self.at[r] = SyncEngine::restore(snapshot, time.clone(), config(r))?
+            .with_lease(self.leases[r].clone())?;
+        Ok(())
+    }
 }
 
 /// A message on its way.
@@ -271,14 +352,24 @@ struct Packet {
     from: usize,
     to: usize,
     bytes: Vec<u8>,
+    /// It carries writes.
+    data: bool,
 }
 
+/// Traffic counters.
 #[derive(Clone, Copy, Default)]
 struct Wire {
     sent: u64,
     bytes: u64,
-    delivered: u64,
-    dropped: u64,
+    /// Messages that carried writes (the rest are acknowledgements, heartbeats and
+    /// session openers).
+    data: u64,
+    /// Lost because the link was cut.
+    cut: u64,
+    /// Lost on purpose (section 2).
+    lost: u64,
+    /// Of those, the ones that carried writes.
+    lost_data: u64,
 }
 
 /// The three regions, their tables, and the network between them.
@@ -291,24 +382,30 @@ struct World {
     seq: u64,
     /// The region cut off from the others, if any.
     isolated: Option<usize>,
+    /// The network loses every message arriving at this region before this time.
+    deaf: Option<(usize, u64)>,
+    /// Resends counted by engines that have since restarted (metrics start at zero).
+    retired_retransmits: u64,
     wire: Wire,
     reports: Vec<Report>,
 }
 
 impl World {
-    fn new() -> Self {
+    fn new() -> Result<Self> {
         let time = ManualClock::new(T0);
-        World {
-            settings: Table::new(Tab::Settings, &time),
-            profiles: Table::new(Tab::Profiles, &time),
-            carts: Table::new(Tab::Carts, &time),
+        Ok(World {
+            settings: Table::new(Tab::Settings, &time)?,
+            profiles: Table::new(Tab::Profiles, &time)?,
+            carts: Table::new(Tab::Carts, &time)?,
             time,
             in_flight: Vec::new(),
             seq: 0,
             isolated: None,
+            deaf: None,
+            retired_retransmits: 0,
             wire: Wire::default(),
             reports: Vec::new(),
-        }
+        })
     }
 
     fn table(&mut self, tab: Tab) -> &mut dyn Replicated {
@@ -319,76 +416,151 @@ impl World {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.time.now() - T0
+    }
+
     fn now(&self) -> String {
-        format!("t+{}", secs(self.time.now() - T0))
-    }
-
-    fn send(&mut self, tab: Tab, from: usize, outbox: Outbox) {
-        for (to, bytes) in outbox {
-            self.wire.sent += 1;
-            self.wire.bytes += bytes.len() as u64;
-            self.seq += 1;
-            self.in_flight.push(Packet {
-                due: self.time.now() + latency(from, to),
-                seq: self.seq,
-                tab,
-                from,
-                to,
-                bytes,
-            });
-        }
-    }
-
-    /// `r` offers its news in `tab` to every peer.
-    fn push(&mut self, tab: Tab, r: usize) {
-        let outbox = self.table(tab).push(r);
-        self.send(tab, r, outbox);
+        format!("t+{}", secs(self.now_ms()))
     }
 
     fn cut(&self, a: usize, b: usize) -> bool {
         self.isolated.is_some_and(|i| (a == i) != (b == i))
     }
 
-    /// Delivers the next message to arrive (moving time forward to its arrival), or
-    /// drops it if the link is cut. False when nothing is in flight.
-    fn deliver_next(&mut self) -> Result<bool> {
-        let Some(i) = (0..self.in_flight.len()).min_by_key(|&i| {
-            let p = &self.in_flight[i];
-            (p.due, p.seq)
-        }) else {
-            return Ok(false);
-        };
-        let p = self.in_flight.swap_remove(i);
-        if p.due > self.time.now() {
-            self.time.set(p.due);
-        }
-        if self.cut(p.from, p.to) {
-            self.wire.dropped += 1;
-            return Ok(true);
-        }
-        let (reply, reports) = self.table(p.tab).receive(p.from, p.to, &p.bytes)?;
-        self.wire.delivered += 1;
-        self.reports.extend(reports);
-        self.send(p.tab, p.to, reply);
-        Ok(true)
-    }
+    // ----- the host loop ----------------------------------------------------------
 
-    /// Delivers messages until `done` holds; returns how many were delivered.
-    fn deliver_until(&mut self, done: impl Fn(&World) -> bool) -> Result<u64> {
-        let mut n = 0;
-        while !done(self) {
-            if !self.deliver_next()? {
-                panic!("the network went quiet before the condition held");
+    /// Puts on the network everything every engine has to send.
+    fn flush(&mut self) {
+        for tab in Tab::ALL {
+            for from in 0..REGIONS.len() {
+                while let Some((to, bytes, data)) = self.table(tab).poll_transmit(from) {
+                    self.wire.sent += 1;
+                    self.wire.bytes += bytes.len() as u64;
+                    self.wire.data += u64::from(data);
+                    self.seq += 1;
+                    self.in_flight.push(Packet {
+                        due: self.time.now() + latency(from, to),
+                        seq: self.seq,
+                        tab,
+                        from,
+                        to,
+                        bytes,
+                        data,
+                    });
+                }
             }
-            n += 1;
         }
-        Ok(n)
     }
 
-    fn deliver_all(&mut self) -> Result<()> {
-        while self.deliver_next()? {}
+    /// The next moment something happens: a message arrives or an engine's timer is due.
+    fn next_event(&mut self) -> u64 {
+        let arrival = self.in_flight.iter().map(|p| p.due).min();
+        let timer = Tab::ALL
+            .iter()
+            .flat_map(|t| (0..REGIONS.len()).map(move |r| (*t, r)))
+            .filter_map(|(t, r)| self.table(t).poll_timeout(r))
+            .min();
+        arrival
+            .into_iter()
+            .chain(timer)
+            .min()
+            .expect("engines with peers always have a timer")
+    }
+
+    /// Hands every message that has arrived to its engine, in arrival order (a message
+    /// to or from the isolated region is lost, and so is one to a deaf region).
+    fn deliver(&mut self) -> Result<()> {
+        let now = self.time.now();
+        let mut arrived: Vec<Packet> = Vec::new();
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            if self.in_flight[i].due <= now {
+                arrived.push(self.in_flight.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        arrived.sort_by_key(|p| (p.due, p.seq));
+        for p in arrived {
+            if self.cut(p.from, p.to) {
+                self.wire.cut += 1;
+                continue;
+            }
+            if self
+                .deaf
+                .is_some_and(|(r, until)| r == p.to && p.due < until)
+            {
+                self.wire.lost += 1;
+                if p.data {
+                    self.wire.lost_data += 1;
+                    println!(
+                        "  {}  lost: the {} message from {} to {}, carrying the write",
+                        self.now(),
+                        p.tab.name(),
+                        REGIONS[p.from],
+                        REGIONS[p.to]
+                    );
+                }
+                continue;
+            }
+            let reports = self.table(p.tab).handle_bytes(p.from, p.to, &p.bytes)?;
+            let at_ms = self.now_ms();
+            self.reports
+                .extend(reports.into_iter().map(|r| Report { at_ms, ..r }));
+        }
         Ok(())
     }
+
+    /// Tells every engine whose deadline has passed that time has passed.
+    fn fire_timers(&mut self) {
+        let now = self.time.now();
+        for tab in Tab::ALL {
+            for r in 0..REGIONS.len() {
+                let table = self.table(tab);
+                if table.poll_timeout(r).is_some_and(|t| t <= now) {
+                    table.handle_timeout(r);
+                }
+            }
+        }
+    }
+
+    /// The host loop: send what the engines have to send; stop once `done` holds or
+    /// the next event is after `until` (ms since the start); else move time to the
+    /// next event, deliver what arrived and fire the timers that are due. Returns
+    /// whether `done` held.
+    fn run(&mut self, until: u64, mut done: impl FnMut(&mut World) -> bool) -> Result<bool> {
+        for _ in 0..1_000_000 {
+            self.flush();
+            if done(self) {
+                return Ok(true);
+            }
+            let next = self.next_event();
+            if next > T0 + until {
+                self.time.set(T0 + until);
+                return Ok(false);
+            }
+            self.time.set(next.max(self.time.now()));
+            self.deliver()?;
+            self.fire_timers();
+        }
+        panic!("the host loop made no progress");
+    }
+
+    /// Runs the loop until `done` holds (within a minute of simulated time).
+    fn run_until(&mut self, what: &str, done: impl FnMut(&mut World) -> bool) -> Result<()> {
+        let limit = self.now_ms() + 60_000;
+        assert!(self.run(limit, done)?, "{what}: not within a minute");
+        Ok(())
+    }
+
+    /// Runs the loop (heartbeats, resends, anti-entropy) until `ms` since the start.
+    fn run_to(&mut self, ms: u64) -> Result<()> {
+        self.run(ms, |_| false)?;
+        Ok(())
+    }
+
+    // ----- the application ----------------------------------------------------------
 
     fn write_setting(&mut self, r: usize, key: &str, value: &str) -> Result<Dot> {
         let receipt =
@@ -422,25 +594,128 @@ impl World {
         )
     }
 
+    /// True once every engine has heard from both its peers.
+    fn connected(&mut self) -> bool {
+        Tab::ALL.iter().all(|t| {
+            (0..REGIONS.len()).all(|r| {
+                (0..REGIONS.len())
+                    .filter(|p| *p != r)
+                    .all(|p| self.table(*t).lag(r, p).since_heard_ms.is_some())
+            })
+        })
+    }
+
     fn converged(&mut self) -> bool {
         Tab::ALL.iter().all(|t| self.table(*t).converged())
+    }
+
+    /// Every engine's `retransmits` metric.
+    fn resends(&mut self) -> Vec<(Tab, usize, u64)> {
+        Tab::ALL
+            .iter()
+            .flat_map(|t| (0..REGIONS.len()).map(move |r| (*t, r)))
+            .map(|(t, r)| (t, r, self.table(t).metrics(r).retransmits))
+            .collect()
+    }
+
+    /// The engines that resent since `before`, and how many times.
+    fn resends_since(&mut self, before: &[(Tab, usize, u64)]) -> Vec<(Tab, usize, u64)> {
+        self.resends()
+            .into_iter()
+            .zip(before)
+            .filter(|(now, then)| now.2 > then.2)
+            .map(|(now, then)| (now.0, now.1, now.2 - then.2))
+            .collect()
+    }
+
+    /// Resends after a retransmission timeout, summed over every engine.
+    fn retransmits(&mut self) -> u64 {
+        self.retired_retransmits
+            + Tab::ALL
+                .iter()
+                .flat_map(|t| (0..REGIONS.len()).map(move |r| (*t, r)))
+                .map(|(t, r)| self.table(t).metrics(r).retransmits)
+                .sum::<u64>()
     }
 }
 
 /// Prints the wire traffic since `before`.
 fn traffic(world: &World, before: Wire) {
     let w = world.wire;
-    let dropped = w.dropped - before.dropped;
+    let sent = w.sent - before.sent;
+    let data = w.data - before.data;
+    let mut lost = Vec::new();
+    if w.lost > before.lost {
+        lost.push(format!(
+            "{} lost on purpose ({} with writes)",
+            w.lost - before.lost,
+            w.lost_data - before.lost_data
+        ));
+    }
+    if w.cut > before.cut {
+        lost.push(format!("{} lost at the partition", w.cut - before.cut));
+    }
     println!(
-        "  wire: {} messages, {} bytes{}",
-        w.sent - before.sent,
+        "  wire: {sent} messages ({data} carrying writes, {} acknowledgements, heartbeats and openers), {} bytes{}",
+        sent - data,
         w.bytes - before.bytes,
-        if dropped > 0 {
-            format!(", {dropped} lost at the partition")
-        } else {
+        if lost.is_empty() {
             String::new()
+        } else {
+            format!("; {}", lost.join(", "))
         }
     );
+}
+
+/// Prints conflict reports in words, grouped by table and key; identical reports from
+/// several regions are printed once.
+fn print_reports(reports: &[Report]) {
+    let mut keys: Vec<(Tab, &str)> = Vec::new();
+    for r in reports {
+        if !keys.contains(&(r.tab, r.key.as_str())) {
+            keys.push((r.tab, r.key.as_str()));
+        }
+    }
+    for (tab, key) in keys {
+        let same = reports.iter().filter(|r| r.tab == tab && r.key == key);
+        let mut shown: Vec<(&Report, Vec<String>)> = Vec::new();
+        for r in same {
+            let place = format!(
+                "t+{} at {} from {}",
+                secs(r.at_ms),
+                REGIONS[r.at],
+                REGIONS[r.from]
+            );
+            match shown.iter_mut().find(|(f, _)| {
+                (
+                    &f.ours,
+                    &f.ours_clock,
+                    &f.theirs,
+                    &f.theirs_clock,
+                    &f.resolved,
+                ) == (
+                    &r.ours,
+                    &r.ours_clock,
+                    &r.theirs,
+                    &r.theirs_clock,
+                    &r.resolved,
+                )
+            }) {
+                Some((_, places)) => places.push(place),
+                None => shown.push((r, vec![place])),
+            }
+        }
+        println!("\n    {} {key:?}: {}", tab.name(), shown[0].0.why);
+        for (r, places) in shown {
+            println!("      {}:", places.join(", "));
+            println!("        held      {:<44} clock {}", r.ours, r.ours_clock);
+            println!(
+                "        received  {:<44} clock {}",
+                r.theirs, r.theirs_clock
+            );
+            println!("        resolved  {}", r.resolved);
+        }
+    }
 }
 
 fn heading(title: &str) {
@@ -448,7 +723,7 @@ fn heading(title: &str) {
 }
 
 fn main() -> Result<()> {
-    let mut world = World::new();
+    let mut world = World::new()?;
     println!("concord multi-region demo: three masters, one sync engine per table and region");
     println!("  table     state                                 a race resolves by");
     println!("  settings  OrMap<String, LwwRegister<String>>    last writer wins");
@@ -460,9 +735,42 @@ fn main() -> Result<()> {
         latency(US, AP),
         latency(EU, AP)
     );
+    let defaults = config(US);
+    println!(
+        "  every engine runs on the driver: resend after {} ms without an acknowledgement (doubling",
+        defaults.retransmit_ms
+    );
+    println!(
+        "  up to {} ms), a heartbeat to a quiet peer every {} ms, anti-entropy every {} ms",
+        defaults.max_retransmit_ms, defaults.heartbeat_ms, defaults.anti_entropy_ms
+    );
 
     // ------------------------------------------------------------------------------
-    heading("1. Normal operation: every write is pushed to the other regions");
+    heading("0. The regions connect");
+    let before = world.wire;
+    world.run_until("hello", |w| w.connected())?;
+    let mut versions: Vec<u32> = Vec::new();
+    for tab in Tab::ALL {
+        for r in 0..REGIONS.len() {
+            let metrics = world.table(tab).metrics(r);
+            versions.extend(metrics.peers.iter().map(|p| p.protocol_version));
+        }
+    }
+    println!(
+        "  {}  every engine has heard from its two peers (9 engines, 18 links)",
+        world.now()
+    );
+    println!(
+        "            each speaks protocol version 1 until it hears that its peer speaks more; now all speak {}",
+        versions.iter().max().expect("peers")
+    );
+    assert!(versions
+        .iter()
+        .all(|v| *v == concord::sync::PROTOCOL_VERSION));
+    traffic(&world, before);
+
+    // ------------------------------------------------------------------------------
+    heading("1. Normal operation: the driver sends every write to the other regions");
     let before = world.wire;
 
     println!("  async     us-east   settings alice/theme = \"light\"");
@@ -470,12 +778,14 @@ fn main() -> Result<()> {
     let engine = &world.settings.at[US];
     assert!(engine.is_replicated(dot, AckLevel::None));
     println!(
-        "            AckLevel::None: returns at once, at {}; held by peers: {}",
+        "            AckLevel::None: returns at once, at {}; write {} held by peers: {}",
         world.now(),
+        show_dot(dot),
         names(&engine.holders(dot))
     );
-    world.push(Tab::Settings, US);
-    world.deliver_all()?;
+    world.run_until("async", |w| {
+        w.settings.at[US].is_replicated(dot, AckLevel::All)
+    })?;
     println!(
         "            in the background, by {}: held by {}",
         world.now(),
@@ -483,17 +793,20 @@ fn main() -> Result<()> {
     );
 
     println!("  semi-sync eu-west   profiles alice/email = \"alice@example.com\"");
-    let start = world.time.now();
+    let start = world.now_ms();
     let dot = world.write_profile(EU, "alice/email", "alice@example.com")?;
-    world.push(Tab::Profiles, EU);
-    let n = world.deliver_until(|w| w.profiles.at[EU].is_replicated(dot, AckLevel::Peers(1)))?;
+    world.run_until("semi-sync", |w| {
+        w.profiles.at[EU].is_replicated(dot, AckLevel::Peers(1))
+    })?;
     println!(
-        "            waits for AckLevel::Peers(1): {n} deliveries, returns at {} ({} ms); held by {}",
+        "            waits for AckLevel::Peers(1): returns at {} ({} ms, one round trip); held by {}",
         world.now(),
-        world.time.now() - start,
+        world.now_ms() - start,
         names(&world.profiles.at[EU].holders(dot))
     );
-    world.deliver_all()?;
+    world.run_until("semi-sync, background", |w| {
+        w.profiles.at[EU].is_replicated(dot, AckLevel::All)
+    })?;
     println!(
         "            in the background, by {}: held by {}",
         world.now(),
@@ -501,25 +814,74 @@ fn main() -> Result<()> {
     );
 
     println!("  sync      ap-south  carts    alice/espresso += 2");
-    let start = world.time.now();
+    let start = world.now_ms();
     let dot = world.add_to_cart(AP, "alice/espresso", 2)?;
-    world.push(Tab::Carts, AP);
-    let n = world.deliver_until(|w| w.carts.at[AP].is_replicated(dot, AckLevel::All))?;
+    world.run_until("sync", |w| w.carts.at[AP].is_replicated(dot, AckLevel::All))?;
     println!(
-        "            waits for AckLevel::All: {n} deliveries, returns at {} ({} ms); held by {}",
+        "            waits for AckLevel::All: returns at {} ({} ms); held by {}",
         world.now(),
-        world.time.now() - start,
+        world.now_ms() - start,
         names(&world.carts.at[AP].holders(dot))
     );
-    world.deliver_all()?;
-    assert!(world.converged());
+    world.run_until("converged", |w| w.converged())?;
     println!("  all three regions hold the same three tables");
+    for tab in Tab::ALL {
+        world.table(tab).save(EU);
+    }
+    println!(
+        "  {}  eu-west saves a snapshot of its three tables (its backup; section 5 restores it)",
+        world.now()
+    );
     traffic(&world, before);
 
     // ------------------------------------------------------------------------------
-    world.time.set(T0 + 1_000);
-    heading("2. A partition cuts ap-south off; both sides keep writing");
+    world.run_to(1_000)?;
+    heading("2. Messages are lost on the way; the driver resends them by itself");
     let before = world.wire;
+    let resends_before = world.resends();
+    world.deaf = Some((EU, world.time.now() + 300));
+    println!(
+        "  {}  eu-west's network fails for 300 ms: every message that arrives there is lost",
+        world.now()
+    );
+    println!(
+        "  {}  us-east   settings bob/language = \"en\"",
+        world.now()
+    );
+    let dot = world.write_setting(US, "bob/language", "en")?;
+    let written = world.now_ms();
+    world.run_until("ap-south holds it", |w| {
+        w.settings.at[US].holders(dot).contains(&node(AP))
+    })?;
+    println!(
+        "  {}  ap-south has acknowledged it. (It forwarded it to eu-west: the driver offers every",
+        world.now()
+    );
+    println!("            peer what that peer has not acknowledged, whoever wrote it.)");
+    world.run_until("resent", |w| {
+        w.settings.at[US].is_replicated(dot, AckLevel::All)
+    })?;
+    let resent = world.resends_since(&resends_before);
+    assert!(!resent.is_empty(), "a lost message is resent");
+    println!(
+        "  {}  eu-west holds it, {} ms after the write, with no new write and no manual call:",
+        world.now(),
+        world.now_ms() - written
+    );
+    for (tab, r, n) in &resent {
+        println!(
+            "            {}'s {} engine got no acknowledgement within {RETRANSMIT_MS} ms and resent (\"retransmits\": +{n})",
+            REGIONS[*r],
+            tab.name()
+        );
+    }
+    traffic(&world, before);
+
+    // ------------------------------------------------------------------------------
+    world.run_to(2_000)?;
+    heading("3. A partition cuts ap-south off; both sides keep writing");
+    let before = world.wire;
+    let retransmits_before = world.retransmits();
     world.isolated = Some(AP);
     println!("  {}  the links to ap-south go down", world.now());
 
@@ -537,7 +899,7 @@ fn main() -> Result<()> {
     ];
     for (side, writes) in [(0, majority), (1, minority)] {
         if side == 1 {
-            world.time.set(T0 + 2_500);
+            world.run_to(3_500)?;
         }
         for (r, tab, key, value) in writes {
             match tab {
@@ -555,11 +917,12 @@ fn main() -> Result<()> {
                 REGIONS[r],
                 tab.name()
             );
-            world.push(tab, r);
         }
-        world.deliver_all()?;
     }
-    println!("  pushes within each side are delivered; those across the cut are lost");
+    world.run_to(4_000)?;
+    println!(
+        "  writes reach the regions on the same side; those across the cut are lost, and resent"
+    );
     let espresso = "alice/espresso".to_string();
     let (cart_us, cart_ap) = (
         world.carts.state(US).count(&espresso),
@@ -569,8 +932,8 @@ fn main() -> Result<()> {
 
     println!("  replication lag as time passes (over the three tables):");
     println!("    time       from     -> to        unacked  oldest    last heard");
-    for at in [3_000, 10_000, 30_000] {
-        world.time.set(T0 + at);
+    for at in [4_000, 10_000, 25_000] {
+        world.run_to(at)?;
         for (i, (r, peer)) in [(US, AP), (AP, US), (US, EU)].into_iter().enumerate() {
             let (unacked, oldest, heard) = world.lag(r, peer);
             println!(
@@ -584,85 +947,76 @@ fn main() -> Result<()> {
             );
         }
     }
-    let metrics = serde_json::to_value(world.carts.at[US].metrics()).expect("metrics serialize");
-    let towards_ap = metrics["peers"]
-        .as_array()
-        .and_then(|peers| {
-            peers
-                .iter()
-                .find(|p| p["peer"] == serde_json::json!(node(AP)))
-        })
+    println!("    (us-east hears eu-west's heartbeats every second; ap-south has been silent since the cut)");
+    let metrics = world.carts.metrics(US);
+    let towards_ap = metrics
+        .peers
+        .iter()
+        .find(|p| p.peer == node(AP))
         .expect("ap-south is a peer");
-    println!("  us-east's metrics for the carts table (a few fields of its JSON snapshot):");
-    for field in [
-        "writes",
-        "messages_sent",
-        "messages_received",
-        "conflicts_resolved",
-    ] {
-        println!("    {:<20} {}", format!("\"{field}\":"), metrics[field]);
-    }
-    println!("    \"peers\"[ap-south].\"lag\": {}", towards_ap["lag"]);
+    println!("  us-east's metrics for the carts table (a few fields of its snapshot):");
+    println!(
+        "    writes {}, messages_sent {}, messages_received {}, retransmits {}",
+        metrics.writes, metrics.messages_sent, metrics.messages_received, metrics.retransmits
+    );
+    println!(
+        "    towards ap-south: {}",
+        serde_json::to_string(&towards_ap.lag).expect("lag serializes")
+    );
+    println!(
+        "    (resends to ap-south back off: {} ms, then double each time, up to {} ms)",
+        RETRANSMIT_MS, defaults.max_retransmit_ms
+    );
+    println!(
+        "  resends during the partition, all engines: {}",
+        world.retransmits() - retransmits_before
+    );
     traffic(&world, before);
 
     // ------------------------------------------------------------------------------
-    heading("3. The partition heals; ap-south opens one sync session per table");
+    heading("4. The partition heals; the driver reconciles with no manual call");
     let before = world.wire;
+    let retransmits_before = world.retransmits();
     world.isolated = None;
-    for tab in Tab::ALL {
-        let outbox = world.table(tab).sync_all(AP);
-        world.send(tab, AP, outbox);
-    }
-    world.deliver_all()?;
+    let healed = world.now_ms();
+    println!("  {}  the links to ap-south come back", world.now());
+    world.run_until("heal", |w| w.converged())?;
     println!(
-        "  {}  every session has had its round trip (hello + answer per peer)",
-        world.now()
+        "  {}  all three regions converged, {} ms later, by the driver alone: during the partition",
+        world.now(),
+        world.now_ms() - healed
+    );
+    println!(
+        "            resends backed off to one every {} ms at most, and anti-entropy asks every peer for",
+        defaults.max_retransmit_ms
+    );
+    println!(
+        "            what is missing every {} ms; {} resends in this phase",
+        defaults.anti_entropy_ms,
+        world.retransmits() - retransmits_before
     );
     traffic(&world, before);
 
-    println!("  conflict reports (each race is reported by every region that merged it):");
-    let mut keys: Vec<(Tab, String)> = Vec::new();
-    for r in &world.reports {
-        if !keys.contains(&(r.tab, r.key.clone())) {
-            keys.push((r.tab, r.key.clone()));
-        }
-    }
-    for (tab, key) in &keys {
-        let same: Vec<&Report> = world
-            .reports
-            .iter()
-            .filter(|r| r.tab == *tab && r.key == *key)
-            .collect();
-        let first = same[0];
-        assert!(same.iter().all(|r| r.resolved == first.resolved));
-        let at: Vec<&str> = same.iter().map(|r| REGIONS[r.at]).collect();
-        println!(
-            "\n    {} {:?}  reported at {}",
-            tab.name(),
-            key,
-            at.join(", ")
-        );
-        println!(
-            "      ours      {:<44} clock {:<30} (as {} held it)",
-            first.ours, first.ours_clock, REGIONS[first.at]
-        );
-        println!(
-            "      theirs    {:<44} clock {:<30} (from {})",
-            first.theirs, first.theirs_clock, REGIONS[first.from]
-        );
-        println!("      resolved  {:<44} {}", first.resolved, first.why);
-    }
+    println!(
+        "  conflict reports, from the partition to now (a race is reported by every region that"
+    );
+    println!("  merges it; identical reports are shown once):");
+    print_reports(&world.reports);
+    let reported = world.reports.len();
     let merged = world.carts.state(US).count(&espresso);
     assert_eq!(merged, 2 + 1 + 3);
     println!(
-        "\n    The cart's report shows what each side added: ours {cart_us} = 2 shared + 1, theirs = the +3 from"
+        "\n    The last cart report shows what each side added: held {cart_us} = 2 shared + 1, received the"
     );
     println!(
-        "    ap-south. Merged: 2 + 1 + 3 = {merged}. A naive \"sum both carts\" merge would read"
+        "    +3 from ap-south. Merged: 2 + 1 + 3 = {merged}. A naive \"sum both carts\" merge would read"
     );
     println!(
         "    {cart_us} + {cart_ap} = {}, counting the 2 both sides held before the cut twice.",
         cart_us + cart_ap
+    );
+    println!(
+        "    The clocks name node ids, shown here as regions: each region writes under its own id."
     );
 
     assert!(world.converged(), "the regions diverged");
@@ -692,36 +1046,136 @@ fn main() -> Result<()> {
     }
 
     // ------------------------------------------------------------------------------
-    heading("4. Read-your-writes: a client carries a session token between regions");
+    world.run_to(world.now_ms() + 1_000)?;
+    heading("5. eu-west crashes and restarts from its older snapshot, with its lease");
+    let before = world.wire;
+    let context_before = context(world.settings.context(EU));
+    let entries_before = world.settings.context(EU).replicas().count();
+    println!(
+        "  {}  eu-west crashes. Its settings had seen {context_before}",
+        world.now()
+    );
+    world.retired_retransmits += Tab::ALL
+        .iter()
+        .map(|t| world.table(*t).metrics(EU).retransmits)
+        .sum::<u64>();
+    let time = world.time.clone();
+    for tab in Tab::ALL {
+        world.table(tab).restart(EU, &time)?;
+    }
+    let lease = world.settings.leases[EU].get();
+    let bob = "bob/theme".to_string();
+    println!(
+        "  {}  eu-west restarts from the snapshot saved at section 1: bob/theme {}, alice/email {}",
+        world.now(),
+        world
+            .settings
+            .state(EU)
+            .get(&bob)
+            .map_or("absent".to_string(), |r| r.show()),
+        world
+            .profiles
+            .state(EU)
+            .get(&"alice/email".to_string())
+            .expect("written in section 1")
+            .show()
+    );
+    println!("            (eu-west wrote both after the snapshot, during the partition; its peers hold them)");
+    println!(
+        "            its lease says counters up to {} may have been issued before the crash",
+        lease
+    );
+    world.run_until("restored", |w| w.converged())?;
+    println!(
+        "  {}  eu-west has caught up: its peers sent back what the snapshot lacked, its own",
+        world.now()
+    );
+    println!(
+        "            lost writes included: bob/theme {}",
+        world
+            .settings
+            .state(EU)
+            .get(&bob)
+            .expect("caught up")
+            .show()
+    );
+    if world.reports.len() > reported {
+        println!("  conflict reports while eu-west caught up:");
+        print_reports(&world.reports[reported..]);
+        println!();
+    }
+    let reported = world.reports.len();
+    let dot = world.write_setting(EU, "bob/theme", "solarized")?;
+    println!(
+        "  {}  eu-west   settings bob/theme = \"solarized\": write {}",
+        world.now(),
+        show_dot(dot)
+    );
+    assert_eq!(dot.replica(), node(EU));
+    assert!(dot.counter() > lease);
+    world.run_until("replicated", |w| {
+        w.settings.at[EU].is_replicated(dot, AckLevel::All)
+    })?;
+    let metrics = world.settings.metrics(EU);
+    assert_eq!(metrics.incarnation, node(EU));
+    let entries_after = world.settings.context(US).replicas().count();
+    assert_eq!(entries_before, entries_after);
+    println!(
+        "            still stamped with eu-west's node id ({}), above the lease: no dot is reused",
+        node(EU).short()
+    );
+    println!(
+        "  {}  held by {}; us-east's settings have seen {}",
+        world.now(),
+        names(&world.settings.at[EU].holders(dot)),
+        context(world.settings.context(US))
+    );
+    println!(
+        "            {entries_after} version-vector entries, as before the crash: no entry was added. The counters"
+    );
+    println!(
+        "            between the snapshot and the lease are a gap that costs a few bytes; without a lease,"
+    );
+    println!(
+        "            the restart would write under a fresh random id, a new entry in every vector for good."
+    );
+    traffic(&world, before);
+
+    // ------------------------------------------------------------------------------
+    heading("6. Read-your-writes: a client carries a session token between regions");
     let before = world.wire;
     world.write_profile(US, "alice/name", "Alice Liddell")?;
-    let token = world.profiles.at[US].token();
+    let token = world.profiles.at[US].token().to_token();
     println!(
-        "  {}  the client writes profiles alice/name at us-east; token {}",
-        world.now(),
-        clock(&token)
+        "  {}  the client writes profiles alice/name at us-east and gets a token to carry",
+        world.now()
     );
-    match world.profiles.at[AP].read(&token) {
+    println!(
+        "            (an HTTP header, say): {token:?} ({} bytes: node.counter pairs)",
+        token.len()
+    );
+    let carried = VectorClock::from_token(&token)?;
+    println!("            it reads {}", clock(&carried));
+    match world.profiles.at[AP].read(&carried) {
         Err(e @ Error::NotCaughtUp { .. }) => {
             println!("  {}  read at ap-south refused: {e}", world.now())
         }
         other => panic!("expected NotCaughtUp, got {other:?}"),
     }
-    world.push(Tab::Profiles, US);
-    world.deliver_until(|w| w.profiles.at[AP].can_serve(&token))?;
-    let profile = world.profiles.at[AP].read(&token)?;
+    world.run_until("caught up", |w| w.profiles.at[AP].can_serve(&carried))?;
+    let profile = world.profiles.at[AP].read(&carried)?;
     let name = profile
         .resolved(&"alice/name".to_string(), |s: &[&String]| s[0].clone())
         .expect("written");
     println!(
-        "  {}  after the push arrives, ap-south serves the read: alice/name = {name:?}",
+        "  {}  once the write arrives, ap-south serves the read: alice/name = {name:?}",
         world.now()
     );
-    world.deliver_all()?;
+    world.run_until("converged", |w| w.converged())?;
     traffic(&world, before);
 
     // ------------------------------------------------------------------------------
-    heading("5. Followers: ap-south's settings become read-only, then it is promoted");
+    heading("7. Followers: ap-south's settings become read-only, then it is promoted");
     let before = world.wire;
     world.settings.at[AP].demote();
     match world.write_setting(AP, "alice/theme", "sepia") {
@@ -729,8 +1183,7 @@ fn main() -> Result<()> {
         other => panic!("expected ReadOnly, got {other:?}"),
     }
     world.write_setting(US, "alice/theme", "dark")?;
-    world.push(Tab::Settings, US);
-    world.deliver_all()?;
+    world.run_until("follower", |w| w.converged())?;
     println!(
         "  it still replicates: us-east sets alice/theme = \"dark\", the follower reads {}",
         world
@@ -742,8 +1195,7 @@ fn main() -> Result<()> {
     );
     world.settings.at[AP].promote();
     world.write_setting(AP, "alice/theme", "sepia")?;
-    world.push(Tab::Settings, AP);
-    world.deliver_all()?;
+    world.run_until("promoted", |w| w.converged())?;
     println!(
         "  promoted (role {:?}), its write is accepted and replicated: us-east reads {}",
         world.settings.at[AP].role(),
@@ -754,17 +1206,30 @@ fn main() -> Result<()> {
             .expect("set")
             .show()
     );
-    assert!(world.converged());
     traffic(&world, before);
 
+    if world.reports.len() > reported {
+        println!("  conflict reports since section 5:");
+        print_reports(&world.reports[reported..]);
+    }
+
     heading("Done");
+    let w = world.wire;
     println!(
-        "  {} messages, {} bytes on the wire, {} lost at the partition, {} conflict reports",
-        world.wire.sent,
-        world.wire.bytes,
-        world.wire.dropped,
+        "  {} of simulated time: {} messages ({} carrying writes), {} bytes on the wire",
+        secs(world.now_ms()),
+        w.sent,
+        w.data,
+        w.bytes
+    );
+    println!(
+        "  {} lost on purpose, {} lost at the partition, {} resends, {} conflict reports",
+        w.lost,
+        w.cut,
+        world.retransmits(),
         world.reports.len()
     );
+    assert!(world.converged());
     println!("  all regions converged: yes");
     Ok(())
 }
