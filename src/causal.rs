@@ -569,6 +569,16 @@ pub trait Crdt:
     /// honesty rule applies: the peer holds every dot of `seen` with its effects.
     fn delta_since_context(&self, seen: &CausalContext) -> Self;
 
+    /// What to send a peer that acknowledged `acked` and has since been sent
+    /// everything up to `offered` (which may still be in flight, or lost): the entries
+    /// and dots beyond `offered`, and every removal the peer may not know of by what it
+    /// *acknowledged*, so that a lost earlier message cannot leave the peer holding a
+    /// value a later one removed. The default sends the delta since `acked`.
+    fn delta_since_offered(&self, offered: &CausalContext, acked: &CausalContext) -> Self {
+        let _ = offered;
+        self.delta_since_context(acked)
+    }
+
     /// The next piece of a catch-up too large for one message: a part of
     /// [`Crdt::delta_since_context`]`(seen)` restricted to the dots of `upto` (what this
     /// replica held when the catch-up started), holding about `max_items` entries or

@@ -842,9 +842,14 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
     }
 
     fn delta_since_context(&self, seen: &CausalContext) -> Self {
-        if !seen.includes(&self.log.floor) {
+        self.delta_since_offered(seen, seen)
+    }
+
+    fn delta_since_offered(&self, offered: &CausalContext, acked: &CausalContext) -> Self {
+        if !acked.includes(&self.log.floor) {
             return self.full();
         }
+        let seen = offered;
         let since = self.ctx.minus(seen);
         // Few new dots: find their entries through the index. Many (a long absence,
         // or keys rewritten often): scan the entries, still sending only what changed.
@@ -876,8 +881,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             }
         }
         delta.ctx = since;
+        // Removals are told by what the peer acknowledged, not by what was offered: an
+        // offered message may be lost while a later one carries its trigger.
         for (_, trigger, dead) in &self.log.entries {
-            if !seen.includes(trigger) {
+            if !acked.includes(trigger) {
                 for &d in dead {
                     delta.ctx.insert(d);
                 }

@@ -49,7 +49,7 @@ use crate::causal::Crdt;
 use crate::error::Result;
 use crate::hlc::{Hlc, ManualClock};
 use crate::id::{Dot, ReplicaId};
-use crate::sync::{Config, Snapshot, SyncEngine};
+use crate::sync::{Config, MemoryLease, Snapshot, SyncEngine};
 
 /// A small deterministic pseudo-random generator (SplitMix64).
 #[derive(Clone, Debug)]
@@ -129,14 +129,15 @@ pub enum Action<W> {
         /// The application's write.
         op: W,
     },
-    /// `from` opens a sync session with `to`.
+    /// `from` sends whatever its driver has for anyone (the pair is kept for
+    /// scenario compatibility: the driver decides the addressees).
     Sync {
         /// The node opening the session.
         from: usize,
         /// Its peer.
         to: usize,
     },
-    /// `node` pushes its news to every peer.
+    /// `node` drains its driver ([`SyncEngine::poll_transmit`]).
     Push {
         /// The pushing node.
         node: usize,
@@ -160,12 +161,13 @@ pub enum Action<W> {
         node: usize,
     },
     /// `node` crashes, losing everything since its last snapshot, and restarts from it
-    /// as a new incarnation.
+    /// (or, every other time, from the snapshot before that) with its counter lease,
+    /// under the same node id.
     Crash {
         /// The node.
         node: usize,
     },
-    /// Simulated time passes.
+    /// Simulated time passes; every node handles its timeouts.
     Advance {
         /// Milliseconds.
         ms: u64,
@@ -196,6 +198,9 @@ pub struct Stats {
     pub lost_in_crashes: u64,
     /// Bytes sent.
     pub bytes: u64,
+    /// Local writes whose dot had been issued before (must stay 0: a reused dot
+    /// names two different writes).
+    pub reused_dots: u64,
 }
 
 struct InFlight {
@@ -207,6 +212,8 @@ struct InFlight {
 struct Node<T: Crdt> {
     engine: SyncEngine<T, ManualClock>,
     snapshot: Option<Snapshot<T>>,
+    older: Option<Snapshot<T>>,
+    lease: MemoryLease,
 }
 
 /// A simulated cluster of replicas over a faulty network.
@@ -222,6 +229,9 @@ pub struct Sim<T: Crdt + Default> {
     /// Writes with the number of peers that held them when their writer crashed.
     crashed_writes: Vec<(Dot, usize)>,
     last_error: Option<crate::Error>,
+    config: Config,
+    /// The last dot of every local write (to catch a dot issued twice).
+    issued: std::collections::HashSet<Dot>,
 }
 
 impl<T: Crdt + Default> Sim<T> {
@@ -236,14 +246,25 @@ impl<T: Crdt + Default> Sim<T> {
         let mut rng = Rng::new(seed);
         let ids: Vec<ReplicaId> = (1..=n as u128).map(ReplicaId::from_u128).collect();
         let time = ManualClock::new(1_700_000_000_000);
+        let config = Config::with_peers(ids.iter().copied());
         let nodes = ids
             .iter()
             .map(|id| {
-                let incarnation = ReplicaId::from_u128(rng.next_u64() as u128 | 1 << 64);
-                let config = Config::with_peers(ids.iter().copied()).incarnation(incarnation);
+                let lease = MemoryLease::new();
+                let boot = ReplicaId::from_u128(rng.next_u64() as u128 | 1 << 64);
+                let engine = SyncEngine::new(
+                    *id,
+                    T::default(),
+                    time.clone(),
+                    config.clone().incarnation(boot),
+                )
+                .with_lease(lease.clone())
+                .expect("a memory lease loads");
                 Node {
-                    engine: SyncEngine::new(*id, T::default(), time.clone(), config),
+                    engine,
                     snapshot: None,
+                    older: None,
+                    lease,
                 }
             })
             .collect();
@@ -258,7 +279,24 @@ impl<T: Crdt + Default> Sim<T> {
             stats: Stats::default(),
             crashed_writes: Vec::new(),
             last_error: None,
+            config,
+            issued: std::collections::HashSet::new(),
         }
+    }
+
+    /// The same simulation with every engine refusing messages above `bytes` (and so
+    /// chunking catch-ups larger than that).
+    pub fn with_message_limit(mut self, bytes: usize) -> Self {
+        self.config.max_message_bytes = bytes;
+        let ids = self.ids.clone();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
+            let config = self.config.clone().incarnation(boot);
+            node.engine = SyncEngine::new(ids[i], T::default(), self.time.clone(), config)
+                .with_lease(node.lease.clone())
+                .expect("a memory lease loads");
+        }
+        self
     }
 
     /// The engine of node `i`.
@@ -318,26 +356,17 @@ impl<T: Crdt + Default> Sim<T> {
         match action {
             Action::Write { node, op } => {
                 let engine = &mut self.nodes[node % n].engine;
-                if engine.update(|state, hlc| op.apply(state, hlc)).is_ok() {
+                if let Ok(receipt) = engine.update(|state, hlc| op.apply(state, hlc)) {
                     self.stats.writes += 1;
-                }
-            }
-            Action::Sync { from, to } => {
-                let (from, to) = (from % n, to % n);
-                if from != to {
-                    let peer = self.ids[to];
-                    if let Ok(msg) = self.nodes[from].engine.sync_with(peer) {
-                        self.send(from, to, &msg);
+                    if let Some(dot) = receipt.dot {
+                        if !self.issued.insert(dot) {
+                            self.stats.reused_dots += 1;
+                        }
                     }
                 }
             }
-            Action::Push { node } => {
-                let node = node % n;
-                for msg in self.nodes[node].engine.push() {
-                    let to = self.index_of(msg.to);
-                    self.send(node, to, &msg);
-                }
-            }
+            Action::Sync { from, .. } => self.drain(from % n),
+            Action::Push { node } => self.drain(node % n),
             Action::Deliver { count } => {
                 for _ in 0..count {
                     if !self.deliver_one(true) {
@@ -349,10 +378,16 @@ impl<T: Crdt + Default> Sim<T> {
             Action::Heal => self.side_a = None,
             Action::Snapshot { node } => {
                 let node = &mut self.nodes[node % n];
+                node.older = node.snapshot.take();
                 node.snapshot = Some(node.engine.snapshot());
             }
             Action::Crash { node } => self.crash(node % n),
-            Action::Advance { ms } => self.time.advance(ms.min(60_000)),
+            Action::Advance { ms } => {
+                self.time.advance(ms.min(60_000));
+                for i in 0..n {
+                    self.nodes[i].engine.handle_timeout();
+                }
+            }
         }
     }
 
@@ -360,8 +395,20 @@ impl<T: Crdt + Default> Sim<T> {
         self.ids.iter().position(|x| *x == id).expect("known node")
     }
 
-    fn send(&mut self, from: usize, to: usize, msg: &crate::sync::Message<T>) {
-        let bytes = crate::wire::encode(msg);
+    /// Sends everything node `i`'s driver has to send.
+    fn drain(&mut self, i: usize) {
+        // Bounded: a driver with a lot to say (a chunked catch-up) says it over
+        // several drains, as the window and acknowledgements allow.
+        for _ in 0..64 {
+            let Some(t) = self.nodes[i].engine.poll_transmit() else {
+                break;
+            };
+            let to = self.index_of(t.to);
+            self.send(i, to, t.bytes);
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
         self.stats.sent += 1;
         self.stats.bytes += bytes.len() as u64;
         self.network.push(InFlight { from, to, bytes });
@@ -397,13 +444,11 @@ impl<T: Crdt + Default> Sim<T> {
                 bytes: msg.bytes.clone(),
             });
         }
-        match self.nodes[msg.to].engine.receive_bytes(&msg.bytes) {
+        match self.nodes[msg.to].engine.handle_bytes(&msg.bytes) {
             Ok(received) => {
                 self.stats.delivered += 1;
                 self.stats.conflicts += received.conflicts.len() as u64;
-                if let Some(reply) = received.reply {
-                    self.send(msg.to, msg.from, &reply);
-                }
+                self.drain(msg.to);
             }
             Err(e) => {
                 self.stats.rejected += 1;
@@ -428,14 +473,22 @@ impl<T: Crdt + Default> Sim<T> {
                 self.crashed_writes.push((dot, holders));
             }
         }
-        let incarnation = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
-        let config = Config::with_peers(self.ids.iter().copied()).incarnation(incarnation);
+        let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
+        let config = self.config.clone().incarnation(boot);
+        let from_older = self.rng.percent(50);
         let node = &mut self.nodes[i];
-        node.engine = match node.snapshot.clone() {
+        let snapshot = if from_older {
+            node.older.clone().or_else(|| node.snapshot.clone())
+        } else {
+            node.snapshot.clone()
+        };
+        node.engine = match snapshot {
             Some(snapshot) => SyncEngine::restore(snapshot, self.time.clone(), config)
                 .expect("a snapshot taken by the simulator restores"),
             None => SyncEngine::new(self.ids[i], T::default(), self.time.clone(), config),
-        };
+        }
+        .with_lease(node.lease.clone())
+        .expect("a memory lease loads");
         // A write whose every holder has now crashed without persisting it is gone for
         // good: that is not a replication failure, so stop expecting it.
         let nodes = &self.nodes;
@@ -448,23 +501,35 @@ impl<T: Crdt + Default> Sim<T> {
         self.stats.lost_in_crashes += (before - self.crashed_writes.len()) as u64;
     }
 
-    /// Heals the network and runs sync sessions between every pair, delivering without
-    /// faults, until every replica holds the same state (or `32` rounds pass).
+    /// Heals the network and lets the drivers run, delivering without faults and
+    /// letting time pass so that resends, heartbeats and anti-entropy fire, until every
+    /// replica holds the same state and nothing is left to send (or `200` rounds
+    /// pass). Nothing but the driver API is called: no manual session.
     pub fn quiesce(&mut self) {
         self.side_a = None;
-        for _ in 0..32 {
+        let n = self.nodes.len();
+        let step = self.config.retransmit_ms.max(self.config.heartbeat_ms);
+        for _ in 0..200 {
+            for i in 0..n {
+                self.drain(i);
+            }
             while self.deliver_one(false) {}
-            if self.converged() {
+            if self.converged() && self.network.is_empty() {
                 return;
             }
-            for from in 0..self.nodes.len() {
-                for msg in self.nodes[from].engine.sync_all() {
-                    let to = self.index_of(msg.to);
-                    self.send(from, to, &msg);
-                }
+            self.time.advance(step);
+            for i in 0..n {
+                self.nodes[i].engine.handle_timeout();
             }
-            while self.deliver_one(false) {}
         }
+    }
+
+    /// Chunks of catch-ups sent by every node's current engine.
+    pub fn chunks_sent(&mut self) -> u64 {
+        self.nodes
+            .iter_mut()
+            .map(|n| n.engine.metrics().chunks_sent)
+            .sum()
     }
 
     /// True if every replica holds the same state.

@@ -11,7 +11,9 @@ use proptest::strategy::ValueTree;
 type Profiles = OrMap<String, MvRegister<u8>>;
 type Carts = OrMap<String, OrMap<String, PnCounter>>;
 
-const KEYS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+const KEYS: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 
 /// Writes to a map of multi-value registers.
 #[derive(Clone, Debug)]
@@ -75,7 +77,7 @@ fn action<W: Clone + std::fmt::Debug + 'static>(
 }
 
 fn faults() -> impl Strategy<Value = Faults> {
-    (0..40u8, 0..30u8, any::<bool>()).prop_map(|(loss, duplicate, reorder)| Faults {
+    (0..=50u8, 0..30u8, any::<bool>()).prop_map(|(loss, duplicate, reorder)| Faults {
         loss,
         duplicate,
         reorder,
@@ -98,10 +100,17 @@ fn cart_op() -> impl Strategy<Value = CartOp> {
 }
 
 /// Runs the scenario, heals, quiesces, and checks the spec.
+/// A message limit for the run: none (the default 64 MiB), or one small enough that
+/// catch-ups go in chunks.
+fn limit() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![1 => Just(None), 1 => (1_000..3_000usize).prop_map(Some)]
+}
+
 fn check<T, W>(
     nodes: usize,
     seed: u64,
     faults: Faults,
+    limit: Option<usize>,
     actions: Vec<Action<W>>,
 ) -> std::result::Result<(), TestCaseError>
 where
@@ -109,9 +118,17 @@ where
     W: SimOp<T>,
 {
     let mut sim: Sim<T> = Sim::new(nodes, seed, faults);
+    if let Some(bytes) = limit {
+        sim = sim.with_message_limit(bytes);
+    }
     sim.run(actions);
     sim.quiesce();
     prop_assert!(sim.converged(), "replicas diverged after quiescing");
+    prop_assert_eq!(sim.stats().reused_dots, 0, "a dot was issued twice");
+    // Identities survive restarts: version vectors name nodes only.
+    for i in 0..sim.len() {
+        prop_assert!(sim.engine(i).context().replicas().count() <= sim.len());
+    }
     prop_assert_eq!(
         sim.stats().rejected,
         0,
@@ -141,9 +158,10 @@ proptest! {
         nodes in 2..=7usize,
         seed in any::<u64>(),
         faults in faults(),
+        limit in limit(),
         actions in prop::collection::vec(action(profile_op()), 0..60),
     ) {
-        check::<Profiles, _>(nodes, seed, faults, actions)?;
+        check::<Profiles, _>(nodes, seed, faults, limit, actions)?;
     }
 
     #[test]
@@ -151,9 +169,10 @@ proptest! {
         nodes in 2..=5usize,
         seed in any::<u64>(),
         faults in faults(),
+        limit in limit(),
         actions in prop::collection::vec(action(cart_op()), 0..60),
     ) {
-        check::<Carts, _>(nodes, seed, faults, actions)?;
+        check::<Carts, _>(nodes, seed, faults, limit, actions)?;
     }
 }
 
@@ -168,17 +187,22 @@ fn scenarios_exercise_conflicts_losses_and_crashes() {
         faults(),
         prop::collection::vec(action(profile_op()), 30..60),
     );
-    let (mut conflicts, mut lost, mut crash_acked) = (0, 0, 0);
-    for _ in 0..100 {
+    let (mut conflicts, mut lost, mut crash_acked, mut chunked) = (0, 0, 0, 0);
+    for i in 0..100 {
         let (nodes, seed, faults, actions) = strategy.new_tree(&mut runner).unwrap().current();
         let mut sim: Sim<Profiles> = Sim::new(nodes, seed, faults);
+        if i % 2 == 0 {
+            sim = sim.with_message_limit(1_000);
+        }
         sim.run(actions);
         sim.quiesce();
         assert!(sim.converged());
         conflicts += (sim.stats().conflicts > 0) as u32;
         lost += (sim.stats().lost > 0) as u32;
         crash_acked += (!sim.acknowledged_before_crash().is_empty()) as u32;
+        chunked += (sim.chunks_sent() > 0) as u32;
     }
+    assert!(chunked > 0, "no run chunked a catch-up");
     assert!(
         conflicts > 30,
         "only {conflicts}/100 runs reported a conflict"
@@ -188,4 +212,40 @@ fn scenarios_exercise_conflicts_losses_and_crashes() {
         crash_acked > 5,
         "only {crash_acked}/100 runs crashed after replicating"
     );
+}
+
+/// A write of one of many keys.
+#[derive(Clone, Debug)]
+struct Wide(u16, u8);
+
+impl SimOp<Profiles> for Wide {
+    fn apply(&self, map: &mut Profiles, hlc: &mut Hlc<ManualClock>) -> Result<Profiles> {
+        map.write(format!("key-{:05}", self.0), self.1, hlc)
+    }
+}
+
+/// A node partitioned away while the others write far more than one message holds
+/// catches up in chunks, over a lossy network, through the driver alone.
+#[test]
+fn a_partitioned_node_catches_up_in_chunks_under_loss() {
+    for seed in 0..20 {
+        let mut sim: Sim<Profiles> = Sim::new(3, seed, Faults::lossy()).with_message_limit(1_200);
+        let mut actions = vec![Action::Partition { side_a: 0b001 }];
+        for i in 0..200u8 {
+            actions.push(Action::Write {
+                node: 1 + (i as usize % 2),
+                op: Wide(u16::from(i) % 150, i),
+            });
+            actions.push(Action::Push {
+                node: 1 + (i as usize % 2),
+            });
+            actions.push(Action::Deliver { count: 3 });
+        }
+        actions.push(Action::Heal);
+        sim.run(actions);
+        sim.quiesce();
+        assert!(sim.converged(), "seed {seed}: diverged");
+        assert!(sim.chunks_sent() > 0, "seed {seed}: no chunk was sent");
+        assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
+    }
 }

@@ -1254,7 +1254,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         } else {
             p.acked.clone()
         };
-        let delta = self.state.delta_since_context(&against);
+        let delta = self.state.delta_since_offered(&against, &p.acked);
         let ctx = self.state.context().clone();
         if delta.context().is_empty() {
             self.peers.get_mut(&id)?.offered.merge_ref(&ctx);
