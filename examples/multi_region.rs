@@ -736,7 +736,7 @@ fn main() -> Result<()> {
         world
             .settings
             .state(AP)
-            .get(&"alice/theme".into())
+            .get("alice/theme")
             .expect("set")
             .show()
     );
@@ -750,7 +750,7 @@ fn main() -> Result<()> {
         world
             .settings
             .state(US)
-            .get(&"alice/theme".into())
+            .get("alice/theme")
             .expect("set")
             .show()
     );
