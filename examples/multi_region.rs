@@ -1189,7 +1189,7 @@ fn main() -> Result<()> {
         world
             .settings
             .state(AP)
-            .get(&"alice/theme".into())
+            .get("alice/theme")
             .expect("set")
             .show()
     );
@@ -1202,7 +1202,7 @@ fn main() -> Result<()> {
         world
             .settings
             .state(US)
-            .get(&"alice/theme".into())
+            .get("alice/theme")
             .expect("set")
             .show()
     );

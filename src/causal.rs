@@ -47,7 +47,21 @@ pub const MAX_COUNTER: u64 = 1 << 62;
 /// fill several keys of a nested map, and each element must be named by exactly one
 /// dot). The first dot, [`Op::dot`], also names the write itself: a write that only
 /// removes still takes it, so version vectors see the removal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// An `Op` is handed out by reference, only inside a write, and is deliberately not
+/// `Clone`: a copy would issue the same dots a second time, for different elements.
+///
+/// ```compile_fail,E0277
+/// fn clone_it<T: Clone>(_: &T) {}
+/// let mut hlc = concord::Hlc::new(concord::ReplicaId::from_u128(1), concord::ManualClock::new(0));
+/// let mut map: concord::OrMap<String, concord::PnCounter> = concord::OrMap::new();
+/// map.update("k".into(), &mut hlc, |counter, op| {
+///     clone_it(op); // error[E0277]: `Op: Clone` is not satisfied
+///     counter.add(op, 1);
+/// })?;
+/// # Ok::<(), concord::Error>(())
+/// ```
+#[derive(Debug, PartialEq, Eq)]
 pub struct Op {
     first: Dot,
     next: std::cell::Cell<u64>,

@@ -42,6 +42,12 @@ pub struct PnCounter {
 
 impl PnCounter {
     /// A counter at zero.
+    ///
+    /// ```
+    /// use concord::PnCounter;
+    ///
+    /// assert_eq!(PnCounter::new().value(), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,6 +56,31 @@ impl PnCounter {
     ///
     /// The replica's previous contribution is folded into the new entry, so a standalone
     /// counter holds one entry per replica.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, PnCounter, ReplicaId, Resolver};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut likes = PnCounter::new();
+    /// likes.increment(5, &mut hlc)?;
+    /// let delta = likes.increment(-2, &mut hlc)?;
+    /// assert_eq!(likes.value(), 3);
+    /// // The delta carries this replica's whole contribution.
+    /// let mut peer = PnCounter::new();
+    /// peer.merge(delta);
+    /// assert_eq!(peer.value(), 3);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error:
+    ///
+    /// * [`Error::ClockOverflow`](crate::Error::ClockOverflow) if `hlc`'s logical
+    ///   counter is exhausted within the current millisecond (it works again once wall
+    ///   time moves on);
+    /// * [`Error::InvalidDot`](crate::Error::InvalidDot) if this replica has issued the
+    ///   largest event counter allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
     pub fn increment<S: TimeSource>(&mut self, amount: i64, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
@@ -75,18 +106,55 @@ impl PnCounter {
     }
 
     /// Inside a map update: adds `amount` as a new segment tagged by `op`.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.update("apples".into(), &mut hlc, |qty, op| qty.add(op, 3))?;
+    /// assert_eq!(cart.count("apples"), 3);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn add(&mut self, op: &Op, amount: i64) {
         self.segments.insert(op.tag(), amount);
     }
 
     /// The current value: the sum of every contribution (saturating at the `i64`
     /// bounds).
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, PnCounter, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(0);
+    /// let mut a = PnCounter::new();
+    /// let mut b = PnCounter::new();
+    /// a.increment(i64::MAX, &mut Hlc::new(ReplicaId::from_u128(1), time.clone()))?;
+    /// b.increment(1, &mut Hlc::new(ReplicaId::from_u128(2), time.clone()))?;
+    /// a.merge(b);
+    /// assert_eq!(a.value(), i64::MAX); // saturated, not wrapped
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn value(&self) -> i64 {
         let sum: i128 = self.segments.entries.iter().map(|(_, n)| *n as i128).sum();
         sum.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
 
     /// Each replica's contribution to the value, in replica-id order.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, PnCounter, ReplicaId, Resolver};
+    ///
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(0);
+    /// let mut a = PnCounter::new();
+    /// let mut b = PnCounter::new();
+    /// a.increment(3, &mut Hlc::new(a_id, time.clone()))?;
+    /// b.increment(-1, &mut Hlc::new(b_id, time.clone()))?;
+    /// a.merge(b);
+    /// assert_eq!(a.contributions(), [(a_id, 3), (b_id, -1)]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn contributions(&self) -> Vec<(ReplicaId, i64)> {
         let mut out: Vec<(ReplicaId, i64)> = Vec::new();
         for (d, n) in &self.segments.entries {

@@ -63,11 +63,40 @@ impl<T> Default for LwwRegister<T> {
 
 impl<T: Data> LwwRegister<T> {
     /// An empty register.
+    ///
+    /// ```
+    /// use concord::LwwRegister;
+    ///
+    /// let theme: LwwRegister<String> = LwwRegister::new();
+    /// assert_eq!(theme.value(), None);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets `value`, stamped by `hlc`, and returns the delta to ship to peers.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, ReplicaId, Resolver};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
+    /// let mut theme = LwwRegister::new();
+    /// let delta = theme.set("dark".to_string(), &mut hlc)?;
+    /// let mut peer = LwwRegister::new();
+    /// peer.merge(delta);
+    /// assert_eq!(peer.value().map(String::as_str), Some("dark"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error:
+    ///
+    /// * [`Error::ClockOverflow`](crate::Error::ClockOverflow) if `hlc`'s logical
+    ///   counter is exhausted within the current millisecond (it works again once wall
+    ///   time moves on);
+    /// * [`Error::InvalidDot`](crate::Error::InvalidDot) if this replica has issued the
+    ///   largest event counter allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
     pub fn set<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
@@ -79,6 +108,16 @@ impl<T: Data> LwwRegister<T> {
     }
 
     /// Inside a map update: replaces the value with `value`, stamped by `op`.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
+    /// let mut settings: OrMap<String, LwwRegister<u8>> = OrMap::new();
+    /// settings.update("volume".into(), &mut hlc, |reg, op| reg.assign(op, 7))?;
+    /// assert_eq!(settings.value("volume"), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn assign(&mut self, op: &Op, value: T) {
         let ts = op.timestamp();
         self.writes.assign(
@@ -92,11 +131,39 @@ impl<T: Data> LwwRegister<T> {
     }
 
     /// The winning value: the largest `(timestamp, replica)`. `None` if never set.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a = LwwRegister::new();
+    /// let mut b = LwwRegister::new();
+    /// a.set("dark".to_string(), &mut hlc_a)?;
+    /// time.advance(3);
+    /// b.set("light".to_string(), &mut hlc_b)?;
+    /// a.merge(b);
+    /// assert_eq!(a.value().map(String::as_str), Some("light")); // the later write
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn value(&self) -> Option<&T> {
         self.winner().map(|(_, v)| v)
     }
 
-    /// The winning value with its timestamp.
+    /// The winning value with its timestamp (whose replica is the writer's).
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, ReplicaId};
+    ///
+    /// let a = ReplicaId::from_u128(1);
+    /// let mut hlc = Hlc::new(a, ManualClock::new(1_000));
+    /// let mut theme = LwwRegister::new();
+    /// theme.set("dark".to_string(), &mut hlc)?;
+    /// let (ts, value) = theme.winner().unwrap();
+    /// assert_eq!((ts.wall_ms(), ts.replica(), value.as_str()), (1_000, a, "dark"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn winner(&self) -> Option<(Timestamp, &T)> {
         self.writes
             .entries
@@ -105,12 +172,42 @@ impl<T: Data> LwwRegister<T> {
             .max_by_key(|(ts, _)| *ts)
     }
 
-    /// The timestamp of the winning write.
+    /// The timestamp of the winning write; `None` if never set.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
+    /// let mut theme = LwwRegister::new();
+    /// assert_eq!(theme.timestamp(), None);
+    /// theme.set("dark".to_string(), &mut hlc)?;
+    /// assert_eq!(theme.timestamp(), Some(hlc.last()));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn timestamp(&self) -> Option<Timestamp> {
         self.winner().map(|(ts, _)| ts)
     }
 
-    /// How many raced writes are held (1 when there was no race).
+    /// How many raced writes are held (1 when there was no race, 0 if never set). The
+    /// losers of a race are kept beside the winner until a write that saw them all
+    /// replaces them.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a = LwwRegister::new();
+    /// let mut b = LwwRegister::new();
+    /// a.set(1, &mut hlc_a)?;
+    /// b.set(2, &mut hlc_b)?;
+    /// a.merge(b);
+    /// assert_eq!(a.write_count(), 2);
+    /// a.set(3, &mut hlc_a)?; // saw both
+    /// assert_eq!(a.write_count(), 1);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn write_count(&self) -> usize {
         self.writes.len()
     }

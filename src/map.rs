@@ -14,6 +14,12 @@
 //!   [`delta_since`](crate::Crdt::delta_since) tell a peer what was removed without
 //!   scanning the map.
 //!
+//! Lookups take any borrowed form of the key, as with `HashMap` (`get("apples")` on
+//! a map keyed by `String`). [`OrMap::iter`], [`OrMap::keys`] and [`OrMap::values`]
+//! walk the entries in this replica's storage order, without allocating; that order
+//! differs between replicas holding the same state, so use [`OrMap::iter_sorted`]
+//! (key order, the same everywhere) where the order shows.
+//!
 //! ```
 //! use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId, Resolver};
 //!
@@ -27,20 +33,22 @@
 //! let mut b = a.clone();
 //!
 //! // A removes the line while B, concurrently, adds one more.
-//! a.remove(&"apples".to_string(), &mut a_clock)?;
+//! a.remove("apples", &mut a_clock)?;
 //! b.increment("apples".to_string(), 1, &mut b_clock)?;
 //!
 //! a.merge(b.clone());
 //! b.merge(a.clone());
 //! assert_eq!(a, b);
 //! // The update survives the removal, without the 5 the remover had seen.
-//! assert_eq!(a.get(&"apples".to_string()).map(PnCounter::value), Some(1));
+//! assert_eq!(a.get("apples").map(PnCounter::value), Some(1));
 //! # Ok::<(), concord::Error>(())
 //! ```
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::Hash;
+use std::iter::FusedIterator;
 
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
@@ -197,55 +205,246 @@ struct DebugSorted<'a, K, V>(&'a OrMap<K, V>);
 
 impl<K: Key, V: DotStore> fmt::Debug for DebugSorted<'_, K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter()).finish()
+        f.debug_map().entries(self.0.iter_sorted()).finish()
+    }
+}
+
+/// The entries of an [`OrMap`] in this replica's storage order: see [`OrMap::iter`].
+pub struct Iter<'a, K, V>(indexmap::map::Iter<'a, K, V>);
+
+impl<'a, K, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl<K, V> DoubleEndedIterator for Iter<'_, K, V> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back()
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<'_, K, V> {}
+
+impl<K, V> FusedIterator for Iter<'_, K, V> {}
+
+impl<K, V> Clone for Iter<'_, K, V> {
+    fn clone(&self) -> Self {
+        Iter(self.0.clone())
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+impl<'a, K: Key, V: DotStore> IntoIterator for &'a OrMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = Iter<'a, K, V>;
+
+    /// [`OrMap::iter`]: storage order, no allocation.
+    fn into_iter(self) -> Iter<'a, K, V> {
+        self.iter()
     }
 }
 
 impl<K: Key, V: DotStore> OrMap<K, V> {
     /// An empty map.
+    ///
+    /// ```
+    /// use concord::{MvRegister, OrMap};
+    ///
+    /// let profiles: OrMap<String, MvRegister<String>> = OrMap::new();
+    /// assert!(profiles.is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The value at `key`.
-    pub fn get(&self, key: &K) -> Option<&V> {
+    /// The value at `key`, which may be any borrowed form of the key type (`&str`
+    /// for `String` keys).
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// assert_eq!(cart.get("apples").map(PnCounter::value), Some(3));
+    /// assert!(cart.get("pears").is_none());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.get(key)
     }
 
-    /// True if `key` is present.
-    pub fn contains_key(&self, key: &K) -> bool {
+    /// True if `key` (any borrowed form of the key type) is present.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut settings: OrMap<String, LwwRegister<bool>> = OrMap::new();
+    /// settings.set("dark-mode".into(), true, &mut hlc)?;
+    /// assert!(settings.contains_key("dark-mode"));
+    /// settings.remove("dark-mode", &mut hlc)?;
+    /// assert!(!settings.contains_key("dark-mode"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.contains_key(key)
     }
 
     /// The number of keys.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// cart.increment("pears".into(), 1, &mut hlc)?;
+    /// cart.increment("apples".into(), 1, &mut hlc)?;
+    /// assert_eq!(cart.len(), 2);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// True if the map has no keys.
+    /// True if the map has no keys (a map whose keys were all removed is empty again).
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// assert!(cart.is_empty());
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// assert!(!cart.is_empty());
+    /// cart.remove("apples", &mut hlc)?;
+    /// assert!(cart.is_empty());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The entries in this replica's storage order, without allocating.
+    ///
+    /// Storage order is insertion order until a key is removed (the last entry then
+    /// takes the removed one's place). It depends on the order this replica received
+    /// the writes in, so two replicas holding the same state may walk it differently;
+    /// use [`OrMap::iter_sorted`] where the order shows. `&OrMap` iterates the same way
+    /// in a `for` loop.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("pears".into(), 1, &mut hlc)?;
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// let total: i64 = cart.iter().map(|(_, qty)| qty.value()).sum();
+    /// assert_eq!(total, 4);
+    /// for (product, qty) in &cart {
+    ///     assert!(qty.value() > 0, "{product}");
+    /// }
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        Iter(self.entries.iter())
+    }
+
     /// The entries in key order: the same order on every replica that holds the same
-    /// state. Sorts on each call; see [`OrMap::iter_unordered`] for a cheaper walk.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+    /// state. Costs an allocation and a sort of `len()` references per call; prefer
+    /// [`OrMap::iter`] where the order does not matter.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("pears".into(), 1, &mut hlc)?;
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// let lines: Vec<(&str, i64)> =
+    ///     cart.iter_sorted().map(|(k, qty)| (k.as_str(), qty.value())).collect();
+    /// assert_eq!(lines, [("apples", 3), ("pears", 1)]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn iter_sorted(&self) -> impl ExactSizeIterator<Item = (&K, &V)> + DoubleEndedIterator {
         let mut sorted: Vec<(&K, &V)> = self.entries.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sorted.into_iter()
     }
 
-    /// The entries in this replica's storage order (which differs between replicas).
-    pub fn iter_unordered(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
-        self.entries.iter()
+    /// The keys in storage order (see [`OrMap::iter`]), without allocating.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("pears".into(), 1, &mut hlc)?;
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// let mut products: Vec<&String> = cart.keys().collect();
+    /// products.sort();
+    /// assert_eq!(products, ["apples", "pears"]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &K> + DoubleEndedIterator + '_ {
+        self.entries.keys()
     }
 
-    /// The keys in key order.
-    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
-        self.iter().map(|(k, _)| k)
+    /// The values in storage order (see [`OrMap::iter`]), without allocating.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("pears".into(), 1, &mut hlc)?;
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// assert_eq!(cart.values().map(PnCounter::value).sum::<i64>(), 4);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> + DoubleEndedIterator + '_ {
+        self.entries.values()
     }
 
-    /// Every dot this map has seen (its own context; empty for a nested map).
+    /// Every dot this map has seen (its own context; empty for a nested map). A
+    /// removed key's dots stay here after the entry is gone: that is how the map
+    /// remembers the removal without a tombstone.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let a = ReplicaId::from_u128(1);
+    /// let mut hlc = Hlc::new(a, ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// cart.remove("apples", &mut hlc)?;
+    /// assert!(cart.is_empty());
+    /// // Two writes (the increment and the removal), both remembered.
+    /// assert_eq!(cart.context().clock().get(a), 2);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn context(&self) -> &CausalContext {
         &self.ctx
     }
@@ -258,12 +457,44 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// If the value ends up empty the key is removed.
     ///
     /// ```
-    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Resolver};
     ///
     /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
     /// let mut settings: OrMap<String, LwwRegister<u32>> = OrMap::new();
     /// let delta = settings.update("volume".into(), &mut hlc, |reg, op| reg.assign(op, 7))?;
-    /// assert_eq!(delta.value(&"volume".into()), Some(&7));
+    /// assert_eq!(delta.value("volume"), Some(&7));
+    ///
+    /// // A peer that merges the delta holds the same state.
+    /// let mut peer = OrMap::new();
+    /// peer.merge(delta);
+    /// assert_eq!(peer, settings);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error:
+    ///
+    /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
+    ///   current millisecond (it works again once wall time moves on);
+    /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
+    ///
+    /// ```
+    /// use concord::{Error, Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Timestamp};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// // A peer's timestamp at the logical counter's limit leaves no room this millisecond.
+    /// hlc.observe(&Timestamp::new(1_000, u32::MAX, ReplicaId::from_u128(2)))?;
+    ///
+    /// let mut settings: OrMap<String, LwwRegister<u32>> = OrMap::new();
+    /// let refused = settings.update("volume".into(), &mut hlc, |reg, op| reg.assign(op, 7));
+    /// assert_eq!(refused.unwrap_err(), Error::ClockOverflow);
+    /// assert!(settings.is_empty());
+    ///
+    /// time.advance(1);
+    /// settings.update("volume".into(), &mut hlc, |reg, op| reg.assign(op, 7))?;
     /// # Ok::<(), concord::Error>(())
     /// ```
     pub fn update<S: TimeSource>(
@@ -279,6 +510,31 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// [`OrMap::update`] without building a delta: for replicas that replicate with
     /// [`delta_since`](Crdt::delta_since) (as the sync engine does) rather than by
     /// shipping each write's delta. Returns the write's dot.
+    ///
+    /// ```
+    /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId, Resolver, VectorClock};
+    ///
+    /// let a = ReplicaId::from_u128(1);
+    /// let mut hlc = Hlc::new(a, ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// let dot = cart.apply("apples".into(), &mut hlc, |c, op| c.add(op, 2))?;
+    /// assert_eq!((dot.replica(), dot.counter()), (a, 1));
+    ///
+    /// // A peer that has seen nothing catches up through `delta_since`.
+    /// let mut peer = OrMap::new();
+    /// peer.merge(cart.delta_since(&VectorClock::new()));
+    /// assert_eq!(peer.count("apples"), 2);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error:
+    ///
+    /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
+    ///   current millisecond (it works again once wall time moves on);
+    /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
     pub fn apply<S: TimeSource>(
         &mut self,
         key: K,
@@ -344,10 +600,40 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         delta
     }
 
-    /// Removes `key` as `hlc`'s replica and returns the delta. Removes what this
-    /// replica has seen of the key; a concurrent update elsewhere survives. Removing
-    /// an absent key changes nothing and returns an empty delta.
-    pub fn remove<S: TimeSource>(&mut self, key: &K, hlc: &mut Hlc<S>) -> Result<Self> {
+    /// Removes `key` (any borrowed form of the key type) as `hlc`'s replica and
+    /// returns the delta. Removes what this replica has seen of the key; a concurrent
+    /// update elsewhere survives. Removing an absent key changes nothing and returns an
+    /// empty delta.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId, Resolver};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// let mut peer = cart.clone();
+    ///
+    /// let removal = cart.remove("apples", &mut hlc)?;
+    /// assert!(!cart.contains_key("apples"));
+    /// // The delta carries the removal to peers.
+    /// peer.merge(removal);
+    /// assert_eq!(peer, cart);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error (an absent key is not an error):
+    ///
+    /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
+    ///   current millisecond (it works again once wall time moves on);
+    /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
+    pub fn remove<Q, S: TimeSource>(&mut self, key: &Q, hlc: &mut Hlc<S>) -> Result<Self>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let Some(pos) = self.entries.get_index_of(key) else {
             return Ok(OrMap::new());
         };
@@ -369,7 +655,24 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         Ok(delta)
     }
 
-    /// Inside a parent map's update: updates the value at `key` with the parent's op.
+    /// Inside a parent map's update: updates the value at `key` with the parent's op
+    /// (starting from an empty value if absent; a value left empty is removed).
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut users: OrMap<String, OrMap<String, LwwRegister<String>>> = OrMap::new();
+    /// // One write sets two fields of a nested map.
+    /// users.update("alice".into(), &mut hlc, |fields, op| {
+    ///     fields.update_in(op, "name".into(), |r, op| r.assign(op, "Alice".into()));
+    ///     fields.update_in(op, "city".into(), |r, op| r.assign(op, "Lisbon".into()));
+    /// })?;
+    /// let alice = users.get("alice").unwrap();
+    /// assert_eq!(alice.value("city").map(String::as_str), Some("Lisbon"));
+    /// assert_eq!(alice.len(), 2);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn update_in(&mut self, op: &Op, key: K, f: impl FnOnce(&mut V, &Op)) {
         let entry = self.entries.entry(key);
         let pos = entry.index();
@@ -380,13 +683,55 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
     }
 
-    /// Inside a parent map's update: removes `key` (everything the replica has seen of
-    /// it).
-    pub fn remove_in(&mut self, key: &K) {
+    /// Inside a parent map's update: removes `key` (any borrowed form of the key type),
+    /// everything the replica has seen of it.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut users: OrMap<String, OrMap<String, LwwRegister<String>>> = OrMap::new();
+    /// users.update("alice".into(), &mut hlc, |fields, op| {
+    ///     fields.update_in(op, "name".into(), |r, op| r.assign(op, "Alice".into()));
+    ///     fields.update_in(op, "city".into(), |r, op| r.assign(op, "Lisbon".into()));
+    /// })?;
+    /// // One write drops a field and changes another.
+    /// users.update("alice".into(), &mut hlc, |fields, op| {
+    ///     fields.remove_in("city");
+    ///     fields.update_in(op, "name".into(), |r, op| r.assign(op, "Alicia".into()));
+    /// })?;
+    /// let alice = users.get("alice").unwrap();
+    /// assert!(!alice.contains_key("city"));
+    /// assert_eq!(alice.value("name").map(String::as_str), Some("Alicia"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn remove_in<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.swap_remove(key);
     }
 
-    /// The removal log's size in dead dots (bookkeeping that pruning releases).
+    /// The removal log's size in dead dots: bookkeeping that lets
+    /// [`delta_since`](Crdt::delta_since) tell peers about recent removals, released
+    /// by [`prune`](Crdt::prune) once every peer has acknowledged them.
+    ///
+    /// ```
+    /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// cart.remove("apples", &mut hlc)?;
+    /// assert_eq!(cart.pending_removals(), 1);
+    ///
+    /// // Every peer has acknowledged everything: the log is released.
+    /// let stable = cart.context().clock();
+    /// cart.prune(&stable);
+    /// assert_eq!(cart.pending_removals(), 0);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn pending_removals(&self) -> usize {
         self.log.dots
     }
@@ -595,12 +940,52 @@ fn single(dot: Dot) -> CausalContext {
 
 impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
     /// Sets the register at `key` to `value`; returns the delta.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Resolver};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut settings: OrMap<String, LwwRegister<String>> = OrMap::new();
+    /// let delta = settings.set("theme".into(), "dark".into(), &mut hlc)?;
+    /// let mut peer = OrMap::new();
+    /// peer.merge(delta);
+    /// assert_eq!(peer.value("theme").map(String::as_str), Some("dark"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`OrMap::update`]: [`Error::ClockOverflow`] or [`Error::InvalidDot`], with
+    /// nothing changed.
     pub fn set<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         self.update(key, hlc, |reg, op| reg.assign(op, value))
     }
 
-    /// The winning value at `key`.
-    pub fn value(&self, key: &K) -> Option<&T> {
+    /// The winning value at `key` (any borrowed form of the key type); `None` if
+    /// absent.
+    ///
+    /// ```
+    /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a: OrMap<String, LwwRegister<String>> = OrMap::new();
+    /// let mut b = a.clone();
+    /// a.set("theme".into(), "dark".into(), &mut hlc_a)?;
+    /// time.advance(5);
+    /// b.set("theme".into(), "light".into(), &mut hlc_b)?;
+    /// a.merge(b);
+    /// // The later write wins the race.
+    /// assert_eq!(a.value("theme").map(String::as_str), Some("light"));
+    /// assert_eq!(a.value("font"), None);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn value<Q>(&self, key: &Q) -> Option<&T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.get(key).and_then(LwwRegister::value)
     }
 }
@@ -608,44 +993,151 @@ impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
 impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
     /// Writes `value` at `key`, superseding the siblings this replica has seen; returns
     /// the delta.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut emails: OrMap<String, MvRegister<String>> = OrMap::new();
+    /// emails.write("alice".into(), "alice@old.example".into(), &mut hlc)?;
+    /// emails.write("alice".into(), "alice@new.example".into(), &mut hlc)?;
+    /// // The second write saw the first: one value, no siblings.
+    /// let alice = emails.get("alice").unwrap();
+    /// assert_eq!(alice.get().map(String::as_str), Some("alice@new.example"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`OrMap::update`]: [`Error::ClockOverflow`] or [`Error::InvalidDot`], with
+    /// nothing changed.
     pub fn write<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         self.update(key, hlc, |reg, op| reg.set(op, value))
     }
 
-    /// The value at `key` as the application merge function `f` resolves its siblings.
-    pub fn resolved(&self, key: &K, f: impl MergeFn<T>) -> Option<T> {
+    /// The value at `key` (any borrowed form of the key type) as the application merge
+    /// function `f` resolves its siblings; `None` if absent. `f` is called only when
+    /// there are two siblings or more.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(0);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a: OrMap<String, MvRegister<u32>> = OrMap::new();
+    /// let mut b = a.clone();
+    /// a.write("stock".into(), 7, &mut hlc_a)?;
+    /// b.write("stock".into(), 5, &mut hlc_b)?;
+    /// a.merge(b);
+    /// // The application's rule: the lowest count is the safe one.
+    /// let lowest = |s: &[&u32]| **s.iter().min().unwrap();
+    /// assert_eq!(a.resolved("stock", lowest), Some(5));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn resolved<Q>(&self, key: &Q, f: impl MergeFn<T>) -> Option<T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.get(key).and_then(|reg| reg.resolve(f))
     }
 
     /// Every key with its value resolved by `f`, in key order: the application's view
-    /// of the map, the same on every replica that holds the same state.
+    /// of the map, the same on every replica that holds the same state. Sorts the
+    /// entries as [`OrMap::iter_sorted`] does.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(0);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a: OrMap<String, MvRegister<u32>> = OrMap::new();
+    /// let mut b = a.clone();
+    /// a.write("pears".into(), 7, &mut hlc_a)?;
+    /// a.write("apples".into(), 2, &mut hlc_a)?;
+    /// b.write("pears".into(), 5, &mut hlc_b)?;
+    /// a.merge(b);
+    /// let lowest = |s: &[&u32]| **s.iter().min().unwrap();
+    /// let view: Vec<(&String, u32)> = a.resolve_all(&lowest).collect();
+    /// assert_eq!(view, [(&"apples".to_string(), 2), (&"pears".to_string(), 5)]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn resolve_all<'a, F: MergeFn<T> + 'a>(
         &'a self,
         f: &'a F,
     ) -> impl Iterator<Item = (&'a K, T)> + 'a {
-        self.iter()
+        self.iter_sorted()
             .filter_map(move |(k, reg)| reg.resolve(|s: &[&T]| f.merge_values(s)).map(|v| (k, v)))
     }
 
-    /// The keys whose registers hold concurrent siblings.
-    pub fn conflicted_keys(&self) -> impl Iterator<Item = &K> + '_ {
-        self.iter()
+    /// The keys whose registers hold concurrent siblings, in key order. Allocates a
+    /// list of the conflicted keys only.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(0);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a: OrMap<String, MvRegister<u32>> = OrMap::new();
+    /// let mut b = a.clone();
+    /// a.write("pears".into(), 7, &mut hlc_a)?;
+    /// a.write("apples".into(), 2, &mut hlc_a)?;
+    /// b.write("pears".into(), 5, &mut hlc_b)?;
+    /// a.merge(b);
+    /// assert_eq!(a.conflicted_keys().collect::<Vec<_>>(), ["pears"]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn conflicted_keys(&self) -> impl ExactSizeIterator<Item = &K> + '_ {
+        let mut keys: Vec<&K> = self
+            .iter()
             .filter(|(_, r)| r.is_conflicted())
             .map(|(k, _)| k)
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter()
     }
 
     /// Writes the resolved value back to every conflicted key, collapsing the siblings;
     /// returns one delta covering all of them.
     ///
-    /// One write per key: if the clock fails part way ([`Error::ClockOverflow`]), the
-    /// keys written before stay written (each is a complete write) and the error is
-    /// returned.
+    /// The keys are written in key order, one write each.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(0);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a: OrMap<String, MvRegister<u32>> = OrMap::new();
+    /// let mut b = a.clone();
+    /// a.write("stock".into(), 7, &mut hlc_a)?;
+    /// b.write("stock".into(), 5, &mut hlc_b)?;
+    /// a.merge(b.clone());
+    ///
+    /// let lowest = |s: &[&u32]| **s.iter().min().unwrap();
+    /// let delta = a.collapse(lowest, &mut hlc_a)?;
+    /// assert_eq!(a.conflicted_keys().count(), 0);
+    /// // B learns the resolution from the delta.
+    /// b.merge(delta);
+    /// assert_eq!(b.get("stock").unwrap().get(), Some(&5));
+    /// assert_eq!(a, b);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockOverflow`] or [`Error::InvalidDot`], as for [`OrMap::update`].
+    /// One write per key: if the clock fails part way, the keys written before stay
+    /// written (each is a complete write) and the error is returned.
     pub fn collapse<S: TimeSource>(
         &mut self,
         f: impl MergeFn<T>,
         hlc: &mut Hlc<S>,
     ) -> Result<Self> {
-        let fixes: Vec<(K, T)> = self
+        let mut fixes: Vec<(K, T)> = self
             .iter()
             .filter(|(_, r)| r.is_conflicted())
             .filter_map(|(k, r)| {
@@ -653,6 +1145,7 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
                     .map(|v| (k.clone(), v))
             })
             .collect();
+        fixes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut delta = OrMap::new();
         for (key, value) in fixes {
             let d = self.write(key, value, hlc)?;
@@ -665,6 +1158,28 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
 
 impl<K: Key> OrMap<K, PnCounter> {
     /// Adds `amount` (negative to subtract) to the counter at `key`; returns the delta.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(0);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a: OrMap<String, PnCounter> = OrMap::new();
+    /// let mut b = a.clone();
+    /// a.increment("apples".into(), 3, &mut hlc_a)?;
+    /// b.increment("apples".into(), 2, &mut hlc_b)?;
+    /// b.increment("apples".into(), -1, &mut hlc_b)?;
+    /// a.merge(b);
+    /// // Concurrent increments add up.
+    /// assert_eq!(a.count("apples"), 4);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`OrMap::update`]: [`Error::ClockOverflow`] or [`Error::InvalidDot`], with
+    /// nothing changed.
     pub fn increment<S: TimeSource>(
         &mut self,
         key: K,
@@ -674,8 +1189,23 @@ impl<K: Key> OrMap<K, PnCounter> {
         self.update(key, hlc, |c, op| c.add(op, amount))
     }
 
-    /// The counter's value at `key` (0 if absent).
-    pub fn count(&self, key: &K) -> i64 {
+    /// The counter's value at `key` (any borrowed form of the key type); 0 if absent.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// assert_eq!(cart.count("apples"), 3);
+    /// assert_eq!(cart.count("pears"), 0);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn count<Q>(&self, key: &Q) -> i64
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.get(key).map_or(0, PnCounter::value)
     }
 }
@@ -1135,6 +1665,31 @@ mod tests {
         assert!(m.get(&k("a")).is_none());
         m.set(k("a"), 2, &mut h).unwrap();
         assert_eq!(m.value(&k("a")), Some(&2));
+    }
+
+    #[test]
+    fn iter_walks_storage_order_and_iter_sorted_key_order() {
+        let mut h = hlc(1);
+        let mut m = Cart::new();
+        for key in ["d", "b", "a", "c"] {
+            m.increment(k(key), 1, &mut h).unwrap();
+        }
+        fn walk(m: &Cart) -> Vec<&str> {
+            m.iter().map(|(k, _)| k.as_str()).collect()
+        }
+        assert_eq!(walk(&m), ["d", "b", "a", "c"]);
+        // A removal moves the last entry into the hole.
+        m.remove("b", &mut h).unwrap();
+        assert_eq!(walk(&m), ["d", "c", "a"]);
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["d", "c", "a"]);
+        assert_eq!((&m).into_iter().len(), 3);
+        let sorted: Vec<&str> = m.iter_sorted().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(sorted, ["a", "c", "d"]);
+        // Debug output is canonical: key order.
+        assert!(
+            format!("{m:?}").starts_with(r#"OrMap { entries: {"a": "#),
+            "{m:?}"
+        );
     }
 
     #[test]

@@ -81,12 +81,44 @@ impl<T> Default for MvRegister<T> {
 
 impl<T: Data> MvRegister<T> {
     /// An empty register.
+    ///
+    /// ```
+    /// use concord::MvRegister;
+    ///
+    /// let email: MvRegister<String> = MvRegister::new();
+    /// assert_eq!(email.values().len(), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Writes `value` as `hlc`'s replica, superseding every sibling this replica has
     /// seen, and returns the delta to ship to peers.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
+    /// let mut email = MvRegister::new();
+    /// email.write("alice@old.example".to_string(), &mut hlc)?;
+    /// let delta = email.write("alice@new.example".to_string(), &mut hlc)?;
+    /// // The second write saw the first: one value left.
+    /// assert_eq!(email.get().map(String::as_str), Some("alice@new.example"));
+    /// let mut peer = MvRegister::new();
+    /// peer.merge(delta);
+    /// assert_eq!(peer, email);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error:
+    ///
+    /// * [`Error::ClockOverflow`](crate::Error::ClockOverflow) if `hlc`'s logical
+    ///   counter is exhausted within the current millisecond (it works again once wall
+    ///   time moves on);
+    /// * [`Error::InvalidDot`](crate::Error::InvalidDot) if this replica has issued the
+    ///   largest event counter allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
     pub fn write<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
@@ -98,21 +130,83 @@ impl<T: Data> MvRegister<T> {
     }
 
     /// Inside a map update: replaces every sibling with `value`, tagged with `op`.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
+    /// let mut emails: OrMap<String, MvRegister<String>> = OrMap::new();
+    /// emails.update("alice".into(), &mut hlc, |reg, op| reg.set(op, "alice@example.com".into()))?;
+    /// assert_eq!(emails.get("alice").unwrap().get().map(String::as_str), Some("alice@example.com"));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn set(&mut self, op: &Op, value: T) {
         self.siblings.assign(op.tag(), value);
     }
 
-    /// The siblings' values in canonical order (by dot). Empty if never written.
+    /// The siblings' values in canonical order (by dot), the same on every replica
+    /// that holds the same state. Empty if never written.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a = MvRegister::new();
+    /// let mut b = MvRegister::new();
+    /// a.write('x', &mut hlc_a)?;
+    /// b.write('y', &mut hlc_b)?;
+    /// b.merge(a.clone());
+    /// a.merge(b.clone());
+    /// // The same order on both sides, whichever merged first.
+    /// assert_eq!(a.values().collect::<Vec<_>>(), [&'x', &'y']);
+    /// assert_eq!(b.values().collect::<Vec<_>>(), [&'x', &'y']);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn values(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
         self.siblings.entries.iter().map(|e| &e.1)
     }
 
-    /// The siblings with the dots of the writes that made them, in canonical order.
+    /// The siblings with the dots of the writes that made them, in canonical order
+    /// (by dot): who wrote what.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+    ///
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = MvRegister::new();
+    /// let mut b = MvRegister::new();
+    /// a.write('x', &mut Hlc::new(a_id, time.clone()))?;
+    /// b.write('y', &mut Hlc::new(b_id, time.clone()))?;
+    /// a.merge(b);
+    /// let writers: Vec<_> = a.siblings().map(|(dot, v)| (dot.replica(), *v)).collect();
+    /// assert_eq!(writers, [(a_id, 'x'), (b_id, 'y')]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn siblings(&self) -> impl ExactSizeIterator<Item = (Dot, &T)> + '_ {
         self.siblings.entries.iter().map(|e| (e.0, &e.1))
     }
 
     /// The value when there is exactly one, `None` when empty or conflicted.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a = MvRegister::new();
+    /// assert_eq!(a.get(), None);
+    /// a.write(1, &mut hlc_a)?;
+    /// assert_eq!(a.get(), Some(&1));
+    /// let mut b = MvRegister::new();
+    /// b.write(2, &mut hlc_b)?;
+    /// a.merge(b);
+    /// assert_eq!(a.get(), None); // two siblings
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn get(&self) -> Option<&T> {
         match self.siblings.entries.as_slice() {
             [(_, v)] => Some(v),
@@ -121,12 +215,45 @@ impl<T: Data> MvRegister<T> {
     }
 
     /// True if concurrent writes are waiting to be resolved (two or more siblings).
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a = MvRegister::new();
+    /// let mut b = MvRegister::new();
+    /// a.write(1, &mut hlc_a)?;
+    /// b.write(2, &mut hlc_b)?;
+    /// a.merge(b);
+    /// assert!(a.is_conflicted());
+    /// a.write(3, &mut hlc_a)?; // a write that saw both
+    /// assert!(!a.is_conflicted());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn is_conflicted(&self) -> bool {
         self.siblings.len() > 1
     }
 
     /// The value an application merge function makes of the siblings: the single value
     /// as it is, or `f` over the canonical list. `None` if never written.
+    ///
+    /// ```
+    /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let mut hlc_a = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    /// let mut a = MvRegister::new();
+    /// let mut b = MvRegister::new();
+    /// a.write(3_u32, &mut hlc_a)?;
+    /// b.write(5_u32, &mut hlc_b)?;
+    /// a.merge(b);
+    /// let largest = |s: &[&u32]| **s.iter().max().unwrap();
+    /// assert_eq!(a.resolve(largest), Some(5));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn resolve(&self, f: impl MergeFn<T>) -> Option<T> {
         match self.siblings.entries.as_slice() {
             [] => None,

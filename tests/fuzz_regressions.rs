@@ -1,5 +1,5 @@
 //! Replays every input in `tests/fuzz-crashers/` through the fuzz targets' own code
-//! (`fuzz/src/lib.rs`, included below): crash inputs the fuzzer found, and hand-made
+//! (`tests/fuzz_harness/mod.rs`, included below): crash inputs the fuzzer found, and hand-made
 //! hostile inputs. A file `<target>-<name>` goes to target `decode`, `apply` or
 //! `converge`; see `tests/fuzz-crashers/README.md`.
 //!
@@ -10,7 +10,7 @@
 //! Inputs that still expose an open bug are listed in [`OPEN_BUGS`] and replayed by
 //! the ignored test `open_bugs_are_fixed` (`cargo test -- --ignored` shows them).
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "fuzz_harness/mod.rs"]
 mod harness;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

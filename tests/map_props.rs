@@ -1419,9 +1419,10 @@ fn mv_values(m: &Mv, key: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The keys of the nested map at `key`, in key order.
 fn inner_keys(m: &Doc, key: &str) -> Vec<String> {
     m.get(&k(key))
-        .map(|inner| inner.keys().cloned().collect())
+        .map(|inner| inner.iter_sorted().map(|(k, _)| k.clone()).collect())
         .unwrap_or_default()
 }
 

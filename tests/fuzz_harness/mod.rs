@@ -1,6 +1,8 @@
 //! The fuzz harness: one function per target, shared by the cargo-fuzz targets
-//! (`fuzz/fuzz_targets/*.rs`) and by `tests/fuzz_regressions.rs`, which replays every
-//! input in `tests/fuzz-crashers/` through the same code.
+//! (`fuzz/fuzz_targets/*.rs`, which build this file as the `concord_fuzz` library) and
+//! by `tests/fuzz_regressions.rs`, which replays every input in `tests/fuzz-crashers/`
+//! through the same code. It lives under `tests/` so that the published crate ships it
+//! and its packaged tests still compile and replay the crashers.
 //!
 //! Each function panics exactly when it finds a bug: a panic inside concord, or a
 //! broken invariant (a rejected message that changed the state, replicas that do not
