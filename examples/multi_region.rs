@@ -1154,8 +1154,8 @@ fn main() -> Result<()> {
         "            (an HTTP header, say): {token:?} ({} bytes: node.counter pairs)",
         token.len()
     );
-    let carried = VectorClock::from_token(&token)?;
-    println!("            it reads {}", clock(&carried));
+    let carried = CausalContext::from_token(&token)?;
+    println!("            it reads {}", context(&carried));
     match world.profiles.at[AP].read(&carried) {
         Err(e @ Error::NotCaughtUp { .. }) => {
             println!("  {}  read at ap-south refused: {e}", world.now())

@@ -112,7 +112,7 @@ pub enum Error {
 
     /// A read with a session token was refused: this replica has not yet seen every
     /// write the token names (it lags by `missing` events).
-    #[error("replica has not caught up with the session token ({missing} events missing)")]
+    #[error("replica has not caught up with the session token (events missing: {missing})")]
     NotCaughtUp {
         /// How many events named by the token this replica has not seen.
         missing: u64,

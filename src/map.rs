@@ -727,7 +727,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// assert_eq!(cart.pending_removals(), 1);
     ///
     /// // Every peer has acknowledged everything: the log is released.
-    /// let stable = cart.context().clock();
+    /// let stable = cart.context().clone();
     /// cart.prune(&stable);
     /// assert_eq!(cart.pending_removals(), 0);
     /// # Ok::<(), concord::Error>(())

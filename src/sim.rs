@@ -473,6 +473,11 @@ impl<T: Crdt + Default> Sim<T> {
                 self.crashed_writes.push((dot, holders));
             }
         }
+        // Dots above the lease never left the crashed engine: issuing them again is
+        // harmless (nobody holds the old ones), so they no longer count as issued.
+        let leased = self.nodes[i].lease.get();
+        self.issued
+            .retain(|d| d.replica() != me || d.counter() <= leased);
         let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
         let config = self.config.clone().incarnation(boot);
         let from_older = self.rng.percent(50);

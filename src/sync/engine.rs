@@ -61,8 +61,13 @@ pub struct Config {
     /// The newest protocol version to speak (default [`PROTOCOL_VERSION`]); set it to
     /// an older one to hold a node back during a rolling upgrade.
     pub protocol_version: u32,
-    /// How many counters one lease extension grants (see [`LeaseStore`]): the lease
-    /// store is written once per this many local events.
+    /// How many counters one lease extension grants (see [`LeaseStore`]). With 1 (the
+    /// default) the lease records exactly the highest counter that has left the
+    /// engine, written at most once per outgoing batch of deltas, and a restart
+    /// leaves a gap in the node's own context only for writes it sent and then lost.
+    /// A larger block writes the lease less often, but each restart then leaves the
+    /// unused rest of a block as a gap that never closes (a few bytes in every
+    /// context, per restart).
     pub lease_block: u64,
     /// How long the driver waits for an acknowledgement before it resends, in
     /// milliseconds (doubled after every resend, up to `max_retransmit_ms`).
@@ -92,8 +97,8 @@ impl Default for Config {
             max_offset_ms: crate::hlc::DEFAULT_MAX_OFFSET_MS,
             max_peers: 64,
             protocol_version: PROTOCOL_VERSION,
-            lease_block: 1024,
-            retransmit_ms: 200,
+            lease_block: 1,
+            retransmit_ms: 1_000,
             max_retransmit_ms: 10_000,
             heartbeat_ms: 1_000,
             anti_entropy_ms: 30_000,
@@ -377,19 +382,23 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// ```
     /// use concord::sync::{Config, MemoryLease, SyncEngine};
-    /// use concord::{ManualClock, OrMap, LwwRegister, ReplicaId};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
     ///
-    /// let node = ReplicaId::from_u128(7);
+    /// let (node, peer) = (ReplicaId::from_u128(7), ReplicaId::from_u128(8));
     /// let lease = MemoryLease::new();
     /// let time = ManualClock::new(1_000);
-    /// let mut engine = SyncEngine::new(node, OrMap::<String, LwwRegister<u8>>::new(), time.clone(), Config::default())
-    ///     .with_lease(lease.clone())?;
+    /// let config = Config::with_peers([peer]);
+    /// let state = OrMap::<String, LwwRegister<u8>>::new();
+    /// let mut engine =
+    ///     SyncEngine::new(node, state, time.clone(), config.clone()).with_lease(lease.clone())?;
     /// let snapshot = engine.snapshot(); // persisted before the write below
     /// let first = engine.update(|m, hlc| m.set("a".into(), 1, hlc))?.dot.unwrap();
     /// assert_eq!(first.replica(), node);
+    /// let _to_peer = engine.sync_with(peer)?; // the write leaves: the lease records it
+    /// assert_eq!(lease.get(), first.counter());
     ///
     /// // Crash; restart from the older snapshot with the same lease.
-    /// let mut engine = SyncEngine::restore(snapshot, time, Config::default())?.with_lease(lease)?;
+    /// let mut engine = SyncEngine::restore(snapshot, time, config)?.with_lease(lease)?;
     /// let second = engine.update(|m, hlc| m.set("b".into(), 2, hlc))?.dot.unwrap();
     /// assert_eq!(second.replica(), node);
     /// assert!(second.counter() > first.counter()); // never the same dot twice
@@ -409,9 +418,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             });
         }
         let granted = store.load()?;
-        let floor = granted.max(self.state.context().max_counter(self.node));
+        let held = self.state.context().max_counter(self.node);
+        if self.config.protocol_version < 2 && granted > held {
+            // Writing above the lease would leave a gap in the node's entry, and a
+            // version-1 acknowledgement cannot name writes past a gap (they would be
+            // resent forever): while held back to version 1, a node restored from an
+            // older snapshot keeps the fresh writer id instead, as before leases.
+            self.lease = Some(Lease { store, granted });
+            return Ok(self);
+        }
         self.hlc.set_replica(self.node);
-        self.hlc.set_counter_floor(floor);
+        self.hlc.set_counter_floor(granted.max(held));
         self.lease = Some(Lease { store, granted });
         Ok(self)
     }
@@ -579,9 +596,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::ReadOnly`] on a follower; [`Error::Lease`] if the lease must grow and
-    /// cannot (nothing changed); whatever `f` returns (the mutators fail only before
-    /// changing anything).
+    /// [`Error::ReadOnly`] on a follower; whatever `f` returns (the mutators fail only
+    /// before changing anything). The lease is not written here: it is extended
+    /// before the write's dots leave the engine (a failing lease store holds deltas
+    /// back and shows as lag, never as a lost write).
     pub fn update<R>(
         &mut self,
         f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<R>,
@@ -595,14 +613,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .context()
             .max_counter(me)
             .max(self.hlc.counter_floor());
-        self.ensure_lease(before + 1)?;
         let delta = f(&mut self.state, &mut self.hlc)?;
         let after = self.state.context().max_counter(me).max(before);
         if after > before {
-            // A write that issued more dots than the lease had left: extend it now,
-            // before any message can carry them. If that fails, messages wait until
-            // it succeeds (see `lease_covers_issued`).
-            let _ = self.ensure_lease(after);
             let now = self.hlc.now_ms();
             self.counters.writes += after - before;
             self.write_times.push_back((after, now));
@@ -618,7 +631,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// True if every dot this replica issued is under its durable lease (always
-    /// without a lease): only then may its state leave the engine.
+    /// without a lease), extending the lease if needed: only then may deltas leave the
+    /// engine. A snapshot needs no lease: restored, the engine continues above the
+    /// snapshot's own dots too.
     fn lease_covers_issued(&mut self) -> bool {
         let me = self.hlc.replica();
         let held = self.state.context().max_counter(me);
@@ -937,7 +952,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         // nothing). A new boot was restored from a snapshot and may hold less than its
         // predecessor acknowledged: its context replaces the old one, and everything
         // in flight to the old boot is forgotten.
-        let before = peer.acked.clone();
+        let before = peer.acked.intersection(&peer.offered);
+        // Heard again after a silence longer than the resend timeout (a healed
+        // partition, a restarted link): what is still unacknowledged goes again now,
+        // not after the backed-off timer.
+        let quiet_ms = 2 * self.config.heartbeat_ms;
+        let silent = peer
+            .last_heard_ms
+            .is_none_or(|t| now.saturating_sub(t) > quiet_ms);
         if peer.boot == Some(msg.inc) {
             peer.acked.merge_ref(&msg.seen);
         } else {
@@ -948,7 +970,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.inbound = None;
             peer.deadline = None;
         }
-        let progressed = peer.acked != before;
+        let progressed = !before.includes(&peer.acked.intersection(&peer.offered));
+        if silent && !peer.acked.includes(&peer.offered) {
+            peer.offered = peer.acked.clone();
+            peer.out = None;
+            peer.deadline = None;
+            peer.rto = retransmit_ms;
+        }
         peer.offered.merge_ref(&peer.acked);
         peer.vmax = Some(msg.vmax);
         peer.last_heard_ms = Some(now);
@@ -988,6 +1016,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if driver {
             if wants_answer && peer.out.is_none() {
                 peer.offered = peer.acked.clone();
+                // An explicit question is answered at once, relays included.
+                peer.relay_since = Some(0);
             }
             peer.owe_ack |= had_delta || wants_answer;
             peer.owe_restart |= skip;
@@ -1052,17 +1082,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
     }
 
-    /// A session token for a client: the version vector of what it has written or
-    /// read here. Hand it to any replica with [`SyncEngine::can_serve`] or
-    /// [`SyncEngine::read`] for read-your-writes and monotonic reads; its compact
-    /// text form ([`VectorClock::to_token`]) fits an HTTP header.
-    pub fn token(&self) -> VectorClock {
-        self.clock()
+    /// A session token for a client: every write it has seen here (this replica's
+    /// causal context). Hand it to any replica with [`SyncEngine::can_serve`] or
+    /// [`SyncEngine::read`] for read-your-writes and monotonic reads; its compact text
+    /// form ([`CausalContext::to_token`]) fits an HTTP header. It is a context, not a
+    /// version vector, so it names writes past a gap too (a node restored from an
+    /// older snapshot writes past one).
+    pub fn token(&self) -> CausalContext {
+        self.state.context().clone()
     }
 
     /// True if this replica has seen every write `token` names.
-    pub fn can_serve(&self, token: &VectorClock) -> bool {
-        self.state.context().covers(token)
+    pub fn can_serve(&self, token: &CausalContext) -> bool {
+        self.state.context().includes(token)
     }
 
     /// The state, if this replica has seen every write `token` names.
@@ -1070,12 +1102,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// # Errors
     ///
     /// [`Error::NotCaughtUp`] with how many events it still lacks.
-    pub fn read(&self, token: &VectorClock) -> Result<&T> {
+    pub fn read(&self, token: &CausalContext) -> Result<&T> {
         if self.can_serve(token) {
             return Ok(&self.state);
         }
-        let wanted = CausalContext::from(token);
-        let missing = wanted.minus(self.state.context()).dot_count();
+        let missing = token.minus(self.state.context()).dot_count();
         Err(Error::NotCaughtUp { missing })
     }
 
@@ -1177,6 +1208,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                     p.deadline,
                     Some(p.last_sent_ms.map_or(0, |t| t + hb)),
                     Some(p.next_anti_entropy_ms.unwrap_or(0)),
+                    p.relay_since.map(|t| t.saturating_add(2 * hb)),
                 ]
             })
             .flatten()
@@ -1211,7 +1243,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             if let Some(bytes) = self.next_chunk(id, v) {
                 return Some(bytes);
             }
-        } else if heard && !p.offered.includes(self.state.context()) && self.lease_covers_issued() {
+        } else if heard && self.delta_due(id, now) && self.lease_covers_issued() {
             if let Some(bytes) = self.send_delta(id, v) {
                 return Some(bytes);
             }
@@ -1241,6 +1273,28 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Some(crate::wire::encode(&msg))
     }
 
+    /// True if `id` lacks something it should be sent now: this replica's own writes
+    /// at once; other replicas' writes (which their authors send too) only once the
+    /// peer has lacked them for two heartbeats, so that in a full mesh a write
+    /// travels once per link rather than once per path.
+    fn delta_due(&mut self, id: ReplicaId, now: u64) -> bool {
+        let relay_ms = 2 * self.config.heartbeat_ms;
+        let ctx = self.state.context();
+        let own = ctx.only(self.hlc.replica());
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        if p.offered.includes(ctx) {
+            p.relay_since = None;
+            return false;
+        }
+        if !p.offered.includes(&own) {
+            return true;
+        }
+        let since = *p.relay_since.get_or_insert(now);
+        now >= since.saturating_add(relay_ms)
+    }
+
     /// Sends the delta a peer lacks in one message, or starts a chunked stream if it is
     /// too large for one.
     fn send_delta(&mut self, id: ReplicaId, v: u32) -> Option<Vec<u8>> {
@@ -1267,6 +1321,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let bytes = crate::wire::encode(&msg);
         let p = self.peers.get_mut(&id)?;
         p.offered.merge_ref(&ctx);
+        p.relay_since = None;
         p.deadline.get_or_insert(now + p.rto);
         p.last_sent_ms = Some(now);
         p.owe_ack = false;

@@ -4,22 +4,29 @@
 //! A node stamps its writes with dots `(node, 1)`, `(node, 2)`, …. Restored from a
 //! snapshot that is older than its last write, it must not issue a counter again that
 //! it issued before the crash: peers may hold those dots with other values. Before
-//! any of its dots can leave the engine, the engine durably records an upper bound on
-//! the counters it may have issued (the *lease*), a block at a time; after a restart
-//! it continues above the lease. The counters between the snapshot and the lease
-//! form a gap that the node never marks as seen: peers that hold writes from it send
-//! them back, and what nobody holds is simply never seen (acknowledgements are causal
-//! contexts, so the gap costs a few bytes, not a resend of everything after it).
+//! any of its dots can leave the engine in a delta, the engine durably records the
+//! highest counter it has issued (the *lease*; with [`Config::lease_block`] above 1, a
+//! block ahead); after a restart it continues above both the lease and the restored
+//! snapshot. The counters between the snapshot and the lease were sent to someone:
+//! the node never marks them as seen, peers that hold them send them back, and what
+//! nobody received stays a gap (acknowledgements are causal contexts, so a gap costs
+//! a few bytes, not a resend of everything after it). Only a crash that loses sent,
+//! unacknowledged writes leaves such a gap.
+//!
+//! [`Config::lease_block`]: crate::sync::Config::lease_block
 //!
 //! Failure cases, and what they cost:
 //!
 //! * The lease store is lost with the snapshot kept (a new disk with an old backup):
 //!   restore without a lease. The engine then writes under a fresh random id (a
 //!   *disaster restore*), one more version-vector entry, as safe as before.
-//! * The lease store fails to write: the write that needed it fails with
-//!   [`Error::Lease`] and nothing changed; writes succeed again once it works.
-//! * The lease is ahead of anything issued (a crash right after a block was granted):
-//!   the node skips the unused counters, at no cost.
+//! * The lease store fails to write: local writes still succeed, but their deltas
+//!   stay in the engine (visible as lag) until a lease write succeeds.
+//! * A snapshot newer than the lease is discarded and an older one restored, and
+//!   later that newer snapshot is restored again: its unsent writes may share dots
+//!   with writes made in between. Restore the newest snapshot you have.
+//! * The lease is ahead of anything issued (a block was granted with
+//!   `lease_block` above 1): the node skips the unused counters, which stay a gap.
 //!
 //! [`FileLease`] is the default store (one small file, replaced atomically and
 //! fsynced); [`MemoryLease`] is for tests and the simulator.

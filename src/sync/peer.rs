@@ -46,6 +46,8 @@ pub(crate) struct Peer {
     pub(crate) last_sent_ms: Option<u64>,
     /// When the next anti-entropy opener is due (`None`: now).
     pub(crate) next_anti_entropy_ms: Option<u64>,
+    /// Since when it has lacked other replicas' writes (relayed after a delay).
+    pub(crate) relay_since: Option<u64>,
     /// When what was offered is resent if still unacknowledged.
     pub(crate) deadline: Option<u64>,
     /// The current retransmission timeout.
@@ -70,6 +72,7 @@ impl Peer {
             last_heard_ms: None,
             last_sent_ms: None,
             next_anti_entropy_ms: None,
+            relay_since: None,
             deadline: None,
             rto,
             owe_ack: false,
