@@ -331,7 +331,7 @@ impl<V: Show> Replicated for Table<V> {
     }
 
     fn save(&mut self, r: usize) {
-        self.saved[r] = Some(self.at[r].snapshot());
+        self.saved[r] = Some(self.at[r].snapshot().unwrap());
     }
 
     fn restart(&mut self, r: usize, time: &ManualClock) -> Result<()> {

@@ -379,7 +379,7 @@ impl<T: Crdt + Default> Sim<T> {
             Action::Snapshot { node } => {
                 let node = &mut self.nodes[node % n];
                 node.older = node.snapshot.take();
-                node.snapshot = Some(node.engine.snapshot());
+                node.snapshot = Some(node.engine.snapshot().expect("a memory lease never fails"));
             }
             Action::Crash { node } => self.crash(node % n),
             Action::Advance { ms } => {

@@ -207,13 +207,13 @@ fn ten_thousand_restarts_keep_one_identity_and_flat_messages() {
     let mut net = Net::new(2, |c| c);
     net.run(10, |_, _| false);
     let mut first_size = None;
-    let mut snapshot = net.engines[0].snapshot();
+    let mut snapshot = net.engines[0].snapshot().unwrap();
     for cycle in 0..restart_cycles() {
         // Restart node 1 from its last snapshot (every tenth time from an older one)
         // with its lease.
         let older = cycle % 10 == 9;
         if !older {
-            snapshot = net.engines[0].snapshot();
+            snapshot = net.engines[0].snapshot().unwrap();
         }
         let config = Config::with_peers([id(1), id(2)]);
         net.engines[0] = SyncEngine::restore(snapshot.clone(), net.time.clone(), config)
@@ -252,7 +252,7 @@ fn ten_thousand_restarts_keep_one_identity_and_flat_messages() {
 fn writes_in_the_leased_gap_survive_a_partitioned_peer() {
     let mut net = Net::new(3, |c| c.lease_block(4));
     net.run(10, |_, _| false);
-    let old = net.engines[0].snapshot();
+    let old = net.engines[0].snapshot().unwrap();
     for k in 0..10 {
         net.write(0, &format!("lost-{k}"), k);
     }

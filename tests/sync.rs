@@ -95,7 +95,7 @@ fn fingerprint<T: Crdt>(e: &mut Engine<T>) -> Fingerprint<T> {
             .map(|p| (p.peer, p.acked.clone()))
             .collect(),
         lag: metrics.peers.iter().map(|p| p.lag).collect(),
-        hlc_last: e.snapshot().hlc_last,
+        hlc_last: e.snapshot().unwrap().hlc_last,
         received: metrics.messages_received,
         writes: metrics.writes,
     }
@@ -361,7 +361,7 @@ fn restore_from_an_older_snapshot_does_not_reuse_dots() {
     put(&mut a, "k1", 1);
     put(&mut a, "k0", 9);
     session(&mut a, &mut b);
-    let snapshot = a.snapshot();
+    let snapshot = a.snapshot().unwrap();
     let snapshot_json = serde_json::to_string(&snapshot).unwrap();
 
     // After the snapshot: a write and an overwrite, replicated to B. (A removal is
@@ -423,7 +423,7 @@ fn a_removal_replicated_before_a_crash_is_not_lost() {
     }
     put(&mut a, "doomed", 9);
     session(&mut a, &mut b);
-    let snapshot = a.snapshot();
+    let snapshot = a.snapshot().unwrap();
     a.update(|m, hlc| m.remove(&"doomed".to_string(), hlc))
         .unwrap();
     session(&mut a, &mut b);
@@ -441,7 +441,7 @@ fn restoring_with_an_incarnation_that_already_wrote_is_refused() {
     let time = ManualClock::new(START_MS);
     let mut a = engine(1, &[2], &time);
     put(&mut a, "k", 1);
-    let snapshot = a.snapshot();
+    let snapshot = a.snapshot().unwrap();
     let err = SyncEngine::restore(snapshot.clone(), time.clone(), config(1, &[2])).unwrap_err();
     assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err:?}");
 
@@ -454,7 +454,7 @@ fn restoring_with_an_incarnation_that_already_wrote_is_refused() {
     .unwrap();
     put(&mut a, "k", 2);
     let err = SyncEngine::restore(
-        a.snapshot(),
+        a.snapshot().unwrap(),
         time.clone(),
         Config::with_peers([node(2)]).incarnation(incarnation(1, 2)),
     )
@@ -462,7 +462,7 @@ fn restoring_with_an_incarnation_that_already_wrote_is_refused() {
     assert!(matches!(err, Error::InvalidSnapshot { .. }), "{err:?}");
     // An unused incarnation is fine.
     let a = SyncEngine::restore(
-        a.snapshot(),
+        a.snapshot().unwrap(),
         time.clone(),
         Config::with_peers([node(2)]).incarnation(incarnation(1, 3)),
     )

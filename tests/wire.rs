@@ -338,7 +338,7 @@ fn engine_snapshot() {
     a.receive(ack).unwrap();
     a.update(|m, hlc| m.write("k".into(), "w".into(), hlc))
         .unwrap();
-    let snapshot: Snapshot<MvMap> = a.snapshot();
+    let snapshot: Snapshot<MvMap> = a.snapshot().unwrap();
     golden_value("engine_snapshot", &snapshot);
     // A snapshot written by the first release (acknowledgements as version vectors)
     // still restores, with the same acknowledgements.

@@ -21,7 +21,7 @@ impl Clone for Replica {
     /// A copy through a snapshot, restored as a new incarnation (as a real restart
     /// would be): the benches clone outside the timed part.
     fn clone(&self) -> Self {
-        let engine = SyncEngine::restore(self.engine.snapshot(), time(), config(None))
+        let engine = SyncEngine::restore(self.engine.snapshot().unwrap(), time(), config(None))
             .expect("a snapshot restores");
         Replica { engine }
     }
@@ -59,7 +59,7 @@ impl Peer for Concord {
 
     fn fork(r: &mut Replica, actor: u64) -> Replica {
         // The fork knows it shares the state with everyone (as after a sync).
-        let clock = r.engine.clock();
+        let clock = r.engine.context().clone();
         let snapshot = Snapshot {
             node: node(actor),
             peers: [ACTOR_BASE, ACTOR_A, ACTOR_B]
@@ -67,7 +67,7 @@ impl Peer for Concord {
                 .filter(|a| *a != actor)
                 .map(|a| (node(a), clock.clone()))
                 .collect(),
-            ..r.engine.snapshot()
+            ..r.engine.snapshot().unwrap()
         };
         let engine = SyncEngine::restore(snapshot, time(), config(None)).expect("fork restores");
         Replica { engine }

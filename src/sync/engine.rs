@@ -391,7 +391,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let state = OrMap::<String, LwwRegister<u8>>::new();
     /// let mut engine =
     ///     SyncEngine::new(node, state, time.clone(), config.clone()).with_lease(lease.clone())?;
-    /// let snapshot = engine.snapshot(); // persisted before the write below
+    /// let snapshot = engine.snapshot()?; // persisted before the write below
     /// let first = engine.update(|m, hlc| m.set("a".into(), 1, hlc))?.dot.unwrap();
     /// assert_eq!(first.replica(), node);
     /// let _to_peer = engine.sync_with(peer)?; // the write leaves: the lease records it
@@ -475,9 +475,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// The durable part of this replica: persist it, and [`SyncEngine::restore`] it
-    /// after a restart.
-    pub fn snapshot(&self) -> Snapshot<T> {
-        Snapshot {
+    /// after a restart. With a lease, the writes the snapshot holds are recorded in
+    /// the lease first, so restoring any snapshot, newest or not, in any order, never
+    /// issues one of their dots again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lease`] if the lease must grow and cannot.
+    pub fn snapshot(&mut self) -> Result<Snapshot<T>> {
+        let held = self.state.context().max_counter(self.hlc.replica());
+        self.ensure_lease(held)?;
+        Ok(Snapshot {
             node: self.node,
             role: self.role,
             state: self.state.clone(),
@@ -487,7 +495,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 .map(|(id, p)| (*id, p.acked.clone()))
                 .collect(),
             hlc_last: self.hlc.last(),
-        }
+        })
     }
 
     /// This replica's node id.
@@ -632,8 +640,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
 
     /// True if every dot this replica issued is under its durable lease (always
     /// without a lease), extending the lease if needed: only then may deltas leave the
-    /// engine. A snapshot needs no lease: restored, the engine continues above the
-    /// snapshot's own dots too.
+    /// engine (snapshots extend it too).
     fn lease_covers_issued(&mut self) -> bool {
         let me = self.hlc.replica();
         let held = self.state.context().max_counter(me);
@@ -1308,24 +1315,35 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         } else {
             p.acked.clone()
         };
-        let delta = self.state.delta_since_offered(&against, &p.acked);
         let ctx = self.state.context().clone();
-        if delta.context().is_empty() {
-            self.peers.get_mut(&id)?.offered.merge_ref(&ctx);
-            return None;
-        }
-        let mut msg = self.envelope(id, v, Some(delta), true);
-        if v < 2 {
-            msg.base = against;
-        }
-        let bytes = crate::wire::encode(&msg);
+        // A delta with more new dots than the limit has room for (an entry takes more
+        // than 8 bytes) goes straight to a chunked stream, so a catch-up never holds
+        // a copy of the state or its encoding: extra memory stays O(message size).
+        let new_dots = ctx.minus(&against).dot_count();
+        let surely_large = v >= 2 && new_dots > (self.config.max_message_bytes / 8) as u64;
+        let bytes = if surely_large {
+            None
+        } else {
+            let delta = self.state.delta_since_offered(&against, &p.acked);
+            if delta.context().is_empty() {
+                self.peers.get_mut(&id)?.offered.merge_ref(&ctx);
+                return None;
+            }
+            let mut msg = self.envelope(id, v, Some(delta), true);
+            // The removals left out assume the peer holds what it acknowledged: a peer
+            // restored from an older snapshot since then skips the delta and says what
+            // it holds (without this, it could learn a removal's dot without the
+            // removal and keep the removed value for good).
+            msg.base = p.acked.clone();
+            Some(crate::wire::encode(&msg))
+        };
         let p = self.peers.get_mut(&id)?;
         p.offered.merge_ref(&ctx);
         p.relay_since = None;
         p.deadline.get_or_insert(now + p.rto);
         p.last_sent_ms = Some(now);
         p.owe_ack = false;
-        if bytes.len() <= self.config.max_message_bytes || v < 2 {
+        if let Some(bytes) = bytes.filter(|b| b.len() <= self.config.max_message_bytes || v < 2) {
             return Some(bytes);
         }
         // Too large: a stream of chunks from what the peer is known to hold.
@@ -1360,6 +1378,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             let piece = self.state.delta_chunk(&seen, &upto, &mut cursor, items);
             let last = cursor.is_done();
             let mut msg = self.envelope(id, v, Some(piece), true);
+            msg.base = seen.clone();
             msg.chunk = Some(Chunk {
                 stream,
                 index,

@@ -118,7 +118,7 @@ struct Fingerprint {
 fn fingerprint(e: &mut SyncEngine<Map, ManualClock>) -> Fingerprint {
     let metrics = e.metrics();
     Fingerprint {
-        snapshot: e.snapshot(),
+        snapshot: e.snapshot().unwrap(),
         clock: e.clock(),
         received: metrics.messages_received,
         sent: metrics.messages_sent,
@@ -200,7 +200,7 @@ fn check_alive(b: &mut SyncEngine<Map, ManualClock>, reply: Option<&Message<Map>
         "the receiver's write did not reach its peer in a session"
     );
 
-    let snapshot = b.snapshot();
+    let snapshot = b.snapshot().unwrap();
     let json = serde_json::to_vec(&snapshot).expect("snapshots serialize");
     let back: Snapshot<Map> = serde_json::from_slice(&json)
         .unwrap_or_else(|e| panic!("snapshot does not deserialize: {e}"));
