@@ -54,7 +54,7 @@ fn main() -> std::io::Result<()> {
         ("decode-not-utf8", b"{\"v\":1,\"from\":\"\xff\xfe\"}".to_vec()),
         ("decode-bad-uuid", valid.replacen(A, "not-a-uuid", 1).into_bytes()),
         ("decode-huge-version", valid.replacen("\"v\":1", "\"v\":4294967296", 1).into_bytes()),
-        ("decode-unknown-version", valid.replacen("\"v\":1", "\"v\":2", 1).into_bytes()),
+        ("decode-unknown-version", valid.replacen("\"v\":1", "\"v\":3", 1).into_bytes()),
         (
             "decode-deeply-nested-arrays",
             format!(
