@@ -116,7 +116,7 @@ impl fmt::Display for Timestamp {
 pub trait TimeSource: Send {
     /// The current time in milliseconds since the Unix epoch. It may jump backwards; the
     /// clock stays monotonic regardless.
-    fn now_ms(&mut self) -> u64;
+    fn now_ms(&self) -> u64;
 }
 
 /// The system's wall clock (via `chrono`).
@@ -124,7 +124,7 @@ pub trait TimeSource: Send {
 pub struct SystemClock;
 
 impl TimeSource for SystemClock {
-    fn now_ms(&mut self) -> u64 {
+    fn now_ms(&self) -> u64 {
         // A system clock set before 1970 reads as the epoch.
         u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
     }
@@ -177,7 +177,7 @@ impl ManualClock {
 }
 
 impl TimeSource for ManualClock {
-    fn now_ms(&mut self) -> u64 {
+    fn now_ms(&self) -> u64 {
         self.now()
     }
 }
@@ -250,7 +250,7 @@ impl<S: TimeSource> Hlc<S> {
     }
 
     /// Reads the wall clock of the time source (milliseconds since the Unix epoch).
-    pub fn now_ms(&mut self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         self.source.now_ms()
     }
 

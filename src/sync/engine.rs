@@ -1118,7 +1118,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// Lag towards `peer`.
-    pub fn lag(&mut self, peer: ReplicaId) -> Option<PeerLag> {
+    pub fn lag(&self, peer: ReplicaId) -> Option<PeerLag> {
         let now = self.hlc.now_ms();
         let me = self.hlc.replica();
         let p = self.peers.get(&peer)?;
@@ -1137,7 +1137,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// A serializable snapshot of counters and lag.
-    pub fn metrics(&mut self) -> Metrics {
+    pub fn metrics(&self) -> Metrics {
         let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
         let peers = ids
             .into_iter()
@@ -1193,6 +1193,22 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     // ----- the driver -------------------------------------------------------------
+
+    /// The current time of the engine's time source, in milliseconds: the clock that
+    /// [`SyncEngine::poll_timeout`]'s deadlines are in.
+    pub fn now_ms(&self) -> u64 {
+        self.hlc.now_ms()
+    }
+
+    /// True if every peer has acknowledged everything this replica holds and no
+    /// catch-up is under way: nothing but heartbeats and anti-entropy is left to send
+    /// ([`SyncEngine::poll_timeout`] always has a next heartbeat).
+    pub fn is_idle(&self) -> bool {
+        let ctx = self.state.context();
+        self.peers
+            .values()
+            .all(|p| p.acked.includes(ctx) && p.out.is_none())
+    }
 
     /// Handles the passing of time: resends what went unacknowledged for the
     /// retransmission timeout (with exponential backoff). Call it when
