@@ -192,6 +192,14 @@ fn check_alive(b: &mut SyncEngine<Map, ManualClock>, reply: Option<&Message<Map>
         match at.receive(msg) {
             Ok(received) => next = received.reply,
             Err(Error::TooManyEntries { .. } | Error::TooManySiblings { .. }) => refused = true,
+            // A message forged in A's name can plant dots of A's own writer at B (B
+            // cannot tell them from A's real writes); A then rightly refuses B's
+            // state, which names writes A never issued. (Bounding such claims is the
+            // context-poisoning item of the codec issue.)
+            Err(Error::InvalidDot {
+                reason: "a write of this replica that it never issued",
+                ..
+            }) => refused = true,
             Err(e) => panic!("after the message, the receiver's session fails: {e}"),
         }
     }
