@@ -714,29 +714,6 @@ impl CausalContext {
         CausalContext { seen }
     }
 
-    /// Iterates over the dots seen here that come after `after` in (replica, counter)
-    /// order (all of them for `None`): a resumable walk over a large context.
-    pub(crate) fn dots_after(&self, after: Option<Dot>) -> impl Iterator<Item = Dot> + '_ {
-        use std::ops::Bound;
-        let (start, floor) = match after {
-            Some(d) => (Bound::Included(d.replica()), Some(d)),
-            None => (Bound::Unbounded, None),
-        };
-        self.seen
-            .range((start, Bound::Unbounded))
-            .flat_map(move |(r, ranges)| {
-                let min = match floor {
-                    Some(d) if d.replica() == *r => d.counter().saturating_add(1),
-                    _ => 1,
-                };
-                let i = ranges.0.partition_point(|x| x.1 < min);
-                ranges.0[i..]
-                    .iter()
-                    .flat_map(move |&(lo, hi)| lo.max(min)..=hi)
-                    .map(move |n| Dot::new(*r, n))
-            })
-    }
-
     /// The compact text form of this context, for a session token in an HTTP header
     /// or a cookie: per replica, its id and its ranges in base 64 (URL-safe), `~`
     /// between replicas, `.` before each range; a range is `:hi` (events 1 to `hi`,

@@ -1465,25 +1465,39 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 1 {
             // Dots removed here: those the peer never saw, and (below the floor) those
-            // it may hold alive.
-            let mut last: Option<Dot> = None;
+            // it may hold alive. Computed on ranges, so a long run of removed dots
+            // costs one item and no walk over its dots.
+            let mut live: Vec<Dot> = self.index.keys().copied().collect();
+            live.sort_unstable();
+            let mut held = CausalContext::new();
+            for d in live {
+                held.insert(d);
+            }
+            let candidates = if cursor.full {
+                upto.clone()
+            } else {
+                upto.minus(seen)
+            };
+            let dead = candidates.minus(&held);
             let mut finished = true;
-            for d in upto.dots_after(cursor.dot) {
-                if items >= max_items {
-                    finished = false;
-                    break;
-                }
-                cursor.dot = Some(d);
-                if self.index.contains_key(&d) || (seen.contains(d) && !cursor.full) {
-                    continue;
-                }
-                out.ctx.insert(d);
-                let extends = last
-                    .is_some_and(|l| l.replica() == d.replica() && l.counter() + 1 == d.counter());
-                if !extends {
+            'walk: for (r, ranges) in dead.ranges() {
+                for &(lo, hi) in ranges {
+                    let lo = match cursor.dot {
+                        Some(d) if r < d.replica() => continue,
+                        Some(d) if r == d.replica() => lo.max(d.counter().saturating_add(1)),
+                        _ => lo,
+                    };
+                    if lo > hi {
+                        continue;
+                    }
+                    if items >= max_items {
+                        finished = false;
+                        break 'walk;
+                    }
+                    out.ctx.insert_range(r, lo, hi);
                     items += 1;
+                    cursor.dot = Some(Dot::new(r, hi));
                 }
-                last = Some(d);
             }
             if finished {
                 cursor.phase = 2;

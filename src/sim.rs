@@ -161,7 +161,7 @@ pub enum Action<W> {
         node: usize,
     },
     /// `node` crashes, losing everything since its last snapshot, and restarts from it
-    /// (or, every other time, from the snapshot before that) with its counter lease,
+    /// (or, half the time at random, from the snapshot before that) with its counter lease,
     /// under the same node id.
     Crash {
         /// The node.

@@ -137,7 +137,7 @@ fn a_dropped_push_is_resent_by_the_driver_alone() {
 }
 
 #[test]
-fn a_dropped_answer_is_resent_and_answers_are_acknowledged() {
+fn a_dropped_delta_of_many_writes_is_resent_and_then_only_news_are_sent() {
     let mut net = Net::new(2, |c| c);
     net.run(10, |_, _| false);
     for k in 0..200 {
@@ -347,4 +347,256 @@ fn restart_cycles() -> u32 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000)
+}
+
+/// A delta computed for a peer's previous boot (it restarted meanwhile from its latest
+/// snapshot) is skipped, not merged: merged, it would carry the dot of an overwrite
+/// without the overwrite, and the restarted peer would keep the old value for good.
+#[test]
+fn a_delta_for_a_previous_boot_is_not_merged() {
+    let mut net = Net::new(2, |c| c);
+    net.run(10, |_, _| false);
+    net.write(0, "k", 1);
+    net.run(20, |_, _| false);
+    let snapshot = net.engines[0].snapshot().unwrap();
+    net.write(0, "k", 2); // overwrites k=1; node 2 acknowledges it
+    net.run(20, |_, _| false);
+    let config = Config::with_peers([id(1), id(2)]);
+    net.engines[0] = SyncEngine::restore(snapshot, net.time.clone(), config)
+        .unwrap()
+        .with_lease(net.leases[0].clone())
+        .unwrap();
+    net.write(1, "k", 3);
+    // Node 2's delta, computed for node 1's previous boot, reaches the new boot first.
+    while let Some(t) = net.engines[1].poll_transmit() {
+        net.engines[0].handle_bytes(&t.bytes).unwrap();
+    }
+    net.run(50, |_, _| false);
+    assert!(net.converged());
+    let k = net.engines[0].state().get("k").unwrap();
+    assert_eq!(k.values().copied().collect::<Vec<_>>(), [3]);
+}
+
+/// Two masters far apart catch up with each other in chunks at the same time.
+#[test]
+fn two_way_chunked_catch_up_needs_no_resend() {
+    let mut net = Net::new(2, |c| c.max_message_bytes(4 << 10));
+    net.run(10, |_, _| false);
+    for k in 0..2_000u32 {
+        net.write(0, &format!("a-{k:05}"), k);
+        net.write(1, &format!("b-{k:05}"), k);
+    }
+    net.run(100, |_, _| false);
+    assert!(net.converged());
+    assert_eq!(net.engines[0].state().len(), 4_000);
+    for e in &net.engines {
+        let m = e.metrics();
+        assert!(m.chunks_sent > 10, "{m:?}");
+        assert_eq!(m.retransmits, 0, "{m:?}");
+        assert_eq!(m.stale_deltas, 0, "{m:?}");
+    }
+}
+
+/// A lost delta is resent after the retransmission timeout even while later writes
+/// keep arriving (their acknowledgements do not push the deadline back).
+#[test]
+fn a_lost_delta_is_resent_under_steady_writes() {
+    let mut net = Net::new(2, |c| c.retransmit_ms(500).anti_entropy_ms(600_000));
+    net.run(10, |_, _| false);
+    let lost = net.write(0, "first", 0);
+    let mut dropped = false;
+    let started = net.time.now();
+    let mut arrived_at = None;
+    for i in 1..40u32 {
+        net.run(1, |_, t| {
+            let lose = !dropped && has_delta(t) && t.to == id(2);
+            dropped |= lose;
+            lose
+        });
+        if arrived_at.is_none() && net.engines[1].context().contains(lost) {
+            arrived_at = Some(net.time.now() - started);
+        }
+        net.time.advance(100);
+        net.write(0, &format!("k{i}"), i);
+    }
+    assert!(dropped);
+    let waited = arrived_at.expect("the lost write arrived");
+    // Resent by the timer (500 ms, doubled at most once), not by anti-entropy.
+    assert!(waited <= 2_000, "the lost write arrived after {waited} ms");
+    assert!(net.engines[0].metrics().retransmits >= 1);
+}
+
+/// A hostile peer's context with one run of 2^40 dots costs one range, not a walk
+/// over its dots, when a catch-up later removes-and-sends around it.
+#[test]
+fn a_huge_run_of_dots_in_a_context_is_cheap_to_chunk() {
+    use concord::sync::{Message, PROTOCOL_VERSION};
+    use concord::{CausalContext, Dot};
+    let mut net = Net::new(2, |c| c.max_message_bytes(4 << 10));
+    net.run(10, |_, _| false);
+    let stranger = id(99);
+    // A state with no entries whose context is one run of 2^40 removed dots.
+    let json = format!(
+        r#"{{"r":["{stranger}"],"c":[[0,[[1,{}]]]],"e":{{}}}}"#,
+        (1u64 << 40) - 1
+    );
+    let delta: Map = serde_json::from_str(&json).unwrap();
+    let msg = Message {
+        v: PROTOCOL_VERSION,
+        vmax: PROTOCOL_VERSION,
+        from: id(2),
+        to: id(1),
+        inc: id(2),
+        seen: net.engines[1].context().clone(),
+        delta: Some(delta),
+        base: CausalContext::new(),
+        chunk: None,
+        reply: false,
+    };
+    net.engines[0].handle_message(msg).unwrap();
+    // Node 2 restarts empty: node 1 catches it up in chunks, the run included.
+    let config = Config::with_peers([id(1), id(2)]).max_message_bytes(4 << 10);
+    net.engines[1] = SyncEngine::new(id(2), Map::new(), net.time.clone(), config);
+    for k in 0..500u32 {
+        net.write(0, &format!("key-{k:04}"), k);
+    }
+    net.run(100, |_, _| false);
+    assert!(net.converged());
+    assert!(net.engines[1]
+        .context()
+        .contains(Dot::new(stranger, 1 << 39)));
+}
+
+/// A peer cannot grow this replica's record of what it holds without bound by sending
+/// ever new gaps: the record is held to the limit on context ranges.
+#[test]
+fn acknowledgements_stay_within_the_range_limit() {
+    use concord::sync::{Message, PROTOCOL_VERSION};
+    use concord::{CausalContext, Dot, Limits};
+    let limits = Limits {
+        max_context_ranges: 100,
+        ..Limits::default()
+    };
+    let mut net = Net::new(2, |c| c.limits(limits.clone()));
+    net.run(10, |_, _| false);
+    let stranger = id(99);
+    for round in 0..50u64 {
+        let mut seen = CausalContext::new();
+        for i in 0..80u64 {
+            seen.insert(Dot::new(stranger, (round * 80 + i) * 2 + 1));
+        }
+        let msg: Message<Map> = Message {
+            v: PROTOCOL_VERSION,
+            vmax: PROTOCOL_VERSION,
+            from: id(2),
+            to: id(1),
+            inc: id(2),
+            seen,
+            delta: None,
+            base: CausalContext::new(),
+            chunk: None,
+            reply: false,
+        };
+        net.engines[0].handle_message(msg).unwrap();
+    }
+    let acked = &net.engines[0].metrics().peers[0].acked;
+    assert!(acked.range_count() <= 100, "{} ranges", acked.range_count());
+}
+
+/// A lease store that fails holds deltas back without making the event loop spin.
+#[test]
+fn a_failing_lease_store_does_not_spin_the_driver() {
+    use concord::sync::LeaseStore;
+    #[derive(Debug)]
+    struct Broken;
+    impl LeaseStore for Broken {
+        fn load(&mut self) -> concord::Result<u64> {
+            Ok(0)
+        }
+        fn store(&mut self, _: u64) -> concord::Result<()> {
+            Err(concord::Error::Lease {
+                reason: "disk full".into(),
+            })
+        }
+    }
+    let mut net = Net::new(3, |c| c);
+    net.run(10, |_, _| false);
+    net.write(1, "relayed", 1); // node 1 will have others' writes to relay
+    let config = Config::with_peers([id(1), id(2), id(3)]);
+    let time = net.time.clone();
+    net.engines[0] = SyncEngine::new(id(1), net.engines[1].state().clone(), time.clone(), config)
+        .with_lease(Broken)
+        .unwrap();
+    net.write(0, "mine", 1);
+    let mut idle_wakeups = 0;
+    for _ in 0..200 {
+        let now = time.now();
+        let next = net.engines[0].poll_timeout().unwrap();
+        time.set(next.max(now));
+        net.engines[0].handle_timeout();
+        let mut sent = false;
+        while let Some(t) = net.engines[0].poll_transmit() {
+            sent = true;
+            assert!(!has_delta(&t), "a delta left without a lease");
+        }
+        idle_wakeups += usize::from(!sent && next <= now);
+    }
+    assert!(
+        idle_wakeups < 5,
+        "{idle_wakeups} wake-ups with nothing to do"
+    );
+}
+
+/// An acknowledgement claiming chunk index u32::MAX is harmless.
+#[test]
+fn a_chunk_index_at_the_maximum_is_harmless() {
+    use concord::sync::{Chunk, Message, PROTOCOL_VERSION};
+    use concord::CausalContext;
+    let mut net = Net::new(2, |c| c);
+    net.run(10, |_, _| false);
+    let delta = Map::new();
+    for with_delta in [false, true] {
+        let msg = Message {
+            v: PROTOCOL_VERSION,
+            vmax: PROTOCOL_VERSION,
+            from: id(2),
+            to: id(1),
+            inc: id(2),
+            seen: net.engines[1].context().clone(),
+            delta: with_delta.then(|| delta.clone()),
+            base: CausalContext::new(),
+            chunk: Some(Chunk {
+                stream: u64::MAX,
+                index: u32::MAX,
+                last: false,
+            }),
+            reply: true,
+        };
+        net.engines[0].handle_message(msg).unwrap();
+    }
+    net.write(0, "x", 1);
+    net.run(20, |_, _| false);
+    assert!(net.converged());
+}
+
+/// The manual path: after a session, the answering side's next push offers only what
+/// is new, not the answer again.
+#[test]
+fn after_a_manual_session_push_offers_only_news() {
+    let time = ManualClock::new(START_MS);
+    let config = |me: u128| Config::with_peers([id(1), id(2)]).incarnation(id(me + 10));
+    let mut a = SyncEngine::new(id(1), Map::new(), time.clone(), config(1));
+    let mut b = SyncEngine::new(id(2), Map::new(), time.clone(), config(2));
+    for k in 0..1_000u32 {
+        b.update(|m, hlc| m.write(format!("k{k}"), k, hlc)).unwrap();
+    }
+    let hello = a.sync_with(id(2)).unwrap();
+    let answer = b.receive(hello).unwrap().reply.unwrap();
+    a.receive(answer).unwrap();
+    assert_eq!(a.state(), b.state());
+    assert!(b.push().is_empty(), "the answer was offered again");
+    b.update(|m, hlc| m.write("new".into(), 1, hlc)).unwrap();
+    let news = b.push();
+    assert_eq!(news.len(), 1);
+    assert_eq!(news[0].delta.as_ref().unwrap().len(), 1);
 }

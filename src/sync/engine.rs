@@ -262,6 +262,11 @@ pub struct Snapshot<T> {
     pub peers: Vec<(ReplicaId, CausalContext)>,
     /// The greatest hybrid-logical-clock timestamp issued or seen.
     pub hlc_last: Timestamp,
+    /// The newest protocol version each peer was heard to speak: a restarted node
+    /// speaks it from its first message (version 1 cannot name gaps, so a first
+    /// exchange in version 1 could resend everything past one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_versions: Vec<(ReplicaId, u32)>,
 }
 
 fn acked_any_form<'de, D: serde::Deserializer<'de>>(
@@ -369,7 +374,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             lease: None,
             // Deterministic tests fix the boot id along with the writer id.
             boot: incarnation,
-            next_stream: 1,
+            // Stream ids differ between boots (and, almost surely, between nodes).
+            next_stream: (incarnation.as_uuid().as_u128() as u64) | 1,
             cursor: 0,
         }
     }
@@ -459,6 +465,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         config.role = snapshot.role;
         let mut engine = SyncEngine::new(snapshot.node, snapshot.state, source, config);
         engine.hlc.restore_last(snapshot.hlc_last);
+        for (peer, vmax) in &snapshot.peer_versions {
+            if let Some(p) = engine.peers.get_mut(peer) {
+                p.vmax = Some(*vmax);
+            }
+        }
         for (peer, acked) in snapshot.peers {
             let retransmit_ms = engine.config.retransmit_ms;
             if let Some(p) = engine.peers.get_mut(&peer) {
@@ -495,6 +506,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 .map(|(id, p)| (*id, p.acked.clone()))
                 .collect(),
             hlc_last: self.hlc.last(),
+            peer_versions: self
+                .peers
+                .iter()
+                .filter_map(|(id, p)| Some((*id, p.vmax?)))
+                .collect(),
         })
     }
 
@@ -685,12 +701,24 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// A whole-delta message for `to`, computed against `against`, recording it as
     /// offered.
     fn message(&mut self, to: ReplicaId, against: &CausalContext, reply: bool) -> Message<T> {
+        self.message_since(to, against, against, reply)
+    }
+
+    /// [`SyncEngine::message`] with entries since `offered` and removals (and `base`)
+    /// since `acked`.
+    fn message_since(
+        &mut self,
+        to: ReplicaId,
+        offered: &CausalContext,
+        against: &CausalContext,
+        reply: bool,
+    ) -> Message<T> {
         let v = self
             .peers
             .get(&to)
             .map_or(OLDEST_PROTOCOL_VERSION, |p| self.version_for(p));
         let delta = if self.lease_covers_issued() {
-            let delta = self.state.delta_since_context(against);
+            let delta = self.state.delta_since_offered(offered, against);
             (!delta.context().is_empty()).then_some(delta)
         } else {
             None
@@ -701,7 +729,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             p.last_sent_ms = Some(now);
             if delta.is_some() {
                 p.offered.merge_ref(&ctx);
-                p.deadline.get_or_insert(now + p.rto);
+                if p.deadline.is_none() {
+                    p.deadline = Some(now + p.rto);
+                    p.flight = Some(p.offered.clone());
+                }
             }
         }
         self.counters.sent += 1;
@@ -746,14 +777,23 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     pub fn push(&mut self) -> Vec<Message<T>> {
         self.expire_flights();
         let ctx = self.state.context();
-        let due: Vec<(ReplicaId, CausalContext)> = self
+        // Version 2 sends only what was not offered yet (a lost offer is resent once
+        // the timeout has passed); version 1 sends since what the peer acknowledged.
+        let due: Vec<(ReplicaId, CausalContext, CausalContext)> = self
             .peers
             .iter()
             .filter(|(_, p)| !p.offered.includes(ctx))
-            .map(|(id, p)| (*id, p.acked.clone()))
+            .map(|(id, p)| {
+                let offered = if self.version_for(p) >= 2 {
+                    p.offered.clone()
+                } else {
+                    p.acked.clone()
+                };
+                (*id, offered, p.acked.clone())
+            })
             .collect();
         due.into_iter()
-            .map(|(id, acked)| self.message(id, &acked, true))
+            .map(|(id, offered, acked)| self.message_since(id, &offered, &acked, true))
             .collect()
     }
 
@@ -765,6 +805,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         for p in self.peers.values_mut() {
             if p.deadline.is_some_and(|d| d <= now) {
                 p.deadline = None;
+                p.flight = None;
                 if !p.acked.includes(&p.offered) || p.out.is_some() {
                     p.offered = p.acked.clone();
                     p.out = None;
@@ -927,7 +968,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                     boot == msg.inc && s == c.stream && next == c.index
                 });
                 let ok = c.index == 0 || expected;
-                (ok, Some((msg.inc, c.stream, c.index + 1)))
+                // Only a chunk moves the inbound stream on; an acknowledgement's chunk
+                // field reports progress through one of *our* streams.
+                let after =
+                    msg.delta
+                        .is_some()
+                        .then_some((msg.inc, c.stream, c.index.saturating_add(1)));
+                (ok, after)
             }
             (None, _) => (true, None),
         };
@@ -959,29 +1006,39 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         // nothing). A new boot was restored from a snapshot and may hold less than its
         // predecessor acknowledged: its context replaces the old one, and everything
         // in flight to the old boot is forgotten.
-        let before = peer.acked.intersection(&peer.offered);
-        // Heard again after a silence longer than the resend timeout (a healed
-        // partition, a restarted link): what is still unacknowledged goes again now,
-        // not after the backed-off timer.
+        // Heard again after a silence of two heartbeats (a healed partition, a
+        // restarted link): what is still unacknowledged goes again now, not after the
+        // backed-off timer.
         let quiet_ms = 2 * self.config.heartbeat_ms;
         let silent = peer
             .last_heard_ms
             .is_none_or(|t| now.saturating_sub(t) > quiet_ms);
+        let before = peer.acked.intersection(&peer.offered);
         if peer.boot == Some(msg.inc) {
             peer.acked.merge_ref(&msg.seen);
+            // Bounded: an honest peer's context only grows, so the union is its
+            // latest report; a peer sending ever new gaps is held to its last one.
+            if peer.acked.range_count() > self.config.limits.max_context_ranges {
+                peer.acked = msg.seen.clone();
+            }
         } else {
+            // (A late message from a replaced boot lands here too: its deltas then
+            // carry a base the new boot lacks, the new boot skips them and answers,
+            // and its answer puts this right.)
+            peer.boot = Some(msg.inc);
             peer.acked = msg.seen.clone();
             peer.offered = msg.seen.clone();
-            peer.boot = Some(msg.inc);
             peer.out = None;
             peer.inbound = None;
             peer.deadline = None;
+            peer.flight = None;
         }
         let progressed = !before.includes(&peer.acked.intersection(&peer.offered));
         if silent && !peer.acked.includes(&peer.offered) {
             peer.offered = peer.acked.clone();
             peer.out = None;
             peer.deadline = None;
+            peer.flight = None;
             peer.rto = retransmit_ms;
         }
         peer.offered.merge_ref(&peer.acked);
@@ -996,8 +1053,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         // stream of ours.
         if let (Some(c), false) = (&msg.chunk, had_delta) {
             if let Some(out) = peer.out.as_mut().filter(|o| o.id == c.stream) {
-                out.acked = out.acked.max(c.index);
-                if msg.reply && c.index < out.next {
+                out.acked = out.acked.max(c.index.min(out.next));
+                if c.last && c.index < out.next {
                     // It skipped a piece (lost or reordered): start again from what it
                     // holds.
                     peer.out = None;
@@ -1014,10 +1071,23 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         if peer.acked.includes(&peer.offered) && peer.out.is_none() {
             peer.deadline = None;
+            peer.flight = None;
             peer.rto = retransmit_ms;
-        } else if progressed && peer.deadline.is_some() {
-            // Progress: wait a full timeout from now.
+        } else if peer.out.is_some() {
+            if progressed && peer.deadline.is_some() {
+                // A stream making progress: wait a full timeout from now.
+                peer.deadline = Some(now + peer.rto);
+            }
+        } else if peer
+            .flight
+            .as_ref()
+            .is_some_and(|oldest| peer.acked.includes(oldest))
+        {
+            // The oldest unacknowledged offer arrived; time the rest from now. (Other
+            // progress does not move the deadline: a lost delta is resent after the
+            // timeout even while later ones keep arriving.)
             peer.deadline = Some(now + peer.rto);
+            peer.flight = Some(peer.offered.clone());
         }
         let wants_answer = msg.reply || skip;
         if driver {
@@ -1266,9 +1336,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             if let Some(bytes) = self.next_chunk(id, v) {
                 return Some(bytes);
             }
-        } else if heard && self.delta_due(id, now) && self.lease_covers_issued() {
-            if let Some(bytes) = self.send_delta(id, v) {
-                return Some(bytes);
+        } else if heard && self.delta_due(id, now) {
+            if self.lease_covers_issued() {
+                if let Some(bytes) = self.send_delta(id, v) {
+                    return Some(bytes);
+                }
+            } else if let Some(p) = self.peers.get_mut(&id) {
+                // The lease store fails: deltas wait; try again a relay period later
+                // rather than at every wake-up.
+                p.relay_since = Some(now);
             }
         }
         let hb = self.config.heartbeat_ms;
@@ -1279,17 +1355,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if !(p.owe_ack || ae_due || hb_due) {
             return None;
         }
-        let reply = ae_due || !heard || p.owe_restart;
+        let skipped = p.owe_restart;
+        let reply = ae_due || !heard || skipped;
         if ae_due {
             p.next_anti_entropy_ms = Some(now + ae);
         }
         p.owe_ack = false;
         p.owe_restart = false;
         p.last_sent_ms = Some(now);
+        // In an acknowledgement, `last` says a chunk of the stream was skipped.
         let progress = p.inbound.map(|(_, stream, index)| Chunk {
             stream,
             index,
-            last: false,
+            last: skipped,
         });
         let mut msg = self.envelope(id, v, None, reply);
         msg.chunk = progress.filter(|_| v >= 2);
@@ -1356,7 +1434,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let p = self.peers.get_mut(&id)?;
         p.offered.merge_ref(&ctx);
         p.relay_since = None;
-        p.deadline.get_or_insert(now + p.rto);
+        if p.deadline.is_none() {
+            p.deadline = Some(now + p.rto);
+            p.flight = Some(p.offered.clone());
+        }
         p.last_sent_ms = Some(now);
         p.owe_ack = false;
         if let Some(bytes) = bytes.filter(|b| b.len() <= self.config.max_message_bytes || v < 2) {
@@ -1373,7 +1454,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             items: 1024,
             finished: false,
         });
-        self.next_stream += 1;
+        self.next_stream = self.next_stream.wrapping_add(1);
         self.next_chunk(id, v)
     }
 

@@ -67,7 +67,9 @@ pub struct Chunk {
     pub stream: u64,
     /// The position of this piece in the stream, from 0.
     pub index: u32,
-    /// True on the last piece.
+    /// True on the last piece. In an acknowledgement (a message without a delta),
+    /// `index` is the next piece the receiver expects, and `last` says it skipped
+    /// one (lost or out of order), so the sender starts the stream again.
     pub last: bool,
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct Peer {
     pub(crate) relay_since: Option<u64>,
     /// When what was offered is resent if still unacknowledged.
     pub(crate) deadline: Option<u64>,
+    /// What had been offered when `deadline` was armed: the deadline is about that.
+    pub(crate) flight: Option<CausalContext>,
     /// The current retransmission timeout.
     pub(crate) rto: u64,
     /// It sent something that deserves an acknowledgement or an answer.
@@ -74,6 +76,7 @@ impl Peer {
             next_anti_entropy_ms: None,
             relay_since: None,
             deadline: None,
+            flight: None,
             rto,
             owe_ack: false,
             owe_restart: false,
