@@ -47,9 +47,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// The most replicas a received causal context may name.
     pub max_clock_entries: usize,
-    /// The id writes are stamped with when the engine has no counter lease (see
-    /// [`SyncEngine::with_lease`]). `None` (the default) draws a random one; set it
-    /// only for deterministic tests, and never reuse one.
+    /// The id of this incarnation: writes are stamped with it while the engine has
+    /// no counter lease (see [`SyncEngine::with_lease`]), and messages carry it as the
+    /// sender's boot (`inc`) in any case. `None` (the default) draws a random one; set
+    /// it only for deterministic tests, and never reuse one.
     pub incarnation: Option<ReplicaId>,
     /// How far ahead of local wall time, in milliseconds, a received timestamp may be
     /// (see [`Hlc::with_max_offset`]); further ahead, the message is refused with
