@@ -229,39 +229,13 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self>;
 }
 
-/// A fast hasher for dots (FxHash's multiply-rotate): dots are not attacker-chosen
-/// keys of a long-lived table an attacker can probe, and SipHash would double the cost
-/// of every index update.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct DotHasher(u64);
-
-impl std::hash::Hasher for DotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// A map keyed by dots.
-pub(crate) type DotMap<V> = HashMap<Dot, V, std::hash::BuildHasherDefault<DotHasher>>;
+/// A map keyed by dots, hashed with a randomly seeded hasher (foldhash): dots come
+/// from peers, and an unseeded hash would let a peer choose dots that all share a
+/// bucket.
+pub(crate) type DotMap<V> = HashMap<Dot, V, foldhash::fast::RandomState>;
 
 /// A set of dots.
-pub(crate) type DotSet = std::collections::HashSet<Dot, std::hash::BuildHasherDefault<DotHasher>>;
+pub(crate) type DotSet = std::collections::HashSet<Dot, foldhash::fast::RandomState>;
 
 /// The replicas mentioned by a state, numbered in order of first appearance so that the
 /// wire form names each one once.
