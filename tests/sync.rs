@@ -552,7 +552,7 @@ fn typed_errors_leave_the_state_unchanged() {
     let mut stranger = engine(3, &[2], &time);
     put(&mut stranger, "x", 66);
     let from_stranger = stranger.sync_with(node(2)).unwrap();
-    assert_rejected(&mut b, &wire(&from_stranger), |e| {
+    assert_rejected(&mut b, &from_stranger.encode(), |e| {
         *e == Error::UnknownPeer { peer: node(3) }
     });
     assert_eq!(
@@ -565,7 +565,7 @@ fn typed_errors_leave_the_state_unchanged() {
     future.v = PROTOCOL_VERSION + 1;
     assert_rejected(
         &mut b,
-        &wire(&future),
+        &future.encode(),
         |e| matches!(e, Error::UnsupportedVersion { version, supported: PROTOCOL_VERSION } if *version == PROTOCOL_VERSION + 1),
     );
     let before = fingerprint(&mut b);
@@ -576,7 +576,7 @@ fn typed_errors_leave_the_state_unchanged() {
     assert_eq!(fingerprint(&mut b), before);
 
     // Malformed JSON, a wrong shape, and a replica index out of range.
-    let bytes = wire(&valid);
+    let bytes = valid.encode();
     assert_rejected(&mut b, &bytes[..bytes.len() / 2], |e| {
         matches!(e, Error::Decode { .. })
     });
@@ -592,12 +592,12 @@ fn typed_errors_leave_the_state_unchanged() {
     // A misaddressed message, and one claiming to come from the receiver itself.
     let mut misaddressed = valid.clone();
     misaddressed.to = node(3);
-    assert_rejected(&mut b, &wire(&misaddressed), |e| {
+    assert_rejected(&mut b, &misaddressed.encode(), |e| {
         matches!(e, Error::InvalidMessage { .. })
     });
     let mut spoofed = valid.clone();
     spoofed.from = node(2);
-    assert_rejected(&mut b, &wire(&spoofed), |e| {
+    assert_rejected(&mut b, &spoofed.encode(), |e| {
         matches!(e, Error::InvalidMessage { .. })
     });
 
@@ -617,10 +617,6 @@ fn typed_errors_leave_the_state_unchanged() {
     assert_eq!(read(&b, "x"), [3]);
 }
 
-fn wire<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
-    concord::wire::encode(msg)
-}
-
 #[test]
 fn an_oversized_message_is_refused_before_parsing() {
     let time = ManualClock::new(START_MS);
@@ -628,12 +624,12 @@ fn an_oversized_message_is_refused_before_parsing() {
     small.max_message_bytes = 512;
     let (mut a, mut b) = synced_pair(&time, small);
     let fits = a.sync_with(node(2)).unwrap();
-    assert!(wire(&fits).len() <= 512, "{}", wire(&fits).len());
+    assert!(fits.encode().len() <= 512, "{}", fits.encode().len());
 
     for i in 0..20 {
         put(&mut a, &format!("padding-{i}"), i);
     }
-    let big = wire(&a.sync_with(node(2)).unwrap());
+    let big = a.sync_with(node(2)).unwrap().encode();
     assert_rejected(&mut b, &big, |e| {
         *e == Error::MessageTooLarge {
             size: big.len(),
@@ -645,7 +641,7 @@ fn an_oversized_message_is_refused_before_parsing() {
     assert_rejected(&mut b, &garbage, |e| {
         matches!(e, Error::MessageTooLarge { size: 10_000, .. })
     });
-    b.receive_bytes(&wire(&fits)).unwrap();
+    b.receive_bytes(&fits.encode()).unwrap();
 }
 
 #[test]
@@ -656,7 +652,7 @@ fn too_many_clock_entries_are_refused() {
     let (mut a, mut b) = synced_pair(&time, narrow);
     let msg = a.sync_with(node(2)).unwrap();
     assert_eq!(msg.seen.replicas().count(), 2);
-    assert_rejected(&mut b, &wire(&msg), |e| {
+    assert_rejected(&mut b, &msg.encode(), |e| {
         matches!(
             e,
             Error::TooManyEntries {
@@ -689,7 +685,7 @@ fn too_many_siblings_are_refused() {
     put(&mut b, "other", 0);
 
     let msg = a.sync_with(node(2)).unwrap();
-    assert_rejected(&mut b, &wire(&msg), |e| {
+    assert_rejected(&mut b, &msg.encode(), |e| {
         *e == Error::TooManySiblings { count: 3, cap: 2 }
     });
     assert_eq!(read(&b, "k"), [2]);
@@ -715,7 +711,7 @@ fn a_timestamp_past_the_max_offset_is_refused() {
 
     let msg = a.sync_with(node(2)).unwrap();
     let before = fingerprint(&mut b);
-    let err = b.receive_bytes(&wire(&msg)).unwrap_err();
+    let err = b.receive_bytes(&msg.encode()).unwrap_err();
     assert_eq!(
         err,
         Error::ClockDrift {

@@ -106,10 +106,10 @@ impl Peer for Concord {
     fn sync(a: &mut Replica, b: &mut Replica) -> SyncStats {
         let b_id = b.engine.node();
         let hello = a.engine.sync_with(b_id).expect("peer");
-        let to_b = a.engine.encode(&hello);
+        let to_b = hello.encode();
         let answer = b.engine.receive_bytes(&to_b).expect("b accepts");
         let reply = answer.reply.expect("b answers");
-        let to_a = b.engine.encode(&reply);
+        let to_a = reply.encode();
         a.engine.receive_bytes(&to_a).expect("a accepts");
         SyncStats {
             messages: 2,

@@ -625,12 +625,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// before changing anything). The lease is not written here: it is extended
     /// before the write's dots leave the engine (a failing lease store holds deltas
     /// back and shows as lag, never as a lost write).
-    pub fn update<R>(
+    pub fn update<R, E>(
         &mut self,
-        f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<R>,
-    ) -> Result<WriteReceipt<R>> {
+        f: impl FnOnce(&mut T, &mut Hlc<S>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<WriteReceipt<R>, E>
+    where
+        E: From<Error>,
+    {
         if self.role == Role::Follower {
-            return Err(Error::ReadOnly { replica: self.node });
+            return Err(Error::ReadOnly { replica: self.node }.into());
         }
         let me = self.hlc.replica();
         let before = self
@@ -1241,7 +1244,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
     }
 
-    /// Encodes a message for the wire (see [`crate::wire`]).
+    /// Encodes a message for the wire (see [`crate::wire`]). Deprecated: it borrows
+    /// the engine for nothing, so `b.encode(&b.sync_with(a)?)` does not compile; use
+    /// [`Message::encode`] (`b.sync_with(a)?.encode()`).
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `Message::encode` (`msg.encode()`), which does not borrow the engine"
+    )]
     pub fn encode(&self, msg: &Message<T>) -> Vec<u8> {
         crate::wire::encode(msg)
     }
