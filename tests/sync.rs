@@ -819,6 +819,54 @@ fn a_write_that_changes_nothing_has_no_dot() {
     assert_eq!(dot, Dot::new(incarnation(1, 1), 1));
 }
 
+/// The write closure may fail with an error type of the application's own (the
+/// engine's refusal converts into it); a write it completed before failing stays in
+/// the state, and is counted, timed for lag and replicated like any other.
+#[test]
+fn an_application_error_after_a_write_keeps_the_write_and_its_bookkeeping() {
+    #[derive(Debug, PartialEq)]
+    enum AppError {
+        Rejected,
+        Concord(Error),
+    }
+    impl From<Error> for AppError {
+        fn from(e: Error) -> Self {
+            AppError::Concord(e)
+        }
+    }
+
+    let time = ManualClock::new(START_MS);
+    let mut a = engine(1, &[2], &time);
+    let mut b = engine(2, &[1], &time);
+    let err = a
+        .update(|m, hlc| {
+            m.write("x".to_string(), 1, hlc)?;
+            Err::<(), _>(AppError::Rejected)
+        })
+        .unwrap_err();
+    assert_eq!(err, AppError::Rejected);
+    assert_eq!(read(&a, "x"), [1]);
+    assert_eq!(a.metrics().writes, 1);
+    time.advance(40);
+    assert_eq!(
+        a.lag(node(2)),
+        Some(PeerLag {
+            unacked_writes: 1,
+            oldest_unacked_ms: 40,
+            since_heard_ms: None
+        })
+    );
+    session(&mut a, &mut b);
+    assert_eq!(read(&b, "x"), [1]);
+
+    a.demote();
+    let refused = a.update(|m, hlc| m.write("y".to_string(), 2, hlc).map_err(AppError::from));
+    assert_eq!(
+        refused.unwrap_err(),
+        AppError::Concord(Error::ReadOnly { replica: node(1) })
+    );
+}
+
 /// Open membership admits new replicas up to `max_peers`; the next one is refused and
 /// nothing changes.
 #[test]

@@ -619,10 +619,82 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// [`OrMap::apply`](crate::OrMap::apply) just a dot: the engine does not need the
     /// delta, it computes what each peer lacks from the state).
     ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{ManualClock, MvRegister, OrMap, ReplicaId};
+    ///
+    /// type Profiles = OrMap<String, MvRegister<String>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let mut a = SyncEngine::new(a_id, Profiles::new(), ManualClock::new(1_000), Config::with_peers([b_id]));
+    ///
+    /// let receipt = a.update(|m, hlc| m.write("alice".into(), "alice@a.example".into(), hlc))?;
+    /// assert_eq!(receipt.dot.map(|d| d.counter()), Some(1)); // ask `holders` about it later
+    /// assert_eq!(receipt.delta.len(), 1); // what the mutator returned
+    ///
+    /// // Several writes in one call: a closure that ends in `Ok(..)` names its error type.
+    /// a.update(|m, hlc| {
+    ///     m.write("bob".into(), "bob@a.example".into(), hlc)?;
+    ///     m.write("carol".into(), "carol@a.example".into(), hlc)?;
+    ///     Ok::<_, concord::Error>(())
+    /// })?;
+    /// assert_eq!(a.state().len(), 3);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// The closure may fail with an error type of the application's own: any type a
+    /// [`concord::Error`](Error) converts into. `?` on a mutator then works inside it,
+    /// and the engine's own refusal arrives as that type too:
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// type Cart = OrMap<String, PnCounter>;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// enum ShopError {
+    ///     OutOfStock { item: String },
+    ///     Replication(concord::Error),
+    /// }
+    ///
+    /// impl From<concord::Error> for ShopError {
+    ///     fn from(e: concord::Error) -> Self {
+    ///         ShopError::Replication(e)
+    ///     }
+    /// }
+    ///
+    /// fn add(cart: &mut SyncEngine<Cart, ManualClock>, item: &str, n: i64) -> Result<(), ShopError> {
+    ///     let stock = 3;
+    ///     cart.update(|m, hlc| {
+    ///         if m.count(item) + n > stock {
+    ///             return Err(ShopError::OutOfStock { item: item.to_string() });
+    ///         }
+    ///         m.increment(item.to_string(), n, hlc)?; // a concord::Error converts
+    ///         Ok(())
+    ///     })?;
+    ///     Ok(())
+    /// }
+    ///
+    /// let config = Config::with_peers([ReplicaId::from_u128(2)]);
+    /// let mut cart = SyncEngine::new(ReplicaId::from_u128(1), Cart::new(), ManualClock::new(1_000), config);
+    /// add(&mut cart, "espresso", 2)?;
+    /// let refused = add(&mut cart, "espresso", 2);
+    /// assert_eq!(refused, Err(ShopError::OutOfStock { item: "espresso".into() }));
+    /// assert_eq!(cart.state().count("espresso"), 2); // nothing was written
+    ///
+    /// cart.demote();
+    /// let refused = add(&mut cart, "tea", 1);
+    /// assert!(matches!(refused, Err(ShopError::Replication(concord::Error::ReadOnly { .. }))));
+    /// # Ok::<(), ShopError>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::ReadOnly`] on a follower; whatever `f` returns (the mutators fail only
-    /// before changing anything). The lease is not written here: it is extended
+    /// [`Error::ReadOnly`] on a follower (converted into `E`), before `f` runs; and
+    /// whatever `f` returns. The mutators fail only before changing anything, but a
+    /// write that `f` completed before it failed stays written (it is part of the
+    /// state, and replicates): check what the application must check before the
+    /// first mutator, as above. The lease is not written here: it is extended
     /// before the write's dots leave the engine (a failing lease store holds deltas
     /// back and shows as lag, never as a lost write).
     pub fn update<R, E>(
@@ -641,7 +713,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .context()
             .max_counter(me)
             .max(self.hlc.counter_floor());
-        let delta = f(&mut self.state, &mut self.hlc)?;
+        let result = f(&mut self.state, &mut self.hlc);
+        // Counted even if `f` failed after a write: that write is in the state.
         let after = self.state.context().max_counter(me).max(before);
         if after > before {
             let now = self.hlc.now_ms();
@@ -654,7 +727,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         Ok(WriteReceipt {
             dot: (after > before).then(|| Dot::new(me, after)),
-            delta,
+            delta: result?,
         })
     }
 
