@@ -75,6 +75,7 @@ fn emails(engine: &Engine) -> Vec<String> {
 
 fn main() -> Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("concord-persist-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir); // the demo starts from nothing
     fs::create_dir_all(&dir).expect("create the data directory");
     let (paris, tokyo) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
     let time = ManualClock::new(1_700_000_000_000);

@@ -110,6 +110,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (mut regions, mut links) = (Vec::new(), Vec::new());
     for (i, name) in ["us-east", "eu-west", "ap-south"].into_iter().enumerate() {
         let dir = std::env::temp_dir().join(format!("concord-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir); // the demo starts from nothing
         std::fs::create_dir_all(&dir)?;
         let (tx, inbox) = channel();
         links.push((ids[i], tx));
