@@ -32,7 +32,7 @@
 //! [`FileLease`]: concord::sync::FileLease
 
 use concord::sync::{
-    AckLevel, Config, MemoryLease, Metrics, PeerLag, Snapshot, SyncEngine, Transmit,
+    AckLevel, Config, MemoryLease, Message, Metrics, PeerLag, Snapshot, SyncEngine, Transmit,
 };
 use concord::{
     CausalContext, Conflict, Dot, DotStore, Error, LwwRegister, ManualClock, MvRegister, OrMap,
@@ -282,7 +282,7 @@ impl<V: Show> Replicated for Table<V> {
     fn poll_transmit(&mut self, r: usize) -> Option<(usize, Vec<u8>, bool)> {
         let Transmit { to, bytes } = self.at[r].poll_transmit()?;
         // Only to print the traffic by kind: the host needs nothing but `to` and `bytes`.
-        let msg = concord::wire::decode::<OrMap<String, V>>(&bytes, usize::MAX)
+        let msg = Message::<OrMap<String, V>>::decode(&bytes, usize::MAX)
             .expect("the engine encodes what it decodes");
         Some((region_index(to), bytes, !msg.is_ack_only()))
     }

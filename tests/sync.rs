@@ -552,7 +552,7 @@ fn typed_errors_leave_the_state_unchanged() {
     let mut stranger = engine(3, &[2], &time);
     put(&mut stranger, "x", 66);
     let from_stranger = stranger.sync_with(node(2)).unwrap();
-    assert_rejected(&mut b, &wire(&from_stranger), |e| {
+    assert_rejected(&mut b, &from_stranger.encode(), |e| {
         *e == Error::UnknownPeer { peer: node(3) }
     });
     assert_eq!(
@@ -565,7 +565,7 @@ fn typed_errors_leave_the_state_unchanged() {
     future.v = PROTOCOL_VERSION + 1;
     assert_rejected(
         &mut b,
-        &wire(&future),
+        &future.encode(),
         |e| matches!(e, Error::UnsupportedVersion { version, supported: PROTOCOL_VERSION } if *version == PROTOCOL_VERSION + 1),
     );
     let before = fingerprint(&mut b);
@@ -576,7 +576,7 @@ fn typed_errors_leave_the_state_unchanged() {
     assert_eq!(fingerprint(&mut b), before);
 
     // Malformed JSON, a wrong shape, and a replica index out of range.
-    let bytes = wire(&valid);
+    let bytes = valid.encode();
     assert_rejected(&mut b, &bytes[..bytes.len() / 2], |e| {
         matches!(e, Error::Decode { .. })
     });
@@ -592,12 +592,12 @@ fn typed_errors_leave_the_state_unchanged() {
     // A misaddressed message, and one claiming to come from the receiver itself.
     let mut misaddressed = valid.clone();
     misaddressed.to = node(3);
-    assert_rejected(&mut b, &wire(&misaddressed), |e| {
+    assert_rejected(&mut b, &misaddressed.encode(), |e| {
         matches!(e, Error::InvalidMessage { .. })
     });
     let mut spoofed = valid.clone();
     spoofed.from = node(2);
-    assert_rejected(&mut b, &wire(&spoofed), |e| {
+    assert_rejected(&mut b, &spoofed.encode(), |e| {
         matches!(e, Error::InvalidMessage { .. })
     });
 
@@ -617,10 +617,6 @@ fn typed_errors_leave_the_state_unchanged() {
     assert_eq!(read(&b, "x"), [3]);
 }
 
-fn wire<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
-    concord::wire::encode(msg)
-}
-
 #[test]
 fn an_oversized_message_is_refused_before_parsing() {
     let time = ManualClock::new(START_MS);
@@ -628,12 +624,12 @@ fn an_oversized_message_is_refused_before_parsing() {
     small.max_message_bytes = 512;
     let (mut a, mut b) = synced_pair(&time, small);
     let fits = a.sync_with(node(2)).unwrap();
-    assert!(wire(&fits).len() <= 512, "{}", wire(&fits).len());
+    assert!(fits.encode().len() <= 512, "{}", fits.encode().len());
 
     for i in 0..20 {
         put(&mut a, &format!("padding-{i}"), i);
     }
-    let big = wire(&a.sync_with(node(2)).unwrap());
+    let big = a.sync_with(node(2)).unwrap().encode();
     assert_rejected(&mut b, &big, |e| {
         *e == Error::MessageTooLarge {
             size: big.len(),
@@ -645,7 +641,7 @@ fn an_oversized_message_is_refused_before_parsing() {
     assert_rejected(&mut b, &garbage, |e| {
         matches!(e, Error::MessageTooLarge { size: 10_000, .. })
     });
-    b.receive_bytes(&wire(&fits)).unwrap();
+    b.receive_bytes(&fits.encode()).unwrap();
 }
 
 #[test]
@@ -656,7 +652,7 @@ fn too_many_clock_entries_are_refused() {
     let (mut a, mut b) = synced_pair(&time, narrow);
     let msg = a.sync_with(node(2)).unwrap();
     assert_eq!(msg.seen.replicas().count(), 2);
-    assert_rejected(&mut b, &wire(&msg), |e| {
+    assert_rejected(&mut b, &msg.encode(), |e| {
         matches!(
             e,
             Error::TooManyEntries {
@@ -689,7 +685,7 @@ fn too_many_siblings_are_refused() {
     put(&mut b, "other", 0);
 
     let msg = a.sync_with(node(2)).unwrap();
-    assert_rejected(&mut b, &wire(&msg), |e| {
+    assert_rejected(&mut b, &msg.encode(), |e| {
         *e == Error::TooManySiblings { count: 3, cap: 2 }
     });
     assert_eq!(read(&b, "k"), [2]);
@@ -715,7 +711,7 @@ fn a_timestamp_past_the_max_offset_is_refused() {
 
     let msg = a.sync_with(node(2)).unwrap();
     let before = fingerprint(&mut b);
-    let err = b.receive_bytes(&wire(&msg)).unwrap_err();
+    let err = b.receive_bytes(&msg.encode()).unwrap_err();
     assert_eq!(
         err,
         Error::ClockDrift {
@@ -821,6 +817,54 @@ fn a_write_that_changes_nothing_has_no_dot() {
     assert_eq!(receipt.dot, None);
     let dot = put(&mut a, "x", 1);
     assert_eq!(dot, Dot::new(incarnation(1, 1), 1));
+}
+
+/// The write closure may fail with an error type of the application's own (the
+/// engine's refusal converts into it); a write it completed before failing stays in
+/// the state, and is counted, timed for lag and replicated like any other.
+#[test]
+fn an_application_error_after_a_write_keeps_the_write_and_its_bookkeeping() {
+    #[derive(Debug, PartialEq)]
+    enum AppError {
+        Rejected,
+        Concord(Error),
+    }
+    impl From<Error> for AppError {
+        fn from(e: Error) -> Self {
+            AppError::Concord(e)
+        }
+    }
+
+    let time = ManualClock::new(START_MS);
+    let mut a = engine(1, &[2], &time);
+    let mut b = engine(2, &[1], &time);
+    let err = a
+        .update(|m, hlc| {
+            m.write("x".to_string(), 1, hlc)?;
+            Err::<(), _>(AppError::Rejected)
+        })
+        .unwrap_err();
+    assert_eq!(err, AppError::Rejected);
+    assert_eq!(read(&a, "x"), [1]);
+    assert_eq!(a.metrics().writes, 1);
+    time.advance(40);
+    assert_eq!(
+        a.lag(node(2)),
+        Some(PeerLag {
+            unacked_writes: 1,
+            oldest_unacked_ms: 40,
+            since_heard_ms: None
+        })
+    );
+    session(&mut a, &mut b);
+    assert_eq!(read(&b, "x"), [1]);
+
+    a.demote();
+    let refused = a.update(|m, hlc| m.write("y".to_string(), 2, hlc).map_err(AppError::from));
+    assert_eq!(
+        refused.unwrap_err(),
+        AppError::Concord(Error::ReadOnly { replica: node(1) })
+    );
 }
 
 /// Open membership admits new replicas up to `max_peers`; the next one is refused and

@@ -13,13 +13,13 @@ fn main() {
         let hello = a.engine.sync_with(b.engine.node()).unwrap();
         t[0] += s.elapsed();
         let s = Instant::now();
-        let bytes = a.engine.encode(&hello);
+        let bytes = hello.encode();
         t[1] += s.elapsed();
         let s = Instant::now();
         let r = b.engine.receive_bytes(&bytes).unwrap();
         t[2] += s.elapsed();
         let s = Instant::now();
-        let back = b.engine.encode(&r.reply.unwrap());
+        let back = r.reply.unwrap().encode();
         t[3] += s.elapsed();
         let s = Instant::now();
         a.engine.receive_bytes(&back).unwrap();

@@ -4,7 +4,7 @@
 //! encoded and decoded with concord's wire format; merge is the full-state join.
 
 use concord::sync::{Config, Snapshot, SyncEngine};
-use concord::{Crdt, Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver};
+use concord::{Crdt, Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver, Timestamp};
 
 use crate::{Peer, SyncStats, ACTOR_A, ACTOR_B, ACTOR_BASE};
 
@@ -21,8 +21,23 @@ impl Clone for Replica {
     /// A copy through a snapshot, restored as a new incarnation (as a real restart
     /// would be): the benches clone outside the timed part.
     fn clone(&self) -> Self {
-        let engine = SyncEngine::restore(self.engine.snapshot().unwrap(), time(), config(None))
-            .expect("a snapshot restores");
+        // `SyncEngine::snapshot` takes `&mut self` (it may extend a lease; these engines
+        // have none), so the snapshot is assembled from what the engine shows.
+        let e = &self.engine;
+        let peers = e.metrics().peers;
+        let snapshot = Snapshot {
+            node: e.node(),
+            role: e.role(),
+            state: e.state().clone(),
+            peers: peers.iter().map(|p| (p.peer, p.acked.clone())).collect(),
+            hlc_last: e
+                .state()
+                .max_timestamp()
+                .unwrap_or(Timestamp::new(0, 0, e.node())),
+            peer_versions: peers.iter().map(|p| (p.peer, p.protocol_version)).collect(),
+        };
+        let engine =
+            SyncEngine::restore(snapshot, time(), config(None)).expect("a snapshot restores");
         Replica { engine }
     }
 }
@@ -106,10 +121,10 @@ impl Peer for Concord {
     fn sync(a: &mut Replica, b: &mut Replica) -> SyncStats {
         let b_id = b.engine.node();
         let hello = a.engine.sync_with(b_id).expect("peer");
-        let to_b = a.engine.encode(&hello);
+        let to_b = hello.encode();
         let answer = b.engine.receive_bytes(&to_b).expect("b accepts");
         let reply = answer.reply.expect("b answers");
-        let to_a = b.engine.encode(&reply);
+        let to_a = reply.encode();
         a.engine.receive_bytes(&to_a).expect("a accepts");
         SyncStats {
             messages: 2,

@@ -121,7 +121,19 @@ macro_rules! config_setters {
 }
 
 impl Config {
-    /// A master replicating with exactly these peers.
+    /// A master replicating with exactly these peers; every other setting at its default.
+    ///
+    /// ```
+    /// use concord::sync::{Config, Role};
+    /// use concord::ReplicaId;
+    ///
+    /// let (b_id, c_id) = (ReplicaId::from_u128(2), ReplicaId::from_u128(3));
+    /// let config = Config::with_peers([b_id, c_id]).max_offset_ms(250);
+    /// assert_eq!(config.peers, [b_id, c_id]);
+    /// assert_eq!(config.role, Role::Master);
+    /// config.validate()?;
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn with_peers(peers: impl IntoIterator<Item = ReplicaId>) -> Self {
         Config {
             peers: peers.into_iter().collect(),
@@ -130,53 +142,212 @@ impl Config {
     }
 
     /// The same configuration, accepting messages from replicas not yet in `peers`
-    /// (they become peers).
+    /// (they become peers, up to [`Config::max_peers`]).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (hub_id, new_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut hub = SyncEngine::new(hub_id, Settings::new(), time.clone(), Config::default().open());
+    /// let mut newcomer =
+    ///     SyncEngine::new(new_id, Settings::new(), time, Config::with_peers([hub_id]));
+    /// hub.receive(newcomer.sync_with(hub_id)?)?;
+    /// assert_eq!(hub.peers().collect::<Vec<_>>(), [new_id]); // it joined
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn open(mut self) -> Self {
         self.open_membership = true;
         self
     }
 
-    /// The same configuration as a read-only follower.
+    /// The same configuration as a read-only follower: it receives deltas and refuses
+    /// local writes with [`Error::ReadOnly`] until [promoted](SyncEngine::promote).
+    ///
+    /// ```
+    /// use concord::sync::{Config, Role, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, f_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let config = Config::with_peers([a_id]).follower();
+    /// let mut f = SyncEngine::new(f_id, Settings::new(), ManualClock::new(1_000), config);
+    /// assert_eq!(f.role(), Role::Follower);
+    /// let refused = f.update(|m, hlc| m.set("volume".into(), 7, hlc));
+    /// assert!(matches!(refused, Err(Error::ReadOnly { .. })));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn follower(mut self) -> Self {
         self.role = Role::Follower;
         self
     }
 
-    /// The same configuration with a fixed writer id for an engine without a lease
-    /// (deterministic tests only).
+    /// The same configuration with a fixed incarnation id: the writer id of an engine
+    /// without a lease, and the boot id its messages carry (deterministic tests only:
+    /// two engines, or two runs, must never share one).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let writer = ReplicaId::from_u128(11);
+    /// let config = Config::default().incarnation(writer);
+    /// let mut a = SyncEngine::new(
+    ///     ReplicaId::from_u128(1),
+    ///     OrMap::<String, LwwRegister<u32>>::new(),
+    ///     ManualClock::new(1_000),
+    ///     config,
+    /// );
+    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.unwrap();
+    /// assert_eq!(dot.replica(), writer); // the same dot on every run
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn incarnation(mut self, id: ReplicaId) -> Self {
         self.incarnation = Some(id);
         self
     }
 
     config_setters! {
-        /// Sets [`Config::limits`].
+        /// Sets [`Config::limits`], the limits on state received from peers.
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        /// use concord::Limits;
+        ///
+        /// let config = Config::default().limits(Limits { max_siblings: 8, ..Limits::default() });
+        /// assert_eq!(config.limits.max_siblings, 8);
+        /// ```
         limits: Limits,
-        /// Sets [`Config::max_message_bytes`].
+        /// Sets [`Config::max_message_bytes`] (the same on every peer).
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // Catch-ups larger than 64 KiB travel as chunks.
+        /// let config = Config::default().max_message_bytes(64 << 10);
+        /// config.validate()?;
+        /// # Ok::<(), concord::Error>(())
+        /// ```
         max_message_bytes: usize,
         /// Sets [`Config::max_clock_entries`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// let config = Config::default().max_clock_entries(256);
+        /// assert_eq!(config.max_clock_entries, 256);
+        /// ```
         max_clock_entries: usize,
         /// Sets [`Config::max_offset_ms`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // Refuse timestamps more than 250 ms ahead of this host's clock.
+        /// let config = Config::default().max_offset_ms(250);
+        /// assert_eq!(config.max_offset_ms, 250);
+        /// ```
         max_offset_ms: u64,
-        /// Sets [`Config::max_peers`].
+        /// Sets [`Config::max_peers`] (with [`Config::open`]).
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// let config = Config::default().open().max_peers(8);
+        /// assert!(config.open_membership);
+        /// ```
         max_peers: usize,
         /// Sets [`Config::protocol_version`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // Step 1 of a rolling upgrade: new binaries, still speaking version 1.
+        /// let config = Config::default().protocol_version(1);
+        /// config.validate()?;
+        /// assert!(Config::default().protocol_version(99).validate().is_err());
+        /// # Ok::<(), concord::Error>(())
+        /// ```
         protocol_version: u32,
         /// Sets [`Config::lease_block`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // One lease write per 1,000 counters, at the cost of a gap per restart.
+        /// let config = Config::default().lease_block(1_000);
+        /// config.validate()?;
+        /// # Ok::<(), concord::Error>(())
+        /// ```
         lease_block: u64,
         /// Sets [`Config::retransmit_ms`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // A fast network: resend after 200 ms, backing off to 5 s at most.
+        /// let config = Config::default().retransmit_ms(200).max_retransmit_ms(5_000);
+        /// config.validate()?;
+        /// # Ok::<(), concord::Error>(())
+        /// ```
         retransmit_ms: u64,
-        /// Sets [`Config::max_retransmit_ms`].
+        /// Sets [`Config::max_retransmit_ms`] (at least [`Config::retransmit_ms`]).
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// let config = Config::default().max_retransmit_ms(60_000);
+        /// config.validate()?;
+        /// assert!(Config::default().max_retransmit_ms(10).validate().is_err());
+        /// # Ok::<(), concord::Error>(())
+        /// ```
         max_retransmit_ms: u64,
         /// Sets [`Config::heartbeat_ms`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// let config = Config::default().heartbeat_ms(5_000);
+        /// assert_eq!(config.heartbeat_ms, 5_000);
+        /// ```
         heartbeat_ms: u64,
         /// Sets [`Config::anti_entropy_ms`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // A full session with each peer every 5 minutes.
+        /// let config = Config::default().anti_entropy_ms(300_000);
+        /// assert_eq!(config.anti_entropy_ms, 300_000);
+        /// ```
         anti_entropy_ms: u64,
         /// Sets [`Config::chunk_window`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // A long fat link: keep 16 chunks of a catch-up in flight.
+        /// let config = Config::default().max_message_bytes(64 << 10).chunk_window(16);
+        /// config.validate()?;
+        /// # Ok::<(), concord::Error>(())
+        /// ```
         chunk_window: u32,
     }
 
-    /// Checks that the settings make sense together.
+    /// Checks that the settings make sense together. [`SyncEngine::new`] does not call
+    /// it: call it where the configuration is read (from a file, flags).
+    ///
+    /// ```
+    /// use concord::sync::Config;
+    /// use concord::Error;
+    ///
+    /// Config::default().retransmit_ms(200).max_retransmit_ms(5_000).validate()?;
+    /// let bad = Config::default().retransmit_ms(20_000); // above max_retransmit_ms
+    /// assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -355,6 +526,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// A new replica `node` holding `state` (usually empty), reading time from
     /// `source`. It writes under a fresh random id until given a lease with
     /// [`SyncEngine::with_lease`].
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, OrMap, ReplicaId, SystemClock};
+    ///
+    /// let (node, peer) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let state = OrMap::<String, LwwRegister<u32>>::new();
+    /// let engine = SyncEngine::new(node, state, SystemClock, Config::with_peers([peer]));
+    /// assert_eq!(engine.node(), node);
+    /// assert_ne!(engine.incarnation(), node); // no lease yet: writes under a random id
+    /// ```
     pub fn new(node: ReplicaId, state: T, source: S, config: Config) -> Self {
         let incarnation = config.incarnation.unwrap_or_else(ReplicaId::random);
         let peers = config
@@ -444,6 +626,27 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// random id (a *disaster restore*: see "Restart safety and identity"); follow it
     /// with [`SyncEngine::with_lease`] to keep the node id.
     ///
+    /// ```
+    /// use concord::sync::{Config, MemoryLease, Snapshot, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let (time, lease) = (ManualClock::new(1_000), MemoryLease::new());
+    /// let config = Config::with_peers([b_id]);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), config.clone())
+    ///     .with_lease(lease.clone())?;
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let saved = serde_json::to_vec(&a.snapshot()?)?; // to disk, in a service
+    /// drop(a); // crash
+    ///
+    /// let snapshot: Snapshot<Settings> = serde_json::from_slice(&saved)?;
+    /// let a = SyncEngine::restore(snapshot, time, config)?.with_lease(lease)?;
+    /// assert_eq!((a.node(), a.incarnation()), (a_id, a_id));
+    /// assert_eq!(a.state().value("volume"), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidSnapshot`] if the configured incarnation id already issued dots
@@ -491,6 +694,24 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// the lease first, so restoring any snapshot, newest or not, in any order, never
     /// issues one of their dots again.
     ///
+    /// ```
+    /// use concord::sync::{Config, MemoryLease, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let lease = MemoryLease::new();
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), ManualClock::new(1_000), Config::with_peers([b_id]))
+    ///     .with_lease(lease.clone())?;
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// assert_eq!(lease.get(), 0); // nothing has left the engine yet
+    /// let snapshot = a.snapshot()?;
+    /// assert_eq!(lease.get(), 1); // the snapshot's write is leased
+    /// assert_eq!(snapshot.node, a_id);
+    /// let json = serde_json::to_string(&snapshot)?; // write it somewhere durable
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Lease`] if the lease must grow and cannot.
@@ -516,27 +737,97 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// This replica's node id.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// assert_eq!(a.node(), a_id);
+    /// assert_eq!(b.sync_with(a_id)?.from, b_id); // messages name the node
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn node(&self) -> ReplicaId {
         self.node
     }
 
     /// The id this replica's writes are stamped with: the node id once it has a lease,
     /// a random id of this incarnation before.
+    ///
+    /// ```
+    /// use concord::sync::{Config, MemoryLease, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let a_id = ReplicaId::from_u128(1);
+    /// let state = OrMap::<String, LwwRegister<u32>>::new();
+    /// let a = SyncEngine::new(a_id, state, ManualClock::new(1_000), Config::default());
+    /// assert_ne!(a.incarnation(), a_id); // random: safe, but one more vector entry per boot
+    /// let a = a.with_lease(MemoryLease::new())?;
+    /// assert_eq!(a.incarnation(), a_id); // one identity for the node's whole life
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn incarnation(&self) -> ReplicaId {
         self.hlc.replica()
     }
 
     /// The replicated state (read it freely; write through [`SyncEngine::update`]).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// assert_eq!(a.state().value("volume"), Some(&7));
+    /// assert_eq!(b.state().value("volume"), None); // until B syncs
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn state(&self) -> &T {
         &self.state
     }
 
     /// Takes the replicated state out of the engine.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let settings: Settings = a.into_state();
+    /// assert_eq!(settings.value("volume"), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn into_state(self) -> T {
         self.state
     }
 
     /// The configuration.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// assert_eq!(a.config().peers, [b_id]);
+    /// assert_eq!(a.config().retransmit_ms, Config::default().retransmit_ms);
+    /// ```
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -544,9 +835,29 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// Merges a full state obtained out of band (a backup, a bulk copy from another
     /// region), validated and reported like a peer's delta.
     ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// b.update(|m, hlc| m.set("volume".into(), 9, hlc))?;
+    /// // B's whole state arrives as a file, say: A merges it like a delta.
+    /// let merged = a.merge_state(b.state().clone())?;
+    /// assert_eq!(merged.conflicts.len(), 1); // the race on "volume", resolved
+    /// assert!(merged.reply.is_none());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// The state's validation errors; on error nothing changed.
+    /// The state's validation errors ([`Error::InvalidDot`], [`Error::TooManyEntries`],
+    /// [`Error::TooManySiblings`]), and [`Error::ClockDrift`] for a timestamp past the
+    /// maximum offset; on error nothing changed.
     pub fn merge_state(&mut self, state: T) -> Result<Received<T>> {
         self.check_claims(state.context())?;
         let newest = state.max_timestamp();
@@ -569,22 +880,79 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// The version vector: every write this replica has seen, gap-free.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// assert_eq!(a.clock().get(a.incarnation()), 1);
+    /// b.receive(a.sync_with(b_id)?)?;
+    /// assert_eq!(b.clock(), a.clock());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn clock(&self) -> VectorClock {
         self.state.context().clock()
     }
 
     /// Every dot this replica has seen (its version vector plus what it holds past a
     /// gap).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.unwrap();
+    /// assert!(a.context().contains(dot));
+    /// assert!(!b.context().contains(dot));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn context(&self) -> &CausalContext {
         self.state.context()
     }
 
     /// Master or follower.
+    ///
+    /// ```
+    /// use concord::sync::{Config, Role, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// assert_eq!(a.role(), Role::Master);
+    /// a.demote();
+    /// assert_eq!(a.role(), Role::Follower);
+    /// ```
     pub fn role(&self) -> Role {
         self.role
     }
 
     /// The peers, in id order.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// assert_eq!(a.peers().collect::<Vec<_>>(), [b_id]);
+    /// ```
     pub fn peers(&self) -> impl Iterator<Item = ReplicaId> + '_ {
         self.peers.keys().copied()
     }
@@ -619,18 +987,93 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// [`OrMap::apply`](crate::OrMap::apply) just a dot: the engine does not need the
     /// delta, it computes what each peer lacks from the state).
     ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{ManualClock, MvRegister, OrMap, ReplicaId};
+    ///
+    /// type Profiles = OrMap<String, MvRegister<String>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let mut a = SyncEngine::new(a_id, Profiles::new(), ManualClock::new(1_000), Config::with_peers([b_id]));
+    ///
+    /// let receipt = a.update(|m, hlc| m.write("alice".into(), "alice@a.example".into(), hlc))?;
+    /// assert_eq!(receipt.dot.map(|d| d.counter()), Some(1)); // ask `holders` about it later
+    /// assert_eq!(receipt.delta.len(), 1); // what the mutator returned
+    ///
+    /// // Several writes in one call: a closure that ends in `Ok(..)` names its error type.
+    /// a.update(|m, hlc| {
+    ///     m.write("bob".into(), "bob@a.example".into(), hlc)?;
+    ///     m.write("carol".into(), "carol@a.example".into(), hlc)?;
+    ///     Ok::<_, concord::Error>(())
+    /// })?;
+    /// assert_eq!(a.state().len(), 3);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// The closure may fail with an error type of the application's own: any type a
+    /// [`concord::Error`](Error) converts into. `?` on a mutator then works inside it,
+    /// and the engine's own refusal arrives as that type too:
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// type Cart = OrMap<String, PnCounter>;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// enum ShopError {
+    ///     OutOfStock { item: String },
+    ///     Replication(concord::Error),
+    /// }
+    ///
+    /// impl From<concord::Error> for ShopError {
+    ///     fn from(e: concord::Error) -> Self {
+    ///         ShopError::Replication(e)
+    ///     }
+    /// }
+    ///
+    /// fn add(cart: &mut SyncEngine<Cart, ManualClock>, item: &str, n: i64) -> Result<(), ShopError> {
+    ///     let stock = 3;
+    ///     cart.update(|m, hlc| {
+    ///         if m.count(item) + n > stock {
+    ///             return Err(ShopError::OutOfStock { item: item.to_string() });
+    ///         }
+    ///         m.increment(item.to_string(), n, hlc)?; // a concord::Error converts
+    ///         Ok(())
+    ///     })?;
+    ///     Ok(())
+    /// }
+    ///
+    /// let config = Config::with_peers([ReplicaId::from_u128(2)]);
+    /// let mut cart = SyncEngine::new(ReplicaId::from_u128(1), Cart::new(), ManualClock::new(1_000), config);
+    /// add(&mut cart, "espresso", 2)?;
+    /// let refused = add(&mut cart, "espresso", 2);
+    /// assert_eq!(refused, Err(ShopError::OutOfStock { item: "espresso".into() }));
+    /// assert_eq!(cart.state().count("espresso"), 2); // nothing was written
+    ///
+    /// cart.demote();
+    /// let refused = add(&mut cart, "tea", 1);
+    /// assert!(matches!(refused, Err(ShopError::Replication(concord::Error::ReadOnly { .. }))));
+    /// # Ok::<(), ShopError>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::ReadOnly`] on a follower; whatever `f` returns (the mutators fail only
-    /// before changing anything). The lease is not written here: it is extended
+    /// [`Error::ReadOnly`] on a follower (converted into `E`), before `f` runs; and
+    /// whatever `f` returns. The mutators fail only before changing anything, but a
+    /// write that `f` completed before it failed stays written (it is part of the
+    /// state, and replicates): check what the application must check before the
+    /// first mutator, as above. The lease is not written here: it is extended
     /// before the write's dots leave the engine (a failing lease store holds deltas
     /// back and shows as lag, never as a lost write).
-    pub fn update<R>(
+    pub fn update<R, E>(
         &mut self,
-        f: impl FnOnce(&mut T, &mut Hlc<S>) -> Result<R>,
-    ) -> Result<WriteReceipt<R>> {
+        f: impl FnOnce(&mut T, &mut Hlc<S>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<WriteReceipt<R>, E>
+    where
+        E: From<Error>,
+    {
         if self.role == Role::Follower {
-            return Err(Error::ReadOnly { replica: self.node });
+            return Err(Error::ReadOnly { replica: self.node }.into());
         }
         let me = self.hlc.replica();
         let before = self
@@ -638,7 +1081,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .context()
             .max_counter(me)
             .max(self.hlc.counter_floor());
-        let delta = f(&mut self.state, &mut self.hlc)?;
+        let result = f(&mut self.state, &mut self.hlc);
+        // Counted even if `f` failed after a write: that write is in the state.
         let after = self.state.context().max_counter(me).max(before);
         if after > before {
             let now = self.hlc.now_ms();
@@ -651,7 +1095,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         Ok(WriteReceipt {
             dot: (after > before).then(|| Dot::new(me, after)),
-            delta,
+            delta: result?,
         })
     }
 
@@ -664,12 +1108,45 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.ensure_lease(held).is_ok()
     }
 
-    /// Turns this replica into a master.
+    /// Turns this replica into a master (a follower's failover).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, f_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let config = Config::with_peers([a_id]).follower();
+    /// let mut f = SyncEngine::new(f_id, Settings::new(), ManualClock::new(1_000), config);
+    /// let refused = f.update(|m, hlc| m.set("volume".into(), 7, hlc));
+    /// assert!(matches!(refused, Err(Error::ReadOnly { .. })));
+    /// f.promote(); // the master is gone
+    /// f.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn promote(&mut self) {
         self.role = Role::Master;
     }
 
-    /// Turns this replica into a read-only follower.
+    /// Turns this replica into a read-only follower: it still receives and serves
+    /// reads.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// b.demote();
+    /// assert!(matches!(b.update(|m, hlc| m.set("volume".into(), 9, hlc)), Err(Error::ReadOnly { .. })));
+    /// b.receive(a.sync_with(b_id)?)?; // it still replicates
+    /// assert_eq!(b.state().value("volume"), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn demote(&mut self) {
         self.role = Role::Follower;
     }
@@ -746,7 +1223,29 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// Opens a sync session with `peer`: what I have seen, plus the delta since what
-    /// the peer last acknowledged; asks for the peer's missing part in reply.
+    /// the peer last acknowledged; asks for the peer's missing part in reply (the manual
+    /// way: hosts on the driver let [`SyncEngine::poll_transmit`] decide).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// b.update(|m, hlc| m.set("bass".into(), 3, hlc))?;
+    /// let hello = a.sync_with(b_id)?;
+    /// let answer = b.receive(hello)?.reply.expect("a session asks for an answer");
+    /// a.receive(answer)?;
+    /// assert_eq!(a.state(), b.state()); // one round trip, both directions
+    ///
+    /// let stranger = ReplicaId::from_u128(9);
+    /// assert_eq!(a.sync_with(stranger), Err(Error::UnknownPeer { peer: stranger }));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -761,7 +1260,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Ok(self.message(peer, &acked, true))
     }
 
-    /// Opens a session with every peer.
+    /// Opens a session with every peer (in id order).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let [a_id, b_id, c_id] = [1, 2, 3].map(ReplicaId::from_u128);
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time, Config::with_peers([b_id, c_id]));
+    /// let hellos = a.sync_all();
+    /// assert_eq!(hellos.iter().map(|m| m.to).collect::<Vec<_>>(), [b_id, c_id]);
+    /// ```
     pub fn sync_all(&mut self) -> Vec<Message<T>> {
         let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
         ids.into_iter()
@@ -774,6 +1285,27 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// skipped until the state changes again or the offer goes unacknowledged for the
     /// retransmission timeout, so calling `push` periodically also recovers a lost
     /// message. Hosts on the driver ([`SyncEngine::poll_transmit`]) need not call it.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    ///
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// for msg in a.push() {
+    ///     // One message per peer that lacks something; each asks for an acknowledgement.
+    ///     let ack = b.receive(msg)?.reply.expect("B acknowledges");
+    ///     a.receive(ack)?;
+    /// }
+    /// assert_eq!(b.state().value("volume"), Some(&7));
+    /// assert!(a.push().is_empty()); // every peer holds everything
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     #[must_use = "the messages must be sent to the peers"]
     pub fn push(&mut self) -> Vec<Message<T>> {
         self.expire_flights();
@@ -862,6 +1394,29 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// Everything is checked before anything changes: on error the state, the clock
     /// and the peer bookkeeping are exactly as before.
     ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let received = b.receive(a.sync_with(b_id)?)?;
+    /// assert_eq!(b.state().value("volume"), Some(&7));
+    /// let answer = received.reply.expect("A asked for an answer");
+    /// assert!(a.receive(answer)?.reply.is_none()); // an answer needs none
+    ///
+    /// // A replica B does not know is refused, and B is unchanged.
+    /// let c_id = ReplicaId::from_u128(3);
+    /// let mut c = SyncEngine::new(c_id, Settings::new(), time, Config::with_peers([b_id]));
+    /// let refused = b.receive(c.sync_with(b_id)?);
+    /// assert_eq!(refused.unwrap_err(), Error::UnknownPeer { peer: c_id });
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::UnsupportedVersion`], [`Error::UnknownPeer`], [`Error::InvalidMessage`]
@@ -878,7 +1433,27 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// Applies a message from a peer for a host on the driver: the answer, if one is
-    /// due, is queued for [`SyncEngine::poll_transmit`] (so `reply` is `None`).
+    /// due, is queued for [`SyncEngine::poll_transmit`] (so `reply` is `None`). For a
+    /// host that decodes messages itself (to route them, say); others call
+    /// [`SyncEngine::handle_bytes`].
+    ///
+    /// ```
+    /// use concord::sync::{Config, Message, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// let hello = a.poll_transmit().expect("A introduces itself");
+    /// let msg = Message::<Settings>::decode(&hello.bytes, 1 << 20)?;
+    /// assert_eq!(msg.to, b_id);
+    /// let received = b.handle_message(msg)?;
+    /// assert!(received.reply.is_none()); // queued instead:
+    /// assert_eq!(b.poll_transmit().expect("B answers").to, a_id);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -892,7 +1467,38 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// Decodes and applies a message for a host on the driver (see
-    /// [`SyncEngine::handle_message`]), enforcing the size limit before parsing.
+    /// [`SyncEngine::handle_message`]), enforcing the size limit before parsing. Log an
+    /// error and carry on: a refused message changed nothing.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// // Move messages until neither engine has anything to send.
+    /// let mut quiet = false;
+    /// while !quiet {
+    ///     quiet = true;
+    ///     while let Some(t) = a.poll_transmit() {
+    ///         b.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    ///     while let Some(t) = b.poll_transmit() {
+    ///         a.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    /// }
+    /// assert_eq!(b.state().value("volume"), Some(&7));
+    ///
+    /// assert!(matches!(b.handle_bytes(b"not a message"), Err(Error::Decode { .. })));
+    /// assert_eq!(b.metrics().messages_rejected, 1);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1142,6 +1748,23 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// The peers known to hold `dot` (those whose acknowledged context has it).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.expect("a write");
+    /// assert!(a.holders(dot).is_empty());
+    /// let answer = b.receive(a.sync_with(b_id)?)?.reply.expect("B answers");
+    /// a.receive(answer)?; // which acknowledges the write
+    /// assert_eq!(a.holders(dot), [b_id]);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn holders(&self, dot: Dot) -> Vec<ReplicaId> {
         self.peers
             .iter()
@@ -1150,7 +1773,27 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .collect()
     }
 
-    /// True once `dot` is held by as many peers as `level` asks for.
+    /// True once `dot` is held by as many peers as `level` asks for: wait for it to
+    /// acknowledge a write semi-synchronously or synchronously.
+    ///
+    /// ```
+    /// use concord::sync::{AckLevel, Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let [a_id, b_id, c_id] = [1, 2, 3].map(ReplicaId::from_u128);
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id, c_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time, Config::with_peers([a_id]));
+    ///
+    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.expect("a write");
+    /// assert!(a.is_replicated(dot, AckLevel::None)); // asynchronous: done at once
+    /// let answer = b.receive(a.sync_with(b_id)?)?.reply.expect("B answers");
+    /// a.receive(answer)?;
+    /// assert!(a.is_replicated(dot, AckLevel::Peers(1))); // B holds it
+    /// assert!(!a.is_replicated(dot, AckLevel::All)); // C does not, yet
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn is_replicated(&self, dot: Dot, level: AckLevel) -> bool {
         let holders = self.holders(dot).len();
         match level {
@@ -1166,16 +1809,71 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// form ([`CausalContext::to_token`]) fits an HTTP header. It is a context, not a
     /// version vector, so it names writes past a gap too (a node restored from an
     /// older snapshot writes past one).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{CausalContext, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let header: String = a.token().to_token(); // to the client with A's answer
+    ///
+    /// // The client's next request reaches B, with the token.
+    /// let token = CausalContext::from_token(&header)?;
+    /// assert!(!b.can_serve(&token)); // B has not seen the client's write: wait or redirect
+    /// b.receive(a.sync_with(b_id)?)?;
+    /// assert_eq!(b.read(&token)?.value("volume"), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn token(&self) -> CausalContext {
         self.state.context().clone()
     }
 
     /// True if this replica has seen every write `token` names.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let token = a.token();
+    /// assert!(a.can_serve(&token));
+    /// assert!(!b.can_serve(&token));
+    /// b.receive(a.sync_with(b_id)?)?;
+    /// assert!(b.can_serve(&token));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn can_serve(&self, token: &CausalContext) -> bool {
         self.state.context().includes(token)
     }
 
     /// The state, if this replica has seen every write `token` names.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let token = a.token();
+    /// assert_eq!(b.read(&token).unwrap_err(), Error::NotCaughtUp { missing: 1 });
+    /// b.receive(a.sync_with(b_id)?)?;
+    /// assert_eq!(b.read(&token)?.value("volume"), Some(&7));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1188,7 +1886,29 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Err(Error::NotCaughtUp { missing })
     }
 
-    /// Lag towards `peer`.
+    /// Lag towards `peer` (`None` if it is not a peer).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// time.advance(250);
+    /// let lag = a.lag(b_id).expect("B is a peer");
+    /// assert_eq!((lag.unacked_writes, lag.oldest_unacked_ms), (1, 250));
+    /// assert_eq!(lag.since_heard_ms, None); // never heard from B
+    ///
+    /// let answer = b.receive(a.sync_with(b_id)?)?.reply.expect("B answers");
+    /// a.receive(answer)?;
+    /// assert_eq!(a.lag(b_id).unwrap().unacked_writes, 0);
+    /// assert_eq!(a.lag(b_id).unwrap().since_heard_ms, Some(0));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn lag(&self, peer: ReplicaId) -> Option<PeerLag> {
         let now = self.hlc.now_ms();
         let me = self.hlc.replica();
@@ -1207,7 +1927,26 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         })
     }
 
-    /// A serializable snapshot of counters and lag.
+    /// A serializable snapshot of counters and lag (for a metrics endpoint: it takes
+    /// `&self`).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// b.receive(a.sync_with(b_id)?)?;
+    /// let metrics = a.metrics();
+    /// assert_eq!((metrics.writes, metrics.messages_sent), (1, 1));
+    /// assert_eq!(metrics.peers[0].lag.unacked_writes, 1); // no answer received yet
+    /// let json = serde_json::to_string(&metrics)?;
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn metrics(&self) -> Metrics {
         let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
         let peers = ids
@@ -1241,13 +1980,57 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
     }
 
-    /// Encodes a message for the wire (see [`crate::wire`]).
+    /// Encodes a message for the wire (see [`crate::wire`]). Deprecated: it borrows
+    /// the engine for nothing, so `b.encode(&b.sync_with(a)?)` does not compile; use
+    /// [`Message::encode`] (`b.sync_with(a)?.encode()`), which gives the same bytes.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// let hello = a.sync_with(b_id)?;
+    /// #[allow(deprecated)]
+    /// let old = a.encode(&hello);
+    /// assert_eq!(old, hello.encode());
+    /// b.receive_bytes(&a.sync_with(b_id)?.encode())?; // no second borrow of `a`
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `Message::encode` (`msg.encode()`), which does not borrow the engine"
+    )]
     pub fn encode(&self, msg: &Message<T>) -> Vec<u8> {
         crate::wire::encode(msg)
     }
 
     /// Decodes and applies a message from the wire, enforcing the configured size
     /// limit before parsing (the manual way: see [`SyncEngine::receive`]).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let answer = b.receive_bytes(&a.sync_with(b_id)?.encode())?.reply.expect("B answers");
+    /// a.receive_bytes(&answer.encode())?;
+    /// assert_eq!(a.state(), b.state());
+    ///
+    /// // Larger than `max_message_bytes`: refused before a byte is parsed.
+    /// let mut small = SyncEngine::new(b_id, Settings::new(), time, Config::with_peers([a_id]).max_message_bytes(1024));
+    /// let refused = small.receive_bytes(&[b' '; 2048]);
+    /// assert_eq!(refused.unwrap_err(), Error::MessageTooLarge { size: 2048, limit: 1024 });
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -1267,13 +2050,55 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
 
     /// The current time of the engine's time source, in milliseconds: the clock that
     /// [`SyncEngine::poll_timeout`]'s deadlines are in.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// time.advance(500);
+    /// assert_eq!(a.now_ms(), 1_500);
+    /// ```
     pub fn now_ms(&self) -> u64 {
         self.hlc.now_ms()
     }
 
     /// True if every peer has acknowledged everything this replica holds and no
     /// catch-up is under way: nothing but heartbeats and anti-entropy is left to send
-    /// ([`SyncEngine::poll_timeout`] always has a next heartbeat).
+    /// ([`SyncEngine::poll_timeout`] always has a next heartbeat). A host that shuts
+    /// down gracefully drives the engine until it is idle.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// assert!(!a.is_idle()); // B has not acknowledged the write
+    /// // Move messages until neither engine has anything to send.
+    /// let mut quiet = false;
+    /// while !quiet {
+    ///     quiet = true;
+    ///     while let Some(t) = a.poll_transmit() {
+    ///         b.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    ///     while let Some(t) = b.poll_transmit() {
+    ///         a.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    /// }
+    /// assert!(a.is_idle() && b.is_idle());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn is_idle(&self) -> bool {
         let ctx = self.state.context();
         self.peers
@@ -1285,6 +2110,41 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// retransmission timeout (with exponential backoff). Call it when
     /// [`SyncEngine::poll_timeout`]'s deadline has passed, then drain
     /// [`SyncEngine::poll_transmit`].
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// // Move messages until neither engine has anything to send.
+    /// let mut quiet = false;
+    /// while !quiet {
+    ///     quiet = true;
+    ///     while let Some(t) = a.poll_transmit() {
+    ///         b.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    ///     while let Some(t) = b.poll_transmit() {
+    ///         a.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    /// }
+    ///
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let lost = a.poll_transmit().expect("the write's delta"); // the network drops it
+    /// assert_eq!(lost.to, b_id);
+    /// time.set(a.poll_timeout().expect("A waits for an acknowledgement"));
+    /// a.handle_timeout();
+    /// let resent = a.poll_transmit().expect("A resends the write");
+    /// b.handle_bytes(&resent.bytes)?;
+    /// assert_eq!(b.state().value("volume"), Some(&7));
+    /// assert_eq!(a.metrics().retransmits, 1);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn handle_timeout(&mut self) {
         self.expire_flights();
     }
@@ -1293,6 +2153,37 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// [`SyncEngine::handle_timeout`] (and drain [`SyncEngine::poll_transmit`]) at the
     /// latest: the next retransmission, heartbeat or anti-entropy deadline. `None` if
     /// there are no peers.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// // Move messages until neither engine has anything to send.
+    /// let mut quiet = false;
+    /// while !quiet {
+    ///     quiet = true;
+    ///     while let Some(t) = a.poll_transmit() {
+    ///         b.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    ///     while let Some(t) = b.poll_transmit() {
+    ///         a.handle_bytes(&t.bytes)?;
+    ///         quiet = false;
+    ///     }
+    /// }
+    ///
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// let lost = a.poll_transmit().expect("the write's delta"); // the network drops it
+    /// assert_eq!(lost.to, b_id);
+    /// // A waits one retransmission timeout for B's acknowledgement.
+    /// assert_eq!(a.poll_timeout(), Some(1_000 + a.config().retransmit_ms));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn poll_timeout(&self) -> Option<u64> {
         let hb = self.config.heartbeat_ms;
         self.peers
@@ -1312,7 +2203,29 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// The next message to send, if any: deltas and chunks of catch-ups, answers and
     /// acknowledgements, heartbeats and anti-entropy openers, resends after a timeout.
     /// Call it until it returns `None` after every local write, every received message
-    /// and every timeout.
+    /// and every timeout, and send each [`Transmit`]'s `bytes` to its `to`.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// // A host's send step: drain the engine into the network (here, a queue).
+    /// let mut network = Vec::new();
+    /// while let Some(t) = a.poll_transmit() {
+    ///     network.push(t);
+    /// }
+    /// for t in network {
+    ///     assert_eq!(t.to, b_id);
+    ///     b.handle_bytes(&t.bytes)?;
+    /// }
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.expire_flights();
         let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();

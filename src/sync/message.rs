@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::causal::Crdt;
 use crate::clock::CausalContext;
+use crate::error::Result;
 use crate::id::ReplicaId;
 
 /// The newest protocol version this build speaks.
@@ -76,7 +78,83 @@ pub struct Chunk {
 impl<T> Message<T> {
     /// True if the message carries no delta (an acknowledgement, a heartbeat or a
     /// session opener).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, OrMap::<String, PnCounter>::new(), time, Config::with_peers([b_id]));
+    /// assert!(a.sync_with(b_id)?.is_ack_only()); // nothing to send yet
+    /// a.update(|m, hlc| m.increment("visits".to_string(), 1, hlc))?;
+    /// assert!(!a.sync_with(b_id)?.is_ack_only());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
     pub fn is_ack_only(&self) -> bool {
         self.delta.is_none()
+    }
+}
+
+impl<T: Crdt> Message<T> {
+    /// Encodes the message for the wire, in the version it names (see
+    /// [`crate::wire::encode`]). It needs no engine, so a reply can be encoded while
+    /// the engine that produced it is borrowed again:
+    ///
+    /// ```
+    /// use concord::sync::{Config, Message, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Map = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let time = ManualClock::new(1_000);
+    /// let mut a = SyncEngine::new(a_id, Map::new(), time.clone(), Config::with_peers([b_id]));
+    /// let mut b = SyncEngine::new(b_id, Map::new(), time, Config::with_peers([a_id]));
+    /// a.update(|m, hlc| m.set("x".to_string(), 7, hlc))?;
+    ///
+    /// let bytes = a.sync_with(b_id)?.encode();
+    /// let answer = b.receive_bytes(&bytes)?.reply.expect("B answers a session");
+    /// a.receive_bytes(&answer.encode())?;
+    /// assert_eq!(a.state(), b.state());
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn encode(&self) -> Vec<u8> {
+        crate::wire::encode(self)
+    }
+
+    /// Decodes a message of any protocol version this build speaks, refusing input
+    /// larger than `max_bytes` before parsing it (see [`crate::wire::decode`]). An
+    /// engine decodes by itself ([`SyncEngine::handle_bytes`],
+    /// [`SyncEngine::receive_bytes`]); this is for hosts that route or inspect
+    /// messages first.
+    ///
+    /// [`SyncEngine::handle_bytes`]: crate::sync::SyncEngine::handle_bytes
+    /// [`SyncEngine::receive_bytes`]: crate::sync::SyncEngine::receive_bytes
+    ///
+    /// ```
+    /// use concord::sync::{Config, Message, SyncEngine};
+    /// use concord::{Error, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// type Map = OrMap<String, PnCounter>;
+    /// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let mut a = SyncEngine::new(a_id, Map::new(), ManualClock::new(1_000), Config::with_peers([b_id]));
+    /// let bytes = a.sync_with(b_id)?.encode();
+    ///
+    /// let msg = Message::<Map>::decode(&bytes, 1 << 20)?;
+    /// assert_eq!((msg.from, msg.to), (a_id, b_id)); // route it by its address
+    /// assert!(matches!(
+    ///     Message::<Map>::decode(&bytes, 16),
+    ///     Err(Error::MessageTooLarge { .. })
+    /// ));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`](crate::Error::MessageTooLarge),
+    /// [`Error::UnsupportedVersion`](crate::Error::UnsupportedVersion),
+    /// [`Error::Decode`](crate::Error::Decode).
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Self> {
+        crate::wire::decode(bytes, max_bytes)
     }
 }

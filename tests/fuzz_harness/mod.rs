@@ -135,9 +135,9 @@ fn fingerprint(e: &mut SyncEngine<Map, ManualClock>) -> Fingerprint {
 /// on the wire or to persist itself.
 pub fn decode(data: &[u8]) -> Result<()> {
     // Decoding alone: a decoded message encodes to something that decodes to it again.
-    if let Ok(msg) = concord::wire::decode::<Map>(data, MAX_BYTES) {
-        let again = concord::wire::encode(&msg);
-        let back = concord::wire::decode::<Map>(&again, usize::MAX)
+    if let Ok(msg) = Message::<Map>::decode(data, MAX_BYTES) {
+        let again = msg.encode();
+        let back = Message::<Map>::decode(&again, usize::MAX)
             .unwrap_or_else(|e| panic!("re-encoded message does not decode: {e}"));
         assert_eq!(back, msg, "wire round trip changed the message");
     }
@@ -167,8 +167,8 @@ fn check_alive(b: &mut SyncEngine<Map, ManualClock>, reply: Option<&Message<Map>
         .validate(&Limits::default())
         .unwrap_or_else(|e| panic!("accepted state is inconsistent: {e}"));
     if let Some(reply) = reply {
-        let bytes = concord::wire::encode(reply);
-        let back = concord::wire::decode::<Map>(&bytes, usize::MAX)
+        let bytes = reply.encode();
+        let back = Message::<Map>::decode(&bytes, usize::MAX)
             .unwrap_or_else(|e| panic!("the reply does not decode: {e}"));
         // Version 1 names no gaps: its `seen` and `base` are the gap-free prefixes.
         let mut expected = reply.clone();
@@ -662,17 +662,17 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let [mut a, mut b, mut c] = cluster();
     for msg in [a.sync_with(B).unwrap(), c.sync_with(B).unwrap()] {
-        out.push(("decode", concord::wire::encode(&msg)));
+        out.push(("decode", msg.encode()));
     }
     out.extend(
         a.push()
             .iter()
             .filter(|m| m.to == B)
-            .map(|m| ("decode", concord::wire::encode(m))),
+            .map(|m| ("decode", m.encode())),
     );
     let hello = b.sync_with(A).unwrap();
     let answer = a.receive(hello).unwrap().reply.unwrap();
-    out.push(("decode", concord::wire::encode(&answer)));
+    out.push(("decode", answer.encode()));
     for kind in KINDS {
         let json = match kind {
             Kind::Mv => serde_json::to_vec(&base::<Map>(kind)),
