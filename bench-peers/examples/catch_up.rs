@@ -53,12 +53,21 @@ fn engine(me: u128, limit: usize, time: &ManualClock) -> Engine {
 }
 
 /// Runs both drivers until converged; returns (messages, bytes).
-fn run(a: &mut Engine, b: &mut Engine, time: &ManualClock, mut drop: impl FnMut(&Transmit) -> bool) -> (u64, u64) {
+fn run(
+    a: &mut Engine,
+    b: &mut Engine,
+    time: &ManualClock,
+    mut drop: impl FnMut(&Transmit) -> bool,
+) -> (u64, u64) {
     let (mut messages, mut bytes) = (0, 0);
     for _ in 0..100_000 {
         let mut moved = false;
         for from_a in [true, false] {
-            let (src, dst) = if from_a { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+            let (src, dst) = if from_a {
+                (&mut *a, &mut *b)
+            } else {
+                (&mut *b, &mut *a)
+            };
             while let Some(t) = src.poll_transmit() {
                 moved = true;
                 messages += 1;
@@ -100,7 +109,11 @@ fn bootstrap(keys: usize, limit: usize) {
     let peak = PEAK.load(Ordering::Relaxed) - baseline;
     println!(
         "| {keys:>7} | {:>9} | {:>8.1} ms | {messages:>8} | {:>9.1} MB | {:>8.1} MB | {:>8.1} MB |",
-        if limit >= 1 << 20 { format!("{} MiB", limit >> 20) } else { format!("{} KiB", limit >> 10) },
+        if limit >= 1 << 20 {
+            format!("{} MiB", limit >> 20)
+        } else {
+            format!("{} KiB", limit >> 10)
+        },
         elapsed.as_secs_f64() * 1e3,
         bytes as f64 / 1e6,
         state as f64 / 1e6,
@@ -114,7 +127,8 @@ fn dropped_answer(changes: usize) {
     let mut b = engine(2, 64 << 20, &time);
     run(&mut a, &mut b, &time, |_| false);
     for k in 0..changes {
-        b.update(|m, hlc| m.set(format!("key-{k:07}"), "v".into(), hlc)).unwrap();
+        b.update(|m, hlc| m.set(format!("key-{k:07}"), "v".into(), hlc))
+            .unwrap();
     }
     // B's delta to A is lost once.
     let mut dropped = 0u64;
@@ -126,7 +140,8 @@ fn dropped_answer(changes: usize) {
         lose
     });
     // After the answer is acknowledged, one new write costs what it is.
-    b.update(|m, hlc| m.set("new".into(), "v".into(), hlc)).unwrap();
+    b.update(|m, hlc| m.set("new".into(), "v".into(), hlc))
+        .unwrap();
     let (messages, next) = run(&mut a, &mut b, &time, |_| false);
     println!(
         "dropped answer after {changes} changes: the lost message was {dropped} B; recovery sent {recovered} B in all; \

@@ -30,7 +30,10 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -44,7 +47,13 @@ fn measure<P: Peer>(data: &Dataset, floor: Option<f64>) -> f64 {
     let after = LIVE.load(Ordering::Relaxed);
     let per_key = (after - before) as f64 / data.keys.len() as f64;
     let ratio = floor.map_or("1.00×".to_string(), |f| format!("{:.2}×", per_key / f));
-    println!("| {:<18} | {:>12} | {:>9.1} | {:>8} |", P::NAME, after - before, per_key, ratio);
+    println!(
+        "| {:<18} | {:>12} | {:>9.1} | {:>8} |",
+        P::NAME,
+        after - before,
+        per_key,
+        ratio
+    );
     drop(replica);
     per_key
 }
