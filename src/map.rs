@@ -563,16 +563,20 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         let split = before.len();
         f(value, op);
         value.for_each_dot(&mut |d| before.push(d));
-        let (old, new) = before.split_at(split);
+        let (old, new) = before.split_at_mut(split);
         let delta_value = want_delta.then(|| value.filtered(&|d| op.issued(d)));
         let bottom = value.is_bottom();
 
+        // Sorted, so a value with many elements (a busy counter's segments) is
+        // compared in O(n log n), not O(n^2).
+        old.sort_unstable();
+        new.sort_unstable();
         let mut dead = Vec::new();
-        for d in old.iter().filter(|d| !new.contains(d)) {
+        for d in old.iter().filter(|d| new.binary_search(d).is_err()) {
             self.index.remove(d);
             dead.push(*d);
         }
-        for d in new.iter().filter(|d| !old.contains(d)) {
+        for d in new.iter().filter(|d| old.binary_search(d).is_err()) {
             self.index.insert(*d, pos);
         }
         self.scratch = before;
@@ -837,6 +841,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                     value.for_each_dot(&mut |d| before.push(d));
                     theirs.clear();
                     their_value.for_each_dot(&mut |d| theirs.push(d));
+                    before.sort_unstable();
+                    theirs.sort_unstable();
                     if before == theirs {
                         continue;
                     }
@@ -846,7 +852,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                     let report = conflict.then(|| (value.clone(), their_value.clone()));
                     effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
                     for d in &before {
-                        if their_ctx.contains(*d) && !theirs.contains(d) {
+                        if their_ctx.contains(*d) && theirs.binary_search(d).is_err() {
                             self.index.remove(d);
                         }
                     }
