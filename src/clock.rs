@@ -332,9 +332,41 @@ impl Serialize for VectorClock {
     }
 }
 
+/// Reads a JSON object into a `BTreeMap`, refusing a key that appears twice (two
+/// decoders could otherwise read one message differently).
+pub(crate) fn unique_btree<'de, D, K, V>(d: D) -> std::result::Result<BTreeMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord,
+    V: Deserialize<'de>,
+{
+    struct Unique<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<K, V> {
+        type Value = BTreeMap<K, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map without repeated keys")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = access.next_entry()? {
+                if out.insert(k, v).is_some() {
+                    return Err(serde::de::Error::custom("a key appears twice"));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
+}
+
 impl<'de> Deserialize<'de> for VectorClock {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let map = BTreeMap::<ReplicaId, u64>::deserialize(d)?;
+        let map = unique_btree::<D, ReplicaId, u64>(d)?;
         Ok(VectorClock {
             entries: map.into_iter().filter(|e| e.1 > 0).collect(),
         })
@@ -538,6 +570,7 @@ impl From<Ranges> for Vec<(u64, u64)> {
 #[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CausalContext {
+    #[serde(deserialize_with = "unique_btree")]
     seen: BTreeMap<ReplicaId, Ranges>,
 }
 

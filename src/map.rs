@@ -1242,11 +1242,11 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     }
 
     fn decode_entries(
-        decoded: IndexMap<K, V::Decoded>,
+        decoded: DecodedEntries<K, V::Decoded>,
         replicas: &[ReplicaId],
     ) -> Result<IndexMap<K, V>> {
-        let mut entries = IndexMap::with_capacity(decoded.len());
-        for (k, v) in decoded {
+        let mut entries = IndexMap::with_capacity(decoded.0.len());
+        for (k, v) in decoded.0 {
             entries.insert(k, V::decode(v, replicas)?);
         }
         Ok(entries)
@@ -1258,7 +1258,7 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
         = EncodedEntries<'a, K, V>
     where
         Self: 'a;
-    type Decoded = IndexMap<K, V::Decoded>;
+    type Decoded = DecodedEntries<K, V::Decoded>;
 
     fn is_bottom(&self) -> bool {
         self.entries.is_empty()
@@ -1610,7 +1610,40 @@ struct WireMap<'a, K, V: DotStore + 'a> {
 struct WireMapOwned<K, V: DotStore> {
     r: Vec<ReplicaId>,
     c: EncodedContext,
-    e: IndexMap<K, V::Decoded>,
+    e: DecodedEntries<K, V::Decoded>,
+}
+
+/// A map's entries as read from the wire, before validation: a key that appears twice
+/// is a decoding error (two decoders could otherwise read one message differently).
+#[derive(Debug)]
+pub struct DecodedEntries<K, V>(IndexMap<K, V>);
+
+impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Unique<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Key, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<K, V> {
+            type Value = IndexMap<K, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map's entries, each key once")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                while let Some((k, v)) = access.next_entry()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("a map key appears twice"));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Unique(std::marker::PhantomData))
+            .map(DecodedEntries)
+    }
 }
 
 impl<K: Key, V: DotStore> Serialize for OrMap<K, V> {

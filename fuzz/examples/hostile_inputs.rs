@@ -78,6 +78,13 @@ fn main() -> std::io::Result<()> {
         ("decode-adjacent-spans", msg(state(&[A1], json!([[0, [[1, 3], 1]]]), json!({}))).into_bytes()),
         ("decode-replica-listed-twice", msg(state(&[A1], json!([[0, [1]], [0, [3]]]), json!({}))).into_bytes()),
         ("decode-empty-run", msg(state(&[A1], json!([[0, [[1, 0]]]]), json!({}))).into_bytes()),
+        // A key that appears twice (JSON allows it; two decoders could read the message
+        // differently): in a version vector, a map's entries, a context, the envelope.
+        // Written as text, since a JSON value cannot hold a repeated key.
+        ("decode-duplicate-clock-replica", format!(r#"{{"v":1,"from":"{A}","to":"{B}","inc":"{A1}","clock":{{"{A1}":1,"{A1}":3}}}}"#).into_bytes()),
+        ("decode-duplicate-map-key", format!(r#"{{"v":1,"from":"{A}","to":"{B}","inc":"{A1}","clock":{{"{A1}":2}},"delta":{{"r":["{A1}"],"c":[[0,[[1,1]]]],"e":{{"k":[[0,1,5]],"k":[[0,2,6]]}}}},"reply":true}}"#).into_bytes()),
+        ("decode-duplicate-seen-replica", format!(r#"{{"v":2,"vmax":2,"from":"{A}","to":"{B}","inc":"{A1}","seen":{{"{A1}":[[1,1]],"{A1}":[[1,2]]}}}}"#).into_bytes()),
+        ("decode-duplicate-envelope-field", format!(r#"{{"v":1,"from":"{A}","from":"{A}","to":"{B}","inc":"{A1}","clock":{{}}}}"#).into_bytes()),
         // Replica indices out of the table.
         ("decode-replica-index-out-of-range", msg(state(&[A1], json!([[7, [1]]]), json!({}))).into_bytes()),
         ("decode-element-replica-index-out-of-range", msg(state(&[A1], json!([[0, [1]]]), json!({"k": [[u32::MAX, 1, 1]]}))).into_bytes()),
