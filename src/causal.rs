@@ -30,8 +30,11 @@ use crate::id::{Dot, ReplicaId};
 /// What a register can hold: any cloneable, comparable, serializable value.
 ///
 /// Implemented automatically for every type with those traits. Values travel as JSON,
-/// so they must round-trip through it: a float that is NaN or infinite serializes as
-/// `null` and makes every message holding it fail to decode at the receiver.
+/// so they must round-trip through it: the typed writes (`write`, `set`, a map's
+/// `write` and `set`, `collapse`) refuse a value holding a NaN or an infinite float, or
+/// a map keyed by something other than strings and integers, with
+/// [`Error::Unencodable`](crate::Error::Unencodable). A value stored with an `Op`
+/// inside a custom [`OrMap::update`](crate::OrMap::update) closure is not checked.
 pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned> Data for T {}

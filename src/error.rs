@@ -127,6 +127,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write was refused because its key or value could not travel: JSON has no
+    /// NaN or infinities, and a map key must serialize as a string or an integer.
+    /// Nothing changed.
+    #[error("cannot be encoded: {reason}")]
+    Unencodable {
+        /// What could not be encoded.
+        reason: String,
+    },
+
     /// An engine configuration is inconsistent (see `Config::validate`).
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

@@ -15,6 +15,7 @@ pub mod laws;
 pub mod lww;
 pub mod map;
 pub mod mvreg;
+mod probe;
 pub mod resolver;
 pub mod sim;
 pub mod sync;

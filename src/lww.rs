@@ -98,6 +98,7 @@ impl<T: Data> LwwRegister<T> {
     /// * [`Error::InvalidDot`](crate::Error::InvalidDot) if this replica has issued the
     ///   largest event counter allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
     pub fn set<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        crate::probe::check_value(&value)?;
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
         let delta = local_write(self, &mut ctx, &op, |reg, op| reg.assign(op, value));

@@ -74,7 +74,8 @@ use crate::resolver::{Outcome, Resolver};
 ///
 /// On the wire a map is a JSON object, so a key must serialize as a JSON string or
 /// integer (`String`, integers, newtypes of them, unit enum variants). Other keys (a
-/// tuple, say) compile but make encoding a state that holds them panic.
+/// tuple, say) compile, but a write with one is refused with
+/// [`Error::Unencodable`](crate::Error::Unencodable), before anything changes.
 pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
@@ -503,6 +504,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         hlc: &mut Hlc<S>,
         f: impl FnOnce(&mut V, &Op),
     ) -> Result<Self> {
+        crate::probe::check_key(&key)?;
         let op = next_op(&self.ctx, hlc)?;
         Ok(self.mutate(key, &op, f, true).unwrap_or_default())
     }
@@ -541,6 +543,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         hlc: &mut Hlc<S>,
         f: impl FnOnce(&mut V, &Op),
     ) -> Result<Dot> {
+        crate::probe::check_key(&key)?;
         let op = next_op(&self.ctx, hlc)?;
         self.mutate(key, &op, f, false);
         Ok(op.dot())
@@ -964,6 +967,7 @@ impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
     /// As [`OrMap::update`]: [`Error::ClockOverflow`] or [`Error::InvalidDot`], with
     /// nothing changed.
     pub fn set<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        crate::probe::check_value(&value)?;
         self.update(key, hlc, |reg, op| reg.assign(op, value))
     }
 
@@ -1018,6 +1022,7 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
     /// As [`OrMap::update`]: [`Error::ClockOverflow`] or [`Error::InvalidDot`], with
     /// nothing changed.
     pub fn write<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        crate::probe::check_value(&value)?;
         self.update(key, hlc, |reg, op| reg.set(op, value))
     }
 
@@ -1152,6 +1157,11 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
             })
             .collect();
         fixes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // All or nothing: a merge function that produced an unencodable value (a NaN)
+        // fails the collapse before any key is written.
+        for (_, value) in &fixes {
+            crate::probe::check_value(value)?;
+        }
         let mut delta = OrMap::new();
         for (key, value) in fixes {
             let d = self.write(key, value, hlc)?;
