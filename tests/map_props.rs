@@ -1,4 +1,4 @@
-#![cfg(feature = "laws")]
+#![cfg(feature = "testing")]
 //! The specification of [`OrMap`], as properties over *reachable* maps.
 //!
 //! Every property replays a random program of [`Action`]s (local writes, removals,
@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-use concord::laws;
+use concord::testing::laws;
 use concord::{
     CausalContext, Conflict, Crdt, Dot, DotStore, Error, Hlc, Limits, LwwRegister, ManualClock,
     MvRegister, OrMap, PnCounter, ReplicaId, Resolver, Timestamp, VectorClock,
