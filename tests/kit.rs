@@ -119,6 +119,12 @@ fn a_merge_function_that_changes_a_single_value_is_caught() {
 }
 
 #[test]
+fn a_value_not_equal_to_itself_is_caught() {
+    let failure = failure_of(Just(f64::NAN), |s: &[&f64]| *s[0]);
+    assert!(failure.reason.contains("not equal to itself"), "{failure}");
+}
+
+#[test]
 fn a_failure_names_its_seed_and_the_seed_replays_it() {
     let sum = |s: &[&u32]| s.iter().map(|v| **v).sum::<u32>();
     let first = Kit::new()

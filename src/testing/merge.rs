@@ -94,6 +94,13 @@ pub(crate) fn check<V: Data, F: MergeFn<V>>(
     let siblings = &case.siblings;
     let refs: Vec<&V> = siblings.iter().collect();
 
+    if let Some(v) = siblings.iter().find(|v| V::clone(v) != **v) {
+        return fail(format!(
+            "the value {v:?} is not equal to itself (a NaN?): replicas holding it never \
+             compare equal, and it does not survive the wire"
+        ));
+    }
+
     // One value, and copies of one value, resolve to it.
     let v = &siblings[0];
     let alone = f.merge_values(&[v]);

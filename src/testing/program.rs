@@ -362,13 +362,6 @@ fn join_all<T: Crdt + Default>(states: impl IntoIterator<Item = T>) -> T {
     acc
 }
 
-/// Shuffles `items` in place (Fisher–Yates).
-fn shuffle<X>(rng: &mut Rng, items: &mut [X]) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i + 1));
-    }
-}
-
 /// Every write's delta, once to three times each, in a random order.
 fn shuffled_deltas<T: Clone, W>(world: &World<T, W>, rng: &mut Rng) -> Vec<T> {
     let mut out = Vec::new();
@@ -377,7 +370,7 @@ fn shuffled_deltas<T: Clone, W>(world: &World<T, W>, rng: &mut Rng) -> Vec<T> {
             out.push(w.delta.clone());
         }
     }
-    shuffle(rng, &mut out);
+    rng.shuffle(&mut out);
     out
 }
 
@@ -747,7 +740,7 @@ impl<T: Crdt + Default, W: Clone + fmt::Debug> World<T, W> {
         let mut subset = shuffled_deltas(self, &mut rng);
         subset.retain(|_| rng.below(2) == 0);
         let forwards = join_all(subset.iter().cloned());
-        shuffle(&mut rng, &mut subset);
+        rng.shuffle(&mut subset);
         let shuffled = join_all(subset);
         prop_assert_eq!(forwards, shuffled, "the order of delta delivery mattered");
         Ok(())

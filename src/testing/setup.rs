@@ -357,7 +357,10 @@ where
             any::<u64>(),
             sim::faults(),
             sim::message_limit(),
-            proptest::collection::vec(sim::action(ops), self.steps.clone()),
+            proptest::collection::vec(
+                sim::action_with(ops, (*self.nodes.end()).max(7)),
+                self.steps.clone(),
+            ),
         )
             .prop_map(|(nodes, seed, faults, limit, actions)| SetupCase {
                 nodes,

@@ -87,6 +87,14 @@ impl Rng {
     pub fn percent(&mut self, p: u8) -> bool {
         self.below(100) < p as usize
     }
+
+    /// Shuffles `items` in place (Fisher–Yates).
+    pub fn shuffle<X>(&mut self, items: &mut [X]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
 }
 
 /// The network's misbehaviour, in percent per delivered message.
@@ -585,15 +593,29 @@ impl<T: Crdt + Default> Sim<T> {
 pub fn action<W: Clone + fmt::Debug + 'static>(
     ops: impl Strategy<Value = W> + 'static,
 ) -> impl Strategy<Value = Action<W>> {
+    action_with(ops, 7)
+}
+
+/// [`action`] with nodes numbered 0 to `nodes - 1` (for simulations of more than 7
+/// nodes).
+///
+/// # Panics
+///
+/// If `nodes` is 0.
+pub fn action_with<W: Clone + fmt::Debug + 'static>(
+    ops: impl Strategy<Value = W> + 'static,
+    nodes: usize,
+) -> impl Strategy<Value = Action<W>> {
+    assert!(nodes > 0, "a simulation needs at least one node");
     prop_oneof![
-        6 => (0..7usize, ops).prop_map(|(node, op)| Action::Write { node, op }),
-        2 => (0..7usize, 0..7usize).prop_map(|(from, to)| Action::Sync { from, to }),
-        3 => (0..7usize).prop_map(|node| Action::Push { node }),
+        6 => (0..nodes, ops).prop_map(|(node, op)| Action::Write { node, op }),
+        2 => (0..nodes, 0..nodes).prop_map(|(from, to)| Action::Sync { from, to }),
+        3 => (0..nodes).prop_map(|node| Action::Push { node }),
         5 => (1..8usize).prop_map(|count| Action::Deliver { count }),
         1 => any::<u64>().prop_map(|side_a| Action::Partition { side_a }),
         1 => Just(Action::Heal),
-        1 => (0..7usize).prop_map(|node| Action::Snapshot { node }),
-        1 => (0..7usize).prop_map(|node| Action::Crash { node }),
+        1 => (0..nodes).prop_map(|node| Action::Snapshot { node }),
+        1 => (0..nodes).prop_map(|node| Action::Crash { node }),
         1 => (0..2_000u64).prop_map(|ms| Action::Advance { ms }),
     ]
 }
