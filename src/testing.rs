@@ -46,8 +46,8 @@
 //! the [`Failure`] instead of panicking.
 //!
 //! The pieces are public for properties of your own: [`programs`], [`Program`] and
-//! [`World`] (reachable states, with every write recorded for oracles), the `World`
-//! checks one by one, [`laws`] (the join laws on given states) and [`sim`] (the
+//! [`World`] (reachable states, with every write recorded for oracles),
+//! [`reachable_states`], the `World` checks one by one, [`laws`] (the join laws on given states) and [`sim`] (the
 //! simulator, its strategies and [`sim::check_quiesced`]).
 //!
 //! ```
@@ -101,8 +101,8 @@ mod setup;
 pub mod sim;
 
 pub use program::{
-    programs, programs_with, replica_id, Program, Refusal, Replica, Step, World, WriteRecord,
-    MAX_REPLICAS, START_MS,
+    programs, programs_with, reachable_states, replica_id, Program, Refusal, Replica, Step, World,
+    WriteRecord, MAX_REPLICAS, START_MS,
 };
 pub use setup::{Resolvable, Setup, SetupReport};
 

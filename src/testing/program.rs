@@ -196,6 +196,40 @@ pub fn programs_with<W: Clone + fmt::Debug + 'static>(
         .boxed()
 }
 
+/// The final states of the replicas after a random program of `ops` over four
+/// replicas: jointly reachable states for properties of your own (a failure shrinks
+/// through the program, though only the states are shown).
+///
+/// ```
+/// use concord::testing::{laws, proptest, reachable_states, Operation};
+/// use concord::{Hlc, ManualClock, PnCounter, Result};
+/// use proptest::prelude::*;
+/// use proptest::test_runner::{TestCaseError, TestRunner};
+///
+/// #[derive(Clone, Debug)]
+/// struct Add(i64);
+///
+/// impl Operation<PnCounter> for Add {
+///     fn apply(&self, c: &mut PnCounter, hlc: &mut Hlc<ManualClock>) -> Result<PnCounter> {
+///         c.increment(self.0, hlc)
+///     }
+/// }
+///
+/// let states = reachable_states::<PnCounter, _>((-5..5i64).prop_map(Add));
+/// TestRunner::default()
+///     .run(&states, |s| laws::all(&s[0], &s[1], &s[2]).map_err(TestCaseError::fail))
+///     .unwrap();
+/// ```
+pub fn reachable_states<T, W>(ops: impl Strategy<Value = W> + 'static) -> BoxedStrategy<Vec<T>>
+where
+    T: Crdt + Default + 'static,
+    W: Operation<T> + 'static,
+{
+    programs(ops)
+        .prop_map(|p| p.run::<T>().replicas.into_iter().map(|r| r.state).collect())
+        .boxed()
+}
+
 /// One replica of a [`World`].
 #[derive(Debug)]
 pub struct Replica<T> {
