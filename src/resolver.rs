@@ -68,8 +68,8 @@ impl Outcome {
 ///
 /// The outcome must agree with the states: [`Outcome::Unchanged`] exactly when the
 /// merge left `self` equal to what it was; [`Outcome::Advanced`] when the result equals
-/// `other`. The law kit ([`crate::laws`], feature `laws`) checks all of this for any
-/// type, including your own.
+/// `other`. The test kit ([`crate::testing`], feature `testing`) checks all of this
+/// for any type, including your own.
 pub trait Resolver: Sized {
     /// Joins `other` into `self` (least upper bound) and reports what happened.
     ///

@@ -4,7 +4,7 @@
 //! replica's hybrid logical clock, and turns the state into [`Message`]s for its peers
 //! and peers' messages back into state. It never touches a socket, a thread or a clock
 //! of its own: the host moves the messages (over TCP, a queue, or the
-//! [simulator](crate::sim)) and the time comes from the engine's
+//! [simulator](crate::testing::sim), feature `testing`) and the time comes from the engine's
 //! [`TimeSource`](crate::TimeSource).
 //!
 //! # The protocol

@@ -1,9 +1,15 @@
 //! Convergence under any network schedule: random actions over the simulator, with
 //! loss, duplication, reordering, partitions and crashes, then heal and quiesce.
 //!
-//! CI runs 500 cases per property; set `CONCORD_SIM_CASES` for more.
+//! CI runs 500 cases per property; set `CONCORD_SIM_CASES` for more. The actions,
+//! networks and message limits come from the test kit's strategies
+//! (`concord::testing::sim`), and the checks after quiescing are the kit's
+//! `check_quiesced`: the same ones `concord::testing::check_setup` runs on users'
+//! setups.
+#![cfg(feature = "testing")]
 
-use concord::sim::{Action, Faults, Sim, SimOp};
+use concord::testing::sim::{action, check_quiesced, faults, message_limit, Action, Faults, Sim};
+use concord::testing::Operation;
 use concord::{Hlc, ManualClock, MvRegister, OrMap, PnCounter, Result};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -22,7 +28,7 @@ enum ProfileOp {
     Remove(usize),
 }
 
-impl SimOp<Profiles> for ProfileOp {
+impl Operation<Profiles> for ProfileOp {
     fn apply(&self, map: &mut Profiles, hlc: &mut Hlc<ManualClock>) -> Result<Profiles> {
         match *self {
             ProfileOp::Put(k, v) => map.write(KEYS[k].to_string(), v, hlc),
@@ -39,7 +45,7 @@ enum CartOp {
     Clear(usize),
 }
 
-impl SimOp<Carts> for CartOp {
+impl Operation<Carts> for CartOp {
     fn apply(&self, carts: &mut Carts, hlc: &mut Hlc<ManualClock>) -> Result<Carts> {
         match *self {
             CartOp::Add(c, p, n) => carts.update(KEYS[c].to_string(), hlc, |cart, op| {
@@ -58,30 +64,6 @@ fn cases() -> u32 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500)
-}
-
-fn action<W: Clone + std::fmt::Debug + 'static>(
-    op: impl Strategy<Value = W> + 'static,
-) -> impl Strategy<Value = Action<W>> {
-    prop_oneof![
-        6 => (0..7usize, op).prop_map(|(node, op)| Action::Write { node, op }),
-        2 => (0..7usize, 0..7usize).prop_map(|(from, to)| Action::Sync { from, to }),
-        3 => (0..7usize).prop_map(|node| Action::Push { node }),
-        5 => (1..8usize).prop_map(|count| Action::Deliver { count }),
-        1 => any::<u64>().prop_map(|side_a| Action::Partition { side_a }),
-        1 => Just(Action::Heal),
-        1 => (0..7usize).prop_map(|node| Action::Snapshot { node }),
-        1 => (0..7usize).prop_map(|node| Action::Crash { node }),
-        1 => (0..2_000u64).prop_map(|ms| Action::Advance { ms }),
-    ]
-}
-
-fn faults() -> impl Strategy<Value = Faults> {
-    (0..=50u8, 0..30u8, any::<bool>()).prop_map(|(loss, duplicate, reorder)| Faults {
-        loss,
-        duplicate,
-        reorder,
-    })
 }
 
 fn profile_op() -> impl Strategy<Value = ProfileOp> {
@@ -104,12 +86,6 @@ fn cart_op() -> impl Strategy<Value = CartOp> {
 }
 
 /// Runs the scenario, heals, quiesces, and checks the spec.
-/// A message limit for the run: none (the default 64 MiB), or one small enough that
-/// catch-ups go in chunks.
-fn limit() -> impl Strategy<Value = Option<usize>> {
-    prop_oneof![1 => Just(None), 1 => (2_000..4_000usize).prop_map(Some)]
-}
-
 fn check<T, W>(
     nodes: usize,
     seed: u64,
@@ -119,7 +95,7 @@ fn check<T, W>(
 ) -> std::result::Result<(), TestCaseError>
 where
     T: concord::Crdt + Default,
-    W: SimOp<T>,
+    W: Operation<T>,
 {
     let mut sim: Sim<T> = Sim::new(nodes, seed, faults);
     if let Some(bytes) = limit {
@@ -127,31 +103,7 @@ where
     }
     sim.run(actions);
     sim.quiesce();
-    prop_assert!(sim.converged(), "replicas diverged after quiescing");
-    prop_assert_eq!(sim.stats().reused_dots, 0, "a dot was issued twice");
-    // Identities survive restarts: version vectors name nodes only.
-    for i in 0..sim.len() {
-        prop_assert!(sim.engine(i).context().replicas().count() <= sim.len());
-    }
-    prop_assert_eq!(
-        sim.stats().rejected,
-        0,
-        "an honest message was rejected: {:?}",
-        sim.last_error()
-    );
-    // Every write some other replica held before its writer crashed survived.
-    for (dot, holders) in sim.acknowledged_before_crash() {
-        prop_assert!(*holders >= 1);
-        for i in 0..sim.len() {
-            prop_assert!(
-                sim.engine(i).state().context().contains(*dot),
-                "write {} acknowledged before a crash is missing at node {}",
-                dot,
-                i
-            );
-        }
-    }
-    Ok(())
+    check_quiesced(&sim)
 }
 
 proptest! {
@@ -162,7 +114,7 @@ proptest! {
         nodes in 2..=7usize,
         seed in any::<u64>(),
         faults in faults(),
-        limit in limit(),
+        limit in message_limit(),
         actions in prop::collection::vec(action(profile_op()), 0..60),
     ) {
         check::<Profiles, _>(nodes, seed, faults, limit, actions)?;
@@ -187,7 +139,7 @@ proptest! {
         nodes in 2..=5usize,
         seed in any::<u64>(),
         faults in faults(),
-        limit in limit(),
+        limit in message_limit(),
         actions in prop::collection::vec(action(cart_op()), 0..60),
     ) {
         check::<Carts, _>(nodes, seed, faults, limit, actions)?;
@@ -234,7 +186,7 @@ fn scenarios_exercise_conflicts_losses_and_crashes() {
 #[derive(Clone, Debug)]
 struct Wide(u16, u8);
 
-impl SimOp<Profiles> for Wide {
+impl Operation<Profiles> for Wide {
     fn apply(&self, map: &mut Profiles, hlc: &mut Hlc<ManualClock>) -> Result<Profiles> {
         map.write(format!("key-{:05}", self.0), self.1, hlc)
     }

@@ -9,6 +9,9 @@
 //!
 //! Inputs that still expose an open bug are listed in [`OPEN_BUGS`] and replayed by
 //! the ignored test `open_bugs_are_fixed` (`cargo test -- --ignored` shows them).
+//!
+//! The harness runs the simulator, which the `testing` feature provides.
+#![cfg(feature = "testing")]
 
 #[path = "fuzz_harness/mod.rs"]
 mod harness;

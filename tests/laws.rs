@@ -1,25 +1,30 @@
-#![cfg(feature = "laws")]
-//! The specification of the mergeable types, as properties over *reachable* states
-//! (see `common`): the join-semilattice laws, delta mutation, `delta_since`,
-//! convergence, the register and counter semantics, and the JSON wire form.
+#![cfg(feature = "testing")]
+//! The specification of the mergeable types, as properties over *reachable* states,
+//! run on the test kit users get (`concord::testing`): the join-semilattice laws,
+//! delta mutation, `delta_since`, convergence and the JSON wire form for registers,
+//! counters and maps, then the register and counter semantics as oracles over the
+//! kit's write log, and conflict reports.
 //!
-//! Every property takes a [`Scenario`] (a random program of writes, clock moves,
-//! merges and delta deliveries), so a failure shrinks to the smallest program that
-//! breaks it and prints it.
+//! Every property takes a `Program` (a random program of writes, clock moves,
+//! merges, pulls and delta deliveries), so a failure shrinks to the smallest program
+//! that breaks it and prints it.
 //!
 //! The clocks go through `laws::check_all`, since any clock is a valid state. The dot
-//! stores go through the kit's individual laws inside our own `proptest!` instead:
-//! `check_all` draws its three states independently, and two independent worlds both
-//! issue the dot `(r1, 1)`, for different values, so such a triple is not jointly
-//! reachable and would break the laws through no fault of the type. Here all the
-//! states of a check come from one world.
+//! stores go through the kit's `World` checks: `check_all` draws its three states
+//! independently, and two independent worlds both issue the dot `(r1, 1)`, for
+//! different values, so such a triple is not jointly reachable and would break the
+//! laws through no fault of the type. Here all the states of a check come from one
+//! world.
 
-mod common;
+use std::fmt::Debug;
 
-use common::*;
+use concord::testing::{
+    laws, programs, programs_with, replica_id as rid, Operation, World, START_MS,
+};
 use concord::{
-    laws, CausalContext, Conflict, Crdt, Hlc, Limits, LwwRegister, ManualClock, MvRegister,
-    Outcome, PnCounter, ReplicaId, Resolver, VectorClock,
+    CausalContext, Conflict, Crdt, Dot, DotStore, Hlc, Limits, LwwRegister, ManualClock,
+    MvRegister, OrMap, Outcome, PnCounter, ReplicaId, Resolver, Result as ConcordResult,
+    VectorClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -41,6 +46,154 @@ fn config() -> Config {
 
 fn law(result: Result<(), String>) -> TestResult {
     result.map_err(TestCaseError::fail)
+}
+
+// ---------------------------------------------------------------------------------
+// The operations the programs run, one type per state type.
+// ---------------------------------------------------------------------------------
+
+/// `LwwRegister::set`.
+#[derive(Clone, Debug)]
+struct Set(u8);
+
+impl Operation<LwwRegister<u8>> for Set {
+    fn apply(
+        &self,
+        reg: &mut LwwRegister<u8>,
+        hlc: &mut Hlc<ManualClock>,
+    ) -> ConcordResult<LwwRegister<u8>> {
+        reg.set(self.0, hlc)
+    }
+}
+
+/// `MvRegister::write`.
+#[derive(Clone, Debug)]
+struct Put(u8);
+
+impl Operation<MvRegister<u8>> for Put {
+    fn apply(
+        &self,
+        reg: &mut MvRegister<u8>,
+        hlc: &mut Hlc<ManualClock>,
+    ) -> ConcordResult<MvRegister<u8>> {
+        reg.write(self.0, hlc)
+    }
+}
+
+/// `PnCounter::increment`.
+#[derive(Clone, Debug)]
+struct Add(i64);
+
+impl Operation<PnCounter> for Add {
+    fn apply(&self, c: &mut PnCounter, hlc: &mut Hlc<ManualClock>) -> ConcordResult<PnCounter> {
+        c.increment(self.0, hlc)
+    }
+}
+
+const KEYS: [&str; 3] = ["a", "b", "c"];
+
+type MvMap = OrMap<String, MvRegister<u8>>;
+type CountMap = OrMap<String, PnCounter>;
+type Doc = OrMap<String, OrMap<String, LwwRegister<u8>>>;
+
+/// Writes and removals of a few keys, for the three map shapes.
+#[derive(Clone, Debug)]
+enum MapOp {
+    /// `write` (register map), `increment` (counter map), or a nested `assign` at
+    /// `key / KEYS[n % 3]` (document).
+    Write(usize, u8),
+    /// `remove` of the key.
+    Remove(usize),
+    /// Document only: `remove_in` of the inner key `KEYS[inner]`.
+    RemoveInner(usize, usize),
+}
+
+fn key(i: usize) -> String {
+    KEYS[i % KEYS.len()].to_string()
+}
+
+impl Operation<MvMap> for MapOp {
+    fn apply(&self, m: &mut MvMap, hlc: &mut Hlc<ManualClock>) -> ConcordResult<MvMap> {
+        match *self {
+            MapOp::Write(k, v) => m.write(key(k), v, hlc),
+            MapOp::Remove(k) | MapOp::RemoveInner(k, _) => m.remove(&key(k), hlc),
+        }
+    }
+}
+
+impl Operation<CountMap> for MapOp {
+    fn apply(&self, m: &mut CountMap, hlc: &mut Hlc<ManualClock>) -> ConcordResult<CountMap> {
+        match *self {
+            MapOp::Write(k, v) => m.increment(key(k), i64::from(v) - 8, hlc),
+            MapOp::Remove(k) | MapOp::RemoveInner(k, _) => m.remove(&key(k), hlc),
+        }
+    }
+}
+
+impl Operation<Doc> for MapOp {
+    fn apply(&self, m: &mut Doc, hlc: &mut Hlc<ManualClock>) -> ConcordResult<Doc> {
+        match *self {
+            MapOp::Write(k, v) => m.update(key(k), hlc, |inner, op| {
+                inner.update_in(op, key(usize::from(v)), |r, op| r.assign(op, v))
+            }),
+            MapOp::Remove(k) => m.remove(&key(k), hlc),
+            MapOp::RemoveInner(k, i) => m.update(key(k), hlc, |inner, _| inner.remove_in(&key(i))),
+        }
+    }
+}
+
+fn set() -> impl Strategy<Value = Set> {
+    any::<u8>().prop_map(Set)
+}
+
+fn put() -> impl Strategy<Value = Put> {
+    any::<u8>().prop_map(Put)
+}
+
+fn add() -> impl Strategy<Value = Add> {
+    (-10i64..=10).prop_map(Add)
+}
+
+fn map_op() -> impl Strategy<Value = MapOp> {
+    prop_oneof![
+        4 => (0..KEYS.len(), 0u8..16).prop_map(|(k, v)| MapOp::Write(k, v)),
+        1 => (0..KEYS.len()).prop_map(MapOp::Remove),
+        1 => (0..KEYS.len(), 0..KEYS.len()).prop_map(|(k, i)| MapOp::RemoveInner(k, i)),
+    ]
+}
+
+/// Arbitrary vector clocks over four replicas (every clock is a valid state).
+fn vector_clock() -> impl Strategy<Value = VectorClock> + Clone {
+    proptest::collection::vec((0..4usize, 0u64..6), 0..6)
+        .prop_map(|v| v.into_iter().map(|(r, n)| (rid(r), n)).collect())
+}
+
+/// Arbitrary causal contexts over four replicas, with gaps (every dot set is valid).
+fn causal_context() -> impl Strategy<Value = CausalContext> + Clone {
+    (
+        vector_clock(),
+        proptest::collection::vec((0..4usize, 1u64..12), 0..8),
+    )
+        .prop_map(|(clock, dots)| {
+            let mut ctx = CausalContext::from(&clock);
+            for (r, n) in dots {
+                ctx.insert(Dot::new(rid(r), n));
+            }
+            ctx
+        })
+}
+
+/// The dots a state holds (in its store, not its context), sorted.
+fn dots_of<M: DotStore>(state: &M) -> Vec<Dot> {
+    let mut out = Vec::new();
+    state.for_each_dot(&mut |d| out.push(d));
+    out.sort();
+    out
+}
+
+/// True if `state` holds a dot that `ctx` has not seen.
+fn holds_unseen<M: DotStore>(state: &M, ctx: &CausalContext) -> bool {
+    dots_of(state).into_iter().any(|d| !ctx.contains(d))
 }
 
 // ---------------------------------------------------------------------------------
@@ -73,41 +226,16 @@ proptest! {
 // The properties every dot store shares, instantiated per type.
 // ---------------------------------------------------------------------------------
 
-/// Every write's delta, once to three times each, in a random order.
-fn shuffled_deltas<M: Model>(world: &World<M>, mix: &mut Mix) -> Vec<M> {
-    let mut out = Vec::new();
-    for w in &world.writes {
-        for _ in 0..1 + mix.below(3) {
-            out.push(w.delta.clone());
-        }
-    }
-    mix.shuffle(&mut out);
-    out
-}
-
-fn join_all<M: Model>(states: impl IntoIterator<Item = M>) -> M {
-    let mut acc = M::default();
-    for s in states {
-        acc.merge(s);
-    }
-    acc
-}
-
-fn semilattice_laws<M: Model>(world: &World<M>) -> TestResult {
+/// The contexts of the final states are a join-semilattice too, and so are their
+/// clocks.
+fn contexts_are_a_semilattice<M, W>(world: &World<M, W>) -> TestResult
+where
+    M: Crdt + Default,
+    W: Clone + Debug,
+{
     let finals = world.states();
-    let all = world.finals_and_deltas();
-    for a in &all {
-        check(laws::idempotent(*a), &[a])?;
-    }
-    for (a, b) in pairs_of(world) {
-        check(laws::commutative(a, b), &[&a, &b])?;
-        check(laws::outcome_consistent(a, b), &[&a, &b])?;
-    }
     for a in &finals {
         for b in &finals {
-            for c in &all {
-                check(laws::associative(*a, *b, *c), &[a, b, c])?;
-            }
             for c in &finals {
                 let (x, y, z) = (a.context(), b.context(), c.context());
                 law(laws::all(x, y, z))?;
@@ -118,77 +246,53 @@ fn semilattice_laws<M: Model>(world: &World<M>) -> TestResult {
     Ok(())
 }
 
-/// The ordered pairs the binary properties are checked on: each replica's final state
-/// with every state of [`World::finals_and_deltas`] (both ways), and each delta with
-/// the two issued before and after it.
-fn pairs_of<M: Model>(world: &World<M>) -> Vec<(&M, &M)> {
-    let finals = world.states();
-    let all = world.finals_and_deltas();
-    let mut pairs = Vec::new();
-    for a in &finals {
-        for b in &all {
-            pairs.push((*a, *b));
-            pairs.push((*b, *a));
+/// A conflict is reported exactly when each side held a write the other had not seen
+/// (then the merge was concurrent), and names both sides' writes and the merged ones
+/// (registers and counters: one report at most).
+fn conflicts_reported_exactly<M, W>(world: &World<M, W>) -> TestResult
+where
+    M: Crdt<Key = (), Value = M> + DotStore,
+    W: Clone + Debug,
+{
+    for (a, b) in world.pairs() {
+        let mut merged = a.clone();
+        let merge_outcome = merged.merge(b.clone());
+        let mut tried = a.clone();
+        let mut conflicts: Vec<Conflict<M::Key, M::Value>> = Vec::new();
+        tried
+            .try_merge(b.clone(), &Limits::default(), &mut conflicts)
+            .map_err(|e| TestCaseError::fail(format!("try_merge rejected a valid state: {e}")))?;
+        let raced = holds_unseen(a, b.context()) && holds_unseen(b, a.context());
+        prop_assert_eq!(
+            conflicts.len(),
+            usize::from(raced),
+            "conflicts: {:?}",
+            conflicts
+        );
+        if let Some(c) = conflicts.first() {
+            prop_assert_eq!(merge_outcome, Outcome::Concurrent);
+            prop_assert_eq!(dots_of(&c.ours), dots_of(a));
+            prop_assert_eq!(dots_of(&c.theirs), dots_of(b));
+            prop_assert_eq!(dots_of(&c.resolved), dots_of(&merged));
         }
-    }
-    let deltas = &all[finals.len()..];
-    for (i, a) in deltas.iter().enumerate() {
-        for b in &deltas[i.saturating_sub(2)..(i + 3).min(deltas.len())] {
-            pairs.push((*a, *b));
-        }
-    }
-    pairs
-}
-
-/// A law's verdict, with the states also shown in their JSON wire form (full replica
-/// ids, exactly what a peer would send), ready to paste into a regression test.
-fn check<M: Model>(result: Result<(), String>, states: &[&&M]) -> TestResult {
-    result.map_err(|e| {
-        let json: Vec<String> = states
-            .iter()
-            .map(|s| serde_json::to_string(**s).unwrap())
-            .collect();
-        TestCaseError::fail(format!("{e}\nthe states as JSON:\n {}", json.join("\n ")))
-    })
-}
-
-fn mutator_deltas<M: Model>(world: &World<M>) -> TestResult {
-    for w in &world.writes {
-        let mut joined = w.before.clone();
-        joined.merge(w.delta.clone());
-        prop_assert_eq!(&joined, &w.after, "state ⊔ delta != mutated state");
-        // The delta is a valid state of its own, and the new state already holds it.
-        prop_assert_eq!(w.delta.validate(&Limits::default()), Ok(()));
-        let mut again = w.after.clone();
-        prop_assert_eq!(again.merge(w.delta.clone()), Outcome::Unchanged);
-        prop_assert!(w.delta.context().contains(w.dot));
-        prop_assert!(!w.seen.contains(w.dot), "a write reused a dot: {:?}", w.dot);
     }
     Ok(())
 }
 
-fn deltas_equal_full_merge<M: Model>(world: &World<M>, seed: u64) -> TestResult {
-    let mut mix = Mix(seed);
-    let full = world.join_of_states();
-    let from_deltas = join_all(shuffled_deltas(world, &mut mix));
-    prop_assert_eq!(
-        &from_deltas,
-        &full,
-        "deltas in a random order != full-state merge"
-    );
-
-    // Any subset of the deltas, in two different orders, with duplicates: same state.
-    let mut subset: Vec<M> = shuffled_deltas(world, &mut mix);
-    subset.retain(|_| mix.below(2) == 0);
-    let forwards = join_all(subset.iter().cloned());
-    mix.shuffle(&mut subset);
-    let shuffled = join_all(subset);
-    prop_assert_eq!(forwards, shuffled, "the order of delta delivery mattered");
+fn nothing_more<M, W>(_: &World<M, W>) -> TestResult {
     Ok(())
 }
 
-fn delta_since_equals_full_merge<M: Model>(world: &World<M>) -> TestResult {
-    for (x, y) in pairs_of(world) {
+/// Registers and counters promise more than `delta_since`'s terms: their deltas carry
+/// their whole context, so `y ⊔ x.delta_since(y's clock) == y ⊔ x` holds on every
+/// pair of the world's final states, mutator deltas and pulls, whatever order the
+/// deltas arrived in.
+fn delta_since_on_every_pair<M, W>(world: &World<M, W>) -> TestResult
+where
+    M: Crdt + Default,
+    W: Clone + Debug,
+{
+    for (x, y) in world.pairs() {
         let clock = y.context().clock();
         let delta = x.delta_since(&clock);
         let mut by_delta = y.clone();
@@ -207,139 +311,110 @@ fn delta_since_equals_full_merge<M: Model>(world: &World<M>) -> TestResult {
     Ok(())
 }
 
-fn converges<M: Model>(
-    scenario: &Scenario<M::Input>,
-    seed: u64,
-    converged: fn(&World<M>) -> TestResult,
-) -> TestResult {
-    // Full-state anti-entropy after the random schedule.
-    let mut world = scenario.run::<M>();
-    let expected = world.join_of_states();
-    world.merge_all_pairs();
-    for (i, s) in world.states().into_iter().enumerate() {
-        prop_assert_eq!(
-            s,
-            &expected,
-            "replica {} differs after all-pairs merge",
-            i + 1
-        );
-    }
-    converged(&world)?;
-
-    // Delta-only anti-entropy: every replica receives every delta, in its own order.
-    let mut mix = Mix(seed);
-    let mut world = scenario.run::<M>();
-    let all_deltas = join_all(world.writes.iter().map(|w| w.delta.clone()));
-    prop_assert_eq!(&all_deltas, &expected);
-    for to in 0..world.replicas.len() {
-        for delta in shuffled_deltas(&world, &mut mix) {
-            world.receive(to, delta);
-        }
-        prop_assert_eq!(
-            &world.replicas[to].state,
-            &expected,
-            "replica {} differs after receiving every delta",
-            to + 1
-        );
-    }
-    converged(&world)
-}
-
-fn json_round_trip<M>(world: &World<M>) -> TestResult
-where
-    M: Model + Crdt<Key = (), Value = M>,
-{
-    for state in world.pool() {
-        let json = serde_json::to_string(state).unwrap();
-        let back: M =
-            serde_json::from_str(&json).map_err(|e| TestCaseError::fail(format!("{e}: {json}")))?;
-        prop_assert_eq!(&back, state, "JSON round trip changed the state: {}", json);
-        prop_assert_eq!(serde_json::to_string(&back).unwrap(), json);
-        prop_assert_eq!(back.validate(&Limits::default()), Ok(()));
-    }
-    for (a, b) in pairs_of(world) {
-        let decoded: M = serde_json::from_str(&serde_json::to_string(b).unwrap()).unwrap();
-
-        let mut merged = a.clone();
-        let merge_outcome = merged.merge(b.clone());
-        let mut tried = a.clone();
-        let mut conflicts: Vec<Conflict<M::Key, M::Value>> = Vec::new();
-        let try_outcome = tried
-            .try_merge(decoded, &Limits::default(), &mut conflicts)
-            .map_err(|e| TestCaseError::fail(format!("try_merge rejected a valid state: {e}")))?;
-        prop_assert_eq!(&tried, &merged);
-        prop_assert_eq!(try_outcome, merge_outcome);
-
-        // A conflict is reported exactly when each side held a write the other had
-        // not seen, and then the merge was concurrent.
-        let raced = holds_unseen(a, b.context()) && holds_unseen(b, a.context());
-        prop_assert_eq!(
-            conflicts.len(),
-            usize::from(raced),
-            "conflicts: {:?}",
-            conflicts
-        );
-        if let Some(c) = conflicts.first() {
-            prop_assert_eq!(merge_outcome, Outcome::Concurrent);
-            // The report names both sides' writes and the merged ones.
-            prop_assert_eq!(dots_of(&c.ours), dots_of(a));
-            prop_assert_eq!(dots_of(&c.theirs), dots_of(b));
-            prop_assert_eq!(dots_of(&c.resolved), dots_of(&merged));
-        }
-    }
-    Ok(())
-}
-
-macro_rules! dot_store_properties {
-    ($name:ident, $ty:ty, $converged:expr) => {
+/// The kit's checks, each a property of its own with `$cases` cases, for the state
+/// type `$ty` with the operations `$ops`; `$since`, `$converged` and `$wire` check what
+/// the type promises beyond the kit's `delta_since`, convergence and wire checks.
+macro_rules! kit_properties {
+    ($name:ident, $ty:ty, $ops:expr, $cases:expr, $since:expr, $converged:expr, $wire:expr) => {
         mod $name {
             use super::*;
 
             type M = $ty;
 
             proptest! {
-                #![proptest_config(config())]
+                #![proptest_config(Config { cases: $cases, ..config() })]
 
                 #[test]
-                fn is_a_join_semilattice(s in scenario4::<M>()) {
-                    semilattice_laws(&s.run::<M>())?;
+                fn is_a_join_semilattice(p in programs($ops)) {
+                    let world = p.run::<M>();
+                    world.check_laws()?;
+                    contexts_are_a_semilattice(&world)?;
                 }
 
                 #[test]
-                fn state_join_delta_is_the_mutated_state(s in scenario4::<M>()) {
-                    mutator_deltas(&s.run::<M>())?;
+                fn state_join_delta_is_the_mutated_state(p in programs($ops)) {
+                    p.run::<M>().check_mutator_deltas()?;
                 }
 
                 #[test]
                 fn deltas_in_any_order_with_duplicates_equal_full_merge(
-                    s in scenario4::<M>(),
+                    p in programs($ops),
                     seed in any::<u64>(),
                 ) {
-                    deltas_equal_full_merge(&s.run::<M>(), seed)?;
+                    p.run::<M>().check_delta_merge(seed)?;
                 }
 
                 #[test]
-                fn delta_since_a_clock_equals_full_merge(s in scenario4::<M>()) {
-                    delta_since_equals_full_merge(&s.run::<M>())?;
+                fn delta_since_a_clock_equals_full_merge(p in programs($ops)) {
+                    let world = p.run::<M>();
+                    world.check_delta_since()?;
+                    ($since)(&world)?;
                 }
 
                 #[test]
-                fn replicas_converge(s in scenario::<M>(2..=5, 0..60), seed in any::<u64>()) {
-                    converges::<M>(&s, seed, $converged)?;
+                fn replicas_converge(p in programs_with($ops, 2..=5, 0..60), seed in any::<u64>()) {
+                    p.check_convergence::<M>(seed, $converged)?;
                 }
 
                 #[test]
-                fn json_round_trips_and_try_merge_equals_merge(s in scenario4::<M>()) {
-                    json_round_trip(&s.run::<M>())?;
+                fn json_round_trips_and_try_merge_equals_merge(p in programs($ops)) {
+                    let world = p.run::<M>();
+                    world.check_wire()?;
+                    ($wire)(&world)?;
                 }
             }
         }
     };
 }
 
-dot_store_properties!(lww_register, LwwRegister<u8>, lww_converged);
-dot_store_properties!(mv_register, MvRegister<u8>, mv_converged);
-dot_store_properties!(pn_counter, PnCounter, counter_converged);
+/// Registers and counters: proptest's default 256 cases, and what they promise on top.
+macro_rules! standalone_properties {
+    ($name:ident, $ty:ty, $ops:expr, $converged:expr) => {
+        kit_properties!(
+            $name,
+            $ty,
+            $ops,
+            256,
+            delta_since_on_every_pair,
+            $converged,
+            conflicts_reported_exactly
+        );
+    };
+}
+
+standalone_properties!(lww_register, LwwRegister<u8>, set(), lww_converged);
+standalone_properties!(mv_register, MvRegister<u8>, put(), mv_converged);
+standalone_properties!(pn_counter, PnCounter, add(), counter_converged);
+
+// Maps: the kit's checks alone (`map_props` checks them against a reference model),
+// with fewer cases (each program is costlier).
+kit_properties!(
+    mv_map,
+    MvMap,
+    map_op(),
+    64,
+    nothing_more,
+    nothing_more,
+    nothing_more
+);
+kit_properties!(
+    counter_map,
+    CountMap,
+    map_op(),
+    64,
+    nothing_more,
+    nothing_more,
+    nothing_more
+);
+kit_properties!(
+    document,
+    Doc,
+    map_op(),
+    64,
+    nothing_more,
+    nothing_more,
+    nothing_more
+);
 
 // ---------------------------------------------------------------------------------
 // What a converged state holds, per type (oracles computed from the write log).
@@ -348,15 +423,15 @@ dot_store_properties!(pn_counter, PnCounter, counter_converged);
 /// LWW: the surviving writes are exactly those no later write saw, and the winner is
 /// the write with the largest `(timestamp, replica)` of all: since every replica's HLC
 /// observes what it receives, a write that saw another always has a larger timestamp.
-fn lww_converged(world: &World<LwwRegister<u8>>) -> TestResult {
+fn lww_converged(world: &World<LwwRegister<u8>, Set>) -> TestResult {
     let survivors = world.unsuperseded_writes();
     let newest = world.writes.iter().max_by_key(|w| w.ts);
     for state in world.states() {
-        let dots: Vec<_> = survivors.iter().map(|w| w.dot).collect();
+        let dots: Vec<_> = survivors.iter().filter_map(|w| w.dot()).collect();
         prop_assert_eq!(dots_of(state), dots);
         prop_assert_eq!(state.write_count(), survivors.len());
         prop_assert_eq!(state.timestamp(), newest.map(|w| w.ts));
-        prop_assert_eq!(state.value(), newest.map(|w| &w.input));
+        prop_assert_eq!(state.value(), newest.map(|w| &w.op.0));
     }
     Ok(())
 }
@@ -370,10 +445,13 @@ fn order_sensitive(siblings: &[&u8]) -> u8 {
 
 /// MV: the siblings are exactly the writes no later write saw, in dot order; every
 /// replica resolves them to the same value; writing that value back collapses them.
-fn mv_converged(world: &World<MvRegister<u8>>) -> TestResult {
+fn mv_converged(world: &World<MvRegister<u8>, Put>) -> TestResult {
     let survivors = world.unsuperseded_writes();
-    let expected: Vec<_> = survivors.iter().map(|w| (w.dot, w.input)).collect();
-    let oracle_values: Vec<&u8> = survivors.iter().map(|w| &w.input).collect();
+    let expected: Vec<_> = survivors
+        .iter()
+        .map(|w| (w.dot().unwrap(), w.op.0))
+        .collect();
+    let oracle_values: Vec<&u8> = survivors.iter().map(|w| &w.op.0).collect();
     let max = |s: &[&u8]| **s.iter().max().unwrap();
     let first = world.replicas[0].state.resolve(order_sensitive);
     for state in world.states() {
@@ -391,7 +469,7 @@ fn mv_converged(world: &World<MvRegister<u8>>) -> TestResult {
         return Ok(());
     };
     let mut world = rebuild(world);
-    let delta = world.write(0, &resolved);
+    let delta = world.write(0, &Put(resolved)).expect("a write");
     for to in 1..world.replicas.len() {
         world.receive(to, delta.clone());
     }
@@ -402,7 +480,7 @@ fn mv_converged(world: &World<MvRegister<u8>>) -> TestResult {
 }
 
 /// A world in the same state as `world` (replica states and HLCs), to keep writing in.
-fn rebuild(world: &World<MvRegister<u8>>) -> World<MvRegister<u8>> {
+fn rebuild(world: &World<MvRegister<u8>, Put>) -> World<MvRegister<u8>, Put> {
     let mut fresh = World::new(world.replicas.len(), &world.skew_ms);
     fresh.advance(world.now_ms - START_MS);
     for (r, old) in fresh.replicas.iter_mut().zip(&world.replicas) {
@@ -414,11 +492,11 @@ fn rebuild(world: &World<MvRegister<u8>>) -> World<MvRegister<u8>> {
 
 /// Counter: the value is the sum of every increment, and each replica's contribution
 /// the sum of its own.
-fn counter_converged(world: &World<PnCounter>) -> TestResult {
-    let total: i64 = world.writes.iter().map(|w| w.input).sum();
+fn counter_converged(world: &World<PnCounter, Add>) -> TestResult {
+    let total: i64 = world.writes.iter().map(|w| w.op.0).sum();
     let mut per_replica = vec![0i64; world.replicas.len()];
     for w in &world.writes {
-        per_replica[w.at] += w.input;
+        per_replica[w.at] += w.op.0;
     }
     let expected: Vec<(ReplicaId, i64)> = per_replica
         .iter()
@@ -440,17 +518,19 @@ fn counter_converged(world: &World<PnCounter>) -> TestResult {
 
 /// No state a replica held shows a write that a write it has seen superseded (a
 /// register: no stale sibling, hence no spurious conflict).
-fn no_superseded_write_shown<M: Model>(world: &World<M>) -> TestResult {
+fn no_superseded_write_shown<M, W>(world: &World<M, W>) -> TestResult
+where
+    M: Crdt + Default + DotStore,
+    W: Clone + Debug,
+{
     for state in &world.history {
         for dot in dots_of(state) {
-            if let Some(w) = world
-                .writes
-                .iter()
-                .find(|w| state.context().contains(w.dot) && w.seen.contains(dot))
-            {
+            if let Some(w) = world.writes.iter().find(|w| {
+                w.dot().is_some_and(|d| state.context().contains(d)) && w.seen.contains(dot)
+            }) {
                 return Err(TestCaseError::fail(format!(
                     "{state:?} holds {dot:?}, which the write {:?} it has seen superseded",
-                    w.dot
+                    w.dot()
                 )));
             }
         }
@@ -460,14 +540,14 @@ fn no_superseded_write_shown<M: Model>(world: &World<M>) -> TestResult {
 
 /// Every counter a replica held reads, for each writer, the sum of a prefix of that
 /// writer's increments (never a sum that writer never had).
-fn counter_reads_prefixes(world: &World<PnCounter>) -> TestResult {
+fn counter_reads_prefixes(world: &World<PnCounter, Add>) -> TestResult {
     for state in &world.history {
         for (replica, seen) in state.contributions() {
             let own: Vec<i64> = world
                 .writes
                 .iter()
-                .filter(|w| w.dot.replica() == replica)
-                .map(|w| w.input)
+                .filter(|w| w.dot().is_some_and(|d| d.replica() == replica))
+                .map(|w| w.op.0)
                 .collect();
             let newest = dots_of(state)
                 .into_iter()
@@ -499,18 +579,18 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn mv_register_never_shows_a_superseded_write(s in scenario4::<MvRegister<u8>>()) {
-        no_superseded_write_shown(&s.run::<MvRegister<u8>>())?;
+    fn mv_register_never_shows_a_superseded_write(p in programs(put())) {
+        no_superseded_write_shown(&p.run::<MvRegister<u8>>())?;
     }
 
     #[test]
-    fn lww_register_never_keeps_a_superseded_write(s in scenario4::<LwwRegister<u8>>()) {
-        no_superseded_write_shown(&s.run::<LwwRegister<u8>>())?;
+    fn lww_register_never_keeps_a_superseded_write(p in programs(set())) {
+        no_superseded_write_shown(&p.run::<LwwRegister<u8>>())?;
     }
 
     #[test]
-    fn counter_reads_a_prefix_of_each_writers_increments(s in scenario4::<PnCounter>()) {
-        counter_reads_prefixes(&s.run::<PnCounter>())?;
+    fn counter_reads_a_prefix_of_each_writers_increments(p in programs(add())) {
+        counter_reads_prefixes(&p.run::<PnCounter>())?;
     }
 }
 
@@ -519,19 +599,21 @@ proptest! {
 // that they read as a story and keep failing loudly until fixed.
 // ---------------------------------------------------------------------------------
 
-/// Replica 1 applies three writes with `op`; returns its state and the three deltas.
-fn three_writes<M: Model>(input: M::Input) -> (M, Vec<M>) {
+/// Replica 1 applies `op` three times; returns its state and the three deltas.
+fn three_writes<M: Crdt + Default>(op: impl Operation<M>) -> (M, Vec<M>) {
     let mut hlc = Hlc::new(rid(0), ManualClock::new(START_MS));
     let mut state = M::default();
-    let deltas = (0..3).map(|_| state.mutate(&input, &mut hlc)).collect();
+    let deltas = (0..3)
+        .map(|_| op.apply(&mut state, &mut hlc).expect("a write"))
+        .collect();
     (state, deltas)
 }
 
 /// Replica 2 receives replica 1's deltas in the order 1, 3, 2, then replica 1's full
 /// state, then `delta_since` its own clock: it must hold what replica 1 holds, and
 /// merging either way round must agree.
-fn reordered_deltas_then_full_state<M: Model>(input: M::Input) {
-    let (at_1, deltas) = three_writes::<M>(input);
+fn reordered_deltas_then_full_state<M: Crdt + Default>(op: impl Operation<M>) {
+    let (at_1, deltas) = three_writes::<M>(op);
     let mut at_2 = M::default();
     at_2.merge(deltas[0].clone());
     at_2.merge(deltas[2].clone());
@@ -555,24 +637,24 @@ fn reordered_deltas_then_full_state<M: Model>(input: M::Input) {
 
 #[test]
 fn mv_register_deltas_delivered_1_3_2_converge() {
-    reordered_deltas_then_full_state::<MvRegister<u8>>(1);
+    reordered_deltas_then_full_state::<MvRegister<u8>>(Put(1));
 }
 
 #[test]
 fn lww_register_deltas_delivered_1_3_2_converge() {
-    reordered_deltas_then_full_state::<LwwRegister<u8>>(1);
+    reordered_deltas_then_full_state::<LwwRegister<u8>>(Set(1));
 }
 
 #[test]
 fn counter_deltas_delivered_1_3_2_converge() {
-    reordered_deltas_then_full_state::<PnCounter>(1);
+    reordered_deltas_then_full_state::<PnCounter>(Add(1));
 }
 
 /// Replica 1 counts +1 three times (it reads 3); replica 2 has received the first and
 /// third deltas only: it must never read more than 3.
 #[test]
 fn counter_with_a_late_delta_does_not_double_count() {
-    let (at_1, deltas) = three_writes::<PnCounter>(1);
+    let (at_1, deltas) = three_writes::<PnCounter>(Add(1));
     assert_eq!(at_1.value(), 3);
     let mut at_2 = PnCounter::new();
     at_2.merge(deltas[0].clone());
@@ -667,7 +749,7 @@ fn fraction<T>(items: &[T], pred: impl Fn(&T) -> bool) -> f64 {
 
 #[test]
 fn scenarios_reach_conflicts_races_and_faulty_delivery() {
-    let worlds: Vec<World<MvRegister<u8>>> = sample(scenario4::<MvRegister<u8>>(), 256)
+    let worlds: Vec<World<MvRegister<u8>, Put>> = sample(programs(put()), 256)
         .iter()
         .map(|s| s.run())
         .collect();
@@ -728,7 +810,7 @@ fn scenarios_reach_conflicts_races_and_faulty_delivery() {
         0.2,
     );
 
-    let lww: Vec<World<LwwRegister<u8>>> = sample(scenario4::<LwwRegister<u8>>(), 256)
+    let lww: Vec<World<LwwRegister<u8>, Set>> = sample(programs(set()), 256)
         .iter()
         .map(|s| {
             let mut w = s.run();

@@ -1,4 +1,4 @@
-#![cfg(feature = "laws")]
+#![cfg(feature = "testing")]
 //! The specification of [`OrMap`], as properties over *reachable* maps.
 //!
 //! Every property replays a random program of [`Action`]s (local writes, removals,
@@ -31,7 +31,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-use concord::laws;
+use concord::testing::laws;
+use concord::testing::sim::Rng;
 use concord::{
     CausalContext, Conflict, Crdt, Dot, DotStore, Error, Hlc, Limits, LwwRegister, ManualClock,
     MvRegister, OrMap, PnCounter, ReplicaId, Resolver, Timestamp, VectorClock,
@@ -103,30 +104,6 @@ fn joined<V: DotStore>(a: &Map<V>, b: &Map<V>) -> Map<V> {
 /// True if the context has no gaps: it is exactly its version vector.
 fn gapless(ctx: &CausalContext) -> bool {
     *ctx == CausalContext::from(&ctx.clock())
-}
-
-/// A small deterministic generator for shuffles (the seed comes from proptest).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -944,8 +921,8 @@ fn prop_laws<V: Flavor>(
 ///    and each replica is the join of the deltas of the operations it has seen.
 fn prop_delta_merge<V: Flavor>(n: usize, actions: &[Action], seed: u64, dups: usize) -> TestResult {
     let world = World::<V>::run(n, actions)?;
-    let mut rng = SplitMix(seed);
-    let shuffled = |rng: &mut SplitMix, ids: Vec<usize>| -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let shuffled = |rng: &mut Rng, ids: Vec<usize>| -> Vec<usize> {
         let mut order = ids.clone();
         if !ids.is_empty() {
             for _ in 0..dups {

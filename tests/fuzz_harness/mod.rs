@@ -14,8 +14,9 @@
 //!   into a reachable state.
 //! * [`converge`]: bytes as a simulator program ([`program`]), run, healed, quiesced.
 
-use concord::sim::{Action, Faults, Sim, SimOp};
 use concord::sync::{Config, Message, Snapshot, SyncEngine};
+use concord::testing::sim::{Action, Faults, Sim};
+use concord::testing::Operation;
 use concord::{
     CausalContext, Conflict, Crdt, Error, Hlc, Limits, LwwRegister, ManualClock, MvRegister, OrMap,
     Outcome, PnCounter, ReplicaId, Result, VectorClock,
@@ -532,7 +533,7 @@ pub enum Op {
     Collapse,
 }
 
-impl SimOp<Map> for Op {
+impl Operation<Map> for Op {
     fn apply(&self, state: &mut Map, hlc: &mut Hlc<ManualClock>) -> Result<Map> {
         match self {
             Op::Put { key, value } => state.write(format!("k{key}"), *value, hlc),

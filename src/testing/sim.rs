@@ -5,17 +5,24 @@
 //! replicas, which restart from their last snapshot. Everything is driven by one
 //! [`Action`] enum, so a property test, a fuzz target and your own tests can share
 //! scenarios; the same seed and actions always give the same run. Messages travel as
-//! encoded bytes, so the wire format is exercised too.
+//! encoded bytes, so the wire format is exercised too. The writes are your
+//! [`Operation`]s.
+//!
+//! [`check_setup`](super::check_setup) runs random simulations of your setup in one
+//! call; the strategies it draws them from ([`action`], [`faults`], [`message_limit`])
+//! and the checks it makes once a simulation is quiet ([`check_quiesced`]) are here for
+//! properties of your own.
 //!
 //! ```
-//! use concord::sim::{Action, Faults, Sim, SimOp};
+//! use concord::testing::sim::{Action, Faults, Sim};
+//! use concord::testing::Operation;
 //! use concord::{Hlc, ManualClock, MvRegister, OrMap, Result};
 //!
 //! /// The application's write: set `key` to `value`.
 //! #[derive(Clone, Debug)]
 //! struct Put(&'static str, u8);
 //!
-//! impl SimOp<OrMap<String, MvRegister<u8>>> for Put {
+//! impl Operation<OrMap<String, MvRegister<u8>>> for Put {
 //!     fn apply(
 //!         &self,
 //!         map: &mut OrMap<String, MvRegister<u8>>,
@@ -43,11 +50,12 @@
 
 use std::fmt;
 
+use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::{CheckResult, Operation};
 use crate::causal::Crdt;
-use crate::error::Result;
-use crate::hlc::{Hlc, ManualClock};
+use crate::hlc::ManualClock;
 use crate::id::{Dot, ReplicaId};
 use crate::sync::{Config, MemoryLease, Snapshot, SyncEngine};
 
@@ -78,6 +86,14 @@ impl Rng {
     /// True with probability `p` (in percent, 0–100).
     pub fn percent(&mut self, p: u8) -> bool {
         self.below(100) < p as usize
+    }
+
+    /// Shuffles `items` in place (Fisher–Yates).
+    pub fn shuffle<X>(&mut self, items: &mut [X]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
     }
 }
 
@@ -110,12 +126,6 @@ impl Faults {
             reorder: true,
         }
     }
-}
-
-/// An application write the simulator can apply at any replica.
-pub trait SimOp<T>: Clone + fmt::Debug {
-    /// Applies the write to `state` with the replica's clock; returns the delta.
-    fn apply(&self, state: &mut T, hlc: &mut Hlc<ManualClock>) -> Result<T>;
 }
 
 /// One step of a simulation. Node numbers are taken modulo the number of nodes, so any
@@ -201,6 +211,37 @@ pub struct Stats {
     /// Local writes whose dot had been issued before (must stay 0: a reused dot
     /// names two different writes).
     pub reused_dots: u64,
+}
+
+/// Adds up the counts of several simulations.
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, other: &Stats) {
+        // Destructured, so that a new counter cannot be forgotten here.
+        let Stats {
+            writes,
+            sent,
+            delivered,
+            lost,
+            duplicated,
+            rejected,
+            conflicts,
+            crashes,
+            lost_in_crashes,
+            bytes,
+            reused_dots,
+        } = other;
+        self.writes += writes;
+        self.sent += sent;
+        self.delivered += delivered;
+        self.lost += lost;
+        self.duplicated += duplicated;
+        self.rejected += rejected;
+        self.conflicts += conflicts;
+        self.crashes += crashes;
+        self.lost_in_crashes += lost_in_crashes;
+        self.bytes += bytes;
+        self.reused_dots += reused_dots;
+    }
 }
 
 struct InFlight {
@@ -344,14 +385,14 @@ impl<T: Crdt + Default> Sim<T> {
     }
 
     /// Runs the actions in order.
-    pub fn run<W: SimOp<T>>(&mut self, actions: impl IntoIterator<Item = Action<W>>) {
+    pub fn run<W: Operation<T>>(&mut self, actions: impl IntoIterator<Item = Action<W>>) {
         for action in actions {
             self.step(action);
         }
     }
 
     /// Runs one action.
-    pub fn step<W: SimOp<T>>(&mut self, action: Action<W>) {
+    pub fn step<W: Operation<T>>(&mut self, action: Action<W>) {
         let n = self.nodes.len();
         match action {
             Action::Write { node, op } => {
@@ -543,4 +584,102 @@ impl<T: Crdt + Default> Sim<T> {
             .windows(2)
             .all(|w| w[0].engine.state() == w[1].engine.state())
     }
+}
+
+/// Random simulation steps whose writes come from `ops`, with nodes numbered 0 to 6
+/// (taken modulo the number of nodes): writes 6 in 20, deliveries of 1 to 7 messages 5,
+/// pushes 3, syncs 2, and one each of partitions, heals, snapshots, crashes and time
+/// passing (up to 2 s).
+pub fn action<W: Clone + fmt::Debug + 'static>(
+    ops: impl Strategy<Value = W> + 'static,
+) -> impl Strategy<Value = Action<W>> {
+    action_with(ops, 7)
+}
+
+/// [`action`] with nodes numbered 0 to `nodes - 1` (for simulations of more than 7
+/// nodes).
+///
+/// # Panics
+///
+/// If `nodes` is 0.
+pub fn action_with<W: Clone + fmt::Debug + 'static>(
+    ops: impl Strategy<Value = W> + 'static,
+    nodes: usize,
+) -> impl Strategy<Value = Action<W>> {
+    assert!(nodes > 0, "a simulation needs at least one node");
+    prop_oneof![
+        6 => (0..nodes, ops).prop_map(|(node, op)| Action::Write { node, op }),
+        2 => (0..nodes, 0..nodes).prop_map(|(from, to)| Action::Sync { from, to }),
+        3 => (0..nodes).prop_map(|node| Action::Push { node }),
+        5 => (1..8usize).prop_map(|count| Action::Deliver { count }),
+        1 => any::<u64>().prop_map(|side_a| Action::Partition { side_a }),
+        1 => Just(Action::Heal),
+        1 => (0..nodes).prop_map(|node| Action::Snapshot { node }),
+        1 => (0..nodes).prop_map(|node| Action::Crash { node }),
+        1 => (0..2_000u64).prop_map(|ms| Action::Advance { ms }),
+    ]
+}
+
+/// Random networks: up to 50% loss, up to 30% duplicates, reordering half the time.
+pub fn faults() -> impl Strategy<Value = Faults> {
+    (0..=50u8, 0..30u8, any::<bool>()).prop_map(|(loss, duplicate, reorder)| Faults {
+        loss,
+        duplicate,
+        reorder,
+    })
+}
+
+/// A message limit for a run: none (the default 64 MiB) half the time, else one small
+/// enough (2,000 to 4,000 bytes) that catch-ups go in chunks.
+pub fn message_limit() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![1 => Just(None), 1 => (2_000..4_000usize).prop_map(Some)]
+}
+
+/// What must hold once a simulation is quiet ([`Sim::quiesce`]): every replica holds
+/// the same state; no dot was issued twice; version vectors name nodes only (restarts
+/// keep their identity); no honest message was rejected; every write that some other
+/// replica held before its writer crashed is at every replica.
+///
+/// # Errors
+///
+/// The first of these that does not hold.
+pub fn check_quiesced<T: Crdt + Default>(sim: &Sim<T>) -> CheckResult {
+    if !sim.converged() {
+        let states: Vec<String> = (0..sim.len())
+            .map(|i| format!("  node {i}: {:?}", sim.engine(i).state()))
+            .collect();
+        prop_assert!(
+            false,
+            "replicas diverged after quiescing:\n{}",
+            states.join("\n")
+        );
+    }
+    prop_assert_eq!(sim.stats().reused_dots, 0, "a dot was issued twice");
+    for i in 0..sim.len() {
+        prop_assert!(
+            sim.engine(i).context().replicas().count() <= sim.len(),
+            "node {}'s context names more replicas than there are nodes: {:?}",
+            i,
+            sim.engine(i).context()
+        );
+    }
+    prop_assert_eq!(
+        sim.stats().rejected,
+        0,
+        "an honest message was rejected: {:?}",
+        sim.last_error()
+    );
+    for (dot, holders) in sim.acknowledged_before_crash() {
+        prop_assert!(*holders >= 1);
+        for i in 0..sim.len() {
+            prop_assert!(
+                sim.engine(i).state().context().contains(*dot),
+                "write {} held by {} peer(s) before its writer crashed is missing at node {}",
+                dot,
+                holders,
+                i
+            );
+        }
+    }
+    Ok(())
 }

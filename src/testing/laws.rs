@@ -1,12 +1,20 @@
-//! The law kit: property checks that any [`Resolver`] is a join-semilattice.
+//! The join laws: checks that a [`Resolver`] is a join-semilattice.
 //!
-//! Enabled by the `laws` feature. Give it a [`proptest`] strategy that generates
-//! *reachable* states of your type (states built by its own operations and merges) and
-//! it checks that merge is commutative, associative and idempotent, and that the
-//! reported [`Outcome`] agrees with what the merge did.
+//! Each law is a function over given states, returning why it failed:
+//! [`commutative`], [`associative`], [`idempotent`] and [`outcome_consistent`] (the
+//! reported [`Outcome`] agrees with what the merge did), or [`all`] of them. The
+//! states must be jointly reachable: for a dot store (every map, register and counter,
+//! and any state type of yours built on them) use
+//! [`check_type`](super::check_type), or the states of one
+//! [`World`](super::World), never states drawn independently (two independent
+//! histories both issue the dot `(r1, 1)`, for different writes, and break the laws
+//! through no fault of the type).
+//!
+//! For a type whose every value is a valid state (a clock, a max-register),
+//! [`check_all`] draws the triples itself:
 //!
 //! ```
-//! use concord::laws;
+//! use concord::testing::laws;
 //! use concord::{Outcome, Resolver};
 //! use proptest::prelude::*;
 //!
@@ -32,7 +40,8 @@
 //! A broken merge is caught with a minimal counterexample:
 //!
 //! ```should_panic
-//! # use concord::{laws, Outcome, Resolver};
+//! # use concord::testing::laws;
+//! # use concord::{Outcome, Resolver};
 //! # use proptest::prelude::*;
 //! #[derive(Clone, Debug, PartialEq)]
 //! struct Last(u32); // "the other side wins": not commutative
@@ -48,9 +57,8 @@
 
 use std::fmt::Debug;
 
-pub use proptest;
 use proptest::strategy::Strategy;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, TestCaseError};
 
 use crate::resolver::{Outcome, Resolver};
 
@@ -145,12 +153,13 @@ pub fn all<T: Resolver + Clone + PartialEq + Debug>(a: &T, b: &T, c: &T) -> Resu
     outcome_consistent(a, b)
 }
 
-/// Runs every law on triples drawn from `strategy`, with proptest's default number of
-/// cases (override with the `PROPTEST_CASES` environment variable).
+/// Runs every law on triples drawn independently from `strategy`, with proptest's
+/// default number of cases (override with the `PROPTEST_CASES` environment variable),
+/// seeded as the [kit](super) is.
 ///
 /// # Panics
 ///
-/// With the smallest counterexample found, if any law fails.
+/// With the smallest counterexample found and the seed, if any law fails.
 pub fn check_all<T, S>(strategy: S)
 where
     T: Resolver + Clone + PartialEq + Debug,
@@ -163,17 +172,20 @@ where
 ///
 /// # Panics
 ///
-/// With the smallest counterexample found, if any law fails.
+/// With the smallest counterexample found and the seed, if any law fails.
 pub fn check_all_with<T, S>(config: Config, strategy: S)
 where
     T: Resolver + Clone + PartialEq + Debug,
     S: Strategy<Value = T> + Clone,
 {
-    let mut runner = TestRunner::new(config);
     let triples = (strategy.clone(), strategy.clone(), strategy);
-    if let Err(e) = runner.run(&triples, |(a, b, c)| {
-        all(&a, &b, &c).map_err(TestCaseError::fail)
-    }) {
-        panic!("{e}");
+    let checked =
+        super::Kit::new()
+            .config(config)
+            .run("the join laws", None, &triples, |(a, b, c)| {
+                all(&a, &b, &c).map_err(TestCaseError::fail)
+            });
+    if let Err(failure) = checked {
+        panic!("{failure}");
     }
 }
