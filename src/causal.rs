@@ -224,6 +224,14 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
         None
     }
 
+    /// True if `self` and `other` show a reader the same single value, whatever dots
+    /// tag it (several masters that resolved one conflict alike and wrote the result
+    /// back): their join is no race to report. The default is `false`.
+    fn same_view(&self, other: &Self) -> bool {
+        let _ = other;
+        false
+    }
+
     /// The wire form, registering every replica it mentions in `table`.
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a>;
 

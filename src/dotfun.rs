@@ -320,7 +320,10 @@ where
             });
         }
     }
-    let conflict = C::ACTIVE && has_unseen(store, &other_ctx) && has_unseen(&other, ctx);
+    let conflict = C::ACTIVE
+        && has_unseen(store, &other_ctx)
+        && has_unseen(&other, ctx)
+        && !store.same_view(&other);
     let before = conflict.then(|| (store.clone(), other.clone()));
     let outcome = standalone_merge(store, ctx, other, other_ctx);
     if let Some((ours, theirs)) = before {

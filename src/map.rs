@@ -851,7 +851,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                     }
                     let conflict = C::ACTIVE
                         && before.iter().any(|d| !their_ctx.contains(*d))
-                        && theirs.iter().any(|d| !self.ctx.contains(*d));
+                        && theirs.iter().any(|d| !self.ctx.contains(*d))
+                        && !value.same_view(&their_value);
                     let report = conflict.then(|| (value.clone(), their_value.clone()));
                     effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
                     for d in &before {

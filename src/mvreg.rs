@@ -208,14 +208,23 @@ impl<T: Data> MvRegister<T> {
     /// assert_eq!(a.get(), None); // two siblings
     /// # Ok::<(), concord::Error>(())
     /// ```
+    ///
+    /// Siblings that all hold the same value (masters that resolved one conflict
+    /// alike and wrote the result back concurrently) read as that one value.
     pub fn get(&self) -> Option<&T> {
-        match self.siblings.entries.as_slice() {
-            [(_, v)] => Some(v),
-            _ => None,
-        }
+        self.single()
     }
 
-    /// True if concurrent writes are waiting to be resolved (two or more siblings).
+    /// The one value every sibling holds, if there is one.
+    fn single(&self) -> Option<&T> {
+        let mut values = self.values();
+        let first = values.next()?;
+        values.all(|v| v == first).then_some(first)
+    }
+
+    /// True if concurrent writes are waiting to be resolved: two or more siblings that
+    /// do not all hold the same value (siblings of one value, left by masters that
+    /// collapsed a conflict alike, need no resolution).
     ///
     /// ```
     /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
@@ -234,11 +243,12 @@ impl<T: Data> MvRegister<T> {
     /// # Ok::<(), concord::Error>(())
     /// ```
     pub fn is_conflicted(&self) -> bool {
-        self.siblings.len() > 1
+        self.siblings.len() > 1 && self.single().is_none()
     }
 
     /// The value an application merge function makes of the siblings: the single value
-    /// as it is, or `f` over the canonical list. `None` if never written.
+    /// as it is (also when every sibling holds that same value), or `f` over the
+    /// canonical list. `None` if never written.
     ///
     /// ```
     /// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
@@ -256,6 +266,9 @@ impl<T: Data> MvRegister<T> {
     /// # Ok::<(), concord::Error>(())
     /// ```
     pub fn resolve(&self, f: impl MergeFn<T>) -> Option<T> {
+        if let Some(v) = self.single() {
+            return Some(v.clone());
+        }
         match self.siblings.entries.as_slice() {
             [] => None,
             [(_, v)] => Some(v.clone()),
@@ -297,6 +310,10 @@ where
     where
         T: 'a;
     type Decoded = Vec<(u32, u64, T)>;
+
+    fn same_view(&self, other: &Self) -> bool {
+        matches!((self.single(), other.single()), (Some(a), Some(b)) if a == b)
+    }
 
     crate::dotfun::forward_to_dotfun!(siblings);
 

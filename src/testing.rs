@@ -453,13 +453,9 @@ where
 }
 
 /// [`check_merge_fn`], and after several masters collapse the same conflict
-/// concurrently and exchange their deltas, every register holds a single value.
-///
-/// That last part is the register's job, not the merge function's, and concord does
-/// not do it yet: each collapse is a write that the others did not see, so they stay
-/// side by side as siblings (equal ones, which a sound merge function resolves to the
-/// same value, so [`check_merge_fn`] passes). This check fails until concord's issue 9
-/// (concurrent collapse) is fixed, with a message that says so.
+/// concurrently and exchange their deltas, every register shows one value (its
+/// siblings all hold the resolution, so it reads as that value and is not conflicted),
+/// and the exchange reports no new conflict.
 ///
 /// # Panics
 ///

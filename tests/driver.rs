@@ -600,3 +600,49 @@ fn after_a_manual_session_push_offers_only_news() {
     assert_eq!(news.len(), 1);
     assert_eq!(news[0].delta.as_ref().unwrap().len(), 1);
 }
+
+/// Three masters collapse one conflicted key at once with the same merge function:
+/// after one more round they show one value, nothing is conflicted, and the round
+/// reports no conflict (a handler that collapses every conflict does not loop).
+#[test]
+fn masters_collapsing_one_conflict_at_once_show_one_value() {
+    let mut net = Net::new(3, |c| c);
+    net.run(10, |_, _| false);
+    for (i, v) in [(0, 3), (1, 5), (2, 4)] {
+        net.write(i, "k", v);
+    }
+    net.run(20, |_, _| false);
+    assert!(net.converged());
+    assert_eq!(net.engines[0].state().conflicted_keys().count(), 1);
+    let largest = |s: &[&u32]| **s.iter().max().unwrap();
+    for e in &mut net.engines {
+        e.update(|m, hlc| m.collapse(largest, hlc)).unwrap();
+    }
+    // One more round, counting the conflicts each receiver reports.
+    let mut reports = 0;
+    for _ in 0..5 {
+        let mut queue = Vec::new();
+        for (i, e) in net.engines.iter_mut().enumerate() {
+            while let Some(t) = e.poll_transmit() {
+                queue.push((i, t));
+            }
+        }
+        for (_, t) in queue {
+            let to = net.index(t.to);
+            reports += net.engines[to]
+                .handle_bytes(&t.bytes)
+                .unwrap()
+                .conflicts
+                .len();
+        }
+    }
+    net.run(20, |_, _| false);
+    assert!(net.converged());
+    for e in &net.engines {
+        let k = e.state().get("k").unwrap();
+        assert_eq!(k.get(), Some(&5));
+        assert!(!k.is_conflicted());
+        assert_eq!(e.state().conflicted_keys().count(), 0);
+    }
+    assert_eq!(reports, 0, "the collapse round reported conflicts");
+}

@@ -157,35 +157,14 @@ fn the_panicking_check_prints_the_failure() {
 }
 
 // ---------------------------------------------------------------------------------
-// Concurrent collapse (issue 9).
+// Concurrent collapse.
 // ---------------------------------------------------------------------------------
 
-/// The spec: several masters that collapse one conflict at once end with one value.
+/// The spec: several masters that collapse one conflict at once end with one value
+/// and no new conflict report.
 #[test]
-#[ignore = "issue 9: concurrent collapse"]
 fn masters_collapsing_one_conflict_at_once_end_with_one_value() {
     testing::check_collapse_converges(name(), most_frequent_first);
-}
-
-/// Until issue 9 is fixed the check fails, and says why. When this test fails, issue 9
-/// is fixed: delete it and un-ignore the one above.
-#[test]
-fn concurrent_collapse_is_reported_as_issue_9() {
-    let failure = Kit::new()
-        .check_collapse_converges(name(), most_frequent_first)
-        .expect_err("concurrent collapse converges: issue 9 is fixed, see above");
-    assert!(
-        failure.reason.contains("(issue 9: concurrent collapse)"),
-        "{failure}"
-    );
-    assert!(
-        failure
-            .reason
-            .contains("not a fault of your merge function"),
-        "{failure}"
-    );
-    // The sound function passes every check of its own.
-    testing::check_merge_fn(name(), most_frequent_first);
 }
 
 // ---------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use super::CheckResult;
+use crate::causal::Crdt;
 use crate::causal::Data;
 use crate::hlc::{Hlc, ManualClock};
 use crate::id::ReplicaId;
 use crate::mvreg::{MergeFn, MvRegister};
-use crate::resolver::Resolver;
 
 /// The wall time of the masters that write the siblings.
 const START_MS: u64 = 1_700_000_000_000;
@@ -73,15 +73,22 @@ fn over_the_wire<V: Data>(value: &V) -> Result<V, TestCaseError> {
 fn exchange<V: Data>(
     masters: &mut [MvRegister<V>],
     deltas: &[(usize, MvRegister<V>)],
-) -> CheckResult {
+) -> std::result::Result<usize, TestCaseError> {
+    let mut reports = Vec::new();
     for (from, delta) in deltas {
         for (to, master) in masters.iter_mut().enumerate() {
             if to != *from {
-                master.merge(over_the_wire(delta)?);
+                master
+                    .try_merge(
+                        over_the_wire(delta)?,
+                        &crate::Limits::default(),
+                        &mut reports,
+                    )
+                    .map_err(|e| TestCaseError::fail(format!("a delta was refused: {e}")))?;
             }
         }
     }
-    Ok(())
+    Ok(reports.len())
 }
 
 /// Runs every check on one case; with `one_value`, also that a concurrent collapse
@@ -197,7 +204,7 @@ pub(crate) fn check<V: Data, F: MergeFn<V>>(
             .map_err(|e| TestCaseError::fail(format!("writing the resolution failed: {e}")))?;
         deltas.push((i, delta));
     }
-    exchange(&mut masters, &deltas)?;
+    let reports = exchange(&mut masters, &deltas)?;
     for (i, master) in masters.iter().enumerate() {
         prop_assert_eq!(master, &masters[0], "masters differ after the collapse");
         let shown = master.resolve(|s: &[&V]| f.merge_values(s));
@@ -210,14 +217,17 @@ pub(crate) fn check<V: Data, F: MergeFn<V>>(
             ));
         }
     }
-    if one_value && masters[0].values().len() != 1 {
+    if one_value && (masters[0].get() != Some(&first) || masters[0].is_conflicted()) {
         return fail(format!(
             "{collapsing} masters collapsed the same conflict concurrently with the same \
-             merge function and ended with {} siblings of one value instead of one: {:?}. \
-             This is a known concord issue (issue 9: concurrent collapse), not a fault of \
-             your merge function.",
-            masters[0].values().len(),
+             merge function and do not show one value: {:?}",
             masters[0].values().collect::<Vec<_>>()
+        ));
+    }
+    if one_value && reports > 0 {
+        return fail(format!(
+            "{collapsing} masters collapsed the same conflict concurrently with the same \
+             merge function, and exchanging the result reported {reports} new conflicts"
         ));
     }
     Ok(())
