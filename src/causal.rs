@@ -33,7 +33,7 @@ use crate::id::{Dot, ReplicaId};
 /// so they must round-trip through it: the typed writes (`write`, `set`, a map's
 /// `write` and `set`, `collapse`) refuse a value holding a NaN or an infinite float, or
 /// a map keyed by something other than strings and integers, with
-/// [`Error::Unencodable`](crate::Error::Unencodable). A value stored with an `Op`
+/// [`Error::Unencodable`]. A value stored with an `Op`
 /// inside a custom [`OrMap::update`](crate::OrMap::update) closure is not checked.
 pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 

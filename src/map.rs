@@ -75,7 +75,7 @@ use crate::resolver::{Outcome, Resolver};
 /// On the wire a map is a JSON object, so a key must serialize as a JSON string or
 /// integer (`String`, integers, newtypes of them, unit enum variants). Other keys (a
 /// tuple, say) compile, but a write with one is refused with
-/// [`Error::Unencodable`](crate::Error::Unencodable), before anything changes.
+/// [`Error::Unencodable`], before anything changes.
 pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
