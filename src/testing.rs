@@ -101,8 +101,8 @@ mod setup;
 pub mod sim;
 
 pub use program::{
-    programs, programs_with, reachable_states, replica_id, Program, Refusal, Replica, Step, World,
-    WriteRecord, MAX_REPLICAS, START_MS,
+    check_delta_since_pair, programs, programs_with, reachable_states, replica_id, Program,
+    Refusal, Replica, Step, World, WriteRecord, MAX_REPLICAS, START_MS,
 };
 pub use setup::{Resolvable, Setup, SetupReport};
 

@@ -19,7 +19,8 @@
 use std::fmt::Debug;
 
 use concord::testing::{
-    laws, programs, programs_with, replica_id as rid, Operation, World, START_MS,
+    check_delta_since_pair, laws, programs, programs_with, replica_id as rid, Operation, World,
+    START_MS,
 };
 use concord::{
     CausalContext, Conflict, Crdt, Dot, DotStore, Hlc, Limits, LwwRegister, ManualClock,
@@ -298,20 +299,7 @@ where
     W: Clone + Debug,
 {
     for (x, y) in world.pairs() {
-        let clock = y.context().clock();
-        let delta = x.delta_since(&clock);
-        let mut by_delta = y.clone();
-        by_delta.merge(delta.clone());
-        let mut by_state = y.clone();
-        by_state.merge(x.clone());
-        prop_assert_eq!(
-            &by_delta,
-            &by_state,
-            "y ⊔ x.delta_since(y's clock) != y ⊔ x\n x = {:?}\n y = {:?}\n delta = {:?}",
-            x,
-            y,
-            delta
-        );
+        check_delta_since_pair(x, y)?;
     }
     Ok(())
 }

@@ -410,6 +410,30 @@ fn shuffled_deltas<T: Clone, W>(world: &World<T, W>, rng: &mut Rng) -> Vec<T> {
 
 /// The state as JSON, for failure messages (full replica ids, exactly what a peer
 /// would send).
+/// `y ⊔ x.delta_since(y's clock) == y ⊔ x`: the delta since what `y` has seen carries
+/// everything `x` would. `y` must meet [`Crdt::delta_since`]'s terms (it holds every
+/// write its clock covers, with its effects).
+///
+/// # Errors
+///
+/// The two results, with `x`, `y` and the delta, if they differ.
+pub fn check_delta_since_pair<T: Crdt>(x: &T, y: &T) -> CheckResult {
+    let delta = x.delta_since(&y.context().clock());
+    let mut by_delta = y.clone();
+    by_delta.merge(delta.clone());
+    let mut by_state = y.clone();
+    by_state.merge(x.clone());
+    prop_assert_eq!(
+        &by_delta,
+        &by_state,
+        "y ⊔ x.delta_since(y's clock) != y ⊔ x\n x = {}\n y = {}\n delta = {}",
+        json(x),
+        json(y),
+        json(&delta)
+    );
+    Ok(())
+}
+
 fn json<T: serde::Serialize>(state: &T) -> String {
     serde_json::to_string(state).unwrap_or_else(|e| format!("<does not encode: {e}>"))
 }
@@ -798,21 +822,8 @@ impl<T: Crdt + Default, W: Clone + fmt::Debug> World<T, W> {
             if !complete || *y.context() != CausalContext::from(&y.context().clock()) {
                 continue;
             }
-            let clock = y.context().clock();
             for x in self.states() {
-                let delta = x.delta_since(&clock);
-                let mut by_delta = y.clone();
-                by_delta.merge(delta.clone());
-                let mut by_state = y.clone();
-                by_state.merge(x.clone());
-                prop_assert_eq!(
-                    &by_delta,
-                    &by_state,
-                    "y ⊔ x.delta_since(y's clock) != y ⊔ x\n x = {}\n y = {}\n delta = {}",
-                    json(x),
-                    json(y),
-                    json(&delta)
-                );
+                check_delta_since_pair(x, y)?;
             }
         }
         Ok(())
