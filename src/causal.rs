@@ -232,6 +232,58 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
         false
     }
 
+    /// True if joining `other` (context `other_ctx`) into `self` (context `ctx`)
+    /// resolves a race worth reporting: each side holds an element the other never
+    /// saw, and they do not show the same single value. The default suits registers;
+    /// a counter never races (concurrent increments add up and nothing is lost), and a
+    /// map races where one of its keys does.
+    fn races(&self, ctx: &CausalContext, other: &Self, other_ctx: &CausalContext) -> bool {
+        let mut ours_unseen = false;
+        self.for_each_dot(&mut |d| ours_unseen |= !other_ctx.contains(d));
+        let mut theirs_unseen = false;
+        other.for_each_dot(&mut |d| theirs_unseen |= !ctx.contains(d));
+        ours_unseen && theirs_unseen && !self.same_view(other)
+    }
+
+    /// True if a removal whose context is `removal` (it names no element of its own)
+    /// takes part of this value and leaves an update it had not seen: a
+    /// delete-vs-update race, reported like any other. The default: some element is
+    /// removed and some survives. A map asks the same of each of its keys, so a
+    /// removal of one nested key is no race.
+    fn update_survives(&self, removal: &CausalContext) -> bool {
+        let mut killed = false;
+        let mut survives = false;
+        self.for_each_dot(&mut |d| {
+            if removal.contains(d) {
+                killed = true;
+            } else {
+                survives = true;
+            }
+        });
+        killed && survives
+    }
+
+    /// True if the store may hold counter segments that [`DotStore::fold`] can fold
+    /// (a counter, or a map that may hold one). Maps of other values skip the folding
+    /// work on every write.
+    const FOLDS: bool = false;
+
+    /// Folds the segments of `op`'s replica that `stable` covers (the dots every peer
+    /// is known to hold, and after which no removal of part of them can still arrive)
+    /// into one segment tagged by `op`, in every counter inside. Called by the map
+    /// around a write; a no-op for types without segments.
+    fn fold(&mut self, op: &Op, stable: &CausalContext) {
+        let _ = (op, stable);
+    }
+
+    /// For the counter inside with the most segments of `me`: how many it holds, and
+    /// how many of them `stable` covers (see [`DotStore::fold`]). `(0, 0)` for types
+    /// without segments.
+    fn foldable(&self, me: ReplicaId, stable: &CausalContext) -> (usize, usize) {
+        let _ = (me, stable);
+        (0, 0)
+    }
+
     /// The wire form, registering every replica it mentions in `table`.
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a>;
 
@@ -437,6 +489,12 @@ pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Res
 
 /// One concurrency resolved by a merge: both sides had written to `key` without seeing
 /// each other's write.
+///
+/// A *delete-vs-update* race is reported too: the peer removed `key` (or, in a full
+/// state, no longer holds what it had seen of it) while this replica held an update
+/// the remover had not seen. The update survives (a map is update-wins); `theirs` is
+/// then the empty value and [`Conflict::is_removal`] is true, so the application
+/// learns that a delete was overridden.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict<K, V> {
     /// The key both sides wrote (`()` for a standalone register or counter).
@@ -452,6 +510,35 @@ pub struct Conflict<K, V> {
     pub theirs_clock: VectorClock,
     /// The merged value, which every replica will converge to.
     pub resolved: V,
+}
+
+impl<K, V: DotStore> Conflict<K, V> {
+    /// True for a delete-vs-update race: the peer's side is a removal (`theirs` is
+    /// empty) and `resolved` is the update that survived it.
+    ///
+    /// ```
+    /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut a_hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut b_hlc = Hlc::new(ReplicaId::from_u128(2), ManualClock::new(0));
+    /// let mut a: OrMap<String, PnCounter> = OrMap::new();
+    /// a.increment("apples".into(), 3, &mut a_hlc)?;
+    /// let mut b = a.clone();
+    /// // A removes the line while B, unaware, adds one more.
+    /// let removal = a.remove("apples", &mut a_hlc)?;
+    /// b.increment("apples".into(), 1, &mut b_hlc)?;
+    ///
+    /// let mut conflicts = Vec::new();
+    /// b.try_merge(removal, &Default::default(), &mut conflicts)?;
+    /// assert_eq!(b.count("apples"), 1); // the concurrent update survives, alone
+    /// assert_eq!(conflicts.len(), 1);
+    /// assert!(conflicts[0].is_removal());
+    /// assert_eq!(conflicts[0].resolved.value(), 1);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn is_removal(&self) -> bool {
+        self.theirs.is_bottom() && !self.resolved.is_bottom()
+    }
 }
 
 /// Where a merge sends the concurrencies it resolves.
@@ -619,5 +706,29 @@ pub trait Crdt:
     /// are known to have seen). Never changes the replicated value.
     fn prune(&mut self, stable: &CausalContext) {
         let _ = stable;
+    }
+
+    /// Folds counter segments written by `hlc`'s replica that `stable` covers into one
+    /// segment per counter, as writes of this replica (they replicate like any write);
+    /// returns true if it wrote anything. `stable` must hold only dots of this replica
+    /// that every peer is known to hold, taken from acknowledgements sent while this
+    /// replica already held everything their senders had seen (so no removal of part
+    /// of them can still arrive). The [sync engine](crate::sync) computes it and calls
+    /// this after every received message; the default does nothing.
+    ///
+    /// The folded value is the same; what changes is the state's size: a counter that
+    /// takes a million increments keeps a segment per replica, not a million.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockOverflow`] or [`Error::InvalidDot`] from the writes, as for any
+    /// write; what was folded before the error stays folded.
+    fn fold_stable<S: crate::hlc::TimeSource>(
+        &mut self,
+        stable: &CausalContext,
+        hlc: &mut crate::hlc::Hlc<S>,
+    ) -> Result<bool> {
+        let _ = (stable, hlc);
+        Ok(false)
     }
 }

@@ -155,6 +155,26 @@ pub struct OrMap<K, V> {
     log: RemovalLog,
     /// A reusable buffer for the dots of the value being written.
     scratch: Vec<Dot>,
+    /// Counter folding (standalone maps of counters only).
+    folding: Folding<K>,
+}
+
+/// What a map of counters knows for folding segments (see [`Crdt::fold_stable`]).
+#[derive(Clone, Debug)]
+struct Folding<K> {
+    /// This replica's dots that may be folded (set by `fold_stable`).
+    stable: CausalContext,
+    /// Keys whose counters this replica wrote and has not folded to one segment yet.
+    pending: indexmap::IndexSet<K>,
+}
+
+impl<K> Default for Folding<K> {
+    fn default() -> Self {
+        Folding {
+            stable: CausalContext::new(),
+            pending: indexmap::IndexSet::new(),
+        }
+    }
 }
 
 impl<K: Clone, V: Clone> Clone for OrMap<K, V> {
@@ -169,6 +189,7 @@ impl<K: Clone, V: Clone> Clone for OrMap<K, V> {
             index,
             log: self.log.clone(),
             scratch: Vec::new(),
+            folding: self.folding.clone(),
         }
     }
 }
@@ -181,6 +202,7 @@ impl<K, V> Default for OrMap<K, V> {
             index: DotMap::default(),
             log: RemovalLog::default(),
             scratch: Vec::new(),
+            folding: Folding::default(),
         }
     }
 }
@@ -565,6 +587,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         value.for_each_dot(&mut |d| before.push(d));
         let split = before.len();
         f(value, op);
+        let mut fold_pending = false;
+        if V::FOLDS {
+            let me = dot.replica();
+            if !self.folding.stable.is_empty() {
+                value.fold(op, &self.folding.stable);
+            }
+            fold_pending = value.foldable(me, &CausalContext::new()).0 > 1;
+        }
         value.for_each_dot(&mut |d| before.push(d));
         let (old, new) = before.split_at_mut(split);
         let delta_value = want_delta.then(|| value.filtered(&|d| op.issued(d)));
@@ -596,6 +626,12 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             delta.seal();
             delta
         });
+        if fold_pending && !bottom {
+            let key = self.entries.get_index(pos).expect("present").0;
+            if !self.folding.pending.contains(key) {
+                self.folding.pending.insert(key.clone());
+            }
+        }
         if bottom {
             self.remove_positions(vec![pos]);
         }
@@ -777,6 +813,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             index: self.index.clone(),
             log: RemovalLog::default(),
             scratch: Vec::new(),
+            folding: Folding::default(),
         };
         copy.log.floor = copy.ctx.clone();
         copy
@@ -849,10 +886,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                     if before == theirs {
                         continue;
                     }
-                    let conflict = C::ACTIVE
-                        && before.iter().any(|d| !their_ctx.contains(*d))
-                        && theirs.iter().any(|d| !self.ctx.contains(*d))
-                        && !value.same_view(&their_value);
+                    let conflict = C::ACTIVE && value.races(&self.ctx, &their_value, &their_ctx);
                     let report = conflict.then(|| (value.clone(), their_value.clone()));
                     effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
                     for d in &before {
@@ -920,7 +954,22 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             if scratch.iter().all(|d| !their_ctx.contains(*d)) {
                 continue;
             }
+            // A removal (or an overwrite elsewhere) that meets an update it had not
+            // seen: the update survives, and the application hears of the race.
+            let report = (C::ACTIVE && value.update_survives(&their_ctx)).then(|| value.clone());
             effect.killed |= value.kill(&their_ctx);
+            if let Some(ours) = report {
+                let theirs = V::default();
+                sink.report(crate::causal::Conflict {
+                    key: self.entries.get_index(pos).expect("present").0.clone(),
+                    ours_clock: crate::causal::clock_of(&ours),
+                    theirs_clock: crate::causal::clock_of(&theirs),
+                    ours,
+                    theirs,
+                    resolved: self.entries[pos].clone(),
+                });
+            }
+            let value = &mut self.entries[pos];
             for d in &scratch {
                 if their_ctx.contains(*d) {
                     self.index.remove(d);
@@ -1362,6 +1411,40 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
             .max()
     }
 
+    fn races(&self, ctx: &CausalContext, other: &Self, other_ctx: &CausalContext) -> bool {
+        // A race is a key both sides changed unseen by the other; a key only one side
+        // touched (a delta carries only what changed) is none.
+        other.entries.iter().any(|(k, theirs)| {
+            self.entries
+                .get(k)
+                .is_some_and(|ours| ours.races(ctx, theirs, other_ctx))
+        })
+    }
+
+    fn update_survives(&self, removal: &CausalContext) -> bool {
+        self.entries.values().any(|v| v.update_survives(removal))
+    }
+
+    const FOLDS: bool = V::FOLDS;
+
+    fn fold(&mut self, op: &Op, stable: &CausalContext) {
+        if V::FOLDS {
+            for v in self.entries.values_mut() {
+                v.fold(op, stable);
+            }
+        }
+    }
+
+    fn foldable(&self, me: ReplicaId, stable: &CausalContext) -> (usize, usize) {
+        if !V::FOLDS {
+            return (0, 0);
+        }
+        self.entries
+            .values()
+            .map(|v| v.foldable(me, stable))
+            .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)))
+    }
+
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
         self.encode_entries(table)
     }
@@ -1604,6 +1687,48 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
 
     fn prune(&mut self, stable: &CausalContext) {
         self.log.prune(stable);
+    }
+
+    fn fold_stable<S: TimeSource>(
+        &mut self,
+        stable: &CausalContext,
+        hlc: &mut Hlc<S>,
+    ) -> Result<bool> {
+        if !V::FOLDS {
+            return Ok(false);
+        }
+        let me = hlc.replica();
+        self.folding.stable = stable.only(me);
+        if self.folding.pending.is_empty() || self.folding.stable.is_empty() {
+            return Ok(false);
+        }
+        let stable = self.folding.stable.clone();
+        let keys: Vec<K> = self.folding.pending.drain(..).collect();
+        let mut wrote = false;
+        for (i, key) in keys.iter().enumerate() {
+            let Some(value) = self.entries.get(key) else {
+                continue; // removed since
+            };
+            let (own, covered) = value.foldable(me, &stable);
+            if covered < 2 {
+                if own > 1 {
+                    self.folding.pending.insert(key.clone());
+                }
+                continue;
+            }
+            let op = match next_op(&self.ctx, hlc) {
+                Ok(op) => op,
+                Err(e) => {
+                    self.folding.pending.extend(keys[i..].iter().cloned());
+                    return Err(e);
+                }
+            };
+            // `mutate` folds around the (empty) write and keeps the key pending while
+            // segments that are not stable yet remain.
+            self.mutate(key.clone(), &op, |_, _| {}, false);
+            wrote = true;
+        }
+        Ok(wrote)
     }
 }
 

@@ -312,6 +312,30 @@ trait Flavor: DotStore + Send + 'static {
     fn check_converged(_reps: &mut [Map<Self>], _hlcs: &mut [Hlc<ManualClock>]) -> TestResult {
         Ok(())
     }
+
+    /// The spec of a race on one key both sides hold: each side holds a write the
+    /// other never saw, and they do not show the same single value (registers).
+    fn races(ours: &Self, a: &CausalContext, theirs: &Self, b: &CausalContext) -> bool {
+        register_race(ours, a, theirs, b)
+    }
+
+    /// The spec of a delete-vs-update race on a key only `a` holds: the other side saw
+    /// part of it (and so removed it) while `a` holds a write it never saw.
+    fn removal_raced(ours: &Self, b: &CausalContext) -> bool {
+        partly_seen(ours, b)
+    }
+}
+
+fn register_race<S: DotStore>(ours: &S, a: &CausalContext, theirs: &S, b: &CausalContext) -> bool {
+    let ours_unseen = dots(ours).into_iter().any(|d| !b.contains(d));
+    let theirs_unseen = dots(theirs).into_iter().any(|d| !a.contains(d));
+    // Both sides showing the same single value is no race to report.
+    ours_unseen && theirs_unseen && !concord::DotStore::same_view(ours, theirs)
+}
+
+fn partly_seen<S: DotStore>(ours: &S, b: &CausalContext) -> bool {
+    let d = dots(ours);
+    d.iter().any(|d| b.contains(*d)) && d.iter().any(|d| !b.contains(*d))
 }
 
 fn write_action() -> BoxedStrategy<Action> {
@@ -481,6 +505,11 @@ impl Flavor for LwwRegister<u8> {
 impl Flavor for PnCounter {
     type View = BTreeMap<String, i64>;
 
+    /// Concurrent increments add up: nothing to resolve, nothing to report.
+    fn races(_: &Self, _: &CausalContext, _: &Self, _: &CausalContext) -> bool {
+        false
+    }
+
     fn local_action() -> BoxedStrategy<Action> {
         (0..MAX_REPLICAS, 0..KEYS.len(), -5i64..=5)
             .prop_map(|(replica, key, amount)| Action::Increment {
@@ -537,6 +566,18 @@ impl Flavor for PnCounter {
 
 impl Flavor for Nested {
     type View = BTreeMap<String, BTreeMap<String, (u8, usize)>>;
+
+    /// A nested map races where one of its inner keys does.
+    fn races(ours: &Self, a: &CausalContext, theirs: &Self, b: &CausalContext) -> bool {
+        ours.iter()
+            .any(|(ik, o)| theirs.get(ik).is_some_and(|t| register_race(o, a, t, b)))
+    }
+
+    /// A removal that takes one inner key whole is no race; one that takes part of an
+    /// inner key (a write it had not seen survives) is.
+    fn removal_raced(ours: &Self, b: &CausalContext) -> bool {
+        ours.iter().any(|(_, o)| partly_seen(o, b))
+    }
 
     fn local_action() -> BoxedStrategy<Action> {
         prop_oneof![
@@ -1096,14 +1137,11 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
 
         let expected: BTreeSet<String> = a
             .iter()
-            .filter_map(|(key, ours)| {
-                let theirs = b.get(key)?;
-                let ours_unseen = dots(ours).into_iter().any(|d| !b.context().contains(d));
-                let theirs_unseen = dots(theirs).into_iter().any(|d| !a.context().contains(d));
-                // Both sides showing the same single value is no race to report.
-                let same = concord::DotStore::same_view(ours, theirs);
-                (ours_unseen && theirs_unseen && !same).then(|| key.clone())
+            .filter(|(key, ours)| match b.get(*key) {
+                Some(theirs) => <V as Flavor>::races(ours, a.context(), theirs, b.context()),
+                None => V::removal_raced(ours, b.context()),
             })
+            .map(|(key, _)| key.clone())
             .collect();
         let mut receiver = a.clone();
         let mut sink: Vec<Conflict<String, V>> = Vec::new();
@@ -1120,7 +1158,10 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
         }
         for c in &sink {
             prop_assert_eq!(Some(&c.ours), a.get(&c.key));
-            prop_assert_eq!(Some(&c.theirs), b.get(&c.key));
+            // A delete-vs-update race reports the removal as the empty value.
+            let removed = V::default();
+            prop_assert_eq!(&c.theirs, b.get(&c.key).unwrap_or(&removed));
+            prop_assert_eq!(c.is_removal(), b.get(&c.key).is_none());
             prop_assert_eq!(Some(&c.resolved), merged.get(&c.key));
             prop_assert_eq!(&c.ours_clock, &clock_of(&c.ours));
             prop_assert_eq!(&c.theirs_clock, &clock_of(&c.theirs));

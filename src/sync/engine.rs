@@ -512,6 +512,8 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     config: Config,
     /// `(counter, wall ms)` of local writes not yet acknowledged by every peer.
     write_times: VecDeque<(u64, u64)>,
+    /// The last stable set counters were folded with (see `fold_counters`).
+    fold_floor: CausalContext,
     counters: Counters,
     lease: Option<Lease>,
     /// A fresh id per boot (engine built or restored), sent as `inc`.
@@ -553,6 +555,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peers,
             config,
             write_times: VecDeque::new(),
+            fold_floor: CausalContext::new(),
             counters: Counters::default(),
             lease: None,
             // Deterministic tests fix the boot id along with the writer id.
@@ -619,6 +622,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.hlc.set_replica(self.node);
         self.hlc.set_counter_floor(granted.max(held));
         self.lease = Some(Lease { store, granted });
+        // Whatever was worked out for folding before the lease named the boot's
+        // floor starts over (see `fold_counters`).
+        self.fold_floor = CausalContext::new();
+        self.state
+            .fold_stable(&CausalContext::new(), &mut self.hlc)?;
+        self.fold_counters();
         Ok(self)
     }
 
@@ -1745,6 +1754,49 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             self.write_times.pop_front();
         }
         self.state.prune(&stable.unwrap_or_default());
+        self.fold_counters();
+    }
+
+    /// Folds this replica's counter segments that have become causally stable (see
+    /// [`Crdt::fold_stable`]): a dot of ours every peer acknowledged, each in an
+    /// acknowledgement we had caught up with when we read it (so every removal that
+    /// peer made before it, of part of those segments, is here already).
+    fn fold_counters(&mut self) {
+        if self.role == Role::Follower {
+            return;
+        }
+        let me = self.hlc.replica();
+        let ctx = self.state.context();
+        let mut floor: Option<CausalContext> = None;
+        for p in self.peers.values_mut() {
+            if ctx.includes(&p.acked) {
+                p.fold_ack = p.acked.only(me);
+            }
+            floor = Some(match floor {
+                None => p.fold_ack.clone(),
+                Some(f) => f.intersection(&p.fold_ack),
+            });
+        }
+        let mut floor = floor.unwrap_or_else(|| ctx.only(me));
+        // Dots up to the lease's floor were issued before this boot. An earlier life
+        // may have folded some of them already, in a write this one has not seen (it
+        // restored an older snapshot): folding them again would count them twice. So
+        // they wait until this boot holds every dot its earlier lives issued.
+        let boot_floor = self.hlc.counter_floor();
+        if boot_floor > 0 {
+            let mut earlier = CausalContext::new();
+            earlier.insert_range(me, 1, boot_floor);
+            if !ctx.includes(&earlier) {
+                floor = floor.minus(&earlier);
+            }
+        }
+        if floor == self.fold_floor {
+            return;
+        }
+        // A clock that cannot issue a dot this millisecond folds at the next message.
+        if self.state.fold_stable(&floor, &mut self.hlc).is_ok() {
+            self.fold_floor = floor;
+        }
     }
 
     /// The peers known to hold `dot` (those whose acknowledged context has it).

@@ -62,6 +62,10 @@ pub(crate) struct Peer {
     pub(crate) out: Option<OutStream>,
     /// The stream it is sending us: `(its boot, stream, next expected index)`.
     pub(crate) inbound: Option<(ReplicaId, u64, u32)>,
+    /// Our own dots it acknowledged in an acknowledgement we had caught up with (we
+    /// held everything it had seen, its removals included): counter segments under
+    /// these dots can no longer meet a removal of part of them from this peer.
+    pub(crate) fold_ack: CausalContext,
 }
 
 impl Peer {
@@ -82,6 +86,7 @@ impl Peer {
             owe_restart: false,
             out: None,
             inbound: None,
+            fold_ack: CausalContext::new(),
         }
     }
 }

@@ -1,0 +1,185 @@
+//! A hot counter: one key incremented at three masters for a long time stays small
+//! and cheap to write, because stable segments fold.
+//!
+//! `CONCORD_COUNTER_OPS` sets the number of increments (default 30,000; the figure in
+//! BENCHMARKS.md is from 1,000,000 in release, `--release -- --nocapture`).
+
+use std::time::Instant;
+
+use concord::sync::{Config, SyncEngine};
+use concord::{Conflict, ManualClock, OrMap, PnCounter, ReplicaId};
+
+type Likes = OrMap<String, PnCounter>;
+type Engine = SyncEngine<Likes, ManualClock>;
+
+/// Delivers every message until all engines are idle and every write is acknowledged;
+/// returns the conflicts the receivers reported, with the receiver's index.
+fn settle(engines: &mut [Engine], time: &ManualClock) -> Vec<(usize, Conflict<String, PnCounter>)> {
+    let mut reports = Vec::new();
+    for _ in 0..10_000 {
+        let mut busy = false;
+        for i in 0..engines.len() {
+            while let Some(t) = engines[i].poll_transmit() {
+                busy = true;
+                let to = engines
+                    .iter()
+                    .position(|e| e.node() == t.to)
+                    .expect("a known peer");
+                let received = engines[to].handle_bytes(&t.bytes).expect("valid message");
+                reports.extend(received.conflicts.into_iter().map(|c| (to, c)));
+            }
+        }
+        if busy {
+            continue;
+        }
+        let acked = engines.iter().all(|e| {
+            e.peers()
+                .all(|p| e.lag(p).expect("a peer").unacked_writes == 0)
+        });
+        if acked && engines.iter().all(|e| e.state() == engines[0].state()) {
+            return reports;
+        }
+        let next = engines
+            .iter()
+            .filter_map(|e| e.poll_timeout())
+            .min()
+            .expect("a pending timer");
+        time.set(next.max(time.now()));
+        for e in engines.iter_mut() {
+            if e.poll_timeout().is_some_and(|at| at <= time.now()) {
+                e.handle_timeout();
+            }
+        }
+    }
+    panic!("the engines did not settle");
+}
+
+fn encoded_len(state: &Likes) -> usize {
+    serde_json::to_vec(state).expect("encodes").len()
+}
+
+fn segments(state: &Likes) -> usize {
+    state.get("likes").map_or(0, concord::DotStore::size)
+}
+
+fn masters(n: u128, time: &ManualClock) -> Vec<Engine> {
+    let ids: Vec<ReplicaId> = (1..=n).map(ReplicaId::from_u128).collect();
+    ids.iter()
+        .map(|&id| {
+            let peers = ids.iter().copied().filter(|&p| p != id);
+            SyncEngine::new(id, Likes::new(), time.clone(), Config::with_peers(peers))
+        })
+        .collect()
+}
+
+#[test]
+fn a_counter_only_one_master_writes_is_never_reported_as_a_conflict() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters(3, &time);
+    let mut reports = Vec::new();
+    for _session in 0..10 {
+        for _ in 0..5 {
+            engines[0]
+                .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+                .unwrap();
+            time.advance(1);
+        }
+        reports.extend(settle(&mut engines, &time));
+    }
+    assert_eq!(engines[2].state().count("likes"), 50);
+    assert!(reports.is_empty(), "{reports:?}");
+
+    // Concurrent increments at every master add up; none is a conflict either.
+    for (i, e) in engines.iter_mut().enumerate() {
+        e.update(|m, hlc| m.increment("likes".into(), i as i64 + 1, hlc))
+            .unwrap();
+    }
+    assert!(settle(&mut engines, &time).is_empty());
+    assert_eq!(engines[1].state().count("likes"), 56);
+}
+
+#[test]
+fn a_removal_racing_an_increment_is_reported_as_delete_vs_update() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters(2, &time);
+    engines[0]
+        .update(|m, hlc| m.increment("espresso".into(), 3, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    // Without a message in between: A removes the line, B adds one more.
+    engines[0]
+        .update(|m, hlc| m.remove("espresso", hlc))
+        .unwrap();
+    engines[1]
+        .update(|m, hlc| m.increment("espresso".into(), 1, hlc))
+        .unwrap();
+    let reports = settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(e.state().count("espresso"), 1, "the update survives, alone");
+    }
+    // B, where the removal met the increment it had not seen, reports it.
+    let removals: Vec<_> = reports.iter().filter(|(_, c)| c.is_removal()).collect();
+    assert_eq!(removals.len(), 1, "{reports:?}");
+    let (at, c) = removals[0];
+    assert_eq!(*at, 1);
+    assert_eq!(c.key, "espresso");
+    assert_eq!(c.ours.value(), 4);
+    assert_eq!(c.resolved.value(), 1);
+}
+
+#[test]
+fn a_million_increments_fold_to_a_small_state() {
+    let total: u64 = std::env::var("CONCORD_COUNTER_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters(3, &time);
+
+    let mut done = 0u64;
+    let mut max_segments = 0;
+    let mut window = Instant::now();
+    let mut window_start = 0u64;
+    let mut checkpoints = vec![1_000u64, 100_000, 1_000_000];
+    checkpoints.retain(|&c| c <= total);
+    while done < total {
+        let writer = ((done / 100) % 3) as usize;
+        for _ in 0..100.min(total - done) {
+            engines[writer]
+                .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+                .expect("write");
+            done += 1;
+            time.advance(1);
+        }
+        settle(&mut engines, &time);
+        max_segments = max_segments.max(segments(engines[0].state()));
+        if checkpoints.first() == Some(&done) {
+            let per_op = window.elapsed() / (done - window_start) as u32;
+            println!(
+                "{done} increments: {per_op:?} per increment (incl. sync), {} segments, {} B state",
+                segments(engines[0].state()),
+                encoded_len(engines[0].state())
+            );
+            checkpoints.remove(0);
+            window = Instant::now();
+            window_start = done;
+        }
+    }
+    for e in &engines {
+        assert_eq!(e.state().count("likes"), total as i64);
+    }
+    let bytes = encoded_len(engines[0].state());
+    println!(
+        "after {total}: {} segments (at most {max_segments} on the way), {bytes} B state",
+        segments(engines[0].state())
+    );
+    // One segment per master once everything is acknowledged, whatever the count.
+    assert!(
+        segments(engines[0].state()) <= 3,
+        "{:?}",
+        engines[0].state()
+    );
+    assert!(bytes < 1024, "state of {bytes} B");
+    // Bounded on the way too: what one round of 100 writes leaves, plus the folded.
+    assert!(max_segments <= 110, "{max_segments} segments on the way");
+}
