@@ -1512,9 +1512,13 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         delta.ctx = since;
         // Removals are told by what the peer acknowledged, not by what was offered: an
-        // offered message may be lost while a later one carries its trigger.
+        // offered message may be lost while a later one carries its trigger. But not
+        // while the whole trigger is still in flight: its removals travel with it, and
+        // a later message carrying them alone would apply a write's removals without
+        // the write if that message were lost for good (its writer crashed), which
+        // for a fold of counter segments would lose the folded increments.
         for (_, trigger, dead) in &self.log.entries {
-            if !acked.includes(trigger) {
+            if !acked.includes(trigger) && !offered.includes(trigger) {
                 for &d in dead {
                     delta.ctx.insert(d);
                 }

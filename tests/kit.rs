@@ -85,13 +85,24 @@ fn a_merge_function_that_reads_a_hash_maps_order_is_caught() {
 #[test]
 fn a_merge_function_that_reads_a_hash_sets_order_is_caught() {
     let failure = failure_of(name(), all_names);
-    assert!(failure.reason.contains("not deterministic"), "{failure}");
+    // As above: the HashSet's random order decides which check trips first.
+    assert!(
+        failure.reason.contains("not deterministic")
+            || failure.reason.contains("collapsing changed"),
+        "{failure}"
+    );
 }
 
 #[test]
 fn a_merge_function_that_reads_the_clock_is_caught() {
     let failure = failure_of(name(), by_the_clock);
-    assert!(failure.reason.contains("not deterministic"), "{failure}");
+    // Which check trips first depends on the clock (a call that disagrees with
+    // another, or a collapse that changes the shown value).
+    assert!(
+        failure.reason.contains("not deterministic")
+            || failure.reason.contains("collapsing changed"),
+        "{failure}"
+    );
 }
 
 #[test]

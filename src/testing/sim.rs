@@ -259,6 +259,8 @@ struct Node<T: Crdt> {
 
 /// A simulated cluster of replicas over a faulty network.
 pub struct Sim<T: Crdt + Default> {
+    /// Restarts restore the latest snapshot only (see `with_latest_snapshots`).
+    latest_snapshots_only: bool,
     nodes: Vec<Node<T>>,
     ids: Vec<ReplicaId>,
     network: Vec<InFlight>,
@@ -322,7 +324,15 @@ impl<T: Crdt + Default> Sim<T> {
             last_error: None,
             config,
             issued: std::collections::HashSet::new(),
+            latest_snapshots_only: false,
         }
+    }
+
+    /// The same simulation with every restart restoring the node's latest snapshot (an
+    /// intact disk), never the one before it.
+    pub fn with_latest_snapshots(mut self) -> Self {
+        self.latest_snapshots_only = true;
+        self
     }
 
     /// The same simulation with every engine refusing messages above `bytes` (and so
@@ -349,6 +359,13 @@ impl<T: Crdt + Default> Sim<T> {
     pub fn engine_mut(&mut self, i: usize) -> &mut SyncEngine<T, ManualClock> {
         let n = self.nodes.len();
         &mut self.nodes[i % n].engine
+    }
+
+    /// Node `i`'s counter lease: the highest counter that has left its engine. After a
+    /// crash, its dots above the lease never left, and the restarted node may issue
+    /// them again.
+    pub fn lease(&self, i: usize) -> u64 {
+        self.nodes[i % self.nodes.len()].lease.get()
     }
 
     /// The number of nodes.
@@ -521,7 +538,7 @@ impl<T: Crdt + Default> Sim<T> {
             .retain(|d| d.replica() != me || d.counter() <= leased);
         let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
         let config = self.config.clone().incarnation(boot);
-        let from_older = self.rng.percent(50);
+        let from_older = self.rng.percent(50) && !self.latest_snapshots_only;
         let node = &mut self.nodes[i];
         let snapshot = if from_older {
             node.older.clone().or_else(|| node.snapshot.clone())
