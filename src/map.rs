@@ -1512,15 +1512,51 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         delta.ctx = since;
         // Removals are told by what the peer acknowledged, not by what was offered: an
-        // offered message may be lost while a later one carries its trigger. But not
-        // while the whole trigger is still in flight: its removals travel with it, and
-        // a later message carrying them alone would apply a write's removals without
-        // the write if that message were lost for good (its writer crashed), which
-        // for a fold of counter segments would lose the folded increments.
+        // offered message may be lost while a later one carries its trigger. And they
+        // go with the writes that caused them until the peer acknowledges those: a
+        // removal whose cause is still in flight travels with the in-flight elements
+        // again. Otherwise, if the message that carried the cause were lost for good
+        // (its sender crashed, and so did every other holder), the removal alone
+        // would drop what the write replaced and keep nothing of it (for a fold of
+        // counter segments: the folded increments themselves).
+        let pending = seen.minus(acked);
+        let mut resend = false;
         for (_, trigger, dead) in &self.log.entries {
-            if !acked.includes(trigger) && !offered.includes(trigger) {
+            if !acked.includes(trigger) {
                 for &d in dead {
                     delta.ctx.insert(d);
+                }
+                resend |= !pending.is_empty() && !pending.intersection(trigger).is_empty();
+            }
+        }
+        if resend {
+            let mut positions: Vec<usize> = if pending.dot_count() <= self.entries.len() as u64 {
+                pending
+                    .dots()
+                    .filter_map(|d| self.index.get(&d).copied())
+                    .collect()
+            } else {
+                (0..self.entries.len())
+                    .filter(|&pos| {
+                        let mut unacked = false;
+                        self.entries[pos].for_each_dot(&mut |d| unacked |= pending.contains(d));
+                        unacked
+                    })
+                    .collect()
+            };
+            positions.sort_unstable();
+            positions.dedup();
+            for pos in positions {
+                let (k, v) = self
+                    .entries
+                    .get_index(pos)
+                    .expect("index points into entries");
+                let part = v.filtered(&|x| !acked.contains(x));
+                part.for_each_dot(&mut |x| {
+                    delta.ctx.insert(x);
+                });
+                if !part.is_bottom() {
+                    delta.entries.insert(k.clone(), part);
                 }
             }
         }

@@ -259,8 +259,6 @@ struct Node<T: Crdt> {
 
 /// A simulated cluster of replicas over a faulty network.
 pub struct Sim<T: Crdt + Default> {
-    /// Restarts restore the latest snapshot only (see `with_latest_snapshots`).
-    latest_snapshots_only: bool,
     nodes: Vec<Node<T>>,
     ids: Vec<ReplicaId>,
     network: Vec<InFlight>,
@@ -324,15 +322,7 @@ impl<T: Crdt + Default> Sim<T> {
             last_error: None,
             config,
             issued: std::collections::HashSet::new(),
-            latest_snapshots_only: false,
         }
-    }
-
-    /// The same simulation with every restart restoring the node's latest snapshot (an
-    /// intact disk), never the one before it.
-    pub fn with_latest_snapshots(mut self) -> Self {
-        self.latest_snapshots_only = true;
-        self
     }
 
     /// The same simulation with every engine refusing messages above `bytes` (and so
@@ -538,7 +528,7 @@ impl<T: Crdt + Default> Sim<T> {
             .retain(|d| d.replica() != me || d.counter() <= leased);
         let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
         let config = self.config.clone().incarnation(boot);
-        let from_older = self.rng.percent(50) && !self.latest_snapshots_only;
+        let from_older = self.rng.percent(50);
         let node = &mut self.nodes[i];
         let snapshot = if from_older {
             node.older.clone().or_else(|| node.snapshot.clone())
