@@ -1,0 +1,5 @@
+//! demo (todo)
+/// todo
+pub fn run() -> crate::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! Durable storage: one redb file holding a base snapshot, an append-only log of the
+//! changes since, the counter lease and the peers' acknowledgements.
+//!
+//! * `meta` table: `base` (the state as JSON), `base_seq` (the last log record the
+//!   base covers), `lease` (the highest counter that may have left the engine),
+//!   `acks` (what each peer had acknowledged, JSON).
+//! * `log` table: sequence number → record. A record is a local write's delta (tag
+//!   0, JSON) or a received replication message whose delta changed the state (tag 1,
+//!   the frame as it arrived). Persisting a write or a merge costs the size of the
+//!   change, never the size of the state.
+//!
+//! Recovery reads the base and merges every later record in order. Compaction, on a
+//! thread of its own, does the same from the file and writes the result as the new
+//! base, deleting the records it covers, so the file stays about the size of the
+//! state plus the log bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use concord::sync::{LeaseStore, Message};
+use concord::{CausalContext, ReplicaId, Resolver};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::config::Fsync;
+use crate::error::{Error, Result};
+use crate::Kv;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+/// A peer's acknowledged context and protocol version, as saved.
+pub type PeerRecord = (ReplicaId, CausalContext, u32);
+
+const LOCAL: u8 = 0;
+const REMOTE: u8 = 1;
+
+/// What recovery found on disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The state: the base with every later record merged.
+    pub state: Kv,
+    /// What each peer had acknowledged when last saved, and the newest protocol
+    /// version it was heard to speak.
+    pub acks: Vec<PeerRecord>,
+    /// How many log records were replayed.
+    pub replayed: u64,
+    /// True if the file held anything (a restart rather than a first start).
+    pub existed: bool,
+    /// How long recovery took.
+    pub took: std::time::Duration,
+}
+
+/// Counters the metrics read.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Commits.
+    pub commits: AtomicU64,
+    /// Records appended.
+    pub records: AtomicU64,
+    /// Finished compactions.
+    pub compactions: AtomicU64,
+    /// The last record the base covers.
+    pub base_seq: AtomicU64,
+    /// Bytes appended to the log.
+    pub bytes: AtomicU64,
+}
+
+/// The node's database.
+pub struct Store {
+    db: Arc<Database>,
+    fsync: Fsync,
+    next_seq: u64,
+    pending: Vec<Vec<u8>>,
+    pending_acks: Option<Vec<u8>>,
+    unsynced: bool,
+    compact_after: u64,
+    compactor: mpsc::SyncSender<u64>,
+    compacting: Arc<AtomicU64>,
+    stats: Arc<StoreStats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("next_seq", &self.next_seq)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode_record(rec: &[u8], max_message_bytes: usize) -> Result<Option<Kv>> {
+    match rec.split_first() {
+        Some((&LOCAL, json)) => Ok(Some(serde_json::from_slice(json).map_err(Error::storage)?)),
+        Some((&REMOTE, frame)) => Ok(Message::<Kv>::decode(frame, max_message_bytes)?.delta),
+        _ => Err(Error::Storage {
+            reason: "a log record of unknown kind".into(),
+        }),
+    }
+}
+
+/// The base and every record after it, merged (recovery and compaction).
+fn replay(
+    db: &Database,
+    max_message_bytes: usize,
+    upto: Option<u64>,
+) -> Result<(Kv, u64, u64, bool)> {
+    let tx = db.begin_read().map_err(Error::storage)?;
+    let (mut state, base_seq, mut existed) = match tx.open_table(META) {
+        Ok(meta) => {
+            let state = match meta.get("base").map_err(Error::storage)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(Error::storage)?,
+                None => Kv::new(),
+            };
+            let seq = match meta.get("base_seq").map_err(Error::storage)? {
+                Some(v) => u64_of(v.value()),
+                None => 0,
+            };
+            let existed = meta.get("lease").map_err(Error::storage)?.is_some() || seq > 0;
+            (state, seq, existed)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => (Kv::new(), 0, false),
+        Err(e) => return Err(Error::storage(e)),
+    };
+    let mut last = base_seq;
+    let mut replayed = 0;
+    match tx.open_table(LOG) {
+        Ok(log) => {
+            for item in log.range(base_seq + 1..).map_err(Error::storage)? {
+                let (k, v) = item.map_err(Error::storage)?;
+                if upto.is_some_and(|u| k.value() > u) {
+                    break;
+                }
+                if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
+                    state.merge(delta);
+                }
+                last = k.value();
+                replayed += 1;
+                existed = true;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(Error::storage(e)),
+    }
+    Ok((state, last, replayed, existed))
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and recovers the state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the file cannot be opened or holds a corrupt record.
+    pub fn open(
+        path: &std::path::Path,
+        fsync: Fsync,
+        compact_after: u64,
+        max_message_bytes: usize,
+    ) -> Result<(Store, Recovered)> {
+        let started = Instant::now();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Arc::new(Database::create(path).map_err(Error::storage)?);
+        let (state, last, replayed, existed) = replay(&db, max_message_bytes, None)?;
+        let acks = {
+            let tx = db.begin_read().map_err(Error::storage)?;
+            match tx.open_table(META) {
+                Ok(meta) => match meta.get("acks").map_err(Error::storage)? {
+                    Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                    None => Vec::new(),
+                },
+                Err(_) => Vec::new(),
+            }
+        };
+        let base_seq = {
+            let tx = db.begin_read().map_err(Error::storage)?;
+            match tx.open_table(META) {
+                Ok(meta) => meta
+                    .get("base_seq")
+                    .map_err(Error::storage)?
+                    .map_or(0, |v| u64_of(v.value())),
+                Err(_) => 0,
+            }
+        };
+        let stats = Arc::new(StoreStats::default());
+        stats.base_seq.store(base_seq, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel::<u64>(1);
+        let compacting = Arc::new(AtomicU64::new(0));
+        {
+            let db = db.clone();
+            let stats = stats.clone();
+            let compacting = compacting.clone();
+            std::thread::Builder::new()
+                .name("compaction".into())
+                .spawn(move || {
+                    for upto in rx {
+                        match compact(&db, upto, max_message_bytes) {
+                            Ok(()) => {
+                                stats.base_seq.store(upto, Ordering::Relaxed);
+                                stats.compactions.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => tracing::error!("compaction failed: {e}"),
+                        }
+                        compacting.store(0, Ordering::Release);
+                    }
+                })?;
+        }
+        let store = Store {
+            db,
+            fsync,
+            next_seq: last + 1,
+            pending: Vec::new(),
+            pending_acks: None,
+            unsynced: false,
+            compact_after: compact_after.max(1),
+            compactor: tx,
+            compacting,
+            stats,
+        };
+        Ok((
+            store,
+            Recovered {
+                state,
+                acks,
+                replayed,
+                existed,
+                took: started.elapsed(),
+            },
+        ))
+    }
+
+    /// The statistics the metrics read.
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
+    }
+
+    /// A lease store in this database (see [`LeaseStore`]).
+    pub fn lease(&self) -> RedbLease {
+        RedbLease(self.db.clone())
+    }
+
+    /// Queues a local write's delta for the next commit.
+    pub fn append_local(&mut self, delta: &Kv) {
+        let mut rec = vec![LOCAL];
+        // A state always serializes; an empty record would only be skipped on replay.
+        let _ = serde_json::to_writer(&mut rec, delta);
+        self.pending.push(rec);
+    }
+
+    /// Queues a received frame whose delta changed the state for the next commit.
+    pub fn append_remote(&mut self, frame: &[u8]) {
+        let mut rec = Vec::with_capacity(frame.len() + 1);
+        rec.push(REMOTE);
+        rec.extend_from_slice(frame);
+        self.pending.push(rec);
+    }
+
+    /// Queues the peers' acknowledgements for the next commit.
+    pub fn save_acks(&mut self, acks: &[PeerRecord]) {
+        self.pending_acks = serde_json::to_vec(acks).ok();
+    }
+
+    /// True if records wait for a commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.pending_acks.is_some()
+    }
+
+    /// Writes everything queued in one transaction, synced as the policy says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the transaction fails (nothing queued is then written).
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.has_pending() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(Error::storage)?;
+        let durable = self.fsync != Fsync::None;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(Error::storage)?;
+        let mut bytes = 0;
+        let n = self.pending.len() as u64;
+        {
+            let mut log = tx.open_table(LOG).map_err(Error::storage)?;
+            for (i, rec) in self.pending.iter().enumerate() {
+                log.insert(self.next_seq + i as u64, rec.as_slice())
+                    .map_err(Error::storage)?;
+                bytes += rec.len() as u64;
+            }
+            if let Some(acks) = &self.pending_acks {
+                let mut meta = tx.open_table(META).map_err(Error::storage)?;
+                meta.insert("acks", acks.as_slice())
+                    .map_err(Error::storage)?;
+            }
+        }
+        tx.commit().map_err(Error::storage)?;
+        self.pending.clear();
+        self.pending_acks = None;
+        self.next_seq += n;
+        self.unsynced |= !durable;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// With the `none` policy, makes every commit so far durable (called once a
+    /// second); otherwise does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the sync fails.
+    pub fn sync(&mut self) -> Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(Error::storage)?;
+        tx.commit().map_err(Error::storage)?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// How many records the log holds past the base.
+    pub fn log_len(&self) -> u64 {
+        (self.next_seq - 1).saturating_sub(self.stats.base_seq.load(Ordering::Relaxed))
+    }
+
+    /// Starts a compaction on the background thread if the log is past its bound
+    /// and none is running.
+    pub fn maybe_compact(&mut self) {
+        if self.log_len() < self.compact_after || self.has_pending() {
+            return;
+        }
+        if self
+            .compacting
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && self.compactor.try_send(self.next_seq - 1).is_err()
+        {
+            self.compacting.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Writes base ⊔ log[..=upto] as the new base and deletes those records.
+fn compact(db: &Database, upto: u64, max_message_bytes: usize) -> Result<()> {
+    let (state, last, _, _) = replay(db, max_message_bytes, Some(upto))?;
+    let json = serde_json::to_vec(&state).map_err(Error::storage)?;
+    let tx = db.begin_write().map_err(Error::storage)?;
+    {
+        let mut meta = tx.open_table(META).map_err(Error::storage)?;
+        let current = meta
+            .get("base_seq")
+            .map_err(Error::storage)?
+            .map_or(0, |v| u64_of(v.value()));
+        if current >= last {
+            return Ok(());
+        }
+        meta.insert("base", json.as_slice())
+            .map_err(Error::storage)?;
+        meta.insert("base_seq", last.to_be_bytes().as_slice())
+            .map_err(Error::storage)?;
+        let mut log = tx.open_table(LOG).map_err(Error::storage)?;
+        log.retain_in(..=last, |_, _| false)
+            .map_err(Error::storage)?;
+    }
+    tx.commit().map_err(Error::storage)?;
+    Ok(())
+}
+
+/// The counter lease in the node's database (always written with an fsync,
+/// whatever the policy: a lost lease could reuse a dot).
+pub struct RedbLease(Arc<Database>);
+
+impl std::fmt::Debug for RedbLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbLease")
+    }
+}
+
+impl LeaseStore for RedbLease {
+    fn load(&mut self) -> concord::Result<u64> {
+        let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
+            reason: e.to_string(),
+        };
+        let tx = self.0.begin_read().map_err(|e| lease_err(&e))?;
+        match tx.open_table(META) {
+            Ok(meta) => Ok(meta
+                .get("lease")
+                .map_err(|e| lease_err(&e))?
+                .map_or(0, |v| u64_of(v.value()))),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(lease_err(&e)),
+        }
+    }
+
+    fn store(&mut self, upto: u64) -> concord::Result<()> {
+        let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
+            reason: e.to_string(),
+        };
+        let tx = self.0.begin_write().map_err(|e| lease_err(&e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| lease_err(&e))?;
+            meta.insert("lease", upto.to_be_bytes().as_slice())
+                .map_err(|e| lease_err(&e))?;
+        }
+        tx.commit().map_err(|e| lease_err(&e))
+    }
+}
