@@ -21,6 +21,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Something the demo expected did not happen.
+    #[error("demo: {reason}")]
+    Demo {
+        /// What was expected, and what happened.
+        reason: String,
+    },
     /// The engine refused something (a corrupt record on disk, say).
     #[error(transparent)]
     Engine(#[from] concord::Error),
