@@ -125,8 +125,11 @@ impl Client {
             }
             req.push_str("\r\n");
             req.push_str(body);
-            conn.get_mut().write_all(req.as_bytes())?;
-            read_response(conn)
+            match conn.get_mut().write_all(req.as_bytes()) {
+                Ok(()) => read_response(conn),
+                // The server may answer (413, say) and close before reading it all.
+                Err(e) => read_response(conn).map_err(|_| e),
+            }
         })();
         if result.is_err() {
             self.conn = None;

@@ -171,7 +171,10 @@ pub struct Node {
     engine: Engine,
     store: Store,
     metrics: Arc<Metrics>,
-    links: HashMap<ReplicaId, (u64, mpsc::Sender<Vec<u8>>)>,
+    /// The live connections of each peer, newest last (frames go to the newest; an
+    /// older one stays until it closes, so a connection dropped right after its
+    /// handshake, for a node id mismatch say, leaves the working one in place).
+    links: HashMap<ReplicaId, Vec<(u64, mpsc::Sender<Vec<u8>>)>>,
     committed: Vec<WriteWaiter>,
     writes: Vec<WriteWaiter>,
     reads: Vec<ReadWaiter>,
@@ -348,15 +351,16 @@ impl Node {
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
             Command::PeerUp { peer, conn, tx } => {
-                self.links.insert(peer, (conn, tx));
+                self.links.entry(peer).or_default().push((conn, tx));
                 self.metrics
                     .peer_connected
                     .get_or_create(&metrics::peer(&self.name(peer)))
                     .set(1);
             }
             Command::PeerDown { peer, conn } => {
-                if self.links.get(&peer).is_some_and(|(c, _)| *c == conn) {
-                    self.links.remove(&peer);
+                let conns = self.links.entry(peer).or_default();
+                conns.retain(|(c, _)| *c != conn);
+                if conns.is_empty() {
                     self.metrics
                         .peer_connected
                         .get_or_create(&metrics::peer(&self.name(peer)))
@@ -485,7 +489,7 @@ impl Node {
         while let Some(t) = self.engine.poll_transmit() {
             let labels = metrics::peer(&self.name(t.to));
             let len = t.bytes.len() as u64;
-            let sent = match self.links.get(&t.to) {
+            let sent = match self.links.get(&t.to).and_then(|c| c.last()) {
                 Some((_, tx)) => tx.try_send(t.bytes).is_ok(),
                 None => false,
             };
@@ -689,7 +693,7 @@ impl Node {
                 json!({
                     "name": self.name(p.peer),
                     "id": p.peer.to_string(),
-                    "connected": self.links.contains_key(&p.peer),
+                    "connected": self.links.get(&p.peer).is_some_and(|c| !c.is_empty()),
                     "unacked_writes": p.lag.unacked_writes,
                     "oldest_unacked_ms": p.lag.oldest_unacked_ms,
                     "last_heard_ms_ago": p.lag.since_heard_ms,
