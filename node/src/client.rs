@@ -113,7 +113,21 @@ impl Client {
         if self.conn.is_none() {
             self.conn = Some(self.connect()?);
         }
-        let result = (|| {
+        let result = self.exchange(method, path, headers, body);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> io::Result<Response> {
+        {
             let conn = self.conn.as_mut().expect("connected above");
             let mut req = format!(
                 "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n",
@@ -130,11 +144,7 @@ impl Client {
                 // The server may answer (413, say) and close before reading it all.
                 Err(e) => read_response(conn).map_err(|_| e),
             }
-        })();
-        if result.is_err() {
-            self.conn = None;
         }
-        result
     }
 
     /// `PUT /kv/{key}?ack=...`.

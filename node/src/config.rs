@@ -319,3 +319,28 @@ pub fn ack_name(level: AckLevel) -> String {
         AckLevel::All => "sync".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_configurations_load_and_bad_ones_are_refused() {
+        let dir = crate::harness::temp_dir("config").unwrap();
+        let paths = crate::certs::generate_cluster(&dir, 3, 17_000).unwrap();
+        let c = NodeConfig::load(&paths[0]).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert!(c.tls.ca.is_absolute() || c.tls.ca.starts_with(&dir));
+        crate::certs::Tls::load(&c.tls.ca, &c.tls.cert, &c.tls.key).unwrap();
+        let text = std::fs::read_to_string(&paths[0]).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, text.replace("[ack]", "surprise = 1\n[ack]")).unwrap();
+        assert!(NodeConfig::load(&bad).is_err());
+        let mut own = c.clone();
+        own.peers[0].id = own.node_id;
+        assert!(own.check().is_err());
+        assert!(parse_ack("semi:0", 2).is_err());
+        assert_eq!(parse_ack("sync", 2).unwrap(), AckLevel::All);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -91,17 +91,17 @@ fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     })
 }
 
-fn millis(req: &Request<Incoming>, name: &str, default: Duration) -> Result<Duration, Resp> {
+fn millis(req: &Request<Incoming>, name: &str, default: Duration) -> Result<Duration, Box<Resp>> {
     match query(req, name) {
         None => Ok(default),
         Some(v) => v
             .parse::<u64>()
             .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
             .map_err(|_| {
-                error(
+                Box::new(error(
                     StatusCode::BAD_REQUEST,
                     format!("{name} must be a number of milliseconds"),
-                )
+                ))
             }),
     }
 }
@@ -214,7 +214,7 @@ impl Api {
         };
         let wait = match millis(&req, "wait_ms", self.read_wait) {
             Ok(w) => w,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Get {
@@ -267,7 +267,7 @@ impl Api {
         };
         let timeout = match millis(&req, "timeout_ms", self.ack_timeout) {
             Ok(t) => t,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let value = if put {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {

@@ -99,12 +99,9 @@ impl Metrics {
             retransmits: Counter::default(),
             ack_timeouts: Counter::default(),
             read_timeouts: Counter::default(),
-            replication_lag: Histogram::new(
-                [
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-                ]
-                .into_iter(),
-            ),
+            replication_lag: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
             keys: Gauge::default(),
             log_records: Gauge::default(),
             commits: Counter::default(),

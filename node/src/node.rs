@@ -151,6 +151,9 @@ pub enum ReadOutcome {
     },
 }
 
+/// A connection's number and outgoing queue.
+type Link = (u64, mpsc::Sender<Vec<u8>>);
+
 struct WriteWaiter {
     dot: Dot,
     level: AckLevel,
@@ -174,7 +177,7 @@ pub struct Node {
     /// The live connections of each peer, newest last (frames go to the newest; an
     /// older one stays until it closes, so a connection dropped right after its
     /// handshake, for a node id mismatch say, leaves the working one in place).
-    links: HashMap<ReplicaId, Vec<(u64, mpsc::Sender<Vec<u8>>)>>,
+    links: HashMap<ReplicaId, Vec<Link>>,
     committed: Vec<WriteWaiter>,
     writes: Vec<WriteWaiter>,
     reads: Vec<ReadWaiter>,

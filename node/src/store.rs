@@ -75,7 +75,8 @@ pub struct Store {
     pending_acks: Option<Vec<u8>>,
     unsynced: bool,
     compact_after: u64,
-    compactor: mpsc::SyncSender<u64>,
+    compactor: Option<mpsc::SyncSender<u64>>,
+    compaction_thread: Option<std::thread::JoinHandle<()>>,
     compacting: Arc<AtomicU64>,
     stats: Arc<StoreStats>,
 }
@@ -191,7 +192,7 @@ impl Store {
         stats.base_seq.store(base_seq, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel::<u64>(1);
         let compacting = Arc::new(AtomicU64::new(0));
-        {
+        let compaction_thread = {
             let db = db.clone();
             let stats = stats.clone();
             let compacting = compacting.clone();
@@ -208,8 +209,8 @@ impl Store {
                         }
                         compacting.store(0, Ordering::Release);
                     }
-                })?;
-        }
+                })?
+        };
         let store = Store {
             db,
             fsync,
@@ -218,7 +219,8 @@ impl Store {
             pending_acks: None,
             unsynced: false,
             compact_after: compact_after.max(1),
-            compactor: tx,
+            compactor: Some(tx),
+            compaction_thread: Some(compaction_thread),
             compacting,
             stats,
         };
@@ -344,9 +346,22 @@ impl Store {
             .compacting
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
-            && self.compactor.try_send(self.next_seq - 1).is_err()
+            && self
+                .compactor
+                .as_ref()
+                .is_none_or(|c| c.try_send(self.next_seq - 1).is_err())
         {
             self.compacting.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Let a running compaction finish, and the file be closed, before returning.
+        self.compactor = None;
+        if let Some(t) = self.compaction_thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -414,5 +429,82 @@ impl LeaseStore for RedbLease {
                 .map_err(|e| lease_err(&e))?;
         }
         tx.commit().map_err(|e| lease_err(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord::{Hlc, SystemClock};
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = crate::harness::temp_dir(tag).unwrap();
+        d.join("db.redb")
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_compaction_keeps_the_state() {
+        let path = dir("store");
+        let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
+        let mut expected = Kv::new();
+        {
+            let (mut store, rec) = Store::open(&path, Fsync::Group, 50, 1 << 20).unwrap();
+            assert!(!rec.existed);
+            for i in 0..120 {
+                let delta = expected
+                    .write(format!("k{}", i % 70), format!("v{i}"), &mut hlc)
+                    .unwrap();
+                store.append_local(&delta);
+                if i % 7 == 0 {
+                    store.commit().unwrap();
+                }
+            }
+            store.commit().unwrap();
+            store.maybe_compact();
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            while store.stats().compactions.load(Ordering::Relaxed) == 0 {
+                assert!(Instant::now() < until, "no compaction");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(store.log_len() < 120, "the log still holds {}", store.log_len());
+            // More after the compaction.
+            let delta = expected.remove("k3", &mut hlc).unwrap();
+            store.append_local(&delta);
+            store.commit().unwrap();
+        }
+        let (_, rec) = Store::open(&path, Fsync::Group, 50, 1 << 20).unwrap();
+        assert!(rec.existed);
+        assert!(rec.replayed < 120);
+        assert_eq!(rec.state, expected);
+        assert_eq!(rec.state.len(), 69);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn the_lease_and_acks_persist() {
+        let path = dir("lease");
+        let peer = ReplicaId::from_u128(9);
+        {
+            let (mut store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+            let mut lease = store.lease();
+            assert_eq!(lease.load().unwrap(), 0);
+            lease.store(42).unwrap();
+            store.save_acks(&[(peer, CausalContext::new(), 2)]);
+            store.commit().unwrap();
+            store.sync().unwrap();
+        }
+        let (store, rec) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+        assert!(rec.existed);
+        assert_eq!(store.lease().load().unwrap(), 42);
+        assert_eq!(rec.acks, vec![(peer, CausalContext::new(), 2)]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_not_a_panic() {
+        assert!(decode_record(&[], 1 << 20).is_err());
+        assert!(decode_record(&[7, 1, 2], 1 << 20).is_err());
+        assert!(decode_record(&[LOCAL, b'{'], 1 << 20).is_err());
+        assert!(decode_record(&[REMOTE, 0, 1, 2, 3], 1 << 20).is_err());
     }
 }

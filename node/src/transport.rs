@@ -240,3 +240,19 @@ async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, max: usize) -> std::io::Re
     rd.read_exact(&mut buf).await?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_above_the_limit_are_refused_before_allocation() {
+        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let e = read_frame(&mut input, 1 << 20).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let mut ok: &[u8] = &[0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(read_frame(&mut ok, 1 << 20).await.unwrap(), [1, 2, 3]);
+        let mut short: &[u8] = &[0, 0, 0, 9, 1];
+        assert!(read_frame(&mut short, 1 << 20).await.is_err());
+    }
+}

@@ -329,7 +329,9 @@ fn a_node_killed_mid_write_recovers_from_its_file_without_a_full_resend() {
 fn hostile_http_input_gets_an_error_not_a_crash() {
     let mut c = start("hostile", 1, Fsync::None);
     let mut cl = c.client(0);
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, String, u16)> = vec![
+    // (method, path, headers, body, expected status)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, String, u16);
+    let cases: Vec<Case> = vec![
         ("PUT", "/kv/a?ack=semi:9".into(), vec![], "x".into(), 400),
         ("PUT", "/kv/a?ack=bogus".into(), vec![], "x".into(), 400),
         (
