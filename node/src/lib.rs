@@ -15,7 +15,10 @@
 //! The binary `concord-node` runs a node (`run --config node.toml`), generates a
 //! local cluster's certificates (`gen-certs`), and plays the three-node demo
 //! (`demo`).
-
+//!
+//! The guide to running a cluster follows.
+//!
+#![doc = include_str!("../../docs/cluster.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
