@@ -112,7 +112,8 @@ fn concord_row(level: &str, fsync: Fsync, clients: usize, secs: u64) -> String {
     for i in 0..3 {
         c.wait_ready(i, Duration::from_secs(30)).expect("ready");
     }
-    c.wait_connected(Duration::from_secs(30)).expect("connected");
+    c.wait_connected(Duration::from_secs(30))
+        .expect("connected");
     let addrs: Vec<SocketAddr> = (0..3).map(|i| c.http(i)).collect();
     let value = "v".repeat(64);
     let level_s = level.to_string();
@@ -124,7 +125,8 @@ fn concord_row(level: &str, fsync: Fsync, clients: usize, secs: u64) -> String {
             cl.put(&key, &value, &level).is_ok_and(|r| r.status == 200)
         }
     });
-    c.wait_converged(Duration::from_secs(120)).expect("converged");
+    c.wait_converged(Duration::from_secs(120))
+        .expect("converged");
     let mut lag50 = Vec::new();
     let mut lag99 = Vec::new();
     for i in 0..3 {
@@ -186,7 +188,14 @@ fn redis_rows(clients: usize, secs: u64) -> Vec<String> {
     let (p, r) = (16_379u16, 16_380u16);
     let spawn = |port: u16, extra: &[String]| {
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--dir", dir.to_str().unwrap_or("/tmp")])
             .args(extra)
             .stdout(Stdio::null())
@@ -198,15 +207,20 @@ fn redis_rows(clients: usize, secs: u64) -> Vec<String> {
     };
     let mut guard = Kill(vec![primary]);
     guard.0.push(
-        spawn(r, &["--replicaof".into(), "127.0.0.1".into(), p.to_string()])
-            .expect("the replica"),
+        spawn(
+            r,
+            &["--replicaof".into(), "127.0.0.1".into(), p.to_string()],
+        )
+        .expect("the replica"),
     );
     thread::sleep(Duration::from_millis(500));
     // Wait for the replica to sync.
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(mut c) = Redis::connect(p) {
-            if c.call(&["SET", "warmup", "1"]).is_ok() && c.call(&["WAIT", "1", "1000"]).is_ok_and(|s| s == ":1") {
+            if c.call(&["SET", "warmup", "1"]).is_ok()
+                && c.call(&["WAIT", "1", "1000"]).is_ok_and(|s| s == ":1")
+            {
                 break;
             }
         }
@@ -215,7 +229,10 @@ fn redis_rows(clients: usize, secs: u64) -> Vec<String> {
     }
     let value = "v".repeat(64);
     let mut rows = Vec::new();
-    for (name, wait) in [("`SET` (async replication)", false), ("`SET` + `WAIT 1 0` (semi-sync)", true)] {
+    for (name, wait) in [
+        ("`SET` (async replication)", false),
+        ("`SET` + `WAIT 1 0` (semi-sync)", true),
+    ] {
         let run = load(clients, secs, |client| {
             let mut c = Redis::connect(p).expect("connect to Redis");
             let value = value.clone();
@@ -274,7 +291,8 @@ fn recovery(keys: u64, clients: usize) -> String {
     c.kill(0);
     let restarted = Instant::now();
     c.spawn(0).expect("restart");
-    c.wait_ready(0, Duration::from_secs(600)).expect("recovered");
+    c.wait_ready(0, Duration::from_secs(600))
+        .expect("recovered");
     let ready = restarted.elapsed().as_secs_f64();
     let h = c.client(0).get_path("/health").expect("health").json();
     format!(
@@ -308,7 +326,9 @@ fn main() {
     }
     if recovery_keys > 0 {
         println!();
-        println!("| recovery after kill -9 | recovery (read + replay) | process start to serving |");
+        println!(
+            "| recovery after kill -9 | recovery (read + replay) | process start to serving |"
+        );
         println!("|---|---|---|");
         println!("{}", recovery(recovery_keys, clients));
     }

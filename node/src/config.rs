@@ -35,6 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The lease block with the `none` fsync policy.
+pub const LEASE_BLOCK_NO_FSYNC: u64 = 1024;
+
 /// Everything a node reads at start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,10 +247,20 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The engine configuration these settings make.
+    /// The engine configuration these settings make. With the `none` fsync policy
+    /// the counter lease is taken in blocks of [`LEASE_BLOCK_NO_FSYNC`] (one fsync per
+    /// block instead of one per outgoing batch; a restart then leaves the unused
+    /// rest of a block as a gap in the node's own context); with the others it costs
+    /// no fsync (see [`RedbLease`](crate::store::RedbLease)) and is taken one counter
+    /// at a time.
     pub fn engine_config(&self) -> concord::sync::Config {
         let r = &self.replication;
+        let lease_block = match self.storage.fsync {
+            Fsync::None => LEASE_BLOCK_NO_FSYNC,
+            Fsync::Always | Fsync::Group => 1,
+        };
         concord::sync::Config::with_peers(self.peers.iter().map(|p| p.id))
+            .lease_block(lease_block)
             .max_message_bytes(r.max_message_bytes)
             .heartbeat_ms(r.heartbeat_ms)
             .retransmit_ms(r.retransmit_ms)

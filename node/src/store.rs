@@ -241,9 +241,12 @@ impl Store {
         self.stats.clone()
     }
 
-    /// A lease store in this database (see [`LeaseStore`]).
+    /// A lease store in this database (see [`LeaseStore`] and [`RedbLease`]).
     pub fn lease(&self) -> RedbLease {
-        RedbLease(self.db.clone())
+        RedbLease {
+            db: self.db.clone(),
+            durable: self.fsync == Fsync::None,
+        }
     }
 
     /// Queues a local write's delta for the next commit.
@@ -392,9 +395,19 @@ fn compact(db: &Database, upto: u64, max_message_bytes: usize) -> Result<()> {
     Ok(())
 }
 
-/// The counter lease in the node's database (always written with an fsync,
-/// whatever the policy: a lost lease could reuse a dot).
-pub struct RedbLease(Arc<Database>);
+/// The counter lease in the node's database.
+///
+/// The lease must cover every counter that has left the engine before a restart can
+/// issue counters again. With the `always` and `group` policies the node commits
+/// every write durably before anything leaves it, so the recovered log already
+/// covers what was sent, and the lease is committed without an fsync of its own
+/// (the next durable commit carries it). With `none` the log may lose its last
+/// second, so the lease is committed durably, and the node takes it in blocks (see
+/// [`NodeConfig::engine_config`](crate::config::NodeConfig::engine_config)).
+pub struct RedbLease {
+    db: Arc<Database>,
+    durable: bool,
+}
 
 impl std::fmt::Debug for RedbLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -407,7 +420,7 @@ impl LeaseStore for RedbLease {
         let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
             reason: e.to_string(),
         };
-        let tx = self.0.begin_read().map_err(|e| lease_err(&e))?;
+        let tx = self.db.begin_read().map_err(|e| lease_err(&e))?;
         match tx.open_table(META) {
             Ok(meta) => Ok(meta
                 .get("lease")
@@ -422,7 +435,11 @@ impl LeaseStore for RedbLease {
         let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
             reason: e.to_string(),
         };
-        let tx = self.0.begin_write().map_err(|e| lease_err(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| lease_err(&e))?;
+        if !self.durable {
+            tx.set_durability(Durability::None)
+                .map_err(|e| lease_err(&e))?;
+        }
         {
             let mut meta = tx.open_table(META).map_err(|e| lease_err(&e))?;
             meta.insert("lease", upto.to_be_bytes().as_slice())
@@ -466,7 +483,11 @@ mod tests {
                 assert!(Instant::now() < until, "no compaction");
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            assert!(store.log_len() < 120, "the log still holds {}", store.log_len());
+            assert!(
+                store.log_len() < 120,
+                "the log still holds {}",
+                store.log_len()
+            );
             // More after the compaction.
             let delta = expected.remove("k3", &mut hlc).unwrap();
             store.append_local(&delta);
