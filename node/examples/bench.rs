@@ -7,6 +7,7 @@
 //! ```sh
 //! cargo build --release -p concord-node --bin concord-node --example bench
 //! target/release/examples/bench [--secs 10] [--clients 12] [--recovery-keys 1000000]
+//! # --secs 0 skips the throughput rows, --recovery-keys 0 the recovery row
 //! ```
 //!
 //! `redis-server` (Debian package `redis-server`) must be on the PATH for the Redis
@@ -256,9 +257,13 @@ fn redis_rows(clients: usize, secs: u64) -> Vec<String> {
 }
 
 fn recovery(keys: u64, clients: usize) -> String {
+    let fsync = match std::env::args().any(|a| a == "--recovery-group") {
+        true => Fsync::Group,
+        false => Fsync::None,
+    };
     let opts = Options {
         nodes: 1,
-        fsync: Fsync::None,
+        fsync,
         log: "warn".into(),
         tag: "bench-recovery".into(),
         ..Options::default()
@@ -295,11 +300,13 @@ fn recovery(keys: u64, clients: usize) -> String {
         .expect("recovered");
     let ready = restarted.elapsed().as_secs_f64();
     let h = c.client(0).get_path("/health").expect("health").json();
+    let after = std::fs::metadata(c.configs[0].db_path()).map_or(0, |m| m.len());
     format!(
-        "| {} keys ({} log records past the base, file {:.0} MiB; loaded at {:.0} writes/s) | {:.2} s | {:.2} s |",
+        "| {} keys, fsync {fsync:?} ({} log records past the base; file {:.0} MiB before the kill, {:.0} MiB after the restart; loaded at {:.0} writes/s) | {:.2} s | {:.2} s |",
         h["recovery"]["keys"],
         log_records,
         db_bytes / (1u64 << 20) as f64,
+        after as f64 / (1u64 << 20) as f64,
         (per * clients as u64) as f64 / load_secs,
         h["recovery"]["ms"].as_f64().unwrap_or(f64::NAN) / 1e3,
         ready
@@ -310,6 +317,20 @@ fn main() {
     let secs = flag("--secs", 10);
     let clients = flag("--clients", 12) as usize;
     let recovery_keys = flag("--recovery-keys", 1_000_000);
+    if secs > 0 {
+        throughput(secs, clients);
+    }
+    if recovery_keys > 0 {
+        println!();
+        println!(
+            "| recovery after kill -9 | recovery (read + replay) | process start to serving |"
+        );
+        println!("|---|---|---|");
+        println!("{}", recovery(recovery_keys, clients));
+    }
+}
+
+fn throughput(secs: u64, clients: usize) {
     println!("| setup | clients | writes/s | latency p50 ms | latency p99 ms | lag p50 ms | lag p99 ms | failed |");
     println!("|---|---|---|---|---|---|---|---|");
     for (level, fsync) in [
@@ -323,13 +344,5 @@ fn main() {
     }
     for row in redis_rows(clients, secs) {
         println!("{row}");
-    }
-    if recovery_keys > 0 {
-        println!();
-        println!(
-            "| recovery after kill -9 | recovery (read + replay) | process start to serving |"
-        );
-        println!("|---|---|---|");
-        println!("{}", recovery(recovery_keys, clients));
     }
 }

@@ -134,8 +134,8 @@ pub enum Fsync {
     /// One commit and fsync per batch of writes and received deltas (group commit),
     /// before any of them is acknowledged.
     Group,
-    /// Commits without fsync; the file is synced once a second. A `kill -9` or a
-    /// power loss may lose the last second of writes on this node (peers that
+    /// Commits without fsync; the file is synced ten times a second. A `kill -9`
+    /// or a power loss may lose the last 100 ms of writes on this node (peers that
     /// received them give them back).
     None,
 }

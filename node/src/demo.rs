@@ -68,7 +68,6 @@ pub fn run() -> Result<()> {
     println!("Starting three concord nodes as separate processes on loopback:");
     println!("{}, {} and {}.", NAMES[0], NAMES[1], NAMES[2]);
     let mut c = Cluster::start(&bin, &opts)?;
-    c.keep = std::env::var_os("CONCORD_DEMO_KEEP").is_some();
     let result = story(&mut c);
     if result.is_err() {
         for i in 0..3 {

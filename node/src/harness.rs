@@ -56,7 +56,8 @@ pub struct Cluster {
     children: Vec<Option<Child>>,
     proxies: BTreeMap<(usize, usize), Proxy>,
     ca: Ca,
-    /// Keep the directory when dropped (to read the logs).
+    /// Keep the directory when dropped (to read the logs); set when the
+    /// `CONCORD_KEEP` environment variable is.
     pub keep: bool,
 }
 
@@ -154,7 +155,7 @@ impl Cluster {
             children: (0..n).map(|_| None).collect(),
             proxies,
             ca,
-            keep: false,
+            keep: std::env::var_os("CONCORD_KEEP").is_some(),
         };
         for i in 0..n {
             cluster.spawn(i)?;

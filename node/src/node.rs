@@ -30,7 +30,9 @@ type Engine = SyncEngine<Kv, SystemClock>;
 const CONFLICT_LOG: usize = 1_000;
 const LAG_SAMPLES: usize = 20_000;
 const LAG_QUEUE: usize = 200_000;
-const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(100);
+/// How often the `none` fsync policy syncs the database.
+const SYNC_PERIOD: Duration = Duration::from_millis(100);
 
 /// A request to the engine's task.
 #[derive(Debug)]
@@ -661,7 +663,7 @@ impl Node {
             self.saved_acks = acks;
         }
         self.mirrored = m;
-        if self.last_sync.elapsed() >= Duration::from_secs(1) {
+        if self.last_sync.elapsed() >= SYNC_PERIOD {
             self.last_sync = Instant::now();
             if let Err(e) = self.store.sync() {
                 tracing::error!("cannot sync the database, stopping: {e}");

@@ -10,9 +10,13 @@
 //!   change, never the size of the state.
 //!
 //! Recovery reads the base and merges every later record in order. Compaction, on a
-//! thread of its own, does the same from the file and writes the result as the new
-//! base, deleting the records it covers, so the file stays about the size of the
-//! state plus the log bound.
+//! thread of its own that keeps a copy of base ⊔ log, folds the records since the
+//! last compaction into that copy and writes it as the new base, deleting the
+//! records it covers; it runs once the log holds `compact_after` records and as
+//! many bytes as the base, so rewriting the base costs a constant per logged byte,
+//! amortized. redb reuses freed pages but keeps its file's high-water mark (it grows
+//! the file by doubling): under a heavy write load the file can reach several times
+//! the live data, and the node gives the free space back at every start.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -28,6 +32,11 @@ use crate::Kv;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The base snapshot's JSON in pieces of [`BASE_PIECE`] bytes: one value of the
+/// whole state would need one contiguous region of the file, and the file would grow
+/// by doubling to find one.
+const BASE: TableDefinition<u32, &[u8]> = TableDefinition::new("base");
+const BASE_PIECE: usize = 64 << 10;
 
 /// A peer's acknowledged context and protocol version, as saved.
 pub type PeerRecord = (ReplicaId, CausalContext, u32);
@@ -64,6 +73,10 @@ pub struct StoreStats {
     pub base_seq: AtomicU64,
     /// Bytes appended to the log.
     pub bytes: AtomicU64,
+    /// Bytes of the log past the base.
+    pub log_bytes: AtomicU64,
+    /// Bytes of the base snapshot.
+    pub base_bytes: AtomicU64,
 }
 
 /// The node's database.
@@ -100,19 +113,41 @@ fn decode_record(rec: &[u8], max_message_bytes: usize) -> Result<Option<Kv>> {
     }
 }
 
-/// The base and every record after it, merged (recovery and compaction).
-fn replay(
-    db: &Database,
-    max_message_bytes: usize,
-    upto: Option<u64>,
-) -> Result<(Kv, u64, u64, bool)> {
+/// What [`replay`] read.
+struct Replayed {
+    state: Kv,
+    /// The last record merged.
+    last: u64,
+    /// How many records were merged, and their bytes.
+    records: u64,
+    record_bytes: u64,
+    base_bytes: u64,
+    existed: bool,
+}
+
+/// The base and every record after it, merged (recovery).
+fn replay(db: &Database, max_message_bytes: usize) -> Result<Replayed> {
     let tx = db.begin_read().map_err(Error::storage)?;
+    let mut base_bytes = 0;
+    let mut json = Vec::new();
+    match tx.open_table(BASE) {
+        Ok(base) => {
+            for piece in base.iter().map_err(Error::storage)? {
+                json.extend_from_slice(piece.map_err(Error::storage)?.1.value());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(Error::storage(e)),
+    }
     let (mut state, base_seq, mut existed) = match tx.open_table(META) {
         Ok(meta) => {
-            let state = match meta.get("base").map_err(Error::storage)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(Error::storage)?,
-                None => Kv::new(),
+            let state = if json.is_empty() {
+                Kv::new()
+            } else {
+                base_bytes = json.len() as u64;
+                serde_json::from_slice(&json).map_err(Error::storage)?
             };
+            drop(json);
             let seq = match meta.get("base_seq").map_err(Error::storage)? {
                 Some(v) => u64_of(v.value()),
                 None => 0,
@@ -125,16 +160,15 @@ fn replay(
     };
     let mut last = base_seq;
     let mut replayed = 0;
+    let mut record_bytes = 0;
     match tx.open_table(LOG) {
         Ok(log) => {
             for item in log.range(base_seq + 1..).map_err(Error::storage)? {
                 let (k, v) = item.map_err(Error::storage)?;
-                if upto.is_some_and(|u| k.value() > u) {
-                    break;
-                }
                 if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
                     state.merge(delta);
                 }
+                record_bytes += v.value().len() as u64;
                 last = k.value();
                 replayed += 1;
                 existed = true;
@@ -143,7 +177,14 @@ fn replay(
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(Error::storage(e)),
     }
-    Ok((state, last, replayed, existed))
+    Ok(Replayed {
+        state,
+        last,
+        records: replayed,
+        record_bytes,
+        base_bytes,
+        existed,
+    })
 }
 
 fn u64_of(bytes: &[u8]) -> u64 {
@@ -166,8 +207,20 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let db = Arc::new(Database::create(path).map_err(Error::storage)?);
-        let (state, last, replayed, existed) = replay(&db, max_message_bytes, None)?;
+        let mut db = Database::create(path).map_err(Error::storage)?;
+        // redb keeps its file's high-water mark (it grows the file by doubling and
+        // reuses freed pages, but returns only trailing space): at start, with no
+        // transaction live, give the rest back.
+        while db.compact().map_err(Error::storage)? {}
+        let db = Arc::new(db);
+        let Replayed {
+            state,
+            last,
+            records: replayed,
+            record_bytes,
+            base_bytes,
+            existed,
+        } = replay(&db, max_message_bytes)?;
         let acks = {
             let tx = db.begin_read().map_err(Error::storage)?;
             match tx.open_table(META) {
@@ -190,21 +243,31 @@ impl Store {
         };
         let stats = Arc::new(StoreStats::default());
         stats.base_seq.store(base_seq, Ordering::Relaxed);
+        stats.log_bytes.store(record_bytes, Ordering::Relaxed);
+        stats.base_bytes.store(base_bytes, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel::<u64>(1);
         let compacting = Arc::new(AtomicU64::new(0));
         let compaction_thread = {
             let db = db.clone();
             let stats = stats.clone();
             let compacting = compacting.clone();
+            // The compaction thread keeps its own copy of base ⊔ log, so a compaction
+            // reads only the records since the last one, in short read transactions:
+            // a long one would pin every page the writer frees meanwhile, and the
+            // file would grow with the write rate.
+            let mut mirror = (state.clone(), last);
             std::thread::Builder::new()
                 .name("compaction".into())
                 .spawn(move || {
                     for upto in rx {
-                        match compact(&db, upto, max_message_bytes) {
-                            Ok(()) => {
-                                stats.base_seq.store(upto, Ordering::Relaxed);
+                        match compact(&db, &mut mirror, upto, max_message_bytes) {
+                            Ok(Some((last, folded, base))) => {
+                                stats.base_seq.store(last, Ordering::Relaxed);
+                                stats.log_bytes.fetch_sub(folded, Ordering::Relaxed);
+                                stats.base_bytes.store(base, Ordering::Relaxed);
                                 stats.compactions.fetch_add(1, Ordering::Relaxed);
                             }
+                            Ok(None) => {}
                             Err(e) => tracing::error!("compaction failed: {e}"),
                         }
                         compacting.store(0, Ordering::Release);
@@ -315,11 +378,14 @@ impl Store {
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.records.fetch_add(n, Ordering::Relaxed);
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.log_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
-    /// With the `none` policy, makes every commit so far durable (called once a
-    /// second); otherwise does nothing.
+    /// With the `none` policy, makes every commit so far durable (called ten times
+    /// a second: redb reclaims the pages of non-durable commits only at a durable
+    /// one, so a longer period lets the file grow with the write rate); otherwise
+    /// does nothing.
     ///
     /// # Errors
     ///
@@ -339,10 +405,14 @@ impl Store {
         (self.next_seq - 1).saturating_sub(self.stats.base_seq.load(Ordering::Relaxed))
     }
 
-    /// Starts a compaction on the background thread if the log is past its bound
-    /// and none is running.
+    /// Starts a compaction on the background thread if the log holds at least
+    /// `compact_after` records and at least as many bytes as the base (so rewriting
+    /// the base costs, amortized, a constant per logged byte, and the file stays
+    /// within a small multiple of the state), and none is running.
     pub fn maybe_compact(&mut self) {
-        if self.log_len() < self.compact_after || self.has_pending() {
+        let log_bytes = self.stats.log_bytes.load(Ordering::Relaxed);
+        let base_bytes = self.stats.base_bytes.load(Ordering::Relaxed);
+        if self.log_len() < self.compact_after || log_bytes < base_bytes || self.has_pending() {
             return;
         }
         if self
@@ -369,10 +439,38 @@ impl Drop for Store {
     }
 }
 
-/// Writes base ⊔ log[..=upto] as the new base and deletes those records.
-fn compact(db: &Database, upto: u64, max_message_bytes: usize) -> Result<()> {
-    let (state, last, _, _) = replay(db, max_message_bytes, Some(upto))?;
-    let json = serde_json::to_vec(&state).map_err(Error::storage)?;
+/// Writes base ⊔ log[..=upto] as the new base and deletes those records; returns
+/// the last record folded, the bytes of the records folded and the new base's size.
+fn compact(
+    db: &Database,
+    mirror: &mut (Kv, u64),
+    upto: u64,
+    max_message_bytes: usize,
+) -> Result<Option<(u64, u64, u64)>> {
+    let (state, seq) = mirror;
+    let mut folded = 0;
+    while *seq < upto {
+        let tx = db.begin_read().map_err(Error::storage)?;
+        let log = tx.open_table(LOG).map_err(Error::storage)?;
+        let mut n = 0;
+        for item in log.range(*seq + 1..=upto).map_err(Error::storage)? {
+            let (k, v) = item.map_err(Error::storage)?;
+            if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
+                state.merge(delta);
+            }
+            folded += v.value().len() as u64;
+            *seq = k.value();
+            n += 1;
+            if n == 1_000 {
+                break;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    let last = *seq;
+    let json = serde_json::to_vec(&*state).map_err(Error::storage)?;
     let tx = db.begin_write().map_err(Error::storage)?;
     {
         let mut meta = tx.open_table(META).map_err(Error::storage)?;
@@ -381,18 +479,21 @@ fn compact(db: &Database, upto: u64, max_message_bytes: usize) -> Result<()> {
             .map_err(Error::storage)?
             .map_or(0, |v| u64_of(v.value()));
         if current >= last {
-            return Ok(());
+            return Ok(None);
         }
-        meta.insert("base", json.as_slice())
-            .map_err(Error::storage)?;
         meta.insert("base_seq", last.to_be_bytes().as_slice())
             .map_err(Error::storage)?;
+        let mut base = tx.open_table(BASE).map_err(Error::storage)?;
+        base.retain(|_, _| false).map_err(Error::storage)?;
+        for (i, piece) in json.chunks(BASE_PIECE).enumerate() {
+            base.insert(i as u32, piece).map_err(Error::storage)?;
+        }
         let mut log = tx.open_table(LOG).map_err(Error::storage)?;
         log.retain_in(..=last, |_, _| false)
             .map_err(Error::storage)?;
     }
     tx.commit().map_err(Error::storage)?;
-    Ok(())
+    Ok(Some((last, folded, json.len() as u64)))
 }
 
 /// The counter lease in the node's database.
