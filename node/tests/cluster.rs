@@ -326,11 +326,13 @@ fn a_node_killed_mid_write_recovers_from_its_file_without_a_full_resend() {
             "acknowledged live-{k:05} lost"
         );
     }
-    // What node-2 received since its restart is what it missed, not the state.
+    // What node-2 received since its restart is what it missed, not the state, and
+    // what it sent is not the state either: no full resend in either direction.
     let received = c.metric(1, "received_bytes_total");
+    let sent = c.metric(1, "sent_bytes_total");
     let state_bytes = state.to_string().len() as f64;
     eprintln!(
-        "node-2 recovered {} keys in {} ms, rejoined in {:?}, received {received} bytes (state: {state_bytes} bytes)",
+        "node-2 recovered {} keys in {} ms, rejoined in {:?}, received {received} bytes, sent {sent} (state: {state_bytes} bytes)",
         h["recovery"]["keys"],
         h["recovery"]["ms"],
         started.elapsed()
@@ -338,6 +340,10 @@ fn a_node_killed_mid_write_recovers_from_its_file_without_a_full_resend() {
     assert!(
         received < state_bytes / 4.0,
         "node-2 received {received} bytes after its restart; the state is {state_bytes} bytes"
+    );
+    assert!(
+        sent < state_bytes / 4.0,
+        "node-2 sent {sent} bytes after its restart; the state is {state_bytes} bytes"
     );
     assert!(c.panics().is_empty());
 }
