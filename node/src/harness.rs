@@ -360,13 +360,13 @@ impl Cluster {
     }
 
     /// A counter or gauge of node `i`'s `/metrics`, summed over its label sets
-    /// (`name` without the `concord_` prefix, e.g. `received_bytes_total`).
+    /// (`name` without the `concord_` prefix, e.g. `received_bytes_total`): 0 if
+    /// the node has no such series yet, NaN if it does not answer (so no comparison
+    /// with it holds).
     pub fn metric(&self, i: usize, name: &str) -> f64 {
-        let text = self
-            .client(i)
-            .get_path("/metrics")
-            .map(|r| r.body)
-            .unwrap_or_default();
+        let Ok(text) = self.client(i).get_path("/metrics").map(|r| r.body) else {
+            return f64::NAN;
+        };
         let full = format!("concord_{name}");
         text.lines()
             .filter(|l| {
@@ -374,7 +374,7 @@ impl Cluster {
                     .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 }
 
