@@ -1,0 +1,359 @@
+//! The node's TOML configuration.
+//!
+//! ```toml
+//! node_id = "6f0f4c5e-8a0e-4d7e-9a55-0a4f6a1d2c3b"
+//! name = "node-1"
+//! listen = "127.0.0.1:7101"     # replication (mutual TLS)
+//! http = "127.0.0.1:8101"       # the key-value API, /metrics, /health
+//! data_dir = "data/node-1"      # relative paths are relative to this file
+//!
+//! [tls]
+//! ca = "ca.pem"
+//! cert = "node-1.pem"
+//! key = "node-1.key"
+//!
+//! [[peers]]
+//! id = "0c6b1f1e-2f4a-4d1b-8c1d-3e9a7f6b5a40"
+//! name = "node-2"
+//! addr = "127.0.0.1:7102"
+//!
+//! [ack]
+//! level = "semi"                # async | semi | semi:K | sync
+//! timeout_ms = 2000
+//!
+//! [storage]
+//! fsync = "group"               # always | group | none
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use concord::sync::AckLevel;
+use concord::ReplicaId;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The lease block with the `none` fsync policy.
+pub const LEASE_BLOCK_NO_FSYNC: u64 = 1024;
+
+/// Everything a node reads at start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: its certificate must name it.
+    pub node_id: ReplicaId,
+    /// A name for people (logs, conflict reports, metrics labels).
+    #[serde(default)]
+    pub name: String,
+    /// Where peers connect (mutual TLS).
+    pub listen: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http: SocketAddr,
+    /// The directory of the database file.
+    pub data_dir: PathBuf,
+    /// The cluster CA and this node's certificate and key.
+    pub tls: TlsConfig,
+    /// The other masters.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Defaults for writes and reads that do not say.
+    #[serde(default)]
+    pub ack: AckConfig,
+    /// Durability and compaction.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Replication tuning.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// The log level: error, warn, info, debug or trace.
+    #[serde(default = "default_log")]
+    pub log: String,
+}
+
+fn default_log() -> String {
+    "info".to_string()
+}
+
+/// PEM files, relative to the configuration file unless absolute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate: peers must present a certificate it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (signed by the CA, naming `node_id`).
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// One peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id (its certificate must name it).
+    pub id: ReplicaId,
+    /// A name for people.
+    #[serde(default)]
+    pub name: String,
+    /// Where it listens for replication. Of each pair, the node with the smaller id
+    /// connects to the other, so only the larger one's address is dialled.
+    pub addr: SocketAddr,
+}
+
+/// Acknowledgement defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AckConfig {
+    /// The level of a write that names none: `async`, `semi` (one peer), `semi:K`
+    /// (K peers) or `sync` (every peer).
+    pub level: String,
+    /// How long a write waits for its level, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long a read with a session token waits for this node to catch up.
+    pub read_wait_ms: u64,
+}
+
+impl Default for AckConfig {
+    fn default() -> Self {
+        AckConfig {
+            level: "async".to_string(),
+            timeout_ms: 2_000,
+            read_wait_ms: 2_000,
+        }
+    }
+}
+
+/// When the database file is synced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// One commit and fsync per write, before it is acknowledged.
+    Always,
+    /// One commit and fsync per batch of writes and received deltas (group commit),
+    /// before any of them is acknowledged.
+    Group,
+    /// Commits without fsync; the file is synced ten times a second. A `kill -9`
+    /// or a power loss may lose the last 100 ms of writes on this node (peers that
+    /// received them give them back).
+    None,
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The fsync policy.
+    pub fsync: Fsync,
+    /// Compact (a new base snapshot, the log it covers deleted) once the log holds
+    /// this many records.
+    pub compact_after: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            fsync: Fsync::Group,
+            compact_after: 50_000,
+        }
+    }
+}
+
+/// Replication settings (the engine's [`concord::sync::Config`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// The largest frame, in bytes (the same on every node).
+    pub max_message_bytes: usize,
+    /// Heartbeat period, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// First resend timeout, in milliseconds.
+    pub retransmit_ms: u64,
+    /// Full anti-entropy period, in milliseconds.
+    pub anti_entropy_ms: u64,
+    /// A connection silent for this long is closed and redialled, in milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            max_message_bytes: 4 << 20,
+            heartbeat_ms: 500,
+            retransmit_ms: 500,
+            anti_entropy_ms: 30_000,
+            idle_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks a configuration file; relative paths in it become relative
+    /// to its directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the file cannot be read, parsed or makes no sense.
+    pub fn load(path: &Path) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| Error::Config {
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.data_dir,
+            &mut config.tls.ca,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks that the settings make sense together.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first that does not.
+    pub fn check(&self) -> Result<()> {
+        let bad = |reason: String| Err(Error::Config { reason });
+        parse_ack(&self.ack.level, self.peers.len())?;
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id == self.node_id {
+                return bad(format!("peer {} has this node's own id", p.id));
+            }
+            if self.peers[..i].iter().any(|q| q.id == p.id) {
+                return bad(format!("peer {} is listed twice", p.id));
+            }
+        }
+        self.engine_config().validate().map_err(|e| Error::Config {
+            reason: e.to_string(),
+        })?;
+        if self.replication.idle_timeout_ms <= 2 * self.replication.heartbeat_ms {
+            return bad("replication.idle_timeout_ms must exceed two heartbeats".into());
+        }
+        Ok(())
+    }
+
+    /// The engine configuration these settings make. With the `none` fsync policy
+    /// the counter lease is taken in blocks of [`LEASE_BLOCK_NO_FSYNC`] (one fsync per
+    /// block instead of one per outgoing batch; a restart then leaves the unused
+    /// rest of a block as a gap in the node's own context); with the others it costs
+    /// no fsync (see [`RedbLease`](crate::store::RedbLease)) and is taken one counter
+    /// at a time.
+    pub fn engine_config(&self) -> concord::sync::Config {
+        let r = &self.replication;
+        let lease_block = match self.storage.fsync {
+            Fsync::None => LEASE_BLOCK_NO_FSYNC,
+            Fsync::Always | Fsync::Group => 1,
+        };
+        concord::sync::Config::with_peers(self.peers.iter().map(|p| p.id))
+            .lease_block(lease_block)
+            .max_message_bytes(r.max_message_bytes)
+            .heartbeat_ms(r.heartbeat_ms)
+            .retransmit_ms(r.retransmit_ms)
+            .max_retransmit_ms(r.retransmit_ms.max(5_000))
+            .anti_entropy_ms(r.anti_entropy_ms)
+    }
+
+    /// The name of `id`: this node's or a peer's, else its short id.
+    pub fn name_of(&self, id: ReplicaId) -> String {
+        if id == self.node_id && !self.name.is_empty() {
+            return self.name.clone();
+        }
+        match self.peers.iter().find(|p| p.id == id) {
+            Some(p) if !p.name.is_empty() => p.name.clone(),
+            _ => id.short(),
+        }
+    }
+
+    /// The path of the database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("concord.redb")
+    }
+}
+
+/// Parses an acknowledgement level: `async`, `semi` (one peer), `semi:K` or `sync`;
+/// `peers` is how many peers the node has (a level it cannot reach is refused).
+///
+/// ```
+/// use concord::sync::AckLevel;
+/// use concord_node::config::parse_ack;
+///
+/// assert_eq!(parse_ack("semi:2", 2)?, AckLevel::Peers(2));
+/// assert!(parse_ack("semi:3", 2).is_err());
+/// # Ok::<(), concord_node::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Config`] for anything else.
+pub fn parse_ack(s: &str, peers: usize) -> Result<AckLevel> {
+    let level = match s {
+        "async" => AckLevel::None,
+        "sync" => AckLevel::All,
+        "semi" => AckLevel::Peers(1),
+        _ => match s.strip_prefix("semi:").map(usize::from_str) {
+            Some(Ok(k)) if k >= 1 => AckLevel::Peers(k),
+            _ => {
+                return Err(Error::Config {
+                    reason: format!("ack level {s:?}: expected async, semi, semi:K or sync"),
+                })
+            }
+        },
+    };
+    if let AckLevel::Peers(k) = level {
+        if k > peers {
+            return Err(Error::Config {
+                reason: format!("ack level {s:?} asks for {k} peers; this node has {peers}"),
+            });
+        }
+    }
+    Ok(level)
+}
+
+/// The text form of a level (the inverse of [`parse_ack`]).
+pub fn ack_name(level: AckLevel) -> String {
+    match level {
+        AckLevel::None => "async".into(),
+        AckLevel::Peers(k) => format!("semi:{k}"),
+        AckLevel::All => "sync".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_configurations_load_and_bad_ones_are_refused() {
+        let dir = crate::harness::temp_dir("config").unwrap();
+        let paths = crate::certs::generate_cluster(&dir, 3, 17_000).unwrap();
+        let c = NodeConfig::load(&paths[0]).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert!(c.tls.ca.is_absolute() || c.tls.ca.starts_with(&dir));
+        crate::certs::Tls::load(&c.tls.ca, &c.tls.cert, &c.tls.key).unwrap();
+        let text = std::fs::read_to_string(&paths[0]).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, text.replace("[ack]", "surprise = 1\n[ack]")).unwrap();
+        assert!(NodeConfig::load(&bad).is_err());
+        let mut own = c.clone();
+        own.peers[0].id = own.node_id;
+        assert!(own.check().is_err());
+        assert!(parse_ack("semi:0", 2).is_err());
+        assert_eq!(parse_ack("sync", 2).unwrap(), AckLevel::All);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,346 @@
+//! The HTTP API: a replicated key-value store.
+//!
+//! * `PUT /kv/{key}` (body: the value, UTF-8) and `DELETE /kv/{key}`, with
+//!   `?ack=async|semi|semi:K|sync` and `?timeout_ms=N`. `200` once the write reached
+//!   its level; `202` if it is written and durable here but fewer peers than asked
+//!   hold it when the timeout expires (replication goes on); `404` for a delete of a
+//!   key this node does not hold. The `x-concord-token` response header is the
+//!   session token.
+//! * `GET /kv/{key}`, with the token in an `x-concord-token` request header and
+//!   `?wait_ms=N`: `200` with the key's siblings (several values = a conflict); `404`
+//!   if absent; `503` if this node had not caught up with the token in time.
+//! * `GET /kv`: every key with its siblings.
+//! * `GET /conflicts`, `GET /health`, `GET /metrics`.
+//!
+//! Keys are taken verbatim from the path (1 to 1024 bytes); bodies are limited to
+//! 1 MiB.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use concord::sync::AckLevel;
+use concord::CausalContext;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{ack_name, parse_ack};
+use crate::metrics::Metrics;
+use crate::node::{Command, ReadOutcome, WriteOutcome};
+
+/// The largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// The longest key.
+pub const MAX_KEY: usize = 1024;
+/// The longest wait a request may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The session token header.
+pub const TOKEN_HEADER: &str = "x-concord-token";
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Api {
+    /// The engine's task.
+    pub engine: mpsc::Sender<Command>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The default acknowledgement level.
+    pub default_ack: AckLevel,
+    /// The default write timeout.
+    pub ack_timeout: Duration,
+    /// The default wait of a token read.
+    pub read_wait: Duration,
+    /// How many peers the node has.
+    pub peers: usize,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Resp {
+    let mut text = body.to_string();
+    text.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Resp {
+    reply(status, json!({ "error": reason.into() }))
+}
+
+fn with_token(mut r: Resp, token: &str) -> Resp {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(token) {
+        r.headers_mut().insert(TOKEN_HEADER, v);
+    }
+    r
+}
+
+fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn millis(req: &Request<Incoming>, name: &str, default: Duration) -> Result<Duration, Box<Resp>> {
+    match query(req, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .map(|ms| Duration::from_millis(ms).min(MAX_WAIT))
+            .map_err(|_| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} must be a number of milliseconds"),
+                ))
+            }),
+    }
+}
+
+/// Serves the API on `listener` forever.
+pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let api = api.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+impl Api {
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let method = req.method().clone();
+        let route = match req.uri().path() {
+            "/kv" => "kv_all",
+            p if p.starts_with("/kv/") => "kv",
+            "/health" => "health",
+            "/metrics" => "metrics",
+            "/conflicts" => "conflicts",
+            _ => "other",
+        };
+        let resp = match (&method, route) {
+            (&Method::GET, "metrics") => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            (&Method::GET, "health") => self.ask(|reply| Command::Health { reply }).await,
+            (&Method::GET, "conflicts") => self.ask(|reply| Command::Conflicts { reply }).await,
+            (&Method::GET, "kv_all") => self.get(req, None).await,
+            (_, "kv") => {
+                let key = req.uri().path()["/kv/".len()..].to_string();
+                if key.is_empty() || key.len() > MAX_KEY {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("a key has 1 to {MAX_KEY} bytes"),
+                    )
+                } else {
+                    match method {
+                        Method::GET => self.get(req, Some(key)).await,
+                        Method::PUT => self.put(req, key, true).await,
+                        Method::DELETE => self.put(req, key, false).await,
+                        _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE"),
+                    }
+                }
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "no such route: see /kv/{key}, /health, /metrics, /conflicts",
+            ),
+        };
+        self.metrics
+            .http_requests
+            .get_or_create(&vec![
+                ("method".to_string(), method.to_string()),
+                ("route".to_string(), route.to_string()),
+                ("status".to_string(), resp.status().as_u16().to_string()),
+            ])
+            .inc();
+        resp
+    }
+
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Command) -> Resp {
+        let (tx, rx) = oneshot::channel();
+        if self.engine.send(make(tx)).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+        }
+        match rx.await {
+            Ok(v) => reply(StatusCode::OK, v),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
+        }
+    }
+
+    async fn get(&self, req: Request<Incoming>, key: Option<String>) -> Resp {
+        let token = match req.headers().get(TOKEN_HEADER) {
+            None => None,
+            Some(v) => match v.to_str().ok().map(CausalContext::from_token) {
+                Some(Ok(t)) => Some(t),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{TOKEN_HEADER} is not a session token"),
+                    )
+                }
+            },
+        };
+        let wait = match millis(&req, "wait_ms", self.read_wait) {
+            Ok(w) => w,
+            Err(r) => return *r,
+        };
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Get {
+            key: key.clone(),
+            token,
+            wait,
+            reply: tx,
+        };
+        if self.engine.send(cmd).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+        }
+        match rx.await {
+            Ok(ReadOutcome::Values { entries, token }) => {
+                let r = match key {
+                    Some(k) => match entries.into_iter().next() {
+                        Some((_, values)) => reply(
+                            StatusCode::OK,
+                            json!({ "key": k, "conflict": values.len() > 1, "values": values }),
+                        ),
+                        None => error(StatusCode::NOT_FOUND, format!("no key {k:?} here")),
+                    },
+                    None => reply(
+                        StatusCode::OK,
+                        json!({ "keys": entries.into_iter().map(|(k, v)| json!({"key": k, "values": v})).collect::<Vec<_>>() }),
+                    ),
+                };
+                with_token(r, &token)
+            }
+            Ok(ReadOutcome::NotCaughtUp { missing }) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "error": format!(
+                        "this node has not yet received {missing} write(s) your session token names; \
+                         retry later or read from the node you wrote to"
+                    ),
+                    "missing_writes": missing,
+                }),
+            ),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
+        }
+    }
+
+    async fn put(&self, req: Request<Incoming>, key: String, put: bool) -> Resp {
+        let level = match query(&req, "ack") {
+            None => self.default_ack,
+            Some(s) => match parse_ack(s, self.peers) {
+                Ok(l) => l,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            },
+        };
+        let timeout = match millis(&req, "timeout_ms", self.ack_timeout) {
+            Ok(t) => t,
+            Err(r) => return *r,
+        };
+        let value = if put {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("bodies are limited to {MAX_BODY} bytes"),
+                    )
+                }
+            };
+            match String::from_utf8(body.to_vec()) {
+                Ok(s) => Some(s),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "the value must be UTF-8"),
+            }
+        } else {
+            None
+        };
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Put {
+            key: key.clone(),
+            value,
+            level,
+            timeout,
+            reply: tx,
+        };
+        if self.engine.send(cmd).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+        }
+        let ack = ack_name(level);
+        match rx.await {
+            Ok(WriteOutcome::Done {
+                dot,
+                token,
+                holders,
+            }) => with_token(
+                reply(
+                    StatusCode::OK,
+                    json!({ "key": key, "ack": ack, "dot": dot, "held_by": holders }),
+                ),
+                &token,
+            ),
+            Ok(WriteOutcome::TimedOut {
+                dot,
+                token,
+                holders,
+                wanted,
+            }) => with_token(
+                reply(
+                    StatusCode::ACCEPTED,
+                    json!({
+                        "key": key, "ack": ack, "dot": dot, "held_by": holders,
+                        "error": format!(
+                            "written and durable on this node, but {} of the {wanted} peer(s) asked for hold it \
+                             after {} ms; replication continues in the background",
+                            holders.len(), timeout.as_millis()
+                        ),
+                    }),
+                ),
+                &token,
+            ),
+            Ok(WriteOutcome::Absent { token }) => with_token(
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("no key {key:?} here: nothing to delete"),
+                ),
+                &token,
+            ),
+            Ok(WriteOutcome::Failed { status, reason }) => error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                reason,
+            ),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
+        }
+    }
+}

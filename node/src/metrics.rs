@@ -1,0 +1,217 @@
+//! Prometheus metrics (`/metrics`, OpenMetrics text format).
+//!
+//! Every series carries a `node` label; replication series carry a `peer` label
+//! (peer names from the configuration). Engine totals are mirrored from
+//! [`concord::sync::Metrics`] by the engine's task.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a series.
+pub type Labels = Vec<(String, String)>;
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by method, route and status.
+    pub http_requests: Family<Labels, Counter>,
+    /// Frames sent, by peer.
+    pub frames_sent: Family<Labels, Counter>,
+    /// Bytes sent (frame payloads), by peer.
+    pub bytes_sent: Family<Labels, Counter>,
+    /// Frames received, by peer.
+    pub frames_received: Family<Labels, Counter>,
+    /// Bytes received (frame payloads), by peer.
+    pub bytes_received: Family<Labels, Counter>,
+    /// Frames the engine refused (malformed, stale protocol, ...), by peer.
+    pub frames_rejected: Family<Labels, Counter>,
+    /// Frames dropped because the peer's connection was down or its queue full.
+    pub frames_dropped: Family<Labels, Counter>,
+    /// 1 while a connection to the peer is up.
+    pub peer_connected: Family<Labels, Gauge>,
+    /// Connections established, by peer.
+    pub connects: Family<Labels, Counter>,
+    /// Local writes the peer has not acknowledged.
+    pub peer_unacked_writes: Family<Labels, Gauge>,
+    /// Age of the oldest write the peer has not acknowledged, in milliseconds.
+    pub peer_oldest_unacked_ms: Family<Labels, Gauge>,
+    /// Milliseconds since the peer was last heard (-1: never).
+    pub peer_since_heard_ms: Family<Labels, Gauge>,
+    /// TLS handshakes that failed (a certificate from another CA, say).
+    pub tls_failures: Counter,
+    /// Connections dropped because the certificate's node id did not match the
+    /// configuration or the messages.
+    pub identity_rejections: Counter,
+    /// Local writes (engine total).
+    pub writes: Counter,
+    /// Concurrent writes resolved by merges.
+    pub conflicts: Counter,
+    /// Deltas resent by the driver.
+    pub retransmits: Counter,
+    /// Writes that did not reach their acknowledgement level in time.
+    pub ack_timeouts: Counter,
+    /// Reads whose session token this node could not serve in time.
+    pub read_timeouts: Counter,
+    /// Time from a local write until every peer holds it, in seconds.
+    pub replication_lag: Histogram,
+    /// Keys held.
+    pub keys: Gauge,
+    /// Log records past the base snapshot.
+    pub log_records: Gauge,
+    /// Database commits.
+    pub commits: Counter<u64, AtomicU64>,
+    /// Compactions finished.
+    pub compactions: Gauge,
+    /// Size of the database file, in bytes.
+    pub db_bytes: Gauge,
+}
+
+impl Metrics {
+    /// Metrics of the node named `node`.
+    pub fn new(node: &str) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "concord",
+            [("node".into(), node.to_string().into())].into_iter(),
+        );
+        let m = Metrics {
+            http_requests: Family::default(),
+            frames_sent: Family::default(),
+            bytes_sent: Family::default(),
+            frames_received: Family::default(),
+            bytes_received: Family::default(),
+            frames_rejected: Family::default(),
+            frames_dropped: Family::default(),
+            peer_connected: Family::default(),
+            connects: Family::default(),
+            peer_unacked_writes: Family::default(),
+            peer_oldest_unacked_ms: Family::default(),
+            peer_since_heard_ms: Family::default(),
+            tls_failures: Counter::default(),
+            identity_rejections: Counter::default(),
+            writes: Counter::default(),
+            conflicts: Counter::default(),
+            retransmits: Counter::default(),
+            ack_timeouts: Counter::default(),
+            read_timeouts: Counter::default(),
+            replication_lag: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+            keys: Gauge::default(),
+            log_records: Gauge::default(),
+            commits: Counter::default(),
+            compactions: Gauge::default(),
+            db_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("http_requests", "HTTP requests", m.http_requests.clone());
+        r.register(
+            "frames_sent",
+            "Replication frames sent",
+            m.frames_sent.clone(),
+        );
+        r.register("sent_bytes", "Replication bytes sent", m.bytes_sent.clone());
+        r.register(
+            "frames_received",
+            "Replication frames received",
+            m.frames_received.clone(),
+        );
+        r.register(
+            "received_bytes",
+            "Replication bytes received",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "frames_rejected",
+            "Frames the engine refused",
+            m.frames_rejected.clone(),
+        );
+        r.register(
+            "frames_dropped",
+            "Frames dropped: link down or queue full",
+            m.frames_dropped.clone(),
+        );
+        r.register(
+            "peer_connected",
+            "1 while connected to the peer",
+            m.peer_connected.clone(),
+        );
+        r.register("connects", "Connections established", m.connects.clone());
+        r.register(
+            "peer_unacked_writes",
+            "Local writes the peer has not acknowledged",
+            m.peer_unacked_writes.clone(),
+        );
+        r.register(
+            "peer_oldest_unacked_ms",
+            "Age of the oldest write the peer lacks (ms)",
+            m.peer_oldest_unacked_ms.clone(),
+        );
+        r.register(
+            "peer_since_heard_ms",
+            "Milliseconds since the peer was heard (-1: never)",
+            m.peer_since_heard_ms.clone(),
+        );
+        r.register(
+            "tls_failures",
+            "Failed TLS handshakes",
+            m.tls_failures.clone(),
+        );
+        r.register(
+            "identity_rejections",
+            "Connections refused for a node id mismatch",
+            m.identity_rejections.clone(),
+        );
+        r.register("writes", "Local writes", m.writes.clone());
+        r.register(
+            "conflicts",
+            "Concurrent writes resolved",
+            m.conflicts.clone(),
+        );
+        r.register("retransmits", "Deltas resent", m.retransmits.clone());
+        r.register(
+            "ack_timeouts",
+            "Writes that missed their acknowledgement level in time",
+            m.ack_timeouts.clone(),
+        );
+        r.register(
+            "read_timeouts",
+            "Token reads not served in time",
+            m.read_timeouts.clone(),
+        );
+        r.register(
+            "replication_lag_seconds",
+            "Time until every peer holds a local write",
+            m.replication_lag.clone(),
+        );
+        r.register("keys", "Keys held", m.keys.clone());
+        r.register(
+            "log_records",
+            "Log records past the base snapshot",
+            m.log_records.clone(),
+        );
+        r.register("store_commits", "Database commits", m.commits.clone());
+        r.register("compactions", "Compactions finished", m.compactions.clone());
+        r.register("db_bytes", "Database file size", m.db_bytes.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The label set of one peer.
+pub fn peer(name: &str) -> Labels {
+    vec![("peer".to_string(), name.to_string())]
+}

@@ -1,0 +1,734 @@
+//! The engine's task: one task owns the [`SyncEngine`] (an actor) and everything
+//! else talks to it over a channel.
+//!
+//! Its loop: take a batch of commands (client writes and reads, frames from peers,
+//! connection events), apply them to the engine, commit what changed to the store
+//! (one transaction for the batch: group commit), and only then drain
+//! [`SyncEngine::poll_transmit`] into the peers' connections, so nothing leaves the
+//! node, acknowledgements included, before it is on disk as the fsync policy says.
+//! Then it answers the writes and reads whose conditions now hold, and sleeps until
+//! the next command or [`SyncEngine::poll_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord::hlc::Timestamp;
+use concord::sync::{AckLevel, Message, Snapshot, SyncEngine};
+use concord::{CausalContext, Conflict, Crdt, Dot, MvRegister, ReplicaId, SystemClock};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{ack_name, Fsync, NodeConfig};
+use crate::error::Result;
+use crate::metrics::{self, Metrics};
+use crate::store::{Recovered, Store};
+use crate::Kv;
+
+type Engine = SyncEngine<Kv, SystemClock>;
+
+const CONFLICT_LOG: usize = 1_000;
+const LAG_SAMPLES: usize = 20_000;
+const LAG_QUEUE: usize = 200_000;
+const TICK: Duration = Duration::from_millis(100);
+/// How often the `none` fsync policy syncs the database.
+const SYNC_PERIOD: Duration = Duration::from_millis(100);
+
+/// A request to the engine's task.
+#[derive(Debug)]
+pub enum Command {
+    /// Write `value` at `key` (`None`: delete it) and answer once `level` holds.
+    Put {
+        /// The key.
+        key: String,
+        /// The value; `None` deletes.
+        value: Option<String>,
+        /// How many peers must hold the write before the answer.
+        level: AckLevel,
+        /// How long to wait for them.
+        timeout: Duration,
+        /// Where the answer goes.
+        reply: oneshot::Sender<WriteOutcome>,
+    },
+    /// Read `key` (`None`: every key) once this node covers `token`.
+    Get {
+        /// The key, or every key.
+        key: Option<String>,
+        /// The client's session token.
+        token: Option<CausalContext>,
+        /// How long to wait for this node to catch up with the token.
+        wait: Duration,
+        /// Where the answer goes.
+        reply: oneshot::Sender<ReadOutcome>,
+    },
+    /// The `/health` document.
+    Health {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Value>,
+    },
+    /// The `/conflicts` document.
+    Conflicts {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Value>,
+    },
+    /// A frame from a peer (already checked to come from `peer`).
+    Frame {
+        /// The peer its connection authenticated.
+        peer: ReplicaId,
+        /// The decoded message.
+        msg: Box<Message<Kv>>,
+        /// The frame as received (logged if its delta changes the state).
+        frame: Vec<u8>,
+    },
+    /// A connection to `peer` is up; frames for it go to `tx`.
+    PeerUp {
+        /// The peer.
+        peer: ReplicaId,
+        /// The connection's number.
+        conn: u64,
+        /// Its outgoing queue.
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    /// Connection `conn` to `peer` is gone.
+    PeerDown {
+        /// The peer.
+        peer: ReplicaId,
+        /// The connection's number.
+        conn: u64,
+    },
+}
+
+/// The answer to a write.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// The write reached its level.
+    Done {
+        /// Its dot (`replica:counter`).
+        dot: String,
+        /// The session token after it.
+        token: String,
+        /// The peers that hold it.
+        holders: Vec<String>,
+    },
+    /// Written and durable locally, but fewer peers than asked hold it yet;
+    /// replication goes on.
+    TimedOut {
+        /// Its dot.
+        dot: String,
+        /// The session token after it.
+        token: String,
+        /// The peers that hold it.
+        holders: Vec<String>,
+        /// How many were asked for.
+        wanted: usize,
+    },
+    /// A delete of a key this node does not hold: nothing was written.
+    Absent {
+        /// The node's session token.
+        token: String,
+    },
+    /// Refused.
+    Failed {
+        /// An HTTP status.
+        status: u16,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The answer to a read.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// The values: for each key, its siblings in canonical order.
+    Values {
+        /// Key → siblings.
+        entries: Vec<(String, Vec<String>)>,
+        /// The node's session token.
+        token: String,
+    },
+    /// This node had not seen everything the token names when the wait ran out.
+    NotCaughtUp {
+        /// How many writes of the token it lacks.
+        missing: u64,
+    },
+}
+
+/// A connection's number and outgoing queue.
+type Link = (u64, mpsc::Sender<Vec<u8>>);
+
+struct WriteWaiter {
+    dot: Dot,
+    level: AckLevel,
+    deadline: Instant,
+    reply: oneshot::Sender<WriteOutcome>,
+}
+
+struct ReadWaiter {
+    key: Option<String>,
+    token: CausalContext,
+    deadline: Instant,
+    reply: oneshot::Sender<ReadOutcome>,
+}
+
+/// The engine's task.
+pub struct Node {
+    config: NodeConfig,
+    engine: Engine,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// The live connections of each peer, newest last (frames go to the newest; an
+    /// older one stays until it closes, so a connection dropped right after its
+    /// handshake, for a node id mismatch say, leaves the working one in place).
+    links: HashMap<ReplicaId, Vec<Link>>,
+    committed: Vec<WriteWaiter>,
+    writes: Vec<WriteWaiter>,
+    reads: Vec<ReadWaiter>,
+    lag_queue: VecDeque<(u64, Instant)>,
+    lag_samples: VecDeque<f64>,
+    conflicts: VecDeque<Value>,
+    conflicts_total: u64,
+    mirrored: concord::sync::Metrics,
+    last_tick: Instant,
+    last_sync: Instant,
+    saved_acks: Vec<(ReplicaId, CausalContext)>,
+    started: Instant,
+    recovery: Value,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the store, recovers the state and builds the engine (restored, with
+    /// its lease, if the file held a previous life).
+    ///
+    /// # Errors
+    ///
+    /// Storage and engine errors.
+    pub fn open(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node> {
+        let (store, rec) = Store::open(
+            &config.db_path(),
+            config.storage.fsync,
+            config.storage.compact_after,
+            config.replication.max_message_bytes,
+        )?;
+        let Recovered {
+            state,
+            acks,
+            replayed,
+            existed,
+            took,
+        } = rec;
+        let keys = state.len();
+        let engine_config = config.engine_config();
+        let engine = if existed {
+            let hlc_last = state
+                .max_timestamp()
+                .unwrap_or(Timestamp::new(0, 0, config.node_id));
+            let snapshot = Snapshot {
+                node: config.node_id,
+                role: concord::sync::Role::Master,
+                state,
+                peers: acks.iter().map(|(p, c, _)| (*p, c.clone())).collect(),
+                hlc_last,
+                peer_versions: acks.iter().map(|(p, _, v)| (*p, *v)).collect(),
+            };
+            SyncEngine::restore(snapshot, SystemClock, engine_config)?.with_lease(store.lease())?
+        } else {
+            SyncEngine::new(config.node_id, Kv::new(), SystemClock, engine_config)
+                .with_lease(store.lease())?
+        };
+        let recovery = json!({
+            "restarted": existed,
+            "keys": keys,
+            "log_records_replayed": replayed,
+            "ms": took.as_secs_f64() * 1e3,
+        });
+        if existed {
+            tracing::info!(
+                "recovered {keys} keys from disk ({replayed} log records replayed) in {:.1} ms",
+                took.as_secs_f64() * 1e3
+            );
+        }
+        let mirrored = engine.metrics();
+        Ok(Node {
+            config,
+            engine,
+            store,
+            metrics,
+            links: HashMap::new(),
+            committed: Vec::new(),
+            writes: Vec::new(),
+            reads: Vec::new(),
+            lag_queue: VecDeque::new(),
+            lag_samples: VecDeque::new(),
+            conflicts: VecDeque::new(),
+            conflicts_total: 0,
+            mirrored,
+            last_tick: Instant::now(),
+            last_sync: Instant::now(),
+            saved_acks: Vec::new(),
+            started: Instant::now(),
+            recovery,
+        })
+    }
+
+    /// Runs until every sender of `rx` is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    self.handle(cmd);
+                    for _ in 0..512 {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            self.after_batch();
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = self.last_tick + TICK;
+        if let Some(t) = self.engine.poll_timeout() {
+            let in_ms = t.saturating_sub(self.engine.now_ms());
+            wake = wake.min(now + Duration::from_millis(in_ms));
+        }
+        for d in self.writes.iter().map(|w| w.deadline) {
+            wake = wake.min(d);
+        }
+        for d in self.reads.iter().map(|r| r.deadline) {
+            wake = wake.min(d);
+        }
+        wake.max(now)
+    }
+
+    fn name(&self, id: ReplicaId) -> String {
+        self.config.name_of(id)
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Put {
+                key,
+                value,
+                level,
+                timeout,
+                reply,
+            } => self.put(key, value, level, timeout, reply),
+            Command::Get {
+                key,
+                token,
+                wait,
+                reply,
+            } => match token {
+                Some(token) if !self.engine.can_serve(&token) => self.reads.push(ReadWaiter {
+                    key,
+                    token,
+                    deadline: Instant::now() + wait,
+                    reply,
+                }),
+                _ => {
+                    let _ = reply.send(self.read(key.as_deref()));
+                }
+            },
+            Command::Health { reply } => {
+                let _ = reply.send(self.health());
+            }
+            Command::Conflicts { reply } => {
+                let _ = reply.send(json!({
+                    "total": self.conflicts_total,
+                    "recent": self.conflicts.iter().collect::<Vec<_>>(),
+                }));
+            }
+            Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
+            Command::PeerUp { peer, conn, tx } => {
+                self.links.entry(peer).or_default().push((conn, tx));
+                self.metrics
+                    .peer_connected
+                    .get_or_create(&metrics::peer(&self.name(peer)))
+                    .set(1);
+            }
+            Command::PeerDown { peer, conn } => {
+                let conns = self.links.entry(peer).or_default();
+                conns.retain(|(c, _)| *c != conn);
+                if conns.is_empty() {
+                    self.metrics
+                        .peer_connected
+                        .get_or_create(&metrics::peer(&self.name(peer)))
+                        .set(0);
+                }
+            }
+        }
+    }
+
+    fn put(
+        &mut self,
+        key: String,
+        value: Option<String>,
+        level: AckLevel,
+        timeout: Duration,
+        reply: oneshot::Sender<WriteOutcome>,
+    ) {
+        let written = self.engine.update(|m, hlc| match value {
+            Some(v) => m.write(key, v, hlc),
+            None => m.remove(&key, hlc),
+        });
+        let receipt = match written {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(WriteOutcome::Failed {
+                    status: 400,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
+        let Some(dot) = receipt.dot else {
+            let _ = reply.send(WriteOutcome::Absent {
+                token: self.engine.token().to_token(),
+            });
+            return;
+        };
+        self.store.append_local(&receipt.delta);
+        if self.config.storage.fsync == Fsync::Always {
+            self.commit();
+        }
+        self.lag_queue.push_back((dot.counter(), Instant::now()));
+        if self.lag_queue.len() > LAG_QUEUE {
+            self.lag_queue.pop_front();
+        }
+        self.committed.push(WriteWaiter {
+            dot,
+            level,
+            deadline: Instant::now() + timeout,
+            reply,
+        });
+    }
+
+    fn receive(&mut self, peer: ReplicaId, msg: Message<Kv>, frame: Vec<u8>) {
+        match self.engine.handle_message(msg) {
+            Ok(received) => {
+                if received.outcome.changed() {
+                    self.store.append_remote(&frame);
+                }
+                for c in received.conflicts {
+                    self.log_conflict(peer, c);
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .frames_rejected
+                    .get_or_create(&metrics::peer(&self.name(peer)))
+                    .inc();
+                tracing::warn!("refused a message from {}: {e}", self.name(peer));
+            }
+        }
+    }
+
+    fn log_conflict(&mut self, peer: ReplicaId, c: Conflict<String, MvRegister<String>>) {
+        let values = |r: &MvRegister<String>| r.values().cloned().collect::<Vec<_>>();
+        self.conflicts_total += 1;
+        self.metrics.conflicts.inc();
+        let entry = json!({
+            "at_ms": self.engine.now_ms(),
+            "key": c.key,
+            "with": self.name(peer),
+            "ours": values(&c.ours),
+            "theirs": values(&c.theirs),
+            "resolved": values(&c.resolved),
+        });
+        tracing::info!(
+            "conflict on {:?} with {}: siblings {}",
+            entry["key"],
+            self.name(peer),
+            entry["resolved"]
+        );
+        self.conflicts.push_back(entry);
+        if self.conflicts.len() > CONFLICT_LOG {
+            self.conflicts.pop_front();
+        }
+    }
+
+    fn commit(&mut self) {
+        if let Err(e) = self.store.commit() {
+            // Acknowledging anything now would promise what the disk does not hold:
+            // stop, and let the restart recover from the last commit.
+            tracing::error!("cannot write the database, stopping: {e}");
+            std::process::exit(2);
+        }
+    }
+
+    fn after_batch(&mut self) {
+        let now_ms = self.engine.now_ms();
+        if self.engine.poll_timeout().is_some_and(|t| t <= now_ms) {
+            self.engine.handle_timeout();
+        }
+        // Durable first, then visible to peers and clients.
+        self.commit();
+        let committed = std::mem::take(&mut self.committed);
+        self.writes.extend(committed);
+        self.transmit();
+        self.answer_writes();
+        self.answer_reads();
+        self.measure_lag();
+        if self.last_tick.elapsed() >= TICK {
+            self.tick();
+        }
+    }
+
+    fn transmit(&mut self) {
+        while let Some(t) = self.engine.poll_transmit() {
+            let labels = metrics::peer(&self.name(t.to));
+            let len = t.bytes.len() as u64;
+            let sent = match self.links.get(&t.to).and_then(|c| c.last()) {
+                Some((_, tx)) => tx.try_send(t.bytes).is_ok(),
+                None => false,
+            };
+            if sent {
+                self.metrics.frames_sent.get_or_create(&labels).inc();
+                self.metrics
+                    .bytes_sent
+                    .get_or_create(&labels)
+                    .inc_by(len + 4);
+            } else {
+                // The driver resends what is not acknowledged.
+                self.metrics.frames_dropped.get_or_create(&labels).inc();
+            }
+        }
+    }
+
+    fn holders(&self, dot: Dot) -> Vec<String> {
+        self.engine
+            .holders(dot)
+            .into_iter()
+            .map(|p| self.name(p))
+            .collect()
+    }
+
+    fn answer_writes(&mut self) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let token = self.engine.token().to_token();
+        let waiting = std::mem::take(&mut self.writes);
+        for w in waiting {
+            let done = self.engine.is_replicated(w.dot, w.level);
+            if !done && now < w.deadline && !w.reply.is_closed() {
+                self.writes.push(w);
+                continue;
+            }
+            let dot = format!("{}:{}", self.name(w.dot.replica()), w.dot.counter());
+            let holders = self.holders(w.dot);
+            let outcome = if done {
+                WriteOutcome::Done {
+                    dot,
+                    token: token.clone(),
+                    holders,
+                }
+            } else {
+                self.metrics.ack_timeouts.inc();
+                let wanted = match w.level {
+                    AckLevel::None => 0,
+                    AckLevel::Peers(k) => k,
+                    AckLevel::All => self.config.peers.len(),
+                };
+                tracing::debug!(
+                    "write {dot} missed {} ({} of {wanted} peers hold it)",
+                    ack_name(w.level),
+                    holders.len()
+                );
+                WriteOutcome::TimedOut {
+                    dot,
+                    token: token.clone(),
+                    holders,
+                    wanted,
+                }
+            };
+            let _ = w.reply.send(outcome);
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.reads);
+        for r in waiting {
+            if self.engine.can_serve(&r.token) {
+                let _ = r.reply.send(self.read(r.key.as_deref()));
+            } else if now >= r.deadline || r.reply.is_closed() {
+                self.metrics.read_timeouts.inc();
+                let missing = match self.engine.read(&r.token) {
+                    Err(concord::Error::NotCaughtUp { missing }) => missing,
+                    _ => 0,
+                };
+                let _ = r.reply.send(ReadOutcome::NotCaughtUp { missing });
+            } else {
+                self.reads.push(r);
+            }
+        }
+    }
+
+    fn read(&self, key: Option<&str>) -> ReadOutcome {
+        let state = self.engine.state();
+        let siblings = |r: &MvRegister<String>| r.values().cloned().collect::<Vec<_>>();
+        let entries = match key {
+            Some(k) => state
+                .get(k)
+                .map(|r| vec![(k.to_string(), siblings(r))])
+                .unwrap_or_default(),
+            None => state
+                .iter_sorted()
+                .map(|(k, r)| (k.clone(), siblings(r)))
+                .collect(),
+        };
+        ReadOutcome::Values {
+            entries,
+            token: self.engine.token().to_token(),
+        }
+    }
+
+    fn measure_lag(&mut self) {
+        let me = self.engine.node();
+        while let Some((counter, at)) = self.lag_queue.front() {
+            if !self
+                .engine
+                .is_replicated(Dot::new(me, *counter), AckLevel::All)
+            {
+                break;
+            }
+            let secs = at.elapsed().as_secs_f64();
+            self.metrics.replication_lag.observe(secs);
+            self.lag_samples.push_back(secs * 1e3);
+            if self.lag_samples.len() > LAG_SAMPLES {
+                self.lag_samples.pop_front();
+            }
+            self.lag_queue.pop_front();
+        }
+    }
+
+    fn tick(&mut self) {
+        self.last_tick = Instant::now();
+        let m = self.engine.metrics();
+        let grow = |c: &prometheus_client::metrics::counter::Counter, new: u64, old: u64| {
+            c.inc_by(new.saturating_sub(old));
+        };
+        grow(&self.metrics.writes, m.writes, self.mirrored.writes);
+        grow(
+            &self.metrics.retransmits,
+            m.retransmits,
+            self.mirrored.retransmits,
+        );
+        for p in &m.peers {
+            let labels = metrics::peer(&self.name(p.peer));
+            self.metrics
+                .peer_unacked_writes
+                .get_or_create(&labels)
+                .set(p.lag.unacked_writes as i64);
+            self.metrics
+                .peer_oldest_unacked_ms
+                .get_or_create(&labels)
+                .set(p.lag.oldest_unacked_ms as i64);
+            self.metrics
+                .peer_since_heard_ms
+                .get_or_create(&labels)
+                .set(p.lag.since_heard_ms.map_or(-1, |v| v as i64));
+        }
+        let acks: Vec<(ReplicaId, CausalContext)> =
+            m.peers.iter().map(|p| (p.peer, p.acked.clone())).collect();
+        if acks != self.saved_acks {
+            let records: Vec<_> = m
+                .peers
+                .iter()
+                .map(|p| (p.peer, p.acked.clone(), p.protocol_version))
+                .collect();
+            self.store.save_acks(&records);
+            self.commit();
+            self.saved_acks = acks;
+        }
+        self.mirrored = m;
+        if self.last_sync.elapsed() >= SYNC_PERIOD {
+            self.last_sync = Instant::now();
+            if let Err(e) = self.store.sync() {
+                tracing::error!("cannot sync the database, stopping: {e}");
+                std::process::exit(2);
+            }
+        }
+        self.store.maybe_compact();
+        let stats = self.store.stats();
+        self.metrics.keys.set(self.engine.state().len() as i64);
+        self.metrics.log_records.set(self.store.log_len() as i64);
+        self.metrics.commits.inc_by(
+            stats
+                .commits
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(self.metrics.commits.get()),
+        );
+        self.metrics
+            .compactions
+            .set(stats.compactions.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        if let Ok(meta) = std::fs::metadata(self.config.db_path()) {
+            self.metrics.db_bytes.set(meta.len() as i64);
+        }
+    }
+
+    fn health(&self) -> Value {
+        let peers: Vec<Value> = self
+            .engine
+            .metrics()
+            .peers
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": self.name(p.peer),
+                    "id": p.peer.to_string(),
+                    "connected": self.links.get(&p.peer).is_some_and(|c| !c.is_empty()),
+                    "unacked_writes": p.lag.unacked_writes,
+                    "oldest_unacked_ms": p.lag.oldest_unacked_ms,
+                    "last_heard_ms_ago": p.lag.since_heard_ms,
+                })
+            })
+            .collect();
+        let mut lags: Vec<f64> = self.lag_samples.iter().copied().collect();
+        lags.sort_by(f64::total_cmp);
+        let pct = |q: f64| -> Option<f64> {
+            (!lags.is_empty()).then(|| lags[((lags.len() - 1) as f64 * q).round() as usize])
+        };
+        json!({
+            "node": self.config.name,
+            "id": self.config.node_id.to_string(),
+            "role": match self.engine.role() {
+                concord::sync::Role::Master => "master",
+                concord::sync::Role::Follower => "follower",
+            },
+            "keys": self.engine.state().len(),
+            "idle": self.engine.is_idle(),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "log_records": self.store.log_len(),
+            "recovery": self.recovery,
+            "conflicts": self.conflicts_total,
+            "replication_lag_ms": {
+                "samples": lags.len(),
+                "p50": pct(0.5),
+                "p99": pct(0.99),
+            },
+            "peers": peers,
+        })
+    }
+}

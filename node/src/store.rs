@@ -1,0 +1,632 @@
+//! Durable storage: one redb file holding a base snapshot, an append-only log of the
+//! changes since, the counter lease and the peers' acknowledgements.
+//!
+//! * `meta` table: `base` (the state as JSON), `base_seq` (the last log record the
+//!   base covers), `lease` (the highest counter that may have left the engine),
+//!   `acks` (what each peer had acknowledged, JSON).
+//! * `log` table: sequence number → record. A record is a local write's delta (tag
+//!   0, JSON) or a received replication message whose delta changed the state (tag 1,
+//!   the frame as it arrived). Persisting a write or a merge costs the size of the
+//!   change, never the size of the state.
+//!
+//! Recovery reads the base and merges every later record in order. Compaction, on a
+//! thread of its own that keeps a copy of base ⊔ log, folds the records since the
+//! last compaction into that copy and writes it as the new base, deleting the
+//! records it covers; it runs once the log holds `compact_after` records and as
+//! many bytes as the base, so rewriting the base costs a constant per logged byte,
+//! amortized. redb reuses freed pages but keeps its file's high-water mark (it grows
+//! the file by doubling): under a heavy write load the file can reach several times
+//! the live data, and the node gives the free space back at every start.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use concord::sync::{LeaseStore, Message};
+use concord::{CausalContext, ReplicaId, Resolver};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::config::Fsync;
+use crate::error::{Error, Result};
+use crate::Kv;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The base snapshot's JSON in pieces of [`BASE_PIECE`] bytes: one value of the
+/// whole state would need one contiguous region of the file, and the file would grow
+/// by doubling to find one.
+const BASE: TableDefinition<u32, &[u8]> = TableDefinition::new("base");
+const BASE_PIECE: usize = 64 << 10;
+
+/// A peer's acknowledged context and protocol version, as saved.
+pub type PeerRecord = (ReplicaId, CausalContext, u32);
+
+const LOCAL: u8 = 0;
+const REMOTE: u8 = 1;
+
+/// What recovery found on disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The state: the base with every later record merged.
+    pub state: Kv,
+    /// What each peer had acknowledged when last saved, and the newest protocol
+    /// version it was heard to speak.
+    pub acks: Vec<PeerRecord>,
+    /// How many log records were replayed.
+    pub replayed: u64,
+    /// True if the file held anything (a restart rather than a first start).
+    pub existed: bool,
+    /// How long recovery took.
+    pub took: std::time::Duration,
+}
+
+/// Counters the metrics read.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Commits.
+    pub commits: AtomicU64,
+    /// Records appended.
+    pub records: AtomicU64,
+    /// Finished compactions.
+    pub compactions: AtomicU64,
+    /// The last record the base covers.
+    pub base_seq: AtomicU64,
+    /// Bytes appended to the log.
+    pub bytes: AtomicU64,
+    /// Bytes of the log past the base.
+    pub log_bytes: AtomicU64,
+    /// Bytes of the base snapshot.
+    pub base_bytes: AtomicU64,
+}
+
+/// The node's database.
+pub struct Store {
+    db: Arc<Database>,
+    fsync: Fsync,
+    next_seq: u64,
+    pending: Vec<Vec<u8>>,
+    pending_acks: Option<Vec<u8>>,
+    unsynced: bool,
+    compact_after: u64,
+    compactor: Option<mpsc::SyncSender<u64>>,
+    compaction_thread: Option<std::thread::JoinHandle<()>>,
+    compacting: Arc<AtomicU64>,
+    stats: Arc<StoreStats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("next_seq", &self.next_seq)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode_record(rec: &[u8], max_message_bytes: usize) -> Result<Option<Kv>> {
+    match rec.split_first() {
+        Some((&LOCAL, json)) => Ok(Some(serde_json::from_slice(json).map_err(Error::storage)?)),
+        Some((&REMOTE, frame)) => Ok(Message::<Kv>::decode(frame, max_message_bytes)?.delta),
+        _ => Err(Error::Storage {
+            reason: "a log record of unknown kind".into(),
+        }),
+    }
+}
+
+/// What [`replay`] read.
+struct Replayed {
+    state: Kv,
+    /// The last record merged.
+    last: u64,
+    /// How many records were merged, and their bytes.
+    records: u64,
+    record_bytes: u64,
+    base_bytes: u64,
+    existed: bool,
+}
+
+/// The base and every record after it, merged (recovery).
+fn replay(db: &Database, max_message_bytes: usize) -> Result<Replayed> {
+    let tx = db.begin_read().map_err(Error::storage)?;
+    let mut base_bytes = 0;
+    let mut json = Vec::new();
+    match tx.open_table(BASE) {
+        Ok(base) => {
+            for piece in base.iter().map_err(Error::storage)? {
+                json.extend_from_slice(piece.map_err(Error::storage)?.1.value());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(Error::storage(e)),
+    }
+    let (mut state, base_seq, mut existed) = match tx.open_table(META) {
+        Ok(meta) => {
+            let state = if json.is_empty() {
+                Kv::new()
+            } else {
+                base_bytes = json.len() as u64;
+                serde_json::from_slice(&json).map_err(Error::storage)?
+            };
+            drop(json);
+            let seq = match meta.get("base_seq").map_err(Error::storage)? {
+                Some(v) => u64_of(v.value()),
+                None => 0,
+            };
+            let existed = meta.get("lease").map_err(Error::storage)?.is_some() || seq > 0;
+            (state, seq, existed)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => (Kv::new(), 0, false),
+        Err(e) => return Err(Error::storage(e)),
+    };
+    let mut last = base_seq;
+    let mut replayed = 0;
+    let mut record_bytes = 0;
+    match tx.open_table(LOG) {
+        Ok(log) => {
+            for item in log.range(base_seq + 1..).map_err(Error::storage)? {
+                let (k, v) = item.map_err(Error::storage)?;
+                if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
+                    state.merge(delta);
+                }
+                record_bytes += v.value().len() as u64;
+                last = k.value();
+                replayed += 1;
+                existed = true;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(Error::storage(e)),
+    }
+    Ok(Replayed {
+        state,
+        last,
+        records: replayed,
+        record_bytes,
+        base_bytes,
+        existed,
+    })
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and recovers the state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the file cannot be opened or holds a corrupt record.
+    pub fn open(
+        path: &std::path::Path,
+        fsync: Fsync,
+        compact_after: u64,
+        max_message_bytes: usize,
+    ) -> Result<(Store, Recovered)> {
+        let started = Instant::now();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut db = Database::create(path).map_err(Error::storage)?;
+        // redb keeps its file's high-water mark (it grows the file by doubling and
+        // reuses freed pages, but returns only trailing space): at start, with no
+        // transaction live, give the rest back.
+        while db.compact().map_err(Error::storage)? {}
+        let db = Arc::new(db);
+        let Replayed {
+            state,
+            last,
+            records: replayed,
+            record_bytes,
+            base_bytes,
+            existed,
+        } = replay(&db, max_message_bytes)?;
+        let acks = {
+            let tx = db.begin_read().map_err(Error::storage)?;
+            match tx.open_table(META) {
+                Ok(meta) => match meta.get("acks").map_err(Error::storage)? {
+                    Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                    None => Vec::new(),
+                },
+                Err(_) => Vec::new(),
+            }
+        };
+        let base_seq = {
+            let tx = db.begin_read().map_err(Error::storage)?;
+            match tx.open_table(META) {
+                Ok(meta) => meta
+                    .get("base_seq")
+                    .map_err(Error::storage)?
+                    .map_or(0, |v| u64_of(v.value())),
+                Err(_) => 0,
+            }
+        };
+        let stats = Arc::new(StoreStats::default());
+        stats.base_seq.store(base_seq, Ordering::Relaxed);
+        stats.log_bytes.store(record_bytes, Ordering::Relaxed);
+        stats.base_bytes.store(base_bytes, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel::<u64>(1);
+        let compacting = Arc::new(AtomicU64::new(0));
+        let compaction_thread = {
+            let db = db.clone();
+            let stats = stats.clone();
+            let compacting = compacting.clone();
+            // The compaction thread keeps its own copy of base ⊔ log, so a compaction
+            // reads only the records since the last one, in short read transactions:
+            // a long one would pin every page the writer frees meanwhile, and the
+            // file would grow with the write rate.
+            let mut mirror = (state.clone(), last);
+            std::thread::Builder::new()
+                .name("compaction".into())
+                .spawn(move || {
+                    for upto in rx {
+                        match compact(&db, &mut mirror, upto, max_message_bytes) {
+                            Ok(Some((last, folded, base))) => {
+                                stats.base_seq.store(last, Ordering::Relaxed);
+                                stats.log_bytes.fetch_sub(folded, Ordering::Relaxed);
+                                stats.base_bytes.store(base, Ordering::Relaxed);
+                                stats.compactions.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!("compaction failed: {e}"),
+                        }
+                        compacting.store(0, Ordering::Release);
+                    }
+                })?
+        };
+        let store = Store {
+            db,
+            fsync,
+            next_seq: last + 1,
+            pending: Vec::new(),
+            pending_acks: None,
+            unsynced: false,
+            compact_after: compact_after.max(1),
+            compactor: Some(tx),
+            compaction_thread: Some(compaction_thread),
+            compacting,
+            stats,
+        };
+        Ok((
+            store,
+            Recovered {
+                state,
+                acks,
+                replayed,
+                existed,
+                took: started.elapsed(),
+            },
+        ))
+    }
+
+    /// The statistics the metrics read.
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
+    }
+
+    /// A lease store in this database (see [`LeaseStore`] and [`RedbLease`]).
+    pub fn lease(&self) -> RedbLease {
+        RedbLease {
+            db: self.db.clone(),
+            durable: self.fsync == Fsync::None,
+        }
+    }
+
+    /// Queues a local write's delta for the next commit.
+    pub fn append_local(&mut self, delta: &Kv) {
+        let mut rec = vec![LOCAL];
+        // A state always serializes; an empty record would only be skipped on replay.
+        let _ = serde_json::to_writer(&mut rec, delta);
+        self.pending.push(rec);
+    }
+
+    /// Queues a received frame whose delta changed the state for the next commit.
+    pub fn append_remote(&mut self, frame: &[u8]) {
+        let mut rec = Vec::with_capacity(frame.len() + 1);
+        rec.push(REMOTE);
+        rec.extend_from_slice(frame);
+        self.pending.push(rec);
+    }
+
+    /// Queues the peers' acknowledgements for the next commit.
+    pub fn save_acks(&mut self, acks: &[PeerRecord]) {
+        self.pending_acks = serde_json::to_vec(acks).ok();
+    }
+
+    /// True if records wait for a commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.pending_acks.is_some()
+    }
+
+    /// Writes everything queued in one transaction, synced as the policy says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the transaction fails (nothing queued is then written).
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.has_pending() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(Error::storage)?;
+        let durable = self.fsync != Fsync::None;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(Error::storage)?;
+        let mut bytes = 0;
+        let n = self.pending.len() as u64;
+        {
+            let mut log = tx.open_table(LOG).map_err(Error::storage)?;
+            for (i, rec) in self.pending.iter().enumerate() {
+                log.insert(self.next_seq + i as u64, rec.as_slice())
+                    .map_err(Error::storage)?;
+                bytes += rec.len() as u64;
+            }
+            if let Some(acks) = &self.pending_acks {
+                let mut meta = tx.open_table(META).map_err(Error::storage)?;
+                meta.insert("acks", acks.as_slice())
+                    .map_err(Error::storage)?;
+            }
+        }
+        tx.commit().map_err(Error::storage)?;
+        self.pending.clear();
+        self.pending_acks = None;
+        self.next_seq += n;
+        self.unsynced |= !durable;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// With the `none` policy, makes every commit so far durable (called ten times
+    /// a second: redb reclaims the pages of non-durable commits only at a durable
+    /// one, so a longer period lets the file grow with the write rate); otherwise
+    /// does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the sync fails.
+    pub fn sync(&mut self) -> Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(Error::storage)?;
+        tx.commit().map_err(Error::storage)?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// How many records the log holds past the base.
+    pub fn log_len(&self) -> u64 {
+        (self.next_seq - 1).saturating_sub(self.stats.base_seq.load(Ordering::Relaxed))
+    }
+
+    /// Starts a compaction on the background thread if the log holds at least
+    /// `compact_after` records and at least as many bytes as the base (so rewriting
+    /// the base costs, amortized, a constant per logged byte, and the file stays
+    /// within a small multiple of the state), and none is running.
+    pub fn maybe_compact(&mut self) {
+        let log_bytes = self.stats.log_bytes.load(Ordering::Relaxed);
+        let base_bytes = self.stats.base_bytes.load(Ordering::Relaxed);
+        if self.log_len() < self.compact_after || log_bytes < base_bytes || self.has_pending() {
+            return;
+        }
+        if self
+            .compacting
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && self
+                .compactor
+                .as_ref()
+                .is_none_or(|c| c.try_send(self.next_seq - 1).is_err())
+        {
+            self.compacting.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Let a running compaction finish, and the file be closed, before returning.
+        self.compactor = None;
+        if let Some(t) = self.compaction_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes base ⊔ log[..=upto] as the new base and deletes those records; returns
+/// the last record folded, the bytes of the records folded and the new base's size.
+fn compact(
+    db: &Database,
+    mirror: &mut (Kv, u64),
+    upto: u64,
+    max_message_bytes: usize,
+) -> Result<Option<(u64, u64, u64)>> {
+    let (state, seq) = mirror;
+    let mut folded = 0;
+    while *seq < upto {
+        let tx = db.begin_read().map_err(Error::storage)?;
+        let log = tx.open_table(LOG).map_err(Error::storage)?;
+        let mut n = 0;
+        for item in log.range(*seq + 1..=upto).map_err(Error::storage)? {
+            let (k, v) = item.map_err(Error::storage)?;
+            if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
+                state.merge(delta);
+            }
+            folded += v.value().len() as u64;
+            *seq = k.value();
+            n += 1;
+            if n == 1_000 {
+                break;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    let last = *seq;
+    let json = serde_json::to_vec(&*state).map_err(Error::storage)?;
+    let tx = db.begin_write().map_err(Error::storage)?;
+    {
+        let mut meta = tx.open_table(META).map_err(Error::storage)?;
+        let current = meta
+            .get("base_seq")
+            .map_err(Error::storage)?
+            .map_or(0, |v| u64_of(v.value()));
+        if current >= last {
+            return Ok(None);
+        }
+        meta.insert("base_seq", last.to_be_bytes().as_slice())
+            .map_err(Error::storage)?;
+        let mut base = tx.open_table(BASE).map_err(Error::storage)?;
+        base.retain(|_, _| false).map_err(Error::storage)?;
+        for (i, piece) in json.chunks(BASE_PIECE).enumerate() {
+            base.insert(i as u32, piece).map_err(Error::storage)?;
+        }
+        let mut log = tx.open_table(LOG).map_err(Error::storage)?;
+        log.retain_in(..=last, |_, _| false)
+            .map_err(Error::storage)?;
+    }
+    tx.commit().map_err(Error::storage)?;
+    Ok(Some((last, folded, json.len() as u64)))
+}
+
+/// The counter lease in the node's database.
+///
+/// The lease must cover every counter that has left the engine before a restart can
+/// issue counters again. With the `always` and `group` policies the node commits
+/// every write durably before anything leaves it, so the recovered log already
+/// covers what was sent, and the lease is committed without an fsync of its own
+/// (the next durable commit carries it). With `none` the log may lose its last
+/// second, so the lease is committed durably, and the node takes it in blocks (see
+/// [`NodeConfig::engine_config`](crate::config::NodeConfig::engine_config)).
+pub struct RedbLease {
+    db: Arc<Database>,
+    durable: bool,
+}
+
+impl std::fmt::Debug for RedbLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbLease")
+    }
+}
+
+impl LeaseStore for RedbLease {
+    fn load(&mut self) -> concord::Result<u64> {
+        let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
+            reason: e.to_string(),
+        };
+        let tx = self.db.begin_read().map_err(|e| lease_err(&e))?;
+        match tx.open_table(META) {
+            Ok(meta) => Ok(meta
+                .get("lease")
+                .map_err(|e| lease_err(&e))?
+                .map_or(0, |v| u64_of(v.value()))),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(lease_err(&e)),
+        }
+    }
+
+    fn store(&mut self, upto: u64) -> concord::Result<()> {
+        let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
+            reason: e.to_string(),
+        };
+        let mut tx = self.db.begin_write().map_err(|e| lease_err(&e))?;
+        if !self.durable {
+            tx.set_durability(Durability::None)
+                .map_err(|e| lease_err(&e))?;
+        }
+        {
+            let mut meta = tx.open_table(META).map_err(|e| lease_err(&e))?;
+            meta.insert("lease", upto.to_be_bytes().as_slice())
+                .map_err(|e| lease_err(&e))?;
+        }
+        tx.commit().map_err(|e| lease_err(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord::{Hlc, SystemClock};
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = crate::harness::temp_dir(tag).unwrap();
+        d.join("db.redb")
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_compaction_keeps_the_state() {
+        let path = dir("store");
+        let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
+        let mut expected = Kv::new();
+        {
+            let (mut store, rec) = Store::open(&path, Fsync::Group, 50, 1 << 20).unwrap();
+            assert!(!rec.existed);
+            for i in 0..120 {
+                let delta = expected
+                    .write(format!("k{}", i % 70), format!("v{i}"), &mut hlc)
+                    .unwrap();
+                store.append_local(&delta);
+                if i % 7 == 0 {
+                    store.commit().unwrap();
+                }
+            }
+            store.commit().unwrap();
+            store.maybe_compact();
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            while store.stats().compactions.load(Ordering::Relaxed) == 0 {
+                assert!(Instant::now() < until, "no compaction");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(
+                store.log_len() < 120,
+                "the log still holds {}",
+                store.log_len()
+            );
+            // More after the compaction.
+            let delta = expected.remove("k3", &mut hlc).unwrap();
+            store.append_local(&delta);
+            store.commit().unwrap();
+        }
+        let (_, rec) = Store::open(&path, Fsync::Group, 50, 1 << 20).unwrap();
+        assert!(rec.existed);
+        assert!(rec.replayed < 120);
+        assert_eq!(rec.state, expected);
+        assert_eq!(rec.state.len(), 69);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn the_lease_and_acks_persist() {
+        let path = dir("lease");
+        let peer = ReplicaId::from_u128(9);
+        {
+            let (mut store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+            let mut lease = store.lease();
+            assert_eq!(lease.load().unwrap(), 0);
+            lease.store(42).unwrap();
+            store.save_acks(&[(peer, CausalContext::new(), 2)]);
+            store.commit().unwrap();
+            store.sync().unwrap();
+        }
+        let (store, rec) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+        assert!(rec.existed);
+        assert_eq!(store.lease().load().unwrap(), 42);
+        assert_eq!(rec.acks, vec![(peer, CausalContext::new(), 2)]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_not_a_panic() {
+        assert!(decode_record(&[], 1 << 20).is_err());
+        assert!(decode_record(&[7, 1, 2], 1 << 20).is_err());
+        assert!(decode_record(&[LOCAL, b'{'], 1 << 20).is_err());
+        assert!(decode_record(&[REMOTE, 0, 1, 2, 3], 1 << 20).is_err());
+    }
+}
