@@ -983,7 +983,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
         self.ctx.merge_ref(&their_ctx);
         if enumerate {
-            self.log.push(self.ctx.clone(), newly_dead);
+            // Told to a peer until it acknowledges the received context that killed
+            // them (it then holds the writes or removals that did).
+            self.log.push(their_ctx.clone(), newly_dead);
         } else {
             self.log.raise_floor(&their_ctx);
         }
@@ -1520,27 +1522,29 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         // would drop what the write replaced and keep nothing of it (for a fold of
         // counter segments: the folded increments themselves).
         let pending = seen.minus(acked);
-        let mut resend = false;
+        let mut causes = CausalContext::new();
         for (_, trigger, dead) in &self.log.entries {
             if !acked.includes(trigger) {
                 for &d in dead {
                     delta.ctx.insert(d);
                 }
-                resend |= !pending.is_empty() && !pending.intersection(trigger).is_empty();
+                if !pending.is_empty() {
+                    causes.merge(pending.intersection(trigger));
+                }
             }
         }
-        if resend {
-            let mut positions: Vec<usize> = if pending.dot_count() <= self.entries.len() as u64 {
-                pending
+        if !causes.is_empty() {
+            let mut positions: Vec<usize> = if causes.dot_count() <= self.entries.len() as u64 {
+                causes
                     .dots()
                     .filter_map(|d| self.index.get(&d).copied())
                     .collect()
             } else {
                 (0..self.entries.len())
                     .filter(|&pos| {
-                        let mut unacked = false;
-                        self.entries[pos].for_each_dot(&mut |d| unacked |= pending.contains(d));
-                        unacked
+                        let mut cause = false;
+                        self.entries[pos].for_each_dot(&mut |d| cause |= causes.contains(d));
+                        cause
                     })
                     .collect()
             };

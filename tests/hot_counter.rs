@@ -63,13 +63,34 @@ fn segments(state: &Likes) -> usize {
 }
 
 fn masters(n: u128, time: &ManualClock) -> Vec<Engine> {
+    masters_with(n, time, |c| c)
+}
+
+fn masters_with(n: u128, time: &ManualClock, tune: impl Fn(Config) -> Config) -> Vec<Engine> {
     let ids: Vec<ReplicaId> = (1..=n).map(ReplicaId::from_u128).collect();
     ids.iter()
         .map(|&id| {
             let peers = ids.iter().copied().filter(|&p| p != id);
-            SyncEngine::new(id, Likes::new(), time.clone(), Config::with_peers(peers))
+            let config = tune(Config::with_peers(peers));
+            SyncEngine::new(id, Likes::new(), time.clone(), config)
         })
         .collect()
+}
+
+#[test]
+fn folding_can_be_turned_off() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters_with(2, &time, |c| c.fold_counters(false));
+    for round in 0..10 {
+        for _ in 0..10 {
+            engines[round % 2]
+                .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+                .unwrap();
+        }
+        settle(&mut engines, &time);
+    }
+    assert_eq!(engines[1].state().count("likes"), 100);
+    assert_eq!(segments(engines[1].state()), 100, "a segment per update");
 }
 
 #[test]

@@ -83,6 +83,14 @@ pub struct Config {
     pub anti_entropy_ms: u64,
     /// How many chunks of one catch-up may be unacknowledged at once.
     pub chunk_window: u32,
+    /// Whether this master folds its own stable counter segments (see
+    /// [`Crdt::fold_stable`]); on by default. Folding assumes that `peers` is every
+    /// replica that may remove a counter (a full mesh) and that peers restart from
+    /// their latest state: a removal from a replica that is not a peer, or from one
+    /// restored from an older snapshot, may not take away increments folded since
+    /// (the replicas still converge). Turn it off for other topologies; a counter
+    /// then keeps a segment per update.
+    pub fold_counters: bool,
 }
 
 impl Default for Config {
@@ -104,6 +112,7 @@ impl Default for Config {
             heartbeat_ms: 1_000,
             anti_entropy_ms: 30_000,
             chunk_window: 4,
+            fold_counters: true,
         }
     }
 }
@@ -334,6 +343,16 @@ impl Config {
         /// # Ok::<(), concord::Error>(())
         /// ```
         chunk_window: u32,
+        /// Sets [`Config::fold_counters`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // A replica in a chain A - B - C: C's removals reach A only through B.
+        /// let config = Config::default().fold_counters(false);
+        /// assert!(!config.fold_counters);
+        /// ```
+        fold_counters: bool,
     }
 
     /// Checks that the settings make sense together. [`SyncEngine::new`] does not call
@@ -1762,7 +1781,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// acknowledgement we had caught up with when we read it (so every removal that
     /// peer made before it, of part of those segments, is here already).
     fn fold_counters(&mut self) {
-        if self.role == Role::Follower {
+        if self.role == Role::Follower || !self.config.fold_counters {
             return;
         }
         let me = self.hlc.replica();
