@@ -32,8 +32,9 @@ use crate::id::{Dot, ReplicaId};
 /// Implemented automatically for every type with those traits. Values travel as JSON,
 /// so they must round-trip through it: the typed writes (`write`, `set`, a map's
 /// `write` and `set`, `collapse`) refuse a value holding a NaN or an infinite float, or
-/// a map keyed by something other than strings and integers, with
-/// [`Error::Unencodable`]. A value stored with an `Op`
+/// a map keyed by something other than strings and integers (a `BTreeMap` inside the
+/// value: an [`OrMap`](crate::OrMap)'s own keys may be of any shape, see
+/// [`Key`](crate::map::Key)), with [`Error::Unencodable`]. A value stored with an `Op`
 /// inside a custom [`OrMap::update`](crate::OrMap::update) closure is not checked.
 pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 

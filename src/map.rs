@@ -52,7 +52,7 @@ use std::iter::FusedIterator;
 
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
-use serde::ser::SerializeMap;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
@@ -72,10 +72,33 @@ use crate::resolver::{Outcome, Resolver};
 /// What a map key must be: hashable, ordered (for a canonical iteration and wire
 /// order), cloneable and serializable.
 ///
-/// On the wire a map is a JSON object, so a key must serialize as a JSON string or
-/// integer (`String`, integers, newtypes of them, unit enum variants). Other keys (a
-/// tuple, say) compile, but a write with one is refused with
-/// [`Error::Unencodable`], before anything changes.
+/// Any serde type will do: strings, integers, tuples, structs, enums with data. A
+/// write refuses (with [`Error::Unencodable`], before anything changes) only a key
+/// whose `Serialize` fails or that holds a NaN or infinite float, which JSON cannot
+/// carry.
+///
+/// On the wire, a map whose keys all serialize as JSON strings or integers
+/// (`String`, integers, newtypes of them, unit enum variants) is a JSON object, as it
+/// always was. A map holding any other key (a tuple, a struct, an enum variant with
+/// data, a bool, a float) is an array of `[key, value]` pairs instead, for that
+/// message or snapshot only. Every release that takes such keys reads both forms; a
+/// peer on an older release (one that refuses tuple keys at the write) reads only the
+/// object form and refuses a pair-form message with a decoding error, so write keys
+/// of other shapes only once every peer runs a release that takes them.
+///
+/// ```
+/// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+/// // Stock per (warehouse, product).
+/// let mut stock: OrMap<(u16, String), PnCounter> = OrMap::new();
+/// stock.increment((7, "apples".into()), 30, &mut hlc)?;
+/// let json = serde_json::to_string(&stock)?;
+/// assert!(json.contains(r#"[[7,"apples"],"#), "{json}"); // a [key, value] pair
+/// let back: OrMap<(u16, String), PnCounter> = serde_json::from_str(&json)?;
+/// assert_eq!(back, stock);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
@@ -1227,16 +1250,29 @@ impl<K: Key> OrMap<K, PnCounter> {
     }
 }
 
-/// The wire form of a map's entries: a JSON object in key order.
-pub struct EncodedEntries<'a, K, V: DotStore + 'a>(Vec<(&'a K, V::Encoded<'a>)>);
+/// The wire form of a map's entries, in key order: a JSON object when every key is a
+/// JSON object key (a string or an integer), an array of `[key, value]` pairs
+/// otherwise (see [`Key`]).
+pub struct EncodedEntries<'a, K, V: DotStore + 'a> {
+    entries: Vec<(&'a K, V::Encoded<'a>)>,
+    object: bool,
+}
 
 impl<K: Serialize, V: DotStore> Serialize for EncodedEntries<'_, K, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
+        if self.object {
+            let mut map = s.serialize_map(Some(self.entries.len()))?;
+            for (k, v) in &self.entries {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
+        } else {
+            let mut seq = s.serialize_seq(Some(self.entries.len()))?;
+            for (k, v) in &self.entries {
+                seq.serialize_element(&(k, v))?;
+            }
+            seq.end()
         }
-        map.end()
     }
 }
 
@@ -1244,12 +1280,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     fn encode_entries<'a>(&'a self, table: &mut ReplicaTable) -> EncodedEntries<'a, K, V> {
         let mut sorted: Vec<(&K, &V)> = self.entries.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        EncodedEntries(
-            sorted
+        let object = sorted.iter().all(|(k, _)| crate::probe::is_object_key(*k));
+        EncodedEntries {
+            entries: sorted
                 .into_iter()
                 .map(|(k, v)| (k, v.encode(table)))
                 .collect(),
-        )
+            object,
+        }
     }
 
     fn decode_entries(
@@ -1624,8 +1662,10 @@ struct WireMapOwned<K, V: DotStore> {
     e: DecodedEntries<K, V::Decoded>,
 }
 
-/// A map's entries as read from the wire, before validation: a key that appears twice
-/// is a decoding error (two decoders could otherwise read one message differently).
+/// A map's entries as read from the wire, before validation: either form (a JSON
+/// object, or an array of `[key, value]` pairs), and a key that appears twice in
+/// either is a decoding error (two decoders could otherwise read one message
+/// differently).
 #[derive(Debug)]
 pub struct DecodedEntries<K, V>(IndexMap<K, V>);
 
@@ -1636,7 +1676,7 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
             type Value = IndexMap<K, V>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map's entries, each key once")
+                f.write_str("a map's entries (an object, or [key, value] pairs), each key once")
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -1651,8 +1691,21 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 }
                 Ok(out)
             }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                while let Some((k, v)) = access.next_element::<(K, V)>()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("a map key appears twice"));
+                    }
+                }
+                Ok(out)
+            }
         }
-        d.deserialize_map(Unique(std::marker::PhantomData))
+        d.deserialize_any(Unique(std::marker::PhantomData))
             .map(DecodedEntries)
     }
 }
