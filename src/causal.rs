@@ -34,8 +34,12 @@ use crate::id::{Dot, ReplicaId};
 /// `write` and `set`, `collapse`) refuse a value holding a NaN or an infinite float, or
 /// a map keyed by something other than strings and integers (a `BTreeMap` inside the
 /// value: an [`OrMap`](crate::OrMap)'s own keys may be of any shape, see
-/// [`Key`](crate::map::Key)), with [`Error::Unencodable`]. A value stored with an `Op`
-/// inside a custom [`OrMap::update`](crate::OrMap::update) closure is not checked.
+/// [`Key`](crate::map::Key)), with [`Error::Unencodable`]. Inside an
+/// [`OrMap::update`](crate::OrMap::update) closure the in-op setters (`assign`, `set`,
+/// `update_in`) check too: a refused value is not stored and the write fails with the
+/// same error (see [`Op::check`]). So every value a write accepts encodes, and
+/// [`Message::encode`](crate::sync::Message::encode) cannot fail on a state of the
+/// library's types.
 pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned> Data for T {}
@@ -70,6 +74,8 @@ pub struct Op {
     first: Dot,
     next: std::cell::Cell<u64>,
     ts: Timestamp,
+    /// Why a value offered to this write was not stored (the first refusal).
+    refused: std::cell::RefCell<Option<String>>,
 }
 
 impl Op {
@@ -86,7 +92,50 @@ impl Op {
             first,
             next: std::cell::Cell::new(first.counter()),
             ts,
+            refused: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Checks that `value` (or a key) can travel: JSON has no NaN or infinities, and a
+    /// map inside a value must have string or integer keys. Returns true if it may be
+    /// stored. On false, the caller must not store it, and the write this op stamps
+    /// fails with [`Error::Unencodable`] once its closure returns
+    /// ([`OrMap::update`](crate::OrMap::update) and [`OrMap::apply`](crate::OrMap::apply)).
+    /// The library's in-op setters (`assign`, `set`, `update_in`) call it; call it in
+    /// the in-op methods of a value type of your own that store user data.
+    ///
+    /// ```
+    /// use concord::{Error, Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut gauges: OrMap<String, LwwRegister<f64>> = OrMap::new();
+    /// let refused = gauges.update("load".into(), &mut hlc, |reg, op| reg.assign(op, f64::NAN));
+    /// assert!(matches!(refused, Err(Error::Unencodable { .. })));
+    /// assert!(gauges.is_empty()); // the NaN was not stored
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn check<T: Serialize + ?Sized>(&self, value: &T) -> bool {
+        match crate::probe::check_value(value) {
+            Ok(()) => true,
+            Err(e) => {
+                let mut refused = self.refused.borrow_mut();
+                if refused.is_none() {
+                    *refused = Some(match e {
+                        Error::Unencodable { reason } => reason,
+                        other => other.to_string(),
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// The first refusal of [`Op::check`], as the write's error.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        self.refused
+            .borrow_mut()
+            .take()
+            .map(|reason| Error::Unencodable { reason })
     }
 
     /// The write's own dot (the first it issues).
@@ -184,6 +233,8 @@ impl JoinEffect {
 /// own type to nest it (the law kit checks the result).
 pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// The borrowed form written to the wire (dots as indices into a replica table).
+    /// Its `Serialize` must not fail for any state the type's methods build (check
+    /// stored user values with [`Op::check`]): the wire encoder relies on it.
     type Encoded<'a>: Serialize
     where
         Self: 'a;

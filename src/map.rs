@@ -502,7 +502,13 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
     ///   current millisecond (it works again once wall time moves on);
     /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
-    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER));
+    /// * [`Error::Unencodable`] if `key` cannot travel (it does not serialize, or holds
+    ///   a NaN or infinite float).
+    ///
+    /// One more error comes after `f` ran: [`Error::Unencodable`] if `f` offered a
+    /// value or a nested key that cannot travel (see [`Op::check`]). That value is
+    /// not stored; whatever else `f` did stands, as a write of its own.
     ///
     /// ```
     /// use concord::{Error, Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Timestamp};
@@ -529,7 +535,11 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     ) -> Result<Self> {
         crate::probe::check_key(&key)?;
         let op = next_op(&self.ctx, hlc)?;
-        Ok(self.mutate(key, &op, f, true).unwrap_or_default())
+        let delta = self.mutate(key, &op, f, true).unwrap_or_default();
+        match op.refusal() {
+            Some(e) => Err(e),
+            None => Ok(delta),
+        }
     }
 
     /// [`OrMap::update`] without building a delta: for replicas that replicate with
@@ -559,7 +569,10 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
     ///   current millisecond (it works again once wall time moves on);
     /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
-    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER));
+    /// * [`Error::Unencodable`] if `key` cannot travel, with nothing changed, or, after
+    ///   `f` ran, if `f` offered a value or a nested key that cannot travel: as for
+    ///   [`OrMap::update`], that value is not stored and the rest of the write stands.
     pub fn apply<S: TimeSource>(
         &mut self,
         key: K,
@@ -569,7 +582,10 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         crate::probe::check_key(&key)?;
         let op = next_op(&self.ctx, hlc)?;
         self.mutate(key, &op, f, false);
-        Ok(op.dot())
+        match op.refusal() {
+            Some(e) => Err(e),
+            None => Ok(op.dot()),
+        }
     }
 
     fn mutate(
@@ -703,7 +719,13 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// assert_eq!(alice.len(), 2);
     /// # Ok::<(), concord::Error>(())
     /// ```
+    ///
+    /// A key that cannot travel (one holding a NaN, say) is not written, and the
+    /// write fails with [`Error::Unencodable`] (see [`Op::check`]).
     pub fn update_in(&mut self, op: &Op, key: K, f: impl FnOnce(&mut V, &Op)) {
+        if !op.check(&key) {
+            return;
+        }
         let entry = self.entries.entry(key);
         let pos = entry.index();
         let value = entry.or_default();

@@ -420,3 +420,40 @@ proptest! {
         through_the_engine(p)?;
     }
 }
+
+/// The in-op setters check too: a value or nested key that cannot travel is not
+/// stored, and the write that offered it fails with a typed error; what encodes still
+/// encodes, so `encode` never meets a value it cannot write.
+#[test]
+fn in_op_setters_refuse_what_cannot_travel() {
+    let mut h = hlc();
+    let mut m: OrMap<String, LwwRegister<f64>> = OrMap::new();
+    let e = m
+        .update("x".into(), &mut h, |r, op| r.assign(op, f64::INFINITY))
+        .unwrap_err();
+    assert!(matches!(e, Error::Unencodable { .. }), "{e}");
+    assert!(m.is_empty());
+    let mut mv: OrMap<String, MvRegister<BTreeMap<(u8, u8), u8>>> = OrMap::new();
+    let bad: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+    assert!(mv
+        .apply("x".into(), &mut h, |r, op| r.set(op, bad))
+        .is_err());
+    assert!(mv.is_empty());
+
+    // A nested write: the good field stands, the refused ones are not stored.
+    type Doc = OrMap<String, OrMap<Fl, LwwRegister<f64>>>;
+    let mut doc = Doc::new();
+    let e = doc
+        .update("d".into(), &mut h, |inner, op| {
+            inner.update_in(op, Fl(1.0), |r, op| r.assign(op, 1.5));
+            inner.update_in(op, Fl(2.0), |r, op| r.assign(op, f64::NAN));
+            inner.update_in(op, Fl(f64::NAN), |r, op| r.assign(op, 3.0));
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::Unencodable { .. }), "{e}");
+    let inner = doc.get("d").unwrap();
+    assert_eq!(inner.len(), 1);
+    assert_eq!(inner.value(&Fl(1.0)), Some(&1.5));
+    let back: Doc = serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+    assert_eq!(back, doc);
+}
