@@ -433,8 +433,9 @@ fn in_op_setters_refuse_what_cannot_travel() {
         .unwrap_err();
     assert!(matches!(e, Error::Unencodable { .. }), "{e}");
     assert!(m.is_empty());
-    let mut mv: OrMap<String, MvRegister<BTreeMap<(u8, u8), u8>>> = OrMap::new();
-    let bad: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+    type ByPair = BTreeMap<(u8, u8), u8>;
+    let mut mv: OrMap<String, MvRegister<ByPair>> = OrMap::new();
+    let bad: ByPair = [((1, 2), 3)].into_iter().collect();
     assert!(mv
         .apply("x".into(), &mut h, |r, op| r.set(op, bad))
         .is_err());
