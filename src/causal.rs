@@ -181,9 +181,11 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The most concurrent siblings one register may hold after a merge. A received
-    /// state that would exceed it anywhere is refused whole, so one key with too many
-    /// racing writers stops the exchange between two replicas until a write that saw
-    /// them collapses it (for example [`OrMap::collapse`](crate::OrMap::collapse)).
+    /// state that would exceed it is refused whole by [`Crdt::try_merge`]; the
+    /// [sync engine](crate::sync) *contains* such a key instead
+    /// ([`Crdt::try_merge_containing`]): it takes everything else and sets that key's
+    /// new writes aside until a write that saw its siblings collapses it (for example
+    /// [`OrMap::collapse`](crate::OrMap::collapse)). See the guide's "Hot keys".
     pub max_siblings: usize,
     /// The most entries (keys, at every level of nesting, plus register siblings and
     /// counter segments) one received state may hold. A replica that is new or back
@@ -204,6 +206,19 @@ impl Default for Limits {
             max_context_ranges: 16_000_000,
         }
     }
+}
+
+/// One key that [`Crdt::try_merge_containing`] set aside: taking the received entry
+/// would have left more siblings in it than [`Limits::max_siblings`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside<K> {
+    /// The key.
+    pub key: K,
+    /// How many siblings its largest register would have held.
+    pub siblings: usize,
+    /// The received entry's dots that this replica had not seen: the writes it did
+    /// not take, and does not claim to have seen (so the sender sends them again).
+    pub dots: CausalContext,
 }
 
 /// What a join did, from the receiving side's point of view; merges turn it into an
@@ -593,7 +608,8 @@ pub trait Crdt:
     crate::Resolver + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned
 {
     /// What a conflict report names (`K` for a map, `()` for a register or counter).
-    type Key: Clone + fmt::Debug;
+    /// Ordered, so that the engine can list the keys it holds contained.
+    type Key: Clone + fmt::Debug + Ord;
     /// The value type reported in conflicts.
     type Value: Clone + fmt::Debug;
 
@@ -663,6 +679,37 @@ pub trait Crdt:
         limits: &Limits,
         sink: &mut C,
     ) -> Result<crate::Outcome>;
+
+    /// [`Crdt::try_merge`], containing hot keys rather than refusing the whole of
+    /// `other`: a key whose registers would hold more than [`Limits::max_siblings`]
+    /// siblings after the merge is *set aside*. Its received entry is not merged,
+    /// neither are that entry's dots added to this state's context (this replica does
+    /// not claim writes it did not take), and the key's own entry here is left as it
+    /// was; everything else is merged. What was merged is a part of `other` (a state
+    /// below it in the lattice), so the result is still a join, and merging the rest
+    /// later, once it fits, gives the state a plain merge would have.
+    ///
+    /// Each key set aside is appended to `set_aside`. If the keys to set aside would
+    /// hold more than `budget` dots between them, nothing is merged and the error is
+    /// [`Error::TooManySiblings`], as from [`Crdt::try_merge`].
+    ///
+    /// The default contains nothing (it is [`Crdt::try_merge`]): a standalone register
+    /// has no other key to save. [`OrMap`](crate::OrMap) contains per top-level key.
+    ///
+    /// # Errors
+    ///
+    /// As [`Crdt::try_merge`]; on error `self` is left exactly as it was.
+    fn try_merge_containing<C: ConflictSink<Self::Key, Self::Value>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+        budget: u64,
+        set_aside: &mut Vec<SetAside<Self::Key>>,
+    ) -> Result<crate::Outcome> {
+        let _ = (budget, set_aside);
+        self.try_merge(other, limits, sink)
+    }
 
     /// The newest hybrid-logical-clock timestamp this state holds.
     fn max_timestamp(&self) -> Option<Timestamp>;

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::causal::{
     decode_context, encode_context, ChunkCursor, ConflictSink, Crdt, Data, DotMap, DotSet,
-    DotStore, EncodedContext, JoinEffect, Limits, Op, ReplicaTable,
+    DotStore, EncodedContext, JoinEffect, Limits, Op, ReplicaTable, SetAside,
 };
 use crate::clock::CausalContext;
 use crate::counter::PnCounter;
@@ -1656,6 +1656,76 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             });
         }
         Ok(self.merge_reporting(other, sink))
+    }
+
+    fn try_merge_containing<C: ConflictSink<K, V>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+        budget: u64,
+        set_aside: &mut Vec<SetAside<K>>,
+    ) -> Result<Outcome> {
+        other.validate(limits)?;
+        let empty = V::default();
+        let hot: Vec<(K, usize)> = other
+            .entries
+            .iter()
+            .filter_map(|(k, theirs)| {
+                let ours = self.entries.get(k).unwrap_or(&empty);
+                let count = ours.joined_siblings(&self.ctx, theirs, &other.ctx);
+                (count > limits.max_siblings).then(|| (k.clone(), count))
+            })
+            .collect();
+        if hot.is_empty() {
+            return Ok(self.merge_reporting(other, sink));
+        }
+        let mut other = other;
+        // The dots the part merged must not carry: the set-aside entries' (not taken,
+        // not claimed) and our own entries' at those keys (left as they were).
+        let mut strip: Vec<Dot> = Vec::new();
+        let mut found = Vec::with_capacity(hot.len());
+        let mut total = 0u64;
+        for (key, siblings) in hot {
+            let theirs = other.entries.swap_remove(&key).expect("a key of `other`");
+            let mut unseen: Vec<Dot> = Vec::new();
+            theirs.for_each_dot(&mut |d| {
+                strip.push(d);
+                if !self.ctx.contains(d) {
+                    unseen.push(d);
+                }
+            });
+            if let Some(ours) = self.entries.get(&key) {
+                ours.for_each_dot(&mut |d| strip.push(d));
+            }
+            unseen.sort_unstable();
+            let mut dots = CausalContext::new();
+            for d in unseen {
+                dots.insert(d);
+            }
+            total = total.saturating_add(dots.dot_count());
+            found.push(SetAside {
+                key,
+                siblings,
+                dots,
+            });
+        }
+        if total > budget {
+            let count = found.iter().map(|h| h.siblings).max().unwrap_or(0);
+            return Err(Error::TooManySiblings {
+                count,
+                cap: limits.max_siblings,
+            });
+        }
+        strip.sort_unstable();
+        let mut stripped = CausalContext::new();
+        for d in strip {
+            stripped.insert(d);
+        }
+        other.ctx = other.ctx.minus(&stripped);
+        let outcome = self.merge_reporting(other, sink);
+        set_aside.extend(found);
+        Ok(outcome)
     }
 
     fn max_timestamp(&self) -> Option<Timestamp> {

@@ -11,6 +11,7 @@ use crate::hlc::{Hlc, SystemClock, TimeSource, Timestamp};
 use crate::id::{Dot, ReplicaId};
 use crate::resolver::{Outcome, Resolver};
 
+use super::hot::{HotKey, HotKeys};
 use super::lease::LeaseStore;
 use super::message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
@@ -83,6 +84,12 @@ pub struct Config {
     pub anti_entropy_ms: u64,
     /// How many chunks of one catch-up may be unacknowledged at once.
     pub chunk_window: u32,
+    /// The most received writes (dots) this replica keeps set aside at once for hot
+    /// keys, keys a delta would push past [`Limits::max_siblings`] (see
+    /// [`SyncEngine::hot_keys`]). A delta that would set aside more is refused whole
+    /// with [`Error::TooManySiblings`], as it was before containment, so a peer cannot
+    /// grow this replica's bookkeeping without bound. 0 turns containment off.
+    pub max_set_aside: u64,
 }
 
 impl Default for Config {
@@ -104,6 +111,7 @@ impl Default for Config {
             heartbeat_ms: 1_000,
             anti_entropy_ms: 30_000,
             chunk_window: 4,
+            max_set_aside: 1 << 16,
         }
     }
 }
@@ -334,6 +342,16 @@ impl Config {
         /// # Ok::<(), concord::Error>(())
         /// ```
         chunk_window: u32,
+        /// Sets [`Config::max_set_aside`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // Refuse, rather than contain, a key over the sibling cap (the old way).
+        /// let config = Config::default().max_set_aside(0);
+        /// assert_eq!(config.max_set_aside, 0);
+        /// ```
+        max_set_aside: u64,
     }
 
     /// Checks that the settings make sense together. [`SyncEngine::new`] does not call
@@ -414,6 +432,10 @@ pub struct Received<T: Crdt> {
     pub outcome: Outcome,
     /// Every concurrency the merge resolved.
     pub conflicts: Vec<Conflict<T::Key, T::Value>>,
+    /// The keys this message could not bring in without exceeding the sibling cap:
+    /// the rest of it was taken, these keys' new writes were set aside (see
+    /// [`HotKey`] and the guide's "Hot keys"). Each names the sender.
+    pub hot_keys: Vec<HotKey<T::Key>>,
     /// The answer to send back, if the sender asked for one.
     pub reply: Option<Message<T>>,
 }
@@ -520,6 +542,8 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     next_stream: u64,
     /// Where the driver's round-robin over peers starts next.
     cursor: usize,
+    /// The keys held contained.
+    hot: HotKeys<T::Key>,
 }
 
 impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
@@ -560,6 +584,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             // Stream ids differ between boots (and, almost surely, between nodes).
             next_stream: (incarnation.as_uuid().as_u128() as u64) | 1,
             cursor: 0,
+            hot: HotKeys::default(),
         }
     }
 
@@ -872,9 +897,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             let _ = self.hlc.observe(ts);
         }
         self.counters.conflicts += conflicts.len() as u64;
+        self.heal_hot_keys();
         Ok(Received {
             outcome,
             conflicts,
+            hot_keys: Vec::new(),
             reply: None,
         })
     }
@@ -1591,19 +1618,37 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         let mut conflicts = Vec::new();
         let had_delta = msg.delta.is_some();
+        let mut set_aside = Vec::new();
+        let contain = self.may_contain(msg.v, msg.from);
         let outcome = match msg.delta {
+            Some(delta) if !skip && contain => {
+                let budget = self.config.max_set_aside.saturating_sub(self.hot.pending());
+                self.state.try_merge_containing(
+                    delta,
+                    &self.config.limits,
+                    &mut conflicts,
+                    budget,
+                    &mut set_aside,
+                )?
+            }
             Some(delta) if !skip => {
                 self.state
                     .try_merge(delta, &self.config.limits, &mut conflicts)?
             }
             _ => Outcome::Unchanged,
         };
+        // Nothing below fails: the merge is done, record what it set aside.
+        let now = self.hlc.now_ms();
+        let hot_keys = self.hot.record(set_aside, msg.from, now);
+        self.counters.set_aside += hot_keys.len() as u64;
+        if had_delta && !skip {
+            self.heal_hot_keys();
+        }
         // Validated above; a clock that moved backwards since then only narrows the
         // window, and the write is already merged, so a late drift error is ignored.
         if let Some(ts) = &newest {
             let _ = self.hlc.observe(ts);
         }
-        let now = self.hlc.now_ms();
         let retransmit_ms = self.config.retransmit_ms;
         let peer = self
             .peers
@@ -1719,8 +1764,76 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Ok(Received {
             outcome,
             conflicts,
+            hot_keys,
             reply,
         })
+    }
+
+    /// True if a delta of protocol version `v` from `from` may be contained rather
+    /// than refused. Containment leaves gaps in this replica's context until the key
+    /// heals, and a version-1 acknowledgement cannot name a gap (the peer would resend
+    /// everything past it, again and again), so it needs version 2 towards the sender
+    /// and towards every peer known to speak only version 1.
+    fn may_contain(&self, v: u32, from: ReplicaId) -> bool {
+        self.config.max_set_aside > 0
+            && v >= 2
+            && self.config.protocol_version >= 2
+            && self
+                .peers
+                .iter()
+                .all(|(id, p)| *id == from || p.vmax.is_none_or(|vmax| vmax >= 2))
+    }
+
+    /// Forgets set-aside writes the state now holds (taken, or superseded by a write
+    /// that was); a key whose every set-aside write is accounted for has healed.
+    fn heal_hot_keys(&mut self) {
+        if self.hot.len() > 0 {
+            self.counters.healed += self.hot.heal(self.state.context()) as u64;
+        }
+    }
+
+    /// The keys held contained, in key order: keys over the sibling cap whose new
+    /// writes from peers were set aside while everything else kept flowing (see
+    /// [`HotKey`] and the guide's "Hot keys"). A key leaves the list by itself once
+    /// every write set aside for it has been taken, which happens after a write that
+    /// saw its siblings collapses it, at any replica. Not part of a snapshot: after a
+    /// restart a key still over the cap is listed again when its writes are next
+    /// offered.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Limits, ManualClock, MvRegister, OrMap, ReplicaId};
+    ///
+    /// type Profiles = OrMap<String, MvRegister<u32>>;
+    /// let ids = [1, 2, 3, 4].map(ReplicaId::from_u128);
+    /// let time = ManualClock::new(1_000);
+    /// let capped = Limits { max_siblings: 2, ..Limits::default() };
+    /// let mut hub = SyncEngine::new(ids[0], Profiles::new(), time.clone(),
+    ///     Config::with_peers(ids[1..].to_vec()).limits(capped.clone()));
+    /// let mut writers = Vec::new();
+    /// for id in &ids[1..] {
+    ///     let config = Config::with_peers([ids[0]]).limits(capped.clone());
+    ///     let mut writer = SyncEngine::new(*id, Profiles::new(), time.clone(), config);
+    ///     let answer = hub.receive(writer.sync_with(ids[0])?)?.reply.expect("an answer");
+    ///     writer.receive(answer)?; // versions agreed: containment needs version 2
+    ///     writers.push(writer);
+    /// }
+    /// // Three masters race on "k": the hub takes two of the writes, the third is one
+    /// // sibling too many and is set aside, and "other2" arrives all the same.
+    /// for (n, writer) in writers.iter_mut().enumerate() {
+    ///     writer.update(|m, hlc| m.write("k".into(), n as u32, hlc))?;
+    ///     writer.update(|m, hlc| m.write(format!("other{n}"), 0, hlc))?;
+    ///     let received = hub.receive(writer.sync_with(ids[0])?)?;
+    ///     assert_eq!(received.hot_keys.len(), usize::from(n == 2));
+    /// }
+    /// assert_eq!(hub.state().len(), 4); // "k" and the three "other" keys
+    /// let hot = hub.hot_keys();
+    /// assert_eq!((hot[0].key.as_str(), hot[0].siblings), ("k", 3));
+    /// assert_eq!(hub.metrics().contained_hot_keys, 1);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn hot_keys(&self) -> Vec<HotKey<T::Key>> {
+        self.hot.list()
     }
 
     /// Drops bookkeeping every peer has acknowledged.
@@ -1976,6 +2089,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             retransmits: self.counters.retransmits,
             chunks_sent: self.counters.chunks,
             lease_writes: self.counters.lease_writes,
+            contained_hot_keys: self.hot.len() as u64,
+            set_aside_writes: self.hot.pending(),
+            hot_keys_set_aside: self.counters.set_aside,
+            hot_keys_healed: self.counters.healed,
             peers,
         }
     }
