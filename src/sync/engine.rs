@@ -1722,9 +1722,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.out = None;
         }
         if peer.acked.includes(&peer.offered) && peer.out.is_none() {
+            // The backoff ends when what was in flight arrived, not when a timeout
+            // took back the offer (`offered` is then `acked`): writes the peer keeps
+            // not taking (a hot key it holds contained) are resent at the backed-off
+            // period, not every relay delay.
+            if peer.deadline.is_some() {
+                peer.rto = retransmit_ms;
+            }
             peer.deadline = None;
             peer.flight = None;
-            peer.rto = retransmit_ms;
         } else if peer.out.is_some() {
             if progressed && peer.deadline.is_some() {
                 // A stream making progress: wait a full timeout from now.

@@ -1,0 +1,280 @@
+//! Hot keys are contained, not fatal (issue 9): a key with more concurrent siblings
+//! than a receiver's cap is set aside while every other key keeps flowing in both
+//! directions; the operator sees it (a report naming the key and the sender, a
+//! metric, a list), and it heals by itself once a write that saw the siblings
+//! collapses it.
+
+use std::collections::BTreeMap;
+
+use concord::sync::{Config, MemoryLease, SyncEngine, Transmit};
+use concord::{Error, Limits, ManualClock, MvRegister, OrMap, ReplicaId};
+
+type Map = OrMap<String, MvRegister<u32>>;
+type Engine = SyncEngine<Map, ManualClock>;
+
+const START_MS: u64 = 1_700_000_000_000;
+const HOT: &str = "hot";
+
+fn id(n: u128) -> ReplicaId {
+    ReplicaId::from_u128(n)
+}
+
+fn capped(cap: usize) -> Limits {
+    Limits {
+        max_siblings: cap,
+        ..Limits::default()
+    }
+}
+
+/// A network of engines on one manual clock, delivering every message.
+struct Net {
+    engines: Vec<Engine>,
+    time: ManualClock,
+    /// Bytes delivered per (from, to) pair of engine indices.
+    bytes: BTreeMap<(usize, usize), u64>,
+    /// Messages a receiver refused.
+    refused: Vec<Error>,
+    /// Messages carrying a delta, and their bytes, per (from, to).
+    deltas: BTreeMap<(usize, usize), (u64, u64)>,
+}
+
+/// True if an encoded message carries a delta (it has a `"delta"` field).
+fn carries_delta(bytes: &[u8]) -> bool {
+    bytes.windows(8).any(|w| w == b"\"delta\":")
+}
+
+impl Net {
+    /// Engine 0 is the hub (peers: everyone), the others talk to the hub only.
+    fn star(caps: &[usize], tune: impl Fn(Config) -> Config) -> Net {
+        let time = ManualClock::new(START_MS);
+        let ids: Vec<ReplicaId> = (1..=caps.len() as u128).map(id).collect();
+        let engines = caps
+            .iter()
+            .enumerate()
+            .map(|(i, cap)| {
+                let peers: Vec<ReplicaId> = if i == 0 {
+                    ids[1..].to_vec()
+                } else {
+                    vec![ids[0]]
+                };
+                let config = tune(Config::with_peers(peers).limits(capped(*cap)));
+                SyncEngine::new(ids[i], Map::new(), time.clone(), config)
+                    .with_lease(MemoryLease::new())
+                    .unwrap()
+            })
+            .collect();
+        Net {
+            engines,
+            time,
+            bytes: BTreeMap::new(),
+            refused: Vec::new(),
+            deltas: BTreeMap::new(),
+        }
+    }
+
+    fn index(&self, node: ReplicaId) -> usize {
+        self.engines.iter().position(|e| e.node() == node).unwrap()
+    }
+
+    /// Delivers everything until quiet, then moves time to the next deadline of any
+    /// engine (timers fire, messages flow again), until `ms` have passed.
+    fn run_for(&mut self, ms: u64) {
+        let end = self.time.now() + ms;
+        loop {
+            self.deliver();
+            if self.time.now() >= end {
+                break;
+            }
+            let next = self
+                .engines
+                .iter()
+                .filter_map(|e| e.poll_timeout())
+                .min()
+                .unwrap_or(end)
+                .clamp(self.time.now() + 1, end);
+            self.time.set(next);
+            for e in &mut self.engines {
+                e.handle_timeout();
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        loop {
+            let mut queue: Vec<(usize, Transmit)> = Vec::new();
+            for (i, e) in self.engines.iter_mut().enumerate() {
+                while let Some(t) = e.poll_transmit() {
+                    queue.push((i, t));
+                }
+            }
+            if queue.is_empty() {
+                return;
+            }
+            for (from, t) in queue {
+                let to = self.index(t.to);
+                *self.bytes.entry((from, to)).or_default() += t.bytes.len() as u64;
+                if carries_delta(&t.bytes) {
+                    let d = self.deltas.entry((from, to)).or_default();
+                    d.0 += 1;
+                    d.1 += t.bytes.len() as u64;
+                }
+                if let Err(e) = self.engines[to].handle_bytes(&t.bytes) {
+                    self.refused.push(e);
+                }
+            }
+        }
+    }
+
+    fn bytes_between(&self, a: usize, b: usize) -> u64 {
+        self.bytes.get(&(a, b)).copied().unwrap_or(0)
+    }
+
+    fn deltas_between(&self, a: usize, b: usize) -> (u64, u64) {
+        self.deltas.get(&(a, b)).copied().unwrap_or((0, 0))
+    }
+}
+
+fn keys_without_hot(m: &Map) -> Vec<String> {
+    let mut keys: Vec<String> = m.keys().filter(|k| *k != HOT).cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// The issue's scenario: 100 masters write one key concurrently; a hub whose cap
+/// takes them (200) holds 100 siblings; a receiver with the default cap of 64 syncs
+/// with it while 10,000 other keys are written on both sides. Before containment the
+/// receiver refused every delta (0 of the 10,000 keys arrived) and writers stalled.
+#[test]
+fn one_key_over_the_cap_does_not_stall_the_link() {
+    scenario(100, 64, 5_000);
+}
+
+/// The same with a cap of 4 and 10 writers, on the driver's default timers.
+#[test]
+fn a_small_hot_key_on_default_timers() {
+    scenario(10, 4, 50);
+}
+
+/// `writers` masters race on one key, a hub (cap `2 * writers`) collects them, a
+/// receiver and the writers have `cap`; the hub and the receiver each write `keys`
+/// ordinary keys, each writer one more.
+fn scenario(writers: usize, cap: usize, keys: u32) {
+    let mut caps = vec![2 * writers, cap];
+    caps.extend(std::iter::repeat_n(cap, writers));
+    // A hundred peers on the hub: heartbeats every 5 s keep the debug build quick.
+    let heartbeat_ms = if writers > 20 { 5_000 } else { 1_000 };
+    let mut net = Net::star(&caps, |c| c.heartbeat_ms(heartbeat_ms));
+    net.run_for(3 * heartbeat_ms); // everyone introduces itself (protocol version 2)
+    let (hub, receiver) = (0, 1);
+
+    for w in 0..writers {
+        let n = w as u32;
+        let e = &mut net.engines[2 + w];
+        e.update(|m, hlc| m.write(HOT.into(), n, hlc)).unwrap();
+        e.update(|m, hlc| m.write(format!("w{w:03}"), n, hlc))
+            .unwrap();
+    }
+    for i in 0..keys {
+        net.engines[hub]
+            .update(|m, hlc| m.write(format!("h{i:05}"), i, hlc))
+            .unwrap();
+        net.engines[receiver]
+            .update(|m, hlc| m.write(format!("r{i:05}"), i, hlc))
+            .unwrap();
+    }
+    net.run_for(20_000);
+
+    // Every ordinary key arrived everywhere, in both directions: nobody stalled.
+    let expected = keys_without_hot(net.engines[hub].state());
+    assert_eq!(expected.len(), 2 * keys as usize + writers);
+    for (i, e) in net.engines.iter().enumerate() {
+        assert_eq!(keys_without_hot(e.state()), expected, "engine {i}");
+    }
+    assert!(net.refused.is_empty(), "{:?}", &net.refused[..1]);
+    assert_eq!(
+        net.engines[hub].state().get(HOT).unwrap().values().count(),
+        writers
+    );
+
+    // The receiver contains the key and says so; it claims none of the writes.
+    let hot = net.engines[receiver].hot_keys();
+    assert_eq!(hot.len(), 1, "{hot:?}");
+    assert_eq!(hot[0].key, HOT);
+    assert_eq!(hot[0].from, [net.engines[hub].node()]);
+    assert_eq!(hot[0].siblings, writers);
+    assert_eq!(hot[0].pending, writers as u64);
+    let metrics = net.engines[receiver].metrics();
+    assert_eq!(metrics.contained_hot_keys, 1);
+    assert_eq!(metrics.set_aside_writes, writers as u64);
+    assert!(metrics.hot_keys_set_aside >= 1);
+    assert!(net.engines[receiver].state().get(HOT).is_none());
+    for (w, dot) in hot_dots(&net.engines[hub]) {
+        assert!(!net.engines[receiver].context().contains(dot), "writer {w}");
+    }
+    // So do the writers: each holds its own write, and sets the others aside.
+    for w in 0..writers {
+        let e = &net.engines[2 + w];
+        assert_eq!(e.state().get(HOT).unwrap().values().count(), 1, "writer {w}");
+        assert_eq!(e.hot_keys().len(), 1, "writer {w}");
+    }
+
+    // While contained, the hub offers the set-aside writes again, on its backed-off
+    // retransmission timer (10 s, plus the relay delay of two heartbeats) and at
+    // anti-entropy (30 s): a bounded trickle, not a loop.
+    let window_ms = 120_000;
+    let (count0, bytes0) = net.deltas_between(hub, receiver);
+    let total0 = net.bytes_between(hub, receiver);
+    net.run_for(window_ms);
+    let (count1, bytes1) = net.deltas_between(hub, receiver);
+    let (resends, resent) = (count1 - count0, bytes1 - bytes0);
+    let total = net.bytes_between(hub, receiver) - total0;
+    let entry = serde_json::to_vec(net.engines[hub].state().get(HOT).unwrap())
+        .unwrap()
+        .len() as u64;
+    eprintln!(
+        "{writers} writers, cap {cap}: while contained the hub resent {resends} deltas \
+         ({resent} bytes; the hot entry alone is {entry} bytes) to the receiver in \
+         {} s, of {total} bytes in all (heartbeats included)",
+        window_ms / 1_000
+    );
+    let periods = window_ms / 10_000 + window_ms / 30_000 + 1;
+    assert!(resends <= periods, "{resends} resends in {window_ms} ms");
+    assert!(resent <= resends * (2 * entry + 8_192), "{resent} bytes resent");
+    assert_eq!(net.engines[receiver].hot_keys().len(), 1);
+    assert!(net.refused.is_empty());
+
+    // The application at the hub resolves the key: the collapse saw every sibling,
+    // so it fits everywhere, and every replica heals by itself.
+    let largest = |s: &[&u32]| **s.iter().max().unwrap();
+    net.engines[hub]
+        .update(|m, hlc| m.collapse(largest, hlc))
+        .unwrap();
+    net.run_for(30_000);
+    let state = net.engines[hub].state().clone();
+    assert_eq!(state.get(HOT).unwrap().get(), Some(&(writers as u32 - 1)));
+    for (i, e) in net.engines.iter().enumerate() {
+        assert_eq!(e.state(), &state, "engine {i}");
+        assert!(e.hot_keys().is_empty(), "engine {i}: {:?}", e.hot_keys());
+        let m = e.metrics();
+        assert_eq!((m.contained_hot_keys, m.set_aside_writes), (0, 0));
+        if i != hub {
+            assert_eq!(m.hot_keys_healed, 1, "engine {i}");
+        }
+        assert!(e.is_idle(), "engine {i}");
+    }
+    // Healed, the link is quiet again: no more deltas.
+    let (count2, _) = net.deltas_between(hub, receiver);
+    net.run_for(window_ms);
+    assert_eq!(net.deltas_between(hub, receiver).0, count2);
+    assert!(net.refused.is_empty());
+}
+
+/// The dots of the hot key's siblings at `e`, with the writer's index.
+fn hot_dots(e: &Engine) -> Vec<(usize, concord::Dot)> {
+    e.state()
+        .get(HOT)
+        .unwrap()
+        .siblings()
+        .map(|(dot, v)| (*v as usize, dot))
+        .collect()
+}
