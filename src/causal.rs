@@ -682,12 +682,13 @@ pub trait Crdt:
 
     /// [`Crdt::try_merge`], containing hot keys rather than refusing the whole of
     /// `other`: a key whose registers would hold more than [`Limits::max_siblings`]
-    /// siblings after the merge is *set aside*. Its received entry is not merged,
-    /// neither are that entry's dots added to this state's context (this replica does
-    /// not claim writes it did not take), and the key's own entry here is left as it
-    /// was; everything else is merged. What was merged is a part of `other` (a state
-    /// below it in the lattice), so the result is still a join, and merging the rest
-    /// later, once it fits, gives the state a plain merge would have.
+    /// siblings after the merge is *hot*. Of its received entry, the writes this
+    /// replica lacks are taken in dot order while they fit under the cap, and the
+    /// rest is *set aside*: left out of the entry merged, and out of the context
+    /// merged (this replica does not claim writes it did not take). Everything else is
+    /// merged. What was merged is a part of `other` (a state below it in the
+    /// lattice), so the result is still a join, and merging the rest later, once it
+    /// fits, gives the state a plain merge would have.
     ///
     /// Each key set aside is appended to `set_aside`. If the keys to set aside would
     /// hold more than `budget` dots between them, nothing is merged and the error is

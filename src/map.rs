@@ -1681,27 +1681,51 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             return Ok(self.merge_reporting(other, sink));
         }
         let mut other = other;
-        // The dots the part merged must not carry: the set-aside entries' (not taken,
-        // not claimed) and our own entries' at those keys (left as they were).
+        // Of each hot key's received entry, take the writes this replica lacks in dot
+        // order for as long as they fit under the cap (the count only grows with
+        // each write taken: a binary search finds the longest prefix); set the rest
+        // aside, out of the entry and out of the context merged.
         let mut strip: Vec<Dot> = Vec::new();
         let mut found = Vec::with_capacity(hot.len());
         let mut total = 0u64;
         for (key, siblings) in hot {
-            let theirs = other.entries.swap_remove(&key).expect("a key of `other`");
+            let theirs = other.entries.get(&key).expect("a key of `other`");
+            let ours = self.entries.get(&key).unwrap_or(&empty);
             let mut unseen: Vec<Dot> = Vec::new();
             theirs.for_each_dot(&mut |d| {
-                strip.push(d);
                 if !self.ctx.contains(d) {
                     unseen.push(d);
                 }
             });
-            if let Some(ours) = self.entries.get(&key) {
-                ours.for_each_dot(&mut |d| strip.push(d));
-            }
             unseen.sort_unstable();
+            let part = |m: usize| {
+                let rest = &unseen[m..];
+                theirs.filtered(&|d| rest.binary_search(&d).is_err())
+            };
+            let fits = |m: usize| {
+                ours.joined_siblings(&self.ctx, &part(m), &other.ctx) <= limits.max_siblings
+            };
+            // The largest m in 0..len with fits(m) (fits(len) is false: the key is hot);
+            // m = 0 when even the writes already seen here exceed the cap.
+            let (mut lo, mut hi) = (0, unseen.len());
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let taken = part(lo);
             let mut dots = CausalContext::new();
-            for d in unseen {
+            for &d in &unseen[lo..] {
                 dots.insert(d);
+            }
+            strip.extend_from_slice(&unseen[lo..]);
+            if taken.is_bottom() {
+                other.entries.swap_remove(&key);
+            } else {
+                other.entries.insert(key.clone(), taken);
             }
             total = total.saturating_add(dots.dot_count());
             found.push(SetAside {

@@ -200,30 +200,38 @@ fn scenario(writers: usize, cap: usize, keys: u32) {
         writers
     );
 
-    // The receiver contains the key and says so; it claims none of the writes.
+    // The receiver contains the key and says so: it took as many of the writes as
+    // fit under its cap and set the rest aside, claiming none of those.
+    let set_aside = (writers - cap) as u64;
     let hot = net.engines[receiver].hot_keys();
     assert_eq!(hot.len(), 1, "{hot:?}");
     assert_eq!(hot[0].key, HOT);
     assert_eq!(hot[0].from, [net.engines[hub].node()]);
     assert_eq!(hot[0].siblings, writers);
-    assert_eq!(hot[0].pending, writers as u64);
+    assert_eq!(hot[0].set_aside.dot_count(), set_aside);
     let metrics = net.engines[receiver].metrics();
     assert_eq!(metrics.contained_hot_keys, 1);
-    assert_eq!(metrics.set_aside_writes, writers as u64);
+    assert_eq!(metrics.set_aside_writes, set_aside);
     assert!(metrics.hot_keys_set_aside >= 1);
-    assert!(net.engines[receiver].state().get(HOT).is_none());
-    for (w, dot) in hot_dots(&net.engines[hub]) {
-        assert!(!net.engines[receiver].context().contains(dot), "writer {w}");
-    }
-    // So do the writers: each holds its own write, and sets the others aside.
+    let held = net.engines[receiver].state().get(HOT).unwrap();
+    assert_eq!(held.values().count(), cap);
+    let missing = hot_dots(&net.engines[hub])
+        .into_iter()
+        .filter(|(_, dot)| !net.engines[receiver].context().contains(*dot))
+        .count();
+    assert_eq!(missing as u64, set_aside);
+    // So do the writers: each holds its own write and as many others as fit.
     for w in 0..writers {
         let e = &net.engines[2 + w];
+        let held = e.state().get(HOT).unwrap();
+        assert_eq!(held.values().count(), cap, "writer {w}");
+        assert!(held.values().any(|v| *v == w as u32), "writer {w}");
+        assert_eq!(e.hot_keys().len(), 1, "writer {w}");
         assert_eq!(
-            e.state().get(HOT).unwrap().values().count(),
-            1,
+            e.hot_keys()[0].set_aside.dot_count(),
+            set_aside,
             "writer {w}"
         );
-        assert_eq!(e.hot_keys().len(), 1, "writer {w}");
     }
 
     // While contained, the hub offers the set-aside writes again, on its backed-off
@@ -288,4 +296,151 @@ fn hot_dots(e: &Engine) -> Vec<(usize, concord::Dot)> {
         .siblings()
         .map(|(dot, v)| (*v as usize, dot))
         .collect()
+}
+
+/// The simulator property: hot keys over the cap among ordinary keys, under loss,
+/// duplication, reordering, partitions, crashes and chunked catch-ups.
+#[cfg(feature = "testing")]
+mod simulated {
+    use std::collections::BTreeSet;
+
+    use concord::testing::sim::{action_with, faults, message_limit, Action, Sim};
+    use concord::testing::Operation;
+    use concord::{Hlc, Limits, ManualClock, Result};
+    use proptest::prelude::*;
+
+    use super::Map;
+
+    const HOT_KEYS: [&str; 2] = ["hot0", "hot1"];
+    const CAP: usize = 2;
+
+    /// An ordinary write (a fresh key: one writer, never over the cap) or a write to
+    /// one of the keys every node races on.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Fresh(u8),
+        Hot(usize, u8),
+    }
+
+    impl Operation<Map> for Op {
+        fn apply(&self, m: &mut Map, hlc: &mut Hlc<ManualClock>) -> Result<Map> {
+            match self {
+                Op::Fresh(v) => {
+                    let me = hlc.replica();
+                    let next = m.context().max_counter(me) + 1;
+                    m.write(format!("{me}/{next}"), u32::from(*v), hlc)
+                }
+                Op::Hot(k, v) => m.write(HOT_KEYS[*k].into(), u32::from(*v), hlc),
+            }
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<u8>().prop_map(Op::Fresh),
+            (0..HOT_KEYS.len(), any::<u8>()).prop_map(|(k, v)| Op::Hot(k, v)),
+        ]
+    }
+
+    fn is_hot(key: &str) -> bool {
+        HOT_KEYS.contains(&key)
+    }
+
+    /// Every ordinary key the same at every node (present everywhere or nowhere).
+    fn ordinary_keys_agree(sim: &Sim<Map>) -> std::result::Result<(), TestCaseError> {
+        let keys: BTreeSet<&String> = (0..sim.len())
+            .flat_map(|i| sim.engine(i).state().keys())
+            .filter(|k| !is_hot(k))
+            .collect();
+        for key in keys {
+            let first = sim.engine(0).state().get(key);
+            for i in 1..sim.len() {
+                prop_assert_eq!(
+                    sim.engine(i).state().get(key),
+                    first,
+                    "ordinary key {} differs at node {}",
+                    key,
+                    i
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Ordinary keys converge everywhere while hot keys are contained; the hot
+        /// keys converge once a resolver (node 0) collapses them, round after round
+        /// (each round it takes what fits under the cap and writes over it).
+        #[test]
+        fn hot_keys_are_contained_and_heal_once_resolved(
+            nodes in 3usize..=5,
+            seed in any::<u64>(),
+            faults in faults(),
+            limit in message_limit(),
+            program in proptest::collection::vec(action_with(op(), 5), 1..60),
+            burst in proptest::collection::vec(any::<u8>(), 3..=5),
+        ) {
+            let capped = Limits { max_siblings: CAP, ..Limits::default() };
+            let mut sim = Sim::<Map>::new(nodes, seed, faults).with_limits(capped);
+            if let Some(bytes) = limit {
+                sim = sim.with_message_limit(bytes);
+            }
+            sim.run(program);
+            // A burst on one key from every node at once: over the cap for sure.
+            for (node, v) in burst.iter().enumerate() {
+                sim.step(Action::Write { node, op: Op::Hot(0, *v) });
+            }
+            sim.quiesce();
+            prop_assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
+            ordinary_keys_agree(&sim)?;
+            // Only the raced keys are contained, and they are contained somewhere.
+            let mut contained = BTreeSet::new();
+            for i in 0..sim.len() {
+                for hot in sim.engine(i).hot_keys() {
+                    prop_assert!(is_hot(&hot.key), "{} contained at node {}", hot.key, i);
+                    prop_assert!(hot.siblings > CAP);
+                    contained.insert(hot.key);
+                }
+            }
+            prop_assert!(contained.contains(HOT_KEYS[0]));
+
+            // The resolver collapses what it holds; the rest then fits, and so on.
+            let largest = |s: &[&u32]| **s.iter().max().unwrap();
+            for _ in 0..40 {
+                let resolved = sim.engine(0).state().conflicted_keys().count() == 0;
+                if resolved
+                    && sim.converged()
+                    && (0..sim.len()).all(|i| sim.engine(i).hot_keys().is_empty())
+                {
+                    break;
+                }
+                sim.engine_mut(0).update(|m, hlc| m.collapse(largest, hlc)).unwrap();
+                sim.quiesce();
+            }
+            prop_assert!(sim.converged(), "the hot keys did not converge once resolved");
+            prop_assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
+            for key in HOT_KEYS {
+                if let Some(reg) = sim.engine(0).state().get(key) {
+                    prop_assert!(reg.values().count() <= 1, "{} still conflicted", key);
+                }
+            }
+            // A key stays listed only for writes that no replica holds any more (every
+            // holder crashed before persisting them): they can never be taken.
+            for i in 0..sim.len() {
+                for hot in sim.engine(i).hot_keys() {
+                    for dot in hot.set_aside.dots() {
+                        for j in 0..sim.len() {
+                            prop_assert!(
+                                !sim.engine(j).context().contains(dot),
+                                "node {} still sets aside {} of {}, which node {} holds",
+                                i, dot, hot.key, j
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1749,9 +1749,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         let wants_answer = msg.reply || skip;
         if driver {
-            if wants_answer && peer.out.is_none() {
+            // An explicit question (a session opener, anti-entropy, or a peer that
+            // skipped a delta) is answered at once with everything the peer has not
+            // acknowledged, relays included. A delta asks only for an
+            // acknowledgement: answering it with a resend would make two replicas
+            // that each hold writes the other sets aside (a hot key contained on
+            // both sides) send them back and forth without end; those go again on
+            // the retransmission timer instead.
+            if (skip || (msg.reply && !had_delta)) && peer.out.is_none() {
                 peer.offered = peer.acked.clone();
-                // An explicit question is answered at once, relays included.
                 peer.relay_since = Some(0);
             }
             peer.owe_ack |= had_delta || wants_answer;

@@ -31,8 +31,8 @@ pub struct HotKey<K> {
     pub from: Vec<ReplicaId>,
     /// The most siblings one of those deltas would have left in it.
     pub siblings: usize,
-    /// Writes to it (dots) set aside and not taken yet.
-    pub pending: u64,
+    /// The writes to it (their dots) set aside and not taken yet.
+    pub set_aside: CausalContext,
     /// When it was first set aside, in milliseconds of the engine's time source.
     pub since_ms: u64,
 }
@@ -88,7 +88,7 @@ impl<K: Ord + Clone> HotKeys<K> {
                 key: aside.key.clone(),
                 from: vec![from],
                 siblings: aside.siblings,
-                pending: aside.dots.dot_count(),
+                set_aside: aside.dots.clone(),
                 since_ms: now_ms,
             });
             let record = self.records.entry(aside.key).or_insert_with(|| Record {
@@ -130,7 +130,7 @@ impl<K: Ord + Clone> HotKeys<K> {
                 key: key.clone(),
                 from: r.from.clone(),
                 siblings: r.siblings,
-                pending: r.dots.dot_count(),
+                set_aside: r.dots.clone(),
                 since_ms: r.since_ms,
             })
             .collect()
