@@ -1697,6 +1697,11 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                     unseen.push(d);
                 }
             });
+            if unseen.is_empty() {
+                // Over the cap already here (a cap lowered since): nothing new to take
+                // or to set aside, and the merge adds no sibling.
+                continue;
+            }
             unseen.sort_unstable();
             let part = |m: usize| {
                 let rest = &unseen[m..];

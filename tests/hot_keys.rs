@@ -444,3 +444,123 @@ mod simulated {
         }
     }
 }
+
+/// Containment keeps the state a lattice: the containing merge takes a part of what
+/// it received (a state between the receiver and the plain merge), the rest completes
+/// it, ordinary keys come out exactly as from the plain merge, and the cap holds.
+#[cfg(feature = "testing")]
+mod laws {
+    use concord::testing::{reachable_states, Operation};
+    use concord::{Crdt, Error, Hlc, Limits, ManualClock, Resolver, Result};
+    use proptest::prelude::*;
+
+    use super::Map;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(u8, u8),
+        Remove(u8),
+    }
+
+    impl Operation<Map> for Op {
+        fn apply(&self, m: &mut Map, hlc: &mut Hlc<ManualClock>) -> Result<Map> {
+            match self {
+                Op::Write(k, v) => m.write(format!("k{k}"), u32::from(*v), hlc),
+                Op::Remove(k) => m.remove(&format!("k{k}"), hlc),
+            }
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..3u8, any::<u8>()).prop_map(|(k, v)| Op::Write(k, v)),
+            1 => (0..3u8).prop_map(Op::Remove),
+        ]
+    }
+
+    fn joined(a: &Map, b: &Map) -> Map {
+        let mut out = a.clone();
+        out.merge(b.clone());
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn containment_is_a_partial_join(
+            states in reachable_states::<Map, _>(op()),
+            cap in 1usize..4,
+        ) {
+            let (a, b, c) = (&states[0], &states[1], &states[2]);
+            let limits = Limits { max_siblings: cap, ..Limits::default() };
+            for other in [b.clone(), b.delta_since_context(a.context())] {
+                let plain = joined(a, &other);
+                let mut contained = a.clone();
+                let mut aside = Vec::new();
+                contained
+                    .try_merge_containing(other.clone(), &limits, &mut (), u64::MAX, &mut aside)
+                    .unwrap();
+                // Between the receiver and the plain merge; the rest completes it.
+                prop_assert_eq!(&joined(&contained, a), &contained);
+                prop_assert_eq!(&joined(&plain, &contained), &plain);
+                prop_assert_eq!(&joined(&contained, &other), &plain);
+                // A third replica converges whichever it hears first.
+                prop_assert_eq!(
+                    joined(&joined(c, &contained), &other),
+                    joined(c, &plain)
+                );
+                prop_assert!(contained.validate(&Limits::default()).is_ok());
+                // Ordinary keys exactly as in the plain merge; hot keys under the cap
+                // (or no larger than before), their set-aside writes unclaimed.
+                let hot: Vec<&String> = aside.iter().map(|h| &h.key).collect();
+                for key in plain.keys().chain(contained.keys()) {
+                    if hot.contains(&key) {
+                        continue;
+                    }
+                    prop_assert_eq!(contained.get(key), plain.get(key), "key {}", key);
+                }
+                for h in &aside {
+                    prop_assert!(h.siblings > cap);
+                    prop_assert!(!h.dots.is_empty());
+                    let held = contained.get(&h.key).map_or(0, |r| r.values().count());
+                    let before = a.get(&h.key).map_or(0, |r| r.values().count());
+                    prop_assert!(held <= cap.max(before), "{} holds {}", h.key, held);
+                    for dot in h.dots.dots() {
+                        prop_assert!(!contained.context().contains(dot));
+                        prop_assert!(plain.context().contains(dot));
+                    }
+                }
+                // Nothing to contain: it is the plain, capped merge (which also refuses
+                // a register already over the cap here, a cap lowered since, that the
+                // containing merge takes as it adds no sibling).
+                let mut refused = a.clone();
+                let result = refused.try_merge(other.clone(), &limits, &mut ());
+                let over_already = a.values().any(|r| r.values().count() > cap);
+                if !aside.is_empty() {
+                    prop_assert!(result.is_err());
+                } else if result.is_ok() {
+                    prop_assert_eq!(&refused, &contained);
+                } else {
+                    prop_assert!(over_already, "refused, yet nothing to contain");
+                    prop_assert_eq!(&contained, &plain);
+                }
+                if !aside.is_empty() {
+                    // Past the budget, nothing changes and the error is the cap's.
+                    let mut over = a.clone();
+                    let e = over
+                        .try_merge_containing(other.clone(), &limits, &mut (), 0, &mut Vec::new())
+                        .unwrap_err();
+                    prop_assert!(matches!(e, Error::TooManySiblings { .. }), "{}", e);
+                    prop_assert_eq!(&over, a);
+                }
+            }
+            // Idempotent.
+            let mut same = a.clone();
+            let mut aside = Vec::new();
+            same.try_merge_containing(a.clone(), &limits, &mut (), u64::MAX, &mut aside)
+                .unwrap();
+            prop_assert_eq!(&same, a);
+        }
+    }
+}
