@@ -34,6 +34,8 @@ struct Net {
     bytes: BTreeMap<(usize, usize), u64>,
     /// Messages a receiver refused.
     refused: Vec<Error>,
+    /// Hot keys reported to each engine (`Received::hot_keys`).
+    reports: Vec<usize>,
     /// Messages carrying a delta, and their bytes, per (from, to).
     deltas: BTreeMap<(usize, usize), (u64, u64)>,
 }
@@ -69,6 +71,7 @@ impl Net {
             bytes: BTreeMap::new(),
             refused: Vec::new(),
             deltas: BTreeMap::new(),
+            reports: vec![0; caps.len()],
         }
     }
 
@@ -118,8 +121,9 @@ impl Net {
                     d.0 += 1;
                     d.1 += t.bytes.len() as u64;
                 }
-                if let Err(e) = self.engines[to].handle_bytes(&t.bytes) {
-                    self.refused.push(e);
+                match self.engines[to].handle_bytes(&t.bytes) {
+                    Ok(received) => self.reports[to] += received.hot_keys.len(),
+                    Err(e) => self.refused.push(e),
                 }
             }
         }
@@ -238,6 +242,8 @@ fn scenario(writers: usize, cap: usize, keys: u32) {
     // retransmission timer (10 s, plus the relay delay of two heartbeats) and at
     // anti-entropy: a bounded trickle, not a loop.
     let window_ms = 60_000;
+    let reported = net.reports[receiver];
+    assert!(reported >= 1);
     let (count0, bytes0) = net.deltas_between(hub, receiver);
     let total0 = net.bytes_between(hub, receiver);
     net.run_for(window_ms);
@@ -261,6 +267,8 @@ fn scenario(writers: usize, cap: usize, keys: u32) {
     );
     assert_eq!(net.engines[receiver].hot_keys().len(), 1);
     assert!(net.refused.is_empty());
+    // Resends of the same writes are not reported again.
+    assert_eq!(net.reports[receiver], reported);
 
     // The application at the hub resolves the key: the collapse saw every sibling,
     // so it fits everywhere, and every replica heals by itself.

@@ -432,9 +432,11 @@ pub struct Received<T: Crdt> {
     pub outcome: Outcome,
     /// Every concurrency the merge resolved.
     pub conflicts: Vec<Conflict<T::Key, T::Value>>,
-    /// The keys this message could not bring in without exceeding the sibling cap:
-    /// the rest of it was taken, these keys' new writes were set aside (see
-    /// [`HotKey`] and the guide's "Hot keys"). Each names the sender.
+    /// The keys this message could not bring in whole without exceeding the sibling
+    /// cap: the rest of it was taken, and writes to these keys were set aside (see
+    /// [`HotKey`] and the guide's "Hot keys"). Each names the sender. A key is
+    /// reported when it becomes contained and whenever writes not set aside before
+    /// are, not again for each resend of the same writes.
     pub hot_keys: Vec<HotKey<T::Key>>,
     /// The answer to send back, if the sender asked for one.
     pub reply: Option<Message<T>>,

@@ -75,28 +75,25 @@ impl<K: Ord + Clone> HotKeys<K> {
         self.records.len()
     }
 
-    /// Records what one merge set aside from `from`; returns the reports.
+    /// Records what one merge set aside from `from`; returns a report for each key
+    /// that was not contained yet or had writes set aside that it had not (a resend
+    /// of writes already set aside is not reported again).
     pub(crate) fn record(
         &mut self,
         set_aside: Vec<SetAside<K>>,
         from: ReplicaId,
         now_ms: u64,
     ) -> Vec<HotKey<K>> {
-        let mut reports = Vec::with_capacity(set_aside.len());
+        let mut reports = Vec::new();
         for aside in set_aside {
-            reports.push(HotKey {
-                key: aside.key.clone(),
-                from: vec![from],
-                siblings: aside.siblings,
-                set_aside: aside.dots.clone(),
-                since_ms: now_ms,
-            });
+            let key = aside.key.clone();
             let record = self.records.entry(aside.key).or_insert_with(|| Record {
                 from: Vec::new(),
                 siblings: 0,
                 dots: CausalContext::new(),
                 since_ms: now_ms,
             });
+            let news = !record.dots.includes(&aside.dots);
             if let Err(pos) = record.from.binary_search(&from) {
                 record.from.insert(pos, from);
             }
@@ -104,6 +101,15 @@ impl<K: Ord + Clone> HotKeys<K> {
             self.pending -= record.dots.dot_count();
             record.dots.merge_ref(&aside.dots);
             self.pending += record.dots.dot_count();
+            if news {
+                reports.push(HotKey {
+                    key,
+                    from: vec![from],
+                    siblings: aside.siblings,
+                    set_aside: aside.dots,
+                    since_ms: now_ms,
+                });
+            }
         }
         reports
     }

@@ -47,7 +47,8 @@ pub struct Metrics {
     /// [`Config::max_set_aside`](super::Config::max_set_aside)).
     #[serde(default)]
     pub set_aside_writes: u64,
-    /// Times a received delta had a key set aside (one per key and message).
+    /// Reports of keys set aside ([`Received::hot_keys`](super::Received::hot_keys)):
+    /// a key becoming contained, or more of its writes set aside.
     #[serde(default)]
     pub hot_keys_set_aside: u64,
     /// Contained keys that healed (every write set aside for them taken).
