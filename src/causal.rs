@@ -32,9 +32,14 @@ use crate::id::{Dot, ReplicaId};
 /// Implemented automatically for every type with those traits. Values travel as JSON,
 /// so they must round-trip through it: the typed writes (`write`, `set`, a map's
 /// `write` and `set`, `collapse`) refuse a value holding a NaN or an infinite float, or
-/// a map keyed by something other than strings and integers, with
-/// [`Error::Unencodable`]. A value stored with an `Op`
-/// inside a custom [`OrMap::update`](crate::OrMap::update) closure is not checked.
+/// a map keyed by something other than strings and integers (a `BTreeMap` inside the
+/// value: an [`OrMap`](crate::OrMap)'s own keys may be of any shape, see
+/// [`Key`](crate::map::Key)), with [`Error::Unencodable`]. Inside an
+/// [`OrMap::update`](crate::OrMap::update) closure the in-op setters (`assign`, `set`,
+/// `update_in`) check too: a refused value is not stored and the write fails with the
+/// same error (see [`Op::check`]). So every value a write accepts encodes, and
+/// [`Message::encode`](crate::sync::Message::encode) cannot fail on a state of the
+/// library's types.
 pub trait Data: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned> Data for T {}
@@ -69,6 +74,8 @@ pub struct Op {
     first: Dot,
     next: std::cell::Cell<u64>,
     ts: Timestamp,
+    /// Why a value offered to this write was not stored (the first refusal).
+    refused: std::cell::RefCell<Option<String>>,
 }
 
 impl Op {
@@ -85,7 +92,50 @@ impl Op {
             first,
             next: std::cell::Cell::new(first.counter()),
             ts,
+            refused: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Checks that `value` (or a key) can travel: JSON has no NaN or infinities, and a
+    /// map inside a value must have string or integer keys. Returns true if it may be
+    /// stored. On false, the caller must not store it, and the write this op stamps
+    /// fails with [`Error::Unencodable`] once its closure returns
+    /// ([`OrMap::update`](crate::OrMap::update) and [`OrMap::apply`](crate::OrMap::apply)).
+    /// The library's in-op setters (`assign`, `set`, `update_in`) call it; call it in
+    /// the in-op methods of a value type of your own that store user data.
+    ///
+    /// ```
+    /// use concord::{Error, Hlc, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut gauges: OrMap<String, LwwRegister<f64>> = OrMap::new();
+    /// let refused = gauges.update("load".into(), &mut hlc, |reg, op| reg.assign(op, f64::NAN));
+    /// assert!(matches!(refused, Err(Error::Unencodable { .. })));
+    /// assert!(gauges.is_empty()); // the NaN was not stored
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn check<T: Serialize + ?Sized>(&self, value: &T) -> bool {
+        match crate::probe::check_value(value) {
+            Ok(()) => true,
+            Err(e) => {
+                let mut refused = self.refused.borrow_mut();
+                if refused.is_none() {
+                    *refused = Some(match e {
+                        Error::Unencodable { reason } => reason,
+                        other => other.to_string(),
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// The first refusal of [`Op::check`], as the write's error.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        self.refused
+            .borrow_mut()
+            .take()
+            .map(|reason| Error::Unencodable { reason })
     }
 
     /// The write's own dot (the first it issues).
@@ -131,9 +181,11 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The most concurrent siblings one register may hold after a merge. A received
-    /// state that would exceed it anywhere is refused whole, so one key with too many
-    /// racing writers stops the exchange between two replicas until a write that saw
-    /// them collapses it (for example [`OrMap::collapse`](crate::OrMap::collapse)).
+    /// state that would exceed it is refused whole by [`Crdt::try_merge`]; the
+    /// [sync engine](crate::sync) *contains* such a key instead
+    /// ([`Crdt::try_merge_containing`]): it takes everything else and sets that key's
+    /// new writes aside until a write that saw its siblings collapses it (for example
+    /// [`OrMap::collapse`](crate::OrMap::collapse)). See the guide's "Hot keys".
     pub max_siblings: usize,
     /// The most entries (keys, at every level of nesting, plus register siblings and
     /// counter segments) one received state may hold. A replica that is new or back
@@ -154,6 +206,19 @@ impl Default for Limits {
             max_context_ranges: 16_000_000,
         }
     }
+}
+
+/// One key that [`Crdt::try_merge_containing`] set aside: taking the received entry
+/// would have left more siblings in it than [`Limits::max_siblings`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside<K> {
+    /// The key.
+    pub key: K,
+    /// How many siblings its largest register would have held.
+    pub siblings: usize,
+    /// The received entry's dots that this replica had not seen: the writes it did
+    /// not take, and does not claim to have seen (so the sender sends them again).
+    pub dots: CausalContext,
 }
 
 /// What a join did, from the receiving side's point of view; merges turn it into an
@@ -183,6 +248,8 @@ impl JoinEffect {
 /// own type to nest it (the law kit checks the result).
 pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// The borrowed form written to the wire (dots as indices into a replica table).
+    /// Its `Serialize` must not fail for any state the type's methods build (check
+    /// stored user values with [`Op::check`]): the wire encoder relies on it.
     type Encoded<'a>: Serialize
     where
         Self: 'a;
@@ -628,7 +695,8 @@ pub trait Crdt:
     crate::Resolver + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned
 {
     /// What a conflict report names (`K` for a map, `()` for a register or counter).
-    type Key: Clone + fmt::Debug;
+    /// Ordered, so that the engine can list the keys it holds contained.
+    type Key: Clone + fmt::Debug + Ord;
     /// The value type reported in conflicts.
     type Value: Clone + fmt::Debug;
 
@@ -698,6 +766,38 @@ pub trait Crdt:
         limits: &Limits,
         sink: &mut C,
     ) -> Result<crate::Outcome>;
+
+    /// [`Crdt::try_merge`], containing hot keys rather than refusing the whole of
+    /// `other`: a key whose registers would hold more than [`Limits::max_siblings`]
+    /// siblings after the merge is *hot*. Of its received entry, the writes this
+    /// replica lacks are taken in dot order while they fit under the cap, and the
+    /// rest is *set aside*: left out of the entry merged, and out of the context
+    /// merged (this replica does not claim writes it did not take). Everything else is
+    /// merged. What was merged is a part of `other` (a state below it in the
+    /// lattice), so the result is still a join, and merging the rest later, once it
+    /// fits, gives the state a plain merge would have.
+    ///
+    /// Each key set aside is appended to `set_aside`. If the keys to set aside would
+    /// hold more than `budget` dots between them, nothing is merged and the error is
+    /// [`Error::TooManySiblings`], as from [`Crdt::try_merge`].
+    ///
+    /// The default contains nothing (it is [`Crdt::try_merge`]): a standalone register
+    /// has no other key to save. [`OrMap`](crate::OrMap) contains per top-level key.
+    ///
+    /// # Errors
+    ///
+    /// As [`Crdt::try_merge`]; on error `self` is left exactly as it was.
+    fn try_merge_containing<C: ConflictSink<Self::Key, Self::Value>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+        budget: u64,
+        set_aside: &mut Vec<SetAside<Self::Key>>,
+    ) -> Result<crate::Outcome> {
+        let _ = (budget, set_aside);
+        self.try_merge(other, limits, sink)
+    }
 
     /// The newest hybrid-logical-clock timestamp this state holds.
     fn max_timestamp(&self) -> Option<Timestamp>;

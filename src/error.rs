@@ -128,8 +128,8 @@ pub enum Error {
     },
 
     /// A write was refused because its key or value could not travel: JSON has no
-    /// NaN or infinities, and a map key must serialize as a string or an integer.
-    /// Nothing changed.
+    /// NaN or infinities, a map inside a value must have string or integer keys, and
+    /// a key or value whose `Serialize` fails cannot travel at all. Nothing changed.
     #[error("cannot be encoded: {reason}")]
     Unencodable {
         /// What could not be encoded.

@@ -23,7 +23,7 @@ pub mod sync;
 pub mod testing;
 pub mod wire;
 
-pub use causal::{ChunkCursor, Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op};
+pub use causal::{ChunkCursor, Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op, SetAside};
 pub use clock::{CausalContext, CausalOrder, VectorClock};
 pub use counter::PnCounter;
 pub use error::{Error, Result};

@@ -119,7 +119,13 @@ impl<T: Data> LwwRegister<T> {
     /// assert_eq!(settings.value("volume"), Some(&7));
     /// # Ok::<(), concord::Error>(())
     /// ```
+    ///
+    /// A value that cannot travel (a NaN, say) is not stored, and the write fails with
+    /// [`Error::Unencodable`](crate::Error::Unencodable) (see [`Op::check`]).
     pub fn assign(&mut self, op: &Op, value: T) {
+        if !op.check(&value) {
+            return;
+        }
         let ts = op.timestamp();
         self.writes.assign(
             op.tag(),

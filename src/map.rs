@@ -52,12 +52,12 @@ use std::iter::FusedIterator;
 
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
-use serde::ser::SerializeMap;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
     decode_context, encode_context, ChunkCursor, ConflictSink, Crdt, Data, DotMap, DotSet,
-    DotStore, EncodedContext, JoinEffect, Limits, Op, ReplicaTable,
+    DotStore, EncodedContext, JoinEffect, Limits, Op, ReplicaTable, SetAside,
 };
 use crate::clock::CausalContext;
 use crate::counter::PnCounter;
@@ -72,10 +72,33 @@ use crate::resolver::{Outcome, Resolver};
 /// What a map key must be: hashable, ordered (for a canonical iteration and wire
 /// order), cloneable and serializable.
 ///
-/// On the wire a map is a JSON object, so a key must serialize as a JSON string or
-/// integer (`String`, integers, newtypes of them, unit enum variants). Other keys (a
-/// tuple, say) compile, but a write with one is refused with
-/// [`Error::Unencodable`], before anything changes.
+/// Any serde type will do: strings, integers, tuples, structs, enums with data. A
+/// write refuses (with [`Error::Unencodable`], before anything changes) only a key
+/// whose `Serialize` fails or that holds a NaN or infinite float, which JSON cannot
+/// carry.
+///
+/// On the wire, a map whose keys all serialize as JSON strings or integers
+/// (`String`, integers, newtypes of them, unit enum variants) is a JSON object, as it
+/// always was. A map holding any other key (a tuple, a struct, an enum variant with
+/// data, a bool, a float) is an array of `[key, value]` pairs instead, for that
+/// message or snapshot only. Every release that takes such keys reads both forms; a
+/// peer on an older release (one that refuses tuple keys at the write) reads only the
+/// object form and refuses a pair-form message with a decoding error, so write keys
+/// of other shapes only once every peer runs a release that takes them.
+///
+/// ```
+/// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+/// // Stock per (warehouse, product).
+/// let mut stock: OrMap<(u16, String), PnCounter> = OrMap::new();
+/// stock.increment((7, "apples".into()), 30, &mut hlc)?;
+/// let json = serde_json::to_string(&stock)?;
+/// assert!(json.contains(r#"[[7,"apples"],"#), "{json}"); // a [key, value] pair
+/// let back: OrMap<(u16, String), PnCounter> = serde_json::from_str(&json)?;
+/// assert_eq!(back, stock);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned {}
 
 impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
@@ -501,7 +524,13 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
     ///   current millisecond (it works again once wall time moves on);
     /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
-    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER));
+    /// * [`Error::Unencodable`] if `key` cannot travel (it does not serialize, or holds
+    ///   a NaN or infinite float).
+    ///
+    /// One more error comes after `f` ran: [`Error::Unencodable`] if `f` offered a
+    /// value or a nested key that cannot travel (see [`Op::check`]). That value is
+    /// not stored; whatever else `f` did stands, as a write of its own.
     ///
     /// ```
     /// use concord::{Error, Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Timestamp};
@@ -528,7 +557,11 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     ) -> Result<Self> {
         crate::probe::check_key(&key)?;
         let op = next_op(&self.ctx, hlc)?;
-        Ok(self.mutate(key, &op, f, true).unwrap_or_default())
+        let delta = self.mutate(key, &op, f, true).unwrap_or_default();
+        match op.refusal() {
+            Some(e) => Err(e),
+            None => Ok(delta),
+        }
     }
 
     /// [`OrMap::update`] without building a delta: for replicas that replicate with
@@ -558,7 +591,10 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// * [`Error::ClockOverflow`] if `hlc`'s logical counter is exhausted within the
     ///   current millisecond (it works again once wall time moves on);
     /// * [`Error::InvalidDot`] if this replica has issued the largest event counter
-    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
+    ///   allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER));
+    /// * [`Error::Unencodable`] if `key` cannot travel, with nothing changed, or, after
+    ///   `f` ran, if `f` offered a value or a nested key that cannot travel: as for
+    ///   [`OrMap::update`], that value is not stored and the rest of the write stands.
     pub fn apply<S: TimeSource>(
         &mut self,
         key: K,
@@ -568,7 +604,10 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         crate::probe::check_key(&key)?;
         let op = next_op(&self.ctx, hlc)?;
         self.mutate(key, &op, f, false);
-        Ok(op.dot())
+        match op.refusal() {
+            Some(e) => Err(e),
+            None => Ok(op.dot()),
+        }
     }
 
     fn mutate(
@@ -716,7 +755,13 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// assert_eq!(alice.len(), 2);
     /// # Ok::<(), concord::Error>(())
     /// ```
+    ///
+    /// A key that cannot travel (one holding a NaN, say) is not written, and the
+    /// write fails with [`Error::Unencodable`] (see [`Op::check`]).
     pub fn update_in(&mut self, op: &Op, key: K, f: impl FnOnce(&mut V, &Op)) {
+        if !op.check(&key) {
+            return;
+        }
         let entry = self.entries.entry(key);
         let pos = entry.index();
         let value = entry.or_default();
@@ -1278,16 +1323,29 @@ impl<K: Key> OrMap<K, PnCounter> {
     }
 }
 
-/// The wire form of a map's entries: a JSON object in key order.
-pub struct EncodedEntries<'a, K, V: DotStore + 'a>(Vec<(&'a K, V::Encoded<'a>)>);
+/// The wire form of a map's entries, in key order: a JSON object when every key is a
+/// JSON object key (a string or an integer), an array of `[key, value]` pairs
+/// otherwise (see [`Key`]).
+pub struct EncodedEntries<'a, K, V: DotStore + 'a> {
+    entries: Vec<(&'a K, V::Encoded<'a>)>,
+    object: bool,
+}
 
 impl<K: Serialize, V: DotStore> Serialize for EncodedEntries<'_, K, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
+        if self.object {
+            let mut map = s.serialize_map(Some(self.entries.len()))?;
+            for (k, v) in &self.entries {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
+        } else {
+            let mut seq = s.serialize_seq(Some(self.entries.len()))?;
+            for (k, v) in &self.entries {
+                seq.serialize_element(&(k, v))?;
+            }
+            seq.end()
         }
-        map.end()
     }
 }
 
@@ -1295,12 +1353,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     fn encode_entries<'a>(&'a self, table: &mut ReplicaTable) -> EncodedEntries<'a, K, V> {
         let mut sorted: Vec<(&K, &V)> = self.entries.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        EncodedEntries(
-            sorted
+        let object = sorted.iter().all(|(k, _)| crate::probe::is_object_key(*k));
+        EncodedEntries {
+            entries: sorted
                 .into_iter()
                 .map(|(k, v)| (k, v.encode(table)))
                 .collect(),
-        )
+            object,
+        }
     }
 
     fn decode_entries(
@@ -1725,6 +1785,105 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         Ok(self.merge_reporting(other, sink))
     }
 
+    fn try_merge_containing<C: ConflictSink<K, V>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+        budget: u64,
+        set_aside: &mut Vec<SetAside<K>>,
+    ) -> Result<Outcome> {
+        other.validate(limits)?;
+        let empty = V::default();
+        let hot: Vec<(K, usize)> = other
+            .entries
+            .iter()
+            .filter_map(|(k, theirs)| {
+                let ours = self.entries.get(k).unwrap_or(&empty);
+                let count = ours.joined_siblings(&self.ctx, theirs, &other.ctx);
+                (count > limits.max_siblings).then(|| (k.clone(), count))
+            })
+            .collect();
+        if hot.is_empty() {
+            return Ok(self.merge_reporting(other, sink));
+        }
+        let mut other = other;
+        // Of each hot key's received entry, take the writes this replica lacks in dot
+        // order for as long as they fit under the cap (the count only grows with
+        // each write taken: a binary search finds the longest prefix); set the rest
+        // aside, out of the entry and out of the context merged.
+        let mut strip: Vec<Dot> = Vec::new();
+        let mut found = Vec::with_capacity(hot.len());
+        let mut total = 0u64;
+        for (key, siblings) in hot {
+            let theirs = other.entries.get(&key).expect("a key of `other`");
+            let ours = self.entries.get(&key).unwrap_or(&empty);
+            let mut unseen: Vec<Dot> = Vec::new();
+            theirs.for_each_dot(&mut |d| {
+                if !self.ctx.contains(d) {
+                    unseen.push(d);
+                }
+            });
+            if unseen.is_empty() {
+                // Over the cap already here (a cap lowered since): nothing new to take
+                // or to set aside, and the merge adds no sibling.
+                continue;
+            }
+            unseen.sort_unstable();
+            let part = |m: usize| {
+                let rest = &unseen[m..];
+                theirs.filtered(&|d| rest.binary_search(&d).is_err())
+            };
+            let fits = |m: usize| {
+                ours.joined_siblings(&self.ctx, &part(m), &other.ctx) <= limits.max_siblings
+            };
+            // The largest m in 0..len with fits(m) (fits(len) is false: the key is hot);
+            // m = 0 when even the writes already seen here exceed the cap.
+            let (mut lo, mut hi) = (0, unseen.len());
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let taken = part(lo);
+            let mut dots = CausalContext::new();
+            for &d in &unseen[lo..] {
+                dots.insert(d);
+            }
+            strip.extend_from_slice(&unseen[lo..]);
+            if taken.is_bottom() {
+                other.entries.swap_remove(&key);
+            } else {
+                other.entries.insert(key.clone(), taken);
+            }
+            total = total.saturating_add(dots.dot_count());
+            found.push(SetAside {
+                key,
+                siblings,
+                dots,
+            });
+        }
+        if total > budget {
+            let count = found.iter().map(|h| h.siblings).max().unwrap_or(0);
+            return Err(Error::TooManySiblings {
+                count,
+                cap: limits.max_siblings,
+            });
+        }
+        strip.sort_unstable();
+        let mut stripped = CausalContext::new();
+        for d in strip {
+            stripped.insert(d);
+        }
+        other.ctx = other.ctx.minus(&stripped);
+        let outcome = self.merge_reporting(other, sink);
+        set_aside.extend(found);
+        Ok(outcome)
+    }
+
     fn max_timestamp(&self) -> Option<Timestamp> {
         DotStore::max_timestamp(self)
     }
@@ -1793,8 +1952,10 @@ struct WireMapOwned<K, V: DotStore> {
     e: DecodedEntries<K, V::Decoded>,
 }
 
-/// A map's entries as read from the wire, before validation: a key that appears twice
-/// is a decoding error (two decoders could otherwise read one message differently).
+/// A map's entries as read from the wire, before validation: either form (a JSON
+/// object, or an array of `[key, value]` pairs), and a key that appears twice in
+/// either is a decoding error (two decoders could otherwise read one message
+/// differently).
 #[derive(Debug)]
 pub struct DecodedEntries<K, V>(IndexMap<K, V>);
 
@@ -1805,7 +1966,7 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
             type Value = IndexMap<K, V>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map's entries, each key once")
+                f.write_str("a map's entries (an object, or [key, value] pairs), each key once")
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -1820,8 +1981,21 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 }
                 Ok(out)
             }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                while let Some((k, v)) = access.next_element::<(K, V)>()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("a map key appears twice"));
+                    }
+                }
+                Ok(out)
+            }
         }
-        d.deserialize_map(Unique(std::marker::PhantomData))
+        d.deserialize_any(Unique(std::marker::PhantomData))
             .map(DecodedEntries)
     }
 }

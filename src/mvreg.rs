@@ -141,7 +141,13 @@ impl<T: Data> MvRegister<T> {
     /// assert_eq!(emails.get("alice").unwrap().get().map(String::as_str), Some("alice@example.com"));
     /// # Ok::<(), concord::Error>(())
     /// ```
+    ///
+    /// A value that cannot travel (a NaN, say) is not stored, and the write fails with
+    /// [`Error::Unencodable`](crate::Error::Unencodable) (see [`Op::check`]).
     pub fn set(&mut self, op: &Op, value: T) {
+        if !op.check(&value) {
+            return;
+        }
         self.siblings.assign(op.tag(), value);
     }
 

@@ -3,7 +3,11 @@
 //! accepted value fails later on the wire.
 //!
 //! JSON has no NaN or infinities (`serde_json` writes them as `null`, which does not
-//! read back as a float), and an object key must be a string or a number.
+//! read back as a float), and an object key must be a string or a number. A map of
+//! concord ([`OrMap`](crate::OrMap)) writes its entries as `[key, value]` pairs when a
+//! key is not a JSON object key, so its keys may be of any type that serializes; maps
+//! inside a *value* (a `BTreeMap` in a register, say) are written by `serde_json` as
+//! objects and must have string or integer keys.
 
 use std::fmt;
 
@@ -35,11 +39,19 @@ pub(crate) fn check_value<T: Serialize + ?Sized>(value: &T) -> Result<()> {
         .map_err(|e| Error::Unencodable { reason: e.0 })
 }
 
-/// Checks that `key` can be a key of a map on the wire (a JSON object key: a string
-/// or an integer, or a newtype or unit variant of one).
+/// Checks that `key` can be a key of a concord map on the wire: it serializes, and
+/// holds no NaN or infinite float (a key of any shape is fine: see [`is_object_key`]).
 pub(crate) fn check_key<T: Serialize + ?Sized>(key: &T) -> Result<()> {
-    key.serialize(KeyProbe)
-        .map_err(|e| Error::Unencodable { reason: e.0 })
+    key.serialize(Probe).map_err(|e| Error::Unencodable {
+        reason: format!("map key: {}", e.0),
+    })
+}
+
+/// True if `key` serializes as a JSON object key that reads back (a string or an
+/// integer, or a newtype or unit variant of one): a map whose keys all do is written
+/// as a JSON object, others as an array of `[key, value]` pairs.
+pub(crate) fn is_object_key<T: Serialize + ?Sized>(key: &T) -> bool {
+    key.serialize(KeyProbe).is_ok()
 }
 
 fn non_finite(v: f64) -> std::result::Result<(), Refused> {
@@ -352,10 +364,21 @@ mod tests {
         assert!(check_key("alice").is_ok());
         assert!(check_key(&42u64).is_ok());
         assert!(check_key(&-7i32).is_ok());
-        assert!(check_key(&(1, 2)).is_err());
-        assert!(check_key(&true).is_err());
-        assert!(check_key(&1.0f64).is_err());
-        assert!(check_key(&vec!["a"]).is_err());
+        // Keys of any shape travel (as `[key, value]` pairs), but not a NaN.
+        assert!(check_key(&(1, 2)).is_ok());
+        assert!(check_key(&true).is_ok());
+        assert!(check_key(&1.0f64).is_ok());
+        assert!(check_key(&vec!["a"]).is_ok());
+        assert!(check_key(&(1, f64::NAN)).is_err());
+        assert!(check_key(&Some(f32::INFINITY)).is_err());
+        assert!(check_key(&tuple_keys).is_err());
+
+        assert!(is_object_key("alice") && is_object_key(&42u64) && is_object_key(&-7i32));
+        assert!(!is_object_key(&(1, 2)));
+        assert!(!is_object_key(&true));
+        assert!(!is_object_key(&1.0f64));
+        assert!(!is_object_key(&vec!["a"]));
+        assert!(!is_object_key(&Some("a")));
     }
 
     /// The probe agrees with serde_json: whatever it accepts encodes and decodes back.

@@ -49,12 +49,14 @@
 //! ```
 
 mod engine;
+mod hot;
 mod lease;
 mod message;
 mod metrics;
 mod peer;
 
 pub use engine::{AckLevel, Config, Received, Role, Snapshot, SyncEngine, Transmit, WriteReceipt};
+pub use hot::HotKey;
 pub use lease::{FileLease, LeaseStore, MemoryLease};
 pub use message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub use metrics::{Metrics, PeerMetrics};

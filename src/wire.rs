@@ -121,6 +121,15 @@ struct V2In<T> {
 /// A version-1 message carries the gap-free prefix of `seen` and of `base` (version
 /// 1 has no way to name gaps) and no chunk information; the engine never writes one
 /// that needs more.
+///
+/// Infallible, because nothing in a state of the library's types can fail to
+/// serialize: map keys of any shape travel (as `[key, value]` pairs when they are not
+/// JSON object keys), every value and key a write stores passed the write-time check
+/// (no NaN or infinity, no non-string keys inside a value: see
+/// [`Op::check`](crate::Op::check)), and a state decoded from a peer came from JSON.
+/// A value type of your own must keep the same promise for its
+/// [`DotStore::Encoded`](crate::DotStore::Encoded) form; one that breaks it makes
+/// this panic.
 pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
     let written = if msg.v <= 1 {
         serde_json::to_vec(&V1Out {
@@ -148,7 +157,7 @@ pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
             reply: msg.reply,
         })
     };
-    written.expect("concord messages always serialize")
+    written.expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
 }
 
 /// Decodes a message of any version this build speaks, refusing anything larger than

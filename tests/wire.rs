@@ -357,6 +357,24 @@ fn engine_snapshot() {
     SyncEngine::restore(old, time, config).unwrap();
 }
 
+/// Keys that are not JSON object keys (tuples here): the entries travel as an array of
+/// `[key, value]` pairs, in key order.
+#[test]
+fn pair_form_entries() {
+    type ByPair = OrMap<(u16, String), PnCounter>;
+    let time = ManualClock::new(START_MS);
+    let mut a = engine::<ByPair>(A, &[B], &time);
+    a.update(|m, hlc| m.increment((7, "apples".into()), 5, hlc))
+        .unwrap();
+    a.update(|m, hlc| m.increment((2, "pears".into()), -1, hlc))
+        .unwrap();
+    let msg = a.sync_with(id(B)).unwrap();
+    golden_message("pair_form_message", &msg);
+    golden_value("pair_form_state", a.state());
+    let bytes = serde_json::to_vec(a.state()).unwrap();
+    assert_eq!(occurrences(&bytes, r#""e":[[[2,"pears"],"#), 1);
+}
+
 #[test]
 fn every_golden_file_is_checked() {
     if std::env::var_os("CONCORD_BLESS").is_some() {
@@ -385,6 +403,8 @@ fn every_golden_file_is_checked() {
             "nested_map_message.json",
             "nested_map_message_v2.json",
             "nested_map_state.json",
+            "pair_form_message.json",
+            "pair_form_state.json",
             "pn_counter.json",
         ],
         "a golden file without a test (or a test without a file)"

@@ -11,6 +11,7 @@ use crate::hlc::{Hlc, SystemClock, TimeSource, Timestamp};
 use crate::id::{Dot, ReplicaId};
 use crate::resolver::{Outcome, Resolver};
 
+use super::hot::{HotKey, HotKeys};
 use super::lease::LeaseStore;
 use super::message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
@@ -91,6 +92,12 @@ pub struct Config {
     /// (the replicas still converge). Turn it off for other topologies; a counter
     /// then keeps a segment per update.
     pub fold_counters: bool,
+    /// The most received writes (dots) this replica keeps set aside at once for hot
+    /// keys, keys a delta would push past [`Limits::max_siblings`] (see
+    /// [`SyncEngine::hot_keys`]). A delta that would set aside more is refused whole
+    /// with [`Error::TooManySiblings`], as it was before containment, so a peer cannot
+    /// grow this replica's bookkeeping without bound. 0 turns containment off.
+    pub max_set_aside: u64,
 }
 
 impl Default for Config {
@@ -113,6 +120,7 @@ impl Default for Config {
             anti_entropy_ms: 30_000,
             chunk_window: 4,
             fold_counters: true,
+            max_set_aside: 1 << 16,
         }
     }
 }
@@ -353,6 +361,16 @@ impl Config {
         /// assert!(!config.fold_counters);
         /// ```
         fold_counters: bool,
+        /// Sets [`Config::max_set_aside`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// // Refuse, rather than contain, a key over the sibling cap (the old way).
+        /// let config = Config::default().max_set_aside(0);
+        /// assert_eq!(config.max_set_aside, 0);
+        /// ```
+        max_set_aside: u64,
     }
 
     /// Checks that the settings make sense together. [`SyncEngine::new`] does not call
@@ -433,6 +451,12 @@ pub struct Received<T: Crdt> {
     pub outcome: Outcome,
     /// Every concurrency the merge resolved.
     pub conflicts: Vec<Conflict<T::Key, T::Value>>,
+    /// The keys this message could not bring in whole without exceeding the sibling
+    /// cap: the rest of it was taken, and writes to these keys were set aside (see
+    /// [`HotKey`] and the guide's "Hot keys"). Each names the sender. A key is
+    /// reported when it becomes contained and whenever writes not set aside before
+    /// are, not again for each resend of the same writes.
+    pub hot_keys: Vec<HotKey<T::Key>>,
     /// The answer to send back, if the sender asked for one.
     pub reply: Option<Message<T>>,
 }
@@ -541,6 +565,8 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     next_stream: u64,
     /// Where the driver's round-robin over peers starts next.
     cursor: usize,
+    /// The keys held contained.
+    hot: HotKeys<T::Key>,
 }
 
 impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
@@ -582,6 +608,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             // Stream ids differ between boots (and, almost surely, between nodes).
             next_stream: (incarnation.as_uuid().as_u128() as u64) | 1,
             cursor: 0,
+            hot: HotKeys::default(),
         }
     }
 
@@ -900,9 +927,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             let _ = self.hlc.observe(ts);
         }
         self.counters.conflicts += conflicts.len() as u64;
+        self.heal_hot_keys();
         Ok(Received {
             outcome,
             conflicts,
+            hot_keys: Vec::new(),
             reply: None,
         })
     }
@@ -1619,19 +1648,37 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         let mut conflicts = Vec::new();
         let had_delta = msg.delta.is_some();
+        let mut set_aside = Vec::new();
+        let contain = self.may_contain(msg.v, msg.from);
         let outcome = match msg.delta {
+            Some(delta) if !skip && contain => {
+                let budget = self.config.max_set_aside.saturating_sub(self.hot.pending());
+                self.state.try_merge_containing(
+                    delta,
+                    &self.config.limits,
+                    &mut conflicts,
+                    budget,
+                    &mut set_aside,
+                )?
+            }
             Some(delta) if !skip => {
                 self.state
                     .try_merge(delta, &self.config.limits, &mut conflicts)?
             }
             _ => Outcome::Unchanged,
         };
+        // Nothing below fails: the merge is done, record what it set aside.
+        let now = self.hlc.now_ms();
+        let hot_keys = self.hot.record(set_aside, msg.from, now);
+        self.counters.set_aside += hot_keys.len() as u64;
+        if had_delta && !skip {
+            self.heal_hot_keys();
+        }
         // Validated above; a clock that moved backwards since then only narrows the
         // window, and the write is already merged, so a late drift error is ignored.
         if let Some(ts) = &newest {
             let _ = self.hlc.observe(ts);
         }
-        let now = self.hlc.now_ms();
         let retransmit_ms = self.config.retransmit_ms;
         let peer = self
             .peers
@@ -1705,9 +1752,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.out = None;
         }
         if peer.acked.includes(&peer.offered) && peer.out.is_none() {
+            // The backoff ends when what was in flight arrived, not when a timeout
+            // took back the offer (`offered` is then `acked`): writes the peer keeps
+            // not taking (a hot key it holds contained) are resent at the backed-off
+            // period, not every relay delay.
+            if peer.deadline.is_some() {
+                peer.rto = retransmit_ms;
+            }
             peer.deadline = None;
             peer.flight = None;
-            peer.rto = retransmit_ms;
         } else if peer.out.is_some() {
             if progressed && peer.deadline.is_some() {
                 // A stream making progress: wait a full timeout from now.
@@ -1726,9 +1779,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         let wants_answer = msg.reply || skip;
         if driver {
-            if wants_answer && peer.out.is_none() {
+            // An explicit question (a session opener, anti-entropy, or a peer that
+            // skipped a delta) is answered at once with everything the peer has not
+            // acknowledged, relays included. A delta asks only for an
+            // acknowledgement: answering it with a resend would make two replicas
+            // that each hold writes the other sets aside (a hot key contained on
+            // both sides) send them back and forth without end; those go again on
+            // the retransmission timer instead.
+            if (skip || (msg.reply && !had_delta)) && peer.out.is_none() {
                 peer.offered = peer.acked.clone();
-                // An explicit question is answered at once, relays included.
                 peer.relay_since = Some(0);
             }
             peer.owe_ack |= had_delta || wants_answer;
@@ -1747,8 +1806,76 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Ok(Received {
             outcome,
             conflicts,
+            hot_keys,
             reply,
         })
+    }
+
+    /// True if a delta of protocol version `v` from `from` may be contained rather
+    /// than refused. Containment leaves gaps in this replica's context until the key
+    /// heals, and a version-1 acknowledgement cannot name a gap (the peer would resend
+    /// everything past it, again and again), so it needs version 2 towards the sender
+    /// and towards every peer known to speak only version 1.
+    fn may_contain(&self, v: u32, from: ReplicaId) -> bool {
+        self.config.max_set_aside > 0
+            && v >= 2
+            && self.config.protocol_version >= 2
+            && self
+                .peers
+                .iter()
+                .all(|(id, p)| *id == from || p.vmax.is_none_or(|vmax| vmax >= 2))
+    }
+
+    /// Forgets set-aside writes the state now holds (taken, or superseded by a write
+    /// that was); a key whose every set-aside write is accounted for has healed.
+    fn heal_hot_keys(&mut self) {
+        if self.hot.len() > 0 {
+            self.counters.healed += self.hot.heal(self.state.context()) as u64;
+        }
+    }
+
+    /// The keys held contained, in key order: keys over the sibling cap whose new
+    /// writes from peers were set aside while everything else kept flowing (see
+    /// [`HotKey`] and the guide's "Hot keys"). A key leaves the list by itself once
+    /// every write set aside for it has been taken, which happens after a write that
+    /// saw its siblings collapses it, at any replica. Not part of a snapshot: after a
+    /// restart a key still over the cap is listed again when its writes are next
+    /// offered.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Limits, ManualClock, MvRegister, OrMap, ReplicaId};
+    ///
+    /// type Profiles = OrMap<String, MvRegister<u32>>;
+    /// let ids = [1, 2, 3, 4].map(ReplicaId::from_u128);
+    /// let time = ManualClock::new(1_000);
+    /// let capped = Limits { max_siblings: 2, ..Limits::default() };
+    /// let mut hub = SyncEngine::new(ids[0], Profiles::new(), time.clone(),
+    ///     Config::with_peers(ids[1..].to_vec()).limits(capped.clone()));
+    /// let mut writers = Vec::new();
+    /// for id in &ids[1..] {
+    ///     let config = Config::with_peers([ids[0]]).limits(capped.clone());
+    ///     let mut writer = SyncEngine::new(*id, Profiles::new(), time.clone(), config);
+    ///     let answer = hub.receive(writer.sync_with(ids[0])?)?.reply.expect("an answer");
+    ///     writer.receive(answer)?; // versions agreed: containment needs version 2
+    ///     writers.push(writer);
+    /// }
+    /// // Three masters race on "k": the hub takes two of the writes, the third is one
+    /// // sibling too many and is set aside, and "other2" arrives all the same.
+    /// for (n, writer) in writers.iter_mut().enumerate() {
+    ///     writer.update(|m, hlc| m.write("k".into(), n as u32, hlc))?;
+    ///     writer.update(|m, hlc| m.write(format!("other{n}"), 0, hlc))?;
+    ///     let received = hub.receive(writer.sync_with(ids[0])?)?;
+    ///     assert_eq!(received.hot_keys.len(), usize::from(n == 2));
+    /// }
+    /// assert_eq!(hub.state().len(), 4); // "k" and the three "other" keys
+    /// let hot = hub.hot_keys();
+    /// assert_eq!((hot[0].key.as_str(), hot[0].siblings), ("k", 3));
+    /// assert_eq!(hub.metrics().contained_hot_keys, 1);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn hot_keys(&self) -> Vec<HotKey<T::Key>> {
+        self.hot.list()
     }
 
     /// Drops bookkeeping every peer has acknowledged.
@@ -2047,6 +2174,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             retransmits: self.counters.retransmits,
             chunks_sent: self.counters.chunks,
             lease_writes: self.counters.lease_writes,
+            contained_hot_keys: self.hot.len() as u64,
+            set_aside_writes: self.hot.pending(),
+            hot_keys_set_aside: self.counters.set_aside,
+            hot_keys_healed: self.counters.healed,
             peers,
         }
     }

@@ -98,7 +98,7 @@ impl<T> Message<T> {
 
 impl<T: Crdt> Message<T> {
     /// Encodes the message for the wire, in the version it names (see
-    /// [`crate::wire::encode`]). It needs no engine, so a reply can be encoded while
+    /// [`crate::wire::encode`], which says why it cannot fail). It needs no engine, so a reply can be encoded while
     /// the engine that produced it is borrowed again:
     ///
     /// ```

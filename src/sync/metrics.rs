@@ -38,6 +38,22 @@ pub struct Metrics {
     pub chunks_sent: u64,
     /// Times the counter lease was extended (written to its store).
     pub lease_writes: u64,
+    /// Keys held contained now: over the sibling cap, their new writes set aside
+    /// (listed by [`SyncEngine::hot_keys`](super::SyncEngine::hot_keys)). Alert on a
+    /// value that stays above 0: an application must collapse those keys.
+    #[serde(default)]
+    pub contained_hot_keys: u64,
+    /// Writes (dots) set aside for those keys and not taken yet (bounded by
+    /// [`Config::max_set_aside`](super::Config::max_set_aside)).
+    #[serde(default)]
+    pub set_aside_writes: u64,
+    /// Reports of keys set aside ([`Received::hot_keys`](super::Received::hot_keys)):
+    /// a key becoming contained, or more of its writes set aside.
+    #[serde(default)]
+    pub hot_keys_set_aside: u64,
+    /// Contained keys that healed (every write set aside for them taken).
+    #[serde(default)]
+    pub hot_keys_healed: u64,
     /// Per-peer replication state, in peer-id order.
     pub peers: Vec<PeerMetrics>,
 }
@@ -66,4 +82,6 @@ pub(crate) struct Counters {
     pub(crate) retransmits: u64,
     pub(crate) chunks: u64,
     pub(crate) lease_writes: u64,
+    pub(crate) set_aside: u64,
+    pub(crate) healed: u64,
 }

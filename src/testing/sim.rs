@@ -329,6 +329,29 @@ impl<T: Crdt + Default> Sim<T> {
     /// chunking catch-ups larger than that).
     pub fn with_message_limit(mut self, bytes: usize) -> Self {
         self.config.max_message_bytes = bytes;
+        self.rebuilt()
+    }
+
+    /// The same simulation with every engine applying `limits` to what it receives: a
+    /// low [`Limits::max_siblings`](crate::Limits::max_siblings) makes keys that many
+    /// nodes write at once *hot*, contained by the engines (see
+    /// [`SyncEngine::hot_keys`]).
+    ///
+    /// ```
+    /// use concord::testing::sim::{Faults, Sim};
+    /// use concord::{Limits, MvRegister, OrMap};
+    ///
+    /// let capped = Limits { max_siblings: 2, ..Limits::default() };
+    /// let sim = Sim::<OrMap<String, MvRegister<u8>>>::new(3, 7, Faults::none()).with_limits(capped);
+    /// assert_eq!(sim.engine(0).config().limits.max_siblings, 2);
+    /// ```
+    pub fn with_limits(mut self, limits: crate::Limits) -> Self {
+        self.config.limits = limits;
+        self.rebuilt()
+    }
+
+    /// Every engine built again, empty, from `self.config`.
+    fn rebuilt(mut self) -> Self {
         let ids = self.ids.clone();
         for (i, node) in self.nodes.iter_mut().enumerate() {
             let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
