@@ -840,6 +840,28 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
     }
 
+    /// The positions of the entries holding a dot of `dots` (all of them dots this
+    /// map has seen), in order. Few dots: found through the index. Many (a long
+    /// absence, or keys rewritten often): a scan of the entries.
+    fn positions_holding(&self, dots: &CausalContext) -> Vec<usize> {
+        let mut positions: Vec<usize> = if dots.dot_count() <= self.entries.len() as u64 {
+            dots.dots()
+                .filter_map(|d| self.index.get(&d).copied())
+                .collect()
+        } else {
+            (0..self.entries.len())
+                .filter(|&pos| {
+                    let mut holds = false;
+                    self.entries[pos].for_each_dot(&mut |d| holds |= dots.contains(d));
+                    holds
+                })
+                .collect()
+        };
+        positions.sort_unstable();
+        positions.dedup();
+        positions
+    }
+
     fn rebuild_index(&mut self) {
         self.index.clear();
         let index = &mut self.index;
@@ -1543,24 +1565,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         let seen = offered;
         let since = self.ctx.minus(seen);
-        // Few new dots: find their entries through the index. Many (a long absence,
-        // or keys rewritten often): scan the entries, still sending only what changed.
-        let mut positions: Vec<usize> = if since.dot_count() <= self.entries.len() as u64 {
-            since
-                .dots()
-                .filter_map(|d| self.index.get(&d).copied())
-                .collect()
-        } else {
-            (0..self.entries.len())
-                .filter(|&pos| {
-                    let mut unseen = false;
-                    self.entries[pos].for_each_dot(&mut |d| unseen |= !seen.contains(d));
-                    unseen
-                })
-                .collect()
-        };
-        positions.sort_unstable();
-        positions.dedup();
+        let positions = self.positions_holding(&since);
         let mut delta = OrMap::new();
         for pos in positions {
             let (k, v) = self
@@ -1594,23 +1599,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             }
         }
         if !causes.is_empty() {
-            let mut positions: Vec<usize> = if causes.dot_count() <= self.entries.len() as u64 {
-                causes
-                    .dots()
-                    .filter_map(|d| self.index.get(&d).copied())
-                    .collect()
-            } else {
-                (0..self.entries.len())
-                    .filter(|&pos| {
-                        let mut cause = false;
-                        self.entries[pos].for_each_dot(&mut |d| cause |= causes.contains(d));
-                        cause
-                    })
-                    .collect()
-            };
-            positions.sort_unstable();
-            positions.dedup();
-            for pos in positions {
+            for pos in self.positions_holding(&causes) {
                 let (k, v) = self
                     .entries
                     .get_index(pos)
