@@ -189,6 +189,9 @@ struct Folding<K> {
     stable: CausalContext,
     /// Keys whose counters this replica wrote and has not folded to one segment yet.
     pending: indexmap::IndexSet<K>,
+    /// Whether the entries were searched for such keys (once per map built from a
+    /// snapshot or a message: the pending set is not part of the state).
+    searched: bool,
 }
 
 impl<K> Default for Folding<K> {
@@ -196,6 +199,7 @@ impl<K> Default for Folding<K> {
         Folding {
             stable: CausalContext::new(),
             pending: indexmap::IndexSet::new(),
+            searched: false,
         }
     }
 }
@@ -1891,7 +1895,19 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         let me = hlc.replica();
         self.folding.stable = stable.only(me);
-        if self.folding.pending.is_empty() || self.folding.stable.is_empty() {
+        if self.folding.stable.is_empty() {
+            return Ok(false);
+        }
+        if !self.folding.searched {
+            // A map restored from a snapshot: its counters' leftover segments.
+            self.folding.searched = true;
+            for (key, value) in &self.entries {
+                if value.foldable(me, &CausalContext::new()).0 > 1 {
+                    self.folding.pending.insert(key.clone());
+                }
+            }
+        }
+        if self.folding.pending.is_empty() {
             return Ok(false);
         }
         let stable = self.folding.stable.clone();

@@ -78,6 +78,31 @@ fn masters_with(n: u128, time: &ManualClock, tune: impl Fn(Config) -> Config) ->
 }
 
 #[test]
+fn a_restored_state_folds_its_leftover_segments_without_a_new_write() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    // A state saved before its segments were folded (say, by an older release).
+    let mut saved = Likes::new();
+    let mut hlc = concord::Hlc::new(a_id, time.clone());
+    for _ in 0..20 {
+        saved
+            .apply("likes".into(), &mut hlc, |c, op| c.add(op, 1))
+            .unwrap();
+    }
+    assert_eq!(segments(&saved), 20);
+    let a_config = Config::with_peers([b_id]).incarnation(a_id);
+    let mut engines = vec![
+        SyncEngine::new(a_id, saved, time.clone(), a_config),
+        SyncEngine::new(b_id, Likes::new(), time.clone(), Config::with_peers([a_id])),
+    ];
+    settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(e.state().count("likes"), 20);
+        assert_eq!(segments(e.state()), 1, "{:?}", e.state());
+    }
+}
+
+#[test]
 fn folding_can_be_turned_off() {
     let time = ManualClock::new(1_700_000_000_000);
     let mut engines = masters_with(2, &time, |c| c.fold_counters(false));
