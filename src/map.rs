@@ -1653,6 +1653,25 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                         out.ctx.insert(d);
                         items += 1;
                     }
+                    // With the writes that made them (a fold of counter segments, say):
+                    // a removal must not arrive alone, even for the length of a stream.
+                    // (Only while they fit in this chunk's budget: a large trigger, a
+                    // big received delta, is left to phase 2 rather than overflow it.)
+                    let causes = trigger.intersection(upto).minus(seen);
+                    let room = max_items.saturating_sub(items) as u64;
+                    if !causes.is_empty() && causes.dot_count() <= room {
+                        for pos in self.positions_holding(&causes) {
+                            let (k, v) = self.entries.get_index(pos).expect("position in range");
+                            let part = v.filtered(&|d| !seen.contains(d) && upto.contains(d));
+                            if !part.is_bottom() {
+                                items += part.size().max(1);
+                                part.for_each_dot(&mut |d| {
+                                    out.ctx.insert(d);
+                                });
+                                out.entries.insert(k.clone(), part);
+                            }
+                        }
+                    }
                 }
                 cursor.log = seq + 1;
             }

@@ -229,3 +229,67 @@ fn a_million_increments_fold_to_a_small_state() {
     // Bounded on the way too: what one round of 100 writes leaves, plus the folded.
     assert!(max_segments <= 110, "{max_segments} segments on the way");
 }
+
+/// A peer catching up in chunks gets a fold's removal of the folded segments in the
+/// same chunk as the fold: its reading never dips, and nothing is reported.
+#[test]
+fn a_chunked_catch_up_never_shows_a_fold_without_its_segment() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters_with(2, &time, |c| c.max_message_bytes(1024));
+    let others = |e: &mut Engine| {
+        for i in 0..200 {
+            e.update(|m, hlc| m.increment(format!("other-key-{i:04}"), 1, hlc))
+                .unwrap();
+        }
+    };
+    others(&mut engines[0]);
+    settle(&mut engines, &time);
+    for _ in 0..2 {
+        engines[0]
+            .update(|m, hlc| m.increment("k".into(), 1, hlc))
+            .unwrap();
+        settle(&mut engines, &time);
+    }
+    engines[1]
+        .update(|m, hlc| m.increment("k".into(), 100, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    // B away (A's messages lost): A writes many other keys, then k again, folding its
+    // earlier segments into this write.
+    others(&mut engines[0]);
+    engines[0]
+        .update(|m, hlc| m.increment("k".into(), 1, hlc))
+        .unwrap();
+    while engines[0].poll_transmit().is_some() {}
+    let k_segments = engines[0]
+        .state()
+        .get("k")
+        .map_or(0, concord::DotStore::size);
+    assert_eq!(
+        k_segments, 2,
+        "A folded its own segments: one of A's, one of B's"
+    );
+
+    // Back: one message at a time, watching B's reading of k.
+    let mut readings = vec![engines[1].state().count("k")];
+    for _ in 0..2_000 {
+        time.advance(100);
+        for e in engines.iter_mut() {
+            if e.poll_timeout().is_some_and(|at| at <= time.now()) {
+                e.handle_timeout();
+            }
+        }
+        for i in 0..2 {
+            while let Some(t) = engines[i].poll_transmit() {
+                let got = engines[1 - i].handle_bytes(&t.bytes).unwrap();
+                assert!(got.conflicts.is_empty(), "{:?}", got.conflicts);
+                let r = engines[1].state().count("k");
+                if readings.last() != Some(&r) {
+                    readings.push(r);
+                }
+            }
+        }
+    }
+    assert_eq!(readings, [102, 103], "B's readings of k");
+    assert_eq!(engines[0].state(), engines[1].state());
+}
