@@ -866,6 +866,22 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         positions
     }
 
+    /// Copies the part of the entry at `pos` whose dots satisfy `keep` into `out`
+    /// (entry and context); returns its size in items (0 if nothing is kept).
+    fn copy_part(&self, pos: usize, keep: &dyn Fn(Dot) -> bool, out: &mut Self) -> usize {
+        let (k, v) = self.entries.get_index(pos).expect("position in range");
+        let part = v.filtered(keep);
+        if part.is_bottom() {
+            return 0;
+        }
+        part.for_each_dot(&mut |d| {
+            out.ctx.insert(d);
+        });
+        let size = part.size().max(1);
+        out.entries.insert(k.clone(), part);
+        size
+    }
+
     fn rebuild_index(&mut self) {
         self.index.clear();
         let index = &mut self.index;
@@ -1604,17 +1620,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if !causes.is_empty() {
             for pos in self.positions_holding(&causes) {
-                let (k, v) = self
-                    .entries
-                    .get_index(pos)
-                    .expect("index points into entries");
-                let part = v.filtered(&|x| !acked.contains(x));
-                part.for_each_dot(&mut |x| {
-                    delta.ctx.insert(x);
-                });
-                if !part.is_bottom() {
-                    delta.entries.insert(k.clone(), part);
-                }
+                self.copy_part(pos, &|x| !acked.contains(x), &mut delta);
             }
         }
         delta.seal();
@@ -1631,6 +1637,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         let mut out = OrMap::new();
         let mut items = 0usize;
         let max_items = max_items.max(1);
+        let unsent = |d: Dot| !seen.contains(d) && upto.contains(d);
         // Below the removal log's floor (now, or since the stream began): the log no
         // longer lists every removal the peer must learn, so phase 1 sends every
         // removed dot it has seen too. If that happens mid-stream, walk again.
@@ -1661,15 +1668,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                     let room = max_items.saturating_sub(items) as u64;
                     if !causes.is_empty() && causes.dot_count() <= room {
                         for pos in self.positions_holding(&causes) {
-                            let (k, v) = self.entries.get_index(pos).expect("position in range");
-                            let part = v.filtered(&|d| !seen.contains(d) && upto.contains(d));
-                            if !part.is_bottom() {
-                                items += part.size().max(1);
-                                part.for_each_dot(&mut |d| {
-                                    out.ctx.insert(d);
-                                });
-                                out.entries.insert(k.clone(), part);
-                            }
+                            items += self.copy_part(pos, &unsent, &mut out);
                         }
                     }
                 }
@@ -1721,19 +1720,8 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 2 {
             while cursor.pos < self.entries.len() && items < max_items {
-                let (k, v) = self
-                    .entries
-                    .get_index(cursor.pos)
-                    .expect("position in range");
+                items += self.copy_part(cursor.pos, &unsent, &mut out);
                 cursor.pos += 1;
-                let part = v.filtered(&|d| !seen.contains(d) && upto.contains(d));
-                if !part.is_bottom() {
-                    items += part.size().max(1);
-                    part.for_each_dot(&mut |d| {
-                        out.ctx.insert(d);
-                    });
-                    out.entries.insert(k.clone(), part);
-                }
             }
             if cursor.pos >= self.entries.len() {
                 cursor.phase = 3;
