@@ -225,28 +225,42 @@ impl DotStore for PnCounter {
         if stable_count + usize::from(own_write.is_some()) < 2 || stable_count == 0 {
             return;
         }
-        // Summed wide, so the folded segment is exact whenever the sum fits.
-        let mut total: i128 = 0;
-        self.segments.entries.retain(|(d, n)| {
-            let folded = d.replica() == me && (op.issued(*d) || stable.contains(*d));
-            if folded {
-                total += *n as i128;
-            }
-            !folded
-        });
+        // Summed wide: a fold whose sum would not fit in one segment is not made, so
+        // the value reads the same however the segments are grouped (it is summed
+        // wide too, and clamped only at the end).
+        let total: i128 = self
+            .segments
+            .entries
+            .iter()
+            .filter(|(d, _)| d.replica() == me && (op.issued(*d) || stable.contains(*d)))
+            .map(|(_, n)| *n as i128)
+            .sum();
+        let Ok(total) = i64::try_from(total) else {
+            return;
+        };
+        self.segments
+            .entries
+            .retain(|(d, _)| !(d.replica() == me && (op.issued(*d) || stable.contains(*d))));
         let tag = own_write.unwrap_or_else(|| op.tag());
-        let total = total.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         self.segments.insert(tag, total);
     }
 
     fn foldable(&self, me: ReplicaId, stable: &CausalContext) -> (usize, usize) {
         let mut own = 0;
         let mut covered = 0;
-        for (d, _) in &self.segments.entries {
+        let mut sum: i128 = 0;
+        for (d, n) in &self.segments.entries {
             if d.replica() == me {
                 own += 1;
-                covered += usize::from(stable.contains(*d));
+                if stable.contains(*d) {
+                    covered += 1;
+                    sum += *n as i128;
+                }
             }
+        }
+        // Segments whose sum does not fit in one are not folded (see `fold`).
+        if i64::try_from(sum).is_err() {
+            covered = 0;
         }
         (own, covered)
     }

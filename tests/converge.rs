@@ -178,10 +178,11 @@ proptest! {
         seed in any::<u64>(),
         faults in faults(),
         limit in message_limit(),
+        lease_block in prop_oneof![Just(1u64), Just(3), Just(64)],
         actions in prop::collection::vec(action((-3..5i64).prop_map(Tally)), 0..80),
     ) {
         TALLIED.with(|t| t.borrow_mut().clear());
-        let mut sim: Sim<Tallies> = Sim::new(nodes, seed, faults);
+        let mut sim: Sim<Tallies> = Sim::new(nodes, seed, faults).with_lease_block(lease_block);
         if let Some(bytes) = limit {
             sim = sim.with_message_limit(bytes);
         }

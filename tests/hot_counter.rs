@@ -293,3 +293,39 @@ fn a_chunked_catch_up_never_shows_a_fold_without_its_segment() {
     assert_eq!(readings, [102, 103], "B's readings of k");
     assert_eq!(engines[0].state(), engines[1].state());
 }
+
+#[test]
+fn folding_never_changes_a_value_near_the_i64_bounds() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters(2, &time);
+    engines[1]
+        .update(|m, hlc| m.increment("likes".into(), -100, hlc))
+        .unwrap();
+    engines[0]
+        .update(|m, hlc| m.increment("likes".into(), i64::MAX, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    // A's own segments now sum past i64::MAX; with B's -100 the value still fits.
+    for _ in 0..3 {
+        engines[0]
+            .update(|m, hlc| m.increment("likes".into(), 5, hlc))
+            .unwrap();
+        settle(&mut engines, &time);
+    }
+    for e in &engines {
+        assert_eq!(e.state().count("likes"), i64::MAX - 85);
+    }
+    // And folding resumes once the sum fits again.
+    engines[0]
+        .update(|m, hlc| m.increment("likes".into(), -100, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    engines[0]
+        .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(e.state().count("likes"), i64::MAX - 184);
+        assert!(segments(e.state()) <= 3, "{}", segments(e.state()));
+    }
+}

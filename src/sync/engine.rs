@@ -557,6 +557,8 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     write_times: VecDeque<(u64, u64)>,
     /// The last stable set counters were folded with (see `fold_counters`).
     fold_floor: CausalContext,
+    /// This boot may fold dots its earlier lives issued (see `fold_counters`).
+    boot_settled: bool,
     counters: Counters,
     lease: Option<Lease>,
     /// A fresh id per boot (engine built or restored), sent as `inc`.
@@ -601,6 +603,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             config,
             write_times: VecDeque::new(),
             fold_floor: CausalContext::new(),
+            boot_settled: false,
             counters: Counters::default(),
             lease: None,
             // Deterministic tests fix the boot id along with the writer id.
@@ -671,6 +674,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         // Whatever was worked out for folding before the lease named the boot's
         // floor starts over (see `fold_counters`).
         self.fold_floor = CausalContext::new();
+        self.boot_settled = false;
         self.state
             .fold_stable(&CausalContext::new(), &mut self.hlc)?;
         self.fold_counters();
@@ -1928,11 +1932,24 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         // may have folded some of them already, in a write this one has not seen (it
         // restored an older snapshot): folding them again would count them twice. So
         // they wait until this boot holds every dot its earlier lives issued.
+        //
+        // A dot of that range may also never have been issued (a lease taken in
+        // blocks grants more than a boot uses), so the wait also ends once every peer
+        // has acknowledged a write of this boot while we held all it had seen: an
+        // earlier life's write that reached a peer is here by then, and one that
+        // reached none is lost for good.
         let boot_floor = self.hlc.counter_floor();
-        if boot_floor > 0 {
+        if boot_floor > 0 && !self.boot_settled {
             let mut earlier = CausalContext::new();
             earlier.insert_range(me, 1, boot_floor);
-            if !ctx.includes(&earlier) {
+            let caught_up = !self.peers.is_empty()
+                && self
+                    .peers
+                    .values()
+                    .all(|p| p.fold_ack.max_counter(me) > boot_floor);
+            if ctx.includes(&earlier) || caught_up {
+                self.boot_settled = true;
+            } else {
                 floor = floor.minus(&earlier);
             }
         }

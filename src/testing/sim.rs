@@ -350,6 +350,22 @@ impl<T: Crdt + Default> Sim<T> {
         self.rebuilt()
     }
 
+    /// The same simulation with every engine taking its counter lease in blocks of
+    /// `block` counters ([`Config::lease_block`]): a restart then skips the unused
+    /// rest of a block.
+    ///
+    /// ```
+    /// use concord::testing::sim::{Faults, Sim};
+    /// use concord::{MvRegister, OrMap};
+    ///
+    /// let sim = Sim::<OrMap<String, MvRegister<u8>>>::new(3, 7, Faults::none()).with_lease_block(16);
+    /// assert_eq!(sim.engine(0).config().lease_block, 16);
+    /// ```
+    pub fn with_lease_block(mut self, block: u64) -> Self {
+        self.config.lease_block = block;
+        self.rebuilt()
+    }
+
     /// Every engine built again, empty, from `self.config`.
     fn rebuilt(mut self) -> Self {
         let ids = self.ids.clone();
