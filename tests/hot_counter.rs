@@ -329,3 +329,53 @@ fn folding_never_changes_a_value_near_the_i64_bounds() {
         assert!(segments(e.state()) <= 3, "{}", segments(e.state()));
     }
 }
+
+#[test]
+fn segments_wait_for_a_peer_that_is_down_and_fold_once_it_is_back() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters(3, &time);
+    let down = engines[2].node();
+    // C is unreachable: everything to or from it is lost while A increments.
+    for round in 0..10 {
+        for _ in 0..100 {
+            engines[0]
+                .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+                .unwrap();
+        }
+        for _ in 0..50 {
+            let mut busy = false;
+            for i in 0..2 {
+                while let Some(t) = engines[i].poll_transmit() {
+                    busy = true;
+                    if t.to == down {
+                        continue;
+                    }
+                    let to = engines.iter().position(|e| e.node() == t.to).unwrap();
+                    engines[to].handle_bytes(&t.bytes).expect("valid message");
+                }
+            }
+            while engines[2].poll_transmit().is_some() {}
+            if !busy {
+                break;
+            }
+        }
+        time.advance(10);
+        assert_eq!(engines[1].state().count("likes"), (round + 1) * 100);
+    }
+    // Nothing folds without C's acknowledgement: a segment per increment.
+    assert!(
+        segments(engines[0].state()) >= 1_000,
+        "{}",
+        segments(engines[0].state())
+    );
+    // C is back: it catches up, acknowledges, and A folds.
+    settle(&mut engines, &time);
+    engines[0]
+        .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(e.state().count("likes"), 1_001);
+        assert!(segments(e.state()) <= 3, "{}", segments(e.state()));
+    }
+}
