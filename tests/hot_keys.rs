@@ -596,3 +596,49 @@ mod laws {
         }
     }
 }
+
+/// A key contained because of writes whose only holder then restarts from a snapshot
+/// that lacks them: those writes will never come again, and the key leaves the list
+/// (before, it stayed listed for good).
+#[test]
+fn set_aside_writes_lost_with_their_only_holder_are_forgotten() {
+    use concord::{Hlc, Resolver};
+
+    let time = ManualClock::new(START_MS);
+    let mut hub_state = Map::new();
+    for writer in 10..13 {
+        let mut hlc = Hlc::new(id(writer), time.clone());
+        let mut m = Map::new();
+        m.write(HOT.into(), writer as u32, &mut hlc).unwrap();
+        hub_state.merge(m);
+    }
+    assert_eq!(hub_state.get(HOT).unwrap().values().len(), 3);
+    let config = |me: u128, peer: u128, cap: usize| {
+        Config::with_peers([id(peer)])
+            .limits(capped(cap))
+            .incarnation(id(1000 + me))
+    };
+    let mut net = Net::star(&[200, 2], |c| c);
+    net.engines[0] = SyncEngine::new(id(1), hub_state, time.clone(), config(1, 2, 200));
+    net.engines[1] = SyncEngine::new(id(2), Map::new(), time.clone(), config(2, 1, 2));
+    net.time = time.clone();
+    net.run_for(5_000);
+    assert_eq!(
+        net.engines[1].hot_keys().len(),
+        1,
+        "the receiver holds the key contained"
+    );
+
+    // The hub restarts from a snapshot that never held the key (a new boot).
+    let restarted = Config::with_peers([id(2)])
+        .limits(capped(200))
+        .incarnation(id(2000));
+    net.engines[0] = SyncEngine::new(id(1), Map::new(), time.clone(), restarted);
+    net.run_for(5_000);
+    assert!(
+        net.engines[1].hot_keys().is_empty(),
+        "{:?}",
+        net.engines[1].hot_keys()
+    );
+    assert_eq!(net.engines[0].state(), net.engines[1].state());
+}

@@ -1705,6 +1705,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .last_heard_ms
             .is_none_or(|t| now.saturating_sub(t) > quiet_ms);
         let before = peer.acked.intersection(&peer.offered);
+        let mut replaced_boot = false;
         if peer.boot == Some(msg.inc) {
             peer.acked.merge_ref(&msg.seen);
             // Bounded: an honest peer's context only grows, so the union is its
@@ -1723,6 +1724,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.inbound = None;
             peer.deadline = None;
             peer.flight = None;
+            replaced_boot = true;
         }
         let progressed = !before.includes(&peer.acked.intersection(&peer.offered));
         if silent && !peer.acked.includes(&peer.offered) {
@@ -1801,6 +1803,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             }
             peer.owe_ack |= had_delta || wants_answer;
             peer.owe_restart |= skip;
+        }
+        if replaced_boot && self.hot.len() > 0 {
+            // A peer restarted, perhaps from an older snapshot: writes set aside that
+            // no peer holds any more were lost with it (one that turns up again is
+            // set aside, and listed, again).
+            let mut held = CausalContext::new();
+            for p in self.peers.values() {
+                held.merge_ref(&p.acked);
+            }
+            self.counters.healed += self.hot.forget_unheld(&held) as u64;
         }
         self.counters.received += 1;
         self.counters.conflicts += conflicts.len() as u64;

@@ -128,6 +128,21 @@ impl<K: Ord + Clone> HotKeys<K> {
         before - self.records.len()
     }
 
+    /// Forgets set-aside writes no peer holds (`held`: the union of what the peers'
+    /// current boots acknowledged): they were lost in a crash and will never be
+    /// offered again. Returns how many keys that left with nothing set aside.
+    pub(crate) fn forget_unheld(&mut self, held: &CausalContext) -> usize {
+        let before = self.records.len();
+        let mut pending = 0;
+        self.records.retain(|_, record| {
+            record.dots = record.dots.intersection(held);
+            pending += record.dots.dot_count();
+            !record.dots.is_empty()
+        });
+        self.pending = pending;
+        before - self.records.len()
+    }
+
     /// The contained keys, in key order.
     pub(crate) fn list(&self) -> Vec<HotKey<K>> {
         self.records
