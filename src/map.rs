@@ -123,11 +123,6 @@ struct RemovalLog {
     floor: CausalContext,
     /// Dead dots held in `entries`.
     dots: usize,
-    /// For the dots this replica's own writes overwrote while their entries are in
-    /// the log: a dot of the write that did (still alive unless overwritten in turn).
-    /// A peer's removal of such a dot, made without seeing the write, is a
-    /// delete-vs-update race this replica reports (the overwrite survives it).
-    killed_by: DotMap<Dot>,
 }
 
 impl RemovalLog {
@@ -143,22 +138,8 @@ impl RemovalLog {
                 break;
             };
             self.dots -= dead.len();
-            for d in &dead {
-                self.killed_by.remove(d);
-            }
             self.floor.merge(trigger);
         }
-    }
-
-    /// Logs what a local write (`trigger`, its newest dot) overwrote; `survivor` is a
-    /// dot of the write left in the value, if any.
-    fn push_own(&mut self, trigger: Dot, survivor: Option<Dot>, dead: Vec<Dot>) {
-        if let Some(w) = survivor {
-            for &d in &dead {
-                self.killed_by.insert(d, w);
-            }
-        }
-        self.push(single(trigger), dead);
     }
 
     fn raise_floor(&mut self, seen: &CausalContext) {
@@ -170,16 +151,12 @@ impl RemovalLog {
     /// acknowledged, is sent the full state rather than a delta missing them.
     fn prune(&mut self, stable: &CausalContext) {
         let floor = &mut self.floor;
-        let killed_by = &mut self.killed_by;
         let mut dropped = 0;
         self.entries.retain(|(_, trigger, dead)| {
             let keep = !stable.includes(trigger);
             if !keep {
                 floor.merge_ref(trigger);
                 dropped += dead.len();
-                for d in dead {
-                    killed_by.remove(d);
-                }
             }
             keep
         });
@@ -675,10 +652,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             self.index.remove(d);
             dead.push(*d);
         }
-        let mut survivor = None;
         for d in new.iter().filter(|d| old.binary_search(d).is_err()) {
             self.index.insert(*d, pos);
-            survivor = survivor.or(op.issued(*d).then_some(*d));
         }
         self.scratch = before;
         let delta = delta_value.map(|delta_value| {
@@ -706,7 +681,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         op.record(&mut self.ctx);
         if !dead.is_empty() {
             self.log
-                .push_own(Dot::new(dot.replica(), op.last_counter()), survivor, dead);
+                .push(single(Dot::new(dot.replica(), op.last_counter())), dead);
         }
         delta
     }
@@ -907,64 +882,6 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         size
     }
 
-    /// Reports a delete-vs-update race at `pos`: `ours` (the value before the
-    /// removal) held an update the remover had not seen, and it survives.
-    fn report_removal<C: ConflictSink<K, V>>(&self, pos: usize, ours: V, sink: &mut C) {
-        let (key, resolved) = self.entries.get_index(pos).expect("present");
-        let theirs = V::default();
-        sink.report(crate::causal::Conflict {
-            key: key.clone(),
-            ours_clock: crate::causal::clock_of(&ours),
-            theirs_clock: crate::causal::clock_of(&theirs),
-            ours,
-            theirs,
-            resolved: resolved.clone(),
-        });
-    }
-
-    /// A peer removed dots that a write of ours had overwritten, without seeing that
-    /// write: it removed the key (or a nested part of it) while we updated it. The
-    /// update survives; the application hears of the race once (the record goes).
-    /// Returns the positions to report, with their values before the merge. Keys the
-    /// peer sent are left to the join's own race check.
-    fn overwrites_removed(
-        &mut self,
-        their_ctx: &CausalContext,
-        visited: &[usize],
-    ) -> Vec<(usize, V)> {
-        let hits: Vec<(Dot, Dot)> = if their_ctx.dot_count() <= self.log.killed_by.len() as u64 {
-            their_ctx
-                .dots()
-                .filter_map(|d| self.log.killed_by.get(&d).map(|&w| (d, w)))
-                .collect()
-        } else {
-            self.log
-                .killed_by
-                .iter()
-                .filter(|(d, _)| their_ctx.contains(**d))
-                .map(|(&d, &w)| (d, w))
-                .collect()
-        };
-        let mut positions = Vec::new();
-        for (d, w) in hits {
-            if their_ctx.contains(w) {
-                continue; // the remover saw the write: a removal of it, not a race
-            }
-            self.log.killed_by.remove(&d);
-            if let Some(&pos) = self.index.get(&w) {
-                if visited.binary_search(&pos).is_err() {
-                    positions.push(pos);
-                }
-            }
-        }
-        positions.sort_unstable();
-        positions.dedup();
-        positions
-            .into_iter()
-            .map(|pos| (pos, self.entries[pos].clone()))
-            .collect()
-    }
-
     fn rebuild_index(&mut self) {
         self.index.clear();
         let index = &mut self.index;
@@ -1116,14 +1033,6 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             }
             (0..original_len).filter(|&pos| !sent[pos]).collect()
         };
-        // Keys of ours whose overwrite the peer's removal had not seen (before any
-        // of their elements die here, so the report shows our value as it was).
-        // (Nothing new from the peer: any race with it was met, and told, before.)
-        let overwrites_removed = if C::ACTIVE && grew && !self.log.killed_by.is_empty() {
-            self.overwrites_removed(&their_ctx, &visited)
-        } else {
-            Vec::new()
-        };
         let mut scratch = Vec::new();
         for pos in touched {
             let value = &mut self.entries[pos];
@@ -1134,13 +1043,18 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             }
             // A removal (or an overwrite elsewhere) that meets an update it had not
             // seen: the update survives, and the application hears of the race.
-            let report = (C::ACTIVE
-                && value.update_survives(&their_ctx)
-                && !overwrites_removed.iter().any(|(p, _)| *p == pos))
-            .then(|| value.clone());
+            let report = (C::ACTIVE && value.update_survives(&their_ctx)).then(|| value.clone());
             effect.killed |= value.kill(&their_ctx);
             if let Some(ours) = report {
-                self.report_removal(pos, ours, sink);
+                let theirs = V::default();
+                sink.report(crate::causal::Conflict {
+                    key: self.entries.get_index(pos).expect("present").0.clone(),
+                    ours_clock: crate::causal::clock_of(&ours),
+                    theirs_clock: crate::causal::clock_of(&theirs),
+                    ours,
+                    theirs,
+                    resolved: self.entries[pos].clone(),
+                });
             }
             let value = &mut self.entries[pos];
             for d in &scratch {
@@ -1151,9 +1065,6 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             if value.is_bottom() {
                 removed.push(pos);
             }
-        }
-        for (pos, ours) in overwrites_removed {
-            self.report_removal(pos, ours, sink);
         }
         self.remove_positions(removed);
 

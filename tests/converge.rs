@@ -182,7 +182,9 @@ proptest! {
         actions in prop::collection::vec(action((-3..5i64).prop_map(Tally)), 0..80),
     ) {
         TALLIED.with(|t| t.borrow_mut().clear());
-        let mut sim: Sim<Tallies> = Sim::new(nodes, seed, faults).with_lease_block(lease_block);
+        let mut sim: Sim<Tallies> = Sim::new(nodes, seed, faults)
+            .with_lease_block(lease_block)
+            .with_fold_counters(true);
         if let Some(bytes) = limit {
             sim = sim.with_message_limit(bytes);
         }

@@ -1,5 +1,7 @@
 //! A hot counter: one key incremented at three masters for a long time stays small
-//! and cheap to write, because stable segments fold.
+//! and cheap to write, because stable segments fold (`Config::fold_counters`, off by
+//! default: a removal made after acknowledging the folded segments does not take the
+//! fold away, see the last two tests).
 //!
 //! `CONCORD_COUNTER_OPS` sets the number of increments (default 30,000; the figure in
 //! BENCHMARKS.md is from 1,000,000 in release, `--release -- --nocapture`).
@@ -62,8 +64,9 @@ fn segments(state: &Likes) -> usize {
     state.get("likes").map_or(0, concord::DotStore::size)
 }
 
+/// Masters that fold their counters (`Config::fold_counters`, off by default).
 fn masters(n: u128, time: &ManualClock) -> Vec<Engine> {
-    masters_with(n, time, |c| c)
+    masters_with(n, time, |c| c.fold_counters(true))
 }
 
 fn masters_with(n: u128, time: &ManualClock, tune: impl Fn(Config) -> Config) -> Vec<Engine> {
@@ -90,10 +93,17 @@ fn a_restored_state_folds_its_leftover_segments_without_a_new_write() {
             .unwrap();
     }
     assert_eq!(segments(&saved), 20);
-    let a_config = Config::with_peers([b_id]).incarnation(a_id);
+    let a_config = Config::with_peers([b_id])
+        .incarnation(a_id)
+        .fold_counters(true);
     let mut engines = vec![
         SyncEngine::new(a_id, saved, time.clone(), a_config),
-        SyncEngine::new(b_id, Likes::new(), time.clone(), Config::with_peers([a_id])),
+        SyncEngine::new(
+            b_id,
+            Likes::new(),
+            time.clone(),
+            Config::with_peers([a_id]).fold_counters(true),
+        ),
     ];
     settle(&mut engines, &time);
     for e in &engines {
@@ -103,9 +113,9 @@ fn a_restored_state_folds_its_leftover_segments_without_a_new_write() {
 }
 
 #[test]
-fn folding_can_be_turned_off() {
+fn folding_is_off_by_default() {
     let time = ManualClock::new(1_700_000_000_000);
-    let mut engines = masters_with(2, &time, |c| c.fold_counters(false));
+    let mut engines = masters_with(2, &time, |c| c);
     for round in 0..10 {
         for _ in 0..10 {
             engines[round % 2]
@@ -235,7 +245,7 @@ fn a_million_increments_fold_to_a_small_state() {
 #[test]
 fn a_chunked_catch_up_never_shows_a_fold_without_its_segment() {
     let time = ManualClock::new(1_700_000_000_000);
-    let mut engines = masters_with(2, &time, |c| c.max_message_bytes(1024));
+    let mut engines = masters_with(2, &time, |c| c.max_message_bytes(1024).fold_counters(true));
     let others = |e: &mut Engine| {
         for i in 0..200 {
             e.update(|m, hlc| m.increment(format!("other-key-{i:04}"), 1, hlc))
@@ -378,4 +388,65 @@ fn segments_wait_for_a_peer_that_is_down_and_fold_once_it_is_back() {
         assert_eq!(e.state().count("likes"), 1_001);
         assert!(segments(e.state()) <= 3, "{}", segments(e.state()));
     }
+}
+
+/// The user at A sees the counter, removes it; B folds the segments A acknowledged
+/// before A's removal reaches it. Returns the count both masters settle on.
+fn remove_after_acknowledging(fold: bool) -> i64 {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters_with(2, &time, |c| c.fold_counters(fold));
+    settle(&mut engines, &time);
+    for _ in 0..2 {
+        engines[1]
+            .update(|m, hlc| m.increment("espresso".into(), 1, hlc))
+            .unwrap();
+    }
+    // B's messages reach A; A's acknowledgements are held back for a moment.
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        while let Some(t) = engines[1].poll_transmit() {
+            engines[0].handle_bytes(&t.bytes).expect("valid message");
+        }
+        while let Some(t) = engines[0].poll_transmit() {
+            held.push(t);
+        }
+        if engines[0].state().count("espresso") == 2 {
+            break;
+        }
+        time.advance(10);
+        for e in engines.iter_mut() {
+            if e.poll_timeout().is_some_and(|at| at <= time.now()) {
+                e.handle_timeout();
+            }
+        }
+    }
+    assert_eq!(engines[0].state().count("espresso"), 2);
+    engines[0]
+        .update(|m, hlc| m.remove("espresso", hlc))
+        .unwrap();
+    let mut removal = Vec::new();
+    while let Some(t) = engines[0].poll_transmit() {
+        removal.push(t);
+    }
+    // The acknowledgements reach B first (B may fold), then the removal.
+    for t in held.into_iter().chain(removal) {
+        engines[1].handle_bytes(&t.bytes).expect("valid message");
+    }
+    settle(&mut engines, &time);
+    assert_eq!(engines[0].state(), engines[1].state());
+    engines[0].state().count("espresso")
+}
+
+#[test]
+fn without_folding_a_removal_after_acknowledging_holds() {
+    assert_eq!(remove_after_acknowledging(false), 0);
+}
+
+/// Why folding is off by default: with it, the fold B made of the segments A had
+/// acknowledged survives A's later removal. Ignored while it fails; the fix is for a
+/// fold to keep its provenance, so that a removal of what it folded takes it too.
+#[test]
+#[ignore = "known: a fold survives a removal made after acknowledging what it folded"]
+fn with_folding_a_removal_after_acknowledging_holds() {
+    assert_eq!(remove_after_acknowledging(true), 0);
 }

@@ -376,7 +376,10 @@ mod simulated {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(32))]
+        // 32 cases by default; `CONCORD_SIM_CASES` for a long run.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("CONCORD_SIM_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(32)
+        ))]
 
         /// Ordinary keys converge everywhere while hot keys are contained; the hot
         /// keys converge once a resolver (node 0) collapses them, again and again

@@ -88,12 +88,18 @@ pub struct Config {
     /// How many chunks of one catch-up may be unacknowledged at once.
     pub chunk_window: u32,
     /// Whether this master folds its own stable counter segments (see
-    /// [`Crdt::fold_stable`]); on by default. Folding assumes that `peers` is every
-    /// replica that may remove a counter (a full mesh) and that peers restart from
-    /// their latest state: a removal from a replica that is not a peer, or from one
-    /// restored from an older snapshot, may not take away increments folded since
-    /// (the replicas still converge). Turn it off for other topologies; a counter
-    /// then keeps a segment per update.
+    /// [`Crdt::fold_stable`]); **off by default**. A fold is a write of its own: a
+    /// removal that a peer makes after acknowledging the folded segments, but before
+    /// the fold reaches it, takes away the old segments and not the fold, so the
+    /// counter comes back with its folded total (both masters converge on it; see
+    /// `tests/hot_counter.rs`). Turn it on for counters that are never removed
+    /// (likes, views, quotas), where it keeps a hot counter at one segment per
+    /// master instead of one per update.
+    ///
+    /// Folding also assumes that `peers` is every replica that may remove a counter
+    /// (a full mesh) and that peers restart from their latest state: a removal from
+    /// a replica that is not a peer, or from one restored from an older snapshot, may
+    /// not take away increments folded since (the replicas still converge).
     ///
     /// Folding waits for *every* peer: while one is unreachable, this master's new
     /// segments stay unfolded (about 11 bytes of state per increment) and fold once
@@ -128,7 +134,7 @@ impl Default for Config {
             heartbeat_ms: 1_000,
             anti_entropy_ms: 30_000,
             chunk_window: 4,
-            fold_counters: true,
+            fold_counters: false,
             max_set_aside: 1 << 16,
         }
     }
@@ -365,9 +371,9 @@ impl Config {
         /// ```
         /// use concord::sync::Config;
         ///
-        /// // A replica in a chain A - B - C: C's removals reach A only through B.
-        /// let config = Config::default().fold_counters(false);
-        /// assert!(!config.fold_counters);
+        /// // Like counters that are never removed: fold them.
+        /// let config = Config::default().fold_counters(true);
+        /// assert!(config.fold_counters);
         /// ```
         fold_counters: bool,
         /// Sets [`Config::max_set_aside`].

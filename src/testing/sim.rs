@@ -366,6 +366,21 @@ impl<T: Crdt + Default> Sim<T> {
         self.rebuilt()
     }
 
+    /// The same simulation with counter folding on or off in every engine
+    /// ([`Config::fold_counters`]).
+    ///
+    /// ```
+    /// use concord::testing::sim::{Faults, Sim};
+    /// use concord::{OrMap, PnCounter};
+    ///
+    /// let sim = Sim::<OrMap<String, PnCounter>>::new(3, 7, Faults::none()).with_fold_counters(true);
+    /// assert!(sim.engine(0).config().fold_counters);
+    /// ```
+    pub fn with_fold_counters(mut self, on: bool) -> Self {
+        self.config.fold_counters = on;
+        self.rebuilt()
+    }
+
     /// Every engine built again, empty, from `self.config`.
     fn rebuilt(mut self) -> Self {
         let ids = self.ids.clone();
