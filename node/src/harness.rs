@@ -253,7 +253,10 @@ impl Cluster {
             if !self.is_running(i) {
                 return Err(format!("node-{} exited:\n{}", i + 1, self.log_tail(i, 20)));
             }
-            if c.get_path("/health").is_ok_and(|r| r.status == 200) {
+            // A fenced node answers 503, with its health document.
+            if c.get_path("/health")
+                .is_ok_and(|r| r.status == 200 || r.json()["status"] == "fenced")
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -153,7 +153,14 @@ impl Api {
                 );
                 r
             }
-            (&Method::GET, "health") => self.ask(|reply| Command::Health { reply }).await,
+            (&Method::GET, "health") => {
+                match self.ask_value(|reply| Command::Health { reply }).await {
+                    // A fenced node refuses writes: take it out of rotation.
+                    Ok(v) if v["status"] == "fenced" => reply(StatusCode::SERVICE_UNAVAILABLE, v),
+                    Ok(v) => reply(StatusCode::OK, v),
+                    Err(r) => *r,
+                }
+            }
             (&Method::GET, "conflicts") => self.ask(|reply| Command::Conflicts { reply }).await,
             (&Method::GET, "kv_all") => self.get(req, None).await,
             (_, "kv") => {
@@ -189,14 +196,27 @@ impl Api {
     }
 
     async fn ask(&self, make: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Command) -> Resp {
+        match self.ask_value(make).await {
+            Ok(v) => reply(StatusCode::OK, v),
+            Err(r) => *r,
+        }
+    }
+
+    async fn ask_value(
+        &self,
+        make: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Command,
+    ) -> Result<serde_json::Value, Box<Resp>> {
+        let stopping = || {
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node is stopping",
+            ))
+        };
         let (tx, rx) = oneshot::channel();
         if self.engine.send(make(tx)).await.is_err() {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+            return Err(stopping());
         }
-        match rx.await {
-            Ok(v) => reply(StatusCode::OK, v),
-            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
-        }
+        rx.await.map_err(|_| stopping())
     }
 
     async fn get(&self, req: Request<Incoming>, key: Option<String>) -> Resp {

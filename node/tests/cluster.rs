@@ -414,3 +414,128 @@ fn hostile_http_input_gets_an_error_not_a_crash() {
     assert!(c.metric(0, "tls_failures_total") >= 1.0);
     assert!(c.panics().is_empty());
 }
+
+/// The counter of a write answer's dot (`"node-1:17"` → 17).
+fn dot_counter(r: &concord_node::client::Response) -> u64 {
+    let dot = r.json()["dot"].as_str().unwrap_or_default().to_string();
+    dot.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn with_fsync_none_a_restart_never_reissues_a_dot_a_client_was_given() {
+    // No peer: no delta ever leaves, so only the node's own lease extension before
+    // answering protects the dots it hands out.
+    let mut c = start("none-lease", 1, Fsync::None);
+    let mut cl = c.client(0);
+    let mut last = None;
+    let until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < until {
+        let r = cl
+            .put(&format!("k{}", dot_counter_or(&last)), "v", "async")
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        last = Some(r);
+    }
+    // Killed right after an answer: the writes since the last periodic sync are lost.
+    c.kill(0);
+    let last = last.unwrap();
+    let answered = dot_counter(&last);
+    let token = last.token().unwrap().to_string();
+    c.spawn(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let mut cl = c.client(0);
+    let recovered = c.client(0).get_path("/health").unwrap().json()["recovery"]["keys"]
+        .as_u64()
+        .unwrap();
+    eprintln!("answered {answered} writes, recovered {recovered} keys");
+    let r = cl.put("after-restart", "w", "async").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        dot_counter(&r) > answered,
+        "the restart issued {} again: a client holds it for another write",
+        r.json()["dot"]
+    );
+    // The old token names the last write: served only if the node holds it.
+    let key = format!("k{}", answered - 1);
+    let r = cl
+        .request(
+            "GET",
+            &format!("/kv/{key}?wait_ms=100"),
+            &[("x-concord-token", &token)],
+            "",
+        )
+        .unwrap();
+    assert!(
+        r.status == 200 || r.status == 503,
+        "a token naming a lost write was served: {} {}",
+        r.status,
+        r.body
+    );
+    assert!(c.panics().is_empty());
+}
+
+fn dot_counter_or(r: &Option<concord_node::client::Response>) -> u64 {
+    r.as_ref().map_or(0, dot_counter)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_node_restored_from_an_older_copy_of_its_file_refuses_writes() {
+    let mut c = start("restore", 2, Fsync::Group);
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let r = c.client(0).put("a", "1", "sync").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A backup of node-1's file, taken while it is stopped.
+    c.kill(0);
+    let data = c.configs[0].data_dir.clone();
+    let backup = c.dir.join("backup");
+    copy_dir(&data, &backup);
+    c.spawn(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    c.wait_connected(Duration::from_secs(20)).unwrap();
+    let r = c.client(0).put("b", "2", "sync").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The disk is lost and the backup restored: node-2 holds b, whose dot the
+    // restored file does not remember.
+    c.kill(0);
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    c.spawn(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let r = c.client(0).get_path("/health").unwrap();
+        if r.json()["status"] == "fenced" {
+            break r;
+        }
+        assert!(Instant::now() < until, "never fenced: {}", r.body);
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health.status, 503);
+    let r = c.client(0).put("c", "3", "async").unwrap();
+    assert_eq!(r.status, 503, "a write was taken: {}", r.body);
+    assert!(r.body.contains("fresh id"), "{}", r.body);
+    assert_eq!(c.metric(0, "fenced"), 1.0);
+    // The fence is in the file: a restart does not lift it.
+    c.kill(0);
+    c.spawn(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let r = c.client(0).put("c", "3", "async").unwrap();
+    assert_eq!(
+        r.status, 503,
+        "a write was taken after a restart: {}",
+        r.body
+    );
+    // node-2 kept b and takes writes.
+    assert_eq!(c.client(1).get("b", None).unwrap().values(), ["2"]);
+    assert_eq!(c.client(1).put("d", "4", "async").unwrap().status, 200);
+    assert!(c.panics().is_empty());
+}
