@@ -578,6 +578,14 @@ impl Node {
     }
 
     fn transmit(&mut self) {
+        // The central ordering: nothing leaves before the batch that made it is
+        // committed (a change here would let a peer hold a write a crash loses, whose
+        // dot the restart then issues again). Checked, not assumed: the tests fail if
+        // it breaks.
+        assert!(
+            !self.store.has_pending(),
+            "frames would leave before their commit"
+        );
         while let Some(t) = self.engine.poll_transmit() {
             let labels = metrics::peer(&self.name(t.to));
             let len = t.bytes.len() as u64;
