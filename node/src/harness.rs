@@ -120,7 +120,7 @@ impl Cluster {
             let name = format!("node-{}", i + 1);
             let cert = ca.issue(ids[i])?;
             std::fs::write(dir.join(format!("{name}.pem")), &cert.cert_pem)?;
-            std::fs::write(dir.join(format!("{name}.key")), &cert.key_pem)?;
+            crate::certs::write_secret(&dir.join(format!("{name}.key")), &cert.key_pem)?;
             let peers = (0..n)
                 .filter(|j| *j != i)
                 .map(|j| PeerConfig {

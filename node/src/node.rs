@@ -110,7 +110,7 @@ pub enum WriteOutcome {
         /// The peers that hold it.
         holders: Vec<String>,
     },
-    /// Written and durable locally, but fewer peers than asked hold it yet;
+    /// Written locally (durable as the fsync policy says), but fewer peers than asked hold it yet;
     /// replication goes on.
     TimedOut {
         /// Its dot.

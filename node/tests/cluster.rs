@@ -254,7 +254,20 @@ fn faults_under_load(fsync: Fsync, promised: fn(&Acked) -> bool) {
 
 #[test]
 fn a_certificate_from_another_ca_is_refused() {
-    let mut c = start("foreign-ca", 2, Fsync::Group);
+    // node-2 has the smaller id: it is the one that dials.
+    let opts = Options {
+        nodes: 2,
+        tag: "foreign-ca".into(),
+        ids: vec![
+            concord::ReplicaId::from_u128(2 << 120),
+            concord::ReplicaId::from_u128(1 << 120),
+        ],
+        ..Options::default()
+    };
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..2 {
+        c.wait_ready(i, Duration::from_secs(30)).expect("ready");
+    }
     c.wait_connected(Duration::from_secs(20))
         .expect("connected");
     // node-2 comes back with a certificate for its own id, from another CA.
@@ -275,6 +288,13 @@ fn a_certificate_from_another_ca_is_refused() {
     assert!(refused > 0.0, "no handshake was refused");
     let h = c.client(0).get_path("/health").unwrap().json();
     assert_eq!(h["peers"][0]["connected"], false);
+    // In TLS 1.3 node-2's side of the handshake completes before node-1 refuses
+    // its certificate: that must not reset its redial backoff (it used to redial
+    // some 17 times a second; with the backoff, a handful of times in these
+    // seconds).
+    thread::sleep(Duration::from_secs(2));
+    let redials = c.metric(1, "connects_total");
+    assert!(redials < 25.0, "node-2 redialled {redials} times");
     assert!(c.panics().is_empty());
 }
 
@@ -471,6 +491,19 @@ fn hostile_http_input_gets_an_error_not_a_crash() {
         ("GET", "/kv/missing".into(), vec![], String::new(), 404),
         ("DELETE", "/kv/missing".into(), vec![], String::new(), 404),
         ("POST", "/kv/a".into(), vec![], String::new(), 405),
+        ("M00001", "/kv/a".into(), vec![], String::new(), 405),
+        ("M00002", "/health".into(), vec![], String::new(), 404),
+        ("PUT", "/kv/%ZZ".into(), vec![], "x".into(), 400),
+        ("PUT", "/kv/%C3".into(), vec![], "x".into(), 400),
+        // Percent-encoded keys and query values are decoded.
+        (
+            "PUT",
+            "/kv/caf%C3%A9?ack=%61sync".into(),
+            vec![],
+            "x".into(),
+            200,
+        ),
+        ("GET", "/kv/caf%C3%A9".into(), vec![], String::new(), 200),
         ("GET", "/nowhere".into(), vec![], String::new(), 404),
     ];
     for (method, path, headers, body, want) in cases {
@@ -483,6 +516,12 @@ fn hostile_http_input_gets_an_error_not_a_crash() {
             r.body
         );
     }
+    let keys = cl.get_path("/kv").unwrap().json();
+    assert_eq!(keys["keys"][0]["key"], "café", "{keys}");
+    // Methods are not label values: no series per made-up method.
+    let metrics = cl.get_path("/metrics").unwrap().body;
+    assert!(!metrics.contains("M0000"), "{metrics}");
+    assert!(metrics.contains("method=\"other\""));
     // Garbage on the replication port: a failed handshake, nothing more.
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(c.configs[0].listen).unwrap();
@@ -650,4 +689,29 @@ fn nothing_leaves_a_node_before_its_commit() {
         }
         assert!(c.panics().is_empty(), "{fsync:?}: {:?}", c.panics());
     }
+}
+
+#[test]
+fn a_client_that_never_finishes_its_request_is_disconnected() {
+    use std::io::{Read, Write};
+    let c = start("slow-client", 1, Fsync::Group);
+    // Half a request head, then nothing: the node closes the connection (after its
+    // header timeout) instead of holding it, and its descriptor, for ever.
+    let mut s = std::net::TcpStream::connect(c.http(0)).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = loop {
+        match s.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("the connection stayed open: {e}"),
+        }
+    };
+    // Closed, with or without a 408 first.
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    let mut cl = c.client(0);
+    assert_eq!(cl.get_path("/health").unwrap().status, 200);
 }
