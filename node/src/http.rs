@@ -326,6 +326,13 @@ impl Api {
                     "missing_writes": missing,
                 }),
             ),
+            Ok(ReadOutcome::Busy) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} reads are waiting already; retry later",
+                    crate::node::MAX_WAITING
+                ),
+            ),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
         }
     }

@@ -28,6 +28,13 @@ use crate::Kv;
 type Engine = SyncEngine<Kv, SystemClock>;
 
 const CONFLICT_LOG: usize = 1_000;
+/// The bytes the conflict log may hold (values are also cut to [`CONFLICT_VALUE`]
+/// bytes, and [`CONFLICT_SIBLINGS`] of them per side).
+const CONFLICT_LOG_BYTES: usize = 4 << 20;
+const CONFLICT_VALUE: usize = 256;
+const CONFLICT_SIBLINGS: usize = 16;
+/// How many writes, and how many reads, may wait at once (more get a `503`).
+pub const MAX_WAITING: usize = 10_000;
 const LAG_SAMPLES: usize = 20_000;
 const LAG_QUEUE: usize = 200_000;
 const TICK: Duration = Duration::from_millis(100);
@@ -151,6 +158,8 @@ pub enum ReadOutcome {
         /// How many writes of the token it lacks.
         missing: u64,
     },
+    /// Too many reads are waiting already.
+    Busy,
 }
 
 /// A connection's number and outgoing queue.
@@ -192,7 +201,8 @@ pub struct Node {
     fenced: Option<String>,
     lag_queue: VecDeque<(u64, Instant)>,
     lag_samples: VecDeque<f64>,
-    conflicts: VecDeque<Value>,
+    conflicts: VecDeque<(Value, usize)>,
+    conflicts_bytes: usize,
     conflicts_total: u64,
     mirrored: concord::sync::Metrics,
     last_tick: Instant,
@@ -284,6 +294,7 @@ impl Node {
             lag_queue: VecDeque::new(),
             lag_samples: VecDeque::new(),
             conflicts: VecDeque::new(),
+            conflicts_bytes: 0,
             conflicts_total: 0,
             mirrored,
             last_tick: Instant::now(),
@@ -351,6 +362,10 @@ impl Node {
                 wait,
                 reply,
             } => {
+                if self.reads.len() >= MAX_WAITING {
+                    let _ = reply.send(ReadOutcome::Busy);
+                    return;
+                }
                 // Answered after the batch's commit (and lease): the answer's token
                 // may name writes of this batch.
                 self.reads.push(ReadWaiter {
@@ -366,7 +381,7 @@ impl Node {
             Command::Conflicts { reply } => {
                 let _ = reply.send(json!({
                     "total": self.conflicts_total,
-                    "recent": self.conflicts.iter().collect::<Vec<_>>(),
+                    "recent": self.conflicts.iter().map(|(e, _)| e).collect::<Vec<_>>(),
                 }));
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
@@ -405,6 +420,16 @@ impl Node {
                     "this node refuses writes: {why}. It must not write under its node id \
                      again: replace it with a node under a fresh id (see \"Storage, restarts \
                      and recovery\" in docs/cluster.md)"
+                ),
+            });
+            return;
+        }
+        if self.writes.len() + self.committed.len() >= MAX_WAITING {
+            let _ = reply.send(WriteOutcome::Failed {
+                status: 503,
+                reason: format!(
+                    "{MAX_WAITING} writes are waiting for their acknowledgement level; \
+                     nothing was written, retry later"
                 ),
             });
             return;
@@ -503,7 +528,15 @@ impl Node {
     }
 
     fn log_conflict(&mut self, peer: ReplicaId, c: Conflict<String, MvRegister<String>>) {
-        let values = |r: &MvRegister<String>| r.values().cloned().collect::<Vec<_>>();
+        let values = |r: &MvRegister<String>| {
+            r.values()
+                .take(CONFLICT_SIBLINGS)
+                .map(|v| match v.char_indices().nth(CONFLICT_VALUE) {
+                    Some((cut, _)) => format!("{}…", &v[..cut]),
+                    None => v.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
         self.conflicts_total += 1;
         self.metrics.conflicts.inc();
         let entry = json!({
@@ -520,9 +553,14 @@ impl Node {
             self.name(peer),
             entry["resolved"]
         );
-        self.conflicts.push_back(entry);
-        if self.conflicts.len() > CONFLICT_LOG {
-            self.conflicts.pop_front();
+        let bytes = entry.to_string().len();
+        self.conflicts.push_back((entry, bytes));
+        self.conflicts_bytes += bytes;
+        while self.conflicts.len() > CONFLICT_LOG || self.conflicts_bytes > CONFLICT_LOG_BYTES {
+            let Some((_, b)) = self.conflicts.pop_front() else {
+                break;
+            };
+            self.conflicts_bytes -= b;
         }
     }
 
