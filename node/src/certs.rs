@@ -180,6 +180,29 @@ pub fn identity(cert: &CertificateDer<'_>, candidates: &[ReplicaId]) -> Option<R
     }
 }
 
+/// Writes a private key readable by its owner only (mode 0600 on Unix), also
+/// when the file already exists.
+pub fn write_secret(path: &Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let mut f = opts.open(path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let mut f = opts.open(path)?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()
+    }
+}
+
 /// Writes a CA and `n` node certificates and configurations into `dir` for a local
 /// cluster: `ca.pem`, `ca.key`, and per node `node-N.pem`, `node-N.key`,
 /// `node-N.toml` (replication on `127.0.0.1:(base_port + N)`, HTTP on
@@ -193,7 +216,7 @@ pub fn generate_cluster(dir: &Path, n: usize, base_port: u16) -> Result<Vec<std:
     std::fs::create_dir_all(dir)?;
     let ca = Ca::generate("concord cluster CA")?;
     std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
-    std::fs::write(dir.join("ca.key"), ca.issuer.key().serialize_pem())?;
+    write_secret(&dir.join("ca.key"), &ca.issuer.key().serialize_pem())?;
     let ids: Vec<ReplicaId> = (0..n).map(|_| ReplicaId::random()).collect();
     let port = |i: usize, off: u16| base_port.saturating_add(off).saturating_add(i as u16 + 1);
     let mut paths = Vec::new();
@@ -201,7 +224,7 @@ pub fn generate_cluster(dir: &Path, n: usize, base_port: u16) -> Result<Vec<std:
         let name = format!("node-{}", i + 1);
         let cert = ca.issue(*id)?;
         std::fs::write(dir.join(format!("{name}.pem")), &cert.cert_pem)?;
-        std::fs::write(dir.join(format!("{name}.key")), &cert.key_pem)?;
+        write_secret(&dir.join(format!("{name}.key")), &cert.key_pem)?;
         let config = crate::config::NodeConfig {
             node_id: *id,
             name: name.clone(),
@@ -233,4 +256,26 @@ pub fn generate_cluster(dir: &Path, n: usize, base_port: u16) -> Result<Vec<std:
         paths.push(path);
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::harness::temp_dir("certs").unwrap();
+        super::generate_cluster(&dir, 2, 17_000).unwrap();
+        for f in ["ca.key", "node-1.key", "node-2.key"] {
+            let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}: {mode:o}");
+        }
+        // Certificates are public.
+        let mode = std::fs::metadata(dir.join("ca.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_ne!(mode & 0o004, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

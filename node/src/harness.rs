@@ -30,6 +30,9 @@ pub struct Options {
     pub log: String,
     /// A name for the temporary directory.
     pub tag: String,
+    /// The nodes' ids, in order (random if empty): the node with the smaller id of
+    /// a pair dials, so a test that needs a given direction fixes them.
+    pub ids: Vec<ReplicaId>,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             compact_after: 50_000,
             log: "info".into(),
             tag: "cluster".into(),
+            ids: Vec::new(),
         }
     }
 }
@@ -87,7 +91,15 @@ impl Cluster {
         let ca = Ca::generate("concord test cluster CA")?;
         std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
         let n = opts.nodes;
-        let ids: Vec<ReplicaId> = (0..n).map(|_| ReplicaId::random()).collect();
+        let ids: Vec<ReplicaId> = if opts.ids.is_empty() {
+            (0..n).map(|_| ReplicaId::random()).collect()
+        } else if opts.ids.len() == n {
+            opts.ids.clone()
+        } else {
+            return Err(crate::Error::Config {
+                reason: format!("{} ids for {n} nodes", opts.ids.len()),
+            });
+        };
         let listen: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let http: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let mut proxies = BTreeMap::new();
@@ -108,7 +120,7 @@ impl Cluster {
             let name = format!("node-{}", i + 1);
             let cert = ca.issue(ids[i])?;
             std::fs::write(dir.join(format!("{name}.pem")), &cert.cert_pem)?;
-            std::fs::write(dir.join(format!("{name}.key")), &cert.key_pem)?;
+            crate::certs::write_secret(&dir.join(format!("{name}.key")), &cert.key_pem)?;
             let peers = (0..n)
                 .filter(|j| *j != i)
                 .map(|j| PeerConfig {
@@ -253,7 +265,10 @@ impl Cluster {
             if !self.is_running(i) {
                 return Err(format!("node-{} exited:\n{}", i + 1, self.log_tail(i, 20)));
             }
-            if c.get_path("/health").is_ok_and(|r| r.status == 200) {
+            // A fenced node answers 503, with its health document.
+            if c.get_path("/health")
+                .is_ok_and(|r| r.status == 200 || r.json()["status"] == "fenced")
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

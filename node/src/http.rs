@@ -2,7 +2,7 @@
 //!
 //! * `PUT /kv/{key}` (body: the value, UTF-8) and `DELETE /kv/{key}`, with
 //!   `?ack=async|semi|semi:K|sync` and `?timeout_ms=N`. `200` once the write reached
-//!   its level; `202` if it is written and durable here but fewer peers than asked
+//!   its level; `202` if it is written here (durable as the fsync policy says) but fewer peers than asked
 //!   hold it when the timeout expires (replication goes on); `404` for a delete of a
 //!   key this node does not hold. The `x-concord-token` response header is the
 //!   session token.
@@ -12,8 +12,15 @@
 //! * `GET /kv`: every key with its siblings.
 //! * `GET /conflicts`, `GET /health`, `GET /metrics`.
 //!
-//! Keys are taken verbatim from the path (1 to 1024 bytes); bodies are limited to
+//! Keys and query values are percent-decoded (`/kv/caf%C3%A9` is the key `café`; a
+//! key is 1 to 1024 bytes once decoded, and must be UTF-8); bodies are limited to
 //! 1 MiB.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections at once (more wait in the
+//! listener's backlog, so idle clients cannot take the file descriptors replication
+//! needs); a connection that has not sent a whole request head within
+//! [`HEADER_TIMEOUT`] is closed (this also closes idle keep-alive connections), and
+//! a request whose body has not arrived within [`BODY_TIMEOUT`] gets `408`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,6 +48,13 @@ pub const MAX_KEY: usize = 1024;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The session token header.
 pub const TOKEN_HEADER: &str = "x-concord-token";
+/// The most HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 512;
+/// How long a connection may take to send a request head (or stay idle between
+/// requests).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take to send its body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -84,10 +98,33 @@ fn with_token(mut r: Resp, token: &str) -> Resp {
     r
 }
 
-fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+/// Decodes `%XX` escapes; `None` if one is malformed or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
+        // A value that does not decode is kept as sent, and refused as such.
+        (percent_decode(k).as_deref() == Some(name))
+            .then(|| percent_decode(v).unwrap_or_else(|| v.to_string()))
     })
 }
 
@@ -108,7 +145,12 @@ fn millis(req: &Request<Incoming>, name: &str, default: Duration) -> Result<Dura
 
 /// Serves the API on `listener` forever.
 pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // At the cap, stop accepting: more clients wait in the backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -125,8 +167,11 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
                 async move { Ok::<_, Infallible>(api.handle(req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
                 .await;
+            drop(slot);
         });
     }
 }
@@ -153,15 +198,23 @@ impl Api {
                 );
                 r
             }
-            (&Method::GET, "health") => self.ask(|reply| Command::Health { reply }).await,
+            (&Method::GET, "health") => {
+                match self.ask_value(|reply| Command::Health { reply }).await {
+                    // A fenced node refuses writes: take it out of rotation.
+                    Ok(v) if v["status"] == "fenced" => reply(StatusCode::SERVICE_UNAVAILABLE, v),
+                    Ok(v) => reply(StatusCode::OK, v),
+                    Err(r) => *r,
+                }
+            }
             (&Method::GET, "conflicts") => self.ask(|reply| Command::Conflicts { reply }).await,
             (&Method::GET, "kv_all") => self.get(req, None).await,
             (_, "kv") => {
-                let key = req.uri().path()["/kv/".len()..].to_string();
+                let key = percent_decode(&req.uri().path()["/kv/".len()..]);
+                let key = key.unwrap_or_default();
                 if key.is_empty() || key.len() > MAX_KEY {
                     error(
                         StatusCode::BAD_REQUEST,
-                        format!("a key has 1 to {MAX_KEY} bytes"),
+                        format!("a key has 1 to {MAX_KEY} bytes, percent-encoded UTF-8"),
                     )
                 } else {
                     match method {
@@ -177,6 +230,11 @@ impl Api {
                 "no such route: see /kv/{key}, /health, /metrics, /conflicts",
             ),
         };
+        // A fixed set of label values: a client must not create series at will.
+        let method = match method {
+            Method::GET | Method::PUT | Method::DELETE => method.as_str(),
+            _ => "other",
+        };
         self.metrics
             .http_requests
             .get_or_create(&vec![
@@ -189,14 +247,27 @@ impl Api {
     }
 
     async fn ask(&self, make: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Command) -> Resp {
+        match self.ask_value(make).await {
+            Ok(v) => reply(StatusCode::OK, v),
+            Err(r) => *r,
+        }
+    }
+
+    async fn ask_value(
+        &self,
+        make: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Command,
+    ) -> Result<serde_json::Value, Box<Resp>> {
+        let stopping = || {
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node is stopping",
+            ))
+        };
         let (tx, rx) = oneshot::channel();
         if self.engine.send(make(tx)).await.is_err() {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+            return Err(stopping());
         }
-        match rx.await {
-            Ok(v) => reply(StatusCode::OK, v),
-            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
-        }
+        rx.await.map_err(|_| stopping())
     }
 
     async fn get(&self, req: Request<Incoming>, key: Option<String>) -> Resp {
@@ -248,10 +319,19 @@ impl Api {
                 json!({
                     "error": format!(
                         "this node has not yet received {missing} write(s) your session token names; \
-                         retry later or read from the node you wrote to"
+                         retry later or read from the node you wrote to (a write that node lost \
+                         in a crash under fsync \"none\" before any peer received it is never \
+                         received)"
                     ),
                     "missing_writes": missing,
                 }),
+            ),
+            Ok(ReadOutcome::Busy) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} reads are waiting already; retry later",
+                    crate::node::MAX_WAITING
+                ),
             ),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
         }
@@ -260,7 +340,7 @@ impl Api {
     async fn put(&self, req: Request<Incoming>, key: String, put: bool) -> Resp {
         let level = match query(&req, "ack") {
             None => self.default_ack,
-            Some(s) => match parse_ack(s, self.peers) {
+            Some(s) => match parse_ack(&s, self.peers) {
                 Ok(l) => l,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
             },
@@ -270,12 +350,22 @@ impl Api {
             Err(r) => return *r,
         };
         let value = if put {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
+            let read = Limited::new(req.into_body(), MAX_BODY).collect();
+            let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(_)) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("bodies are limited to {MAX_BODY} bytes"),
+                    )
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "the body did not arrive within {} s",
+                            BODY_TIMEOUT.as_secs()
+                        ),
                     )
                 }
             };
@@ -321,8 +411,9 @@ impl Api {
                     json!({
                         "key": key, "ack": ack, "dot": dot, "held_by": holders,
                         "error": format!(
-                            "written and durable on this node, but {} of the {wanted} peer(s) asked for hold it \
-                             after {} ms; replication continues in the background",
+                            "written on this node (durable as its fsync policy says), but {} of the \
+                             {wanted} peer(s) asked for hold it after {} ms; replication continues \
+                             in the background",
                             holders.len(), timeout.as_millis()
                         ),
                     }),

@@ -46,6 +46,19 @@ pub use error::{Error, Result};
 /// register, so concurrent writes stay visible as siblings.
 pub type Kv = OrMap<String, MvRegister<String>>;
 
+/// Ends the process when the engine's thread ends: with status 70 if it panicked.
+struct ExitWithEngine;
+
+impl Drop for ExitWithEngine {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the engine's thread panicked: the node stops");
+            std::process::exit(70);
+        }
+        std::process::exit(0);
+    }
+}
+
 /// Runs a node with `config` until the process is stopped.
 ///
 /// # Errors
@@ -77,6 +90,10 @@ pub fn run(config: config::NodeConfig) -> Result<()> {
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
+            // Without its engine the node is a zombie (every request a 503, the links
+            // redialled forever): end the process, non-zero, so a supervisor restarts
+            // it from its file.
+            let _exit = ExitWithEngine;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub compactions: Gauge,
     /// Size of the database file, in bytes.
     pub db_bytes: Gauge,
+    /// 1 if the node is fenced (refuses writes: a peer proved it issued writes its
+    /// file does not remember), else 0.
+    pub fenced: Gauge,
 }
 
 impl Metrics {
@@ -107,6 +110,7 @@ impl Metrics {
             commits: Counter::default(),
             compactions: Gauge::default(),
             db_bytes: Gauge::default(),
+            fenced: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -199,6 +203,11 @@ impl Metrics {
         r.register("store_commits", "Database commits", m.commits.clone());
         r.register("compactions", "Compactions finished", m.compactions.clone());
         r.register("db_bytes", "Database file size", m.db_bytes.clone());
+        r.register(
+            "fenced",
+            "1 if the node refuses writes because a peer holds writes of it that its file does not",
+            m.fenced.clone(),
+        );
         Metrics { registry, ..m }
     }
 

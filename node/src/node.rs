@@ -19,15 +19,22 @@ use concord::{CausalContext, Conflict, Crdt, Dot, MvRegister, ReplicaId, SystemC
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{ack_name, Fsync, NodeConfig};
+use crate::config::{ack_name, Fsync, NodeConfig, LEASE_BLOCK_NO_FSYNC};
 use crate::error::Result;
 use crate::metrics::{self, Metrics};
-use crate::store::{Recovered, Store};
+use crate::store::{Recovered, RedbLease, Store};
 use crate::Kv;
 
 type Engine = SyncEngine<Kv, SystemClock>;
 
 const CONFLICT_LOG: usize = 1_000;
+/// The bytes the conflict log may hold (values are also cut to [`CONFLICT_VALUE`]
+/// bytes, and [`CONFLICT_SIBLINGS`] of them per side).
+const CONFLICT_LOG_BYTES: usize = 4 << 20;
+const CONFLICT_VALUE: usize = 256;
+const CONFLICT_SIBLINGS: usize = 16;
+/// How many writes, and how many reads, may wait at once (more get a `503`).
+pub const MAX_WAITING: usize = 10_000;
 const LAG_SAMPLES: usize = 20_000;
 const LAG_QUEUE: usize = 200_000;
 const TICK: Duration = Duration::from_millis(100);
@@ -110,7 +117,7 @@ pub enum WriteOutcome {
         /// The peers that hold it.
         holders: Vec<String>,
     },
-    /// Written and durable locally, but fewer peers than asked hold it yet;
+    /// Written locally (durable as the fsync policy says), but fewer peers than asked hold it yet;
     /// replication goes on.
     TimedOut {
         /// Its dot.
@@ -151,6 +158,8 @@ pub enum ReadOutcome {
         /// How many writes of the token it lacks.
         missing: u64,
     },
+    /// Too many reads are waiting already.
+    Busy,
 }
 
 /// A connection's number and outgoing queue.
@@ -183,9 +192,17 @@ pub struct Node {
     committed: Vec<WriteWaiter>,
     writes: Vec<WriteWaiter>,
     reads: Vec<ReadWaiter>,
+    /// Deletes of absent keys, answered (with a token) after the batch's commit.
+    absent: Vec<oneshot::Sender<WriteOutcome>>,
+    /// The node's own handle on the counter lease (see [`Node::cover_issued`]).
+    lease: RedbLease,
+    /// Set once a peer proved that this node issued writes its file does not
+    /// remember: writes are refused from then on (see [`Node::check_claims`]).
+    fenced: Option<String>,
     lag_queue: VecDeque<(u64, Instant)>,
     lag_samples: VecDeque<f64>,
-    conflicts: VecDeque<Value>,
+    conflicts: VecDeque<(Value, usize)>,
+    conflicts_bytes: usize,
     conflicts_total: u64,
     mirrored: concord::sync::Metrics,
     last_tick: Instant,
@@ -256,6 +273,12 @@ impl Node {
             );
         }
         let mirrored = engine.metrics();
+        let lease = store.lease();
+        let fenced = store.fenced()?;
+        if let Some(why) = &fenced {
+            tracing::error!("this node is fenced and refuses writes: {why}");
+            metrics.fenced.set(1);
+        }
         Ok(Node {
             config,
             engine,
@@ -265,9 +288,13 @@ impl Node {
             committed: Vec::new(),
             writes: Vec::new(),
             reads: Vec::new(),
+            absent: Vec::new(),
+            lease,
+            fenced,
             lag_queue: VecDeque::new(),
             lag_samples: VecDeque::new(),
             conflicts: VecDeque::new(),
+            conflicts_bytes: 0,
             conflicts_total: 0,
             mirrored,
             last_tick: Instant::now(),
@@ -334,24 +361,27 @@ impl Node {
                 token,
                 wait,
                 reply,
-            } => match token {
-                Some(token) if !self.engine.can_serve(&token) => self.reads.push(ReadWaiter {
+            } => {
+                if self.reads.len() >= MAX_WAITING {
+                    let _ = reply.send(ReadOutcome::Busy);
+                    return;
+                }
+                // Answered after the batch's commit (and lease): the answer's token
+                // may name writes of this batch.
+                self.reads.push(ReadWaiter {
                     key,
-                    token,
+                    token: token.unwrap_or_default(),
                     deadline: Instant::now() + wait,
                     reply,
-                }),
-                _ => {
-                    let _ = reply.send(self.read(key.as_deref()));
-                }
-            },
+                });
+            }
             Command::Health { reply } => {
                 let _ = reply.send(self.health());
             }
             Command::Conflicts { reply } => {
                 let _ = reply.send(json!({
                     "total": self.conflicts_total,
-                    "recent": self.conflicts.iter().collect::<Vec<_>>(),
+                    "recent": self.conflicts.iter().map(|(e, _)| e).collect::<Vec<_>>(),
                 }));
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
@@ -383,6 +413,27 @@ impl Node {
         timeout: Duration,
         reply: oneshot::Sender<WriteOutcome>,
     ) {
+        if let Some(why) = &self.fenced {
+            let _ = reply.send(WriteOutcome::Failed {
+                status: 503,
+                reason: format!(
+                    "this node refuses writes: {why}. It must not write under its node id \
+                     again: replace it with a node under a fresh id (see \"Storage, restarts \
+                     and recovery\" in docs/cluster.md)"
+                ),
+            });
+            return;
+        }
+        if self.writes.len() + self.committed.len() >= MAX_WAITING {
+            let _ = reply.send(WriteOutcome::Failed {
+                status: 503,
+                reason: format!(
+                    "{MAX_WAITING} writes are waiting for their acknowledgement level; \
+                     nothing was written, retry later"
+                ),
+            });
+            return;
+        }
         let written = self.engine.update(|m, hlc| match value {
             Some(v) => m.write(key, v, hlc),
             None => m.remove(&key, hlc),
@@ -398,9 +449,7 @@ impl Node {
             }
         };
         let Some(dot) = receipt.dot else {
-            let _ = reply.send(WriteOutcome::Absent {
-                token: self.engine.token().to_token(),
-            });
+            self.absent.push(reply);
             return;
         };
         self.store.append_local(&receipt.delta);
@@ -420,6 +469,7 @@ impl Node {
     }
 
     fn receive(&mut self, peer: ReplicaId, msg: Message<Kv>, frame: Vec<u8>) {
+        self.check_claims(peer, &msg);
         match self.engine.handle_message(msg) {
             Ok(received) => {
                 if received.outcome.changed() {
@@ -439,8 +489,54 @@ impl Node {
         }
     }
 
+    /// Fences the node if `msg` names a write of this node above everything it
+    /// issued (its state and its lease): proof that an earlier life of the node issued
+    /// dots its file no longer holds (an older copy of the file was restored, or the
+    /// file was lost), so its next writes would reuse them. The engine would only
+    /// ignore or refuse the claim; the node stops taking writes, for good, and says so.
+    fn check_claims(&mut self, peer: ReplicaId, msg: &Message<Kv>) {
+        let me = self.engine.incarnation();
+        if self.fenced.is_some() || me != self.engine.node() {
+            // Without the lease (a fresh writer id per boot) nothing can be reused.
+            return;
+        }
+        let claimed = msg.seen.max_counter(me).max(msg.base.max_counter(me)).max(
+            msg.delta
+                .as_ref()
+                .map_or(0, |d| d.context().max_counter(me)),
+        );
+        let issued = self
+            .engine
+            .context()
+            .max_counter(me)
+            .max(self.lease.bound());
+        if claimed <= issued {
+            return;
+        }
+        let why = format!(
+            "{} holds write {}:{claimed} of this node, but this node's file records only \
+             {issued} write(s): it was restored from an older copy or lost",
+            self.name(peer),
+            self.config.name_of(me),
+        );
+        tracing::error!("fenced, refusing writes from now on: {why}");
+        if let Err(e) = self.store.fence(&why) {
+            tracing::error!("cannot record the fence: {e}");
+        }
+        self.metrics.fenced.set(1);
+        self.fenced = Some(why);
+    }
+
     fn log_conflict(&mut self, peer: ReplicaId, c: Conflict<String, MvRegister<String>>) {
-        let values = |r: &MvRegister<String>| r.values().cloned().collect::<Vec<_>>();
+        let values = |r: &MvRegister<String>| {
+            r.values()
+                .take(CONFLICT_SIBLINGS)
+                .map(|v| match v.char_indices().nth(CONFLICT_VALUE) {
+                    Some((cut, _)) => format!("{}…", &v[..cut]),
+                    None => v.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
         self.conflicts_total += 1;
         self.metrics.conflicts.inc();
         let entry = json!({
@@ -457,9 +553,14 @@ impl Node {
             self.name(peer),
             entry["resolved"]
         );
-        self.conflicts.push_back(entry);
-        if self.conflicts.len() > CONFLICT_LOG {
-            self.conflicts.pop_front();
+        let bytes = entry.to_string().len();
+        self.conflicts.push_back((entry, bytes));
+        self.conflicts_bytes += bytes;
+        while self.conflicts.len() > CONFLICT_LOG || self.conflicts_bytes > CONFLICT_LOG_BYTES {
+            let Some((_, b)) = self.conflicts.pop_front() else {
+                break;
+            };
+            self.conflicts_bytes -= b;
         }
     }
 
@@ -479,6 +580,7 @@ impl Node {
         }
         // Durable first, then visible to peers and clients.
         self.commit();
+        self.cover_issued();
         let committed = std::mem::take(&mut self.committed);
         self.writes.extend(committed);
         self.transmit();
@@ -490,7 +592,38 @@ impl Node {
         }
     }
 
+    /// With the `none` policy, extends the durable lease over every dot this node
+    /// issued, before any answer can name one: the log commit that holds a write is
+    /// not synced, so without this a crash would let the restart issue the counters
+    /// of writes that clients were told about again (their tokens would then name
+    /// other writes). One synced commit per [`LEASE_BLOCK_NO_FSYNC`] local writes,
+    /// shared with the engine's own extensions before it sends. With `always` and
+    /// `group` the synced log commit that precedes every answer already holds them.
+    fn cover_issued(&mut self) {
+        if self.config.storage.fsync != Fsync::None {
+            return;
+        }
+        let me = self.engine.incarnation();
+        if me != self.engine.node() {
+            return;
+        }
+        let issued = self.engine.context().max_counter(me);
+        if let Err(e) = self.lease.cover(issued, LEASE_BLOCK_NO_FSYNC) {
+            // Answering now would hand out dots a restart may issue again.
+            tracing::error!("cannot write the counter lease, stopping: {e}");
+            std::process::exit(2);
+        }
+    }
+
     fn transmit(&mut self) {
+        // The central ordering: nothing leaves before the batch that made it is
+        // committed (a change here would let a peer hold a write a crash loses, whose
+        // dot the restart then issues again). Checked, not assumed: the tests fail if
+        // it breaks.
+        assert!(
+            !self.store.has_pending(),
+            "frames would leave before their commit"
+        );
         while let Some(t) = self.engine.poll_transmit() {
             let labels = metrics::peer(&self.name(t.to));
             let len = t.bytes.len() as u64;
@@ -520,11 +653,16 @@ impl Node {
     }
 
     fn answer_writes(&mut self) {
-        if self.writes.is_empty() {
+        if self.writes.is_empty() && self.absent.is_empty() {
             return;
         }
         let now = Instant::now();
         let token = self.engine.token().to_token();
+        for reply in std::mem::take(&mut self.absent) {
+            let _ = reply.send(WriteOutcome::Absent {
+                token: token.clone(),
+            });
+        }
         let waiting = std::mem::take(&mut self.writes);
         for w in waiting {
             let done = self.engine.is_replicated(w.dot, w.level);
@@ -711,6 +849,8 @@ impl Node {
             (!lags.is_empty()).then(|| lags[((lags.len() - 1) as f64 * q).round() as usize])
         };
         json!({
+            "status": if self.fenced.is_some() { "fenced" } else { "ok" },
+            "fenced": self.fenced,
             "node": self.config.name,
             "id": self.config.node_id.to_string(),
             "role": match self.engine.role() {

@@ -92,6 +92,9 @@ pub struct Store {
     compaction_thread: Option<std::thread::JoinHandle<()>>,
     compacting: Arc<AtomicU64>,
     stats: Arc<StoreStats>,
+    /// The highest lease bound committed, shared by every [`RedbLease`] of this
+    /// store (0 until one loads it).
+    lease_bound: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -286,6 +289,7 @@ impl Store {
             compaction_thread: Some(compaction_thread),
             compacting,
             stats,
+            lease_bound: Arc::new(AtomicU64::new(0)),
         };
         Ok((
             store,
@@ -309,6 +313,42 @@ impl Store {
         RedbLease {
             db: self.db.clone(),
             durable: self.fsync == Fsync::None,
+            bound: self.lease_bound.clone(),
+        }
+    }
+
+    /// Records, durably, that a peer proved this node issued writes its file does not
+    /// remember (an older copy of the file was restored, or the file was lost and the
+    /// node restarted under the same id): the node refuses writes from now on, also
+    /// after a restart (see [`Store::fenced`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if it cannot be written.
+    pub fn fence(&mut self, reason: &str) -> Result<()> {
+        let tx = self.db.begin_write().map_err(Error::storage)?;
+        {
+            let mut meta = tx.open_table(META).map_err(Error::storage)?;
+            meta.insert("fenced", reason.as_bytes())
+                .map_err(Error::storage)?;
+        }
+        tx.commit().map_err(Error::storage)
+    }
+
+    /// Why the node was fenced (see [`Store::fence`]), if it was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] if the database cannot be read.
+    pub fn fenced(&self) -> Result<Option<String>> {
+        let tx = self.db.begin_read().map_err(Error::storage)?;
+        match tx.open_table(META) {
+            Ok(meta) => Ok(meta
+                .get("fenced")
+                .map_err(Error::storage)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(Error::storage(e)),
         }
     }
 
@@ -504,10 +544,37 @@ fn compact(
 /// covers what was sent, and the lease is committed without an fsync of its own
 /// (the next durable commit carries it). With `none` the log may lose its last
 /// second, so the lease is committed durably, and the node takes it in blocks (see
-/// [`NodeConfig::engine_config`](crate::config::NodeConfig::engine_config)).
+/// [`NodeConfig::engine_config`](crate::config::NodeConfig::engine_config)); the node
+/// also extends it itself before it answers a write or a read whose token names a dot
+/// (see [`RedbLease::cover`]).
+///
+/// Every lease of one [`Store`] shares the bound: a store never moves it back (it
+/// writes the larger of the stored and the asked bound), and asking for a bound
+/// already recorded costs nothing.
 pub struct RedbLease {
     db: Arc<Database>,
     durable: bool,
+    bound: Arc<AtomicU64>,
+}
+
+impl RedbLease {
+    /// The highest bound this process has loaded or recorded.
+    pub fn bound(&self) -> u64 {
+        self.bound.load(Ordering::Acquire)
+    }
+
+    /// Makes sure the recorded bound covers `upto`, extending it to `upto + block -
+    /// 1` if not (one commit, synced if this lease is durable, per `block` counters).
+    ///
+    /// # Errors
+    ///
+    /// [`concord::Error::Lease`] if it cannot be recorded.
+    pub fn cover(&mut self, upto: u64, block: u64) -> concord::Result<()> {
+        if upto <= self.bound() {
+            return Ok(());
+        }
+        self.store(upto.saturating_add(block.max(1) - 1))
+    }
 }
 
 impl std::fmt::Debug for RedbLease {
@@ -523,10 +590,14 @@ impl LeaseStore for RedbLease {
         };
         let tx = self.db.begin_read().map_err(|e| lease_err(&e))?;
         match tx.open_table(META) {
-            Ok(meta) => Ok(meta
-                .get("lease")
-                .map_err(|e| lease_err(&e))?
-                .map_or(0, |v| u64_of(v.value()))),
+            Ok(meta) => {
+                let stored = meta
+                    .get("lease")
+                    .map_err(|e| lease_err(&e))?
+                    .map_or(0, |v| u64_of(v.value()));
+                self.bound.fetch_max(stored, Ordering::AcqRel);
+                Ok(stored)
+            }
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
             Err(e) => Err(lease_err(&e)),
         }
@@ -536,17 +607,31 @@ impl LeaseStore for RedbLease {
         let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
             reason: e.to_string(),
         };
+        if upto <= self.bound() {
+            // Already recorded (by the node's own extension, say), with this
+            // lease's durability: every lease of a store has the same.
+            return Ok(());
+        }
         let mut tx = self.db.begin_write().map_err(|e| lease_err(&e))?;
         if !self.durable {
             tx.set_durability(Durability::None)
                 .map_err(|e| lease_err(&e))?;
         }
-        {
+        let upto = {
             let mut meta = tx.open_table(META).map_err(|e| lease_err(&e))?;
+            let stored = meta
+                .get("lease")
+                .map_err(|e| lease_err(&e))?
+                .map_or(0, |v| u64_of(v.value()));
+            // Never move it back.
+            let upto = upto.max(stored);
             meta.insert("lease", upto.to_be_bytes().as_slice())
                 .map_err(|e| lease_err(&e))?;
-        }
-        tx.commit().map_err(|e| lease_err(&e))
+            upto
+        };
+        tx.commit().map_err(|e| lease_err(&e))?;
+        self.bound.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -619,6 +704,29 @@ mod tests {
         assert!(rec.existed);
         assert_eq!(store.lease().load().unwrap(), 42);
         assert_eq!(rec.acks, vec![(peer, CausalContext::new(), 2)]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn the_lease_never_moves_back_and_a_fence_persists() {
+        let path = dir("lease-max");
+        {
+            let (mut store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+            let (mut a, mut b) = (store.lease(), store.lease());
+            a.cover(5, 1024).unwrap();
+            assert_eq!((a.bound(), b.bound()), (1028, 1028));
+            // Another handle asking for less records nothing and moves nothing back.
+            b.store(10).unwrap();
+            b.cover(1028, 1024).unwrap();
+            assert_eq!(a.load().unwrap(), 1028);
+            b.cover(1029, 1).unwrap();
+            assert_eq!(a.load().unwrap(), 1029);
+            assert_eq!(store.fenced().unwrap(), None);
+            store.fence("a test").unwrap();
+        }
+        let (store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+        assert_eq!(store.lease().load().unwrap(), 1029);
+        assert_eq!(store.fenced().unwrap().as_deref(), Some("a test"));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -110,7 +110,9 @@ impl Transport {
                     .and_then(|c| c.first())
                     .and_then(|c| certs::identity(c, &lower));
                 match named {
-                    Some(peer) => t.serve(tls, peer).await,
+                    Some(peer) => {
+                        t.serve(tls, peer).await;
+                    }
                     None => {
                         t.metrics.identity_rejections.inc();
                         tracing::warn!(
@@ -133,8 +135,12 @@ impl Transport {
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
                 Ok(Ok(tls)) => {
-                    backoff = Duration::from_millis(50);
-                    self.serve(tls, peer).await;
+                    // A finished handshake proves little (in TLS 1.3 the server checks
+                    // the client's certificate after the client is done): only a
+                    // valid frame from the peer resets the backoff.
+                    if self.serve(tls, peer).await {
+                        backoff = Duration::from_millis(50);
+                    }
                 }
                 Ok(Err(e)) => {
                     if e.kind() == std::io::ErrorKind::InvalidData {
@@ -146,13 +152,14 @@ impl Transport {
                 }
                 Err(_) => tracing::debug!("connecting to {} timed out", self.name(peer)),
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
-    /// Runs one authenticated connection until it fails.
-    async fn serve<S>(&self, stream: S, peer: ReplicaId)
+    /// Runs one authenticated connection until it fails; true if the peer sent at
+    /// least one valid frame on it.
+    async fn serve<S>(&self, stream: S, peer: ReplicaId) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -167,9 +174,10 @@ impl Transport {
             .await
             .is_err()
         {
-            return;
+            return false;
         }
         tracing::info!("connected to {name}");
+        let mut healthy = false;
         self.metrics.connects.get_or_create(&labels).inc();
         let writer = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
@@ -210,6 +218,7 @@ impl Transport {
                     msg.from, msg.to
                 );
             }
+            healthy = true;
             let cmd = Command::Frame {
                 peer,
                 msg: Box::new(msg),
@@ -222,7 +231,18 @@ impl Transport {
         writer.abort();
         tracing::info!("connection to {name} closed: {why}");
         let _ = self.to_engine.send(Command::PeerDown { peer, conn }).await;
+        healthy
     }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0), so nodes that lost each other at
+/// once do not redial in step.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    d.mul_f64(0.5 + (r % 1024) as f64 / 2048.0)
 }
 
 /// Reads one frame, refusing one above `max` before allocating it.
