@@ -26,6 +26,8 @@ pub struct Options {
     pub fsync: Fsync,
     /// Compact after this many log records.
     pub compact_after: u64,
+    /// Compact the database file past this many times the live data.
+    pub max_file_ratio: u64,
     /// The nodes' log level.
     pub log: String,
     /// A name for the temporary directory.
@@ -38,6 +40,7 @@ impl Default for Options {
             nodes: 3,
             fsync: Fsync::Group,
             compact_after: 50_000,
+            max_file_ratio: StorageConfig::default().max_file_ratio,
             log: "info".into(),
             tag: "cluster".into(),
         }
@@ -133,6 +136,7 @@ impl Cluster {
                 storage: StorageConfig {
                     fsync: opts.fsync,
                     compact_after: opts.compact_after,
+                    max_file_ratio: opts.max_file_ratio,
                 },
                 replication: ReplicationConfig {
                     heartbeat_ms: 200,

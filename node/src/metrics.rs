@@ -70,6 +70,15 @@ pub struct Metrics {
     pub compactions: Gauge,
     /// Size of the database file, in bytes.
     pub db_bytes: Gauge,
+    /// The live data in the database file (the base snapshot and the log), in bytes.
+    pub live_bytes: Gauge,
+    /// Times the database file was compacted while the node ran.
+    pub file_compactions: Gauge,
+    /// How long the last file compaction held up the node's commits, in milliseconds.
+    pub file_compaction_ms: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The longest that one transaction of the background compaction held up the
+    /// node's commits, in milliseconds.
+    pub compaction_tx_max_ms: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -107,6 +116,10 @@ impl Metrics {
             commits: Counter::default(),
             compactions: Gauge::default(),
             db_bytes: Gauge::default(),
+            live_bytes: Gauge::default(),
+            file_compactions: Gauge::default(),
+            file_compaction_ms: Gauge::default(),
+            compaction_tx_max_ms: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -199,6 +212,26 @@ impl Metrics {
         r.register("store_commits", "Database commits", m.commits.clone());
         r.register("compactions", "Compactions finished", m.compactions.clone());
         r.register("db_bytes", "Database file size", m.db_bytes.clone());
+        r.register(
+            "live_bytes",
+            "Live data in the database file (base snapshot and log)",
+            m.live_bytes.clone(),
+        );
+        r.register(
+            "file_compactions",
+            "Database file compactions while running",
+            m.file_compactions.clone(),
+        );
+        r.register(
+            "file_compaction_ms",
+            "How long the last file compaction held up commits",
+            m.file_compaction_ms.clone(),
+        );
+        r.register(
+            "compaction_tx_max_ms",
+            "Longest hold-up of commits by one compaction transaction",
+            m.compaction_tx_max_ms.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -213,8 +213,7 @@ impl Node {
     pub fn open(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node> {
         let (store, rec) = Store::open(
             &config.db_path(),
-            config.storage.fsync,
-            config.storage.compact_after,
+            &config.storage,
             config.replication.max_message_bytes,
         )?;
         let Recovered {
@@ -686,6 +685,21 @@ impl Node {
         if let Ok(meta) = std::fs::metadata(self.config.db_path()) {
             self.metrics.db_bytes.set(meta.len() as i64);
         }
+        let micros = |a: &std::sync::atomic::AtomicU64| {
+            a.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3
+        };
+        self.metrics.live_bytes.set(stats.live_bytes() as i64);
+        self.metrics.file_compactions.set(
+            stats
+                .file_compactions
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+        self.metrics
+            .file_compaction_ms
+            .set(micros(&stats.file_compaction_micros));
+        self.metrics
+            .compaction_tx_max_ms
+            .set(micros(&stats.compaction_tx_micros_max));
     }
 
     fn health(&self) -> Value {
