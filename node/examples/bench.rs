@@ -8,6 +8,8 @@
 //! cargo build --release -p concord-node --bin concord-node --example bench
 //! target/release/examples/bench [--secs 10] [--clients 12] [--recovery-keys 1000000]
 //! # --secs 0 skips the throughput rows, --recovery-keys 0 the recovery row;
+//! # --only async|semi|sync runs that level's rows alone (no Redis);
+//! # --diag prints each node's resends, dropped frames and lag histogram;
 //! # --recovery-group loads the recovery node with fsync group rather than none;
 //! # --max-file-ratio N compacts its file past N times the live data (default 8)
 //! ```
@@ -130,6 +132,27 @@ fn concord_row(level: &str, fsync: Fsync, clients: usize, secs: u64) -> String {
     });
     c.wait_converged(Duration::from_secs(120))
         .expect("converged");
+    if std::env::args().any(|a| a == "--diag") {
+        // What the nodes saw: resends, frames the connection queue refused, and the
+        // lag histogram.
+        for i in 0..3 {
+            let text = c.client(i).get_path("/metrics").expect("metrics").body;
+            let wanted = [
+                "concord_retransmits_total",
+                "concord_frames_dropped_total",
+                "concord_frames_sent_total",
+                "concord_store_commits_total",
+                "concord_writes_total",
+                "concord_replication_lag_seconds_bucket",
+            ];
+            for l in text
+                .lines()
+                .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+            {
+                eprintln!("node-{}: {l}", i + 1);
+            }
+        }
+    }
     let mut lag50 = Vec::new();
     let mut lag99 = Vec::new();
     for i in 0..3 {

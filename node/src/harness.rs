@@ -28,6 +28,8 @@ pub struct Options {
     pub compact_after: u64,
     /// Compact the database file past this many times the live data.
     pub max_file_ratio: u64,
+    /// The nodes' replication settings.
+    pub replication: ReplicationConfig,
     /// The nodes' log level.
     pub log: String,
     /// A name for the temporary directory.
@@ -41,6 +43,13 @@ impl Default for Options {
             fsync: Fsync::Group,
             compact_after: 50_000,
             max_file_ratio: StorageConfig::default().max_file_ratio,
+            // Quick timers: faults heal within the tests' patience.
+            replication: ReplicationConfig {
+                heartbeat_ms: 200,
+                retransmit_ms: 200,
+                idle_timeout_ms: 2_000,
+                ..ReplicationConfig::default()
+            },
             log: "info".into(),
             tag: "cluster".into(),
         }
@@ -138,12 +147,7 @@ impl Cluster {
                     compact_after: opts.compact_after,
                     max_file_ratio: opts.max_file_ratio,
                 },
-                replication: ReplicationConfig {
-                    heartbeat_ms: 200,
-                    retransmit_ms: 200,
-                    idle_timeout_ms: 2_000,
-                    ..ReplicationConfig::default()
-                },
+                replication: opts.replication.clone(),
                 log: opts.log.clone(),
             };
             let path = dir.join(format!("{name}.toml"));

@@ -30,6 +30,10 @@ type Engine = SyncEngine<Kv, SystemClock>;
 const CONFLICT_LOG: usize = 1_000;
 const LAG_SAMPLES: usize = 20_000;
 const LAG_QUEUE: usize = 200_000;
+/// How many frames (and bytes) for a peer without a connection are kept for when
+/// one comes up.
+const PARKED: usize = 16;
+const PARKED_BYTES: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// How often the `none` fsync policy syncs the database.
 const SYNC_PERIOD: Duration = Duration::from_millis(100);
@@ -180,6 +184,11 @@ pub struct Node {
     /// older one stays until it closes, so a connection dropped right after its
     /// handshake, for a node id mismatch say, leaves the working one in place).
     links: HashMap<ReplicaId, Vec<Link>>,
+    /// The newest frames the engine produced for a peer while it had no connection,
+    /// sent first when one comes up. (The engine's first greeting goes out before
+    /// any connection exists: dropped, the peers would not hear this node until its
+    /// next heartbeat, and its writes would wait for that.)
+    parked: HashMap<ReplicaId, VecDeque<Vec<u8>>>,
     committed: Vec<WriteWaiter>,
     writes: Vec<WriteWaiter>,
     reads: Vec<ReadWaiter>,
@@ -261,6 +270,7 @@ impl Node {
             store,
             metrics,
             links: HashMap::new(),
+            parked: HashMap::new(),
             committed: Vec::new(),
             writes: Vec::new(),
             reads: Vec::new(),
@@ -355,6 +365,19 @@ impl Node {
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
             Command::PeerUp { peer, conn, tx } => {
+                // Frames produced without a connection were produced after their
+                // commit: they may go now.
+                for frame in self.parked.remove(&peer).into_iter().flatten() {
+                    let labels = metrics::peer(&self.name(peer));
+                    let len = frame.len() as u64;
+                    if tx.try_send(frame).is_ok() {
+                        self.metrics.frames_sent.get_or_create(&labels).inc();
+                        self.metrics
+                            .bytes_sent
+                            .get_or_create(&labels)
+                            .inc_by(len + 4);
+                    }
+                }
                 self.links.entry(peer).or_default().push((conn, tx));
                 self.metrics
                     .peer_connected
@@ -495,7 +518,18 @@ impl Node {
             let len = t.bytes.len() as u64;
             let sent = match self.links.get(&t.to).and_then(|c| c.last()) {
                 Some((_, tx)) => tx.try_send(t.bytes).is_ok(),
-                None => false,
+                None => {
+                    let parked = self.parked.entry(t.to).or_default();
+                    parked.push_back(t.bytes);
+                    while parked.len() > PARKED
+                        || parked.iter().map(Vec::len).sum::<usize>() > PARKED_BYTES
+                    {
+                        parked.pop_front();
+                        // The driver resends what is not acknowledged.
+                        self.metrics.frames_dropped.get_or_create(&labels).inc();
+                    }
+                    continue;
+                }
             };
             if sent {
                 self.metrics.frames_sent.get_or_create(&labels).inc();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use concord_node::certs::Ca;
 use concord_node::client::Client;
-use concord_node::config::Fsync;
+use concord_node::config::{Fsync, ReplicationConfig};
 use concord_node::harness::{Cluster, Options};
 use concord_node::proxy::Link;
 
@@ -412,5 +412,41 @@ fn hostile_http_input_gets_an_error_not_a_crash() {
     assert_eq!(r.status, 200);
     assert!(c.is_running(0));
     assert!(c.metric(0, "tls_failures_total") >= 1.0);
+    assert!(c.panics().is_empty());
+}
+
+/// A node greets its peers as soon as a connection is up. Its first greeting is
+/// produced before any connection exists; it used to be dropped, and peers then did
+/// not hear the node until its next heartbeat, while the engine sends writes only to
+/// peers it has heard from: the first writes after a start waited a heartbeat period
+/// (they set the asynchronous rows' lag p99 in BENCHMARKS.md). With heartbeats,
+/// resends and anti-entropy a minute apart, a semi-sync write made right after the
+/// start reaches its peer only if the greeting got through.
+#[test]
+fn the_first_writes_after_a_start_do_not_wait_for_a_heartbeat() {
+    let opts = Options {
+        nodes: 2,
+        tag: "greeting".into(),
+        replication: ReplicationConfig {
+            heartbeat_ms: 60_000,
+            retransmit_ms: 60_000,
+            anti_entropy_ms: 600_000,
+            idle_timeout_ms: 600_000,
+            ..ReplicationConfig::default()
+        },
+        ..Options::default()
+    };
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..2 {
+        c.wait_ready(i, Duration::from_secs(30)).expect("ready");
+    }
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let r = c
+        .client(0)
+        .request("PUT", "/kv/first?ack=semi&timeout_ms=5000", &[], "x")
+        .unwrap();
+    assert_eq!(r.status, 200, "node-2 never got the write: {}", r.body);
+    assert_eq!(c.client(1).get("first", None).unwrap().values(), ["x"]);
     assert!(c.panics().is_empty());
 }
