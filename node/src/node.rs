@@ -691,8 +691,9 @@ impl Node {
                 .iter()
                 .map(|p| (p.peer, p.acked.clone(), p.protocol_version))
                 .collect();
+            // Committed with the next batch (at the latest on the next tick)
+            // rather than by a commit, and an fsync, of their own.
             self.store.save_acks(&records);
-            self.commit();
             self.saved_acks = acks;
         }
         self.mirrored = m;

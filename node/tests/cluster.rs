@@ -450,3 +450,53 @@ fn the_first_writes_after_a_start_do_not_wait_for_a_heartbeat() {
     assert_eq!(c.client(1).get("first", None).unwrap().values(), ["x"]);
     assert!(c.panics().is_empty());
 }
+
+/// What persisting the peers' acknowledgements buys. After a restart, the first
+/// message from each peer replaces what the node had recorded for it (the peer's
+/// own context is exact, the saved one only a lower bound), and nothing is sent to a
+/// peer before it is heard: so the saved acknowledgements change neither what is
+/// resent nor how much. What they do give is the window before a peer is heard:
+/// a node restarted while a link is down still knows which of its writes that peer
+/// holds, so `/health` (and `concord_peer_unacked_writes`) show the real backlog
+/// rather than every write the node ever made.
+#[test]
+fn a_node_restarted_behind_a_cut_link_knows_what_its_peer_holds() {
+    let mut c = start("acks", 2, Fsync::Group);
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let mut n0 = c.client(0);
+    for k in 0..200 {
+        let r = n0.put(&format!("held-{k:03}"), "v", "sync").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let unacked = |c: &Cluster| {
+        let h = c.client(0).get_path("/health").unwrap().json();
+        (
+            h["peers"][0]["unacked_writes"].as_u64().unwrap(),
+            h["peers"][0]["connected"].as_bool().unwrap(),
+        )
+    };
+    assert_eq!(unacked(&c), (0, true));
+    // The node saves the acknowledgements on its next tick (every 100 ms).
+    thread::sleep(Duration::from_millis(600));
+    c.link(0, 1).set(Link::Cut);
+    c.kill(0);
+    c.spawn(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let h = c.client(0).get_path("/health").unwrap().json();
+    assert_eq!(h["recovery"]["restarted"], true);
+    assert!(h["peers"][0]["last_heard_ms_ago"].is_null(), "{h}");
+    assert_eq!(
+        unacked(&c),
+        (0, false),
+        "the restarted node forgot that node-2 holds its 200 writes"
+    );
+    let r = c.client(0).put("alone", "w", "async").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(unacked(&c), (1, false));
+    c.heal();
+    c.wait_connected(Duration::from_secs(20)).unwrap();
+    c.wait_converged(Duration::from_secs(30))
+        .expect("converged");
+    assert!(c.panics().is_empty());
+}
