@@ -18,8 +18,8 @@
 //! amortized. It works in short transactions (the new base goes into a table of its
 //! own a few megabytes at a time, then one small transaction swaps it in; the
 //! records it covers are deleted afterwards, a few thousand at a time), so a
-//! compaction holds up the node's own commits for milliseconds, not for the time it
-//! takes to write the whole state.
+//! compaction holds up the node's own commits for one short transaction at a time,
+//! not for the time it takes to write the whole state.
 //!
 //! The file. redb reuses freed pages but never gives space back except from the
 //! end of the file, and grows it by doubling: the file is sized for the largest
