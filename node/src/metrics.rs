@@ -31,7 +31,8 @@ pub struct Metrics {
     pub bytes_received: Family<Labels, Counter>,
     /// Frames the engine refused (malformed, stale protocol, ...), by peer.
     pub frames_rejected: Family<Labels, Counter>,
-    /// Frames dropped because the peer's connection was down or its queue full.
+    /// Frames dropped because the peer's connection was down for longer than the
+    /// frames kept for it cover, or its queue was full (the engine resends).
     pub frames_dropped: Family<Labels, Counter>,
     /// 1 while a connection to the peer is up.
     pub peer_connected: Family<Labels, Gauge>,
@@ -147,7 +148,7 @@ impl Metrics {
         );
         r.register(
             "frames_dropped",
-            "Frames dropped: link down or queue full",
+            "Frames dropped: link down past the frames kept for it, or queue full",
             m.frames_dropped.clone(),
         );
         r.register(
