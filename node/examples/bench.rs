@@ -7,7 +7,11 @@
 //! ```sh
 //! cargo build --release -p concord-node --bin concord-node --example bench
 //! target/release/examples/bench [--secs 10] [--clients 12] [--recovery-keys 1000000]
-//! # --secs 0 skips the throughput rows, --recovery-keys 0 the recovery row
+//! # --secs 0 skips the throughput rows, --recovery-keys 0 the recovery row;
+//! # --only async|semi|sync runs that level's rows alone (no Redis);
+//! # --diag prints each node's resends, dropped frames and lag histogram;
+//! # --recovery-group loads the recovery node with fsync group rather than none;
+//! # --max-file-ratio N compacts its file past N times the live data (default 8)
 //! ```
 //!
 //! `redis-server` (Debian package `redis-server`) must be on the PATH for the Redis
@@ -128,6 +132,27 @@ fn concord_row(level: &str, fsync: Fsync, clients: usize, secs: u64) -> String {
     });
     c.wait_converged(Duration::from_secs(120))
         .expect("converged");
+    if std::env::args().any(|a| a == "--diag") {
+        // What the nodes saw: resends, frames the connection queue refused, and the
+        // lag histogram.
+        for i in 0..3 {
+            let text = c.client(i).get_path("/metrics").expect("metrics").body;
+            let wanted = [
+                "concord_retransmits_total",
+                "concord_frames_dropped_total",
+                "concord_frames_sent_total",
+                "concord_store_commits_total",
+                "concord_writes_total",
+                "concord_replication_lag_seconds_bucket",
+            ];
+            for l in text
+                .lines()
+                .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+            {
+                eprintln!("node-{}: {l}", i + 1);
+            }
+        }
+    }
     let mut lag50 = Vec::new();
     let mut lag99 = Vec::new();
     for i in 0..3 {
@@ -264,6 +289,7 @@ fn recovery(keys: u64, clients: usize) -> String {
     let opts = Options {
         nodes: 1,
         fsync,
+        max_file_ratio: flag("--max-file-ratio", Options::default().max_file_ratio),
         log: "warn".into(),
         tag: "bench-recovery".into(),
         ..Options::default()
@@ -272,27 +298,69 @@ fn recovery(keys: u64, clients: usize) -> String {
     c.wait_ready(0, Duration::from_secs(30)).expect("ready");
     let addr = c.http(0);
     let per = keys / clients as u64;
+    // The file's size, sampled while the load runs: its high-water mark.
+    let db_path = c.configs[0].db_path();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        thread::spawn(move || {
+            let mut max = 0u64;
+            while sampling.load(Ordering::Relaxed) {
+                max = max.max(std::fs::metadata(&db_path).map_or(0, |m| m.len()));
+                thread::sleep(Duration::from_millis(20));
+            }
+            max
+        })
+    };
     let loaded = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|t| {
             thread::spawn(move || {
                 let mut cl = Client::new(addr, Duration::from_secs(30));
+                let mut lat = Vec::with_capacity(per as usize);
                 for k in 0..per {
                     let key = format!("key-{t:02}-{k:07}");
+                    let started = Instant::now();
                     let r = cl.put(&key, "a 32-byte value for every key...", "async");
                     assert!(r.is_ok_and(|r| r.status == 200), "load failed");
+                    lat.push(started.elapsed().as_secs_f64() * 1e3);
                 }
+                lat
             })
         })
         .collect();
+    let mut lat = Vec::new();
     for t in threads {
-        t.join().expect("a loader");
+        lat.extend(t.join().expect("a loader"));
     }
+    lat.sort_by(f64::total_cmp);
     let load_secs = loaded.elapsed().as_secs_f64();
     // Let the last compaction finish, as a node that has run for a while would have.
     thread::sleep(Duration::from_secs(2));
+    sampling.store(false, Ordering::Relaxed);
+    let max_file = sampler.join().expect("the sampler");
     let db_bytes = c.metric(0, "db_bytes");
+    let live = c.metric(0, "live_bytes");
     let log_records = c.metric(0, "log_records");
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    eprintln!(
+        "load: {} writes at {:.0}/s, latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms; \
+         file at most {:.0} MiB during the load, {:.0} MiB at the end for {:.0} MiB live; \
+         {} compactions, longest compaction transaction {:.1} ms; {} file compactions, the last {:.0} ms",
+        lat.len(),
+        lat.len() as f64 / load_secs,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        lat.last().copied().unwrap_or(f64::NAN),
+        mib(max_file as f64),
+        mib(db_bytes),
+        mib(live),
+        c.metric(0, "compactions"),
+        c.metric(0, "compaction_tx_max_ms"),
+        c.metric(0, "file_compactions"),
+        c.metric(0, "file_compaction_ms"),
+    );
     c.kill(0);
     let restarted = Instant::now();
     c.spawn(0).expect("restart");
@@ -302,11 +370,13 @@ fn recovery(keys: u64, clients: usize) -> String {
     let h = c.client(0).get_path("/health").expect("health").json();
     let after = std::fs::metadata(c.configs[0].db_path()).map_or(0, |m| m.len());
     format!(
-        "| {} keys, fsync {fsync:?} ({} log records past the base; file {:.0} MiB before the kill, {:.0} MiB after the restart; loaded at {:.0} writes/s) | {:.2} s | {:.2} s |",
+        "| {} keys, fsync {fsync:?} ({} log records past the base; file at most {:.0} MiB during the load, {:.0} MiB before the kill ({:.0} MiB live), {:.0} MiB after the restart; loaded at {:.0} writes/s) | {:.2} s | {:.2} s |",
         h["recovery"]["keys"],
         log_records,
-        db_bytes / (1u64 << 20) as f64,
-        after as f64 / (1u64 << 20) as f64,
+        mib(max_file as f64),
+        mib(db_bytes),
+        mib(live),
+        mib(after as f64),
         (per * clients as u64) as f64 / load_secs,
         h["recovery"]["ms"].as_f64().unwrap_or(f64::NAN) / 1e3,
         ready
@@ -333,6 +403,12 @@ fn main() {
 fn throughput(secs: u64, clients: usize) {
     println!("| setup | clients | writes/s | latency p50 ms | latency p99 ms | lag p50 ms | lag p99 ms | failed |");
     println!("|---|---|---|---|---|---|---|---|");
+    // `--only async` runs the concord rows of that level alone, without Redis.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     for (level, fsync) in [
         ("async", Fsync::Group),
         ("semi", Fsync::Group),
@@ -340,9 +416,13 @@ fn throughput(secs: u64, clients: usize) {
         ("async", Fsync::None),
         ("sync", Fsync::Always),
     ] {
-        println!("{}", concord_row(level, fsync, clients, secs));
+        if only.is_none_or(|o| o == level) {
+            println!("{}", concord_row(level, fsync, clients, secs));
+        }
     }
-    for row in redis_rows(clients, secs) {
-        println!("{row}");
+    if only.is_none() {
+        for row in redis_rows(clients, secs) {
+            println!("{row}");
+        }
     }
 }

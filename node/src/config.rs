@@ -149,6 +149,9 @@ pub struct StorageConfig {
     /// Compact (a new base snapshot, the log it covers deleted) once the log holds
     /// this many records.
     pub compact_after: u64,
+    /// Compact the database file (give its free space back) once it exceeds this
+    /// many times the live data (the base and the log).
+    pub max_file_ratio: u64,
 }
 
 impl Default for StorageConfig {
@@ -156,6 +159,7 @@ impl Default for StorageConfig {
         StorageConfig {
             fsync: Fsync::Group,
             compact_after: 50_000,
+            max_file_ratio: 8,
         }
     }
 }

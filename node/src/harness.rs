@@ -26,6 +26,10 @@ pub struct Options {
     pub fsync: Fsync,
     /// Compact after this many log records.
     pub compact_after: u64,
+    /// Compact the database file past this many times the live data.
+    pub max_file_ratio: u64,
+    /// The nodes' replication settings.
+    pub replication: ReplicationConfig,
     /// The nodes' log level.
     pub log: String,
     /// A name for the temporary directory.
@@ -41,6 +45,14 @@ impl Default for Options {
             nodes: 3,
             fsync: Fsync::Group,
             compact_after: 50_000,
+            max_file_ratio: StorageConfig::default().max_file_ratio,
+            // Quick timers: faults heal within the tests' patience.
+            replication: ReplicationConfig {
+                heartbeat_ms: 200,
+                retransmit_ms: 200,
+                idle_timeout_ms: 2_000,
+                ..ReplicationConfig::default()
+            },
             log: "info".into(),
             tag: "cluster".into(),
             ids: Vec::new(),
@@ -145,13 +157,9 @@ impl Cluster {
                 storage: StorageConfig {
                     fsync: opts.fsync,
                     compact_after: opts.compact_after,
+                    max_file_ratio: opts.max_file_ratio,
                 },
-                replication: ReplicationConfig {
-                    heartbeat_ms: 200,
-                    retransmit_ms: 200,
-                    idle_timeout_ms: 2_000,
-                    ..ReplicationConfig::default()
-                },
+                replication: opts.replication.clone(),
                 log: opts.log.clone(),
             };
             let path = dir.join(format!("{name}.toml"));

@@ -31,7 +31,8 @@ pub struct Metrics {
     pub bytes_received: Family<Labels, Counter>,
     /// Frames the engine refused (malformed, stale protocol, ...), by peer.
     pub frames_rejected: Family<Labels, Counter>,
-    /// Frames dropped because the peer's connection was down or its queue full.
+    /// Frames dropped because the peer's connection was down for longer than the
+    /// frames kept for it cover, or its queue was full (the engine resends).
     pub frames_dropped: Family<Labels, Counter>,
     /// 1 while a connection to the peer is up.
     pub peer_connected: Family<Labels, Gauge>,
@@ -73,6 +74,15 @@ pub struct Metrics {
     /// 1 if the node is fenced (refuses writes: a peer proved it issued writes its
     /// file does not remember), else 0.
     pub fenced: Gauge,
+    /// The live data in the database file (the base snapshot and the log), in bytes.
+    pub live_bytes: Gauge,
+    /// Times the database file was compacted while the node ran.
+    pub file_compactions: Gauge,
+    /// How long the last file compaction held up the node's commits, in milliseconds.
+    pub file_compaction_ms: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The longest that one transaction of the background compaction held up the
+    /// node's commits, in milliseconds.
+    pub compaction_tx_max_ms: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -111,6 +121,10 @@ impl Metrics {
             compactions: Gauge::default(),
             db_bytes: Gauge::default(),
             fenced: Gauge::default(),
+            live_bytes: Gauge::default(),
+            file_compactions: Gauge::default(),
+            file_compaction_ms: Gauge::default(),
+            compaction_tx_max_ms: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -138,7 +152,7 @@ impl Metrics {
         );
         r.register(
             "frames_dropped",
-            "Frames dropped: link down or queue full",
+            "Frames dropped: link down past the frames kept for it, or queue full",
             m.frames_dropped.clone(),
         );
         r.register(
@@ -207,6 +221,26 @@ impl Metrics {
             "fenced",
             "1 if the node refuses writes because a peer holds writes of it that its file does not",
             m.fenced.clone(),
+        );
+        r.register(
+            "live_bytes",
+            "Live data in the database file (base snapshot and log)",
+            m.live_bytes.clone(),
+        );
+        r.register(
+            "file_compactions",
+            "Database file compactions while running",
+            m.file_compactions.clone(),
+        );
+        r.register(
+            "file_compaction_ms",
+            "How long the last file compaction held up commits",
+            m.file_compaction_ms.clone(),
+        );
+        r.register(
+            "compaction_tx_max_ms",
+            "Longest hold-up of commits by one compaction transaction",
+            m.compaction_tx_max_ms.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -37,6 +37,10 @@ const CONFLICT_SIBLINGS: usize = 16;
 pub const MAX_WAITING: usize = 10_000;
 const LAG_SAMPLES: usize = 20_000;
 const LAG_QUEUE: usize = 200_000;
+/// How many frames (and bytes) for a peer without a connection are kept for when
+/// one comes up.
+const PARKED: usize = 16;
+const PARKED_BYTES: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// How often the `none` fsync policy syncs the database.
 const SYNC_PERIOD: Duration = Duration::from_millis(100);
@@ -189,6 +193,11 @@ pub struct Node {
     /// older one stays until it closes, so a connection dropped right after its
     /// handshake, for a node id mismatch say, leaves the working one in place).
     links: HashMap<ReplicaId, Vec<Link>>,
+    /// The newest frames the engine produced for a peer while it had no connection,
+    /// sent first when one comes up. (The engine's first greeting goes out before
+    /// any connection exists: dropped, the peers would not hear this node until its
+    /// next heartbeat, and its writes would wait for that.)
+    parked: HashMap<ReplicaId, VecDeque<Vec<u8>>>,
     committed: Vec<WriteWaiter>,
     writes: Vec<WriteWaiter>,
     reads: Vec<ReadWaiter>,
@@ -230,8 +239,7 @@ impl Node {
     pub fn open(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node> {
         let (store, rec) = Store::open(
             &config.db_path(),
-            config.storage.fsync,
-            config.storage.compact_after,
+            &config.storage,
             config.replication.max_message_bytes,
         )?;
         let Recovered {
@@ -285,6 +293,7 @@ impl Node {
             store,
             metrics,
             links: HashMap::new(),
+            parked: HashMap::new(),
             committed: Vec::new(),
             writes: Vec::new(),
             reads: Vec::new(),
@@ -386,6 +395,19 @@ impl Node {
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
             Command::PeerUp { peer, conn, tx } => {
+                // Frames produced without a connection were produced after their
+                // commit: they may go now.
+                for frame in self.parked.remove(&peer).into_iter().flatten() {
+                    let labels = metrics::peer(&self.name(peer));
+                    let len = frame.len() as u64;
+                    if tx.try_send(frame).is_ok() {
+                        self.metrics.frames_sent.get_or_create(&labels).inc();
+                        self.metrics
+                            .bytes_sent
+                            .get_or_create(&labels)
+                            .inc_by(len + 4);
+                    }
+                }
                 self.links.entry(peer).or_default().push((conn, tx));
                 self.metrics
                     .peer_connected
@@ -629,7 +651,18 @@ impl Node {
             let len = t.bytes.len() as u64;
             let sent = match self.links.get(&t.to).and_then(|c| c.last()) {
                 Some((_, tx)) => tx.try_send(t.bytes).is_ok(),
-                None => false,
+                None => {
+                    let parked = self.parked.entry(t.to).or_default();
+                    parked.push_back(t.bytes);
+                    while parked.len() > PARKED
+                        || parked.iter().map(Vec::len).sum::<usize>() > PARKED_BYTES
+                    {
+                        parked.pop_front();
+                        // The driver resends what is not acknowledged.
+                        self.metrics.frames_dropped.get_or_create(&labels).inc();
+                    }
+                    continue;
+                }
             };
             if sent {
                 self.metrics.frames_sent.get_or_create(&labels).inc();
@@ -796,8 +829,9 @@ impl Node {
                 .iter()
                 .map(|p| (p.peer, p.acked.clone(), p.protocol_version))
                 .collect();
+            // Committed with the next batch (at the latest on the next tick)
+            // rather than by a commit, and an fsync, of their own.
             self.store.save_acks(&records);
-            self.commit();
             self.saved_acks = acks;
         }
         self.mirrored = m;
@@ -824,6 +858,21 @@ impl Node {
         if let Ok(meta) = std::fs::metadata(self.config.db_path()) {
             self.metrics.db_bytes.set(meta.len() as i64);
         }
+        let micros = |a: &std::sync::atomic::AtomicU64| {
+            a.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3
+        };
+        self.metrics.live_bytes.set(stats.live_bytes() as i64);
+        self.metrics.file_compactions.set(
+            stats
+                .file_compactions
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+        self.metrics
+            .file_compaction_ms
+            .set(micros(&stats.file_compaction_micros));
+        self.metrics
+            .compaction_tx_max_ms
+            .set(micros(&stats.compaction_tx_micros_max));
     }
 
     fn health(&self) -> Value {

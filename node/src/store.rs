@@ -1,9 +1,10 @@
 //! Durable storage: one redb file holding a base snapshot, an append-only log of the
 //! changes since, the counter lease and the peers' acknowledgements.
 //!
-//! * `meta` table: `base` (the state as JSON), `base_seq` (the last log record the
-//!   base covers), `lease` (the highest counter that may have left the engine),
-//!   `acks` (what each peer had acknowledged, JSON).
+//! * `meta` table: `base_seq` (the last log record the base covers), `lease` (the
+//!   highest counter that may have left the engine), `acks` (what each peer had
+//!   acknowledged, JSON).
+//! * `base` table: the state as JSON, in pieces of [`BASE_PIECE`] bytes.
 //! * `log` table: sequence number → record. A record is a local write's delta (tag
 //!   0, JSON) or a received replication message whose delta changed the state (tag 1,
 //!   the frame as it arrived). Persisting a write or a merge costs the size of the
@@ -14,29 +15,51 @@
 //! last compaction into that copy and writes it as the new base, deleting the
 //! records it covers; it runs once the log holds `compact_after` records and as
 //! many bytes as the base, so rewriting the base costs a constant per logged byte,
-//! amortized. redb reuses freed pages but keeps its file's high-water mark (it grows
-//! the file by doubling): under a heavy write load the file can reach several times
-//! the live data, and the node gives the free space back at every start.
+//! amortized. It works in short transactions (the new base goes into a table of its
+//! own a few megabytes at a time, then one small transaction swaps it in; the
+//! records it covers are deleted afterwards, a few thousand at a time), so a
+//! compaction holds up the node's own commits for one short transaction at a time,
+//! not for the time it takes to write the whole state.
+//!
+//! The file. redb reuses freed pages but never gives space back except from the
+//! end of the file, and grows it by doubling: the file is sized for the largest
+//! transient need (the old and new base side by side during a compaction, plus the
+//! log), which keeps it within a few times the live data. Should it still exceed
+//! `max_file_ratio` times the live data (base plus log), the compaction thread takes
+//! the database to itself and runs redb's `Database::compact`, which moves the live
+//! pages down and truncates the file; the node's commits wait meanwhile (see
+//! `BENCHMARKS.md` for what that costs). Every start does the same before recovery.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use concord::sync::{LeaseStore, Message};
 use concord::{CausalContext, ReplicaId, Resolver};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::config::Fsync;
+use crate::config::{Fsync, StorageConfig};
 use crate::error::{Error, Result};
 use crate::Kv;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// The base snapshot's JSON in pieces of [`BASE_PIECE`] bytes: one value of the
-/// whole state would need one contiguous region of the file, and the file would grow
-/// by doubling to find one.
+/// The base snapshot's JSON in pieces of [`BASE_PIECE`] bytes.
 const BASE: TableDefinition<u32, &[u8]> = TableDefinition::new("base");
-const BASE_PIECE: usize = 64 << 10;
+/// Where a compaction writes the next base before swapping it in (a leftover after a
+/// crash is dropped at the next start).
+const NEXT_BASE: TableDefinition<u32, &[u8]> = TableDefinition::new("next_base");
+/// The size of a piece of the base: one value of the whole state would need one
+/// contiguous region of the file, and a piece with its B-tree leaf fits in one 4 KiB
+/// page (a 64 KiB piece took a 128 KiB allocation).
+pub const BASE_PIECE: usize = 4_000;
+/// How many base bytes one compaction transaction writes.
+const BASE_TX_BYTES: usize = 4 << 20;
+/// How many log records one compaction transaction deletes.
+const DELETE_TX_RECORDS: u64 = 10_000;
+/// The file is never compacted below this size.
+pub const FILE_FLOOR: u64 = 4 << 20;
 
 /// A peer's acknowledged context and protocol version, as saved.
 pub type PeerRecord = (ReplicaId, CausalContext, u32);
@@ -77,11 +100,43 @@ pub struct StoreStats {
     pub log_bytes: AtomicU64,
     /// Bytes of the base snapshot.
     pub base_bytes: AtomicU64,
+    /// Times the file was compacted (redb's `Database::compact`) while running.
+    pub file_compactions: AtomicU64,
+    /// How long the last of those took, in microseconds (the node's commits wait
+    /// that long).
+    pub file_compaction_micros: AtomicU64,
+    /// The longest that one compaction transaction held the database's writer, in
+    /// microseconds (the node's commits wait behind it).
+    pub compaction_tx_micros_max: AtomicU64,
+}
+
+impl StoreStats {
+    /// The live data: the base's bytes and the log's.
+    pub fn live_bytes(&self) -> u64 {
+        self.base_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The database, shared by the node's thread, the compaction thread and the lease:
+/// each takes it shared for its transactions, and the compaction thread takes it
+/// exclusively to compact the file (redb's `Database::compact` needs `&mut` and no
+/// live transaction, which holding it exclusively guarantees).
+#[derive(Clone)]
+struct Db(Arc<RwLock<Database>>);
+
+impl Db {
+    fn get(&self) -> RwLockReadGuard<'_, Database> {
+        // A panic elsewhere leaves redb's own state consistent (its transactions
+        // roll back when dropped): carry on.
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The node's database.
 pub struct Store {
-    db: Arc<Database>,
+    db: Db,
     fsync: Fsync,
     next_seq: u64,
     pending: Vec<Vec<u8>>,
@@ -201,11 +256,12 @@ impl Store {
     ///
     /// [`Error::Storage`] if the file cannot be opened or holds a corrupt record.
     pub fn open(
-        path: &std::path::Path,
-        fsync: Fsync,
-        compact_after: u64,
+        path: &Path,
+        storage: &StorageConfig,
         max_message_bytes: usize,
     ) -> Result<(Store, Recovered)> {
+        let fsync = storage.fsync;
+        let compact_after = storage.compact_after;
         let started = Instant::now();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -214,8 +270,9 @@ impl Store {
         // redb keeps its file's high-water mark (it grows the file by doubling and
         // reuses freed pages, but returns only trailing space): at start, with no
         // transaction live, give the rest back.
+        drop_next_base(&db)?;
         while db.compact().map_err(Error::storage)? {}
-        let db = Arc::new(db);
+        let db = Db(Arc::new(RwLock::new(db)));
         let Replayed {
             state,
             last,
@@ -223,9 +280,9 @@ impl Store {
             record_bytes,
             base_bytes,
             existed,
-        } = replay(&db, max_message_bytes)?;
+        } = replay(&db.get(), max_message_bytes)?;
         let acks = {
-            let tx = db.begin_read().map_err(Error::storage)?;
+            let tx = db.get().begin_read().map_err(Error::storage)?;
             match tx.open_table(META) {
                 Ok(meta) => match meta.get("acks").map_err(Error::storage)? {
                     Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
@@ -235,7 +292,7 @@ impl Store {
             }
         };
         let base_seq = {
-            let tx = db.begin_read().map_err(Error::storage)?;
+            let tx = db.get().begin_read().map_err(Error::storage)?;
             match tx.open_table(META) {
                 Ok(meta) => meta
                     .get("base_seq")
@@ -254,6 +311,10 @@ impl Store {
             let db = db.clone();
             let stats = stats.clone();
             let compacting = compacting.clone();
+            let file = Compactor {
+                path: path.to_path_buf(),
+                ratio: storage.max_file_ratio.max(1),
+            };
             // The compaction thread keeps its own copy of base ⊔ log, so a compaction
             // reads only the records since the last one, in short read transactions:
             // a long one would pin every page the writer frees meanwhile, and the
@@ -263,7 +324,7 @@ impl Store {
                 .name("compaction".into())
                 .spawn(move || {
                     for upto in rx {
-                        match compact(&db, &mut mirror, upto, max_message_bytes) {
+                        match compact(&db, &mut mirror, upto, max_message_bytes, &stats) {
                             Ok(Some((last, folded, base))) => {
                                 stats.base_seq.store(last, Ordering::Relaxed);
                                 stats.log_bytes.fetch_sub(folded, Ordering::Relaxed);
@@ -272,6 +333,9 @@ impl Store {
                             }
                             Ok(None) => {}
                             Err(e) => tracing::error!("compaction failed: {e}"),
+                        }
+                        if let Err(e) = file.maybe_compact_file(&db, &stats) {
+                            tracing::error!("compacting the file failed: {e}");
                         }
                         compacting.store(0, Ordering::Release);
                     }
@@ -326,7 +390,7 @@ impl Store {
     ///
     /// [`Error::Storage`] if it cannot be written.
     pub fn fence(&mut self, reason: &str) -> Result<()> {
-        let tx = self.db.begin_write().map_err(Error::storage)?;
+        let tx = self.db.get().begin_write().map_err(Error::storage)?;
         {
             let mut meta = tx.open_table(META).map_err(Error::storage)?;
             meta.insert("fenced", reason.as_bytes())
@@ -341,7 +405,7 @@ impl Store {
     ///
     /// [`Error::Storage`] if the database cannot be read.
     pub fn fenced(&self) -> Result<Option<String>> {
-        let tx = self.db.begin_read().map_err(Error::storage)?;
+        let tx = self.db.get().begin_read().map_err(Error::storage)?;
         match tx.open_table(META) {
             Ok(meta) => Ok(meta
                 .get("fenced")
@@ -387,7 +451,8 @@ impl Store {
         if !self.has_pending() {
             return Ok(());
         }
-        let mut tx = self.db.begin_write().map_err(Error::storage)?;
+        let db = self.db.get();
+        let mut tx = db.begin_write().map_err(Error::storage)?;
         let durable = self.fsync != Fsync::None;
         tx.set_durability(if durable {
             Durability::Immediate
@@ -434,7 +499,7 @@ impl Store {
         if !self.unsynced {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(Error::storage)?;
+        let tx = self.db.get().begin_write().map_err(Error::storage)?;
         tx.commit().map_err(Error::storage)?;
         self.unsynced = false;
         Ok(())
@@ -452,7 +517,9 @@ impl Store {
     pub fn maybe_compact(&mut self) {
         let log_bytes = self.stats.log_bytes.load(Ordering::Relaxed);
         let base_bytes = self.stats.base_bytes.load(Ordering::Relaxed);
-        if self.log_len() < self.compact_after || log_bytes < base_bytes || self.has_pending() {
+        // Only committed records are folded (queued acknowledgements do not matter).
+        if self.log_len() < self.compact_after || log_bytes < base_bytes || !self.pending.is_empty()
+        {
             return;
         }
         if self
@@ -479,17 +546,61 @@ impl Drop for Store {
     }
 }
 
+/// Drops a next base that a compaction had not swapped in when the process died.
+fn drop_next_base(db: &Database) -> Result<()> {
+    let tx = db.begin_write().map_err(Error::storage)?;
+    if tx.delete_table(NEXT_BASE).map_err(Error::storage)? {
+        tx.commit().map_err(Error::storage)?;
+    } else {
+        tx.abort().map_err(Error::storage)?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in a write transaction of its own, committed with `durability`, and
+/// records how long it held the writer.
+fn write_tx<T>(
+    db: &Db,
+    durability: Durability,
+    stats: &StoreStats,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<T>,
+) -> Result<T> {
+    let db = db.get();
+    let mut tx = db.begin_write().map_err(Error::storage)?;
+    let started = Instant::now();
+    tx.set_durability(durability).map_err(Error::storage)?;
+    let out = f(&tx)?;
+    tx.commit().map_err(Error::storage)?;
+    stats
+        .compaction_tx_micros_max
+        .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    Ok(out)
+}
+
+fn base_seq_in(tx: &redb::WriteTransaction) -> Result<u64> {
+    let meta = tx.open_table(META).map_err(Error::storage)?;
+    let seq = meta
+        .get("base_seq")
+        .map_err(Error::storage)?
+        .map_or(0, |v| u64_of(v.value()));
+    Ok(seq)
+}
+
 /// Writes base ⊔ log[..=upto] as the new base and deletes those records; returns
 /// the last record folded, the bytes of the records folded and the new base's size.
+///
+/// Every step is a short transaction: the node's commits go on in between.
 fn compact(
-    db: &Database,
+    db: &Db,
     mirror: &mut (Kv, u64),
     upto: u64,
     max_message_bytes: usize,
+    stats: &StoreStats,
 ) -> Result<Option<(u64, u64, u64)>> {
     let (state, seq) = mirror;
     let mut folded = 0;
     while *seq < upto {
+        let db = db.get();
         let tx = db.begin_read().map_err(Error::storage)?;
         let log = tx.open_table(LOG).map_err(Error::storage)?;
         let mut n = 0;
@@ -511,29 +622,112 @@ fn compact(
     }
     let last = *seq;
     let json = serde_json::to_vec(&*state).map_err(Error::storage)?;
-    let tx = db.begin_write().map_err(Error::storage)?;
-    {
-        let mut meta = tx.open_table(META).map_err(Error::storage)?;
-        let current = meta
-            .get("base_seq")
-            .map_err(Error::storage)?
-            .map_or(0, |v| u64_of(v.value()));
+    // The next base, a few megabytes per transaction. These need no fsync of their
+    // own: until the swap below, recovery ignores them (and drops them at start),
+    // and the swap's durable commit makes them durable with it.
+    write_tx(db, Durability::None, stats, |tx| {
+        tx.delete_table(NEXT_BASE).map_err(Error::storage)?;
+        Ok(())
+    })?;
+    let per_tx = BASE_TX_BYTES / BASE_PIECE;
+    let pieces: Vec<&[u8]> = json.chunks(BASE_PIECE).collect();
+    for (n, group) in pieces.chunks(per_tx).enumerate() {
+        write_tx(db, Durability::None, stats, |tx| {
+            let mut next = tx.open_table(NEXT_BASE).map_err(Error::storage)?;
+            for (i, piece) in group.iter().enumerate() {
+                next.insert((n * per_tx + i) as u32, *piece)
+                    .map_err(Error::storage)?;
+            }
+            Ok(())
+        })?;
+    }
+    // The swap: the old base's pages are freed whole (no copy of them is made).
+    let swapped = write_tx(db, Durability::Immediate, stats, |tx| {
+        let current = base_seq_in(tx)?;
         if current >= last {
-            return Ok(None);
+            tx.delete_table(NEXT_BASE).map_err(Error::storage)?;
+            return Ok(false);
         }
+        tx.delete_table(BASE).map_err(Error::storage)?;
+        tx.open_table(NEXT_BASE).map_err(Error::storage)?;
+        tx.rename_table(NEXT_BASE, BASE).map_err(Error::storage)?;
+        let mut meta = tx.open_table(META).map_err(Error::storage)?;
         meta.insert("base_seq", last.to_be_bytes().as_slice())
             .map_err(Error::storage)?;
-        let mut base = tx.open_table(BASE).map_err(Error::storage)?;
-        base.retain(|_, _| false).map_err(Error::storage)?;
-        for (i, piece) in json.chunks(BASE_PIECE).enumerate() {
-            base.insert(i as u32, piece).map_err(Error::storage)?;
-        }
-        let mut log = tx.open_table(LOG).map_err(Error::storage)?;
-        log.retain_in(..=last, |_, _| false)
-            .map_err(Error::storage)?;
+        Ok(true)
+    })?;
+    if !swapped {
+        return Ok(None);
     }
-    tx.commit().map_err(Error::storage)?;
+    // The records the base now covers (and any a crash left behind after an earlier
+    // swap): recovery skips them already. Deleting them one key at a time edits each
+    // B-tree page once per transaction (redb's `retain_in` copies the path to every
+    // deleted key and frees the copies only at the end, which took hundreds of
+    // megabytes for a large log).
+    loop {
+        let more = write_tx(db, Durability::None, stats, |tx| {
+            let mut log = tx.open_table(LOG).map_err(Error::storage)?;
+            for _ in 0..DELETE_TX_RECORDS {
+                let first = log.first().map_err(Error::storage)?.map(|(k, _)| k.value());
+                match first {
+                    Some(k) if k <= last => {
+                        log.remove(k).map_err(Error::storage)?;
+                    }
+                    _ => return Ok(false),
+                }
+            }
+            Ok(true)
+        })?;
+        if !more {
+            break;
+        }
+    }
     Ok(Some((last, folded, json.len() as u64)))
+}
+
+/// Compacts the file when it exceeds `ratio` times the live data.
+struct Compactor {
+    path: PathBuf,
+    ratio: u64,
+}
+
+impl Compactor {
+    fn maybe_compact_file(&self, db: &Db, stats: &StoreStats) -> Result<()> {
+        let len = std::fs::metadata(&self.path)?.len();
+        let live = stats.live_bytes();
+        if len <= FILE_FLOOR.max(live.saturating_mul(self.ratio)) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        {
+            // Exclusive: no transaction of the node's is live meanwhile, and its
+            // commits wait.
+            let mut db =
+                db.0.write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // redb counts commits made without fsync as live until a durable one
+            // (their pages must survive a crash), and compacts only without any.
+            db.begin_write()
+                .map_err(Error::storage)?
+                .commit()
+                .map_err(Error::storage)?;
+            while db.compact().map_err(Error::storage)? {}
+        }
+        let took = started.elapsed();
+        stats
+            .file_compaction_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        stats.file_compactions.fetch_add(1, Ordering::Relaxed);
+        let after = std::fs::metadata(&self.path)?.len();
+        tracing::info!(
+            "compacted the database file from {} to {} MiB ({} MiB live) in {:.0} ms",
+            len >> 20,
+            after >> 20,
+            live >> 20,
+            took.as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
 }
 
 /// The counter lease in the node's database.
@@ -552,7 +746,7 @@ fn compact(
 /// writes the larger of the stored and the asked bound), and asking for a bound
 /// already recorded costs nothing.
 pub struct RedbLease {
-    db: Arc<Database>,
+    db: Db,
     durable: bool,
     bound: Arc<AtomicU64>,
 }
@@ -588,7 +782,8 @@ impl LeaseStore for RedbLease {
         let lease_err = |e: &dyn std::fmt::Display| concord::Error::Lease {
             reason: e.to_string(),
         };
-        let tx = self.db.begin_read().map_err(|e| lease_err(&e))?;
+        let db = self.db.get();
+        let tx = db.begin_read().map_err(|e| lease_err(&e))?;
         match tx.open_table(META) {
             Ok(meta) => {
                 let stored = meta
@@ -612,7 +807,8 @@ impl LeaseStore for RedbLease {
             // lease's durability: every lease of a store has the same.
             return Ok(());
         }
-        let mut tx = self.db.begin_write().map_err(|e| lease_err(&e))?;
+        let db = self.db.get();
+        let mut tx = db.begin_write().map_err(|e| lease_err(&e))?;
         if !self.durable {
             tx.set_durability(Durability::None)
                 .map_err(|e| lease_err(&e))?;
@@ -640,6 +836,14 @@ mod tests {
     use super::*;
     use concord::{Hlc, SystemClock};
 
+    fn config(fsync: Fsync, compact_after: u64) -> StorageConfig {
+        StorageConfig {
+            fsync,
+            compact_after,
+            ..StorageConfig::default()
+        }
+    }
+
     fn dir(tag: &str) -> std::path::PathBuf {
         let d = crate::harness::temp_dir(tag).unwrap();
         d.join("db.redb")
@@ -651,7 +855,7 @@ mod tests {
         let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
         let mut expected = Kv::new();
         {
-            let (mut store, rec) = Store::open(&path, Fsync::Group, 50, 1 << 20).unwrap();
+            let (mut store, rec) = Store::open(&path, &config(Fsync::Group, 50), 1 << 20).unwrap();
             assert!(!rec.existed);
             for i in 0..120 {
                 let delta = expected
@@ -679,11 +883,77 @@ mod tests {
             store.append_local(&delta);
             store.commit().unwrap();
         }
-        let (_, rec) = Store::open(&path, Fsync::Group, 50, 1 << 20).unwrap();
+        let (_, rec) = Store::open(&path, &config(Fsync::Group, 50), 1 << 20).unwrap();
         assert!(rec.existed);
         assert!(rec.replayed < 120);
         assert_eq!(rec.state, expected);
         assert_eq!(rec.state.len(), 69);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The file under a long overwrite load: the state stays the same size, the log
+    /// is written over and over, and the file stays within a multiple of the live
+    /// data at every commit. With `max_file_ratio` 2 the file compaction runs too.
+    #[test]
+    fn the_file_stays_within_a_multiple_of_the_live_data() {
+        let path = dir("bounded");
+        let storage = StorageConfig {
+            fsync: Fsync::None,
+            compact_after: 2_000,
+            max_file_ratio: 2,
+        };
+        let (mut store, _) = Store::open(&path, &storage, 1 << 20).unwrap();
+        let stats = store.stats();
+        let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
+        let mut state = Kv::new();
+        let value = "v".repeat(1_000);
+        let (keys, writes) = (2_000, 16_000);
+        let mut worst: f64 = 0.0;
+        let mut logged = 0u64;
+        for i in 0..writes {
+            let delta = state
+                .write(format!("key-{:05}", i % keys), value.clone(), &mut hlc)
+                .unwrap();
+            store.append_local(&delta);
+            if i % 8 == 7 {
+                store.commit().unwrap();
+                if i % 512 == 511 {
+                    store.sync().unwrap();
+                    store.maybe_compact();
+                }
+                let len = std::fs::metadata(&path).unwrap().len();
+                let live = stats.live_bytes();
+                if len > FILE_FLOOR {
+                    worst = worst.max(len as f64 / live as f64);
+                }
+                // Past the first few megabytes, the file is within 10 times the live
+                // data (the base and the log) at every commit.
+                assert!(
+                    len <= FILE_FLOOR + 10 * live,
+                    "the file is {len} bytes for {live} bytes of live data"
+                );
+            }
+        }
+        logged += stats.bytes.load(Ordering::Relaxed);
+        let until = Instant::now() + std::time::Duration::from_secs(30);
+        while stats.file_compactions.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < until, "the file was never compacted");
+            store.maybe_compact();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!(
+            "{logged} bytes logged, {} compactions, {} file compactions; file / live at most {worst:.2} past {FILE_FLOOR} bytes",
+            stats.compactions.load(Ordering::Relaxed),
+            stats.file_compactions.load(Ordering::Relaxed)
+        );
+        // Every key was written over several times.
+        assert!(
+            logged > 4 * stats.base_bytes.load(Ordering::Relaxed),
+            "the load overwrote too little"
+        );
+        drop(store);
+        let (_, rec) = Store::open(&path, &storage, 1 << 20).unwrap();
+        assert_eq!(rec.state, state);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
@@ -692,7 +962,7 @@ mod tests {
         let path = dir("lease");
         let peer = ReplicaId::from_u128(9);
         {
-            let (mut store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+            let (mut store, _) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
             let mut lease = store.lease();
             assert_eq!(lease.load().unwrap(), 0);
             lease.store(42).unwrap();
@@ -700,7 +970,7 @@ mod tests {
             store.commit().unwrap();
             store.sync().unwrap();
         }
-        let (store, rec) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+        let (store, rec) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
         assert!(rec.existed);
         assert_eq!(store.lease().load().unwrap(), 42);
         assert_eq!(rec.acks, vec![(peer, CausalContext::new(), 2)]);
@@ -711,7 +981,7 @@ mod tests {
     fn the_lease_never_moves_back_and_a_fence_persists() {
         let path = dir("lease-max");
         {
-            let (mut store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+            let (mut store, _) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
             let (mut a, mut b) = (store.lease(), store.lease());
             a.cover(5, 1024).unwrap();
             assert_eq!((a.bound(), b.bound()), (1028, 1028));
@@ -724,7 +994,7 @@ mod tests {
             assert_eq!(store.fenced().unwrap(), None);
             store.fence("a test").unwrap();
         }
-        let (store, _) = Store::open(&path, Fsync::None, 50, 1 << 20).unwrap();
+        let (store, _) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
         assert_eq!(store.lease().load().unwrap(), 1029);
         assert_eq!(store.fenced().unwrap().as_deref(), Some("a test"));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use concord_node::certs::Ca;
 use concord_node::client::Client;
-use concord_node::config::Fsync;
+use concord_node::config::{Fsync, ReplicationConfig};
 use concord_node::harness::{Cluster, Options};
 use concord_node::proxy::Link;
 
@@ -714,4 +714,90 @@ fn a_client_that_never_finishes_its_request_is_disconnected() {
     assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
     let mut cl = c.client(0);
     assert_eq!(cl.get_path("/health").unwrap().status, 200);
+}
+
+/// A node greets its peers as soon as a connection is up. Its first greeting is
+/// produced before any connection exists; it used to be dropped, and peers then did
+/// not hear the node until its next heartbeat, while the engine sends writes only to
+/// peers it has heard from: the first writes after a start waited a heartbeat period
+/// (they set the asynchronous rows' lag p99 in BENCHMARKS.md). With heartbeats,
+/// resends and anti-entropy a minute apart, a semi-sync write made right after the
+/// start reaches its peer only if the greeting got through.
+#[test]
+fn the_first_writes_after_a_start_do_not_wait_for_a_heartbeat() {
+    let opts = Options {
+        nodes: 2,
+        tag: "greeting".into(),
+        replication: ReplicationConfig {
+            heartbeat_ms: 60_000,
+            retransmit_ms: 60_000,
+            anti_entropy_ms: 600_000,
+            idle_timeout_ms: 600_000,
+            ..ReplicationConfig::default()
+        },
+        ..Options::default()
+    };
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..2 {
+        c.wait_ready(i, Duration::from_secs(30)).expect("ready");
+    }
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let r = c
+        .client(0)
+        .request("PUT", "/kv/first?ack=semi&timeout_ms=5000", &[], "x")
+        .unwrap();
+    assert_eq!(r.status, 200, "node-2 never got the write: {}", r.body);
+    assert_eq!(c.client(1).get("first", None).unwrap().values(), ["x"]);
+    assert!(c.panics().is_empty());
+}
+
+/// What persisting the peers' acknowledgements buys. After a restart, the first
+/// message from each peer replaces what the node had recorded for it (the peer's
+/// own context is exact, the saved one only a lower bound), and nothing is sent to a
+/// peer before it is heard: so the saved acknowledgements change neither what is
+/// resent nor how much. What they do give is the window before a peer is heard:
+/// a node restarted while a link is down still knows which of its writes that peer
+/// holds, so `/health` (and `concord_peer_unacked_writes`) show the real backlog
+/// rather than every write the node ever made.
+#[test]
+fn a_node_restarted_behind_a_cut_link_knows_what_its_peer_holds() {
+    let mut c = start("acks", 2, Fsync::Group);
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let mut n0 = c.client(0);
+    for k in 0..200 {
+        let r = n0.put(&format!("held-{k:03}"), "v", "sync").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let unacked = |c: &Cluster| {
+        let h = c.client(0).get_path("/health").unwrap().json();
+        (
+            h["peers"][0]["unacked_writes"].as_u64().unwrap(),
+            h["peers"][0]["connected"].as_bool().unwrap(),
+        )
+    };
+    assert_eq!(unacked(&c), (0, true));
+    // The node saves the acknowledgements on its next tick (every 100 ms).
+    thread::sleep(Duration::from_millis(600));
+    c.link(0, 1).set(Link::Cut);
+    c.kill(0);
+    c.spawn(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let h = c.client(0).get_path("/health").unwrap().json();
+    assert_eq!(h["recovery"]["restarted"], true);
+    assert!(h["peers"][0]["last_heard_ms_ago"].is_null(), "{h}");
+    assert_eq!(
+        unacked(&c),
+        (0, false),
+        "the restarted node forgot that node-2 holds its 200 writes"
+    );
+    let r = c.client(0).put("alone", "w", "async").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(unacked(&c), (1, false));
+    c.heal();
+    c.wait_connected(Duration::from_secs(20)).unwrap();
+    c.wait_converged(Duration::from_secs(30))
+        .expect("converged");
+    assert!(c.panics().is_empty());
 }
