@@ -20,7 +20,7 @@ use proptest::test_runner::TestCaseError;
 use super::sim::Rng;
 use super::{laws, CheckResult, Operation};
 use crate::causal::{Crdt, Limits};
-use crate::clock::CausalContext;
+use crate::clock::{CausalContext, VectorClock};
 use crate::error::Error;
 use crate::hlc::{Hlc, ManualClock, Timestamp};
 use crate::id::{Dot, ReplicaId};
@@ -68,7 +68,9 @@ pub enum Step<W> {
         /// The receiving replica.
         to: u8,
     },
-    /// Anti-entropy pull: `to` merges `from.delta_since(to's context clock)`.
+    /// Anti-entropy pull: `to` merges `from.delta_since(to's context clock)`, or
+    /// `from`'s full state if `to` does not meet `delta_since`'s terms (it merged
+    /// mutator deltas out of causal order: see [`World::is_honest`]).
     Pull {
         /// The replica computing the delta.
         from: u8,
@@ -508,7 +510,17 @@ impl<T: Crdt + Default, W: Clone + fmt::Debug> World<T, W> {
             }
             Step::Pull { from, to } => {
                 let (from, to) = (*from as usize % n, *to as usize % n);
-                let clock = self.replicas[to].state.context().clock();
+                // `delta_since`'s terms: the receiver holds every write its clock
+                // covers, with its effects. One that merged mutator deltas out of
+                // causal order may not, and a delta computed against its clock can
+                // leave it (and every peer it later sends deltas to) without a
+                // removal; as the docs prescribe, it is sent the full state (the
+                // delta since nothing) instead.
+                let clock = if self.is_honest(to) {
+                    self.replicas[to].state.context().clock()
+                } else {
+                    VectorClock::new()
+                };
                 // The delta carries the writes the clock does not cover.
                 let got: Vec<usize> = self.received[from]
                     .iter()
@@ -610,6 +622,14 @@ impl<T: Crdt + Default, W: Clone + fmt::Debug> World<T, W> {
                     !ctx.contains(d) && received.iter().all(|&j| !self.writes[j].seen.contains(d))
                 })
         })
+    }
+
+    /// True if replica `r` meets [`Crdt::delta_since`]'s terms: it is causally
+    /// complete ([`World::is_complete`]) and its context has no gaps, so its clock
+    /// covers only writes it holds with their effects.
+    pub fn is_honest(&self, r: usize) -> bool {
+        let ctx = self.replicas[r].state.context();
+        self.is_complete(r) && *ctx == CausalContext::from(&ctx.clock())
     }
 
     /// The replicas' current states.
