@@ -882,6 +882,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         size
     }
 
+    /// Adds to `ctx` the dots of `dots` no entry holds (dead here: a removal's own
+    /// dot, say).
+    fn add_unheld(&self, dots: &CausalContext, ctx: &mut CausalContext) {
+        for d in dots.dots().filter(|d| !self.index.contains_key(d)) {
+            ctx.insert(d);
+        }
+    }
+
     fn rebuild_index(&mut self) {
         self.index.clear();
         let index = &mut self.index;
@@ -1622,6 +1630,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             for pos in self.positions_holding(&causes) {
                 self.copy_part(pos, &|x| !acked.contains(x), &mut delta);
             }
+            self.add_unheld(&causes, &mut delta.ctx);
         }
         delta.seal();
         delta
@@ -1671,6 +1680,12 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                             items += self.copy_part(pos, &unsent, &mut out);
                         }
                     }
+                    // And, whatever the budget, the causes no entry holds (a
+                    // removal's own dot; a few context ranges): the receiver then logs
+                    // the removal against a context holding its cause, and tells it on
+                    // to a peer that lacks that cause (without them, a peer whose
+                    // context covers the removed dots was never told, for good).
+                    self.add_unheld(&causes, &mut out.ctx);
                 }
                 cursor.log = seq + 1;
             }
