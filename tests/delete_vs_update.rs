@@ -2,7 +2,7 @@
 //! overwrites racing (an ordinary sibling race).
 
 use concord::sync::{Config, SyncEngine};
-use concord::{Conflict, Crdt, Hlc, ManualClock, MvRegister, OrMap, ReplicaId};
+use concord::{Conflict, ManualClock, MvRegister, OrMap, ReplicaId};
 
 type Profiles = OrMap<String, MvRegister<String>>;
 type Engine = SyncEngine<Profiles, ManualClock>;
