@@ -514,17 +514,197 @@ pub(crate) fn encode_context(ctx: &CausalContext, table: &mut ReplicaTable) -> E
         .collect()
 }
 
-pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Result<CausalContext> {
-    let mut ctx = CausalContext::new();
-    let mut seen_replicas = std::collections::HashSet::new();
-    for (idx, spans) in enc {
-        if !seen_replicas.insert(idx) {
-            return Err(Error::InvalidMessage {
-                reason: format!("replica index {idx} appears twice in a causal context"),
-            });
+/// The elements of a dot store as read from the wire (register siblings, counter
+/// segments): a list whose every element is charged to the decoding budget as one
+/// entry of the state while it is read, so a message past
+/// [`Limits::max_entries`] is refused before more is allocated. The library's stores
+/// use it as their [`DotStore::Decoded`] form; a store of your own may too.
+///
+/// ```
+/// use concord::causal::DecodedElements;
+///
+/// let read: DecodedElements<(u32, u64, i64)> = serde_json::from_str("[[0, 1, 5]]")?;
+/// assert_eq!(read.into_vec(), vec![(0, 1, 5)]);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedElements<E>(Vec<E>);
+
+impl<E> DecodedElements<E> {
+    /// The elements, in wire order.
+    pub fn into_vec(self) -> Vec<E> {
+        self.0
+    }
+}
+
+impl<E> IntoIterator for DecodedElements<E> {
+    type Item = E;
+    type IntoIter = std::vec::IntoIter<E>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'de, E: Deserialize<'de>> Deserialize<'de> for DecodedElements<E> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ElementsVisitor<E>(std::marker::PhantomData<E>);
+        impl<'de, E: Deserialize<'de>> serde::de::Visitor<'de> for ElementsVisitor<E> {
+            type Value = DecodedElements<E>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of elements")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(e) = seq.next_element()? {
+                    crate::wire::budget::entry().map_err(A::Error::custom)?;
+                    out.push(e);
+                }
+                Ok(DecodedElements(out))
+            }
         }
+        d.deserialize_seq(ElementsVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A causal context as read from the wire, before its replica indices are resolved
+/// against the table: for each index, its ranges, made absolute and checked (sorted,
+/// disjoint, non-adjacent, counters from 1 to [`MAX_COUNTER`]) as they are read, and
+/// charged to the decoding budget one by one (see `wire::budget`), so no intermediate
+/// list of spans is ever built.
+#[derive(Debug, Default)]
+pub(crate) struct DecodedContext(Vec<(u32, Vec<(u64, u64)>)>);
+
+impl DecodedContext {
+    /// The context, with each index resolved against the replica table.
+    pub(crate) fn resolve(self, replicas: &[ReplicaId]) -> Result<CausalContext> {
+        let mut named = vec![false; replicas.len()];
+        let mut ctx = CausalContext::new();
+        for (idx, ranges) in self.0 {
+            let Some(seen) = named.get_mut(idx as usize) else {
+                return Err(Error::InvalidMessage {
+                    reason: format!(
+                        "replica index {idx} out of range ({} replicas)",
+                        replicas.len()
+                    ),
+                });
+            };
+            if std::mem::replace(seen, true) {
+                return Err(Error::InvalidMessage {
+                    reason: format!("replica index {idx} appears twice in a causal context"),
+                });
+            }
+            ctx.set_ranges(replicas[idx as usize], ranges);
+        }
+        Ok(ctx)
+    }
+}
+
+impl<'de> Deserialize<'de> for DecodedContext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ContextVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContextVisitor {
+            type Value = DecodedContext;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a causal context: [replica index, spans] pairs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<DecodedContext, A::Error> {
+                use serde::de::Error as _;
+                let mut out = Vec::new();
+                let mut counted = 0usize;
+                while let Some(replica) = seq.next_element_seed(ReplicaSpans {
+                    counted: &mut counted,
+                })? {
+                    out.push(replica);
+                    crate::wire::budget::replica(out.len()).map_err(A::Error::custom)?;
+                }
+                Ok(DecodedContext(out))
+            }
+        }
+        d.deserialize_seq(ContextVisitor)
+    }
+}
+
+/// One `[replica index, spans]` pair of a context on the wire.
+struct ReplicaSpans<'a> {
+    /// Ranges of the whole context read so far.
+    counted: &'a mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ReplicaSpans<'_> {
+    type Value = (u32, Vec<(u64, u64)>);
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReplicaSpans<'_> {
+    type Value = (u32, Vec<(u64, u64)>);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a [replica index, spans] pair")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let idx: u32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let ranges = seq
+            .next_element_seed(Spans {
+                counted: &mut *self.counted,
+            })?
+            .ok_or_else(|| A::Error::invalid_length(1, &"a [replica index, spans] pair"))?;
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::invalid_length(
+                3,
+                &"a [replica index, spans] pair",
+            ));
+        }
+        Ok((idx, ranges))
+    }
+}
+
+/// One replica's spans, turned into absolute ranges as they are read.
+struct Spans<'a> {
+    counted: &'a mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Spans<'_> {
+    type Value = Vec<(u64, u64)>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Spans<'_> {
+    type Value = Vec<(u64, u64)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of spans")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut out: Vec<(u64, u64)> = Vec::new();
         let mut previous = 0u64;
-        for span in spans {
+        while let Some(span) = seq.next_element::<Span>()? {
+            *self.counted += 1;
+            crate::wire::budget::range(*self.counted).map_err(A::Error::custom)?;
             let (gap, extra) = match span {
                 Span::One(gap) => (gap, 0),
                 Span::Run(gap, extra) => (gap, extra),
@@ -532,26 +712,26 @@ pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Res
             let lo = previous.checked_add(gap);
             let hi = lo.and_then(|lo| lo.checked_add(extra));
             let (Some(lo), Some(hi)) = (lo, hi) else {
-                return Err(Error::InvalidMessage {
-                    reason: "causal context range overflows".into(),
-                });
+                return Err(A::Error::custom("causal context range overflows"));
             };
             if gap == 0
                 || (previous > 0 && gap < 2)
                 || (matches!(span, Span::Run(..)) && extra == 0)
             {
-                return Err(Error::InvalidMessage {
-                    reason: "causal context ranges must be sorted, disjoint and non-adjacent"
-                        .into(),
-                });
+                return Err(A::Error::custom(
+                    "causal context ranges must be sorted, disjoint and non-adjacent",
+                ));
             }
-            let first = decode_dot(replicas, idx, lo)?;
-            decode_dot(replicas, idx, hi)?;
-            ctx.insert_range(first.replica(), lo, hi);
+            if hi > MAX_COUNTER {
+                return Err(A::Error::custom(format!(
+                    "counter {hi} beyond the largest a replica may issue"
+                )));
+            }
+            out.push((lo, hi));
             previous = hi;
         }
+        Ok(out)
     }
-    Ok(ctx)
 }
 
 /// One concurrency resolved by a merge: both sides had written to `key` without seeing

@@ -1571,32 +1571,36 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
     }
 
+    /// Decodes a message in one pass: the envelope is checked against this engine
+    /// (version, addressee, sender) before the body is decoded, and the body is held
+    /// to the configured limits while it is (see [`crate::wire::decode_with`]).
     fn decode(&self, bytes: &[u8]) -> Result<Message<T>> {
-        crate::wire::decode_up_to::<T>(
-            bytes,
-            self.config.max_message_bytes,
-            self.config.protocol_version,
-        )
+        let budget = crate::wire::Budget {
+            max_bytes: self.config.max_message_bytes,
+            newest: self.config.protocol_version,
+            limits: self.config.limits.clone(),
+            max_clock_entries: self.config.max_clock_entries,
+        };
+        crate::wire::decode_with::<T>(bytes, &budget, |e| self.check_envelope(e.v, e.from, e.to))
     }
 
-    fn apply(&mut self, msg: Message<T>, driver: bool) -> Result<Received<T>> {
-        if msg.v < OLDEST_PROTOCOL_VERSION || msg.v > self.config.protocol_version {
+    /// Checks who sent a message to whom, in which version: before its body is
+    /// decoded, and again when a decoded message is handed in.
+    fn check_envelope(&self, v: u32, from: ReplicaId, to: ReplicaId) -> Result<()> {
+        if v < OLDEST_PROTOCOL_VERSION || v > self.config.protocol_version {
             return Err(Error::UnsupportedVersion {
-                version: msg.v,
+                version: v,
                 supported: self.config.protocol_version,
             });
         }
-        if msg.to != self.node || msg.from == self.node {
+        if to != self.node || from == self.node {
             return Err(Error::InvalidMessage {
-                reason: format!(
-                    "message from {} to {} reached {}",
-                    msg.from, msg.to, self.node
-                ),
+                reason: format!("message from {from} to {to} reached {}", self.node),
             });
         }
-        if !self.peers.contains_key(&msg.from) {
+        if !self.peers.contains_key(&from) {
             if !self.config.open_membership {
-                return Err(Error::UnknownPeer { peer: msg.from });
+                return Err(Error::UnknownPeer { peer: from });
             }
             if self.peers.len() >= self.config.max_peers {
                 return Err(Error::TooManyEntries {
@@ -1606,6 +1610,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn apply(&mut self, msg: Message<T>, driver: bool) -> Result<Received<T>> {
+        self.check_envelope(msg.v, msg.from, msg.to)?;
         self.check_context(&msg.seen)?;
         self.check_context(&msg.base)?;
         // What the peer says it has seen is an acknowledgement: a claim on writes of
