@@ -196,6 +196,34 @@ pub struct Limits {
     pub max_entries: usize,
     /// The most ranges one received causal context may hold.
     pub max_context_ranges: usize,
+    /// How far past what a writer has reported issuing (in its own messages to the
+    /// [sync engine](crate::sync)) a delta from another peer may claim that writer's
+    /// dots without their writes. Claims further ahead would silence the writer's
+    /// future writes; a delta making them is skipped, not merged (see the guide's
+    /// "Hostile peers"). Honest relays run ahead of a writer's own report only by
+    /// what the relay saw of it first (its writes lost in a crash, say). Default 65,536.
+    #[serde(default = "default_claim_ahead")]
+    pub max_claim_ahead: u64,
+    /// The most gaps that claims no writer vouches for may leave in the
+    /// [sync engine](crate::sync)'s context, in all: ranges of a writer's entry that
+    /// start past what the writer has reported issuing (all but the first, for a
+    /// writer that does not report: a retired incarnation, a node reached only through
+    /// relays, an invented one). Gaps below a report close once the writer's own dots
+    /// arrive; these may never close, and every message would repeat them. A delta
+    /// that would leave more is skipped, not merged. In a hub-and-spoke layout with
+    /// large histories a spoke's catch-up may need more (the removed dots of writers
+    /// behind the hub arrive before the writes between them); raise it there.
+    /// Default 4096.
+    #[serde(default = "default_relayed_gaps")]
+    pub max_relayed_gaps: usize,
+}
+
+fn default_claim_ahead() -> u64 {
+    1 << 16
+}
+
+fn default_relayed_gaps() -> usize {
+    4096
 }
 
 impl Default for Limits {
@@ -204,6 +232,8 @@ impl Default for Limits {
             max_siblings: 64,
             max_entries: 16_000_000,
             max_context_ranges: 16_000_000,
+            max_claim_ahead: default_claim_ahead(),
+            max_relayed_gaps: default_relayed_gaps(),
         }
     }
 }
@@ -937,6 +967,16 @@ pub trait Crdt:
     /// Checks a received state against `limits` and its own consistency (every held dot
     /// is in its context, no dot tags two elements). Changes nothing.
     fn validate(&self, limits: &Limits) -> Result<()>;
+
+    /// Calls `f` with the dot of every element held, at every depth: the dots of the
+    /// context that an element *backs*. The [sync engine](crate::sync) uses it to tell
+    /// a received context's claims that come with their writes from claims that come
+    /// alone (see the guide's "Hostile peers"). The default calls nothing: every claim
+    /// of a type that does not say counts as unbacked, which only delays relayed
+    /// writes until their writer reports them itself. Every type of the library says.
+    fn for_each_element_dot(&self, f: &mut dyn FnMut(Dot)) {
+        let _ = f;
+    }
 
     /// Validates `other`, then merges it, reporting every concurrency resolved into
     /// `sink`. On error `self` is left exactly as it was.

@@ -930,6 +930,18 @@ impl CausalContext {
         Ok(ctx)
     }
 
+    /// A context of the given replicas' ranges (each sorted, disjoint, non-adjacent,
+    /// from 1 on: taken from another context).
+    pub(crate) fn from_replicas(
+        replicas: impl IntoIterator<Item = (ReplicaId, Vec<(u64, u64)>)>,
+    ) -> CausalContext {
+        let mut ctx = CausalContext::new();
+        for (r, ranges) in replicas {
+            ctx.set_ranges(r, ranges);
+        }
+        ctx
+    }
+
     /// Sets the ranges of a replica this context does not name yet; `ranges` are
     /// sorted, disjoint, non-adjacent and start at 1 or later (a decoder checked them).
     pub(crate) fn set_ranges(&mut self, replica: ReplicaId, ranges: Vec<(u64, u64)>) {

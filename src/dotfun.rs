@@ -453,6 +453,10 @@ macro_rules! standalone_impls {
             fn max_timestamp(&self) -> Option<crate::hlc::Timestamp> {
                 crate::causal::DotStore::max_timestamp(self)
             }
+
+            fn for_each_element_dot(&self, f: &mut dyn FnMut(crate::id::Dot)) {
+                crate::causal::DotStore::for_each_dot(self, f);
+            }
         }
 
         impl$(<$t: crate::causal::Data>)? serde::Serialize for $ty$(<$t>)? {

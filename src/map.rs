@@ -1781,6 +1781,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
     }
 
+    fn for_each_element_dot(&self, f: &mut dyn FnMut(Dot)) {
+        DotStore::for_each_dot(self, f);
+    }
+
     fn try_merge<C: ConflictSink<K, V>>(
         &mut self,
         other: Self,

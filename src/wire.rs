@@ -7,9 +7,15 @@
 //! have not upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
 //! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
 //! delta, replica ids are listed once in a table (`"r"`) and every dot names its
-//! replica by index, so ids do not repeat per key. Decoding checks, in order: the size
-//! limit (before parsing), the version (before the body is interpreted), then the
-//! shape; the engine then validates the contents.
+//! replica by index, so ids do not repeat per key.
+//!
+//! Decoding is one pass, and checks, in order: the size limit (before parsing), the
+//! version (as soon as it is read), the envelope (`v`, `vmax`, `from`, `to`, `inc`,
+//! which every encoder here writes before the body: an engine refuses a sender that
+//! is no peer, or a message for someone else, before a byte of the body is decoded),
+//! then the body under a [`Budget`] (entries and context ranges counted as they are
+//! read, so a body past the limits is refused having allocated no more than them).
+//! The engine then validates the contents. See the guide's "Hostile peers".
 //!
 //! ```
 //! use concord::sync::{Message, PROTOCOL_VERSION};

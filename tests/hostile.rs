@@ -286,3 +286,103 @@ fn the_free_decoder_holds_a_body_to_the_budget_it_is_given() {
     let envelope = wire::envelope(&bytes, 1 << 20).expect("an envelope");
     assert_eq!((envelope.from, envelope.to, envelope.v), (id(1), id(2), 2));
 }
+
+/// Moves one session each way between two engines: `from` opens, `to` answers.
+/// Returns the bytes of the two messages.
+fn session(from: &mut Engine, to: &mut Engine) -> (usize, usize) {
+    let hello = from.sync_with(to.node()).expect("a peer").encode();
+    let answer = to
+        .receive_bytes(&hello)
+        .expect("accepted")
+        .reply
+        .expect("an answer")
+        .encode();
+    from.receive_bytes(&answer).expect("accepted");
+    (hello.len(), answer.len())
+}
+
+#[test]
+fn gaps_about_a_writer_that_does_not_report_are_bounded() {
+    // X (3) sends B a 1 MB delta claiming 500,000 lone dots of a writer nobody hears
+    // from (7). Before: B took it, and every later message between A and B carried
+    // the 500,000 ranges (about 8 MB), with nothing new to send.
+    let mut a = engine(1, &[2, 3], |c| c);
+    let mut b = engine(2, &[1, 3], |c| c);
+    let poison = message(3, 2, &gappy_delta(7, 500_000));
+    let before = b.context().clone();
+    b.receive_bytes(&poison).expect("skipped, not refused");
+    assert_eq!(b.context(), &before, "nothing of it was taken");
+    assert_eq!(b.metrics().unbacked_deltas, 1);
+    for round in 0..3 {
+        a.update(|m, hlc| m.write(format!("a{round}"), 1, hlc))
+            .unwrap();
+        let (hello, answer) = session(&mut a, &mut b);
+        let (back, again) = session(&mut b, &mut a);
+        for size in [hello, answer, back, again] {
+            assert!(size < 2_000, "round {round}: a message of {size} bytes");
+        }
+    }
+    assert_eq!(a.state(), b.state());
+
+    // Within the bound, gaps are taken (a relay may carry them honestly).
+    let few = message(3, 2, &gappy_delta(7, 100));
+    b.receive_bytes(&few)
+        .expect("a hundred gaps are within the bound");
+    assert_eq!(b.context().range_count(), 100 + 1); // and A's one range
+}
+
+#[test]
+fn claims_beyond_a_writers_own_report_are_not_taken_so_its_writes_are_not_silenced() {
+    let mut a = engine(1, &[2, 3], |c| c);
+    let mut b = engine(2, &[1, 3], |c| c);
+    a.update(|m, hlc| m.write("k".into(), 1, hlc)).unwrap();
+    session(&mut a, &mut b); // B has heard A report its own writes (one so far)
+    let writer = a.incarnation();
+
+    // X claims A's next million writes as seen (one range, no gap). Before: B took it,
+    // and discarded A's next writes when they came, as overwritten.
+    let far = 1 << 20;
+    let claim = format!(r#"{{"r":["{writer}"],"c":[[0,[[1,{far}]]]],"e":{{}}}}"#);
+    let before = b.context().clone();
+    b.receive_bytes(&message(3, 2, &claim))
+        .expect("skipped, not refused");
+    assert_eq!(b.context(), &before, "nothing of it was taken");
+    assert_eq!(b.metrics().unbacked_deltas, 1);
+    a.update(|m, hlc| m.write("k".into(), 2, hlc)).unwrap();
+    session(&mut a, &mut b);
+    let held: Vec<&u8> = b.state().get("k").expect("a key").values().collect();
+    assert_eq!(held, vec![&2]);
+
+    // Up to what A has reported, the same claim is a removal like any other (X may
+    // have overwritten A's write): taken.
+    let upto = a.context().max_counter(writer);
+    let claim = format!(
+        r#"{{"r":["{writer}"],"c":[[0,[[1,{}]]]],"e":{{}}}}"#,
+        upto - 1
+    );
+    b.receive_bytes(&message(3, 2, &claim))
+        .expect("within A's report");
+    assert_eq!(b.metrics().unbacked_deltas, 1);
+
+    // A write far ahead backs its own dot, not the run below it.
+    let writes = format!(
+        r#"{{"r":["{writer}"],"c":[[0,[[1,{}]]]],"e":{{"x":[[0,{},5]]}}}}"#,
+        upto + far - 1,
+        upto + far
+    );
+    b.receive_bytes(&message(3, 2, &writes)).expect("skipped");
+    assert_eq!(
+        b.metrics().unbacked_deltas,
+        2,
+        "the run below the write is unbacked"
+    );
+    let writes = format!(
+        r#"{{"r":["{writer}"],"c":[[0,[{}]]],"e":{{"x":[[0,{},5]]}}}}"#,
+        upto + 10,
+        upto + 10
+    );
+    b.receive_bytes(&message(3, 2, &writes))
+        .expect("a write relayed with its element");
+    assert_eq!(b.metrics().unbacked_deltas, 2);
+    assert_eq!(b.state().get("x").and_then(|r| r.get()), Some(&5));
+}
