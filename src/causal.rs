@@ -196,6 +196,34 @@ pub struct Limits {
     pub max_entries: usize,
     /// The most ranges one received causal context may hold.
     pub max_context_ranges: usize,
+    /// How far past what a writer has reported issuing (in its own messages to the
+    /// [sync engine](crate::sync)) a delta from another peer may claim that writer's
+    /// dots without their writes. Claims further ahead would silence the writer's
+    /// future writes; a delta making them is skipped, not merged (see the guide's
+    /// "Hostile peers"). Honest relays run ahead of a writer's own report only by
+    /// what the relay saw of it first (its writes lost in a crash, say). Default 65,536.
+    #[serde(default = "default_claim_ahead")]
+    pub max_claim_ahead: u64,
+    /// The most gaps that claims no writer vouches for may leave in the
+    /// [sync engine](crate::sync)'s context, in all: ranges of a writer's entry that
+    /// start past what the writer has reported issuing (all but the first, for a
+    /// writer that does not report: a retired incarnation, a node reached only through
+    /// relays, an invented one). Gaps below a report close once the writer's own dots
+    /// arrive; these may never close, and every message would repeat them. A delta
+    /// that would leave more is skipped, not merged. In a hub-and-spoke layout with
+    /// large histories a spoke's catch-up may need more (the removed dots of writers
+    /// behind the hub arrive before the writes between them); raise it there.
+    /// Default 4096.
+    #[serde(default = "default_relayed_gaps")]
+    pub max_relayed_gaps: usize,
+}
+
+fn default_claim_ahead() -> u64 {
+    1 << 16
+}
+
+fn default_relayed_gaps() -> usize {
+    4096
 }
 
 impl Default for Limits {
@@ -204,6 +232,8 @@ impl Default for Limits {
             max_siblings: 64,
             max_entries: 16_000_000,
             max_context_ranges: 16_000_000,
+            max_claim_ahead: default_claim_ahead(),
+            max_relayed_gaps: default_relayed_gaps(),
         }
     }
 }
@@ -514,17 +544,197 @@ pub(crate) fn encode_context(ctx: &CausalContext, table: &mut ReplicaTable) -> E
         .collect()
 }
 
-pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Result<CausalContext> {
-    let mut ctx = CausalContext::new();
-    let mut seen_replicas = std::collections::HashSet::new();
-    for (idx, spans) in enc {
-        if !seen_replicas.insert(idx) {
-            return Err(Error::InvalidMessage {
-                reason: format!("replica index {idx} appears twice in a causal context"),
-            });
+/// The elements of a dot store as read from the wire (register siblings, counter
+/// segments): a list whose every element is charged to the decoding budget as one
+/// entry of the state while it is read, so a message past
+/// [`Limits::max_entries`] is refused before more is allocated. The library's stores
+/// use it as their [`DotStore::Decoded`] form; a store of your own may too.
+///
+/// ```
+/// use concord::causal::DecodedElements;
+///
+/// let read: DecodedElements<(u32, u64, i64)> = serde_json::from_str("[[0, 1, 5]]")?;
+/// assert_eq!(read.into_vec(), vec![(0, 1, 5)]);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedElements<E>(Vec<E>);
+
+impl<E> DecodedElements<E> {
+    /// The elements, in wire order.
+    pub fn into_vec(self) -> Vec<E> {
+        self.0
+    }
+}
+
+impl<E> IntoIterator for DecodedElements<E> {
+    type Item = E;
+    type IntoIter = std::vec::IntoIter<E>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'de, E: Deserialize<'de>> Deserialize<'de> for DecodedElements<E> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ElementsVisitor<E>(std::marker::PhantomData<E>);
+        impl<'de, E: Deserialize<'de>> serde::de::Visitor<'de> for ElementsVisitor<E> {
+            type Value = DecodedElements<E>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of elements")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(e) = seq.next_element()? {
+                    crate::wire::budget::entry().map_err(A::Error::custom)?;
+                    out.push(e);
+                }
+                Ok(DecodedElements(out))
+            }
         }
+        d.deserialize_seq(ElementsVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A causal context as read from the wire, before its replica indices are resolved
+/// against the table: for each index, its ranges, made absolute and checked (sorted,
+/// disjoint, non-adjacent, counters from 1 to [`MAX_COUNTER`]) as they are read, and
+/// charged to the decoding budget one by one (see `wire::budget`), so no intermediate
+/// list of spans is ever built.
+#[derive(Debug, Default)]
+pub(crate) struct DecodedContext(Vec<(u32, Vec<(u64, u64)>)>);
+
+impl DecodedContext {
+    /// The context, with each index resolved against the replica table.
+    pub(crate) fn resolve(self, replicas: &[ReplicaId]) -> Result<CausalContext> {
+        let mut named = vec![false; replicas.len()];
+        let mut ctx = CausalContext::new();
+        for (idx, ranges) in self.0 {
+            let Some(seen) = named.get_mut(idx as usize) else {
+                return Err(Error::InvalidMessage {
+                    reason: format!(
+                        "replica index {idx} out of range ({} replicas)",
+                        replicas.len()
+                    ),
+                });
+            };
+            if std::mem::replace(seen, true) {
+                return Err(Error::InvalidMessage {
+                    reason: format!("replica index {idx} appears twice in a causal context"),
+                });
+            }
+            ctx.set_ranges(replicas[idx as usize], ranges);
+        }
+        Ok(ctx)
+    }
+}
+
+impl<'de> Deserialize<'de> for DecodedContext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ContextVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContextVisitor {
+            type Value = DecodedContext;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a causal context: [replica index, spans] pairs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<DecodedContext, A::Error> {
+                use serde::de::Error as _;
+                let mut out = Vec::new();
+                let mut counted = 0usize;
+                while let Some(replica) = seq.next_element_seed(ReplicaSpans {
+                    counted: &mut counted,
+                })? {
+                    out.push(replica);
+                    crate::wire::budget::replica(out.len()).map_err(A::Error::custom)?;
+                }
+                Ok(DecodedContext(out))
+            }
+        }
+        d.deserialize_seq(ContextVisitor)
+    }
+}
+
+/// One `[replica index, spans]` pair of a context on the wire.
+struct ReplicaSpans<'a> {
+    /// Ranges of the whole context read so far.
+    counted: &'a mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ReplicaSpans<'_> {
+    type Value = (u32, Vec<(u64, u64)>);
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReplicaSpans<'_> {
+    type Value = (u32, Vec<(u64, u64)>);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a [replica index, spans] pair")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let idx: u32 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let ranges = seq
+            .next_element_seed(Spans {
+                counted: &mut *self.counted,
+            })?
+            .ok_or_else(|| A::Error::invalid_length(1, &"a [replica index, spans] pair"))?;
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::invalid_length(
+                3,
+                &"a [replica index, spans] pair",
+            ));
+        }
+        Ok((idx, ranges))
+    }
+}
+
+/// One replica's spans, turned into absolute ranges as they are read.
+struct Spans<'a> {
+    counted: &'a mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Spans<'_> {
+    type Value = Vec<(u64, u64)>;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Spans<'_> {
+    type Value = Vec<(u64, u64)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of spans")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut out: Vec<(u64, u64)> = Vec::new();
         let mut previous = 0u64;
-        for span in spans {
+        while let Some(span) = seq.next_element::<Span>()? {
+            *self.counted += 1;
+            crate::wire::budget::range(*self.counted).map_err(A::Error::custom)?;
             let (gap, extra) = match span {
                 Span::One(gap) => (gap, 0),
                 Span::Run(gap, extra) => (gap, extra),
@@ -532,26 +742,26 @@ pub(crate) fn decode_context(enc: EncodedContext, replicas: &[ReplicaId]) -> Res
             let lo = previous.checked_add(gap);
             let hi = lo.and_then(|lo| lo.checked_add(extra));
             let (Some(lo), Some(hi)) = (lo, hi) else {
-                return Err(Error::InvalidMessage {
-                    reason: "causal context range overflows".into(),
-                });
+                return Err(A::Error::custom("causal context range overflows"));
             };
             if gap == 0
                 || (previous > 0 && gap < 2)
                 || (matches!(span, Span::Run(..)) && extra == 0)
             {
-                return Err(Error::InvalidMessage {
-                    reason: "causal context ranges must be sorted, disjoint and non-adjacent"
-                        .into(),
-                });
+                return Err(A::Error::custom(
+                    "causal context ranges must be sorted, disjoint and non-adjacent",
+                ));
             }
-            let first = decode_dot(replicas, idx, lo)?;
-            decode_dot(replicas, idx, hi)?;
-            ctx.insert_range(first.replica(), lo, hi);
+            if hi > MAX_COUNTER {
+                return Err(A::Error::custom(format!(
+                    "counter {hi} beyond the largest a replica may issue"
+                )));
+            }
+            out.push((lo, hi));
             previous = hi;
         }
+        Ok(out)
     }
-    Ok(ctx)
 }
 
 /// One concurrency resolved by a merge: both sides had written to `key` without seeing
@@ -757,6 +967,16 @@ pub trait Crdt:
     /// Checks a received state against `limits` and its own consistency (every held dot
     /// is in its context, no dot tags two elements). Changes nothing.
     fn validate(&self, limits: &Limits) -> Result<()>;
+
+    /// Calls `f` with the dot of every element held, at every depth: the dots of the
+    /// context that an element *backs*. The [sync engine](crate::sync) uses it to tell
+    /// a received context's claims that come with their writes from claims that come
+    /// alone (see the guide's "Hostile peers"). The default calls nothing: every claim
+    /// of a type that does not say counts as unbacked, which only delays relayed
+    /// writes until their writer reports them itself. Every type of the library says.
+    fn for_each_element_dot(&self, f: &mut dyn FnMut(Dot)) {
+        let _ = f;
+    }
 
     /// Validates `other`, then merges it, reporting every concurrency resolved into
     /// `sink`. On error `self` is left exactly as it was.

@@ -333,7 +333,8 @@ impl Serialize for VectorClock {
 }
 
 /// Reads a JSON object into a `BTreeMap`, refusing a key that appears twice (two
-/// decoders could otherwise read one message differently).
+/// decoders could otherwise read one message differently). Each key is charged to the
+/// decoding budget as one replica (it reads version vectors).
 pub(crate) fn unique_btree<'de, D, K, V>(d: D) -> std::result::Result<BTreeMap<K, V>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -354,6 +355,7 @@ where
         ) -> std::result::Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some((k, v)) = access.next_entry()? {
+                crate::wire::budget::replica(out.len() + 1).map_err(serde::de::Error::custom)?;
                 if out.insert(k, v).is_some() {
                     return Err(serde::de::Error::custom("a key appears twice"));
                 }
@@ -375,8 +377,8 @@ impl<'de> Deserialize<'de> for VectorClock {
 
 /// A set of event counters of one replica, kept as sorted, disjoint, non-adjacent
 /// inclusive ranges: `[1, 5], [8, 8]` means events 1–5 and 8 were seen.
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<(u64, u64)>", into = "Vec<(u64, u64)>")]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "Vec<(u64, u64)>")]
 struct Ranges(Vec<(u64, u64)>);
 
 impl Ranges {
@@ -567,11 +569,99 @@ impl From<Ranges> for Vec<(u64, u64)> {
 /// assert_eq!(ctx.clock().get(a), 3);
 /// assert_eq!(ctx.next_dot(a), Dot::new(a, 4));
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct CausalContext {
-    #[serde(deserialize_with = "unique_btree")]
     seen: BTreeMap<ReplicaId, Ranges>,
+}
+
+/// Reads `{replica: [[lo, hi], ...], ...}`: ranges sorted, disjoint and non-adjacent,
+/// no replica twice. Under a decoding budget (see `wire::budget`) every range and
+/// every replica is charged as it is read, so a context past the limits is refused
+/// before more than the limit is held.
+impl<'de> Deserialize<'de> for CausalContext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ContextVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContextVisitor {
+            type Value = CausalContext;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a causal context: replica ids to sorted ranges, each once")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> std::result::Result<CausalContext, A::Error> {
+                use serde::de::Error as _;
+                let mut ctx = CausalContext::new();
+                let mut ranges = 0usize;
+                while let Some(replica) = access.next_key::<ReplicaId>()? {
+                    crate::wire::budget::replica(ctx.seen.len() + 1).map_err(A::Error::custom)?;
+                    let list = access.next_value_seed(RangesSeed {
+                        counted: &mut ranges,
+                    })?;
+                    if ctx.seen.insert(replica, list).is_some() {
+                        return Err(A::Error::custom("a key appears twice"));
+                    }
+                }
+                Ok(ctx)
+            }
+        }
+        d.deserialize_map(ContextVisitor)
+    }
+}
+
+/// One replica's ranges, checked and charged one by one.
+struct RangesSeed<'a> {
+    /// Ranges of the whole context read so far.
+    counted: &'a mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RangesSeed<'_> {
+    type Value = Ranges;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Ranges, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RangesSeed<'_> {
+    type Value = Ranges;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sorted, disjoint, non-adjacent [lo, hi] ranges")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Ranges, A::Error> {
+        use serde::de::Error as _;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        while let Some((lo, hi)) = seq.next_element::<(u64, u64)>()? {
+            *self.counted += 1;
+            crate::wire::budget::range(*self.counted).map_err(A::Error::custom)?;
+            if lo == 0 || lo > hi {
+                return Err(A::Error::custom(format!(
+                    "range [{lo}, {hi}] is empty or starts at 0"
+                )));
+            }
+            if out
+                .last()
+                .is_some_and(|&(_, end)| lo <= end.saturating_add(1))
+            {
+                return Err(A::Error::custom(
+                    "ranges must be sorted, disjoint and non-adjacent",
+                ));
+            }
+            out.push((lo, hi));
+        }
+        Ok(Ranges(out))
+    }
 }
 
 impl CausalContext {
@@ -838,6 +928,28 @@ impl CausalContext {
             }
         }
         Ok(ctx)
+    }
+
+    /// A context of the given replicas' ranges (each sorted, disjoint, non-adjacent,
+    /// from 1 on: taken from another context).
+    pub(crate) fn from_replicas(
+        replicas: impl IntoIterator<Item = (ReplicaId, Vec<(u64, u64)>)>,
+    ) -> CausalContext {
+        let mut ctx = CausalContext::new();
+        for (r, ranges) in replicas {
+            ctx.set_ranges(r, ranges);
+        }
+        ctx
+    }
+
+    /// Sets the ranges of a replica this context does not name yet; `ranges` are
+    /// sorted, disjoint, non-adjacent and start at 1 or later (a decoder checked them).
+    pub(crate) fn set_ranges(&mut self, replica: ReplicaId, ranges: Vec<(u64, u64)>) {
+        debug_assert!(!self.seen.contains_key(&replica));
+        debug_assert!(Ranges::try_from(ranges.clone()).is_ok());
+        if !ranges.is_empty() {
+            self.seen.insert(replica, Ranges(ranges));
+        }
     }
 
     /// Forgets every event of `replica` above `max`.

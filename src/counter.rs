@@ -191,7 +191,7 @@ impl fmt::Debug for PnCounter {
 
 impl DotStore for PnCounter {
     type Encoded<'a> = Vec<(u32, u64, i64)>;
-    type Decoded = Vec<(u32, u64, i64)>;
+    type Decoded = crate::causal::DecodedElements<(u32, u64, i64)>;
 
     crate::dotfun::forward_to_dotfun!(segments);
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
-    decode_context, decode_dot, encode_context, has_unseen, ConflictSink, DotStore, EncodedContext,
+    decode_dot, encode_context, has_unseen, ConflictSink, DecodedContext, DotStore, EncodedContext,
     JoinEffect, Limits, Op, ReplicaTable,
 };
 use crate::clock::CausalContext;
@@ -202,15 +202,16 @@ pub(crate) fn next_op<S: TimeSource>(ctx: &CausalContext, hlc: &mut Hlc<S>) -> R
     Ok(Op::new(dot, ts))
 }
 
-/// A standalone value (store plus its own context) on the wire.
+/// A standalone value (store plus its own context) on the wire (`C`: the context as
+/// written, or as read).
 #[derive(Serialize, Deserialize)]
-pub(crate) struct Standalone<E> {
+pub(crate) struct Standalone<E, C = EncodedContext> {
     /// The replica table.
     r: Vec<ReplicaId>,
     /// The store.
     s: E,
     /// The causal context.
-    c: EncodedContext,
+    c: C,
 }
 
 pub(crate) fn serialize_standalone<S: DotStore, Ser: serde::Serializer>(
@@ -233,10 +234,10 @@ pub(crate) fn deserialize_standalone<'de, S: DotStore, D: serde::Deserializer<'d
     deserializer: D,
 ) -> std::result::Result<(S, CausalContext), D::Error> {
     use serde::de::Error as _;
-    let raw = Standalone::<S::Decoded>::deserialize(deserializer)?;
+    let raw = Standalone::<S::Decoded, DecodedContext>::deserialize(deserializer)?;
     crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
     let store = S::decode(raw.s, &raw.r).map_err(D::Error::custom)?;
-    let ctx = decode_context(raw.c, &raw.r).map_err(D::Error::custom)?;
+    let ctx = raw.c.resolve(&raw.r).map_err(D::Error::custom)?;
     Ok((store, ctx))
 }
 
@@ -451,6 +452,10 @@ macro_rules! standalone_impls {
 
             fn max_timestamp(&self) -> Option<crate::hlc::Timestamp> {
                 crate::causal::DotStore::max_timestamp(self)
+            }
+
+            fn for_each_element_dot(&self, f: &mut dyn FnMut(crate::id::Dot)) {
+                crate::causal::DotStore::for_each_dot(self, f);
             }
         }
 

@@ -252,7 +252,7 @@ where
         = Vec<(u32, u64, u64, u32, &'a T)>
     where
         T: 'a;
-    type Decoded = Vec<(u32, u64, u64, u32, T)>;
+    type Decoded = crate::causal::DecodedElements<(u32, u64, u64, u32, T)>;
 
     crate::dotfun::forward_to_dotfun!(writes);
 

@@ -56,7 +56,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{
-    decode_context, encode_context, ChunkCursor, ConflictSink, Crdt, Data, DotMap, DotSet,
+    encode_context, ChunkCursor, ConflictSink, Crdt, Data, DecodedContext, DotMap, DotSet,
     DotStore, EncodedContext, JoinEffect, Limits, Op, ReplicaTable, SetAside,
 };
 use crate::clock::CausalContext;
@@ -935,24 +935,23 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         let OrMap {
             entries: their_entries,
             ctx: their_ctx,
+            index: their_index,
             ..
         } = other;
 
-        // Removals the other side carries, for the log (before anything changes).
+        // Removals the other side carries, for the log (before anything changes). Its
+        // live dots are its dot index (built once, when it was decoded or written).
         let enumerate = their_ctx.dot_count() <= LOG_ENUMERATE_LIMIT;
-        let mut their_live: DotSet = DotSet::default();
-        if enumerate {
-            for v in their_entries.values() {
-                v.for_each_dot(&mut |d| {
-                    their_live.insert(d);
-                });
-            }
-        }
+        let their_live = if enumerate {
+            live_dots(&their_entries, their_index)
+        } else {
+            DotMap::default()
+        };
         let newly_dead: Vec<Dot> = if enumerate {
             their_ctx
                 .dots()
                 .filter(|d| {
-                    !their_live.contains(d)
+                    !their_live.contains_key(d)
                         && (!self.ctx.contains(*d) || self.index.contains_key(d))
                 })
                 .collect()
@@ -1762,25 +1761,43 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 limit: limits.max_entries,
             });
         }
-        let mut seen = DotSet::default();
+        // The dot index holds every element's dot once, pointing at its entry: if
+        // every dot is found there at its own entry and there are as many dots as
+        // index keys, no dot tags two elements, and no second set of the dots is
+        // built (a received map was indexed once, when it was decoded).
+        let mut dots = 0usize;
+        let mut indexed = true;
         let mut bad: Option<(Dot, &'static str)> = None;
-        DotStore::for_each_dot(self, &mut |d| {
-            if bad.is_some() {
-                return;
-            }
-            if !self.ctx.contains(d) {
-                bad = Some((
-                    d,
-                    "element dot missing from the causal context sent with it",
-                ));
-            } else if !seen.insert(d) {
-                bad = Some((d, "the same dot tags two elements"));
-            }
-        });
+        for (pos, v) in self.entries.values().enumerate() {
+            v.for_each_dot(&mut |d| {
+                dots += 1;
+                indexed &= self.index.get(&d) == Some(&pos);
+                if bad.is_none() && !self.ctx.contains(d) {
+                    bad = Some((
+                        d,
+                        "element dot missing from the causal context sent with it",
+                    ));
+                }
+            });
+        }
+        if bad.is_none() && !(indexed && dots == self.index.len()) {
+            // A repeated dot (or an index out of step, which no map of this library
+            // has): find the dot the slow way.
+            let mut seen = DotSet::default();
+            DotStore::for_each_dot(self, &mut |d| {
+                if bad.is_none() && !seen.insert(d) {
+                    bad = Some((d, "the same dot tags two elements"));
+                }
+            });
+        }
         match bad {
             Some((dot, reason)) => Err(Error::InvalidDot { dot, reason }),
             None => Ok(()),
         }
+    }
+
+    fn for_each_element_dot(&self, f: &mut dyn FnMut(Dot)) {
+        DotStore::for_each_dot(self, f);
     }
 
     fn try_merge<C: ConflictSink<K, V>>(
@@ -1962,6 +1979,30 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
     }
 }
 
+/// The dots held by `entries`, as the keys of a map: `index` itself when it indexes
+/// exactly those (every standalone map keeps it so; `try_merge_containing` leaves it
+/// holding set-aside dots too), else collected afresh.
+fn live_dots<K, V: DotStore>(entries: &IndexMap<K, V>, index: DotMap<usize>) -> DotMap<usize> {
+    let mut count = 0usize;
+    let mut indexed = true;
+    for v in entries.values() {
+        v.for_each_dot(&mut |d| {
+            count += 1;
+            indexed &= index.contains_key(&d);
+        });
+    }
+    if indexed && count == index.len() {
+        return index;
+    }
+    let mut live = DotMap::default();
+    for v in entries.values() {
+        v.for_each_dot(&mut |d| {
+            live.insert(d, 0);
+        });
+    }
+    live
+}
+
 /// A standalone map on the wire.
 #[derive(Serialize)]
 #[serde(bound = "K: Serialize, V: DotStore")]
@@ -1975,14 +2016,15 @@ struct WireMap<'a, K, V: DotStore + 'a> {
 #[serde(bound = "K: Key, V: DotStore")]
 struct WireMapOwned<K, V: DotStore> {
     r: Vec<ReplicaId>,
-    c: EncodedContext,
+    c: DecodedContext,
     e: DecodedEntries<K, V::Decoded>,
 }
 
 /// A map's entries as read from the wire, before validation: either form (a JSON
 /// object, or an array of `[key, value]` pairs), and a key that appears twice in
 /// either is a decoding error (two decoders could otherwise read one message
-/// differently).
+/// differently). Each key is charged to the decoding budget as one entry as it is
+/// read (see [`DecodedElements`](crate::causal::DecodedElements)).
 #[derive(Debug)]
 pub struct DecodedEntries<K, V>(IndexMap<K, V>);
 
@@ -2001,7 +2043,9 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
-                while let Some((k, v)) = access.next_entry()? {
+                while let Some(k) = access.next_key()? {
+                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
+                    let v = access.next_value()?;
                     if out.insert(k, v).is_some() {
                         return Err(serde::de::Error::custom("a map key appears twice"));
                     }
@@ -2015,6 +2059,7 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
                 while let Some((k, v)) = access.next_element::<(K, V)>()? {
+                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
                     if out.insert(k, v).is_some() {
                         return Err(serde::de::Error::custom("a map key appears twice"));
                     }
@@ -2046,7 +2091,7 @@ impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
         use serde::de::Error as _;
         let raw = WireMapOwned::<K, V>::deserialize(d)?;
         crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
-        let ctx = decode_context(raw.c, &raw.r).map_err(D::Error::custom)?;
+        let ctx = raw.c.resolve(&raw.r).map_err(D::Error::custom)?;
         let entries = Self::decode_entries(raw.e, &raw.r).map_err(D::Error::custom)?;
         let mut map = OrMap {
             entries,

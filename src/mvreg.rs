@@ -315,7 +315,7 @@ where
         = Vec<(u32, u64, &'a T)>
     where
         T: 'a;
-    type Decoded = Vec<(u32, u64, T)>;
+    type Decoded = crate::causal::DecodedElements<(u32, u64, T)>;
 
     fn same_view(&self, other: &Self) -> bool {
         matches!((self.single(), other.single()), (Some(a), Some(b)) if a == b)

@@ -7,9 +7,15 @@
 //! have not upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
 //! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
 //! delta, replica ids are listed once in a table (`"r"`) and every dot names its
-//! replica by index, so ids do not repeat per key. Decoding checks, in order: the size
-//! limit (before parsing), the version (before the body is interpreted), then the
-//! shape; the engine then validates the contents.
+//! replica by index, so ids do not repeat per key.
+//!
+//! Decoding is one pass, and checks, in order: the size limit (before parsing), the
+//! version (as soon as it is read), the envelope (`v`, `vmax`, `from`, `to`, `inc`,
+//! which every encoder here writes before the body: an engine refuses a sender that
+//! is no peer, or a message for someone else, before a byte of the body is decoded),
+//! then the body under a [`Budget`] (entries and context ranges counted as they are
+//! read, so a body past the limits is refused having allocated no more than them).
+//! The engine then validates the contents. See the guide's "Hostile peers".
 //!
 //! ```
 //! use concord::sync::{Message, PROTOCOL_VERSION};
@@ -36,13 +42,20 @@
 //! # Ok::<(), concord::Error>(())
 //! ```
 
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::causal::Crdt;
+use crate::causal::{Crdt, Limits};
 use crate::clock::{CausalContext, VectorClock};
 use crate::error::{Error, Result};
 use crate::id::ReplicaId;
 use crate::sync::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+pub(crate) mod budget;
 
 #[derive(Serialize)]
 #[serde(bound = "T: Serialize")]
@@ -62,23 +75,6 @@ struct V1Out<'a, T> {
     reply: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(bound = "T: serde::de::DeserializeOwned")]
-struct V1In<T> {
-    #[serde(default)]
-    vmax: Option<u32>,
-    from: ReplicaId,
-    to: ReplicaId,
-    inc: ReplicaId,
-    clock: VectorClock,
-    #[serde(default)]
-    delta: Option<T>,
-    #[serde(default)]
-    base: VectorClock,
-    #[serde(default)]
-    reply: bool,
-}
-
 #[derive(Serialize)]
 #[serde(bound = "T: Serialize")]
 struct V2Out<'a, T> {
@@ -95,24 +91,6 @@ struct V2Out<'a, T> {
     #[serde(skip_serializing_if = "Option::is_none")]
     chunk: Option<Chunk>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    reply: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(bound = "T: serde::de::DeserializeOwned")]
-struct V2In<T> {
-    vmax: u32,
-    from: ReplicaId,
-    to: ReplicaId,
-    inc: ReplicaId,
-    seen: CausalContext,
-    #[serde(default)]
-    delta: Option<T>,
-    #[serde(default)]
-    base: CausalContext,
-    #[serde(default)]
-    chunk: Option<Chunk>,
-    #[serde(default)]
     reply: bool,
 }
 
@@ -160,12 +138,91 @@ pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
     written.expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
 }
 
+/// The part of a message that says who sent it to whom, in which version: read, and
+/// checked, before a byte of the body (contexts and delta) is decoded.
+///
+/// ```
+/// use concord::sync::{Config, SyncEngine};
+/// use concord::{wire, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+/// let mut a = SyncEngine::new(a_id, OrMap::<String, PnCounter>::new(), ManualClock::new(0), Config::with_peers([b_id]));
+/// let bytes = a.sync_with(b_id)?.encode();
+/// // Route it by its address without decoding its body.
+/// let envelope = wire::envelope(&bytes, 1 << 20)?;
+/// assert_eq!((envelope.from, envelope.to, envelope.size), (a_id, b_id, bytes.len()));
+/// # Ok::<(), concord::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The protocol version the message is written in.
+    pub v: u32,
+    /// The newest version its sender speaks.
+    pub vmax: u32,
+    /// The sender.
+    pub from: ReplicaId,
+    /// The addressee.
+    pub to: ReplicaId,
+    /// The sender's boot.
+    pub inc: ReplicaId,
+    /// The size of the whole message, in bytes.
+    pub size: usize,
+}
+
+/// What a decoder accepts: the size and version checked before parsing and in the
+/// envelope, and the limits the body is held to *while* it is decoded (the first
+/// entry or range past a limit stops the decoder, so no more than the limits is ever
+/// allocated, whatever the message's size).
+///
+/// An engine decodes with its own [`Config`](crate::sync::Config)
+/// (`max_message_bytes`, `protocol_version`, `limits`, `max_clock_entries`) and
+/// checks the envelope against its peers; see [`decode_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The largest message, in bytes (refused before parsing).
+    pub max_bytes: usize,
+    /// The newest protocol version to accept.
+    pub newest: u32,
+    /// Entries ([`Limits::max_entries`]) and ranges of each causal context
+    /// ([`Limits::max_context_ranges`]). The sibling cap is not a decoding limit: it
+    /// depends on what the receiver holds, and is applied when merging.
+    pub limits: Limits,
+    /// The most replicas one causal context or version vector may name.
+    pub max_clock_entries: usize,
+}
+
+impl Default for Budget {
+    /// The engine's defaults: 64 MiB, [`PROTOCOL_VERSION`], [`Limits::default`], 4096
+    /// replicas.
+    fn default() -> Self {
+        Budget {
+            max_bytes: 64 << 20,
+            newest: PROTOCOL_VERSION,
+            limits: Limits::default(),
+            max_clock_entries: 4096,
+        }
+    }
+}
+
+impl Budget {
+    fn body(&self) -> budget::Limits {
+        budget::Limits {
+            entries: self.limits.max_entries,
+            ranges: self.limits.max_context_ranges,
+            replicas: self.max_clock_entries,
+        }
+    }
+}
+
 /// Decodes a message of any version this build speaks, refusing anything larger than
-/// `max_bytes` before parsing it and an unknown version before interpreting its body.
+/// `max_bytes` before parsing it, an unknown version before its body, and a body past
+/// the default [`Limits`] while decoding it (see [`Budget`]; [`decode_with`] takes
+/// others).
 ///
 /// # Errors
 ///
-/// [`Error::MessageTooLarge`], [`Error::UnsupportedVersion`], [`Error::Decode`].
+/// [`Error::MessageTooLarge`], [`Error::UnsupportedVersion`],
+/// [`Error::TooManyEntries`], [`Error::Decode`].
 pub fn decode<T: Crdt>(bytes: &[u8], max_bytes: usize) -> Result<Message<T>> {
     decode_up_to(bytes, max_bytes, PROTOCOL_VERSION)
 }
@@ -177,51 +234,480 @@ pub fn decode<T: Crdt>(bytes: &[u8], max_bytes: usize) -> Result<Message<T>> {
 ///
 /// As [`decode`].
 pub fn decode_up_to<T: Crdt>(bytes: &[u8], max_bytes: usize, newest: u32) -> Result<Message<T>> {
+    let budget = Budget {
+        max_bytes,
+        newest,
+        ..Budget::default()
+    };
+    decode_with(bytes, &budget, |_| Ok(()))
+}
+
+/// Decodes a message in one pass under `budget`, calling `check` on its envelope
+/// before the body is decoded: an error from `check` (a sender that is no peer, a
+/// message addressed to someone else) refuses the message without decoding or
+/// allocating its body.
+///
+/// In order: the size (before parsing), the version (as soon as it is read), `check`
+/// (once the envelope is complete: the fields `v`, `vmax`, `from`, `to` and `inc`,
+/// which every encoder of this library writes before the body), then the body, whose
+/// entries and context ranges are counted against the budget as they are read. A
+/// message whose envelope fields come after its body (not one this library writes) is
+/// read the same way, only its body is kept as raw text until the envelope is
+/// complete.
+///
+/// ```
+/// use concord::sync::{Config, SyncEngine};
+/// use concord::{wire, Error, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// type Map = OrMap<String, PnCounter>;
+/// let (a_id, b_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+/// let mut a = SyncEngine::new(a_id, Map::new(), ManualClock::new(0), Config::with_peers([b_id]));
+/// a.update(|m, hlc| m.increment("visits".into(), 1, hlc))?;
+/// let bytes = a.sync_with(b_id)?.encode();
+///
+/// let stranger = |e: &wire::Envelope| match e.from == a_id {
+///     true => Err(Error::UnknownPeer { peer: e.from }),
+///     false => Ok(()),
+/// };
+/// let refused = wire::decode_with::<Map>(&bytes, &wire::Budget::default(), stranger);
+/// assert_eq!(refused, Err(Error::UnknownPeer { peer: a_id }));
+/// assert!(wire::decode_with::<Map>(&bytes, &wire::Budget::default(), |_| Ok(())).is_ok());
+/// # Ok::<(), concord::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::MessageTooLarge`], [`Error::UnsupportedVersion`], whatever `check`
+/// returns, [`Error::TooManyEntries`] (a body past the budget), [`Error::Decode`].
+pub fn decode_with<T: Crdt>(
+    bytes: &[u8],
+    budget: &Budget,
+    check: impl FnOnce(&Envelope) -> Result<()>,
+) -> Result<Message<T>> {
+    if bytes.len() > budget.max_bytes {
+        return Err(Error::MessageTooLarge {
+            size: bytes.len(),
+            limit: budget.max_bytes,
+        });
+    }
+    let newest = budget.newest.min(PROTOCOL_VERSION);
+    let m = parse::<T>(bytes, Some(newest), budget.body(), check)?;
+    let missing = |field: &str| Error::Decode {
+        reason: format!("missing field `{field}`"),
+    };
+    let (seen, base) = if m.v == 1 {
+        let clock = m.clock.ok_or_else(|| missing("clock"))?;
+        let base = match m.base {
+            Some(Base::Clock(c)) => CausalContext::from(&c),
+            _ => CausalContext::new(),
+        };
+        (CausalContext::from(&clock), base)
+    } else {
+        let base = match m.base {
+            Some(Base::Context(c)) => c,
+            _ => CausalContext::new(),
+        };
+        (m.seen.ok_or_else(|| missing("seen"))?, base)
+    };
+    Ok(Message {
+        v: m.v,
+        vmax: m.vmax,
+        from: m.from,
+        to: m.to,
+        inc: m.inc,
+        seen,
+        delta: m.delta.flatten(),
+        base,
+        chunk: if m.v == 1 { None } else { m.chunk.flatten() },
+        reply: m.reply.unwrap_or(false),
+    })
+}
+
+/// Reads only the envelope of a message (to route it, say), refusing anything larger
+/// than `max_bytes` first; the body is not decoded. Any version is reported as
+/// written: the engine that receives the message checks it.
+///
+/// # Errors
+///
+/// [`Error::MessageTooLarge`], [`Error::Decode`] (not a message, or an envelope field
+/// missing).
+pub fn envelope(bytes: &[u8], max_bytes: usize) -> Result<Envelope> {
     if bytes.len() > max_bytes {
         return Err(Error::MessageTooLarge {
             size: bytes.len(),
             limit: max_bytes,
         });
     }
-    #[derive(Deserialize)]
-    struct Probe {
-        v: u32,
-    }
-    let probe: Probe = serde_json::from_slice(bytes)?;
-    let newest = newest.min(PROTOCOL_VERSION);
-    if probe.v < OLDEST_PROTOCOL_VERSION || probe.v > newest {
-        return Err(Error::UnsupportedVersion {
-            version: probe.v,
-            supported: newest,
-        });
-    }
-    if probe.v == 1 {
-        let m: V1In<T> = serde_json::from_slice(bytes)?;
-        Ok(Message {
-            v: 1,
-            vmax: m.vmax.unwrap_or(1),
-            from: m.from,
-            to: m.to,
-            inc: m.inc,
-            seen: CausalContext::from(&m.clock),
-            delta: m.delta,
-            base: CausalContext::from(&m.base),
-            chunk: None,
-            reply: m.reply,
+    let mut read = None;
+    let result = parse::<serde::de::IgnoredAny>(bytes, None, budget::Limits::NONE, |e| {
+        read = Some(*e);
+        Err(Error::Decode {
+            reason: String::new(),
         })
-    } else {
-        let m: V2In<T> = serde_json::from_slice(bytes)?;
-        Ok(Message {
-            v: probe.v,
-            vmax: m.vmax,
-            from: m.from,
-            to: m.to,
-            inc: m.inc,
-            seen: m.seen,
-            delta: m.delta,
-            base: m.base,
-            chunk: m.chunk,
-            reply: m.reply,
+    });
+    match (read, result) {
+        (Some(e), _) => Ok(e),
+        (None, Err(e)) => Err(e),
+        (None, Ok(_)) => unreachable!("the check runs on every message that parses"),
+    }
+}
+
+/// The base of a delta: a version vector in version 1, a causal context after.
+enum Base {
+    Clock(VectorClock),
+    Context(CausalContext),
+}
+
+/// A message's fields as read.
+struct Parsed<D> {
+    v: u32,
+    vmax: u32,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    seen: Option<CausalContext>,
+    clock: Option<VectorClock>,
+    base: Option<Base>,
+    delta: Option<Option<D>>,
+    chunk: Option<Option<Chunk>>,
+    reply: Option<bool>,
+}
+
+/// Parses `bytes` in one pass: the envelope first, `check`ed (with the version, if
+/// `newest` is given) before any body field is decoded, the body under `limits`.
+fn parse<D: DeserializeOwned>(
+    bytes: &[u8],
+    newest: Option<u32>,
+    limits: budget::Limits,
+    check: impl FnOnce(&Envelope) -> Result<()>,
+) -> Result<Parsed<D>> {
+    let refusal = RefCell::new(None);
+    let mut check = Some(check);
+    let seed = MessageSeed::<D, _> {
+        newest,
+        size: bytes.len(),
+        check: &mut check,
+        refusal: &refusal,
+        delta: PhantomData,
+    };
+    let (parsed, over) = budget::with(limits, || {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = seed.deserialize(&mut de)?;
+        de.end()?;
+        Ok::<_, serde_json::Error>(parsed)
+    });
+    match parsed {
+        Ok(parsed) => Ok(parsed),
+        Err(e) => Err(refusal.into_inner().or(over).unwrap_or_else(|| e.into())),
+    }
+}
+
+/// The top-level fields of a message, in any version.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    V,
+    Vmax,
+    From,
+    To,
+    Inc,
+    Seen,
+    Clock,
+    Delta,
+    Base,
+    Chunk,
+    Reply,
+    Other,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::V => "v",
+            Field::Vmax => "vmax",
+            Field::From => "from",
+            Field::To => "to",
+            Field::Inc => "inc",
+            Field::Seen => "seen",
+            Field::Clock => "clock",
+            Field::Delta => "delta",
+            Field::Base => "base",
+            Field::Chunk => "chunk",
+            Field::Reply => "reply",
+            Field::Other => "",
+        }
+    }
+
+    /// True for the fields decoded only after the envelope was checked.
+    fn is_body(self) -> bool {
+        matches!(
+            self,
+            Field::Seen | Field::Clock | Field::Delta | Field::Base | Field::Chunk | Field::Reply
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> std::result::Result<Field, E> {
+                Ok(match name {
+                    "v" => Field::V,
+                    "vmax" => Field::Vmax,
+                    "from" => Field::From,
+                    "to" => Field::To,
+                    "inc" => Field::Inc,
+                    "seen" => Field::Seen,
+                    "clock" => Field::Clock,
+                    "delta" => Field::Delta,
+                    "base" => Field::Base,
+                    "chunk" => Field::Chunk,
+                    "reply" => Field::Reply,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(FieldVisitor)
+    }
+}
+
+struct MessageSeed<'a, D, C> {
+    newest: Option<u32>,
+    size: usize,
+    check: &'a mut Option<C>,
+    /// Why the message was refused, when a check (not the syntax) refused it.
+    refusal: &'a RefCell<Option<Error>>,
+    delta: PhantomData<D>,
+}
+
+impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> DeserializeSeed<'de>
+    for MessageSeed<'_, D, C>
+{
+    type Value = Parsed<D>;
+    fn deserialize<De: serde::Deserializer<'de>>(
+        self,
+        d: De,
+    ) -> std::result::Result<Parsed<D>, De::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// The envelope and body fields read so far.
+struct Fields<D> {
+    v: Option<u32>,
+    vmax: Option<u32>,
+    from: Option<ReplicaId>,
+    to: Option<ReplicaId>,
+    inc: Option<ReplicaId>,
+    seen: Option<CausalContext>,
+    clock: Option<VectorClock>,
+    base: Option<Base>,
+    delta: Option<Option<D>>,
+    chunk: Option<Option<Chunk>>,
+    reply: Option<bool>,
+}
+
+impl<D: DeserializeOwned> Fields<D> {
+    /// The envelope, once every field of it is known (`vmax` is optional in version 1).
+    fn envelope(&self, size: usize) -> Option<Envelope> {
+        let v = self.v?;
+        let vmax = match (self.vmax, v) {
+            (Some(vmax), _) => vmax,
+            (None, 1) => 1,
+            (None, _) => return None,
+        };
+        Some(Envelope {
+            v,
+            vmax,
+            from: self.from?,
+            to: self.to?,
+            inc: self.inc?,
+            size,
+        })
+    }
+
+    /// Reads one body field of a message of version `v` (fields the version does not
+    /// have are skipped, as a version-1 reader skips `seen` and `chunk`).
+    fn body<'de, A: MapAccess<'de>>(
+        &mut self,
+        field: Field,
+        v: u32,
+        read: &mut A,
+    ) -> std::result::Result<(), A::Error> {
+        match (field, v) {
+            (Field::Seen, 2..) => self.seen = Some(read.next_value()?),
+            (Field::Clock, 1) => self.clock = Some(read.next_value()?),
+            (Field::Base, 1) => self.base = Some(Base::Clock(read.next_value()?)),
+            (Field::Base, _) => self.base = Some(Base::Context(read.next_value()?)),
+            (Field::Delta, _) => self.delta = Some(read.next_value()?),
+            (Field::Chunk, 2..) => self.chunk = Some(read.next_value()?),
+            (Field::Reply, _) => self.reply = Some(read.next_value()?),
+            _ => {
+                read.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One raw body field, read before the envelope was complete.
+struct RawField<'de> {
+    field: Field,
+    raw: &'de serde_json::value::RawValue,
+}
+
+/// Reads a deferred field's raw text as the value of a one-entry map, so that
+/// [`Fields::body`] reads it exactly as it reads a field in place.
+struct OneField<'de> {
+    raw: Option<&'de serde_json::value::RawValue>,
+}
+
+impl<'de> MapAccess<'de> for OneField<'de> {
+    type Error = serde_json::Error;
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        _: K,
+    ) -> std::result::Result<Option<K::Value>, serde_json::Error> {
+        unreachable!("only values are read")
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> std::result::Result<V::Value, serde_json::Error> {
+        let raw = self.raw.take().expect("one value");
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let value = seed.deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
+}
+
+impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
+    for MessageSeed<'_, D, C>
+{
+    type Value = Parsed<D>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a concord message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut read: A) -> std::result::Result<Parsed<D>, A::Error> {
+        use serde::de::Error as _;
+        let mut f = Fields::<D> {
+            v: None,
+            vmax: None,
+            from: None,
+            to: None,
+            inc: None,
+            seen: None,
+            clock: None,
+            base: None,
+            delta: None,
+            chunk: None,
+            reply: None,
+        };
+        let mut present: Vec<Field> = Vec::new();
+        let mut deferred: Vec<RawField<'de>> = Vec::new();
+        let mut checked = false;
+        // Refuses the message for `error`, keeping it for the caller.
+        let refuse = |error: Error| {
+            *self.refusal.borrow_mut() = Some(error);
+            A::Error::custom("refused")
+        };
+        let mut run_check = |f: &Fields<D>| -> std::result::Result<(), A::Error> {
+            let envelope = f.envelope(self.size).expect("complete");
+            let check = self.check.take().expect("checked once");
+            check(&envelope).map_err(refuse)
+        };
+        while let Some(field) = read.next_key::<Field>()? {
+            if field != Field::Other {
+                if present.contains(&field) {
+                    return Err(A::Error::custom(format!(
+                        "duplicate field `{}`",
+                        field.name()
+                    )));
+                }
+                present.push(field);
+            }
+            match field {
+                Field::V => {
+                    let v: u32 = read.next_value()?;
+                    if let Some(newest) = self.newest {
+                        if !(OLDEST_PROTOCOL_VERSION..=newest).contains(&v) {
+                            *self.refusal.borrow_mut() = Some(Error::UnsupportedVersion {
+                                version: v,
+                                supported: newest,
+                            });
+                            return Err(A::Error::custom("refused"));
+                        }
+                    }
+                    f.v = Some(v);
+                }
+                Field::Vmax => f.vmax = Some(read.next_value()?),
+                Field::From => f.from = Some(read.next_value()?),
+                Field::To => f.to = Some(read.next_value()?),
+                Field::Inc => f.inc = Some(read.next_value()?),
+                Field::Other => {
+                    read.next_value::<serde::de::IgnoredAny>()?;
+                }
+                body => {
+                    debug_assert!(body.is_body());
+                    if !checked && f.envelope(self.size).is_some() {
+                        run_check(&f)?;
+                        checked = true;
+                    }
+                    if checked {
+                        f.body(body, f.v.expect("checked"), &mut read)?;
+                    } else {
+                        deferred.push(RawField {
+                            field: body,
+                            raw: read.next_value()?,
+                        });
+                    }
+                }
+            }
+        }
+        if !checked {
+            for (field, known) in [
+                (Field::V, f.v.is_some()),
+                (Field::From, f.from.is_some()),
+                (Field::To, f.to.is_some()),
+                (Field::Inc, f.inc.is_some()),
+                (
+                    Field::Vmax,
+                    f.envelope(self.size).is_some() || f.v.is_none(),
+                ),
+            ] {
+                if !known {
+                    return Err(A::Error::custom(format!(
+                        "missing field `{}`",
+                        field.name()
+                    )));
+                }
+            }
+            run_check(&f)?;
+            let v = f.v.expect("checked");
+            for RawField { field, raw } in deferred {
+                f.body(field, v, &mut OneField { raw: Some(raw) })
+                    .map_err(A::Error::custom)?;
+            }
+        }
+        Ok(Parsed {
+            v: f.v.expect("checked"),
+            vmax: f.envelope(self.size).expect("checked").vmax,
+            from: f.from.expect("checked"),
+            to: f.to.expect("checked"),
+            inc: f.inc.expect("checked"),
+            seen: f.seen,
+            clock: f.clock,
+            base: f.base,
+            delta: f.delta,
+            chunk: f.chunk,
+            reply: f.reply,
         })
     }
 }

@@ -97,6 +97,13 @@ fn main() -> std::io::Result<()> {
         ("decode-unknown-peer", valid.replacen(A, "00000000-0000-0000-0000-0000000000d0", 1).into_bytes()),
         ("decode-misaddressed", valid.replacen(B, A, 1).into_bytes()),
         ("decode-from-self", valid.replacen(A, B, 1).into_bytes()),
+        // Refused from the envelope, before the body (which would be refused anyway):
+        // an unknown peer whose envelope follows its body.
+        ("decode-unknown-peer-envelope-last", format!(r#"{{"delta":{},"clock":{{"{A1}":1}},"v":1,"from":"00000000-0000-0000-0000-0000000000d0","to":"{B}","inc":"{A1}"}}"#, state(&[A1], json!([[0, [[1, 3]]]]), json!({"k3": [[0, 4, 5]]}))).into_bytes()),
+        // Past the harness's limits (4096 ranges, 4096 entries), refused while decoding.
+        ("decode-too-many-context-ranges", msg(state(&[A1], json!([[0, std::iter::once(1).chain(std::iter::repeat_n(2, 5_000)).collect::<Vec<u64>>()]]), json!({}))).into_bytes()),
+        ("decode-too-many-seen-ranges", json!({"v": 2, "vmax": 2, "from": A, "to": B, "inc": A1, "seen": {A1: (0..5_000u64).map(|k| json!([2 * k + 1, 2 * k + 1])).collect::<Vec<_>>()}}).to_string().into_bytes()),
+        ("decode-too-many-entries", msg(state(&[A1], json!([[0, [[1, 4_999]]]]), (1..=5_000u64).map(|k| (format!("k{k}"), json!([[0, k, 1]]))).collect::<serde_json::Map<_, _>>().into())).into_bytes()),
         // Open bugs (see OPEN_BUGS in tests/fuzz_regressions.rs).
         ("decode-own-incarnation-at-cap", msg(state(&[B1], json!([[0, [[1, MAX_COUNTER - 1]]]]), json!({}))).into_bytes()),
         ("decode-stale-invalid-delta", json!({"v": 1, "from": A, "to": B, "inc": A1, "clock": {A1: 9}, "delta": state(&[A1], json!([[0, [[1, 1]]]]), json!({"k": [[0, 9, 1]]})), "base": {B1: 50}, "reply": true}).to_string().into_bytes()),

@@ -582,6 +582,10 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     cursor: usize,
     /// The keys held contained.
     hot: HotKeys<T::Key>,
+    /// For each writer id that reports to this replica (a peer's node id, or one of
+    /// its incarnations), the highest counter it has said it has seen of itself: the
+    /// bound on what others may claim of it (see `check_relayed`).
+    reports: BTreeMap<ReplicaId, u64>,
 }
 
 impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
@@ -601,11 +605,18 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// ```
     pub fn new(node: ReplicaId, state: T, source: S, config: Config) -> Self {
         let incarnation = config.incarnation.unwrap_or_else(ReplicaId::random);
-        let peers = config
+        let peers: BTreeMap<ReplicaId, Peer> = config
             .peers
             .iter()
             .filter(|p| **p != node)
             .map(|p| (*p, Peer::new(config.retransmit_ms)))
+            .collect();
+        // A peer's node id (its writer id once it holds a lease) reports from the
+        // start: until it speaks, what this replica holds of it is all it is known to
+        // have written.
+        let reports = peers
+            .keys()
+            .map(|p| (*p, state.context().max_counter(*p)))
             .collect();
         SyncEngine {
             node,
@@ -624,6 +635,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             next_stream: (incarnation.as_uuid().as_u128() as u64) | 1,
             cursor: 0,
             hot: HotKeys::default(),
+            reports,
         }
     }
 
@@ -727,6 +739,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             max_siblings: usize::MAX,
             max_entries: usize::MAX,
             max_context_ranges: usize::MAX,
+            max_claim_ahead: u64::MAX,
+            max_relayed_gaps: usize::MAX,
         };
         snapshot.state.validate(&unlimited)?;
         let incarnation = config.incarnation.unwrap_or_else(ReplicaId::random);
@@ -1435,6 +1449,80 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Ok(())
     }
 
+    /// True if a delta's context makes claims about writers other than its sender and
+    /// this replica that this replica does not take (a context claim is a dot "seen";
+    /// an element backs the claim on its own dot). See the guide's "Hostile peers":
+    ///
+    /// * about a writer that reports to this replica (says, in its own messages, what
+    ///   it has issued), nothing unbacked more than [`Limits::max_claim_ahead`] past
+    ///   its report, so a peer cannot claim a writer's far future;
+    /// * gaps: at most [`Limits::max_relayed_gaps`] in all, counting in each writer's
+    ///   entry the ranges that start past its report (gaps below a report close once
+    ///   the writer's own dots arrive; a writer that does not report has none).
+    fn unbacked_claims(&self, msg: &Message<T>, delta: &T) -> bool {
+        let ctx = delta.context();
+        let own = |r: ReplicaId| {
+            r == msg.from || r == msg.inc || r == self.node || r == self.hlc.replica()
+        };
+        let held = self.state.context();
+        let limits = &self.config.limits;
+        // Claims far past a reporting writer's word.
+        let mut ceiling = VectorClock::new();
+        let mut any = false;
+        for r in ctx.replicas().filter(|r| !own(*r)) {
+            if let Some(report) = self.reports.get(&r) {
+                ceiling.raise(r, report.saturating_add(limits.max_claim_ahead).max(1));
+                any = true;
+            }
+        }
+        if any {
+            let reporting = CausalContext::from_replicas(
+                ctx.ranges()
+                    .filter(|(r, _)| ceiling.get(*r) > 0)
+                    .map(|(r, ranges)| (r, ranges.to_vec())),
+            );
+            let claimed = reporting.since(&ceiling).minus(held);
+            if !claimed.is_empty() {
+                let mut backed = CausalContext::new();
+                delta.for_each_element_dot(&mut |d| {
+                    if claimed.contains(d) {
+                        backed.insert(d);
+                    }
+                });
+                if !claimed.minus(&backed).is_empty() {
+                    return true;
+                }
+            }
+        }
+        // Gaps past the writers' reports.
+        let floor = |r: &ReplicaId| self.reports.get(r).copied().unwrap_or(0);
+        let gaps = |r: &ReplicaId, ranges: &[(u64, u64)]| -> usize {
+            let f = floor(r).saturating_add(1);
+            ranges.iter().filter(|(lo, _)| *lo > f).count()
+        };
+        let mut added = 0usize;
+        let mut removed = 0usize;
+        for (r, ranges) in ctx.ranges().filter(|(r, _)| !own(*r)) {
+            let mut union = held.only(r);
+            let had = union.ranges().map(|(_, rs)| gaps(&r, rs)).sum::<usize>();
+            union.merge_ref(&CausalContext::from_replicas([(r, ranges.to_vec())]));
+            let has = union.ranges().map(|(_, rs)| gaps(&r, rs)).sum::<usize>();
+            added += has.saturating_sub(had);
+            removed += had.saturating_sub(has);
+        }
+        if added > removed {
+            let before: usize = held
+                .ranges()
+                .filter(|(r, _)| !own(*r))
+                .map(|(r, rs)| gaps(&r, rs))
+                .sum();
+            if before + added - removed > limits.max_relayed_gaps {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Checks a received context against the configured limits.
     fn check_context(&self, ctx: &CausalContext) -> Result<()> {
         let replicas = ctx.replicas().count();
@@ -1586,32 +1674,36 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
     }
 
+    /// Decodes a message in one pass: the envelope is checked against this engine
+    /// (version, addressee, sender) before the body is decoded, and the body is held
+    /// to the configured limits while it is (see [`crate::wire::decode_with`]).
     fn decode(&self, bytes: &[u8]) -> Result<Message<T>> {
-        crate::wire::decode_up_to::<T>(
-            bytes,
-            self.config.max_message_bytes,
-            self.config.protocol_version,
-        )
+        let budget = crate::wire::Budget {
+            max_bytes: self.config.max_message_bytes,
+            newest: self.config.protocol_version,
+            limits: self.config.limits.clone(),
+            max_clock_entries: self.config.max_clock_entries,
+        };
+        crate::wire::decode_with::<T>(bytes, &budget, |e| self.check_envelope(e.v, e.from, e.to))
     }
 
-    fn apply(&mut self, msg: Message<T>, driver: bool) -> Result<Received<T>> {
-        if msg.v < OLDEST_PROTOCOL_VERSION || msg.v > self.config.protocol_version {
+    /// Checks who sent a message to whom, in which version: before its body is
+    /// decoded, and again when a decoded message is handed in.
+    fn check_envelope(&self, v: u32, from: ReplicaId, to: ReplicaId) -> Result<()> {
+        if v < OLDEST_PROTOCOL_VERSION || v > self.config.protocol_version {
             return Err(Error::UnsupportedVersion {
-                version: msg.v,
+                version: v,
                 supported: self.config.protocol_version,
             });
         }
-        if msg.to != self.node || msg.from == self.node {
+        if to != self.node || from == self.node {
             return Err(Error::InvalidMessage {
-                reason: format!(
-                    "message from {} to {} reached {}",
-                    msg.from, msg.to, self.node
-                ),
+                reason: format!("message from {from} to {to} reached {}", self.node),
             });
         }
-        if !self.peers.contains_key(&msg.from) {
+        if !self.peers.contains_key(&from) {
             if !self.config.open_membership {
-                return Err(Error::UnknownPeer { peer: msg.from });
+                return Err(Error::UnknownPeer { peer: from });
             }
             if self.peers.len() >= self.config.max_peers {
                 return Err(Error::TooManyEntries {
@@ -1621,6 +1713,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn apply(&mut self, msg: Message<T>, driver: bool) -> Result<Received<T>> {
+        self.check_envelope(msg.v, msg.from, msg.to)?;
         self.check_context(&msg.seen)?;
         self.check_context(&msg.base)?;
         // What the peer says it has seen is an acknowledgement: a claim on writes of
@@ -1657,7 +1754,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             }
             (None, _) => (true, None),
         };
-        let skip = msg.delta.is_some() && (base_missing || !in_order);
+        // A delta whose context claims what no write backs and its writer never
+        // reported (see `unbacked_claims`) is skipped too, but not answered at once:
+        // the sender resends it on its backed-off timer, by when the writer's own
+        // report has usually arrived.
+        let unbacked = msg
+            .delta
+            .as_ref()
+            .is_some_and(|delta| self.unbacked_claims(&msg, delta));
+        let restart = msg.delta.is_some() && (base_missing || !in_order);
+        let skip = restart || unbacked;
         if let (true, Some(delta)) = (skip, &msg.delta) {
             delta.validate(&self.config.limits)?;
         }
@@ -1682,7 +1788,23 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             }
             _ => Outcome::Unchanged,
         };
-        // Nothing below fails: the merge is done, record what it set aside.
+        // Nothing below fails: the merge is done, record what it set aside, and what
+        // the sender reports of its own writes (a version-1 clock stops at the first
+        // gap: a lower bound, which is still its word).
+        // A peer's new boot retires the old one's writer id: it will never report
+        // again, so what others relay of it is only held to the gap bound.
+        if let Some(old) = self.peers.get(&msg.from).and_then(|p| p.boot) {
+            if old != msg.inc && old != msg.from {
+                self.reports.remove(&old);
+            }
+        }
+        for writer in [msg.from, msg.inc] {
+            let said = msg.seen.max_counter(writer);
+            if said > 0 || writer == msg.from {
+                let report = self.reports.entry(writer).or_default();
+                *report = (*report).max(said);
+            }
+        }
         let now = self.hlc.now_ms();
         let hot_keys = self.hot.record(set_aside, msg.from, now);
         self.counters.set_aside += hot_keys.len() as u64;
@@ -1794,7 +1916,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.deadline = Some(now + peer.rto);
             peer.flight = Some(peer.offered.clone());
         }
-        let wants_answer = msg.reply || skip;
+        let wants_answer = msg.reply || restart;
         if driver {
             // An explicit question (a session opener, anti-entropy, or a peer that
             // skipped a delta) is answered at once with everything the peer has not
@@ -1803,12 +1925,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             // that each hold writes the other sets aside (a hot key contained on
             // both sides) send them back and forth without end; those go again on
             // the retransmission timer instead.
-            if (skip || (msg.reply && !had_delta)) && peer.out.is_none() {
+            if (restart || (msg.reply && !had_delta)) && peer.out.is_none() {
                 peer.offered = peer.acked.clone();
                 peer.relay_since = Some(0);
             }
             peer.owe_ack |= had_delta || wants_answer;
-            peer.owe_restart |= skip;
+            peer.owe_restart |= restart;
         }
         if replaced_boot && self.hot.len() > 0 {
             // A peer restarted, perhaps from an older snapshot: writes set aside that
@@ -1822,12 +1944,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         self.counters.received += 1;
         self.counters.conflicts += conflicts.len() as u64;
-        if skip {
+        if unbacked {
+            self.counters.unbacked += 1;
+        } else if skip {
             self.counters.stale += 1;
         }
         let reply = (!driver && wants_answer).then(|| {
             let theirs = msg.seen.clone();
-            self.message(msg.from, &theirs, skip)
+            self.message(msg.from, &theirs, restart)
         });
         self.forget_acknowledged();
         Ok(Received {
@@ -2205,6 +2329,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             messages_rejected: self.counters.rejected,
             conflicts_resolved: self.counters.conflicts,
             stale_deltas: self.counters.stale,
+            unbacked_deltas: self.counters.unbacked,
             retransmits: self.counters.retransmits,
             chunks_sent: self.counters.chunks,
             lease_writes: self.counters.lease_writes,

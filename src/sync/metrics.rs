@@ -32,6 +32,14 @@ pub struct Metrics {
     /// Deltas skipped because they were computed against more than this replica had
     /// (after a restore from an older snapshot); a fresh one was requested.
     pub stale_deltas: u64,
+    /// Deltas skipped because their context claimed, without the writes, dots of
+    /// another writer beyond what that writer has reported having issued, or left
+    /// more gaps than [`Limits::max_relayed_gaps`](crate::Limits::max_relayed_gaps)
+    /// in writers that do not report here (see the guide's "Hostile peers"). The
+    /// sender resends them on its timer; a count that keeps growing names a peer
+    /// that makes such claims.
+    #[serde(default)]
+    pub unbacked_deltas: u64,
     /// Times the driver resent after a retransmission timeout.
     pub retransmits: u64,
     /// Chunks of catch-ups sent.
@@ -79,6 +87,7 @@ pub(crate) struct Counters {
     pub(crate) rejected: u64,
     pub(crate) conflicts: u64,
     pub(crate) stale: u64,
+    pub(crate) unbacked: u64,
     pub(crate) retransmits: u64,
     pub(crate) chunks: u64,
     pub(crate) lease_writes: u64,

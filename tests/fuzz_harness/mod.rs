@@ -53,6 +53,8 @@ fn engine(
         max_siblings: 4,
         max_entries: 4_096,
         max_context_ranges: 4_096,
+        max_claim_ahead: 64,
+        max_relayed_gaps: 64,
     };
     config.max_message_bytes = MAX_BYTES;
     config.max_clock_entries = 16;
@@ -479,6 +481,8 @@ fn apply_one<T: Crdt + Default>(kind: Kind, json: &[u8]) -> Result<()> {
         max_siblings: 4,
         max_entries: 4_096,
         max_context_ranges: 4_096,
+        max_claim_ahead: 64,
+        max_relayed_gaps: 64,
     };
     let mut state: T = base(kind);
     let before = state.clone();
