@@ -927,6 +927,22 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 
     /// The standalone join: index and removal log maintained, concurrencies reported.
     fn merge_reporting<C: ConflictSink<K, V>>(&mut self, other: Self, sink: &mut C) -> Outcome {
+        self.merge_logging(other, sink, &CausalContext::new())
+    }
+
+    /// [`OrMap::merge_reporting`] of a part of a received state whose writes `set_aside`
+    /// were left out of it (and out of its context) by the containing merge. The
+    /// removals it carries are logged with those writes in their trigger: a removal
+    /// may be caused by a write set aside (a collapse that overwrote the siblings), and
+    /// a peer that holds the dead dot alive must be told of it until it has the write
+    /// that killed it, not merely the dead dot itself (it may well have that: it holds
+    /// it alive).
+    fn merge_logging<C: ConflictSink<K, V>>(
+        &mut self,
+        other: Self,
+        sink: &mut C,
+        set_aside: &CausalContext,
+    ) -> Outcome {
         // No shortcut on the contexts alone: a state built from deltas that arrived out
         // of order can hold an element its own context says was overwritten.
         let grew = !self.ctx.includes(&other.ctx);
@@ -1079,7 +1095,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         if enumerate {
             // Told to a peer until it acknowledges the received context that killed
             // them (it then holds the writes or removals that did).
-            self.log.push(their_ctx.clone(), newly_dead);
+            let trigger = if set_aside.is_empty() {
+                their_ctx.clone()
+            } else {
+                let mut trigger = their_ctx.clone();
+                trigger.merge_ref(set_aside);
+                trigger
+            };
+            self.log.push(trigger, newly_dead);
         } else {
             self.log.raise_floor(&their_ctx);
         }
@@ -1911,7 +1934,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             stripped.insert(d);
         }
         other.ctx = other.ctx.minus(&stripped);
-        let outcome = self.merge_reporting(other, sink);
+        let outcome = self.merge_logging(other, sink, &stripped);
         set_aside.extend(found);
         Ok(outcome)
     }
