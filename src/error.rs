@@ -81,7 +81,8 @@ pub enum Error {
     TooManyEntries {
         /// What was counted.
         what: &'static str,
-        /// How many the message holds.
+        /// How many the message holds: when the decoder stopped at the first one past
+        /// the limit (see [`wire::Budget`](crate::wire::Budget)), that one's number.
         count: usize,
         /// The configured limit.
         limit: usize,

@@ -125,8 +125,9 @@ impl<T: Crdt> Message<T> {
     /// Decodes a message of any protocol version this build speaks, refusing input
     /// larger than `max_bytes` before parsing it (see [`crate::wire::decode`]). An
     /// engine decodes by itself ([`SyncEngine::handle_bytes`],
-    /// [`SyncEngine::receive_bytes`]); this is for hosts that route or inspect
-    /// messages first.
+    /// [`SyncEngine::receive_bytes`]), checking the sender before the body; this is
+    /// for hosts that inspect messages first (to route one, read its envelope alone
+    /// with [`crate::wire::envelope`] and hand the bytes to the engine).
     ///
     /// [`SyncEngine::handle_bytes`]: crate::sync::SyncEngine::handle_bytes
     /// [`SyncEngine::receive_bytes`]: crate::sync::SyncEngine::receive_bytes
@@ -153,6 +154,8 @@ impl<T: Crdt> Message<T> {
     ///
     /// [`Error::MessageTooLarge`](crate::Error::MessageTooLarge),
     /// [`Error::UnsupportedVersion`](crate::Error::UnsupportedVersion),
+    /// [`Error::TooManyEntries`](crate::Error::TooManyEntries) (a body past the default
+    /// [`Limits`](crate::Limits), counted while decoding),
     /// [`Error::Decode`](crate::Error::Decode).
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Self> {
         crate::wire::decode(bytes, max_bytes)
