@@ -237,11 +237,7 @@ impl Node {
     ///
     /// Storage and engine errors.
     pub fn open(config: NodeConfig, metrics: Arc<Metrics>) -> Result<Node> {
-        let (store, rec) = Store::open(
-            &config.db_path(),
-            &config.storage,
-            config.replication.max_message_bytes,
-        )?;
+        let (store, rec) = Store::open(&config.db_path(), &config.storage)?;
         let Recovered {
             state,
             acks,

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
-use concord::sync::{LeaseStore, Message};
+use concord::sync::LeaseStore;
 use concord::{CausalContext, ReplicaId, Resolver};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -161,10 +161,26 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn decode_record(rec: &[u8], max_message_bytes: usize) -> Result<Option<Kv>> {
+fn decode_record(rec: &[u8]) -> Result<Option<Kv>> {
     match rec.split_first() {
         Some((&LOCAL, json)) => Ok(Some(serde_json::from_slice(json).map_err(Error::storage)?)),
-        Some((&REMOTE, frame)) => Ok(Message::<Kv>::decode(frame, max_message_bytes)?.delta),
+        Some((&REMOTE, frame)) => {
+            // A frame this node accepted once: replay it whatever the limits are now
+            // (a lower `max_message_bytes`, say, must not make the file unreadable).
+            let budget = concord::wire::Budget {
+                max_bytes: usize::MAX,
+                newest: concord::sync::PROTOCOL_VERSION,
+                limits: concord::Limits {
+                    max_siblings: usize::MAX,
+                    max_entries: usize::MAX,
+                    max_context_ranges: usize::MAX,
+                    max_claim_ahead: u64::MAX,
+                    max_relayed_gaps: usize::MAX,
+                },
+                max_clock_entries: usize::MAX,
+            };
+            Ok(concord::wire::decode_with::<Kv>(frame, &budget, |_| Ok(()))?.delta)
+        }
         _ => Err(Error::Storage {
             reason: "a log record of unknown kind".into(),
         }),
@@ -184,7 +200,7 @@ struct Replayed {
 }
 
 /// The base and every record after it, merged (recovery).
-fn replay(db: &Database, max_message_bytes: usize) -> Result<Replayed> {
+fn replay(db: &Database) -> Result<Replayed> {
     let tx = db.begin_read().map_err(Error::storage)?;
     let mut base_bytes = 0;
     let mut json = Vec::new();
@@ -223,7 +239,7 @@ fn replay(db: &Database, max_message_bytes: usize) -> Result<Replayed> {
         Ok(log) => {
             for item in log.range(base_seq + 1..).map_err(Error::storage)? {
                 let (k, v) = item.map_err(Error::storage)?;
-                if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
+                if let Some(delta) = decode_record(v.value())? {
                     state.merge(delta);
                 }
                 record_bytes += v.value().len() as u64;
@@ -250,16 +266,14 @@ fn u64_of(bytes: &[u8]) -> u64 {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path` and recovers the state.
+    /// Opens (or creates) the database at `path` and recovers the state. Received
+    /// frames in the log are replayed whatever the limits are now: they were accepted
+    /// once, and lowering `max_message_bytes` must not make a file unreadable.
     ///
     /// # Errors
     ///
     /// [`Error::Storage`] if the file cannot be opened or holds a corrupt record.
-    pub fn open(
-        path: &Path,
-        storage: &StorageConfig,
-        max_message_bytes: usize,
-    ) -> Result<(Store, Recovered)> {
+    pub fn open(path: &Path, storage: &StorageConfig) -> Result<(Store, Recovered)> {
         let fsync = storage.fsync;
         let compact_after = storage.compact_after;
         let started = Instant::now();
@@ -280,7 +294,7 @@ impl Store {
             record_bytes,
             base_bytes,
             existed,
-        } = replay(&db.get(), max_message_bytes)?;
+        } = replay(&db.get())?;
         let acks = {
             let tx = db.get().begin_read().map_err(Error::storage)?;
             match tx.open_table(META) {
@@ -324,7 +338,7 @@ impl Store {
                 .name("compaction".into())
                 .spawn(move || {
                     for upto in rx {
-                        match compact(&db, &mut mirror, upto, max_message_bytes, &stats) {
+                        match compact(&db, &mut mirror, upto, &stats) {
                             Ok(Some((last, folded, base))) => {
                                 stats.base_seq.store(last, Ordering::Relaxed);
                                 stats.log_bytes.fetch_sub(folded, Ordering::Relaxed);
@@ -594,7 +608,6 @@ fn compact(
     db: &Db,
     mirror: &mut (Kv, u64),
     upto: u64,
-    max_message_bytes: usize,
     stats: &StoreStats,
 ) -> Result<Option<(u64, u64, u64)>> {
     let (state, seq) = mirror;
@@ -606,7 +619,7 @@ fn compact(
         let mut n = 0;
         for item in log.range(*seq + 1..=upto).map_err(Error::storage)? {
             let (k, v) = item.map_err(Error::storage)?;
-            if let Some(delta) = decode_record(v.value(), max_message_bytes)? {
+            if let Some(delta) = decode_record(v.value())? {
                 state.merge(delta);
             }
             folded += v.value().len() as u64;
@@ -849,13 +862,43 @@ mod tests {
         d.join("db.redb")
     }
 
+    /// A received frame larger than any message limit the node may run with later
+    /// is replayed all the same: it was accepted once, and a file must stay readable
+    /// when the limits are lowered.
+    #[test]
+    fn a_large_received_frame_replays_whatever_the_limits() {
+        use concord::sync::{Config, SyncEngine};
+        use concord::ManualClock;
+
+        let path = dir("store-large-frame");
+        let (a, b) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+        let time = ManualClock::new(1_700_000_000_000);
+        let engine_config = Config::with_peers([b]).max_message_bytes(64 << 20);
+        let mut sender = SyncEngine::new(a, Kv::new(), time, engine_config);
+        for i in 0..3_000 {
+            sender
+                .update(|m, hlc| m.write(format!("k{i}"), "x".repeat(1_000), hlc))
+                .unwrap();
+        }
+        let frame = sender.sync_with(b).unwrap().encode();
+        assert!(frame.len() > 2 << 20, "{} bytes", frame.len());
+        {
+            let (mut store, _) = Store::open(&path, &config(Fsync::Group, 1_000_000)).unwrap();
+            store.append_remote(&frame);
+            store.commit().unwrap();
+        }
+        let (_, rec) = Store::open(&path, &config(Fsync::Group, 1_000_000)).unwrap();
+        assert_eq!(&rec.state, sender.state());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
     #[test]
     fn records_survive_a_reopen_and_compaction_keeps_the_state() {
         let path = dir("store");
         let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
         let mut expected = Kv::new();
         {
-            let (mut store, rec) = Store::open(&path, &config(Fsync::Group, 50), 1 << 20).unwrap();
+            let (mut store, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
             assert!(!rec.existed);
             for i in 0..120 {
                 let delta = expected
@@ -883,7 +926,7 @@ mod tests {
             store.append_local(&delta);
             store.commit().unwrap();
         }
-        let (_, rec) = Store::open(&path, &config(Fsync::Group, 50), 1 << 20).unwrap();
+        let (_, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
         assert!(rec.existed);
         assert!(rec.replayed < 120);
         assert_eq!(rec.state, expected);
@@ -902,7 +945,7 @@ mod tests {
             compact_after: 2_000,
             max_file_ratio: 2,
         };
-        let (mut store, _) = Store::open(&path, &storage, 1 << 20).unwrap();
+        let (mut store, _) = Store::open(&path, &storage).unwrap();
         let stats = store.stats();
         let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
         let mut state = Kv::new();
@@ -952,7 +995,7 @@ mod tests {
             "the load overwrote too little"
         );
         drop(store);
-        let (_, rec) = Store::open(&path, &storage, 1 << 20).unwrap();
+        let (_, rec) = Store::open(&path, &storage).unwrap();
         assert_eq!(rec.state, state);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
@@ -962,7 +1005,7 @@ mod tests {
         let path = dir("lease");
         let peer = ReplicaId::from_u128(9);
         {
-            let (mut store, _) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
+            let (mut store, _) = Store::open(&path, &config(Fsync::None, 50)).unwrap();
             let mut lease = store.lease();
             assert_eq!(lease.load().unwrap(), 0);
             lease.store(42).unwrap();
@@ -970,7 +1013,7 @@ mod tests {
             store.commit().unwrap();
             store.sync().unwrap();
         }
-        let (store, rec) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
+        let (store, rec) = Store::open(&path, &config(Fsync::None, 50)).unwrap();
         assert!(rec.existed);
         assert_eq!(store.lease().load().unwrap(), 42);
         assert_eq!(rec.acks, vec![(peer, CausalContext::new(), 2)]);
@@ -981,7 +1024,7 @@ mod tests {
     fn the_lease_never_moves_back_and_a_fence_persists() {
         let path = dir("lease-max");
         {
-            let (mut store, _) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
+            let (mut store, _) = Store::open(&path, &config(Fsync::None, 50)).unwrap();
             let (mut a, mut b) = (store.lease(), store.lease());
             a.cover(5, 1024).unwrap();
             assert_eq!((a.bound(), b.bound()), (1028, 1028));
@@ -994,7 +1037,7 @@ mod tests {
             assert_eq!(store.fenced().unwrap(), None);
             store.fence("a test").unwrap();
         }
-        let (store, _) = Store::open(&path, &config(Fsync::None, 50), 1 << 20).unwrap();
+        let (store, _) = Store::open(&path, &config(Fsync::None, 50)).unwrap();
         assert_eq!(store.lease().load().unwrap(), 1029);
         assert_eq!(store.fenced().unwrap().as_deref(), Some("a test"));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
@@ -1002,9 +1045,9 @@ mod tests {
 
     #[test]
     fn a_corrupt_record_is_an_error_not_a_panic() {
-        assert!(decode_record(&[], 1 << 20).is_err());
-        assert!(decode_record(&[7, 1, 2], 1 << 20).is_err());
-        assert!(decode_record(&[LOCAL, b'{'], 1 << 20).is_err());
-        assert!(decode_record(&[REMOTE, 0, 1, 2, 3], 1 << 20).is_err());
+        assert!(decode_record(&[]).is_err());
+        assert!(decode_record(&[7, 1, 2]).is_err());
+        assert!(decode_record(&[LOCAL, b'{']).is_err());
+        assert!(decode_record(&[REMOTE, 0, 1, 2, 3]).is_err());
     }
 }
