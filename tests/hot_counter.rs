@@ -6,6 +6,8 @@
 //! `CONCORD_COUNTER_OPS` sets the number of increments (default 30,000; the figure in
 //! BENCHMARKS.md is from 1,000,000 in release, `--release -- --nocapture`).
 
+mod support;
+
 use std::time::Instant;
 
 use concord::sync::{Config, SyncEngine};
@@ -17,43 +19,7 @@ type Engine = SyncEngine<Likes, ManualClock>;
 /// Delivers every message until all engines are idle and every write is acknowledged;
 /// returns the conflicts the receivers reported, with the receiver's index.
 fn settle(engines: &mut [Engine], time: &ManualClock) -> Vec<(usize, Conflict<String, PnCounter>)> {
-    let mut reports = Vec::new();
-    for _ in 0..10_000 {
-        let mut busy = false;
-        for i in 0..engines.len() {
-            while let Some(t) = engines[i].poll_transmit() {
-                busy = true;
-                let to = engines
-                    .iter()
-                    .position(|e| e.node() == t.to)
-                    .expect("a known peer");
-                let received = engines[to].handle_bytes(&t.bytes).expect("valid message");
-                reports.extend(received.conflicts.into_iter().map(|c| (to, c)));
-            }
-        }
-        if busy {
-            continue;
-        }
-        let acked = engines.iter().all(|e| {
-            e.peers()
-                .all(|p| e.lag(p).expect("a peer").unacked_writes == 0)
-        });
-        if acked && engines.iter().all(|e| e.state() == engines[0].state()) {
-            return reports;
-        }
-        let next = engines
-            .iter()
-            .filter_map(|e| e.poll_timeout())
-            .min()
-            .expect("a pending timer");
-        time.set(next.max(time.now()));
-        for e in engines.iter_mut() {
-            if e.poll_timeout().is_some_and(|at| at <= time.now()) {
-                e.handle_timeout();
-            }
-        }
-    }
-    panic!("the engines did not settle");
+    support::settle_dropping(engines, time, |_| false)
 }
 
 fn encoded_len(state: &Likes) -> usize {
