@@ -187,6 +187,19 @@ fn decode_record(rec: &[u8]) -> Result<Option<Kv>> {
     }
 }
 
+/// Ends the process if the thread holding it panics: a compaction thread that died
+/// would leave the log growing for good, silently; a supervisor restarts the node.
+struct ExitOnPanic(&'static str);
+
+impl Drop for ExitOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the {} thread panicked: the node stops", self.0);
+            std::process::exit(70);
+        }
+    }
+}
+
 /// What [`replay`] read.
 struct Replayed {
     state: Kv,
@@ -337,6 +350,7 @@ impl Store {
             std::thread::Builder::new()
                 .name("compaction".into())
                 .spawn(move || {
+                    let _guard = ExitOnPanic("compaction");
                     for upto in rx {
                         match compact(&db, &mut mirror, upto, &stats) {
                             Ok(Some((last, folded, base))) => {
