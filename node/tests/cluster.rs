@@ -803,16 +803,21 @@ fn a_node_restarted_behind_a_cut_link_knows_what_its_peer_holds() {
 }
 
 /// `kill -9` at arbitrary moments of a write load that compacts all the time (a
-/// compaction every 100 records): every write acknowledged under fsync `always` is
-/// there after each restart, and the node keeps starting. Kills land during
+/// compaction every 100 records): every write acknowledged under fsync `always` or
+/// `group` is there after each restart, and the node keeps starting. Kills land during
 /// compactions (they run back to back under this load), so a half-written next base
 /// or a half-done record deletion must be recovered from.
 #[test]
 fn kills_during_compactions_lose_no_acknowledged_write() {
+    kills_during_compactions(Fsync::Always, "compaction-kills-always");
+    kills_during_compactions(Fsync::Group, "compaction-kills-group");
+}
+
+fn kills_during_compactions(fsync: Fsync, tag: &str) {
     let opts = Options {
         nodes: 1,
-        fsync: Fsync::Always,
-        tag: "compaction-kills".into(),
+        fsync,
+        tag: tag.into(),
         compact_after: 100,
         ..Options::default()
     };
@@ -848,7 +853,11 @@ fn kills_during_compactions_lose_no_acknowledged_write() {
         c.spawn(0).unwrap();
         c.wait_ready(0, Duration::from_secs(30)).expect("restarts");
     }
-    assert!(compactions >= 5.0, "only {compactions} compactions ran");
+    eprintln!("{fsync:?}: {compactions} compactions finished before the kills");
+    assert!(
+        compactions >= 3.0,
+        "{fsync:?}: only {compactions} compactions ran"
+    );
     // The latest acknowledged value of every key is what the node holds.
     let mut latest = std::collections::BTreeMap::new();
     for kv in &acked {
@@ -858,7 +867,7 @@ fn kills_during_compactions_lose_no_acknowledged_write() {
     let mut cl = c.client(0);
     for (k, v) in &latest {
         let r = cl.get(k, None).unwrap();
-        assert_eq!(r.status, 200, "{k} lost");
+        assert_eq!(r.status, 200, "{fsync:?}: {k} lost");
         // That value, or a later one (a write in flight at the kill may have landed).
         let held: Vec<u64> = r.json()["values"]
             .as_array()
