@@ -117,25 +117,23 @@ impl<K: Ord + Clone> HotKeys<K> {
     /// Forgets the writes `seen` now covers; returns how many keys healed (every write
     /// set aside for them has been taken, or superseded by one that was).
     pub(crate) fn heal(&mut self, seen: &CausalContext) -> usize {
-        let before = self.records.len();
-        let mut pending = 0;
-        self.records.retain(|_, record| {
-            record.dots = record.dots.minus(seen);
-            pending += record.dots.dot_count();
-            !record.dots.is_empty()
-        });
-        self.pending = pending;
-        before - self.records.len()
+        self.narrow(|dots| dots.minus(seen))
     }
 
     /// Forgets set-aside writes no peer holds (`held`: the union of what the peers'
     /// current boots acknowledged): they were lost in a crash and will never be
     /// offered again. Returns how many keys that left with nothing set aside.
     pub(crate) fn forget_unheld(&mut self, held: &CausalContext) -> usize {
+        self.narrow(|dots| dots.intersection(held))
+    }
+
+    /// Replaces each key's set-aside writes by `keep` of them; drops the keys left
+    /// with none and returns how many.
+    fn narrow(&mut self, keep: impl Fn(&CausalContext) -> CausalContext) -> usize {
         let before = self.records.len();
         let mut pending = 0;
         self.records.retain(|_, record| {
-            record.dots = record.dots.intersection(held);
+            record.dots = keep(&record.dots);
             pending += record.dots.dot_count();
             !record.dots.is_empty()
         });
