@@ -137,7 +137,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// An engine configuration is inconsistent (see `Config::validate`).
+    /// An engine configuration is inconsistent (see `Config::validate`), or an alert
+    /// rule is (see `ops::alert::Rule::validate`).
     #[error("invalid configuration: {reason}")]
     InvalidConfig {
         /// Which setting is wrong, and why.
