@@ -362,7 +362,11 @@ fn tokens_from_real_engines_route_only_to_replicas_that_can_serve_them() {
     a.update(|m, hlc| m.set("k".into(), 1, hlc)).unwrap();
     let token = a.token();
     // B gets the write and acknowledges it; C does not.
-    let reply = b.receive(a.sync_with(b_id).unwrap()).unwrap().reply.unwrap();
+    let reply = b
+        .receive(a.sync_with(b_id).unwrap())
+        .unwrap()
+        .reply
+        .unwrap();
     a.receive(reply).unwrap();
     r.observe(&a.metrics());
     assert_eq!(r.replica(b_id, 0).unwrap().lag.unwrap().unacked_writes, 0);
@@ -381,7 +385,11 @@ fn tokens_from_real_engines_route_only_to_replicas_that_can_serve_them() {
     let anywhere: Vec<ReplicaId> = (0..3).map(|_| r.pick(0, None).unwrap()).collect();
     assert!(anywhere.contains(&c_id));
     // C catches up and acknowledges: now it serves the token too.
-    let reply = c.receive(a.sync_with(c_id).unwrap()).unwrap().reply.unwrap();
+    let reply = c
+        .receive(a.sync_with(c_id).unwrap())
+        .unwrap()
+        .reply
+        .unwrap();
     a.receive(reply).unwrap();
     assert!(c.can_serve(&token));
     r.observe(&a.metrics());

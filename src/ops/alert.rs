@@ -617,3 +617,56 @@ impl Alerts {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window keeps at most `RATE_SAMPLES + 2` samples however long it runs, and
+    /// with one evaluation per sixteenth of the window its increase is exact: the
+    /// counter now minus the counter at the newest evaluation at least a window ago.
+    #[test]
+    fn a_rate_window_is_bounded_and_exact_on_its_grid() {
+        let window_ms = 16_000;
+        let step = window_ms / RATE_SAMPLES;
+        let mut w = Window {
+            window_ms,
+            samples: VecDeque::new(),
+        };
+        let mut history: Vec<(u64, u64)> = Vec::new();
+        let mut value = 0u64;
+        for k in 0..20_000u64 {
+            let now = k * step;
+            value += (k * 7919) % 5; // an irregular, growing counter
+            history.push((now, value));
+            let got = w.increase(now, value);
+            let start = now.saturating_sub(window_ms);
+            let base = history
+                .iter()
+                .rev()
+                .find(|(t, _)| *t <= start)
+                .unwrap_or(&history[0])
+                .1;
+            assert_eq!(got, value - base, "at {now}");
+            assert!(w.samples.len() as u64 <= RATE_SAMPLES + 2);
+        }
+        // Evaluations far more often than the grid keep it bounded too.
+        for k in 0..100_000u64 {
+            w.increase(20_000 * step + k, value);
+            assert!(w.samples.len() as u64 <= RATE_SAMPLES + 2);
+        }
+    }
+
+    #[test]
+    fn a_counter_that_goes_down_restarts_the_count() {
+        let mut w = Window {
+            window_ms: 10_000,
+            samples: VecDeque::new(),
+        };
+        assert_eq!(w.increase(0, 100), 0);
+        assert_eq!(w.increase(5_000, 130), 30);
+        // A new engine: its counter starts again from 0.
+        assert_eq!(w.increase(6_000, 4), 4);
+        assert_eq!(w.increase(7_000, 9), 9);
+    }
+}
