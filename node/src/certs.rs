@@ -249,6 +249,7 @@ pub fn generate_cluster(dir: &Path, n: usize, base_port: u16) -> Result<Vec<std:
             ack: Default::default(),
             storage: Default::default(),
             replication: Default::default(),
+            alerts: Default::default(),
             log: "info".into(),
         };
         let path = dir.join(format!("{name}.toml"));

@@ -23,6 +23,17 @@
 //!
 //! [storage]
 //! fsync = "group"               # always | group | none
+//!
+//! [alerts]                      # the built-in rules are on unless builtin = false
+//! evaluate_ms = 1000
+//!
+//! [[alerts.rules]]              # a rule named like a built-in one replaces it
+//! name = "peer_silent"
+//! signal = "silence_ms"         # lag_writes | lag_ms | silence_ms |
+//!                               # rejected_messages | conflicts | contained_hot_keys
+//! threshold = 5000
+//! clear = 1000
+//! clear_for_ms = 2000
 //! ```
 
 use std::net::SocketAddr;
@@ -67,6 +78,9 @@ pub struct NodeConfig {
     /// Replication tuning.
     #[serde(default)]
     pub replication: ReplicationConfig,
+    /// Alert rules, evaluated on a timer (`/alerts`, `concord_alert_*` metrics).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// The log level: error, warn, info, debug or trace.
     #[serde(default = "default_log")]
     pub log: String,
@@ -192,6 +206,75 @@ impl Default for ReplicationConfig {
     }
 }
 
+/// Alert rules (see [`concord::ops::alert`]).
+///
+/// The evaluation clock is the node's monotonic uptime, so a wall-clock step never
+/// fires or resolves an alert; `/alerts` reports times as Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// How often the rules are evaluated, in milliseconds (the node ticks every
+    /// 100 ms: a shorter period acts as 100 ms).
+    pub evaluate_ms: u64,
+    /// Start from [`Rule::builtin`](concord::ops::alert::Rule::builtin) (rules of the
+    /// same name in `rules` replace them).
+    pub builtin: bool,
+    /// How long a resolved alert stays listed as resolved, in milliseconds.
+    pub keep_resolved_ms: u64,
+    /// Rules of your own, or replacements of built-in ones.
+    pub rules: Vec<concord::ops::alert::Rule>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            evaluate_ms: 1_000,
+            builtin: true,
+            keep_resolved_ms: 15 * 60_000,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The rules in force: the built-in ones (unless turned off) with those of
+    /// `rules` replacing the ones of the same name, then the other rules of `rules`.
+    pub fn effective_rules(&self) -> Vec<concord::ops::alert::Rule> {
+        let mut out = if self.builtin {
+            concord::ops::alert::Rule::builtin()
+        } else {
+            Vec::new()
+        };
+        for rule in &self.rules {
+            match out.iter_mut().find(|r| r.name == rule.name) {
+                Some(slot) => *slot = rule.clone(),
+                None => out.push(rule.clone()),
+            }
+        }
+        out
+    }
+
+    /// The evaluator of these rules.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if a rule is invalid or two of `rules` share a name.
+    pub fn evaluator(&self) -> Result<concord::ops::alert::Alerts> {
+        for (i, r) in self.rules.iter().enumerate() {
+            if self.rules[..i].iter().any(|q| q.name == r.name) {
+                return Err(Error::Config {
+                    reason: format!("alerts.rules names {:?} twice", r.name),
+                });
+            }
+        }
+        concord::ops::alert::Alerts::new(self.effective_rules())
+            .map(|a| a.keep_resolved_ms(self.keep_resolved_ms))
+            .map_err(|e| Error::Config {
+                reason: e.to_string(),
+            })
+    }
+}
+
 impl NodeConfig {
     /// Reads and checks a configuration file; relative paths in it become relative
     /// to its directory.
@@ -248,6 +331,10 @@ impl NodeConfig {
         if self.replication.idle_timeout_ms <= 2 * self.replication.heartbeat_ms {
             return bad("replication.idle_timeout_ms must exceed two heartbeats".into());
         }
+        if self.alerts.evaluate_ms == 0 {
+            return bad("alerts.evaluate_ms must be above 0".into());
+        }
+        self.alerts.evaluator()?;
         Ok(())
     }
 
@@ -357,6 +444,30 @@ mod tests {
         own.peers[0].id = own.node_id;
         assert!(own.check().is_err());
         assert!(parse_ack("semi:0", 2).is_err());
+        // Alert rules: a built-in one replaced, one added, a bad one refused; they
+        // survive the trip through the TOML file.
+        let alerts: AlertsConfig = toml::from_str(
+            "evaluate_ms = 500\n\n[[rules]]\nname = \"peer_silent\"\nsignal = \"silence_ms\"\n\
+             threshold = 3000\nclear = 1000\n\n[[rules]]\nname = \"slow\"\n\
+             signal = \"lag_ms\"\nthreshold = 9\nclear = 9\n",
+        )
+        .unwrap();
+        let mut with = c.clone();
+        with.alerts = alerts;
+        let path = dir.join("alerts.toml");
+        std::fs::write(&path, with.to_toml()).unwrap();
+        let with = NodeConfig::load(&path).unwrap();
+        assert_eq!(with.alerts.evaluate_ms, 500);
+        let rules = with.alerts.effective_rules();
+        assert_eq!(rules.len(), concord::ops::alert::Rule::builtin().len() + 1);
+        let silent = rules.iter().find(|r| r.name == "peer_silent").unwrap();
+        assert_eq!((silent.threshold, silent.for_ms), (3000, 0));
+        let mut bad = with.clone();
+        bad.alerts.rules[0].clear = 4000;
+        assert!(bad.check().is_err(), "clear above threshold");
+        let mut twice = with.clone();
+        twice.alerts.rules[1].name = "peer_silent".into();
+        assert!(twice.check().is_err(), "a rule named twice");
         assert_eq!(parse_ack("sync", 2).unwrap(), AckLevel::All);
         let _ = std::fs::remove_dir_all(dir);
     }

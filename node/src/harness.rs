@@ -13,7 +13,8 @@ use concord::ReplicaId;
 use crate::certs::Ca;
 use crate::client::Client;
 use crate::config::{
-    AckConfig, Fsync, NodeConfig, PeerConfig, ReplicationConfig, StorageConfig, TlsConfig,
+    AckConfig, AlertsConfig, Fsync, NodeConfig, PeerConfig, ReplicationConfig, StorageConfig,
+    TlsConfig,
 };
 use crate::proxy::{Link, Proxy};
 
@@ -30,6 +31,8 @@ pub struct Options {
     pub max_file_ratio: u64,
     /// The nodes' replication settings.
     pub replication: ReplicationConfig,
+    /// The nodes' alert rules.
+    pub alerts: AlertsConfig,
     /// The nodes' log level.
     pub log: String,
     /// A name for the temporary directory.
@@ -53,6 +56,7 @@ impl Default for Options {
                 idle_timeout_ms: 2_000,
                 ..ReplicationConfig::default()
             },
+            alerts: AlertsConfig::default(),
             log: "info".into(),
             tag: "cluster".into(),
             ids: Vec::new(),
@@ -160,6 +164,7 @@ impl Cluster {
                     max_file_ratio: opts.max_file_ratio,
                 },
                 replication: opts.replication.clone(),
+                alerts: opts.alerts.clone(),
                 log: opts.log.clone(),
             };
             let path = dir.join(format!("{name}.toml"));

@@ -11,6 +11,9 @@
 //!   if absent; `503` if this node had not caught up with the token in time.
 //! * `GET /kv`: every key with its siblings.
 //! * `GET /conflicts`, `GET /health`, `GET /metrics`.
+//! * `GET /alerts`: every alert series (rule, and peer for per-peer rules) with its
+//!   state (`inactive`, `pending`, `firing`, `resolved`), since when (`since_unix_ms`,
+//!   `for_ms`), the value last seen, the threshold and the clear value.
 //!
 //! Keys and query values are percent-decoded (`/kv/caf%C3%A9` is the key `café`; a
 //! key is 1 to 1024 bytes once decoded, and must be UTF-8); bodies are limited to
@@ -185,6 +188,7 @@ impl Api {
             "/health" => "health",
             "/metrics" => "metrics",
             "/conflicts" => "conflicts",
+            "/alerts" => "alerts",
             _ => "other",
         };
         let resp = match (&method, route) {
@@ -207,6 +211,7 @@ impl Api {
                 }
             }
             (&Method::GET, "conflicts") => self.ask(|reply| Command::Conflicts { reply }).await,
+            (&Method::GET, "alerts") => self.ask(|reply| Command::Alerts { reply }).await,
             (&Method::GET, "kv_all") => self.get(req, None).await,
             (_, "kv") => {
                 let key = percent_decode(&req.uri().path()["/kv/".len()..]);
@@ -227,7 +232,7 @@ impl Api {
             }
             _ => error(
                 StatusCode::NOT_FOUND,
-                "no such route: see /kv/{key}, /health, /metrics, /conflicts",
+                "no such route: see /kv/{key}, /health, /metrics, /conflicts, /alerts",
             ),
         };
         // A fixed set of label values: a client must not create series at will.

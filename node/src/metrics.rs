@@ -1,8 +1,12 @@
 //! Prometheus metrics (`/metrics`, OpenMetrics text format).
 //!
 //! Every series carries a `node` label; replication series carry a `peer` label
-//! (peer names from the configuration). Engine totals are mirrored from
-//! [`concord::sync::Metrics`] by the engine's task.
+//! (peer names from the configuration). Every figure of [`concord::sync::Metrics`]
+//! is mirrored by the engine's task (its counters as `_total` counters, per-peer lag
+//! and protocol as gauges with a `peer` label; the version vector is not exported:
+//! its entries are not a bounded label set). Alert states are exported as
+//! `concord_alert_firing`, `concord_alert_pending` and `concord_alert_value`, with an
+//! `alert` label (and `peer` for per-peer rules).
 
 use std::sync::atomic::AtomicU64;
 
@@ -83,6 +87,38 @@ pub struct Metrics {
     /// The longest that one transaction of the background compaction held up the
     /// node's commits, in milliseconds.
     pub compaction_tx_max_ms: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Messages the engine produced.
+    pub messages_sent: Counter,
+    /// Messages the engine accepted.
+    pub messages_received: Counter,
+    /// Messages the engine rejected (state unchanged).
+    pub messages_rejected: Counter,
+    /// Deltas skipped as computed against more than this node had.
+    pub stale_deltas: Counter,
+    /// Deltas skipped for claiming writes they did not carry.
+    pub unbacked_deltas: Counter,
+    /// Chunks of catch-ups sent.
+    pub chunks_sent: Counter,
+    /// Extensions of the counter lease.
+    pub lease_writes: Counter,
+    /// Reports of keys set aside (a key contained, or more of its writes set aside).
+    pub hot_keys_set_aside: Counter,
+    /// Contained keys that healed.
+    pub hot_keys_healed: Counter,
+    /// Keys held contained now.
+    pub contained_hot_keys: Gauge,
+    /// Writes set aside for contained keys and not taken yet.
+    pub set_aside_writes: Gauge,
+    /// 1 while the node is a master, 0 while a read-only follower.
+    pub master: Gauge,
+    /// The protocol version spoken to each peer.
+    pub peer_protocol_version: Family<Labels, Gauge>,
+    /// 1 while an alert is firing, by `alert` (and `peer` for per-peer rules).
+    pub alert_firing: Family<Labels, Gauge>,
+    /// 1 while an alert is pending, by `alert` (and `peer`).
+    pub alert_pending: Family<Labels, Gauge>,
+    /// The value an alert rule last saw, by `alert` (and `peer`).
+    pub alert_value: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -125,6 +161,22 @@ impl Metrics {
             file_compactions: Gauge::default(),
             file_compaction_ms: Gauge::default(),
             compaction_tx_max_ms: Gauge::default(),
+            messages_sent: Counter::default(),
+            messages_received: Counter::default(),
+            messages_rejected: Counter::default(),
+            stale_deltas: Counter::default(),
+            unbacked_deltas: Counter::default(),
+            chunks_sent: Counter::default(),
+            lease_writes: Counter::default(),
+            hot_keys_set_aside: Counter::default(),
+            hot_keys_healed: Counter::default(),
+            contained_hot_keys: Gauge::default(),
+            set_aside_writes: Gauge::default(),
+            master: Gauge::default(),
+            peer_protocol_version: Family::default(),
+            alert_firing: Family::default(),
+            alert_pending: Family::default(),
+            alert_value: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -242,6 +294,86 @@ impl Metrics {
             "Longest hold-up of commits by one compaction transaction",
             m.compaction_tx_max_ms.clone(),
         );
+        r.register(
+            "messages_sent",
+            "Messages the engine produced",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "messages_received",
+            "Messages the engine accepted",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "messages_rejected",
+            "Messages the engine rejected, state unchanged",
+            m.messages_rejected.clone(),
+        );
+        r.register(
+            "stale_deltas",
+            "Deltas skipped as computed against more than this node had",
+            m.stale_deltas.clone(),
+        );
+        r.register(
+            "unbacked_deltas",
+            "Deltas skipped for claiming writes they did not carry",
+            m.unbacked_deltas.clone(),
+        );
+        r.register(
+            "chunks_sent",
+            "Chunks of catch-ups sent",
+            m.chunks_sent.clone(),
+        );
+        r.register(
+            "lease_writes",
+            "Extensions of the counter lease",
+            m.lease_writes.clone(),
+        );
+        r.register(
+            "hot_keys_set_aside",
+            "Reports of keys whose writes were set aside",
+            m.hot_keys_set_aside.clone(),
+        );
+        r.register(
+            "hot_keys_healed",
+            "Contained keys that healed",
+            m.hot_keys_healed.clone(),
+        );
+        r.register(
+            "contained_hot_keys",
+            "Keys held contained: over the sibling cap, writes set aside",
+            m.contained_hot_keys.clone(),
+        );
+        r.register(
+            "set_aside_writes",
+            "Writes set aside for contained keys, not taken yet",
+            m.set_aside_writes.clone(),
+        );
+        r.register(
+            "master",
+            "1 while a master, 0 while a read-only follower",
+            m.master.clone(),
+        );
+        r.register(
+            "peer_protocol_version",
+            "Protocol version spoken to the peer",
+            m.peer_protocol_version.clone(),
+        );
+        r.register(
+            "alert_firing",
+            "1 while the alert is firing",
+            m.alert_firing.clone(),
+        );
+        r.register(
+            "alert_pending",
+            "1 while the alert is pending",
+            m.alert_pending.clone(),
+        );
+        r.register(
+            "alert_value",
+            "The value the alert rule last saw",
+            m.alert_value.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -257,4 +389,15 @@ impl Metrics {
 /// The label set of one peer.
 pub fn peer(name: &str) -> Labels {
     vec![("peer".to_string(), name.to_string())]
+}
+
+/// The label set of one alert series: the rule's name, and the peer's for a
+/// per-peer rule. Rules come from the configuration and peers are the configured
+/// ones, so the series are bounded.
+pub fn alert(name: &str, peer: Option<&str>) -> Labels {
+    let mut labels = vec![("alert".to_string(), name.to_string())];
+    if let Some(p) = peer {
+        labels.push(("peer".to_string(), p.to_string()));
+    }
+    labels
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord::hlc::Timestamp;
+use concord::ops::alert::{Alerts, State};
 use concord::sync::{AckLevel, Message, Snapshot, SyncEngine};
 use concord::{CausalContext, Conflict, Crdt, Dot, MvRegister, ReplicaId, SystemClock};
 use serde_json::{json, Value};
@@ -79,6 +80,11 @@ pub enum Command {
     },
     /// The `/conflicts` document.
     Conflicts {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Value>,
+    },
+    /// The `/alerts` document.
+    Alerts {
         /// Where the answer goes.
         reply: oneshot::Sender<Value>,
     },
@@ -219,6 +225,9 @@ pub struct Node {
     saved_acks: Vec<(ReplicaId, CausalContext)>,
     started: Instant,
     recovery: Value,
+    /// The alert rules and their series, evaluated on the node's uptime.
+    alerts: Alerts,
+    last_alerts: Instant,
 }
 
 impl std::fmt::Debug for Node {
@@ -277,6 +286,7 @@ impl Node {
             );
         }
         let mirrored = engine.metrics();
+        let alerts = config.alerts.evaluator()?;
         let lease = store.lease();
         let fenced = store.fenced()?;
         if let Some(why) = &fenced {
@@ -307,6 +317,8 @@ impl Node {
             saved_acks: Vec::new(),
             started: Instant::now(),
             recovery,
+            alerts,
+            last_alerts: Instant::now(),
         })
     }
 
@@ -382,6 +394,9 @@ impl Node {
             }
             Command::Health { reply } => {
                 let _ = reply.send(self.health());
+            }
+            Command::Alerts { reply } => {
+                let _ = reply.send(self.alerts_document());
             }
             Command::Conflicts { reply } => {
                 let _ = reply.send(json!({
@@ -802,8 +817,39 @@ impl Node {
             m.retransmits,
             self.mirrored.retransmits,
         );
+        let old = &self.mirrored;
+        let mx = &self.metrics;
+        grow(&mx.messages_sent, m.messages_sent, old.messages_sent);
+        grow(
+            &mx.messages_received,
+            m.messages_received,
+            old.messages_received,
+        );
+        grow(
+            &mx.messages_rejected,
+            m.messages_rejected,
+            old.messages_rejected,
+        );
+        grow(&mx.stale_deltas, m.stale_deltas, old.stale_deltas);
+        grow(&mx.unbacked_deltas, m.unbacked_deltas, old.unbacked_deltas);
+        grow(&mx.chunks_sent, m.chunks_sent, old.chunks_sent);
+        grow(&mx.lease_writes, m.lease_writes, old.lease_writes);
+        grow(
+            &mx.hot_keys_set_aside,
+            m.hot_keys_set_aside,
+            old.hot_keys_set_aside,
+        );
+        grow(&mx.hot_keys_healed, m.hot_keys_healed, old.hot_keys_healed);
+        mx.contained_hot_keys.set(m.contained_hot_keys as i64);
+        mx.set_aside_writes.set(m.set_aside_writes as i64);
+        mx.master
+            .set(i64::from(m.role == concord::sync::Role::Master));
         for p in &m.peers {
             let labels = metrics::peer(&self.name(p.peer));
+            self.metrics
+                .peer_protocol_version
+                .get_or_create(&labels)
+                .set(i64::from(p.protocol_version));
             self.metrics
                 .peer_unacked_writes
                 .get_or_create(&labels)
@@ -829,6 +875,10 @@ impl Node {
             // rather than by a commit, and an fsync, of their own.
             self.store.save_acks(&records);
             self.saved_acks = acks;
+        }
+        if self.last_alerts.elapsed() >= Duration::from_millis(self.config.alerts.evaluate_ms) {
+            self.last_alerts = Instant::now();
+            self.evaluate_alerts(&m);
         }
         self.mirrored = m;
         if self.last_sync.elapsed() >= SYNC_PERIOD {
@@ -869,6 +919,74 @@ impl Node {
         self.metrics
             .compaction_tx_max_ms
             .set(micros(&stats.compaction_tx_micros_max));
+    }
+
+    /// The node's uptime in milliseconds: the alerts' clock (monotonic, so a step of
+    /// the wall clock neither fires nor resolves anything).
+    fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Evaluates the alert rules on `m`, logs what changed and updates the
+    /// `concord_alert_*` gauges.
+    fn evaluate_alerts(&mut self, m: &concord::sync::Metrics) {
+        let now = self.uptime_ms();
+        for t in self.alerts.evaluate_metrics(now, m) {
+            let peer = t.peer.map(|p| format!(" for {}", self.name(p)));
+            let peer = peer.unwrap_or_default();
+            let state = state_name(t.to);
+            match t.to {
+                State::Firing => {
+                    tracing::warn!("alert {}{peer} is firing (value {})", t.name, t.value)
+                }
+                _ => tracing::info!("alert {}{peer} is {state} (value {})", t.name, t.value),
+            }
+        }
+        for a in self.alerts.list() {
+            let peer = a.peer.map(|p| self.name(p));
+            let labels = metrics::alert(&a.name, peer.as_deref());
+            let mx = &self.metrics;
+            mx.alert_firing
+                .get_or_create(&labels)
+                .set(i64::from(a.state == State::Firing));
+            mx.alert_pending
+                .get_or_create(&labels)
+                .set(i64::from(a.state == State::Pending));
+            mx.alert_value
+                .get_or_create(&labels)
+                .set(i64::try_from(a.value).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn alerts_document(&self) -> Value {
+        let now = self.uptime_ms();
+        let wall = self.engine.now_ms();
+        let alerts: Vec<Value> = self
+            .alerts
+            .list()
+            .into_iter()
+            .map(|a| {
+                let held = now.saturating_sub(a.since_ms);
+                json!({
+                    "name": a.name,
+                    "peer": a.peer.map(|p| self.name(p)),
+                    "state": state_name(a.state),
+                    "since_unix_ms": wall.saturating_sub(held),
+                    "for_ms": held,
+                    "value": a.value,
+                    "threshold": a.threshold,
+                    "clear": a.clear,
+                    "comparison": a.comparison,
+                })
+            })
+            .collect();
+        let firing = alerts.iter().filter(|a| a["state"] == "firing").count();
+        json!({
+            "node": self.config.name,
+            "evaluate_ms": self.config.alerts.evaluate_ms,
+            "firing": firing,
+            "alerts": alerts,
+        })
     }
 
     fn health(&self) -> Value {
@@ -915,5 +1033,15 @@ impl Node {
             },
             "peers": peers,
         })
+    }
+}
+
+/// The lower-case name of an alert state (as in `/alerts`).
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Inactive => "inactive",
+        State::Pending => "pending",
+        State::Firing => "firing",
+        State::Resolved => "resolved",
     }
 }
