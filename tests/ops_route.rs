@@ -303,6 +303,29 @@ fn an_empty_router_says_so_and_a_host_can_tell_why() {
 }
 
 #[test]
+fn late_failures_of_a_replica_whose_check_fails_do_not_extend_its_ejection() {
+    let policy = Policy::round_robin()
+        .healthy()
+        .eject_after(3)
+        .cooldown_ms(5_000)
+        .max_cooldown_ms(60_000);
+    let mut r = router(policy, &[1, 1]);
+    let a = id(0);
+    r.report_check(a, false);
+    // Eight reads that were in flight come back failed.
+    for _ in 0..8 {
+        r.report_failure(a, 0);
+    }
+    // The check passes a second later: out for the first cool-down only.
+    r.report_check(a, true);
+    assert_eq!(
+        r.health(a, 1_000),
+        Some(Health::Ejected { until_ms: 5_000 })
+    );
+    assert_eq!(r.health(a, 5_000), Some(Health::Probation));
+}
+
+#[test]
 fn ejections_back_off_and_a_success_brings_a_replica_back() {
     let policy = Policy::round_robin()
         .healthy()

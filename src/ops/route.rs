@@ -427,10 +427,13 @@ impl Router {
         let policy = self.policy.clone();
         let s = self.slot_mut(id)?;
         s.failures = s.failures.saturating_add(1);
-        let eject = match s.health(now_ms) {
-            Health::Ejected { .. } => false,
-            Health::Probation => true,
-            Health::Up | Health::Failing => s.failures >= policy.eject_after,
+        // From the ejection itself, not `health`: a replica whose check fails reads
+        // as `Failing` while ejected too, and late failures must not eject it again
+        // (each would double its cool-down).
+        let eject = match s.ejected_until {
+            Some(until_ms) if now_ms < until_ms => false,
+            Some(_) => true,
+            None => s.failures >= policy.eject_after,
         };
         if eject {
             let doublings = s.ejections.min(32);
