@@ -16,6 +16,7 @@ pub mod id;
 pub mod lww;
 pub mod map;
 pub mod mvreg;
+pub mod ops;
 mod probe;
 pub mod resolver;
 pub mod sync;

@@ -452,6 +452,9 @@ fn a_huge_run_of_dots_in_a_context_is_cheap_to_chunk() {
         base: CausalContext::new(),
         chunk: None,
         reply: false,
+        epoch: 0,
+        lead: None,
+        echo: None,
     };
     net.engines[0].handle_message(msg).unwrap();
     // Node 2 restarts empty: node 1 catches it up in chunks, the run included.
@@ -496,6 +499,9 @@ fn acknowledgements_stay_within_the_range_limit() {
             base: CausalContext::new(),
             chunk: None,
             reply: false,
+            epoch: 0,
+            lead: None,
+            echo: None,
         };
         net.engines[0].handle_message(msg).unwrap();
     }
@@ -571,6 +577,9 @@ fn a_chunk_index_at_the_maximum_is_harmless() {
                 last: false,
             }),
             reply: true,
+            epoch: 0,
+            lead: None,
+            echo: None,
         };
         net.engines[0].handle_message(msg).unwrap();
     }
