@@ -134,9 +134,14 @@ impl Cluster {
             config.validate().expect("a valid configuration");
             let lease = MemoryLease::new();
             let boot = ReplicaId::from_u128(u128::from(rng.next_u64()) | 1 << 64);
-            let engine = SyncEngine::new(*id, Profiles::new(), time.clone(), config.clone().incarnation(boot))
-                .with_lease(lease.clone())
-                .expect("a memory lease loads");
+            let engine = SyncEngine::new(
+                *id,
+                Profiles::new(),
+                time.clone(),
+                config.clone().incarnation(boot),
+            )
+            .with_lease(lease.clone())
+            .expect("a memory lease loads");
             engines.push(engine);
             configs.push(config);
             leases.push(lease);
@@ -224,7 +229,10 @@ impl Cluster {
             0
         };
         let (from, to, bytes) = self.network.remove(k);
-        if !self.up[to] || self.cut(from as u32, to as u32) || (faults && self.rng.percent(self.loss)) {
+        if !self.up[to]
+            || self.cut(from as u32, to as u32)
+            || (faults && self.rng.percent(self.loss))
+        {
             return true;
         }
         if faults && self.rng.percent(self.duplicate) {
@@ -325,22 +333,24 @@ impl Cluster {
     /// Carries out the coordinator's actions on the nodes it reaches.
     fn run_coordinator(&mut self) {
         while let Some(action) = self.coordinator.poll_action() {
-            let (node, run): (ReplicaId, Box<dyn FnOnce(&mut SyncEngine<Profiles, ManualClock>)>) =
-                match action {
-                    Do::StopWrites { node } => (node, Box::new(|e| e.demote())),
-                    Do::Promote { node, epoch } => {
-                        self.failovers += 1;
-                        (node, Box::new(move |e| drop(e.promote_at(epoch))))
-                    }
-                    Do::Fence { node, epoch } => (node, Box::new(move |e| drop(e.fence(epoch)))),
-                    Do::Report(concord::ops::failover::Report::Switchover {
-                        step: Step::Done, ..
-                    }) => {
-                        self.switchovers_done += 1;
-                        continue;
-                    }
-                    Do::Report(_) => continue,
-                };
+            let (node, run): (
+                ReplicaId,
+                Box<dyn FnOnce(&mut SyncEngine<Profiles, ManualClock>)>,
+            ) = match action {
+                Do::StopWrites { node } => (node, Box::new(|e| e.demote())),
+                Do::Promote { node, epoch } => {
+                    self.failovers += 1;
+                    (node, Box::new(move |e| drop(e.promote_at(epoch))))
+                }
+                Do::Fence { node, epoch } => (node, Box::new(move |e| drop(e.fence(epoch)))),
+                Do::Report(concord::ops::failover::Report::Switchover {
+                    step: Step::Done, ..
+                }) => {
+                    self.switchovers_done += 1;
+                    continue;
+                }
+                Do::Report(_) => continue,
+            };
             let i = self.index_of(node);
             if self.reachable(i) {
                 run(&mut self.engines[i]);
@@ -431,7 +441,9 @@ impl Cluster {
     }
 
     fn converged(&self) -> bool {
-        self.engines.windows(2).all(|w| w[0].state() == w[1].state())
+        self.engines
+            .windows(2)
+            .all(|w| w[0].state() == w[1].state())
     }
 
     /// The properties, after `quiesce`.
@@ -450,13 +462,25 @@ impl Cluster {
             let states: Vec<String> = self
                 .engines
                 .iter()
-                .map(|e| format!("  {} (epoch {}, {:?}): {:?}", e.node(), e.epoch(), e.role(), e.state()))
+                .map(|e| {
+                    format!(
+                        "  {} (epoch {}, {:?}): {:?}",
+                        e.node(),
+                        e.epoch(),
+                        e.role(),
+                        e.state()
+                    )
+                })
                 .collect();
             prop_assert!(false, "diverged:\n{}", states.join("\n"));
         }
         let held = self.engines[0].context();
         for dot in &self.acked {
-            prop_assert!(held.contains(*dot), "write {} acknowledged at quorum level is lost", dot);
+            prop_assert!(
+                held.contains(*dot),
+                "write {} acknowledged at quorum level is lost",
+                dot
+            );
         }
         Ok(())
     }
@@ -509,15 +533,24 @@ fn the_master_dies_a_follower_takes_over_and_the_old_master_steps_down() {
             c.step(Act::Write { node: 0, key: k });
             c.step(Act::Deliver { count: 100 });
         }
-        assert!(!c.acked.is_empty(), "seed {seed}: the master took quorum writes");
+        assert!(
+            !c.acked.is_empty(),
+            "seed {seed}: the master took quorum writes"
+        );
         assert_eq!(c.writers.get(&0).map(|w| w.len()), Some(1));
         c.step(Act::Crash { node: 0 });
         c.step(Act::Check);
         c.step(Act::Check); // two failed checks: failover
         let new_master = c.coordinator.master().map(|m| c.index_of(m));
-        assert!(matches!(new_master, Some(1 | 2)), "seed {seed}: {new_master:?}");
+        assert!(
+            matches!(new_master, Some(1 | 2)),
+            "seed {seed}: {new_master:?}"
+        );
         let m = new_master.unwrap();
-        assert_eq!((c.engines[m].role(), c.engines[m].epoch()), (Role::Master, 1));
+        assert_eq!(
+            (c.engines[m].role(), c.engines[m].epoch()),
+            (Role::Master, 1)
+        );
         assert!(matches!(
             c.engines[m].writable(),
             Err(Error::FencingWait { .. } | Error::NoQuorum { .. })
@@ -528,9 +561,16 @@ fn the_master_dies_a_follower_takes_over_and_the_old_master_steps_down() {
             c.step(Act::Advance { ms: 250 });
             c.step(Act::Deliver { count: 100 });
             waited += 250;
-            assert!(waited < 10 * LEASE_MS, "seed {seed}: never writable: {:?}", c.engines[m].writable());
+            assert!(
+                waited < 10 * LEASE_MS,
+                "seed {seed}: never writable: {:?}",
+                c.engines[m].writable()
+            );
         }
-        assert!(waited >= LEASE_MS, "seed {seed}: it waited {waited} ms, less than a lease");
+        assert!(
+            waited >= LEASE_MS,
+            "seed {seed}: it waited {waited} ms, less than a lease"
+        );
         c.step(Act::Write { node: m, key: 9 });
         assert_eq!(c.writers.get(&1).map(|w| w.len()), Some(1));
         // The old master comes back: it hears of epoch 1 and steps down.
@@ -540,7 +580,10 @@ fn the_master_dies_a_follower_takes_over_and_the_old_master_steps_down() {
             c.step(Act::Deliver { count: 100 });
         }
         assert_eq!(c.engines[0].epoch(), 1, "seed {seed}");
-        assert!(matches!(c.engines[0].writable(), Err(Error::Deposed { epoch: 1, .. })));
+        assert!(matches!(
+            c.engines[0].writable(),
+            Err(Error::Deposed { epoch: 1, .. })
+        ));
         c.quiesce();
         c.check_spec().unwrap();
     }
@@ -602,9 +645,16 @@ fn planned_switchover_under_write_load_loses_no_acknowledged_write() {
             }
             let master = c.index_of(c.coordinator.master().unwrap());
             let before = c.pending.len() + c.acked.len();
-            c.step(Act::Write { node: master, key: key % 4 });
+            c.step(Act::Write {
+                node: master,
+                key: key % 4,
+            });
             if c.pending.len() + c.acked.len() > before {
-                let dot = c.pending.last().map(|(_, d)| *d).unwrap_or_else(|| *c.acked.iter().last().unwrap());
+                let dot = c
+                    .pending
+                    .last()
+                    .map(|(_, d)| *d)
+                    .unwrap_or_else(|| *c.acked.iter().last().unwrap());
                 taken.push(dot);
             }
             key = key.wrapping_add(1);
@@ -615,14 +665,27 @@ fn planned_switchover_under_write_load_loses_no_acknowledged_write() {
                 break;
             }
         }
-        assert_eq!(c.switchovers_done, 1, "seed {seed}: the switchover did not finish ({:?})", c.coordinator.step());
+        assert_eq!(
+            c.switchovers_done,
+            1,
+            "seed {seed}: the switchover did not finish ({:?})",
+            c.coordinator.step()
+        );
         assert_eq!(c.index_of(c.coordinator.master().unwrap()), target);
-        assert!(c.writers.len() >= 2, "seed {seed}: both masters took writes: {:?}", c.writers);
+        assert!(
+            c.writers.len() >= 2,
+            "seed {seed}: both masters took writes: {:?}",
+            c.writers
+        );
         c.quiesce();
         c.check_spec().unwrap();
         for dot in &taken {
             for e in &c.engines {
-                assert!(e.context().contains(*dot), "seed {seed}: write {dot} lost at {}", e.node());
+                assert!(
+                    e.context().contains(*dot),
+                    "seed {seed}: write {dot} lost at {}",
+                    e.node()
+                );
             }
         }
     }
@@ -656,9 +719,18 @@ fn scenarios_exercise_failover_and_fencing() {
          stale {stale}, writes refused by a fence {two_masters_tried} (of 100 runs)"
     );
     assert!(failovers > 30, "only {failovers}/100 runs failed over");
-    assert!(later_epochs > 10, "only {later_epochs}/100 runs wrote after a promotion");
-    assert!(acked > 30, "only {acked}/100 runs acknowledged a write at quorum level");
-    assert!(stale > 5, "only {stale}/100 runs refused a stale-epoch delta");
+    assert!(
+        later_epochs > 10,
+        "only {later_epochs}/100 runs wrote after a promotion"
+    );
+    assert!(
+        acked > 30,
+        "only {acked}/100 runs acknowledged a write at quorum level"
+    );
+    assert!(
+        stale > 5,
+        "only {stale}/100 runs refused a stale-epoch delta"
+    );
     assert!(
         two_masters_tried > 10,
         "only {two_masters_tried}/100 runs had a write refused by a deposed or waiting master"
