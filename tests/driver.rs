@@ -314,12 +314,15 @@ fn a_node_held_at_version_1_and_an_upgraded_one_converge_both_ways() {
         let m = net.engines[1 - old].metrics();
         assert_eq!(m.peers[0].protocol_version, 1);
     }
-    // Two upgraded nodes move up to version 2 after the first exchange.
+    // Two upgraded nodes move up to the newest version after the first exchange.
     let mut net = Net::new(2, |c| c);
     net.write(0, "x", 1);
     net.run(20, |_, _| false);
     assert!(net.converged());
-    assert_eq!(net.engines[0].metrics().peers[0].protocol_version, 2);
+    assert_eq!(
+        net.engines[0].metrics().peers[0].protocol_version,
+        concord::sync::PROTOCOL_VERSION
+    );
 }
 
 #[test]
