@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use concord::ops::failover::{Action as Do, Coordinator, CoordinatorConfig, Position, Step};
+use concord::ops::failover::{
+    Action as Do, Coordinator, CoordinatorConfig, Position, Report, Step,
+};
 use concord::sync::{AckLevel, Config, MemoryLease, Role, Snapshot, SyncEngine};
 use concord::testing::sim::Rng;
 use concord::{Dot, Error, ManualClock, MvRegister, OrMap, ReplicaId};
@@ -333,17 +335,11 @@ impl Cluster {
     /// Carries out the coordinator's actions on the nodes it reaches.
     fn run_coordinator(&mut self) {
         while let Some(action) = self.coordinator.poll_action() {
-            let (node, run): (
-                ReplicaId,
-                Box<dyn FnOnce(&mut SyncEngine<Profiles, ManualClock>)>,
-            ) = match action {
-                Do::StopWrites { node } => (node, Box::new(|e| e.demote())),
-                Do::Promote { node, epoch } => {
-                    self.failovers += 1;
-                    (node, Box::new(move |e| drop(e.promote_at(epoch))))
+            let node = match &action {
+                Do::StopWrites { node } | Do::Promote { node, .. } | Do::Fence { node, .. } => {
+                    *node
                 }
-                Do::Fence { node, epoch } => (node, Box::new(move |e| drop(e.fence(epoch)))),
-                Do::Report(concord::ops::failover::Report::Switchover {
+                Do::Report(Report::Switchover {
                     step: Step::Done, ..
                 }) => {
                     self.switchovers_done += 1;
@@ -351,11 +347,25 @@ impl Cluster {
                 }
                 Do::Report(_) => continue,
             };
-            let i = self.index_of(node);
-            if self.reachable(i) {
-                run(&mut self.engines[i]);
-                self.drain(i);
+            if let Do::Promote { .. } = action {
+                self.failovers += 1;
             }
+            let i = self.index_of(node);
+            if !self.reachable(i) {
+                continue; // lost: the engines keep the cluster safe regardless
+            }
+            let engine = &mut self.engines[i];
+            // A refused promotion (an epoch the node has passed) changes nothing.
+            let _ = match action {
+                Do::StopWrites { .. } => {
+                    engine.demote();
+                    Ok(())
+                }
+                Do::Promote { epoch, .. } => engine.promote_at(epoch),
+                Do::Fence { epoch, .. } => engine.fence(epoch),
+                Do::Report(_) => Ok(()),
+            };
+            self.drain(i);
         }
     }
 

@@ -716,7 +716,8 @@ impl Node {
                     AckLevel::None => 0,
                     AckLevel::Peers(k) => k,
                     AckLevel::All => self.config.peers.len(),
-                    AckLevel::Quorum => (self.config.peers.len() + 1) / 2,
+                    // A majority of the replicas, this node included.
+                    AckLevel::Quorum => self.config.peers.len().div_ceil(2),
                 };
                 tracing::debug!(
                     "write {dot} missed {} ({} of {wanted} peers hold it)",

@@ -1510,7 +1510,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// assert_eq!(e.quorum(), 3); // 3 of 4
     /// ```
     pub fn quorum(&self) -> usize {
-        (self.peers.len() + 1) / 2 + 1
+        let replicas = self.peers.len() + 1;
+        replicas / 2 + 1
     }
 
     /// Whether a local write would be taken now, and if not, why (for a health
