@@ -617,3 +617,153 @@ pub fn choose_candidate(candidates: &[(ReplicaId, &CausalContext)]) -> Option<(R
         .min()
         .map(|(missed, id)| (id, missed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Dot;
+
+    fn ids() -> [ReplicaId; 3] {
+        [1, 2, 3].map(ReplicaId::from_u128)
+    }
+
+    fn position(dots: &[(ReplicaId, u64)], epoch: u64, role: Role) -> Position {
+        let mut context = CausalContext::new();
+        for (r, c) in dots {
+            context.insert(Dot::new(*r, *c));
+        }
+        Position {
+            context,
+            epoch,
+            role,
+        }
+    }
+
+    fn drain(c: &mut Coordinator) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    #[test]
+    fn a_switchover_walks_every_step_in_order_and_reports_each() {
+        let [m, t, other] = ids();
+        let mut c = Coordinator::new([m, t, other], m, 2, CoordinatorConfig::default());
+        c.switchover(t, 0).unwrap();
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::StopWrites { node: m },
+                Action::Report(Report::Switchover {
+                    target: t,
+                    step: Step::StopWrites
+                })
+            ]
+        );
+        // Still a master: nothing moves.
+        c.observe(m, position(&[(m, 1), (m, 2)], 2, Role::Master));
+        assert!(drain(&mut c).is_empty());
+        c.observe(m, position(&[(m, 1), (m, 2)], 2, Role::Follower));
+        assert_eq!(c.step(), Some(Step::WaitCaughtUp));
+        drain(&mut c);
+        // The target lags one write: no promotion yet.
+        c.observe(t, position(&[(m, 1)], 2, Role::Follower));
+        assert_eq!(c.step(), Some(Step::WaitCaughtUp));
+        c.observe(t, position(&[(m, 1), (m, 2)], 2, Role::Follower));
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::Promote { node: t, epoch: 3 },
+                Action::Report(Report::Switchover {
+                    target: t,
+                    step: Step::Promote
+                })
+            ]
+        );
+        // A timeout now does not abort: the target may be taking writes.
+        c.tick(u64::MAX);
+        assert!(drain(&mut c).is_empty());
+        c.observe(t, position(&[(m, 1), (m, 2)], 3, Role::Master));
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::Fence { node: m, epoch: 3 },
+                Action::Report(Report::Switchover {
+                    target: t,
+                    step: Step::Demote
+                })
+            ]
+        );
+        c.observe(m, position(&[(m, 1), (m, 2)], 3, Role::Follower));
+        assert_eq!(
+            drain(&mut c),
+            [Action::Report(Report::Switchover {
+                target: t,
+                step: Step::Done
+            })]
+        );
+        assert_eq!((c.master(), c.epoch(), c.step()), (Some(t), 3, None));
+    }
+
+    #[test]
+    fn switchovers_that_make_no_sense_are_refused() {
+        let [m, t, _] = ids();
+        let stranger = ReplicaId::from_u128(9);
+        let mut c = Coordinator::new([m, t], m, 0, CoordinatorConfig::default());
+        assert!(matches!(
+            c.switchover(m, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        assert!(matches!(
+            c.switchover(stranger, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        c.switchover(t, 0).unwrap();
+        assert!(matches!(
+            c.switchover(t, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        // No automatic failover while a switchover runs.
+        for _ in 0..10 {
+            c.health(m, false);
+        }
+        assert!(!drain(&mut c)
+            .iter()
+            .any(|a| matches!(a, Action::Report(Report::FailoverStarted { .. }))));
+    }
+
+    #[test]
+    fn failover_skips_unhealthy_replicas_and_takes_an_epoch_above_all_seen() {
+        let [m, a, b] = ids();
+        let config = CoordinatorConfig {
+            failed_checks: 1,
+            ..CoordinatorConfig::default()
+        };
+        let mut c = Coordinator::new([m, a, b], m, 0, config);
+        // B holds more, but its last check failed; A reported epoch 6.
+        c.observe(a, position(&[(m, 1)], 6, Role::Follower));
+        c.observe(b, position(&[(m, 1), (m, 2)], 0, Role::Follower));
+        c.health(a, true);
+        c.health(b, false);
+        c.health(m, false);
+        let actions = drain(&mut c);
+        assert!(actions.contains(&Action::Promote { node: a, epoch: 7 }));
+        assert!(actions.contains(&Action::Fence { node: m, epoch: 7 }));
+        assert_eq!(c.master(), Some(a));
+        // A fails too and B is unhealthy: no candidate.
+        c.health(a, false);
+        assert_eq!(
+            drain(&mut c).last(),
+            Some(&Action::Report(Report::NoCandidate { master: a }))
+        );
+        assert_eq!(c.master(), Some(a));
+    }
+
+    #[test]
+    fn no_candidates_means_none() {
+        assert_eq!(choose_candidate(&[]), None);
+        let id = ReplicaId::from_u128(4);
+        assert_eq!(
+            choose_candidate(&[(id, &CausalContext::new())]),
+            Some((id, 0))
+        );
+    }
+}
