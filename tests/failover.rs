@@ -319,12 +319,7 @@ impl Cluster {
         for i in order {
             let ok = self.reachable(i);
             if ok {
-                let e = &self.engines[i];
-                let position = Position {
-                    context: e.context().clone(),
-                    epoch: e.epoch(),
-                    role: e.role(),
-                };
+                let position = Position::from(&self.engines[i]);
                 self.coordinator.observe(self.ids[i], position);
             }
             self.coordinator.health(self.ids[i], ok);

@@ -119,6 +119,30 @@ pub struct Position {
     pub role: Role,
 }
 
+impl<T: crate::causal::Crdt, S: crate::hlc::TimeSource> From<&crate::sync::SyncEngine<T, S>>
+    for Position
+{
+    /// The engine's position, to hand to [`Coordinator::observe`].
+    ///
+    /// ```
+    /// use concord::ops::failover::Position;
+    /// use concord::sync::{Config, Role, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let id = ReplicaId::from_u128(1);
+    /// let e = SyncEngine::new(id, OrMap::<String, LwwRegister<u8>>::new(), ManualClock::new(0), Config::default());
+    /// let position = Position::from(&e);
+    /// assert_eq!((position.epoch, position.role), (0, Role::Master));
+    /// ```
+    fn from(engine: &crate::sync::SyncEngine<T, S>) -> Self {
+        Position {
+            context: engine.context().clone(),
+            epoch: engine.epoch(),
+            role: engine.role(),
+        }
+    }
+}
+
 /// The steps of a planned switchover, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Step {
