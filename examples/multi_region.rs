@@ -1193,7 +1193,7 @@ fn main() -> Result<()> {
             .expect("set")
             .show()
     );
-    world.settings.at[AP].promote();
+    world.settings.at[AP].promote()?;
     world.write_setting(AP, "alice/theme", "sepia")?;
     world.run_until("promoted", |w| w.converged())?;
     println!(

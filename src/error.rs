@@ -60,6 +60,78 @@ pub enum Error {
         replica: ReplicaId,
     },
 
+    /// A local write was attempted on a master that stepped down because it saw a
+    /// newer epoch: another replica was promoted (see the guide's "Failover and
+    /// fencing"). Nothing was written; send the write to the new master.
+    #[error("replica {replica} was deposed: epoch {epoch} has another master")]
+    Deposed {
+        /// The deposed replica's id.
+        replica: ReplicaId,
+        /// The newer epoch it saw.
+        epoch: u64,
+    },
+
+    /// A local write was attempted on a master–follower master that has not heard
+    /// from a majority of the replicas (itself included) within its lease
+    /// ([`Config::master_lease_ms`](crate::sync::Config::master_lease_ms)): it may be
+    /// on the minority side of a partition, so it takes no writes. Nothing was written.
+    #[error("replica {replica} has no quorum: {answered} of the {needed} replicas needed answered within the lease")]
+    NoQuorum {
+        /// The master's id.
+        replica: ReplicaId,
+        /// How many replicas (itself included) answered within the lease.
+        answered: usize,
+        /// How many make a majority.
+        needed: usize,
+    },
+
+    /// A local write was attempted on a newly promoted master–follower master that is
+    /// still waiting out the lease a previous master may hold (until `until_ms` of
+    /// its time source, or until a majority has answered in its epoch if `until_ms`
+    /// is `None`). Nothing was written; retry after the wait.
+    #[error("replica {replica} waits out the previous master's lease (until {until_ms:?})")]
+    FencingWait {
+        /// The new master's id.
+        replica: ReplicaId,
+        /// When the wait ends, once known.
+        until_ms: Option<u64>,
+    },
+
+    /// A message carrying a delta was sent in an epoch older than the receiver's
+    /// (by a deposed master, or a replica that has not yet heard of the latest
+    /// promotion). It was refused whole and nothing changed; the sender adopts the
+    /// newer epoch from the receiver's next message and its writes then flow again.
+    #[error("message from {from} is of epoch {epoch}, older than this replica's {current}")]
+    StaleEpoch {
+        /// The sender.
+        from: ReplicaId,
+        /// The epoch the message was sent in.
+        epoch: u64,
+        /// The receiver's epoch.
+        current: u64,
+    },
+
+    /// An epoch was refused: a peer's epoch too far ahead of this replica's (see
+    /// [`Config::max_epoch_ahead`](crate::sync::Config::max_epoch_ahead)), or a
+    /// promotion to an epoch not above the current one. Nothing changed.
+    #[error("invalid epoch {epoch}: {reason}")]
+    InvalidEpoch {
+        /// The epoch refused.
+        epoch: u64,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// A failover coordinator refused to start a planned switchover (see
+    /// [`Coordinator::switchover`](crate::ops::failover::Coordinator::switchover)).
+    #[error("switchover to {target} refused: {reason}")]
+    SwitchoverRefused {
+        /// The replica the switchover was to promote.
+        target: ReplicaId,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// A message came from a replica that is not in the configured peer set.
     #[error("message from unknown peer {peer}")]
     UnknownPeer {

@@ -55,7 +55,9 @@ mod message;
 mod metrics;
 mod peer;
 
-pub use engine::{AckLevel, Config, Received, Role, Snapshot, SyncEngine, Transmit, WriteReceipt};
+pub use engine::{
+    AckLevel, Config, Received, Role, Snapshot, SyncEngine, Transmit, WriteReceipt, MAX_EPOCH,
+};
 pub use hot::HotKey;
 pub use lease::{FileLease, LeaseStore, MemoryLease};
 pub use message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};

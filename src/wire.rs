@@ -1,10 +1,12 @@
 //! The wire format: a versioned JSON envelope, and the checks applied before a byte of
 //! it reaches the state.
 //!
-//! A message is one JSON object (`serde_json`). Version 2, the current one:
-//! `{"v":2,"vmax":2,"from":…,"to":…,"inc":…,"seen":{…},"delta":{…},"chunk":{…},
-//! "reply":true}`; version 1, which this build still reads and writes for peers that
-//! have not upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
+//! A message is one JSON object (`serde_json`). Version 3, the current one:
+//! `{"v":3,"vmax":3,"from":…,"to":…,"inc":…,"epoch":4,"lead":…,"echo":…,"seen":{…},
+//! "delta":{…},"chunk":{…},"reply":true}` (`epoch` is left out when 0, `lead` and
+//! `echo` when absent); version 2 is the same without `epoch`, `lead` and `echo`;
+//! version 1, which this build still reads and writes for peers that have not
+//! upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
 //! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
 //! delta, replica ids are listed once in a table (`"r"`) and every dot names its
 //! replica by index, so ids do not repeat per key.
@@ -32,6 +34,9 @@
 //!     base: CausalContext::new(),
 //!     chunk: None,
 //!     reply: true,
+//!     epoch: 0,
+//!     lead: None,
+//!     echo: None,
 //! };
 //! let bytes = wire::encode(&msg);
 //! assert_eq!(wire::decode::<OrMap<String, PnCounter>>(&bytes, 1 << 20)?, msg);
@@ -83,6 +88,12 @@ struct V2Out<'a, T> {
     from: ReplicaId,
     to: ReplicaId,
     inc: ReplicaId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lead: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    echo: Option<u64>,
     seen: &'a CausalContext,
     #[serde(skip_serializing_if = "Option::is_none")]
     delta: Option<&'a T>,
@@ -98,7 +109,8 @@ struct V2Out<'a, T> {
 ///
 /// A version-1 message carries the gap-free prefix of `seen` and of `base` (version
 /// 1 has no way to name gaps) and no chunk information; the engine never writes one
-/// that needs more.
+/// that needs more. Messages of versions 1 and 2 carry no `epoch`, `lead` or `echo`
+/// (the engine in master–follower mode speaks version 3 only).
 ///
 /// Infallible, because nothing in a state of the library's types can fail to
 /// serialize: map keys of any shape travel (as `[key, value]` pairs when they are not
@@ -128,6 +140,9 @@ pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
             from: msg.from,
             to: msg.to,
             inc: msg.inc,
+            epoch: (msg.v >= 3 && msg.epoch != 0).then_some(msg.epoch),
+            lead: msg.lead.filter(|_| msg.v >= 3),
+            echo: msg.echo.filter(|_| msg.v >= 3),
             seen: &msg.seen,
             delta: msg.delta.as_ref(),
             base: &msg.base,
@@ -320,6 +335,9 @@ pub fn decode_with<T: Crdt>(
         base,
         chunk: if m.v == 1 { None } else { m.chunk.flatten() },
         reply: m.reply.unwrap_or(false),
+        epoch: if m.v >= 3 { m.epoch.unwrap_or(0) } else { 0 },
+        lead: if m.v >= 3 { m.lead } else { None },
+        echo: if m.v >= 3 { m.echo } else { None },
     })
 }
 
@@ -365,6 +383,9 @@ struct Parsed<D> {
     from: ReplicaId,
     to: ReplicaId,
     inc: ReplicaId,
+    epoch: Option<u64>,
+    lead: Option<u64>,
+    echo: Option<u64>,
     seen: Option<CausalContext>,
     clock: Option<VectorClock>,
     base: Option<Base>,
@@ -410,6 +431,9 @@ enum Field {
     From,
     To,
     Inc,
+    Epoch,
+    Lead,
+    Echo,
     Seen,
     Clock,
     Delta,
@@ -427,6 +451,9 @@ impl Field {
             Field::From => "from",
             Field::To => "to",
             Field::Inc => "inc",
+            Field::Epoch => "epoch",
+            Field::Lead => "lead",
+            Field::Echo => "echo",
             Field::Seen => "seen",
             Field::Clock => "clock",
             Field::Delta => "delta",
@@ -461,6 +488,9 @@ impl<'de> Deserialize<'de> for Field {
                     "from" => Field::From,
                     "to" => Field::To,
                     "inc" => Field::Inc,
+                    "epoch" => Field::Epoch,
+                    "lead" => Field::Lead,
+                    "echo" => Field::Echo,
                     "seen" => Field::Seen,
                     "clock" => Field::Clock,
                     "delta" => Field::Delta,
@@ -503,6 +533,9 @@ struct Fields<D> {
     from: Option<ReplicaId>,
     to: Option<ReplicaId>,
     inc: Option<ReplicaId>,
+    epoch: Option<u64>,
+    lead: Option<u64>,
+    echo: Option<u64>,
     seen: Option<CausalContext>,
     clock: Option<VectorClock>,
     base: Option<Base>,
@@ -603,6 +636,9 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
             from: None,
             to: None,
             inc: None,
+            epoch: None,
+            lead: None,
+            echo: None,
             seen: None,
             clock: None,
             base: None,
@@ -651,6 +687,11 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
                 Field::From => f.from = Some(read.next_value()?),
                 Field::To => f.to = Some(read.next_value()?),
                 Field::Inc => f.inc = Some(read.next_value()?),
+                // Fencing scalars (version 3): read wherever they are; a message of
+                // an older version that has them keeps them out of its result.
+                Field::Epoch => f.epoch = Some(read.next_value()?),
+                Field::Lead => f.lead = Some(read.next_value()?),
+                Field::Echo => f.echo = Some(read.next_value()?),
                 Field::Other => {
                     read.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -702,6 +743,9 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
             from: f.from.expect("checked"),
             to: f.to.expect("checked"),
             inc: f.inc.expect("checked"),
+            epoch: f.epoch,
+            lead: f.lead,
+            echo: f.echo,
             seen: f.seen,
             clock: f.clock,
             base: f.base,

@@ -172,7 +172,7 @@ fn scenario(writers: usize, cap: usize, keys: u32) {
         c.heartbeat_ms(heartbeat_ms)
             .anti_entropy_ms(6 * heartbeat_ms.max(5_000))
     });
-    net.run_for(3 * heartbeat_ms); // everyone introduces itself (protocol version 2)
+    net.run_for(3 * heartbeat_ms); // everyone introduces itself (protocol version 2 or later)
     let (hub, receiver) = (0, 1);
 
     for w in 0..writers {

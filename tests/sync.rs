@@ -496,7 +496,11 @@ fn a_follower_refuses_writes_receives_deltas_and_accepts_writes_once_promoted() 
         "a follower has nothing of its own to push"
     );
 
-    f.promote();
+    assert_eq!(
+        f.promote().unwrap(),
+        1,
+        "the first promotion starts epoch 1"
+    );
     assert_eq!(f.role(), Role::Master);
     let dot = f
         .update(|m, hlc| m.write("x".to_string(), 8, hlc))

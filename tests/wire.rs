@@ -252,12 +252,15 @@ fn nested_map() {
         base: CausalContext::new(),
         chunk: None,
         reply: true,
+        epoch: 0,
+        lead: None,
+        echo: None,
     };
     golden_message("nested_map_message", &msg);
     // Version 2: the context itself, and a chunk of a stream.
     let msg = Message {
-        v: PROTOCOL_VERSION,
-        vmax: PROTOCOL_VERSION,
+        v: 2,
+        vmax: 2,
         seen: doc.context().clone(),
         chunk: Some(Chunk {
             stream: 3,
@@ -285,18 +288,41 @@ fn envelope_without_delta() {
         base: CausalContext::new(),
         chunk: None,
         reply: false,
+        epoch: 0,
+        lead: None,
+        echo: None,
     };
     golden_message("envelope_ack", &msg);
     // Version 2 names gaps: B has seen A's events 1-3 and 5.
     let mut seen = CausalContext::from(&clock);
     seen.insert(Dot::new(id(A + 1), 5));
     let msg = Message {
-        v: PROTOCOL_VERSION,
-        vmax: PROTOCOL_VERSION,
+        v: 2,
+        vmax: 2,
         seen,
         ..msg
     };
     golden_message("envelope_ack_v2", &msg);
+    // Version 3 adds the fencing epoch, and the lease fields of master–follower mode:
+    // here B supports A as the master of epoch 4 and echoes A's last send time.
+    let msg = Message {
+        v: PROTOCOL_VERSION,
+        vmax: PROTOCOL_VERSION,
+        epoch: 4,
+        echo: Some(START_MS + 250),
+        ..msg
+    };
+    golden_message("envelope_ack_v3", &msg);
+    // A version-2 message reads as epoch 0 with no lease fields, even one that
+    // carries them (only version 3 has them).
+    let v2 = std::fs::read(golden_path("envelope_ack_v2")).unwrap();
+    let v2 = wire::decode::<MvMap>(&v2, MAX_BYTES).unwrap();
+    assert_eq!((v2.v, v2.epoch, v2.lead, v2.echo), (2, 0, None, None));
+    let stray = String::from_utf8(std::fs::read(golden_path("envelope_ack_v2")).unwrap())
+        .unwrap()
+        .replacen(r#""inc":"#, r#""epoch":9,"lead":5,"inc":"#, 1);
+    let v2 = wire::decode::<MvMap>(stray.as_bytes(), MAX_BYTES).unwrap();
+    assert_eq!((v2.v, v2.epoch, v2.lead, v2.echo), (2, 0, None, None));
 }
 
 #[test]
@@ -394,6 +420,7 @@ fn every_golden_file_is_checked() {
             "engine_snapshot.json",
             "envelope_ack.json",
             "envelope_ack_v2.json",
+            "envelope_ack_v3.json",
             "lww_map_delta.json",
             "lww_register.json",
             "mv_map_siblings_answer.json",

@@ -35,6 +35,8 @@ impl Clone for Replica {
                 .max_timestamp()
                 .unwrap_or(Timestamp::new(0, 0, e.node())),
             peer_versions: peers.iter().map(|p| (p.peer, p.protocol_version)).collect(),
+            epoch: e.epoch(),
+            leader: e.leader(),
         };
         let engine =
             SyncEngine::restore(snapshot, time(), config(None)).expect("a snapshot restores");

@@ -421,6 +421,7 @@ pub fn ack_name(level: AckLevel) -> String {
         AckLevel::None => "async".into(),
         AckLevel::Peers(k) => format!("semi:{k}"),
         AckLevel::All => "sync".into(),
+        AckLevel::Quorum => "quorum".into(),
     }
 }
 

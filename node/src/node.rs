@@ -267,6 +267,9 @@ impl Node {
                 peers: acks.iter().map(|(p, c, _)| (*p, c.clone())).collect(),
                 hlc_last,
                 peer_versions: acks.iter().map(|(p, _, v)| (*p, *v)).collect(),
+                // The node runs multi-master and does not persist epochs yet.
+                epoch: 0,
+                leader: None,
             };
             SyncEngine::restore(snapshot, SystemClock, engine_config)?.with_lease(store.lease())?
         } else {
@@ -728,6 +731,8 @@ impl Node {
                     AckLevel::None => 0,
                     AckLevel::Peers(k) => k,
                     AckLevel::All => self.config.peers.len(),
+                    // A majority of the replicas, this node included.
+                    AckLevel::Quorum => self.config.peers.len().div_ceil(2),
                 };
                 tracing::debug!(
                     "write {dot} missed {} ({} of {wanted} peers hold it)",

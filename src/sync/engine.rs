@@ -113,7 +113,38 @@ pub struct Config {
     /// with [`Error::TooManySiblings`], as it was before containment, so a peer cannot
     /// grow this replica's bookkeeping without bound. 0 turns containment off.
     pub max_set_aside: u64,
+    /// Master–follower mode with fencing (`None`, the default: multi-master, and the
+    /// engine behaves as it always did). With `Some(lease_ms)`:
+    ///
+    /// * a master takes local writes only while a majority of the replicas (itself
+    ///   included) has answered it within `lease_ms`, measured on its own time source
+    ///   from when it sent what they answered; otherwise [`Error::NoQuorum`];
+    /// * every promotion starts a new epoch, strictly greater than any seen; a master
+    ///   that hears of a newer epoch steps down ([`Error::Deposed`]); a delta sent in
+    ///   an older epoch than the receiver's is refused ([`Error::StaleEpoch`]); a
+    ///   replica supports one master per epoch;
+    /// * a promoted master takes writes only once a majority is in its epoch and then
+    ///   `lease_ms + lease_ms / 4` have passed on its own clock
+    ///   ([`Error::FencingWait`] until then): the lease of any earlier master has run
+    ///   out by then, as long as the replicas' clocks *run* at rates within 10% of
+    ///   each other (their offsets do not matter).
+    ///
+    /// Every node must speak protocol version 3 ([`Config::protocol_version`]), must
+    /// be configured with the same `lease_ms`, and `lease_ms` must be at least twice
+    /// [`Config::heartbeat_ms`] (a master's heartbeats renew its lease). See the
+    /// guide's "Failover and fencing".
+    pub master_lease_ms: Option<u64>,
+    /// In master–follower mode, how far a peer's epoch may be ahead of this replica's:
+    /// a message with an epoch further ahead (or above `u64::MAX / 2`) is refused with
+    /// [`Error::InvalidEpoch`], so a hostile peer cannot push the epoch to where the
+    /// next promotion overflows. Every promotion adds 1, so the default (2^20) leaves
+    /// room for a node that slept through a million failovers.
+    pub max_epoch_ahead: u64,
 }
+
+/// The highest epoch a replica takes: promotions add 1, so this leaves room for
+/// `u64::MAX / 2` of them after it, and a hostile epoch can never overflow one.
+pub const MAX_EPOCH: u64 = u64::MAX / 2;
 
 impl Default for Config {
     fn default() -> Self {
@@ -136,6 +167,8 @@ impl Default for Config {
             chunk_window: 4,
             fold_counters: false,
             max_set_aside: 1 << 16,
+            master_lease_ms: None,
+            max_epoch_ahead: 1 << 20,
         }
     }
 }
@@ -213,6 +246,28 @@ impl Config {
     /// ```
     pub fn follower(mut self) -> Self {
         self.role = Role::Follower;
+        self
+    }
+
+    /// The same configuration in master–follower mode with fencing epochs and a
+    /// master lease of `lease_ms` (see [`Config::master_lease_ms`]).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let [m_id, f1, f2] = [1, 2, 3].map(ReplicaId::from_u128);
+    /// let config = Config::with_peers([f1, f2]).master_follower(3_000);
+    /// config.validate()?;
+    /// let mut m = SyncEngine::new(m_id, Settings::new(), ManualClock::new(1_000), config);
+    /// // No follower has answered yet: the master may be alone in a partition.
+    /// let refused = m.update(|s, hlc| s.set("volume".into(), 7, hlc));
+    /// assert!(matches!(refused, Err(Error::NoQuorum { answered: 1, needed: 2, .. })));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn master_follower(mut self, lease_ms: u64) -> Self {
+        self.master_lease_ms = Some(lease_ms);
         self
     }
 
@@ -386,6 +441,15 @@ impl Config {
         /// assert_eq!(config.max_set_aside, 0);
         /// ```
         max_set_aside: u64,
+        /// Sets [`Config::max_epoch_ahead`].
+        ///
+        /// ```
+        /// use concord::sync::Config;
+        ///
+        /// let config = Config::default().master_follower(3_000).max_epoch_ahead(1_000);
+        /// assert_eq!(config.max_epoch_ahead, 1_000);
+        /// ```
+        max_epoch_ahead: u64,
     }
 
     /// Checks that the settings make sense together. [`SyncEngine::new`] does not call
@@ -431,6 +495,20 @@ impl Config {
         if self.limits.max_siblings == 0 {
             return bad("limits.max_siblings must be at least 1");
         }
+        if let Some(lease_ms) = self.master_lease_ms {
+            if self.protocol_version < 3 {
+                return bad("master_lease_ms (master–follower mode) needs protocol_version 3");
+            }
+            if lease_ms < 2 * self.heartbeat_ms {
+                return bad("master_lease_ms must be at least twice heartbeat_ms");
+            }
+            if self.open_membership {
+                return bad("master_lease_ms needs a fixed peer set: a majority of whom?");
+            }
+            if self.max_epoch_ahead == 0 {
+                return bad("max_epoch_ahead must be at least 1");
+            }
+        }
         Ok(())
     }
 }
@@ -445,6 +523,11 @@ pub enum AckLevel {
     Peers(usize),
     /// Synchronous: done when every peer holds it.
     All,
+    /// Quorum: done when a majority of the replicas, this one included, holds it
+    /// (with 2 peers, 1 of them; with 4, 2). Any two majorities share a replica, so a
+    /// quorum read ([`crate::ops::quorum::QuorumRead`]) sees every write done at this
+    /// level, and a failover candidate chosen among a majority holds it.
+    Quorum,
 }
 
 /// What a local write produced.
@@ -497,6 +580,18 @@ pub struct Snapshot<T> {
     /// exchange in version 1 could resend everything past one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_versions: Vec<(ReplicaId, u32)>,
+    /// The fencing epoch (see [`SyncEngine::epoch`]); 0, and left out, until a
+    /// promotion.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// The master this replica supports in `epoch` (itself, if it leads it): kept so
+    /// that a restarted replica never supports two masters in one epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<ReplicaId>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn acked_any_form<'de, D: serde::Deserializer<'de>>(
@@ -586,6 +681,26 @@ pub struct SyncEngine<T: Crdt, S: TimeSource = SystemClock> {
     /// its incarnations), the highest counter it has said it has seen of itself: the
     /// bound on what others may claim of it (see `check_relayed`).
     reports: BTreeMap<ReplicaId, u64>,
+    /// The fencing epoch: the highest this replica has taken (see `epoch`).
+    epoch: u64,
+    /// The master this replica supports in `epoch` (itself if it leads it).
+    leader: Option<ReplicaId>,
+    /// Set when this master stepped down on seeing a newer epoch (that epoch).
+    deposed: Option<u64>,
+    /// A promoted master–follower master's wait before its first write.
+    fence_wait: FenceWait,
+}
+
+/// Where a promoted master–follower master stands in waiting out an earlier master's
+/// lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FenceWait {
+    /// No wait (multi-master, a follower, or the wait is over).
+    Ready,
+    /// Waiting for a majority to be in this master's epoch.
+    Majority,
+    /// A majority was in the epoch; writes from this time on (ms).
+    Until(u64),
 }
 
 impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
@@ -636,7 +751,22 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             cursor: 0,
             hot: HotKeys::default(),
             reports,
+            epoch: 0,
+            leader: None,
+            deposed: None,
+            fence_wait: FenceWait::Ready,
         }
+        .with_initial_leader()
+    }
+
+    /// In master–follower mode, a master built by configuration leads its epoch
+    /// from the start (multi-master engines name no leader, so their snapshots stay
+    /// as they were).
+    fn with_initial_leader(mut self) -> Self {
+        if self.config.master_lease_ms.is_some() && self.role == Role::Master {
+            self.leader = Some(self.node);
+        }
+        self
     }
 
     /// Writes under the node id from now on, protected by `lease` (see "Restart safety
@@ -753,6 +883,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         config.role = snapshot.role;
         let mut engine = SyncEngine::new(snapshot.node, snapshot.state, source, config);
         engine.hlc.restore_last(snapshot.hlc_last);
+        engine.epoch = snapshot.epoch.min(MAX_EPOCH);
+        engine.leader = snapshot.leader;
+        if engine.config.master_lease_ms.is_some() && engine.role == Role::Master {
+            // It may have been promoted just before the crash, with an earlier
+            // master's lease still running: wait it out again.
+            engine.fence_wait = FenceWait::Majority;
+            if engine.leader.is_none() {
+                engine.leader = Some(engine.node);
+            }
+        }
         for (peer, vmax) in &snapshot.peer_versions {
             if let Some(p) = engine.peers.get_mut(peer) {
                 p.vmax = Some(*vmax);
@@ -817,6 +957,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 .iter()
                 .filter_map(|(id, p)| Some((*id, p.vmax?)))
                 .collect(),
+            epoch: self.epoch,
+            leader: self.leader,
         })
     }
 
@@ -1144,7 +1286,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::ReadOnly`] on a follower (converted into `E`), before `f` runs; and
+    /// [`Error::ReadOnly`] on a follower (converted into `E`), before `f` runs, and in
+    /// master–follower mode [`Error::Deposed`], [`Error::NoQuorum`] and
+    /// [`Error::FencingWait`] (see [`SyncEngine::writable`]); and
     /// whatever `f` returns. The mutators fail only before changing anything, but a
     /// write that `f` completed before it failed stays written (it is part of the
     /// state, and replicates): check what the application must check before the
@@ -1158,9 +1302,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     where
         E: From<Error>,
     {
-        if self.role == Role::Follower {
-            return Err(Error::ReadOnly { replica: self.node }.into());
-        }
+        self.refresh_fence();
+        self.writable()?;
         let me = self.hlc.replica();
         let before = self
             .state
@@ -1194,7 +1337,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         self.ensure_lease(held).is_ok()
     }
 
-    /// Turns this replica into a master (a follower's failover).
+    /// Turns this replica into a master (a follower's failover) in a new epoch, one
+    /// above the highest it has seen, and returns that epoch. A failover coordinator
+    /// that knows more epochs than this replica does gives the epoch itself with
+    /// [`SyncEngine::promote_at`].
+    ///
+    /// In master–follower mode ([`Config::master_lease_ms`]) the new master takes
+    /// writes once a majority is in its epoch and the previous master's lease has
+    /// run out ([`Error::FencingWait`] until then); in multi-master mode at once.
     ///
     /// ```
     /// use concord::sync::{Config, SyncEngine};
@@ -1206,12 +1356,281 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut f = SyncEngine::new(f_id, Settings::new(), ManualClock::new(1_000), config);
     /// let refused = f.update(|m, hlc| m.set("volume".into(), 7, hlc));
     /// assert!(matches!(refused, Err(Error::ReadOnly { .. })));
-    /// f.promote(); // the master is gone
+    /// assert_eq!(f.promote()?, 1); // the master is gone: epoch 1 begins
     /// f.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
     /// # Ok::<(), concord::Error>(())
     /// ```
-    pub fn promote(&mut self) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEpoch`] if the epoch is already [`MAX_EPOCH`] (only hostile
+    /// peers get it there, and then only in `u64::MAX / 2 / max_epoch_ahead` steps).
+    pub fn promote(&mut self) -> Result<u64> {
+        let next = self.epoch.saturating_add(1);
+        self.promote_at(next)?;
+        Ok(next)
+    }
+
+    /// Turns this replica into the master of `epoch`, which must be above every epoch
+    /// it has seen (a coordinator gives one above every epoch *it* has seen: see
+    /// [`crate::ops::failover`]).
+    ///
+    /// ```
+    /// use concord::sync::{Config, Role, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (a_id, f_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let config = Config::with_peers([a_id]).follower();
+    /// let mut f = SyncEngine::new(f_id, Settings::new(), ManualClock::new(1_000), config);
+    /// f.promote_at(7)?;
+    /// assert_eq!((f.role(), f.epoch(), f.leader()), (Role::Master, 7, Some(f_id)));
+    /// assert!(matches!(f.promote_at(7), Err(Error::InvalidEpoch { epoch: 7, .. })));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEpoch`] if `epoch` is not above [`SyncEngine::epoch`] or is
+    /// above [`MAX_EPOCH`]; nothing changed.
+    pub fn promote_at(&mut self, epoch: u64) -> Result<()> {
+        if epoch <= self.epoch {
+            return Err(Error::InvalidEpoch {
+                epoch,
+                reason: "a promotion needs an epoch above every epoch this replica has seen",
+            });
+        }
+        if epoch > MAX_EPOCH {
+            return Err(Error::InvalidEpoch {
+                epoch,
+                reason: "above the highest epoch (u64::MAX / 2)",
+            });
+        }
+        self.enter_epoch(epoch, Some(self.node));
         self.role = Role::Master;
+        self.deposed = None;
+        if self.config.master_lease_ms.is_some() {
+            self.fence_wait = FenceWait::Majority;
+        }
+        Ok(())
+    }
+
+    /// Takes `epoch` as a follower: a coordinator's fence for a master it is failing
+    /// over from (if the master can still be reached), or the last step of a planned
+    /// switchover. Local writes are refused with [`Error::Deposed`] from now on, until
+    /// a promotion. An `epoch` not above this replica's only makes it a follower.
+    ///
+    /// ```
+    /// use concord::sync::{Config, Role, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let (m_id, f_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+    /// let mut m = SyncEngine::new(m_id, Settings::new(), ManualClock::new(1_000), Config::with_peers([f_id]));
+    /// m.fence(4)?; // F was promoted at epoch 4
+    /// assert_eq!((m.role(), m.epoch()), (Role::Follower, 4));
+    /// let refused = m.update(|s, hlc| s.set("volume".into(), 7, hlc));
+    /// assert!(matches!(refused, Err(Error::Deposed { epoch: 4, .. })));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEpoch`] if `epoch` is above [`MAX_EPOCH`]; nothing changed.
+    pub fn fence(&mut self, epoch: u64) -> Result<()> {
+        if epoch > MAX_EPOCH {
+            return Err(Error::InvalidEpoch {
+                epoch,
+                reason: "above the highest epoch (u64::MAX / 2)",
+            });
+        }
+        if epoch > self.epoch {
+            self.enter_epoch(epoch, None);
+        }
+        self.role = Role::Follower;
+        self.deposed = Some(self.epoch);
+        self.fence_wait = FenceWait::Ready;
+        Ok(())
+    }
+
+    /// The fencing epoch: the highest this replica has taken, by promotion or from a
+    /// peer (master–follower mode) or by [`SyncEngine::fence`]. It starts at 0 and
+    /// is kept in snapshots. In multi-master mode epochs change only by promotion and
+    /// nothing is refused for them.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let [m_id, f_id] = [1, 2].map(ReplicaId::from_u128);
+    /// let time = ManualClock::new(1_000);
+    /// let mut m = SyncEngine::new(m_id, Settings::new(), time.clone(),
+    ///     Config::with_peers([f_id]).master_follower(2_000));
+    /// let mut f = SyncEngine::new(f_id, Settings::new(), time,
+    ///     Config::with_peers([m_id]).master_follower(2_000).follower());
+    /// assert_eq!(f.promote()?, 1);
+    /// m.receive(f.sync_with(m_id)?)?; // M hears of epoch 1 and steps down
+    /// assert_eq!((m.epoch(), m.leader()), (1, Some(f_id)));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The master this replica supports in its epoch (itself if it leads it), if it
+    /// has heard from one: in master–follower mode a replica supports the first
+    /// master it hears from in an epoch, and no other in that epoch.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let [m_id, f_id] = [1, 2].map(ReplicaId::from_u128);
+    /// let config = Config::with_peers([f_id]).master_follower(2_000);
+    /// let m = SyncEngine::new(m_id, Settings::new(), ManualClock::new(0), config);
+    /// assert_eq!(m.leader(), Some(m_id));
+    /// ```
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.leader
+    }
+
+    /// How many replicas, this one included, make a majority: `peers / 2 + 1` of
+    /// `peers + 1` replicas (the count behind [`AckLevel::Quorum`] and the master
+    /// lease).
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let ids = [1, 2, 3, 4].map(ReplicaId::from_u128);
+    /// let e = SyncEngine::new(ids[0], OrMap::<String, LwwRegister<u8>>::new(),
+    ///     ManualClock::new(0), Config::with_peers(ids[1..].to_vec()));
+    /// assert_eq!(e.quorum(), 3); // 3 of 4
+    /// ```
+    pub fn quorum(&self) -> usize {
+        let replicas = self.peers.len() + 1;
+        replicas / 2 + 1
+    }
+
+    /// Whether a local write would be taken now, and if not, why (for a health
+    /// endpoint, or a router that sends writes to the master that takes them). A
+    /// promoted master's wait is worked out when messages arrive, on
+    /// [`SyncEngine::handle_timeout`] and on a write: called between them, this may
+    /// still say [`Error::FencingWait`] with no end time.
+    ///
+    /// ```
+    /// use concord::sync::{Config, SyncEngine};
+    /// use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// type Settings = OrMap<String, LwwRegister<u32>>;
+    /// let [m_id, f_id] = [1, 2].map(ReplicaId::from_u128);
+    /// let time = ManualClock::new(1_000);
+    /// let mut m = SyncEngine::new(m_id, Settings::new(), time.clone(),
+    ///     Config::with_peers([f_id]).master_follower(2_000));
+    /// let mut f = SyncEngine::new(f_id, Settings::new(), time.clone(),
+    ///     Config::with_peers([m_id]).master_follower(2_000).follower());
+    /// assert!(matches!(m.writable(), Err(Error::NoQuorum { answered: 1, needed: 2, .. })));
+    /// // M's message reaches F, F answers: a majority (both) within the lease.
+    /// let answer = f.receive(m.sync_with(f_id)?)?.reply.expect("F answers");
+    /// m.receive(answer)?;
+    /// m.writable()?;
+    /// time.advance(2_000); // a lease without an answer
+    /// assert!(matches!(m.writable(), Err(Error::NoQuorum { .. })));
+    /// assert!(matches!(f.writable(), Err(Error::ReadOnly { .. })));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadOnly`] (a follower), [`Error::Deposed`] (a master that saw a newer
+    /// epoch, or was fenced), and in master–follower mode [`Error::NoQuorum`] and
+    /// [`Error::FencingWait`].
+    pub fn writable(&self) -> Result<()> {
+        if self.role == Role::Follower {
+            return Err(match self.deposed {
+                Some(epoch) => Error::Deposed {
+                    replica: self.node,
+                    epoch,
+                },
+                None => Error::ReadOnly { replica: self.node },
+            });
+        }
+        if self.config.master_lease_ms.is_none() {
+            return Ok(());
+        }
+        let (answered, needed) = (self.lease_holders(), self.quorum());
+        if answered < needed {
+            return Err(Error::NoQuorum {
+                replica: self.node,
+                answered,
+                needed,
+            });
+        }
+        match self.fence_wait {
+            FenceWait::Ready => Ok(()),
+            FenceWait::Until(t) if self.hlc.now_ms() >= t => Ok(()),
+            FenceWait::Until(t) => Err(Error::FencingWait {
+                replica: self.node,
+                until_ms: Some(t),
+            }),
+            FenceWait::Majority => Err(Error::FencingWait {
+                replica: self.node,
+                until_ms: None,
+            }),
+        }
+    }
+
+    /// How many replicas, this one included, answered this master in its epoch
+    /// within the lease (master–follower mode).
+    fn lease_holders(&self) -> usize {
+        let Some(lease_ms) = self.config.master_lease_ms else {
+            return 0;
+        };
+        let now = self.hlc.now_ms();
+        1 + self
+            .peers
+            .values()
+            .filter(|p| {
+                p.lease_echo
+                    .is_some_and(|t| now < t.saturating_add(lease_ms))
+            })
+            .count()
+    }
+
+    /// Moves a promoted master's wait on: once a majority is in its epoch, writes
+    /// wait a lease and a quarter more (see [`Config::master_lease_ms`]); then the
+    /// wait is over.
+    fn refresh_fence(&mut self) {
+        let Some(lease_ms) = self.config.master_lease_ms else {
+            return;
+        };
+        let now = self.hlc.now_ms();
+        match self.fence_wait {
+            FenceWait::Majority if self.lease_holders() >= self.quorum() => {
+                let wait = lease_ms.saturating_add(lease_ms / 4);
+                self.fence_wait = FenceWait::Until(now.saturating_add(wait));
+            }
+            FenceWait::Until(t) if now >= t => self.fence_wait = FenceWait::Ready,
+            _ => {}
+        }
+    }
+
+    /// Takes `epoch` (above the current one), supporting `leader` in it; a master
+    /// that led an older epoch steps down.
+    fn enter_epoch(&mut self, epoch: u64, leader: Option<ReplicaId>) {
+        if self.role == Role::Master && epoch > self.epoch && leader != Some(self.node) {
+            self.role = Role::Follower;
+            self.deposed = Some(epoch);
+        }
+        self.epoch = epoch;
+        self.leader = leader;
+        self.fence_wait = FenceWait::Ready;
+        for p in self.peers.values_mut() {
+            p.echo_out = None;
+            p.lease_echo = None;
+        }
     }
 
     /// Turns this replica into a read-only follower: it still receives and serves
@@ -1235,10 +1654,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// ```
     pub fn demote(&mut self) {
         self.role = Role::Follower;
+        self.deposed = None;
+        self.fence_wait = FenceWait::Ready;
     }
 
     /// The protocol version to speak to `peer`.
     fn version_for(&self, peer: &Peer) -> u32 {
+        if self.config.master_lease_ms.is_some() {
+            // Fencing needs every node on version 3 (`Config::validate`).
+            return self.config.protocol_version;
+        }
         match peer.vmax {
             Some(theirs) => theirs.clamp(OLDEST_PROTOCOL_VERSION, self.config.protocol_version),
             None => OLDEST_PROTOCOL_VERSION.min(self.config.protocol_version),
@@ -1248,7 +1673,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// A message to `to`: what this replica has seen, and, if `against` is given, the
     /// delta since it.
     fn envelope(&self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
+        let fenced = self.config.master_lease_ms.is_some();
+        let leads = fenced && self.role == Role::Master && self.leader == Some(self.node);
         Message {
+            epoch: self.epoch,
+            lead: leads.then(|| self.hlc.now_ms()),
+            echo: self
+                .peers
+                .get(&to)
+                .and_then(|p| p.echo_out)
+                .filter(|_| fenced),
             v,
             vmax: self.config.protocol_version,
             from: self.node,
@@ -1716,8 +2150,40 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         Ok(())
     }
 
+    /// In master–follower mode, checks a message's epoch before anything changes:
+    /// version 3 (older versions carry no epoch), not absurdly far ahead, and a delta
+    /// not sent in an older epoch than this replica's.
+    fn check_epoch(&self, msg: &Message<T>) -> Result<()> {
+        if msg.v < 3 {
+            return Err(Error::UnsupportedVersion {
+                version: msg.v,
+                supported: self.config.protocol_version,
+            });
+        }
+        if msg.epoch > MAX_EPOCH
+            || msg.epoch > self.epoch.saturating_add(self.config.max_epoch_ahead)
+        {
+            return Err(Error::InvalidEpoch {
+                epoch: msg.epoch,
+                reason: "too far ahead of this replica's epoch (see Config::max_epoch_ahead)",
+            });
+        }
+        if msg.epoch < self.epoch && msg.delta.is_some() {
+            return Err(Error::StaleEpoch {
+                from: msg.from,
+                epoch: msg.epoch,
+                current: self.epoch,
+            });
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, msg: Message<T>, driver: bool) -> Result<Received<T>> {
         self.check_envelope(msg.v, msg.from, msg.to)?;
+        let fenced = self.config.master_lease_ms.is_some();
+        if fenced {
+            self.check_epoch(&msg)?;
+        }
         self.check_context(&msg.seen)?;
         self.check_context(&msg.base)?;
         // What the peer says it has seen is an acknowledgement: a claim on writes of
@@ -1816,11 +2282,36 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if let Some(ts) = &newest {
             let _ = self.hlc.observe(ts);
         }
+        // Fencing (master–follower mode): a newer epoch is taken (a master of an
+        // older one steps down), and the first master heard in an epoch is the one
+        // this replica supports in it.
+        if fenced {
+            if msg.epoch > self.epoch {
+                self.enter_epoch(msg.epoch, msg.lead.map(|_| msg.from));
+            } else if msg.epoch == self.epoch && msg.lead.is_some() && self.leader.is_none() {
+                self.leader = Some(msg.from);
+            }
+        }
+        let (epoch, leader) = (self.epoch, self.leader);
+        let leads = fenced && self.role == Role::Master && leader == Some(self.node);
         let retransmit_ms = self.config.retransmit_ms;
         let peer = self
             .peers
             .entry(msg.from)
             .or_insert_with(|| Peer::new(retransmit_ms));
+        // The lease: a supporter echoes its master's send times, and a master counts
+        // a supporter from the latest time it echoed (one of its own, so no clock
+        // offset enters; a time from the future is ignored).
+        let mut echo_owed = false;
+        if fenced && msg.epoch == epoch {
+            if let (Some(stamp), true) = (msg.lead, leader == Some(msg.from)) {
+                peer.echo_out = Some(peer.echo_out.map_or(stamp, |e| e.max(stamp)));
+                echo_owed = true;
+            }
+            if let (Some(echo), true) = (msg.echo.filter(|e| *e <= now), leads) {
+                peer.lease_echo = Some(peer.lease_echo.map_or(echo, |e| e.max(echo)));
+            }
+        }
         // Acknowledgements of one boot only grow (a late reordered message changes
         // nothing). A new boot was restored from a snapshot and may hold less than its
         // predecessor acknowledged: its context replaces the old one, and everything
@@ -1916,7 +2407,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.deadline = Some(now + peer.rto);
             peer.flight = Some(peer.offered.clone());
         }
-        let wants_answer = msg.reply || restart;
+        let wants_answer = msg.reply || restart || echo_owed;
         if driver {
             // An explicit question (a session opener, anti-entropy, or a peer that
             // skipped a delta) is answered at once with everything the peer has not
@@ -1954,6 +2445,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             self.message(msg.from, &theirs, restart)
         });
         self.forget_acknowledged();
+        self.refresh_fence();
         Ok(Received {
             outcome,
             conflicts,
@@ -2156,6 +2648,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             AckLevel::None => true,
             AckLevel::Peers(k) => holders >= k,
             AckLevel::All => holders == self.peers.len(),
+            AckLevel::Quorum => holders + 1 >= self.quorum(),
         }
     }
 
@@ -2508,6 +3001,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// ```
     pub fn handle_timeout(&mut self) {
         self.expire_flights();
+        self.refresh_fence();
     }
 
     /// When, in milliseconds of the engine's time source, the host should call

@@ -15,12 +15,20 @@ use crate::id::ReplicaId;
 ///   that misses a few old dots says exactly which), deltas larger than the message
 ///   limit travel as numbered chunks, and every message says the newest version its
 ///   sender speaks (`vmax`).
+/// * **3**: every message carries the sender's fencing epoch (`epoch`) and, in
+///   master–follower mode ([`Config::master_lease_ms`]), the lease fields `lead`
+///   (sent by a master: its send time) and `echo` (sent back by a replica that
+///   supports that master: the latest `lead` it received from it). A build that speaks
+///   only version 2 skips the fields it does not know, so multi-master clusters
+///   upgrade as before; master–follower mode needs every node on version 3.
+///
+/// [`Config::master_lease_ms`]: crate::sync::Config::master_lease_ms
 ///
 /// Peers agree on the highest version both speak: an engine talks version 1 to a peer
 /// it has not heard from yet (a version-1 build ignores the `vmax` field it does not
 /// know), and switches up as soon as the peer's messages show it speaks more. A
 /// rolling upgrade therefore never splits the cluster.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version this build still speaks.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
@@ -55,6 +63,16 @@ pub struct Message<T> {
     pub chunk: Option<Chunk>,
     /// True if the sender wants the receiver to answer with what the sender lacks.
     pub reply: bool,
+    /// The sender's fencing epoch when it sent the message (version 3; 0 in older
+    /// versions): see [`SyncEngine::epoch`](crate::sync::SyncEngine::epoch).
+    pub epoch: u64,
+    /// Set by a master–follower master that leads `epoch`: its time (ms of its time
+    /// source) when it sent the message, for the receiver to echo (version 3).
+    pub lead: Option<u64>,
+    /// Set by a replica that supports the addressee as the master of `epoch`: the
+    /// latest `lead` it received from it. The master counts the replica towards its
+    /// lease from that time, its own clock's (version 3).
+    pub echo: Option<u64>,
 }
 
 /// One piece of a delta too large for one message (protocol version 2).

@@ -66,6 +66,13 @@ pub(crate) struct Peer {
     /// held everything it had seen, its removals included): counter segments under
     /// these dots can no longer meet a removal of part of them from this peer.
     pub(crate) fold_ack: CausalContext,
+    /// Master–follower mode: the latest `lead` time it sent as the master this
+    /// replica supports, to echo back.
+    pub(crate) echo_out: Option<u64>,
+    /// Master–follower mode, at a master: the latest of this master's send times it
+    /// echoed in the master's epoch (it counts towards the lease until then plus the
+    /// lease).
+    pub(crate) lease_echo: Option<u64>,
 }
 
 impl Peer {
@@ -87,6 +94,8 @@ impl Peer {
             out: None,
             inbound: None,
             fold_ack: CausalContext::new(),
+            echo_out: None,
+            lease_echo: None,
         }
     }
 }

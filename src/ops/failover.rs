@@ -1,0 +1,793 @@
+//! A failover coordinator for master–follower deployments, sans-IO.
+//!
+//! The [`Coordinator`] never touches the network or a clock. The host feeds it what it
+//! learns: health-check results ([`Coordinator::health`]) and replica positions
+//! ([`Coordinator::observe`]: a replica's causal context, epoch and role, read from its
+//! engine), plus the time for the switchover timeout ([`Coordinator::tick`]). It answers
+//! with [`Action`]s, drained with [`Coordinator::poll_action`]: commands for the host to
+//! run on a replica's engine, and [`Report`]s of each step for the operator.
+//!
+//! | action | the host calls, on that replica's engine |
+//! |---|---|
+//! | [`Action::StopWrites`] | [`SyncEngine::demote`](crate::sync::SyncEngine::demote) |
+//! | [`Action::Promote`] | [`SyncEngine::promote_at`](crate::sync::SyncEngine::promote_at) |
+//! | [`Action::Fence`] | [`SyncEngine::fence`](crate::sync::SyncEngine::fence) |
+//!
+//! A command that cannot be delivered (the replica is down) may be dropped: safety
+//! never rests on it. The engines enforce it (configure them with
+//! [`Config::master_follower`](crate::sync::Config::master_follower)): a master takes
+//! writes only while a majority answers it within its lease; a replica supports one
+//! master per epoch; and a promoted master waits, once a majority is in its epoch,
+//! longer than a lease before its first write, so an old master cut off from the
+//! coordinator, but not from the followers, has stopped before the new one starts.
+//! That wait is the "wait longer than the lease before promoting" of failover
+//! procedures, measured where it can be measured soundly (a coordinator's "the master
+//! stopped answering me" says nothing about whether it still reaches the followers).
+//!
+//! # Choosing the candidate
+//!
+//! Among the healthy replicas other than the failed master that have reported a
+//! position: the one whose context includes every other candidate's (it dominates),
+//! else the one missing the fewest events that some candidate holds, ties broken by
+//! the smallest replica id ([`choose_candidate`]). Every write acknowledged at
+//! [`AckLevel::Quorum`](crate::sync::AckLevel::Quorum) is held by a majority, so with
+//! a majority of the replicas reporting, some candidate holds it; whatever the chosen
+//! one lacks reaches it from the others by replication (nothing is discarded).
+//!
+//! # Planned switchover
+//!
+//! [`Coordinator::switchover`] walks [`Step::StopWrites`] (the old master stops taking
+//! writes), [`Step::WaitCaughtUp`] (until the target's context includes the old
+//! master's final one: lag zero), [`Step::Promote`] (the target, in a new epoch),
+//! [`Step::Demote`] (the old master takes the new epoch as a follower) and
+//! [`Step::Done`], reporting each. If the first two steps outlast the timeout, the
+//! switchover is aborted and the old master resumes, in a new epoch of its own; once
+//! the target has been told to promote there is no way back (it may be taking
+//! writes), and the switchover runs to its end.
+//!
+//! ```
+//! use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
+//! use concord::sync::Role;
+//! use concord::{CausalContext, Dot, ReplicaId};
+//!
+//! let [m, f1, f2] = [1, 2, 3].map(ReplicaId::from_u128);
+//! let config = CoordinatorConfig { failed_checks: 2, ..CoordinatorConfig::default() };
+//! let mut coordinator = Coordinator::new([m, f1, f2], m, 0, config);
+//! // F2 holds one more of M's writes than F1.
+//! let mut ctx = CausalContext::new();
+//! ctx.insert(Dot::new(m, 1));
+//! coordinator.observe(f1, Position { context: ctx.clone(), epoch: 0, role: Role::Follower });
+//! ctx.insert(Dot::new(m, 2));
+//! coordinator.observe(f2, Position { context: ctx, epoch: 0, role: Role::Follower });
+//! for node in [f1, f2] {
+//!     coordinator.health(node, true);
+//! }
+//! coordinator.health(m, false);
+//! assert_eq!(coordinator.poll_action(), None); // one failed check is not enough
+//! coordinator.health(m, false);
+//! let actions: Vec<Action> = std::iter::from_fn(|| coordinator.poll_action()).collect();
+//! assert!(actions.contains(&Action::Fence { node: m, epoch: 1 })); // if M can be reached
+//! assert!(actions.contains(&Action::Promote { node: f2, epoch: 1 }));
+//! assert!(actions.contains(&Action::Report(Report::Promoted { node: f2, epoch: 1, missed: 0 })));
+//! assert_eq!((coordinator.master(), coordinator.epoch()), (Some(f2), 1));
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::CausalContext;
+use crate::error::{Error, Result};
+use crate::id::ReplicaId;
+use crate::resolver::Resolver;
+use crate::sync::{Role, MAX_EPOCH};
+
+/// How the coordinator behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorConfig {
+    /// How many consecutive failed health checks of the master start an automatic
+    /// failover (at least 1; default 3).
+    pub failed_checks: u32,
+    /// How long, in milliseconds of the times given to [`Coordinator::switchover`]
+    /// and [`Coordinator::tick`], a planned switchover may take to stop the old
+    /// master's writes and catch the target up before it is aborted (default 30 s).
+    pub switchover_timeout_ms: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            failed_checks: 3,
+            switchover_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Where a replica stands, as its engine says: [`SyncEngine::context`],
+/// [`SyncEngine::epoch`] and [`SyncEngine::role`].
+///
+/// [`SyncEngine::context`]: crate::sync::SyncEngine::context
+/// [`SyncEngine::epoch`]: crate::sync::SyncEngine::epoch
+/// [`SyncEngine::role`]: crate::sync::SyncEngine::role
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Every write the replica holds.
+    pub context: CausalContext,
+    /// Its fencing epoch.
+    pub epoch: u64,
+    /// Master or follower.
+    pub role: Role,
+}
+
+impl<T: crate::causal::Crdt, S: crate::hlc::TimeSource> From<&crate::sync::SyncEngine<T, S>>
+    for Position
+{
+    /// The engine's position, to hand to [`Coordinator::observe`].
+    ///
+    /// ```
+    /// use concord::ops::failover::Position;
+    /// use concord::sync::{Config, Role, SyncEngine};
+    /// use concord::{LwwRegister, ManualClock, OrMap, ReplicaId};
+    ///
+    /// let id = ReplicaId::from_u128(1);
+    /// let e = SyncEngine::new(id, OrMap::<String, LwwRegister<u8>>::new(), ManualClock::new(0), Config::default());
+    /// let position = Position::from(&e);
+    /// assert_eq!((position.epoch, position.role), (0, Role::Master));
+    /// ```
+    fn from(engine: &crate::sync::SyncEngine<T, S>) -> Self {
+        Position {
+            context: engine.context().clone(),
+            epoch: engine.epoch(),
+            role: engine.role(),
+        }
+    }
+}
+
+/// The steps of a planned switchover, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Step {
+    /// The old master was told to stop taking writes; waiting for it to report a
+    /// follower.
+    StopWrites,
+    /// The old master stopped; waiting for the target to hold everything it holds.
+    WaitCaughtUp,
+    /// The target was told to promote itself in a new epoch; waiting for it to
+    /// report a master of that epoch.
+    Promote,
+    /// The old master was told to take the new epoch as a follower; waiting for it
+    /// to report so.
+    Demote,
+    /// The target is the master, the old master a follower of its epoch.
+    Done,
+}
+
+/// What the coordinator tells the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// The master failed this many consecutive health checks: failing over.
+    FailoverStarted {
+        /// The failed master.
+        master: ReplicaId,
+        /// Consecutive failed checks.
+        failed_checks: u32,
+    },
+    /// No healthy replica with a known position can take over: the failover waits
+    /// for the next failed check (with new positions or health) to try again.
+    NoCandidate {
+        /// The failed master.
+        master: ReplicaId,
+    },
+    /// `node` was chosen and told to promote itself at `epoch`; it lacked `missed`
+    /// events that another candidate held (they reach it by replication).
+    Promoted {
+        /// The new master.
+        node: ReplicaId,
+        /// Its epoch.
+        epoch: u64,
+        /// Events some other candidate held and it did not, when chosen.
+        missed: u64,
+    },
+    /// A planned switchover to `target` entered `step`.
+    Switchover {
+        /// The replica being promoted.
+        target: ReplicaId,
+        /// The step entered.
+        step: Step,
+    },
+    /// A planned switchover to `target` timed out in `step` and was aborted: the old
+    /// master was told to resume, at `epoch`.
+    SwitchoverAborted {
+        /// The replica that was to be promoted.
+        target: ReplicaId,
+        /// The step that timed out.
+        step: Step,
+        /// The epoch the old master resumes in.
+        epoch: u64,
+    },
+}
+
+/// What the host should do next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Call [`SyncEngine::demote`](crate::sync::SyncEngine::demote) on `node` (it
+    /// stops taking writes, and keeps its epoch).
+    StopWrites {
+        /// The replica.
+        node: ReplicaId,
+    },
+    /// Call [`SyncEngine::promote_at`](crate::sync::SyncEngine::promote_at)`(epoch)`
+    /// on `node`.
+    Promote {
+        /// The replica.
+        node: ReplicaId,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Call [`SyncEngine::fence`](crate::sync::SyncEngine::fence)`(epoch)` on `node`
+    /// (best effort: a master that cannot be reached is fenced by its lease and by
+    /// the first message of the new epoch that reaches it).
+    Fence {
+        /// The replica.
+        node: ReplicaId,
+        /// The epoch it must take.
+        epoch: u64,
+    },
+    /// Tell the operator.
+    Report(Report),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Switchover {
+    target: ReplicaId,
+    old: ReplicaId,
+    step: Step,
+    deadline_ms: u64,
+    /// The epoch the target was told to promote at (from [`Step::Promote`] on).
+    epoch: u64,
+}
+
+/// The failover coordinator: see the [module documentation](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    members: BTreeSet<ReplicaId>,
+    master: Option<ReplicaId>,
+    epoch: u64,
+    failures: u32,
+    healthy: BTreeMap<ReplicaId, bool>,
+    positions: BTreeMap<ReplicaId, Position>,
+    switchover: Option<Switchover>,
+    actions: VecDeque<Action>,
+}
+
+impl Coordinator {
+    /// A coordinator of `members` (every replica), whose master is `master`, at
+    /// `epoch` (the highest epoch known; positions raise it).
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig};
+    /// use concord::ReplicaId;
+    ///
+    /// let ids = [1, 2, 3].map(ReplicaId::from_u128);
+    /// let coordinator = Coordinator::new(ids, ids[0], 0, CoordinatorConfig::default());
+    /// assert_eq!((coordinator.master(), coordinator.epoch()), (Some(ids[0]), 0));
+    /// ```
+    pub fn new(
+        members: impl IntoIterator<Item = ReplicaId>,
+        master: ReplicaId,
+        epoch: u64,
+        config: CoordinatorConfig,
+    ) -> Self {
+        let mut members: BTreeSet<ReplicaId> = members.into_iter().collect();
+        members.insert(master);
+        Coordinator {
+            config,
+            members,
+            master: Some(master),
+            epoch: epoch.min(MAX_EPOCH),
+            failures: 0,
+            healthy: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            switchover: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The replica the coordinator holds for master (the one it last promoted, or
+    /// the one at the highest epoch that reported itself master).
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig, Position};
+    /// use concord::sync::Role;
+    /// use concord::{CausalContext, ReplicaId};
+    ///
+    /// let ids = [1, 2, 3].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::new(ids, ids[0], 0, CoordinatorConfig::default());
+    /// // Someone promoted replica 3 by hand, at epoch 4.
+    /// let position = Position { context: CausalContext::new(), epoch: 4, role: Role::Master };
+    /// coordinator.observe(ids[2], position);
+    /// assert_eq!((coordinator.master(), coordinator.epoch()), (Some(ids[2]), 4));
+    /// ```
+    pub fn master(&self) -> Option<ReplicaId> {
+        self.master
+    }
+
+    /// The highest epoch known (given, issued, or reported).
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig};
+    /// use concord::ReplicaId;
+    ///
+    /// let id = ReplicaId::from_u128(1);
+    /// assert_eq!(Coordinator::new([id], id, 9, CoordinatorConfig::default()).epoch(), 9);
+    /// ```
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The step of the planned switchover under way, if any.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig, Step};
+    /// use concord::ReplicaId;
+    ///
+    /// let ids = [1, 2].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::new(ids, ids[0], 0, CoordinatorConfig::default());
+    /// assert_eq!(coordinator.step(), None);
+    /// coordinator.switchover(ids[1], 0)?;
+    /// assert_eq!(coordinator.step(), Some(Step::StopWrites));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn step(&self) -> Option<Step> {
+        self.switchover.as_ref().map(|s| s.step)
+    }
+
+    /// The next action for the host, if any.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig};
+    /// use concord::ReplicaId;
+    ///
+    /// let id = ReplicaId::from_u128(1);
+    /// let mut coordinator = Coordinator::new([id], id, 0, CoordinatorConfig::default());
+    /// assert_eq!(coordinator.poll_action(), None);
+    /// ```
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// A health-check result for `node`. Consecutive failed checks of the master
+    /// start an automatic failover once they reach
+    /// [`CoordinatorConfig::failed_checks`] (not during a planned switchover); a
+    /// successful check resets the count. Checks of other replicas say which can be
+    /// candidates (a replica never checked is not one).
+    ///
+    /// ```
+    /// use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
+    /// use concord::sync::Role;
+    /// use concord::{CausalContext, ReplicaId};
+    ///
+    /// let [m, f] = [1, 2].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::new([m, f], m, 0, CoordinatorConfig::default());
+    /// coordinator.health(m, false);
+    /// coordinator.health(m, false);
+    /// coordinator.health(m, true); // answered again: the count starts over
+    /// coordinator.health(m, false);
+    /// assert_eq!(coordinator.poll_action(), None);
+    /// coordinator.health(m, false);
+    /// coordinator.health(m, false); // three in a row, but F was never checked
+    /// assert_eq!(
+    ///     std::iter::from_fn(|| coordinator.poll_action()).last(),
+    ///     Some(Action::Report(Report::NoCandidate { master: m }))
+    /// );
+    /// ```
+    pub fn health(&mut self, node: ReplicaId, ok: bool) {
+        if !self.members.contains(&node) {
+            return;
+        }
+        self.healthy.insert(node, ok);
+        if Some(node) != self.master {
+            return;
+        }
+        if ok {
+            self.failures = 0;
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        if self.failures >= self.config.failed_checks.max(1) && self.switchover.is_none() {
+            self.fail_over(node);
+        }
+    }
+
+    /// `node`'s position, read from its engine. It raises the known epoch, names a
+    /// replica that reports itself master at a newer epoch than the known master's
+    /// the master, and moves a planned switchover on.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig, Position};
+    /// use concord::sync::Role;
+    /// use concord::{CausalContext, ReplicaId};
+    ///
+    /// let ids = [1, 2].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::new(ids, ids[0], 0, CoordinatorConfig::default());
+    /// let position = Position { context: CausalContext::new(), epoch: 3, role: Role::Follower };
+    /// coordinator.observe(ids[1], position);
+    /// assert_eq!(coordinator.epoch(), 3); // the next promotion is at 4
+    /// ```
+    pub fn observe(&mut self, node: ReplicaId, position: Position) {
+        if !self.members.contains(&node) {
+            return;
+        }
+        let epoch = position.epoch.min(MAX_EPOCH);
+        if position.role == Role::Master && epoch > self.epoch && self.switchover.is_none() {
+            self.master = Some(node);
+            self.failures = 0;
+        }
+        self.epoch = self.epoch.max(epoch);
+        self.positions.insert(node, position);
+        self.advance();
+    }
+
+    /// The time (ms), for the switchover timeout.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Report, Step};
+    /// use concord::ReplicaId;
+    ///
+    /// let [m, f] = [1, 2].map(ReplicaId::from_u128);
+    /// let config = CoordinatorConfig { switchover_timeout_ms: 5_000, ..CoordinatorConfig::default() };
+    /// let mut coordinator = Coordinator::new([m, f], m, 0, config);
+    /// coordinator.switchover(f, 1_000)?;
+    /// assert_eq!(coordinator.poll_action().unwrap(), Action::StopWrites { node: m });
+    /// coordinator.poll_action(); // the report
+    /// coordinator.tick(6_000); // M never reported that it stopped
+    /// assert_eq!(coordinator.poll_action().unwrap(), Action::Promote { node: m, epoch: 1 });
+    /// assert_eq!(
+    ///     coordinator.poll_action().unwrap(),
+    ///     Action::Report(Report::SwitchoverAborted { target: f, step: Step::StopWrites, epoch: 1 })
+    /// );
+    /// assert_eq!(coordinator.master(), Some(m));
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn tick(&mut self, now_ms: u64) {
+        let Some(s) = &self.switchover else {
+            return;
+        };
+        if now_ms < s.deadline_ms || s.step > Step::WaitCaughtUp {
+            return;
+        }
+        let (target, old, step) = (s.target, s.old, s.step);
+        self.switchover = None;
+        let epoch = self.next_epoch();
+        self.epoch = epoch;
+        self.master = Some(old);
+        self.failures = 0;
+        self.actions.push_back(Action::Promote { node: old, epoch });
+        self.actions
+            .push_back(Action::Report(Report::SwitchoverAborted {
+                target,
+                step,
+                epoch,
+            }));
+    }
+
+    /// Starts a planned switchover from the current master to `target` (see the
+    /// [module documentation](self#planned-switchover)); `now_ms` starts its timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SwitchoverRefused`] if one is already under way, `target` is not a
+    /// member or is the master already, or there is no master.
+    pub fn switchover(&mut self, target: ReplicaId, now_ms: u64) -> Result<()> {
+        let refuse = |reason| Err(Error::SwitchoverRefused { target, reason });
+        if self.switchover.is_some() {
+            return refuse("a switchover is already under way");
+        }
+        if !self.members.contains(&target) {
+            return refuse("not a member");
+        }
+        let Some(old) = self.master else {
+            return refuse("there is no master to switch from");
+        };
+        if old == target {
+            return refuse("already the master");
+        }
+        self.switchover = Some(Switchover {
+            target,
+            old,
+            step: Step::StopWrites,
+            deadline_ms: now_ms.saturating_add(self.config.switchover_timeout_ms),
+            epoch: 0,
+        });
+        self.actions.push_back(Action::StopWrites { node: old });
+        self.report_step();
+        self.advance();
+        Ok(())
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epoch.saturating_add(1).min(MAX_EPOCH)
+    }
+
+    fn report_step(&mut self) {
+        if let Some(s) = &self.switchover {
+            let report = Report::Switchover {
+                target: s.target,
+                step: s.step,
+            };
+            self.actions.push_back(Action::Report(report));
+        }
+    }
+
+    /// Moves a switchover on as far as the positions allow.
+    fn advance(&mut self) {
+        loop {
+            let Some(s) = self.switchover.clone() else {
+                return;
+            };
+            let old = self.positions.get(&s.old);
+            let target = self.positions.get(&s.target);
+            let next = match s.step {
+                Step::StopWrites => old
+                    .is_some_and(|p| p.role == Role::Follower)
+                    .then_some(Step::WaitCaughtUp),
+                Step::WaitCaughtUp => match (old, target) {
+                    (Some(o), Some(t))
+                        if o.role == Role::Follower && t.context.includes(&o.context) =>
+                    {
+                        Some(Step::Promote)
+                    }
+                    _ => None,
+                },
+                Step::Promote => target
+                    .is_some_and(|p| p.role == Role::Master && p.epoch == s.epoch)
+                    .then_some(Step::Demote),
+                Step::Demote => old
+                    .is_some_and(|p| p.role == Role::Follower && p.epoch >= s.epoch)
+                    .then_some(Step::Done),
+                Step::Done => None,
+            };
+            let Some(next) = next else {
+                return;
+            };
+            let mut s = s;
+            s.step = next;
+            match next {
+                Step::Promote => {
+                    s.epoch = self.next_epoch();
+                    self.epoch = s.epoch;
+                    self.master = Some(s.target);
+                    self.actions.push_back(Action::Promote {
+                        node: s.target,
+                        epoch: s.epoch,
+                    });
+                }
+                Step::Demote => self.actions.push_back(Action::Fence {
+                    node: s.old,
+                    epoch: s.epoch,
+                }),
+                _ => {}
+            }
+            self.switchover = Some(s);
+            self.report_step();
+            if next == Step::Done {
+                self.switchover = None;
+                self.failures = 0;
+                return;
+            }
+        }
+    }
+
+    fn fail_over(&mut self, master: ReplicaId) {
+        self.actions
+            .push_back(Action::Report(Report::FailoverStarted {
+                master,
+                failed_checks: self.failures,
+            }));
+        let candidates: Vec<(ReplicaId, &CausalContext)> = self
+            .positions
+            .iter()
+            .filter(|(id, _)| **id != master && self.healthy.get(id) == Some(&true))
+            .map(|(id, p)| (*id, &p.context))
+            .collect();
+        let Some((node, missed)) = choose_candidate(&candidates) else {
+            self.actions
+                .push_back(Action::Report(Report::NoCandidate { master }));
+            return;
+        };
+        let epoch = self.next_epoch();
+        self.epoch = epoch;
+        self.master = Some(node);
+        self.failures = 0;
+        self.actions.push_back(Action::Fence {
+            node: master,
+            epoch,
+        });
+        self.actions.push_back(Action::Promote { node, epoch });
+        self.actions.push_back(Action::Report(Report::Promoted {
+            node,
+            epoch,
+            missed,
+        }));
+    }
+}
+
+/// The failover candidate among `candidates` (replica and what it holds), with how
+/// many events it lacks that another candidate holds: the one that lacks the fewest
+/// (0 for one whose context includes every other's), ties broken by the smallest
+/// replica id. `None` if there are no candidates.
+///
+/// ```
+/// use concord::ops::failover::choose_candidate;
+/// use concord::{CausalContext, Dot, ReplicaId};
+///
+/// let [m, a, b] = [1, 2, 3].map(ReplicaId::from_u128);
+/// let (mut at_a, mut at_b) = (CausalContext::new(), CausalContext::new());
+/// at_a.insert(Dot::new(m, 1));
+/// at_b.insert(Dot::new(m, 1));
+/// at_b.insert(Dot::new(m, 2));
+/// assert_eq!(choose_candidate(&[(a, &at_a), (b, &at_b)]), Some((b, 0))); // B dominates
+/// at_a.insert(Dot::new(m, 3));
+/// assert_eq!(choose_candidate(&[(b, &at_b), (a, &at_a)]), Some((a, 1))); // a tie: the smaller id
+/// ```
+pub fn choose_candidate(candidates: &[(ReplicaId, &CausalContext)]) -> Option<(ReplicaId, u64)> {
+    let mut union = CausalContext::new();
+    for (_, ctx) in candidates {
+        union.merge_ref(ctx);
+    }
+    candidates
+        .iter()
+        .map(|(id, ctx)| (union.minus(ctx).dot_count(), *id))
+        .min()
+        .map(|(missed, id)| (id, missed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Dot;
+
+    fn ids() -> [ReplicaId; 3] {
+        [1, 2, 3].map(ReplicaId::from_u128)
+    }
+
+    fn position(dots: &[(ReplicaId, u64)], epoch: u64, role: Role) -> Position {
+        let mut context = CausalContext::new();
+        for (r, c) in dots {
+            context.insert(Dot::new(*r, *c));
+        }
+        Position {
+            context,
+            epoch,
+            role,
+        }
+    }
+
+    fn drain(c: &mut Coordinator) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    #[test]
+    fn a_switchover_walks_every_step_in_order_and_reports_each() {
+        let [m, t, other] = ids();
+        let mut c = Coordinator::new([m, t, other], m, 2, CoordinatorConfig::default());
+        c.switchover(t, 0).unwrap();
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::StopWrites { node: m },
+                Action::Report(Report::Switchover {
+                    target: t,
+                    step: Step::StopWrites
+                })
+            ]
+        );
+        // Still a master: nothing moves.
+        c.observe(m, position(&[(m, 1), (m, 2)], 2, Role::Master));
+        assert!(drain(&mut c).is_empty());
+        c.observe(m, position(&[(m, 1), (m, 2)], 2, Role::Follower));
+        assert_eq!(c.step(), Some(Step::WaitCaughtUp));
+        drain(&mut c);
+        // The target lags one write: no promotion yet.
+        c.observe(t, position(&[(m, 1)], 2, Role::Follower));
+        assert_eq!(c.step(), Some(Step::WaitCaughtUp));
+        c.observe(t, position(&[(m, 1), (m, 2)], 2, Role::Follower));
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::Promote { node: t, epoch: 3 },
+                Action::Report(Report::Switchover {
+                    target: t,
+                    step: Step::Promote
+                })
+            ]
+        );
+        // A timeout now does not abort: the target may be taking writes.
+        c.tick(u64::MAX);
+        assert!(drain(&mut c).is_empty());
+        c.observe(t, position(&[(m, 1), (m, 2)], 3, Role::Master));
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::Fence { node: m, epoch: 3 },
+                Action::Report(Report::Switchover {
+                    target: t,
+                    step: Step::Demote
+                })
+            ]
+        );
+        c.observe(m, position(&[(m, 1), (m, 2)], 3, Role::Follower));
+        assert_eq!(
+            drain(&mut c),
+            [Action::Report(Report::Switchover {
+                target: t,
+                step: Step::Done
+            })]
+        );
+        assert_eq!((c.master(), c.epoch(), c.step()), (Some(t), 3, None));
+    }
+
+    #[test]
+    fn switchovers_that_make_no_sense_are_refused() {
+        let [m, t, _] = ids();
+        let stranger = ReplicaId::from_u128(9);
+        let mut c = Coordinator::new([m, t], m, 0, CoordinatorConfig::default());
+        assert!(matches!(
+            c.switchover(m, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        assert!(matches!(
+            c.switchover(stranger, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        c.switchover(t, 0).unwrap();
+        assert!(matches!(
+            c.switchover(t, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        // No automatic failover while a switchover runs.
+        for _ in 0..10 {
+            c.health(m, false);
+        }
+        assert!(!drain(&mut c)
+            .iter()
+            .any(|a| matches!(a, Action::Report(Report::FailoverStarted { .. }))));
+    }
+
+    #[test]
+    fn failover_skips_unhealthy_replicas_and_takes_an_epoch_above_all_seen() {
+        let [m, a, b] = ids();
+        let config = CoordinatorConfig {
+            failed_checks: 1,
+            ..CoordinatorConfig::default()
+        };
+        let mut c = Coordinator::new([m, a, b], m, 0, config);
+        // B holds more, but its last check failed; A reported epoch 6.
+        c.observe(a, position(&[(m, 1)], 6, Role::Follower));
+        c.observe(b, position(&[(m, 1), (m, 2)], 0, Role::Follower));
+        c.health(a, true);
+        c.health(b, false);
+        c.health(m, false);
+        let actions = drain(&mut c);
+        assert!(actions.contains(&Action::Promote { node: a, epoch: 7 }));
+        assert!(actions.contains(&Action::Fence { node: m, epoch: 7 }));
+        assert_eq!(c.master(), Some(a));
+        // A fails too and B is unhealthy: no candidate.
+        c.health(a, false);
+        assert_eq!(
+            drain(&mut c).last(),
+            Some(&Action::Report(Report::NoCandidate { master: a }))
+        );
+        assert_eq!(c.master(), Some(a));
+    }
+
+    #[test]
+    fn no_candidates_means_none() {
+        assert_eq!(choose_candidate(&[]), None);
+        let id = ReplicaId::from_u128(4);
+        assert_eq!(
+            choose_candidate(&[(id, &CausalContext::new())]),
+            Some((id, 0))
+        );
+    }
+}

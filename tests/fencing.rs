@@ -1,0 +1,396 @@
+//! The fencing rules of master–follower mode, one at a time: epochs, the master
+//! lease, what is refused (typed, with the state unchanged), hostile epochs, and
+//! multi-master mode left exactly as it was.
+
+use concord::sync::{AckLevel, Config, Message, Role, SyncEngine, MAX_EPOCH};
+use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
+
+type Settings = OrMap<String, LwwRegister<u32>>;
+type Engine = SyncEngine<Settings, ManualClock>;
+
+const LEASE: u64 = 2_000;
+
+fn id(n: u128) -> ReplicaId {
+    ReplicaId::from_u128(n)
+}
+
+/// Nodes 1..=n in master–follower mode; node 1 the master.
+fn cluster(n: u128, time: &ManualClock) -> Vec<Engine> {
+    (1..=n)
+        .map(|i| {
+            let mut config = Config::with_peers((1..=n).filter(|p| *p != i).map(id))
+                .master_follower(LEASE)
+                .incarnation(id(100 + i));
+            if i > 1 {
+                config = config.follower();
+            }
+            config.validate().unwrap();
+            SyncEngine::new(id(i), Settings::new(), time.clone(), config)
+        })
+        .collect()
+}
+
+/// Delivers every message among the engines whose index `up` allows, until quiet.
+fn exchange(engines: &mut [Engine], up: impl Fn(usize) -> bool) {
+    for _ in 0..100 {
+        let mut busy = false;
+        for i in 0..engines.len() {
+            if !up(i) {
+                continue;
+            }
+            while let Some(t) = engines[i].poll_transmit() {
+                let to = engines.iter().position(|e| e.node() == t.to).unwrap();
+                if up(to) {
+                    engines[to].handle_bytes(&t.bytes).unwrap();
+                    busy = true;
+                }
+            }
+        }
+        if !busy {
+            return;
+        }
+    }
+    panic!("the engines did not settle");
+}
+
+fn set(e: &mut Engine, key: &str, v: u32) -> Result<(), Error> {
+    e.update(|m, hlc| m.set(key.to_string(), v, hlc))
+        .map(|_| ())
+}
+
+/// A promoted master waits for a majority in its epoch and then a lease and a
+/// quarter; the old master, cut off, loses its lease; when it returns it hears of the
+/// new epoch, steps down, and its writes still replicate.
+#[test]
+fn promotion_waits_out_the_old_lease_and_the_old_master_steps_down() {
+    let time = ManualClock::new(1_000_000);
+    let mut e = cluster(3, &time);
+    exchange(&mut e, |_| true);
+    set(&mut e[0], "a", 1).unwrap();
+    exchange(&mut e, |_| true);
+    // Node 1 is cut off.
+    time.advance(LEASE);
+    assert!(matches!(
+        set(&mut e[0], "b", 2),
+        Err(Error::NoQuorum {
+            answered: 1,
+            needed: 2,
+            ..
+        })
+    ));
+    assert_eq!(e[1].promote().unwrap(), 1);
+    // No majority in epoch 1 yet.
+    assert!(matches!(
+        set(&mut e[1], "c", 3),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    assert!(matches!(e[1].writable(), Err(Error::NoQuorum { .. })));
+    exchange(&mut e, |i| i != 0);
+    let started = time.now();
+    let until = match set(&mut e[1], "c", 3) {
+        Err(Error::FencingWait {
+            until_ms: Some(t), ..
+        }) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(until, started + LEASE + LEASE / 4);
+    time.set(until - 1);
+    e[1].handle_timeout();
+    exchange(&mut e, |i| i != 0);
+    assert!(matches!(
+        set(&mut e[1], "c", 3),
+        Err(Error::FencingWait { .. })
+    ));
+    time.set(until);
+    set(&mut e[1], "c", 3).unwrap();
+    // Node 1 returns: everything converges, and it is a deposed follower of epoch 1.
+    exchange(&mut e, |_| true);
+    time.advance(1_000);
+    for x in e.iter_mut() {
+        x.handle_timeout();
+    }
+    exchange(&mut e, |_| true);
+    assert_eq!(
+        (e[0].role(), e[0].epoch(), e[0].leader()),
+        (Role::Follower, 1, Some(id(2)))
+    );
+    assert!(matches!(
+        set(&mut e[0], "d", 4),
+        Err(Error::Deposed { epoch: 1, .. })
+    ));
+    assert_eq!(e[0].state(), e[1].state());
+    assert_eq!(e[2].state().value("a"), Some(&1));
+    assert_eq!(e[2].state().value("c"), Some(&3));
+}
+
+/// A delta sent in an older epoch is refused whole, typed, with nothing changed; an
+/// acknowledgement of an older epoch is taken (it is true); once the sender takes the
+/// new epoch its writes flow.
+#[test]
+fn a_delta_of_an_older_epoch_is_refused_and_flows_once_the_sender_catches_up() {
+    let time = ManualClock::new(1_000_000);
+    let mut e = cluster(2, &time);
+    let hello = e[1].sync_with(id(1)).unwrap();
+    let answer = e[0].receive(hello).unwrap().reply.unwrap();
+    // The follower supports the master and echoes its send time: the lease.
+    let echo = e[1].receive(answer).unwrap().reply.expect("an echo");
+    assert_eq!(e[1].leader(), Some(id(1)));
+    assert!(echo.echo.is_some());
+    e[0].receive(echo).unwrap();
+    set(&mut e[0], "a", 1).unwrap();
+    let stale = e[0].sync_with(id(2)).unwrap(); // epoch 0, with the write
+    assert_eq!(e[1].promote().unwrap(), 1);
+    let before = (
+        e[1].state().clone(),
+        e[1].epoch(),
+        e[1].metrics().messages_received,
+    );
+    assert_eq!(
+        e[1].receive(stale),
+        Err(Error::StaleEpoch {
+            from: id(1),
+            epoch: 0,
+            current: 1
+        })
+    );
+    assert_eq!(
+        (
+            e[1].state().clone(),
+            e[1].epoch(),
+            e[1].metrics().messages_received
+        ),
+        before
+    );
+    // Node 2's message (epoch 1) deposes node 1, whose next message carries the write.
+    let news = e[1].sync_with(id(1)).unwrap();
+    let reply = e[0].receive(news).unwrap().reply.unwrap();
+    assert_eq!((e[0].role(), e[0].epoch()), (Role::Follower, 1));
+    assert_eq!(reply.epoch, 1);
+    e[1].receive(reply).unwrap();
+    assert_eq!(e[1].state().value("a"), Some(&1));
+}
+
+/// A replica supports one master per epoch: of two masters promoted at the same
+/// epoch (two operators, say), only the first one a majority hears gets a lease.
+#[test]
+fn one_master_per_epoch_even_when_two_are_promoted_at_the_same_one() {
+    let time = ManualClock::new(1_000_000);
+    let mut e = cluster(3, &time);
+    e[0].demote();
+    e[0].promote_at(5).unwrap();
+    e[1].promote_at(5).unwrap();
+    // Node 3 hears node 1 first, then node 2.
+    for from in [0, 1] {
+        let msg = e[from].sync_with(id(3)).unwrap();
+        let reply = e[2].receive(msg).unwrap().reply.unwrap();
+        e[from].receive(reply).unwrap();
+    }
+    assert_eq!(e[2].leader(), Some(id(1)));
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::FencingWait {
+            until_ms: Some(_),
+            ..
+        })
+    ));
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::NoQuorum {
+            answered: 1,
+            needed: 2,
+            ..
+        })
+    ));
+    // The two masters hear each other: neither supports the other.
+    let msg = e[0].sync_with(id(2)).unwrap();
+    let reply = e[1].receive(msg).unwrap().reply.unwrap();
+    e[0].receive(reply).unwrap();
+    assert!(matches!(e[1].writable(), Err(Error::NoQuorum { .. })));
+    time.advance(LEASE + LEASE / 4);
+    let msg = e[0].sync_with(id(3)).unwrap();
+    let reply = e[2].receive(msg).unwrap().reply.unwrap();
+    e[0].receive(reply).unwrap();
+    set(&mut e[0], "x", 1).unwrap();
+    assert!(set(&mut e[1], "x", 2).is_err());
+}
+
+/// Hostile epochs: too far ahead, or past `MAX_EPOCH` (`u64::MAX` included), are
+/// refused with a typed error, nothing changed; a promotion to an epoch not above
+/// the current one is refused too.
+#[test]
+fn hostile_epochs_are_refused_and_change_nothing() {
+    let time = ManualClock::new(1_000_000);
+    let mut e = cluster(2, &time);
+    assert!(matches!(
+        set(&mut e[0], "a", 1),
+        Err(Error::NoQuorum { .. })
+    ));
+    let honest = e[0].sync_with(id(2)).unwrap();
+    for epoch in [u64::MAX, MAX_EPOCH + 1, (1 << 20) + 1] {
+        let msg = Message {
+            epoch,
+            ..honest.clone()
+        };
+        let before = (
+            e[1].state().clone(),
+            e[1].epoch(),
+            e[1].role(),
+            e[1].leader(),
+        );
+        assert!(
+            matches!(e[1].receive(msg.clone()), Err(Error::InvalidEpoch { epoch: x, .. }) if x == epoch)
+        );
+        assert!(matches!(
+            e[1].handle_bytes(&msg.encode()),
+            Err(Error::InvalidEpoch { .. })
+        ));
+        assert_eq!(
+            (
+                e[1].state().clone(),
+                e[1].epoch(),
+                e[1].role(),
+                e[1].leader()
+            ),
+            before
+        );
+    }
+    // Within the bound it is taken: a node may have slept through many failovers.
+    let msg = Message {
+        epoch: 1 << 20,
+        ..honest
+    };
+    e[1].receive(msg).unwrap();
+    assert_eq!(e[1].epoch(), 1 << 20);
+    assert!(matches!(
+        e[1].promote_at(1 << 20),
+        Err(Error::InvalidEpoch { .. })
+    ));
+    assert!(matches!(
+        e[1].promote_at(u64::MAX),
+        Err(Error::InvalidEpoch { .. })
+    ));
+    assert!(matches!(
+        e[1].fence(u64::MAX),
+        Err(Error::InvalidEpoch { .. })
+    ));
+    assert_eq!(e[1].promote().unwrap(), (1 << 20) + 1);
+}
+
+/// In master–follower mode messages of versions 1 and 2 (which carry no epoch) are
+/// refused, and the engine speaks version 3 from its first message.
+#[test]
+fn master_follower_mode_speaks_version_3_only() {
+    let time = ManualClock::new(1_000_000);
+    let mut e = cluster(2, &time);
+    let hello = e[0].sync_with(id(2)).unwrap();
+    assert_eq!(hello.v, 3);
+    let old = Message { v: 2, ..hello };
+    assert!(matches!(
+        e[1].receive(old),
+        Err(Error::UnsupportedVersion { version: 2, .. })
+    ));
+    let bad = Config::default().master_follower(LEASE).protocol_version(2);
+    assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })));
+    let bad = Config::default().master_follower(100); // below two heartbeats
+    assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })));
+    let bad = Config::default().master_follower(LEASE).open();
+    assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })));
+}
+
+/// Multi-master mode (the default) ignores epochs: a message of a newer epoch changes
+/// nothing of the receiver's epoch or role, one of an older epoch is not refused, and
+/// no lease holds writes back.
+#[test]
+fn multi_master_mode_ignores_epochs() {
+    let time = ManualClock::new(1_000_000);
+    let config = |me: u128, peer: u128| Config::with_peers([id(peer)]).incarnation(id(100 + me));
+    let mut a = SyncEngine::new(id(1), Settings::new(), time.clone(), config(1, 2));
+    let mut b = SyncEngine::new(id(2), Settings::new(), time.clone(), config(2, 1));
+    set(&mut a, "x", 1).unwrap(); // no lease, no quorum needed
+    assert_eq!(b.promote().unwrap(), 1);
+    set(&mut b, "y", 2).unwrap();
+    let msg = b.sync_with(id(1)).unwrap();
+    let far = Message {
+        epoch: u64::MAX,
+        ..msg
+    };
+    let reply = a.receive(far).unwrap().reply.unwrap();
+    assert_eq!((a.epoch(), a.role(), a.leader()), (0, Role::Master, None));
+    set(&mut a, "z", 3).unwrap();
+    b.receive(reply).unwrap(); // epoch 0 < 1: not refused
+    assert_eq!(a.state().value("y"), Some(&2));
+    assert_eq!(b.state().value("x"), Some(&1));
+    // Its messages carry no lease fields, and epoch 0 is left out of the encoding.
+    let bytes = String::from_utf8(a.sync_with(id(2)).unwrap().encode()).unwrap();
+    assert!(bytes.starts_with(r#"{"v":3,"#), "{bytes}");
+    for field in [r#""epoch""#, r#""lead""#, r#""echo""#] {
+        assert!(!bytes.contains(field), "{bytes}");
+    }
+}
+
+/// `AckLevel::Quorum`: a majority of the replicas, this one included.
+#[test]
+fn quorum_ack_level_counts_a_majority_including_self() {
+    let time = ManualClock::new(1_000_000);
+    let ids: Vec<ReplicaId> = (1..=5).map(id).collect();
+    let mut engines: Vec<Engine> = ids
+        .iter()
+        .map(|me| {
+            let peers = ids.iter().copied().filter(|p| p != me);
+            SyncEngine::new(
+                *me,
+                Settings::new(),
+                time.clone(),
+                Config::with_peers(peers),
+            )
+        })
+        .collect();
+    let dot = engines[0]
+        .update(|m, hlc| m.set("x".into(), 1, hlc))
+        .unwrap()
+        .dot
+        .unwrap();
+    assert_eq!(engines[0].quorum(), 3);
+    for k in 1..=4 {
+        let msg = engines[0].sync_with(ids[k]).unwrap();
+        let reply = engines[k].receive(msg).unwrap().reply.unwrap();
+        engines[0].receive(reply).unwrap();
+        // k peers + the writer hold it: a quorum from two peers on.
+        assert_eq!(
+            engines[0].is_replicated(dot, AckLevel::Quorum),
+            k >= 2,
+            "{k} peers"
+        );
+    }
+}
+
+/// Epoch and supported master survive a snapshot; a master restored from one waits
+/// out a lease again before writing (it may have been promoted just before a crash).
+#[test]
+fn epoch_and_leader_survive_restarts_and_a_restored_master_waits_again() {
+    let time = ManualClock::new(1_000_000);
+    let mut e = cluster(3, &time);
+    e[1].promote_at(3).unwrap();
+    exchange(&mut e, |_| true);
+    let snapshot = e[1].snapshot().unwrap();
+    assert_eq!((snapshot.epoch, snapshot.leader), (3, Some(id(2))));
+    let follower = e[2].snapshot().unwrap();
+    assert_eq!((follower.epoch, follower.leader), (3, Some(id(2))));
+    let json = serde_json::to_string(&snapshot).unwrap();
+    let config = e[1].config().clone().incarnation(id(900));
+    let restored: Engine =
+        SyncEngine::restore(serde_json::from_str(&json).unwrap(), time.clone(), config).unwrap();
+    assert_eq!(
+        (restored.epoch(), restored.leader(), restored.role()),
+        (3, Some(id(2)), Role::Master)
+    );
+    e[1] = restored;
+    exchange(&mut e, |_| true);
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::FencingWait {
+            until_ms: Some(_),
+            ..
+        })
+    ));
+}
