@@ -360,15 +360,26 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
         killed && survives
     }
 
+    /// Calls `f(folded, fold)` for every counter fold held, at every level of
+    /// nesting: the newest dot a fold folded, and the fold's own dot (see
+    /// [`DotStore::fold`]). A map uses it to find the fold a removal of a folded dot
+    /// reaches. No-op for types without segments.
+    fn for_each_fold(&self, f: &mut dyn FnMut(Dot, Dot)) {
+        let _ = f;
+    }
+
     /// True if the store may hold counter segments that [`DotStore::fold`] can fold
     /// (a counter, or a map that may hold one). Maps of other values skip the folding
     /// work on every write.
     const FOLDS: bool = false;
 
     /// Folds the segments of `op`'s replica that `stable` covers (the dots every peer
-    /// is known to hold, and after which no removal of part of them can still arrive)
-    /// into one segment tagged by `op`, in every counter inside. Called by the map
-    /// around a write; a no-op for types without segments.
+    /// is known to hold, and after which no removal of part of them made before that
+    /// acknowledgement can still arrive) into one segment with a dot of its own,
+    /// issued by `op`, in every counter inside. The fold remembers the newest dot it
+    /// folded, so that a removal made after the acknowledgement, which holds that dot
+    /// dead and never saw the fold, kills the fold too. Called by the map around a
+    /// write (whose own segment is not folded); a no-op for types without segments.
     fn fold(&mut self, op: &Op, stable: &CausalContext) {
         let _ = (op, stable);
     }

@@ -26,19 +26,122 @@
 
 use std::fmt;
 
-use crate::causal::{local_write, DotStore, Op, ReplicaTable};
+use crate::causal::{local_write, DotStore, JoinEffect, Op, ReplicaTable};
 use crate::clock::CausalContext;
 use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource};
-use crate::id::ReplicaId;
+use crate::id::{Dot, ReplicaId};
 
 /// A positive-negative counter.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PnCounter {
-    segments: DotFun<i64>,
+    segments: DotFun<Seg>,
     ctx: CausalContext,
 }
+
+/// One segment of a counter: an amount, and for a fold (see [`DotStore::fold`]) the
+/// counter of the newest dot it folded (0 for a plain update).
+///
+/// A fold is a write of its own, with a fresh dot, that takes the place of segments
+/// every peer had acknowledged. A peer can still remove the counter after that
+/// acknowledgement and before the fold reaches it: its removal then kills the old
+/// segments, which the fold already replaced, and not the fold, which it never saw.
+/// So a fold remembers what it folded: a context that holds the newest folded dot
+/// dead, and not the fold, kills the fold too (`killed_by`). The newest dot is
+/// enough: the folder folds only segments every peer acknowledged, and it has
+/// applied every removal a peer made before acknowledging them (an acknowledgement
+/// travels with the sender's unacknowledged removals); a removal made after holds
+/// every folded segment, the newest included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Seg {
+    pub(crate) n: i64,
+    pub(crate) prov: u64,
+}
+
+impl Seg {
+    fn plain(n: i64) -> Self {
+        Seg { n, prov: 0 }
+    }
+
+    /// The newest dot this segment (tagged `tag`) folded, if it is a fold.
+    fn folded(&self, tag: Dot) -> Option<Dot> {
+        (self.prov > 0).then(|| Dot::new(tag.replica(), self.prov))
+    }
+}
+
+/// True if a fold tagged `tag` that folded up to `prov` dies against a side whose
+/// context is `ctx` and whose store is `store` (None: it holds nothing of the
+/// counter): that side holds the newest folded dot dead and never saw the fold.
+fn killed_by(
+    tag: Dot,
+    prov: Option<Dot>,
+    ctx: &CausalContext,
+    store: Option<&DotFun<Seg>>,
+) -> bool {
+    prov.is_some_and(|c| {
+        !ctx.contains(tag) && ctx.contains(c) && !store.is_some_and(|s| s.contains(c))
+    })
+}
+
+/// A segment on the wire: `[replica index, counter, amount]`, and a fold's newest
+/// folded counter as a fourth element (protocol version 3; an encoder writing for an
+/// older peer leaves it out, see `wire::encoding_version`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentWire(u32, u64, i64, u64);
+
+impl serde::Serialize for SegmentWire {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let with_prov = self.3 > 0 && crate::wire::encoding_version() >= FOLD_PROVENANCE_VERSION;
+        let mut t = s.serialize_tuple(if with_prov { 4 } else { 3 })?;
+        t.serialize_element(&self.0)?;
+        t.serialize_element(&self.1)?;
+        t.serialize_element(&self.2)?;
+        if with_prov {
+            t.serialize_element(&self.3)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SegmentWire {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SegmentWire;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a segment [replica, counter, amount] or [replica, counter, amount, folded]",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<SegmentWire, A::Error> {
+                use serde::de::Error as _;
+                let i = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let c = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let n = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                let prov: u64 = seq.next_element()?.unwrap_or(0);
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(5, &self));
+                }
+                Ok(SegmentWire(i, c, n, prov))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The protocol version from which a fold's provenance travels on the wire.
+pub(crate) const FOLD_PROVENANCE_VERSION: u32 = 3;
 
 impl PnCounter {
     /// A counter at zero.
@@ -87,14 +190,14 @@ impl PnCounter {
         let delta = local_write(self, &mut ctx, &op, |c, op| {
             let me = op.dot().replica();
             let mut total = amount;
-            c.segments.entries.retain(|(d, n)| {
+            c.segments.entries.retain(|(d, s)| {
                 let mine = d.replica() == me;
                 if mine {
-                    total = total.saturating_add(*n);
+                    total = total.saturating_add(s.n);
                 }
                 !mine
             });
-            c.segments.insert(op.tag(), total);
+            c.segments.insert(op.tag(), Seg::plain(total));
         });
         self.ctx = ctx;
         // The delta names every dot of this replica: applying it replaces all of the
@@ -117,7 +220,7 @@ impl PnCounter {
     /// # Ok::<(), concord::Error>(())
     /// ```
     pub fn add(&mut self, op: &Op, amount: i64) {
-        self.segments.insert(op.tag(), amount);
+        self.segments.insert(op.tag(), Seg::plain(amount));
     }
 
     /// The current value: the sum of every contribution (saturating at the `i64`
@@ -136,7 +239,7 @@ impl PnCounter {
     /// # Ok::<(), concord::Error>(())
     /// ```
     pub fn value(&self) -> i64 {
-        let sum: i128 = self.segments.entries.iter().map(|(_, n)| *n as i128).sum();
+        let sum: i128 = self.segments.entries.iter().map(|(_, s)| s.n as i128).sum();
         sum.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
 
@@ -157,10 +260,10 @@ impl PnCounter {
     /// ```
     pub fn contributions(&self) -> Vec<(ReplicaId, i64)> {
         let mut out: Vec<(ReplicaId, i64)> = Vec::new();
-        for (d, n) in &self.segments.entries {
+        for (d, s) in &self.segments.entries {
             match out.last_mut() {
-                Some((r, total)) if *r == d.replica() => *total = total.saturating_add(*n),
-                _ => out.push((d.replica(), *n)),
+                Some((r, total)) if *r == d.replica() => *total = total.saturating_add(s.n),
+                _ => out.push((d.replica(), s.n)),
             }
         }
         out
@@ -190,10 +293,74 @@ impl fmt::Debug for PnCounter {
 }
 
 impl DotStore for PnCounter {
-    type Encoded<'a> = Vec<(u32, u64, i64)>;
-    type Decoded = crate::causal::DecodedElements<(u32, u64, i64)>;
+    type Encoded<'a> = Vec<SegmentWire>;
+    type Decoded = crate::causal::DecodedElements<SegmentWire>;
 
-    crate::dotfun::forward_to_dotfun!(segments);
+    fn is_bottom(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    fn for_each_dot(&self, f: &mut dyn FnMut(Dot)) {
+        self.segments.dots().for_each(f);
+    }
+
+    fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
+        // Folds that die here (see `Seg`): ours against their side, theirs against ours.
+        let mut dying: Vec<Dot> = Vec::new();
+        let mut their_folds: Vec<(Dot, u64)> = Vec::new();
+        for (d, s) in &self.segments.entries {
+            if killed_by(*d, s.folded(*d), other_ctx, Some(&other.segments)) {
+                dying.push(*d);
+            }
+        }
+        for (d, s) in &other.segments.entries {
+            if s.prov > 0 {
+                their_folds.push((*d, s.prov));
+                if killed_by(*d, s.folded(*d), ctx, Some(&self.segments)) {
+                    dying.push(*d);
+                }
+            }
+        }
+        let mut effect = self.segments.join(ctx, other.segments, other_ctx);
+        if !dying.is_empty() {
+            let before = self.segments.len();
+            self.segments.entries.retain(|(d, _)| !dying.contains(d));
+            if self.segments.len() != before {
+                // Ours killed, or theirs refused: both read as the join moving on.
+                effect.killed = true;
+                effect.discarded = true;
+            }
+        }
+        // A fold that reached one side through a peer of an older protocol version
+        // lost its provenance on the way: the side that knows it keeps it (the
+        // join of one segment's two forms).
+        for (d, prov) in their_folds {
+            if let Ok(i) = self.segments.entries.binary_search_by(|e| e.0.cmp(&d)) {
+                let s = &mut self.segments.entries[i].1;
+                s.prov = s.prov.max(prov);
+            }
+        }
+        effect
+    }
+
+    fn kill(&mut self, ctx: &CausalContext) -> bool {
+        let before = self.segments.len();
+        self.segments
+            .entries
+            .retain(|(d, s)| !ctx.contains(*d) && !killed_by(*d, s.folded(*d), ctx, None));
+        self.segments.len() != before
+    }
+
+    fn filtered(&self, keep: &dyn Fn(Dot) -> bool) -> Self {
+        Self {
+            segments: self.segments.filtered(keep),
+            ctx: CausalContext::new(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.segments.len()
+    }
 
     fn joined_siblings(&self, _: &CausalContext, _: &Self, _: &CausalContext) -> usize {
         // Segments are not siblings: they add up to one value.
@@ -205,56 +372,74 @@ impl DotStore for PnCounter {
         false
     }
 
+    fn update_survives(&self, removal: &CausalContext) -> bool {
+        let mut killed = false;
+        let mut survives = false;
+        for (d, s) in &self.segments.entries {
+            if removal.contains(*d) || killed_by(*d, s.folded(*d), removal, None) {
+                killed = true;
+            } else {
+                survives = true;
+            }
+        }
+        killed && survives
+    }
+
+    fn for_each_fold(&self, f: &mut dyn FnMut(Dot, Dot)) {
+        for (d, s) in &self.segments.entries {
+            if let Some(c) = s.folded(*d) {
+                f(c, *d);
+            }
+        }
+    }
+
     const FOLDS: bool = true;
 
     fn fold(&mut self, op: &Op, stable: &CausalContext) {
+        // The stable segments of this replica, not this write's own: the write's
+        // increment was seen by nobody yet, and a removal that kills the fold must
+        // not take it along. The fold gets a dot of its own.
         let me = op.dot().replica();
-        let mut stable_count = 0;
-        let mut own_write = None;
-        for (d, _) in &self.segments.entries {
-            if d.replica() != me {
-                continue;
-            }
-            if op.issued(*d) {
-                own_write = Some(*d);
-            } else if stable.contains(*d) {
-                stable_count += 1;
-            }
-        }
-        // Worth a fold: two stable segments, or one beside this write's own segment.
-        if stable_count + usize::from(own_write.is_some()) < 2 || stable_count == 0 {
-            return;
-        }
+        let folds = |d: &Dot| d.replica() == me && !op.issued(*d) && stable.contains(*d);
+        let mut count = 0usize;
+        let mut newest = 0u64;
         // Summed wide: a fold whose sum would not fit in one segment is not made, so
         // the value reads the same however the segments are grouped (it is summed
         // wide too, and clamped only at the end).
-        let total: i128 = self
-            .segments
-            .entries
-            .iter()
-            .filter(|(d, _)| d.replica() == me && (op.issued(*d) || stable.contains(*d)))
-            .map(|(_, n)| *n as i128)
-            .sum();
+        let mut total: i128 = 0;
+        for (d, s) in &self.segments.entries {
+            if folds(d) {
+                count += 1;
+                newest = newest.max(d.counter());
+                total += s.n as i128;
+            }
+        }
+        if count < 2 {
+            return;
+        }
         let Ok(total) = i64::try_from(total) else {
             return;
         };
-        self.segments
-            .entries
-            .retain(|(d, _)| !(d.replica() == me && (op.issued(*d) || stable.contains(*d))));
-        let tag = own_write.unwrap_or_else(|| op.tag());
-        self.segments.insert(tag, total);
+        self.segments.entries.retain(|(d, _)| !folds(d));
+        self.segments.insert(
+            op.tag(),
+            Seg {
+                n: total,
+                prov: newest,
+            },
+        );
     }
 
     fn foldable(&self, me: ReplicaId, stable: &CausalContext) -> (usize, usize) {
         let mut own = 0;
         let mut covered = 0;
         let mut sum: i128 = 0;
-        for (d, n) in &self.segments.entries {
+        for (d, s) in &self.segments.entries {
             if d.replica() == me {
                 own += 1;
                 if stable.contains(*d) {
                     covered += 1;
-                    sum += *n as i128;
+                    sum += s.n as i128;
                 }
             }
         }
@@ -266,12 +451,29 @@ impl DotStore for PnCounter {
     }
 
     fn encode<'a>(&'a self, table: &mut ReplicaTable) -> Self::Encoded<'a> {
-        self.segments.encode(table, |i, c, n| (i, c, *n))
+        self.segments
+            .encode(table, |i, c, s| SegmentWire(i, c, s.n, s.prov))
     }
 
     fn decode(decoded: Self::Decoded, replicas: &[ReplicaId]) -> Result<Self> {
+        let mut bad = None;
+        let triples = decoded.into_iter().map(|SegmentWire(i, c, n, prov)| {
+            // A fold folded older dots of its own replica.
+            if prov >= c && bad.is_none() {
+                bad = Some((i, c));
+            }
+            (i, c, Seg { n, prov })
+        });
+        let segments = DotFun::decode(triples.collect::<Vec<_>>(), replicas)?;
+        if let Some((i, c)) = bad {
+            let dot = crate::causal::decode_dot(replicas, i, c)?;
+            return Err(crate::Error::InvalidDot {
+                dot,
+                reason: "a fold names a folded dot that is not older than its own",
+            });
+        }
         Ok(PnCounter {
-            segments: DotFun::decode(decoded, replicas)?,
+            segments,
             ctx: CausalContext::new(),
         })
     }

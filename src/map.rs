@@ -175,6 +175,11 @@ pub struct OrMap<K, V> {
     ctx: CausalContext,
     /// Live dot -> position in `entries` (standalone maps only).
     index: DotMap<usize>,
+    /// For every counter fold held (standalone maps of counters only): the newest dot
+    /// it folded -> the fold's own dot, so that a removal naming the folded dot finds
+    /// the fold (see [`DotStore::fold`]). Entries whose fold has died since are
+    /// harmless (a lookup checks the index) and dropped at the next `prune`.
+    provs: DotMap<Dot>,
     log: RemovalLog,
     /// A reusable buffer for the dots of the value being written.
     scratch: Vec<Dot>,
@@ -214,6 +219,7 @@ impl<K: Clone, V: Clone> Clone for OrMap<K, V> {
             entries: self.entries.clone(),
             ctx: self.ctx.clone(),
             index,
+            provs: self.provs.clone(),
             log: self.log.clone(),
             scratch: Vec::new(),
             folding: self.folding.clone(),
@@ -227,6 +233,7 @@ impl<K, V> Default for OrMap<K, V> {
             entries: IndexMap::new(),
             ctx: CausalContext::new(),
             index: DotMap::default(),
+            provs: DotMap::default(),
             log: RemovalLog::default(),
             scratch: Vec::new(),
             folding: Folding::default(),
@@ -656,6 +663,15 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             self.index.insert(*d, pos);
         }
         self.scratch = before;
+        if V::FOLDS {
+            let value = &self.entries[pos];
+            let provs = &mut self.provs;
+            value.for_each_fold(&mut |folded, fold| {
+                if op.issued(fold) {
+                    provs.insert(folded, fold);
+                }
+            });
+        }
         let delta = delta_value.map(|delta_value| {
             let mut delta = OrMap::new();
             op.record(&mut delta.ctx);
@@ -890,6 +906,20 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
     }
 
+    /// Adds the live fold `fold` (held at `pos`) to `out`, beside what `out` holds of
+    /// the same key; returns 1.
+    fn carry_fold(&self, fold: Dot, pos: usize, out: &mut Self) -> usize {
+        let (k, v) = self.entries.get_index(pos).expect("position in range");
+        let mut have = Vec::new();
+        if let Some(existing) = out.entries.get(k) {
+            existing.for_each_dot(&mut |x| have.push(x));
+        }
+        let part = v.filtered(&|x| x == fold || have.contains(&x));
+        out.entries.insert(k.clone(), part);
+        out.ctx.insert(fold);
+        1
+    }
+
     fn rebuild_index(&mut self) {
         self.index.clear();
         let index = &mut self.index;
@@ -897,6 +927,71 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             v.for_each_dot(&mut |d| {
                 index.insert(d, pos);
             });
+        }
+        if V::FOLDS {
+            self.provs.clear();
+            for v in self.entries.values() {
+                Self::note_folds(&mut self.provs, v);
+            }
+        }
+    }
+
+    /// Records the folds `value` holds in `provs` (see [`OrMap::provs`]).
+    fn note_folds(provs: &mut DotMap<Dot>, value: &V) {
+        value.for_each_fold(&mut |folded, fold| {
+            provs.insert(folded, fold);
+        });
+    }
+
+    /// The position of the live fold that folded `dot`, if any.
+    fn fold_of(&self, dot: Dot) -> Option<(Dot, usize)> {
+        let fold = *self.provs.get(&dot)?;
+        Some((fold, *self.index.get(&fold)?))
+    }
+
+    /// Makes a delta this map built name every fold that folded a dot it names: a
+    /// peer that read a folded dot dead without the fold would take a removal for it
+    /// and kill the fold when it arrives (see [`DotStore::fold`]). A dead fold goes
+    /// along as its dot; a live one whole, or, with `carry` false (a chunk, whose
+    /// size is budgeted), the folded dot is left out instead: it goes with the fold,
+    /// which names it (see `seal`). Looked up from the smaller side: the delta's
+    /// dots, or the folds held.
+    fn close_over_folds(&self, out: &mut Self, carry: bool) {
+        if !V::FOLDS || self.provs.is_empty() {
+            return;
+        }
+        let named: Vec<(Dot, Dot)> = if out.ctx.dot_count() <= self.provs.len() as u64 {
+            out.ctx
+                .dots()
+                .filter_map(|d| self.provs.get(&d).map(|&f| (d, f)))
+                .collect()
+        } else {
+            self.provs
+                .iter()
+                .filter(|(d, _)| out.ctx.contains(**d))
+                .map(|(&d, &f)| (d, f))
+                .collect()
+        };
+        let mut deferred = CausalContext::new();
+        for (folded, fold) in named {
+            if out.ctx.contains(fold) {
+                continue;
+            }
+            match self.index.get(&fold) {
+                Some(_) if !carry => {
+                    deferred.insert(folded);
+                }
+                Some(&pos) => {
+                    self.carry_fold(fold, pos, out);
+                }
+                None if self.ctx.contains(fold) => {
+                    out.ctx.insert(fold);
+                }
+                None => {}
+            }
+        }
+        if !deferred.is_empty() {
+            out.ctx = out.ctx.minus(&deferred);
         }
     }
 
@@ -906,6 +1001,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             entries: self.entries.clone(),
             ctx: self.ctx.clone(),
             index: self.index.clone(),
+            provs: self.provs.clone(),
             log: RemovalLog::default(),
             scratch: Vec::new(),
             folding: Folding::default(),
@@ -919,6 +1015,13 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// a peer below that gets all of it).
     fn seal(&mut self) {
         self.rebuild_index();
+        if V::FOLDS {
+            // Whoever learns a fold learns that what it folded is gone (the fold's
+            // own write says so; a relayed part of the state must too).
+            for (&folded, _) in self.provs.iter() {
+                self.ctx.insert(folded);
+            }
+        }
         self.log = RemovalLog {
             floor: self.ctx.clone(),
             ..RemovalLog::default()
@@ -963,7 +1066,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         } else {
             DotMap::default()
         };
-        let newly_dead: Vec<Dot> = if enumerate {
+        let mut newly_dead: Vec<Dot> = if enumerate {
             their_ctx
                 .dots()
                 .filter(|d| {
@@ -999,11 +1102,42 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                     let conflict = C::ACTIVE && value.races(&self.ctx, &their_value, &their_ctx);
                     let report = conflict.then(|| (value.clone(), their_value.clone()));
                     effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
-                    for d in &before {
-                        if their_ctx.contains(*d) && theirs.binary_search(d).is_err() {
-                            self.index.remove(d);
+                    if V::FOLDS {
+                        // A fold may die without its dot in their context (see
+                        // `DotStore::fold`): what left is what is no longer held.
+                        let mut after = Vec::new();
+                        value.for_each_dot(&mut |d| after.push(d));
+                        after.sort_unstable();
+                        for d in &before {
+                            if after.binary_search(d).is_err() {
+                                self.index.remove(d);
+                                if enumerate && !their_ctx.contains(*d) {
+                                    newly_dead.push(*d);
+                                }
+                            }
+                        }
+                        // And a fold of theirs refused on arrival: told on, so that
+                        // a peer holding it learns it is gone.
+                        for d in &theirs {
+                            if enumerate
+                                && !self.ctx.contains(*d)
+                                && after.binary_search(d).is_err()
+                            {
+                                newly_dead.push(*d);
+                            }
+                        }
+                        let provs = &mut self.provs;
+                        value.for_each_fold(&mut |folded, fold| {
+                            provs.insert(folded, fold);
+                        });
+                    } else {
+                        for d in &before {
+                            if their_ctx.contains(*d) && theirs.binary_search(d).is_err() {
+                                self.index.remove(d);
+                            }
                         }
                     }
+                    let value = &mut self.entries[pos];
                     let index = &mut self.index;
                     value.for_each_dot(&mut |d| {
                         index.insert(d, pos);
@@ -1024,13 +1158,30 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                 }
                 None => {
                     let mut value = V::default();
+                    if V::FOLDS && enumerate {
+                        // A fold of theirs refused on arrival (see above).
+                        theirs.clear();
+                        their_value.for_each_dot(&mut |d| theirs.push(d));
+                    }
                     effect = effect.or(value.join(&self.ctx, their_value, &their_ctx));
+                    if V::FOLDS && enumerate {
+                        let mut after = Vec::new();
+                        value.for_each_dot(&mut |d| after.push(d));
+                        for d in &theirs {
+                            if !self.ctx.contains(*d) && !after.contains(d) {
+                                newly_dead.push(*d);
+                            }
+                        }
+                    }
                     if !value.is_bottom() {
                         let pos = self.entries.len();
                         let index = &mut self.index;
                         value.for_each_dot(&mut |d| {
                             index.insert(d, pos);
                         });
+                        if V::FOLDS {
+                            Self::note_folds(&mut self.provs, &value);
+                        }
                         self.entries.insert(key, value);
                     }
                 }
@@ -1043,7 +1194,10 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         let touched: Vec<usize> = if their_ctx.dot_count() <= original_len as u64 {
             let mut touched: Vec<usize> = their_ctx
                 .dots()
-                .filter_map(|d| self.index.get(&d).copied())
+                .filter_map(|d| {
+                    // A dot folded here is reached through its fold.
+                    (self.index.get(&d).copied()).or_else(|| self.fold_of(d).map(|(_, pos)| pos))
+                })
                 .filter(|&pos| pos < original_len && visited.binary_search(&pos).is_err())
                 .collect();
             touched.sort_unstable();
@@ -1061,7 +1215,11 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             let value = &mut self.entries[pos];
             scratch.clear();
             value.for_each_dot(&mut |d| scratch.push(d));
-            if scratch.iter().all(|d| !their_ctx.contains(*d)) {
+            let mut reached = scratch.iter().any(|d| their_ctx.contains(*d));
+            if V::FOLDS && !reached {
+                value.for_each_fold(&mut |folded, _| reached |= their_ctx.contains(folded));
+            }
+            if !reached {
                 continue;
             }
             // A removal (or an overwrite elsewhere) that meets an update it had not
@@ -1080,9 +1238,22 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                 });
             }
             let value = &mut self.entries[pos];
-            for d in &scratch {
-                if their_ctx.contains(*d) {
-                    self.index.remove(d);
+            if V::FOLDS {
+                let mut after = Vec::new();
+                value.for_each_dot(&mut |d| after.push(d));
+                for d in &scratch {
+                    if !after.contains(d) {
+                        self.index.remove(d);
+                        if enumerate && !their_ctx.contains(*d) {
+                            newly_dead.push(*d);
+                        }
+                    }
+                }
+            } else {
+                for d in &scratch {
+                    if their_ctx.contains(*d) {
+                        self.index.remove(d);
+                    }
                 }
             }
             if value.is_bottom() {
@@ -1561,6 +1732,14 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
 
     const FOLDS: bool = V::FOLDS;
 
+    fn for_each_fold(&self, f: &mut dyn FnMut(Dot, Dot)) {
+        if V::FOLDS {
+            for v in self.entries.values() {
+                v.for_each_fold(f);
+            }
+        }
+    }
+
     fn fold(&mut self, op: &Op, stable: &CausalContext) {
         if V::FOLDS {
             for v in self.entries.values_mut() {
@@ -1654,6 +1833,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             }
             self.add_unheld(&causes, &mut delta.ctx);
         }
+        self.close_over_folds(&mut delta, true);
         delta.seal();
         delta
     }
@@ -1690,6 +1870,15 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                     for &d in dead.iter().filter(|d| upto.contains(**d)) {
                         out.ctx.insert(d);
                         items += 1;
+                        // A fold's removal of what it folded goes with the fold, even
+                        // one made since the stream began (see `close_over_folds`).
+                        if V::FOLDS {
+                            if let Some((fold, pos)) = self.fold_of(d) {
+                                if !out.ctx.contains(fold) {
+                                    items += self.carry_fold(fold, pos, &mut out);
+                                }
+                            }
+                        }
                     }
                     // With the writes that made them (a fold of counter segments, say):
                     // a removal must not arrive alone, even for the length of a stream.
@@ -1764,6 +1953,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 cursor.phase = 3;
             }
         }
+        self.close_over_folds(&mut out, false);
         out.seal();
         out
     }
@@ -1945,6 +2135,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
 
     fn prune(&mut self, stable: &CausalContext) {
         self.log.prune(stable);
+        if V::FOLDS {
+            let index = &self.index;
+            self.provs.retain(|_, fold| index.contains_key(fold));
+        }
     }
 
     fn fold_stable<S: TimeSource>(

@@ -121,6 +121,7 @@ struct V2Out<'a, T> {
 /// [`DotStore::Encoded`](crate::DotStore::Encoded) form; one that breaks it makes
 /// this panic.
 pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+    let _version = EncodingVersion::set(msg.v);
     let written = if msg.v <= 1 {
         serde_json::to_vec(&V1Out {
             v: msg.v,
@@ -151,6 +152,33 @@ pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
         })
     };
     written.expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+}
+
+thread_local! {
+    /// The protocol version [`encode`] is writing (the newest outside it: snapshots).
+    static ENCODING: std::cell::Cell<u32> = const { std::cell::Cell::new(PROTOCOL_VERSION) };
+}
+
+/// The protocol version the message being encoded on this thread is written in, so
+/// that a value leaves out what an older peer would refuse (a counter fold's
+/// provenance before version 3); [`PROTOCOL_VERSION`] outside [`encode`].
+pub(crate) fn encoding_version() -> u32 {
+    ENCODING.with(|e| e.get())
+}
+
+/// Sets [`encoding_version`] until dropped (restored on panic too).
+struct EncodingVersion(u32);
+
+impl EncodingVersion {
+    fn set(v: u32) -> Self {
+        EncodingVersion(ENCODING.with(|e| e.replace(v)))
+    }
+}
+
+impl Drop for EncodingVersion {
+    fn drop(&mut self) {
+        ENCODING.with(|e| e.set(self.0));
+    }
 }
 
 /// The part of a message that says who sent it to whom, in which version: read, and

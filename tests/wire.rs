@@ -325,6 +325,39 @@ fn envelope_without_delta() {
     assert_eq!((v2.v, v2.epoch, v2.lead, v2.echo), (2, 0, None, None));
 }
 
+/// Version 3: a counter segment made by folding others names the newest dot it
+/// folded (a fourth element). Written for a version-2 peer, the fold is a plain
+/// segment, which that peer reads.
+#[test]
+fn counter_fold_provenance() {
+    let mut hlc = Hlc::new(id(A + 1), ManualClock::new(START_MS));
+    let mut m: OrMap<String, PnCounter> = OrMap::new();
+    for n in [2, 3] {
+        m.increment("likes".into(), n, &mut hlc).unwrap();
+    }
+    let stable = m.context().clone();
+    assert!(m.fold_stable(&stable, &mut hlc).unwrap());
+    assert_eq!(m.count("likes"), 5);
+    assert_eq!(m.get("likes").map(concord::DotStore::size), Some(1));
+    let msg = Message {
+        v: PROTOCOL_VERSION,
+        vmax: PROTOCOL_VERSION,
+        from: id(A),
+        to: id(B),
+        inc: id(A + 1),
+        seen: m.context().clone(),
+        delta: Some(m.clone()),
+        base: CausalContext::new(),
+        chunk: None,
+        reply: false,
+    };
+    golden_message("counter_fold_message_v3", &msg);
+    let older = Message { v: 2, ..msg };
+    let bytes = golden("counter_fold_message_as_v2", &wire::encode(&older));
+    let read = wire::decode::<OrMap<String, PnCounter>>(&bytes, MAX_BYTES).unwrap();
+    assert_eq!(read.delta.unwrap().count("likes"), 5);
+}
+
 #[test]
 fn standalone_values() {
     let time = ManualClock::new(START_MS);
@@ -415,6 +448,8 @@ fn every_golden_file_is_checked() {
     assert_eq!(
         names,
         [
+            "counter_fold_message_as_v2.json",
+            "counter_fold_message_v3.json",
             "counter_map_after_remove.json",
             "counter_map_removal_delta.json",
             "engine_snapshot.json",

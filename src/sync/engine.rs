@@ -2554,6 +2554,15 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if self.role == Role::Follower || !self.config.fold_counters {
             return;
         }
+        // A fold's provenance travels from version 3 on: a peer that would receive
+        // the fold as a plain segment could not tell a removal of what it folded.
+        if self
+            .peers
+            .values()
+            .any(|p| self.version_for(p) < crate::counter::FOLD_PROVENANCE_VERSION)
+        {
+            return;
+        }
         let me = self.hlc.replica();
         let ctx = self.state.context();
         let mut floor: Option<CausalContext> = None;

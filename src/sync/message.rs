@@ -21,6 +21,11 @@ use crate::id::ReplicaId;
 ///   supports that master: the latest `lead` it received from it). A build that speaks
 ///   only version 2 skips the fields it does not know, so multi-master clusters
 ///   upgrade as before; master–follower mode needs every node on version 3.
+///   A counter segment made by folding others carries the newest dot it folded (a
+///   fourth element), so that a removal of what it folded takes it too (see
+///   [`Config::fold_counters`](crate::sync::Config::fold_counters)); a replica folds
+///   only while every peer speaks 3, and writes a fold to an older peer as a plain
+///   segment.
 ///
 /// [`Config::master_lease_ms`]: crate::sync::Config::master_lease_ms
 ///
