@@ -408,9 +408,8 @@ fn without_folding_a_removal_after_acknowledging_holds() {
     assert_eq!(remove_after_acknowledging(false), 0);
 }
 
-/// Why folding is off by default: with it, the fold B made of the segments A had
-/// acknowledged survives A's later removal. Ignored while it fails; the fix is for a
-/// fold to keep its provenance, so that a removal of what it folded takes it too.
+/// The fold B made of the segments A had acknowledged names the newest of them, which
+/// A's later removal holds dead: the removal takes the fold too.
 #[test]
 fn with_folding_a_removal_after_acknowledging_holds() {
     assert_eq!(remove_after_acknowledging(true), 0);

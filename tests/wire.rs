@@ -350,6 +350,9 @@ fn counter_fold_provenance() {
         base: CausalContext::new(),
         chunk: None,
         reply: false,
+        epoch: 0,
+        lead: None,
+        echo: None,
     };
     golden_message("counter_fold_message_v3", &msg);
     let older = Message { v: 2, ..msg };

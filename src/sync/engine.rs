@@ -88,18 +88,24 @@ pub struct Config {
     /// How many chunks of one catch-up may be unacknowledged at once.
     pub chunk_window: u32,
     /// Whether this master folds its own stable counter segments (see
-    /// [`Crdt::fold_stable`]); **off by default**. A fold is a write of its own: a
-    /// removal that a peer makes after acknowledging the folded segments, but before
-    /// the fold reaches it, takes away the old segments and not the fold, so the
-    /// counter comes back with its folded total (both masters converge on it; see
-    /// `tests/hot_counter.rs`). Turn it on for counters that are never removed
-    /// (likes, views, quotas), where it keeps a hot counter at one segment per
-    /// master instead of one per update.
+    /// [`Crdt::fold_stable`]); **off by default**. Once every peer has acknowledged
+    /// a master's segments of a counter (in acknowledgements read after the senders'
+    /// earlier removals had arrived), the master folds them into one segment, a write
+    /// of its own that names the newest dot it folded: a removal made after those
+    /// acknowledgements holds that dot dead and never saw the fold, and takes the
+    /// fold too, so a counter removed while another master folds it stays removed.
+    /// It keeps a hot counter at a few segments per master instead of one per update
+    /// (a million increments: 3 segments, 272 bytes).
     ///
-    /// Folding also assumes that `peers` is every replica that may remove a counter
-    /// (a full mesh) and that peers restart from their latest state: a removal from
-    /// a replica that is not a peer, or from one restored from an older snapshot, may
-    /// not take away increments folded since (the replicas still converge).
+    /// **Precondition: masters restart from everything they had acknowledged** (a
+    /// node that persists before it sends, like `concord-node` with `fsync =
+    /// "always"`). A master restored from an older state may remove a counter having
+    /// seen only part of what a peer folded since: the removed increments can come
+    /// back, and (rarely, when a fold of a fold races it) replicas can diverge. Leave
+    /// folding off with weaker durability or with restores from backups. Folding also
+    /// assumes that `peers` is every replica that may remove a counter (a full mesh),
+    /// and waits until every peer speaks protocol version 3 (a fold travels to an
+    /// older peer as a plain segment).
     ///
     /// Folding waits for *every* peer: while one is unreachable, this master's new
     /// segments stay unfolded (about 11 bytes of state per increment) and fold once
@@ -2327,6 +2333,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let mut replaced_boot = false;
         if peer.boot == Some(msg.inc) {
             peer.acked.merge_ref(&msg.seen);
+            if msg.v >= 2 {
+                peer.exact_acked.merge_ref(&msg.seen);
+                if peer.exact_acked.range_count() > self.config.limits.max_context_ranges {
+                    peer.exact_acked = msg.seen.clone();
+                }
+            }
             // Bounded: an honest peer's context only grows, so the union is its
             // latest report; a peer sending ever new gaps is held to its last one.
             if peer.acked.range_count() > self.config.limits.max_context_ranges {
@@ -2338,6 +2350,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             // and its answer puts this right.)
             peer.boot = Some(msg.inc);
             peer.acked = msg.seen.clone();
+            peer.exact_acked = if msg.v >= 2 {
+                msg.seen.clone()
+            } else {
+                CausalContext::new()
+            };
             peer.offered = msg.seen.clone();
             peer.out = None;
             peer.inbound = None;
@@ -2567,8 +2584,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let ctx = self.state.context();
         let mut floor: Option<CausalContext> = None;
         for p in self.peers.values_mut() {
-            if ctx.includes(&p.acked) {
-                p.fold_ack = p.acked.only(me);
+            if ctx.includes(&p.exact_acked) {
+                p.fold_ack = p.exact_acked.only(me);
             }
             floor = Some(match floor {
                 None => p.fold_ack.clone(),

@@ -66,6 +66,12 @@ pub(crate) struct Peer {
     /// held everything it had seen, its removals included): counter segments under
     /// these dots can no longer meet a removal of part of them from this peer.
     pub(crate) fold_ack: CausalContext,
+    /// `acked`, from messages of version 2 or later only: their context is the
+    /// sender's whole context, its own latest writes and removals included. A
+    /// version-1 acknowledgement is a gap-free prefix, which can leave out a removal
+    /// the sender made after a gap (a restarted boot's first dots), so it cannot
+    /// tell that every earlier removal of the sender has arrived (folding needs that).
+    pub(crate) exact_acked: CausalContext,
     /// Master–follower mode: the latest `lead` time it sent as the master this
     /// replica supports, to echo back.
     pub(crate) echo_out: Option<u64>,
@@ -94,6 +100,7 @@ impl Peer {
             out: None,
             inbound: None,
             fold_ack: CausalContext::new(),
+            exact_acked: CausalContext::new(),
             echo_out: None,
             lease_echo: None,
         }

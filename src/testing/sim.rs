@@ -273,6 +273,8 @@ pub struct Sim<T: Crdt + Default> {
     config: Config,
     /// The last dot of every local write (to catch a dot issued twice).
     issued: std::collections::HashSet<Dot>,
+    /// Crashed nodes restart from their state at the crash (see `with_durable_crashes`).
+    durable_crashes: bool,
 }
 
 impl<T: Crdt + Default> Sim<T> {
@@ -322,6 +324,7 @@ impl<T: Crdt + Default> Sim<T> {
             last_error: None,
             config,
             issued: std::collections::HashSet::new(),
+            durable_crashes: false,
         }
     }
 
@@ -379,6 +382,23 @@ impl<T: Crdt + Default> Sim<T> {
     pub fn with_fold_counters(mut self, on: bool) -> Self {
         self.config.fold_counters = on;
         self.rebuilt()
+    }
+
+    /// The same simulator with durable crashes (`on`): a crashed node restarts from
+    /// everything it had at the crash, as a node that persists before it sends
+    /// (`fsync always`) does, under a new boot; messages it sent stay in flight.
+    /// Off (the default), it restarts from its last snapshot or the one before.
+    ///
+    /// ```
+    /// use concord::testing::sim::{Faults, Sim};
+    /// use concord::{OrMap, PnCounter};
+    ///
+    /// let sim = Sim::<OrMap<String, PnCounter>>::new(3, 7, Faults::none()).with_durable_crashes(true);
+    /// assert_eq!(sim.len(), 3);
+    /// ```
+    pub fn with_durable_crashes(mut self, on: bool) -> Self {
+        self.durable_crashes = on;
+        self
     }
 
     /// Every engine built again, empty, from `self.config`.
@@ -582,8 +602,12 @@ impl<T: Crdt + Default> Sim<T> {
             .retain(|d| d.replica() != me || d.counter() <= leased);
         let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
         let config = self.config.clone().incarnation(boot);
-        let from_older = self.rng.percent(50);
+        let from_older = !self.durable_crashes && self.rng.percent(50);
         let node = &mut self.nodes[i];
+        if self.durable_crashes {
+            // Everything it had is on disk: it restarts from its state at the crash.
+            node.snapshot = Some(node.engine.snapshot().expect("a memory lease never fails"));
+        }
         let snapshot = if from_older {
             node.older.clone().or_else(|| node.snapshot.clone())
         } else {
