@@ -289,10 +289,10 @@ impl LeaderClient {
                         .and_then(|a| self.nodes.iter().position(|n| n.addr == a));
                     match hint {
                         Some(i) if i != self.current => self.current = i,
-                        // It names itself (a master waiting for its lease) or no
-                        // one: wait, then ask the next node too.
-                        Some(_) => std::thread::sleep(self.backoff),
-                        None => {
+                        // It names itself (a master waiting for its lease, or one
+                        // that lost its majority) or no one: wait, then ask the next
+                        // node, which names the master it supports.
+                        _ => {
                             self.current = (self.current + 1) % self.nodes.len();
                             std::thread::sleep(self.backoff);
                         }
