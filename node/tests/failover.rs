@@ -338,9 +338,10 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
     let (a, b) = (promote(1), promote(2));
     assert_eq!(a.join().unwrap().unwrap(), 200);
     assert_eq!(b.join().unwrap().unwrap(), 200);
-    // Write at both, at every node in fact, for three leases.
+    // Write at every node, one request at a time (so the requests are in real-time
+    // order), for three leases and more.
     let mut clients: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
-    let mut took = [0u32; 3];
+    let mut took: [Vec<u64>; 3] = Default::default();
     let until = Instant::now() + Duration::from_millis(3 * LEASE_MS + 1_000);
     let mut n = 0;
     while Instant::now() < until {
@@ -350,19 +351,30 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
                 .request("PUT", &format!("/kv/k{n}?ack=quorum&timeout_ms=500"), &[], "v")
                 .unwrap();
             match r.status {
-                200 => took[i] += 1,
+                200 => took[i].push(n),
                 503 => {}
                 s => panic!("node-{} answered {s}: {}", i + 1, r.body),
             }
         }
         thread::sleep(Duration::from_millis(20));
     }
-    println!("writes taken per node after the double promotion: {took:?}");
-    assert_eq!(took[0], 0, "the deposed master took writes");
+    let counts: Vec<usize> = took.iter().map(Vec::len).collect();
+    println!("writes taken per node after the double promotion: {counts:?}");
     assert!(
-        took[1] == 0 || took[2] == 0,
-        "both masters of epoch 5 took writes: {took:?}"
+        took[1].is_empty() || took[2].is_empty(),
+        "both masters of epoch 5 took writes: {counts:?}"
     );
-    assert!(took[1] + took[2] > 0, "one of them took over: {took:?}");
+    let winner = if took[1].is_empty() { 2 } else { 1 };
+    assert!(!took[winner].is_empty(), "one of them took over: {counts:?}");
+    // The old master may finish its lease (until it hears of epoch 5), but every
+    // write it took came before the new master's first.
+    let first_new = took[winner][0];
+    assert!(
+        took[0].iter().all(|&k| k < first_new),
+        "the old master took a write after the new one's first: {took:?}"
+    );
+    let loser = 3 - winner;
+    let s = status(&c, loser);
+    assert_eq!(s["writable"], false, "{s}");
     assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
 }
