@@ -634,6 +634,39 @@ mod tests {
         twice.alerts.rules[1].name = "peer_silent".into();
         assert!(twice.check().is_err(), "a rule named twice");
         assert_eq!(parse_ack("sync", 2).unwrap(), AckLevel::All);
+        assert_eq!(parse_ack("quorum", 2).unwrap(), AckLevel::Quorum);
+        // Master–follower mode: the initial master must be named, and be a node;
+        // the lease must cover two heartbeats; failover needs three nodes.
+        let mut mf = c.clone();
+        mf.replication.mode = Mode::MasterFollower;
+        assert!(mf.check().is_err(), "no master named");
+        mf.replication.master = Some("nobody".into());
+        assert!(mf.check().is_err(), "an unknown master");
+        mf.replication.master = Some(c.peers[1].name.clone());
+        mf.check().unwrap();
+        assert_eq!(mf.master_id(), Some(c.peers[1].id));
+        assert_eq!(mf.engine_config().role, concord::sync::Role::Follower);
+        mf.replication.master = Some(c.node_id.to_string());
+        assert_eq!(mf.engine_config().role, concord::sync::Role::Master);
+        assert_eq!(mf.engine_config().master_lease_ms, Some(3_000));
+        let mut short = mf.clone();
+        short.replication.lease_ms = short.replication.heartbeat_ms;
+        assert!(short.check().is_err(), "a lease shorter than two heartbeats");
+        let mut none = mf.clone();
+        none.failover.failed_checks = 0;
+        assert!(none.check().is_err(), "failed_checks = 0");
+        let mut two = mf.clone();
+        two.peers.truncate(1);
+        assert!(two.check().is_err(), "automatic failover of two nodes");
+        two.failover.automatic = false;
+        two.check().unwrap();
+        let path = dir.join("mf.toml");
+        std::fs::write(&path, mf.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().replication, mf.replication);
+        let mut mm = c.clone();
+        mm.replication.master = Some(c.name.clone());
+        assert!(mm.check().is_err(), "a master in multi-master mode");
+        assert_eq!(c.engine_config().master_lease_ms, None);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

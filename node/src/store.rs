@@ -1084,6 +1084,27 @@ mod tests {
     }
 
     #[test]
+    fn the_epoch_leader_and_role_persist() {
+        let path = dir("role");
+        let leader = ReplicaId::from_u128(7);
+        let record = RoleRecord {
+            epoch: 4,
+            leader: Some(leader),
+            master: false,
+        };
+        {
+            let (mut store, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
+            assert_eq!(rec.role, None);
+            store.save_role(&record);
+            assert!(store.has_pending(), "the record waits for the batch's commit");
+            store.commit().unwrap();
+        }
+        let (_, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
+        assert_eq!(rec.role, Some(record));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
     fn the_lease_never_moves_back_and_a_fence_persists() {
         let path = dir("lease-max");
         {

@@ -325,6 +325,27 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
     wait_status(&c, 0, Duration::from_secs(20), "took writes", |s| {
         s["writable"] == true
     });
+    // Hostile or mistaken admin requests get typed answers, and change nothing.
+    let mut n2 = c.client(1);
+    for (method, path, want) in [
+        ("POST", "/admin/promote?epoch=abc", 400),
+        ("POST", "/admin/promote?epoch=-1", 400),
+        ("POST", "/admin/promote?epoch=18446744073709551615", 409),
+        ("POST", "/admin/promote?epoch=0", 409),
+        ("POST", "/admin/fence", 400),
+        ("POST", "/admin/fence?epoch=99999999999999999999999", 400),
+        ("POST", "/admin/fence?epoch=18446744073709551615", 409),
+        ("GET", "/admin/promote", 405),
+        ("POST", "/admin/switchover", 400),
+        ("POST", "/admin/switchover?to=%ZZ", 400),
+        ("POST", "/admin/switchover?to=node-1", 409),
+    ] {
+        let r = n2.request(method, path, &[], "").unwrap();
+        assert_eq!(r.status, want, "{method} {path}: {}", r.body);
+        assert!(r.json()["error"].is_string(), "{method} {path}: {}", r.body);
+    }
+    let s = status(&c, 1);
+    assert_eq!((s["role"].as_str(), s["epoch"].as_u64()), (Some("follower"), Some(0)));
     // An operator's mistake, or two coordinators racing: both followers are
     // promoted in the same epoch.
     let promote = |i: usize| {
