@@ -1284,7 +1284,9 @@ impl Node {
             }
             c.health(p.peer, ok);
         }
-        let actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
+        let mut actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
+        // Reports first (in their order), so the events read as decided, then done.
+        actions.sort_by_key(|a| !matches!(a, Action::Report(_)));
         for action in actions {
             match action {
                 Action::Promote { node, epoch } if node == me => {
