@@ -564,7 +564,9 @@ pub fn parse_ack(s: &str, peers: usize) -> Result<AckLevel> {
             Some(Ok(k)) if k >= 1 => AckLevel::Peers(k),
             _ => {
                 return Err(Error::Config {
-                    reason: format!("ack level {s:?}: expected async, semi, semi:K, quorum or sync"),
+                    reason: format!(
+                        "ack level {s:?}: expected async, semi, semi:K, quorum or sync"
+                    ),
                 })
             }
         },
@@ -651,7 +653,10 @@ mod tests {
         assert_eq!(mf.engine_config().master_lease_ms, Some(3_000));
         let mut short = mf.clone();
         short.replication.lease_ms = short.replication.heartbeat_ms;
-        assert!(short.check().is_err(), "a lease shorter than two heartbeats");
+        assert!(
+            short.check().is_err(),
+            "a lease shorter than two heartbeats"
+        );
         let mut none = mf.clone();
         none.failover.failed_checks = 0;
         assert!(none.check().is_err(), "failed_checks = 0");

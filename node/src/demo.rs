@@ -247,7 +247,11 @@ fn failover_story(c: &mut Cluster) -> Result<()> {
         s["epoch"],
         at.duration_since(killed).as_secs_f64()
     );
-    for e in s["failover"]["events"].as_array().cloned().unwrap_or_default() {
+    for e in s["failover"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         println!("  - {}", e["event"].as_str().unwrap_or(""));
     }
     let epoch = s["epoch"].as_u64().unwrap_or(0);
@@ -268,10 +272,16 @@ fn failover_story(c: &mut Cluster) -> Result<()> {
     println!(
         "node-1 restarts from its file as the master of epoch 0, hears of epoch {epoch} and \
          steps down: role {}, leader {}; a write there gets {} naming {}.",
-        s["role"], s["leader"], r.status, r.json()["leader"]
+        s["role"],
+        s["leader"],
+        r.status,
+        r.json()["leader"]
     );
     wait_alert(c, other, "node-1", "resolved")?;
-    println!("node-{}'s alert peer_silent for node-1 is resolved.", other + 1);
+    println!(
+        "node-{}'s alert peer_silent for node-1 is resolved.",
+        other + 1
+    );
 
     section("7. A planned switchover back to node-1");
     let r = c
@@ -308,8 +318,14 @@ fn failover_story(c: &mut Cluster) -> Result<()> {
         .map(|a| a.iter().filter_map(|e| e["key"].as_str()).collect())
         .unwrap_or_default();
     let history = history.lock().unwrap();
-    let lost = history.iter().filter(|(k, _, _)| !keys.contains(k.as_str())).count();
-    check(lost == 0, "every write acknowledged at quorum is on every node")?;
+    let lost = history
+        .iter()
+        .filter(|(k, _, _)| !keys.contains(k.as_str()))
+        .count();
+    check(
+        lost == 0,
+        "every write acknowledged at quorum is on every node",
+    )?;
     let by = |node: &str| history.iter().filter(|(_, b, _)| b == node).count();
     println!(
         "The client had {} payments acknowledged at quorum ({} taken by node-1, {} by node-2, \

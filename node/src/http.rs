@@ -308,7 +308,12 @@ impl Api {
 
     async fn admin(&self, op: AdminOp) -> Resp {
         let (tx, rx) = oneshot::channel();
-        if self.engine.send(Command::Admin { op, reply: tx }).await.is_err() {
+        if self
+            .engine
+            .send(Command::Admin { op, reply: tx })
+            .await
+            .is_err()
+        {
             return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
         }
         match rx.await {

@@ -279,6 +279,9 @@ pub struct Node {
     saved_role: Option<RoleRecord>,
     /// What the failover machinery did, newest last (for `/health`).
     events: VecDeque<Value>,
+    /// Since when this node has been a master that no majority supports (see
+    /// [`Node::step_down_if_unsupported`]).
+    unsupported_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Node {
@@ -318,7 +321,11 @@ impl Node {
             // the configured role. Multi-master: a master, epoch 0, as always.
             let (role, epoch, leader) = match (&role, config.master_follower()) {
                 (Some(r), true) => (
-                    if r.master { Role::Master } else { Role::Follower },
+                    if r.master {
+                        Role::Master
+                    } else {
+                        Role::Follower
+                    },
                     r.epoch,
                     r.leader,
                 ),
@@ -363,7 +370,9 @@ impl Node {
                 "master-follower mode: {} at epoch {}, leader {}",
                 role_name(engine.role()),
                 engine.epoch(),
-                engine.leader().map_or("unknown".into(), |l| config.name_of(l))
+                engine
+                    .leader()
+                    .map_or("unknown".into(), |l| config.name_of(l))
             );
         }
         if let Some(why) = &fenced {
@@ -400,6 +409,7 @@ impl Node {
             last_check: Instant::now(),
             saved_role: None,
             events: VecDeque::new(),
+            unsupported_since: None,
         })
     }
 
@@ -943,8 +953,9 @@ impl Node {
         mx.set_aside_writes.set(m.set_aside_writes as i64);
         mx.master
             .set(i64::from(m.role == concord::sync::Role::Master));
-        mx.writable
-            .set(i64::from(self.engine.writable().is_ok() && self.fenced.is_none()));
+        mx.writable.set(i64::from(
+            self.engine.writable().is_ok() && self.fenced.is_none(),
+        ));
         mx.epoch
             .set(i64::try_from(self.engine.epoch()).unwrap_or(i64::MAX));
         for p in &m.peers {
@@ -1180,7 +1191,8 @@ impl Node {
     /// Records a failover event: logged, and listed in `/health`.
     fn event(&mut self, what: String) {
         tracing::warn!("failover: {what}");
-        self.events.push_back(json!({ "at_unix_ms": self.engine.now_ms(), "event": what }));
+        self.events
+            .push_back(json!({ "at_unix_ms": self.engine.now_ms(), "event": what }));
         while self.events.len() > EVENTS {
             self.events.pop_front();
         }
@@ -1189,9 +1201,11 @@ impl Node {
     /// Runs an operator's command (`POST /admin/...`) on the engine.
     fn admin(&mut self, op: AdminOp) -> std::result::Result<Value, String> {
         if !self.config.master_follower() {
-            return Err("this node runs multi-master: every node takes writes, and there \
+            return Err(
+                "this node runs multi-master: every node takes writes, and there \
                         is nothing to promote or fence (replication.mode)"
-                .into());
+                    .into(),
+            );
         }
         match op {
             AdminOp::Promote { epoch } => {
@@ -1250,6 +1264,7 @@ impl Node {
         }
         let m = self.engine.metrics();
         let silence = 2 * self.config.replication.heartbeat_ms;
+        self.step_down_if_unsupported(&m, silence);
         // Until the peers have had a lease to be heard, a silent master is only a
         // node starting up.
         let grace = self.uptime_ms() < 2 * self.config.replication.lease_ms;
@@ -1326,6 +1341,44 @@ impl Node {
         }
     }
 
+    /// A master that hears from a majority but has had no majority in its epoch for
+    /// three leases lost a race: another node was promoted in the same epoch and the
+    /// others support it (a replica supports one master per epoch). It would stay a
+    /// master that refuses every write, naming itself; it steps down instead, and
+    /// follows. (Cut off from the majority, it waits: that is a partition, and its
+    /// lease already stops its writes.)
+    fn step_down_if_unsupported(&mut self, m: &concord::sync::Metrics, silence: u64) {
+        let unsupported = self.engine.role() == Role::Master
+            && matches!(
+                self.engine.writable(),
+                Err(concord::Error::NoQuorum { .. }
+                    | concord::Error::FencingWait { until_ms: None, .. })
+            );
+        let heard = m
+            .peers
+            .iter()
+            .filter(|p| p.lag.since_heard_ms.is_some_and(|t| t <= silence))
+            .count();
+        if !unsupported || heard + 1 < self.engine.quorum() {
+            self.unsupported_since = None;
+            return;
+        }
+        let since = *self.unsupported_since.get_or_insert_with(Instant::now);
+        let limit = Duration::from_millis(3 * self.config.replication.lease_ms);
+        if since.elapsed() < limit {
+            return;
+        }
+        self.unsupported_since = None;
+        let epoch = self.engine.epoch();
+        if self.engine.fence(epoch).is_ok() {
+            self.event(format!(
+                "stepped down: master of epoch {epoch} for {} ms while hearing from a \
+                 majority, none of which supports it (another node leads the epoch)",
+                limit.as_millis()
+            ));
+        }
+    }
+
     /// A coordinator's report in words.
     fn describe(&self, report: &Report) -> String {
         match report {
@@ -1379,8 +1432,7 @@ impl Node {
             return;
         }
         if let Some(old) = &self.saved_role {
-            if record.leader.is_some() && (old.epoch, old.leader) != (record.epoch, record.leader)
-            {
+            if record.leader.is_some() && (old.epoch, old.leader) != (record.epoch, record.leader) {
                 self.metrics.leader_changes.inc();
                 let leader = record.leader.map(|l| self.name(l)).unwrap_or_default();
                 tracing::info!("epoch {}: the master is {leader}", record.epoch);

@@ -343,11 +343,13 @@ impl Store {
                     // A record this version cannot read is refused rather than
                     // forgotten: forgetting the epoch could make the node support two
                     // masters in one epoch.
-                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
-                        Error::Storage {
-                            reason: format!("the saved epoch and role are unreadable: {e}"),
-                        }
-                    })?),
+                    Some(v) => {
+                        Some(
+                            serde_json::from_slice(v.value()).map_err(|e| Error::Storage {
+                                reason: format!("the saved epoch and role are unreadable: {e}"),
+                            })?,
+                        )
+                    }
                     None => None,
                 },
                 Err(_) => None,
@@ -1096,7 +1098,10 @@ mod tests {
             let (mut store, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
             assert_eq!(rec.role, None);
             store.save_role(&record);
-            assert!(store.has_pending(), "the record waits for the batch's commit");
+            assert!(
+                store.has_pending(),
+                "the record waits for the batch's commit"
+            );
             store.commit().unwrap();
         }
         let (_, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();

@@ -508,7 +508,13 @@ fn hostile_http_input_gets_an_error_not_a_crash() {
         // Multi-master: every node takes writes; nothing to promote or switch.
         ("GET", "/status".into(), vec![], String::new(), 200),
         ("POST", "/admin/promote".into(), vec![], String::new(), 409),
-        ("POST", "/admin/stop-writes".into(), vec![], String::new(), 409),
+        (
+            "POST",
+            "/admin/stop-writes".into(),
+            vec![],
+            String::new(),
+            409,
+        ),
         (
             "POST",
             "/admin/switchover?to=node-1".into(),

@@ -171,7 +171,11 @@ fn check_everywhere(c: &mut Cluster, acked: &[Acked]) {
         .as_array()
         .expect("a list of keys")
         .iter()
-        .filter(|e| e["values"].as_array().is_some_and(|v| v.len() == 1 && v[0] == e["key"]))
+        .filter(|e| {
+            e["values"]
+                .as_array()
+                .is_some_and(|v| v.len() == 1 && v[0] == e["key"])
+        })
         .filter_map(|e| e["key"].as_str().map(str::to_string))
         .collect();
     let lost: Vec<&str> = acked
@@ -217,18 +221,27 @@ fn the_master_killed_under_load_is_replaced_and_returns_as_a_follower() {
     let epoch = s["epoch"].as_u64().expect("an epoch");
     assert!(epoch >= 1, "the failover started a new epoch: {s}");
     let other = 3 - new;
-    wait_status(&c, other, Duration::from_secs(5), "followed the new master", |s| {
-        s["role"] == "follower" && s["leader"] == first.by.as_str() && s["epoch"] == epoch
-    });
+    wait_status(
+        &c,
+        other,
+        Duration::from_secs(5),
+        "followed the new master",
+        |s| s["role"] == "follower" && s["leader"] == first.by.as_str() && s["epoch"] == epoch,
+    );
     // The clients keep writing at the new master.
     thread::sleep(Duration::from_millis(1_000));
     // The old master returns, from its file: it was the master of an older epoch, so
     // it refuses writes and, once it hears of the new epoch, follows.
     c.spawn(0).expect("restart node-1");
-    c.wait_ready(0, Duration::from_secs(30)).expect("node-1 ready");
-    let s = wait_status(&c, 0, Duration::from_secs(20), "followed the new master", |s| {
-        s["role"] == "follower" && s["epoch"] == epoch && s["leader"] == first.by.as_str()
-    });
+    c.wait_ready(0, Duration::from_secs(30))
+        .expect("node-1 ready");
+    let s = wait_status(
+        &c,
+        0,
+        Duration::from_secs(20),
+        "followed the new master",
+        |s| s["role"] == "follower" && s["epoch"] == epoch && s["leader"] == first.by.as_str(),
+    );
     assert_eq!(s["writable"], false, "{s}");
     let r = c.client(0).put("at-the-old-master", "x", "quorum").unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
@@ -280,7 +293,14 @@ fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
         .collect();
     assert_eq!(
         steps,
-        ["StopWrites", "WaitCaughtUp", "Promote", "Demote", "Done", "Writable"],
+        [
+            "StopWrites",
+            "WaitCaughtUp",
+            "Promote",
+            "Demote",
+            "Done",
+            "Writable"
+        ],
         "{report}"
     );
     assert!(report["writable_after_ms"].is_number(), "{report}");
@@ -345,7 +365,10 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
         assert!(r.json()["error"].is_string(), "{method} {path}: {}", r.body);
     }
     let s = status(&c, 1);
-    assert_eq!((s["role"].as_str(), s["epoch"].as_u64()), (Some("follower"), Some(0)));
+    assert_eq!(
+        (s["role"].as_str(), s["epoch"].as_u64()),
+        (Some("follower"), Some(0))
+    );
     // An operator's mistake, or two coordinators racing: both followers are
     // promoted in the same epoch.
     let promote = |i: usize| {
@@ -369,7 +392,12 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
         for (i, client) in clients.iter_mut().enumerate() {
             n += 1;
             let r = client
-                .request("PUT", &format!("/kv/k{n}?ack=quorum&timeout_ms=500"), &[], "v")
+                .request(
+                    "PUT",
+                    &format!("/kv/k{n}?ack=quorum&timeout_ms=500"),
+                    &[],
+                    "v",
+                )
                 .unwrap();
             match r.status {
                 200 => took[i].push(n),
@@ -386,7 +414,10 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
         "both masters of epoch 5 took writes: {counts:?}"
     );
     let winner = if took[1].is_empty() { 2 } else { 1 };
-    assert!(!took[winner].is_empty(), "one of them took over: {counts:?}");
+    assert!(
+        !took[winner].is_empty(),
+        "one of them took over: {counts:?}"
+    );
     // The old master may finish its lease (until it hears of epoch 5), but every
     // write it took came before the new master's first.
     let first_new = took[winner][0];
@@ -394,8 +425,11 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
         took[0].iter().all(|&k| k < first_new),
         "the old master took a write after the new one's first: {took:?}"
     );
+    // The loser, a master no majority supports, steps down after three leases.
     let loser = 3 - winner;
-    let s = status(&c, loser);
+    let s = wait_status(&c, loser, Duration::from_secs(10), "stepped down", |s| {
+        s["role"] == "follower"
+    });
     assert_eq!(s["writable"], false, "{s}");
     assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
 }
