@@ -282,6 +282,16 @@ pub struct Node {
     /// Since when this node has been a master that no majority supports (see
     /// [`Node::step_down_if_unsupported`]).
     unsupported_since: Option<Instant>,
+    /// Whether this node has heard from the coordinator's master since it started
+    /// (until then, and for a grace period, a silent master is a cluster starting).
+    master_heard: bool,
+    /// The positions fed to the coordinator at the last check, and since when they
+    /// have not changed.
+    positions: Vec<(ReplicaId, CausalContext)>,
+    settled_since: Instant,
+    /// The last master other than this node that its coordinator held (the one it
+    /// failed over from, or followed before a newer decision).
+    failed_master: Option<ReplicaId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -410,6 +420,10 @@ impl Node {
             saved_role: None,
             events: VecDeque::new(),
             unsupported_since: None,
+            master_heard: false,
+            positions: Vec::new(),
+            settled_since: Instant::now(),
+            failed_master: None,
         })
     }
 
@@ -1155,8 +1169,7 @@ impl Node {
 /// master, at `engine`'s epoch, over this node and its peers.
 fn new_coordinator(config: &NodeConfig, engine: &Engine) -> Coordinator {
     let members = std::iter::once(config.node_id).chain(config.peers.iter().map(|p| p.id));
-    let master = engine
-        .leader()
+    let master = supported(engine)
         .or(config.master_id())
         .unwrap_or(config.node_id);
     let c = CoordinatorConfig {
@@ -1164,6 +1177,14 @@ fn new_coordinator(config: &NodeConfig, engine: &Engine) -> Coordinator {
         switchover_timeout_ms: config.failover.switchover_timeout_ms,
     };
     Coordinator::new(members, master, engine.epoch(), c)
+}
+
+/// The master `engine` supports: its leader, unless that is itself and it is no
+/// longer a master (it stepped down, and follows no one yet).
+fn supported(engine: &Engine) -> Option<ReplicaId> {
+    engine
+        .leader()
+        .filter(|l| *l != engine.node() || engine.role() == Role::Master)
 }
 
 /// The lower-case name of a role (as in `/health`).
@@ -1231,8 +1252,8 @@ impl Node {
         }
         if let Some(c) = &self.coordinator {
             // Follow the new state rather than a decision taken before it.
-            if c.master() != self.engine.leader() && self.engine.leader().is_some() {
-                self.coordinator = Some(new_coordinator(&self.config, &self.engine));
+            if supported(&self.engine).is_some_and(|l| c.master() != Some(l)) {
+                self.rebuild_coordinator();
             }
         }
         Ok(self.health())
@@ -1253,21 +1274,37 @@ impl Node {
         }
         self.last_check = Instant::now();
         let me = self.config.node_id;
-        let (epoch, leader) = (self.engine.epoch(), self.engine.leader());
+        let (epoch, leader) = (self.engine.epoch(), supported(&self.engine));
         // The engine supports another master than the coordinator holds, at an epoch
         // at least the coordinator's: someone else's decision (a switchover, a
         // promotion by hand, another node's coordinator) stands.
         if let (Some(l), Some(c)) = (leader, &self.coordinator) {
             if c.master() != Some(l) && epoch >= c.epoch() {
-                self.coordinator = Some(new_coordinator(&self.config, &self.engine));
+                self.rebuild_coordinator();
             }
         }
         let m = self.engine.metrics();
         let silence = 2 * self.config.replication.heartbeat_ms;
         self.step_down_if_unsupported(&m, silence);
-        // Until the peers have had a lease to be heard, a silent master is only a
-        // node starting up.
-        let grace = self.uptime_ms() < 2 * self.config.replication.lease_ms;
+        // A master this node has not heard since it started is given a grace
+        // period: two leases, and at least 10 s (a cluster starting on a loaded
+        // machine). A master it has heard is checked at once.
+        let grace_ms = (2 * self.config.replication.lease_ms).max(10_000);
+        let grace = !self.master_heard && self.uptime_ms() < grace_ms;
+        // Positions settle once the master is gone: the followers pass each other
+        // what they lack, and acknowledge it, within a heartbeat or two. A failover
+        // waits until they have not changed for two heartbeats and a check, so that
+        // every follower chooses from the same positions, and so the same node.
+        let positions: Vec<(ReplicaId, CausalContext)> =
+            std::iter::once((me, self.engine.context().clone()))
+                .chain(m.peers.iter().map(|p| (p.peer, p.acked.clone())))
+                .collect();
+        if positions != self.positions {
+            self.positions = positions;
+            self.settled_since = Instant::now();
+        }
+        let settled = self.settled_since.elapsed()
+            >= Duration::from_millis(silence + self.config.failover.check_ms);
         let Some(c) = self.coordinator.as_mut() else {
             return;
         };
@@ -1291,11 +1328,16 @@ impl Node {
             let heard = p.lag.since_heard_ms.is_some_and(|t| t <= silence);
             let mut ok = connected && heard;
             if c.master() == Some(p.peer) {
-                if grace {
+                self.master_heard |= heard;
+                if grace && !heard {
                     continue;
                 }
                 // The master must also be the one this node supports.
                 ok &= leader == Some(p.peer);
+                if !ok && !settled {
+                    // Not counted yet, not forgiven either.
+                    continue;
+                }
             }
             c.health(p.peer, ok);
         }
@@ -1331,8 +1373,9 @@ impl Node {
                 Action::StopWrites { node } if node == me => self.engine.demote(),
                 Action::StopWrites { .. } => {}
                 Action::Report(report) => {
-                    if let Report::FailoverStarted { .. } = report {
+                    if let Report::FailoverStarted { master, .. } = report {
                         self.metrics.failovers.inc();
+                        self.failed_master = Some(master);
                     }
                     let text = self.describe(&report);
                     self.event(text);
@@ -1373,10 +1416,41 @@ impl Node {
         if self.engine.fence(epoch).is_ok() {
             self.event(format!(
                 "stepped down: master of epoch {epoch} for {} ms while hearing from a \
-                 majority, none of which supports it (another node leads the epoch)",
+                 majority, none of which supports it (another node leads the epoch, or \
+                 two were promoted and neither gathered a majority)",
                 limit.as_millis()
             ));
+            // If no one leads the epoch (two candidates split the votes of a
+            // cluster missing its master), the coordinator must not hold this node
+            // for the master: it goes back to the master it failed over from, whose
+            // checks fail, and the next failover, on settled positions, starts a new
+            // epoch.
+            let failed = self.failed_master.filter(|f| *f != self.config.node_id);
+            if let (Some(c), Some(failed)) = (&self.coordinator, failed) {
+                let config = CoordinatorConfig {
+                    failed_checks: self.config.failover.failed_checks,
+                    switchover_timeout_ms: self.config.failover.switchover_timeout_ms,
+                };
+                let members = std::iter::once(self.config.node_id)
+                    .chain(self.config.peers.iter().map(|p| p.id));
+                if c.master() == Some(self.config.node_id) {
+                    self.coordinator = Some(Coordinator::new(members, failed, epoch, config));
+                }
+            }
         }
+    }
+
+    /// Rebuilds the coordinator on the engine's view (see [`new_coordinator`]),
+    /// remembering the master it held (if another node) as the one to go back to if
+    /// this node's own mastership comes to nothing.
+    fn rebuild_coordinator(&mut self) {
+        let me = self.config.node_id;
+        if let Some(old) = self.coordinator.as_ref().and_then(Coordinator::master) {
+            if old != me {
+                self.failed_master = Some(old);
+            }
+        }
+        self.coordinator = Some(new_coordinator(&self.config, &self.engine));
     }
 
     /// A coordinator's report in words.
