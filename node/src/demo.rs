@@ -242,8 +242,9 @@ fn failover_story(c: &mut Cluster) -> Result<()> {
     let s = status(c, n);
     println!(
         "{new} took over at epoch {}: the client's writes resumed {:.1} s after the kill \
-         (3 failed checks, then a majority in the new epoch and a wait of 1.25 leases, so \
-         that node-1's lease had surely run out). What {new} logged:",
+         (3 failed checks once the followers' positions had settled, then a majority in \
+         the new epoch and a wait of 1.25 leases, so that node-1's lease had surely run \
+         out). What {new} logged:",
         s["epoch"],
         at.duration_since(killed).as_secs_f64()
     );
