@@ -498,3 +498,60 @@ fn a_split_vote_after_the_master_dies_is_settled_in_a_newer_epoch() {
     );
     assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
 }
+
+#[test]
+fn a_master_cut_off_stops_taking_writes_and_follows_after_the_heal() {
+    let mut c = start("partitioned-master");
+    wait_status(&c, 0, Duration::from_secs(20), "took writes", |s| {
+        s["writable"] == true
+    });
+    let addrs: Vec<SocketAddr> = (0..3).map(|i| c.http(i)).collect();
+    let w = Writers::start(&addrs, 2);
+    thread::sleep(Duration::from_millis(1_000));
+    // The master is not dead, only cut off from the followers (its HTTP API still
+    // answers): its messages are blackholed, connections left open.
+    for j in [1, 2] {
+        c.link(0, j).set(concord_node::proxy::Link::Drop);
+    }
+    let cut = Instant::now();
+    let first = first_write_after(&w, cut, "node-1", Duration::from_secs(30));
+    println!(
+        "PARTITION: the majority side took a write {:.0} ms after the master was cut off",
+        first.at.duration_since(cut).as_secs_f64() * 1e3
+    );
+    // The old master's lease has run out: it refuses writes, though it has not yet
+    // heard of the new epoch.
+    let s = wait_status(&c, 0, Duration::from_secs(5), "lost its lease", |s| {
+        s["writable"] == false
+    });
+    let r = c.client(0).put("minority", "x", "quorum").unwrap();
+    assert_eq!(r.status, 503, "{}: {s}", r.body);
+    // The last write the old master acknowledged came before the new master's first.
+    let acked = w.acked();
+    let last_old = acked
+        .iter()
+        .filter(|a| a.by == "node-1")
+        .map(|a| a.at)
+        .max();
+    assert!(
+        last_old.is_some_and(|t| t < first.at),
+        "the old master acknowledged a write after the new master's first"
+    );
+    c.heal();
+    let new = if first.by == "node-2" { 1 } else { 2 };
+    let epoch = status(&c, new)["epoch"].as_u64().unwrap();
+    wait_status(
+        &c,
+        0,
+        Duration::from_secs(20),
+        "followed the new master",
+        |s| s["role"] == "follower" && s["epoch"] == epoch && s["leader"] == first.by.as_str(),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (acked, unknown) = w.finish();
+    println!(
+        "{} writes acknowledged at quorum, {unknown} with an unknown outcome",
+        acked.len()
+    );
+    check_everywhere(&mut c, &acked);
+}
