@@ -244,11 +244,13 @@ pub fn generate_cluster(dir: &Path, n: usize, base_port: u16) -> Result<Vec<std:
                     id: *pid,
                     name: format!("node-{}", j + 1),
                     addr: ([127, 0, 0, 1], port(j, 0)).into(),
+                    http: Some(([127, 0, 0, 1], port(j, 100)).into()),
                 })
                 .collect(),
             ack: Default::default(),
             storage: Default::default(),
             replication: Default::default(),
+            failover: Default::default(),
             alerts: Default::default(),
             log: "info".into(),
         };

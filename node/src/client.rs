@@ -224,3 +224,92 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<Response> {
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+/// A client of a master–follower cluster that sends its writes to the master: it
+/// starts at one node and, when a node refuses a write because it does not take
+/// writes now (`503` naming the master, nothing written), moves to the node named,
+/// or, when that node does not answer, to the next one, until the write is taken or
+/// its deadline passes. This is how clients keep writing through a failover.
+#[derive(Debug)]
+pub struct LeaderClient {
+    nodes: Vec<Client>,
+    current: usize,
+    /// How long to wait before retrying at a node that names itself or no master
+    /// (it waits for its lease or its fencing wait, or a failover is under way).
+    pub backoff: Duration,
+}
+
+impl LeaderClient {
+    /// A client of the nodes whose HTTP APIs listen on `addrs`, starting at the
+    /// first; each request fails after `timeout` without an answer.
+    ///
+    /// # Panics
+    ///
+    /// If `addrs` is empty.
+    pub fn new(addrs: &[SocketAddr], timeout: Duration) -> LeaderClient {
+        assert!(!addrs.is_empty(), "a cluster has at least one node");
+        LeaderClient {
+            nodes: addrs.iter().map(|a| Client::new(*a, timeout)).collect(),
+            current: 0,
+            backoff: Duration::from_millis(25),
+        }
+    }
+
+    /// The node the next request goes to.
+    pub fn current(&self) -> SocketAddr {
+        self.nodes[self.current].addr
+    }
+
+    /// Sends a write (`PUT` or `DELETE`) to the master, following refusals that
+    /// name it, until `deadline`. Retries only what was never acknowledged: a
+    /// refusal of a node that does not take writes (nothing written), and a
+    /// connection that could not be opened. Any other answer, or failure, is returned as it came (the last
+    /// refusal if the deadline passes).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`], once the deadline has passed or for a failure after
+    /// the request was sent (it may have been written).
+    pub fn write(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+        deadline: std::time::Instant,
+    ) -> io::Result<Response> {
+        loop {
+            match self.nodes[self.current].request(method, path, &[], body) {
+                Ok(r) if r.status == 503 && r.json().get("epoch").is_some() => {
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(r);
+                    }
+                    let hint = r
+                        .header(crate::http::LEADER_HEADER)
+                        .and_then(|h| h.parse::<SocketAddr>().ok())
+                        .and_then(|a| self.nodes.iter().position(|n| n.addr == a));
+                    match hint {
+                        Some(i) if i != self.current => self.current = i,
+                        // It names itself (a master waiting for its lease, or one
+                        // that lost its majority) or no one: wait, then ask the next
+                        // node, which names the master it supports.
+                        _ => {
+                            self.current = (self.current + 1) % self.nodes.len();
+                            std::thread::sleep(self.backoff);
+                        }
+                    }
+                }
+                // The node is down: the last attempt sent nothing. (An earlier
+                // attempt on a kept-alive connection may have: see
+                // `Client::request`; such a write was never acknowledged.)
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    self.current = (self.current + 1) % self.nodes.len();
+                    std::thread::sleep(self.backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+}

@@ -18,8 +18,19 @@
 //! addr = "127.0.0.1:7102"
 //!
 //! [ack]
-//! level = "semi"                # async | semi | semi:K | sync
+//! level = "semi"                # async | semi | semi:K | quorum | sync
 //! timeout_ms = 2000
+//!
+//! [replication]
+//! mode = "master-follower"      # or "multi-master" (the default)
+//! lease_ms = 2000               # the master lease (the same on every node)
+//! master = "node-1"             # the initial master: a node's name or id
+//!
+//! [failover]                    # master-follower mode only
+//! automatic = true
+//! check_ms = 500                # health checks of the peers, this often
+//! failed_checks = 3             # consecutive failed checks of the master
+//! switchover_timeout_ms = 30000
 //!
 //! [storage]
 //! fsync = "group"               # always | group | none
@@ -78,6 +89,9 @@ pub struct NodeConfig {
     /// Replication tuning.
     #[serde(default)]
     pub replication: ReplicationConfig,
+    /// Failover settings (master–follower mode).
+    #[serde(default)]
+    pub failover: FailoverConfig,
     /// Alert rules, evaluated on a timer (`/alerts`, `concord_alert_*` metrics).
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -114,6 +128,11 @@ pub struct PeerConfig {
     /// Where it listens for replication. Of each pair, the node with the smaller id
     /// connects to the other, so only the larger one's address is dialled.
     pub addr: SocketAddr,
+    /// Where its HTTP API listens, if known: named to clients as the leader's
+    /// address when this node refuses a write, and used by a planned switchover
+    /// (`POST /admin/switchover`) to drive the old and the new master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
 }
 
 /// Acknowledgement defaults.
@@ -121,7 +140,8 @@ pub struct PeerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AckConfig {
     /// The level of a write that names none: `async`, `semi` (one peer), `semi:K`
-    /// (K peers) or `sync` (every peer).
+    /// (K peers), `quorum` (a majority of the nodes, this one included) or `sync`
+    /// (every peer).
     pub level: String,
     /// How long a write waits for its level, in milliseconds.
     pub timeout_ms: u64,
@@ -178,10 +198,65 @@ impl Default for StorageConfig {
     }
 }
 
+/// How the nodes share the writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every node takes writes (the default).
+    #[default]
+    MultiMaster,
+    /// One master takes the writes, under a lease, with fencing epochs; the others
+    /// follow and take over on failover (see the engine's
+    /// [`Config::master_follower`](concord::sync::Config::master_follower)).
+    MasterFollower,
+}
+
+/// Failover settings (master–follower mode; ignored in multi-master mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Promote a follower when the master fails `failed_checks` consecutive health
+    /// checks. Off, failover is by hand (`POST /admin/promote`).
+    pub automatic: bool,
+    /// How often each node checks its peers, in milliseconds. A check of a peer
+    /// fails when its replication connection is down or it has not been heard for
+    /// two heartbeats; a check of the master also fails when this node does not
+    /// support it as the master of its epoch.
+    pub check_ms: u64,
+    /// How many consecutive failed checks of the master start a failover.
+    pub failed_checks: u32,
+    /// How long a planned switchover may take to stop the old master's writes and
+    /// catch the target up before it is aborted, in milliseconds.
+    pub switchover_timeout_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            automatic: true,
+            check_ms: 500,
+            failed_checks: 3,
+            switchover_timeout_ms: 30_000,
+        }
+    }
+}
+
 /// Replication settings (the engine's [`concord::sync::Config`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
+    /// Multi-master (the default) or master–follower.
+    pub mode: Mode,
+    /// The master lease in master–follower mode, in milliseconds: the same on every
+    /// node, at least two heartbeats. A master takes writes only while a majority
+    /// answered it within the lease; a promoted one waits a lease and a quarter
+    /// before its first write.
+    pub lease_ms: u64,
+    /// The initial master in master–follower mode: a node's name or id. Only the
+    /// first start reads it; after that each node keeps its role and epoch in its
+    /// file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
     /// The largest frame, in bytes (the same on every node).
     pub max_message_bytes: usize,
     /// Heartbeat period, in milliseconds.
@@ -197,6 +272,9 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         ReplicationConfig {
+            mode: Mode::MultiMaster,
+            lease_ms: 3_000,
+            master: None,
             max_message_bytes: 4 << 20,
             heartbeat_ms: 500,
             retransmit_ms: 500,
@@ -334,6 +412,46 @@ impl NodeConfig {
         if self.alerts.evaluate_ms == 0 {
             return bad("alerts.evaluate_ms must be above 0".into());
         }
+        match self.replication.mode {
+            Mode::MultiMaster => {
+                if let Some(m) = &self.replication.master {
+                    return bad(format!(
+                        "replication.master = {m:?} needs replication.mode = \"master-follower\""
+                    ));
+                }
+            }
+            Mode::MasterFollower => {
+                let Some(m) = &self.replication.master else {
+                    return bad(
+                        "replication.mode = \"master-follower\" needs replication.master, \
+                         the initial master's name or id"
+                            .into(),
+                    );
+                };
+                if self.master_id().is_none() {
+                    return bad(format!(
+                        "replication.master = {m:?} names neither this node nor a peer"
+                    ));
+                }
+                let f = &self.failover;
+                if f.failed_checks == 0 {
+                    return bad("failover.failed_checks must be at least 1".into());
+                }
+                if f.check_ms < 10 {
+                    return bad("failover.check_ms must be at least 10".into());
+                }
+                if f.switchover_timeout_ms == 0 {
+                    return bad("failover.switchover_timeout_ms must be above 0".into());
+                }
+                if f.automatic && self.peers.len() < 2 {
+                    return bad(
+                        "automatic failover needs at least three nodes: with two, the \
+                         survivor is no majority and cannot take writes"
+                            .into(),
+                    );
+                }
+            }
+        }
         self.alerts.evaluator()?;
         Ok(())
     }
@@ -350,13 +468,55 @@ impl NodeConfig {
             Fsync::None => LEASE_BLOCK_NO_FSYNC,
             Fsync::Always | Fsync::Group => 1,
         };
-        concord::sync::Config::with_peers(self.peers.iter().map(|p| p.id))
+        let config = concord::sync::Config::with_peers(self.peers.iter().map(|p| p.id))
             .lease_block(lease_block)
             .max_message_bytes(r.max_message_bytes)
             .heartbeat_ms(r.heartbeat_ms)
             .retransmit_ms(r.retransmit_ms)
             .max_retransmit_ms(r.retransmit_ms.max(5_000))
-            .anti_entropy_ms(r.anti_entropy_ms)
+            .anti_entropy_ms(r.anti_entropy_ms);
+        match r.mode {
+            Mode::MultiMaster => config,
+            Mode::MasterFollower => {
+                let config = config.master_follower(r.lease_ms);
+                if self.master_id() == Some(self.node_id) {
+                    config
+                } else {
+                    config.follower()
+                }
+            }
+        }
+    }
+
+    /// True in master–follower mode.
+    pub fn master_follower(&self) -> bool {
+        self.replication.mode == Mode::MasterFollower
+    }
+
+    /// The initial master named by `replication.master` (a name or an id), if it
+    /// names this node or a peer.
+    pub fn master_id(&self) -> Option<ReplicaId> {
+        let m = self.replication.master.as_deref()?;
+        self.id_of(m)
+    }
+
+    /// The node (this one or a peer) called `name`, or whose id is `name`.
+    pub fn id_of(&self, name: &str) -> Option<ReplicaId> {
+        if name == self.name || name == self.node_id.to_string() {
+            return Some(self.node_id);
+        }
+        self.peers
+            .iter()
+            .find(|p| p.name == name || p.id.to_string() == name)
+            .map(|p| p.id)
+    }
+
+    /// The HTTP address of `id`: this node's, or a peer's if configured.
+    pub fn http_of(&self, id: ReplicaId) -> Option<SocketAddr> {
+        if id == self.node_id {
+            return Some(self.http);
+        }
+        self.peers.iter().find(|p| p.id == id).and_then(|p| p.http)
     }
 
     /// The name of `id`: this node's or a peer's, else its short id.
@@ -376,15 +536,18 @@ impl NodeConfig {
     }
 }
 
-/// Parses an acknowledgement level: `async`, `semi` (one peer), `semi:K` or `sync`;
-/// `peers` is how many peers the node has (a level it cannot reach is refused).
+/// Parses an acknowledgement level: `async`, `semi` (one peer), `semi:K`, `quorum`
+/// (a majority of the nodes, this one included) or `sync`; `peers` is how many peers
+/// the node has (a level it cannot reach is refused).
 ///
 /// ```
 /// use concord::sync::AckLevel;
 /// use concord_node::config::parse_ack;
 ///
 /// assert_eq!(parse_ack("semi:2", 2)?, AckLevel::Peers(2));
+/// assert_eq!(parse_ack("quorum", 2)?, AckLevel::Quorum);
 /// assert!(parse_ack("semi:3", 2).is_err());
+/// assert!(parse_ack("majority", 2).is_err());
 /// # Ok::<(), concord_node::Error>(())
 /// ```
 ///
@@ -395,12 +558,15 @@ pub fn parse_ack(s: &str, peers: usize) -> Result<AckLevel> {
     let level = match s {
         "async" => AckLevel::None,
         "sync" => AckLevel::All,
+        "quorum" => AckLevel::Quorum,
         "semi" => AckLevel::Peers(1),
         _ => match s.strip_prefix("semi:").map(usize::from_str) {
             Some(Ok(k)) if k >= 1 => AckLevel::Peers(k),
             _ => {
                 return Err(Error::Config {
-                    reason: format!("ack level {s:?}: expected async, semi, semi:K or sync"),
+                    reason: format!(
+                        "ack level {s:?}: expected async, semi, semi:K, quorum or sync"
+                    ),
                 })
             }
         },
@@ -470,6 +636,42 @@ mod tests {
         twice.alerts.rules[1].name = "peer_silent".into();
         assert!(twice.check().is_err(), "a rule named twice");
         assert_eq!(parse_ack("sync", 2).unwrap(), AckLevel::All);
+        assert_eq!(parse_ack("quorum", 2).unwrap(), AckLevel::Quorum);
+        // Master–follower mode: the initial master must be named, and be a node;
+        // the lease must cover two heartbeats; failover needs three nodes.
+        let mut mf = c.clone();
+        mf.replication.mode = Mode::MasterFollower;
+        assert!(mf.check().is_err(), "no master named");
+        mf.replication.master = Some("nobody".into());
+        assert!(mf.check().is_err(), "an unknown master");
+        mf.replication.master = Some(c.peers[1].name.clone());
+        mf.check().unwrap();
+        assert_eq!(mf.master_id(), Some(c.peers[1].id));
+        assert_eq!(mf.engine_config().role, concord::sync::Role::Follower);
+        mf.replication.master = Some(c.node_id.to_string());
+        assert_eq!(mf.engine_config().role, concord::sync::Role::Master);
+        assert_eq!(mf.engine_config().master_lease_ms, Some(3_000));
+        let mut short = mf.clone();
+        short.replication.lease_ms = short.replication.heartbeat_ms;
+        assert!(
+            short.check().is_err(),
+            "a lease shorter than two heartbeats"
+        );
+        let mut none = mf.clone();
+        none.failover.failed_checks = 0;
+        assert!(none.check().is_err(), "failed_checks = 0");
+        let mut two = mf.clone();
+        two.peers.truncate(1);
+        assert!(two.check().is_err(), "automatic failover of two nodes");
+        two.failover.automatic = false;
+        two.check().unwrap();
+        let path = dir.join("mf.toml");
+        std::fs::write(&path, mf.to_toml()).unwrap();
+        assert_eq!(NodeConfig::load(&path).unwrap().replication, mf.replication);
+        let mut mm = c.clone();
+        mm.replication.master = Some(c.name.clone());
+        assert!(mm.check().is_err(), "a master in multi-master mode");
+        assert_eq!(c.engine_config().master_lease_ms, None);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,12 +1,17 @@
 //! `concord-node demo`: three node processes on loopback (real TLS, real files in a
 //! temporary directory) and the multi-region story, told in plain words: writes at
 //! each acknowledgement level, a session token read, a partition with concurrent
-//! writes, the heal with its conflict report, and a `kill -9` and restart from disk.
-//! Every check fails the demo with an error if the cluster does not behave as told.
+//! writes, the heal with its conflict report, and a `kill -9` and restart from disk;
+//! then three master–follower nodes: the master killed under a client writing at
+//! quorum, a follower taking over, an alert firing while the old master is down and
+//! resolving once it is back as a follower, and a planned switchover. Every check
+//! fails the demo with an error if the cluster does not behave as told.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::client::Response;
+use crate::client::{LeaderClient, Response};
 use crate::error::{Error, Result};
 use crate::harness::{Cluster, Options};
 
@@ -69,6 +74,42 @@ pub fn run() -> Result<()> {
     println!("{}, {} and {}.", NAMES[0], NAMES[1], NAMES[2]);
     let mut c = Cluster::start(&bin, &opts)?;
     let result = story(&mut c);
+    tails_on_error(&c, &result);
+    result?;
+    drop(c);
+    let mut opts = Options::master_follower(1_000, 3);
+    opts.tag = "demo-mf".into();
+    opts.log = "warn".into();
+    // A quicker peer_silent than the built-in one (15 s), so that the demo shows it
+    // fire and resolve.
+    opts.alerts.rules.push(concord::ops::alert::Rule {
+        name: "peer_silent".into(),
+        signal: concord::ops::alert::Signal::SilenceMs,
+        comparison: concord::ops::alert::Comparison::Above,
+        threshold: 2_000,
+        clear: 1_000,
+        for_ms: 0,
+        clear_for_ms: 1_000,
+        window_ms: 60_000,
+    });
+    opts.alerts.evaluate_ms = 200;
+    section("6. Master-follower replication: the master fails");
+    println!(
+        "Three new nodes, in master-follower mode: node-1 is the master, under a lease of \
+         1 s; each node checks its peers every 100 ms and fails over after 3 failed checks."
+    );
+    let mut c = Cluster::start(&bin, &opts)?;
+    let result = failover_story(&mut c);
+    tails_on_error(&c, &result);
+    result?;
+    println!(
+        "\nDemo finished in {:.1} s; every node process is stopped and its files removed.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn tails_on_error(c: &Cluster, result: &Result<()>) {
     if result.is_err() {
         for i in 0..3 {
             eprintln!(
@@ -78,11 +119,225 @@ pub fn run() -> Result<()> {
             );
         }
     }
-    result?;
+}
+
+fn status(c: &Cluster, i: usize) -> serde_json::Value {
+    c.client(i)
+        .get_path("/status")
+        .map(|r| r.json())
+        .unwrap_or_default()
+}
+
+/// Waits until `ok` holds of node `i`'s `/status`, and returns it.
+fn wait_status(
+    c: &Cluster,
+    i: usize,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(c, i);
+        if ok(&s) {
+            return Ok(s);
+        }
+        check(Instant::now() < until, what)?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The state of alert `name` for `peer` at node `i`.
+fn alert_state(c: &Cluster, i: usize, name: &str, peer: &str) -> String {
+    let doc = c
+        .client(i)
+        .get_path("/alerts")
+        .map(|r| r.json())
+        .unwrap_or_default();
+    doc["alerts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name && x["peer"] == peer))
+        .and_then(|x| x["state"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "inactive".into())
+}
+
+fn wait_alert(c: &Cluster, i: usize, peer: &str, state: &str) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while alert_state(c, i, "peer_silent", peer) != state {
+        check(
+            Instant::now() < until,
+            &format!("peer_silent for {peer} becomes {state}"),
+        )?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A client writing unique keys at quorum through a [`LeaderClient`]: what it saw
+/// acknowledged (key, node that took it, when).
+type History = Arc<Mutex<Vec<(String, String, Instant)>>>;
+
+fn failover_story(c: &mut Cluster) -> Result<()> {
+    for i in 0..3 {
+        c.wait_ready(i, Duration::from_secs(30)).map_err(demo_err)?;
+    }
+    wait_status(c, 0, "node-1 takes writes", |s| s["writable"] == true)?;
+    let s = status(c, 1);
     println!(
-        "\nDemo finished in {:.1} s; every node process is stopped and its files removed.",
-        started.elapsed().as_secs_f64()
+        "node-2's /status: role {}, epoch {}, leader {}, writable {}.",
+        s["role"], s["epoch"], s["leader"], s["writable"]
     );
+    let r = c.client(1).put("hello", "world", "quorum").map_err(io)?;
+    check(r.status == 503, "a follower refuses a write")?;
+    println!(
+        "A write at node-2 gets {} naming the master ({} at {}): nothing was written, the \
+         client retries there.",
+        r.status,
+        r.json()["leader"],
+        r.header("x-concord-leader").unwrap_or("?")
+    );
+    let history: History = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let addrs: Vec<_> = (0..3).map(|i| c.http(i)).collect();
+        let (history, stop) = (history.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut client = LeaderClient::new(&addrs, Duration::from_secs(3));
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let key = format!("payment:{seq:05}");
+                let path = format!("/kv/{key}?ack=quorum&timeout_ms=2000");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                if let Ok(r) = client.write("PUT", &path, "paid", deadline) {
+                    if r.status == 200 {
+                        let dot = r.json()["dot"].as_str().unwrap_or("").to_string();
+                        let by = dot.split(':').next().unwrap_or("").to_string();
+                        history.lock().unwrap().push((key, by, Instant::now()));
+                    }
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_000));
+    let before = history.lock().unwrap().len();
+    println!("A client writes payments at quorum, following the master: {before} in 1 s.");
+    c.kill(0);
+    let killed = Instant::now();
+    println!("node-1, the master, is killed with SIGKILL.");
+    let until = killed + Duration::from_secs(30);
+    let (new, at) = loop {
+        let first = history
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, by, at)| *at > killed && by != "node-1")
+            .map(|(_, by, at)| (by.clone(), *at));
+        if let Some(f) = first {
+            break f;
+        }
+        check(Instant::now() < until, "a follower takes over")?;
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let n = if new == "node-2" { 1 } else { 2 };
+    let s = status(c, n);
+    println!(
+        "{new} took over at epoch {}: the client's writes resumed {:.1} s after the kill \
+         (3 failed checks once the followers' positions had settled, then a majority in \
+         the new epoch and a wait of 1.25 leases, so that node-1's lease had surely run \
+         out). What {new} logged:",
+        s["epoch"],
+        at.duration_since(killed).as_secs_f64()
+    );
+    for e in s["failover"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        println!("  - {}", e["event"].as_str().unwrap_or(""));
+    }
+    let epoch = s["epoch"].as_u64().unwrap_or(0);
+    let other = 3 - n;
+    wait_alert(c, other, "node-1", "firing")?;
+    println!(
+        "node-{}'s alert peer_silent for node-1 fires (silent over 2 s); /alerts and \
+         concord_alert_firing say so.",
+        other + 1
+    );
+    c.spawn(0)?;
+    c.wait_ready(0, Duration::from_secs(30)).map_err(demo_err)?;
+    let s = wait_status(c, 0, "node-1 returns as a follower", |s| {
+        s["role"] == "follower" && s["epoch"] == epoch && s["leader"] == new.as_str()
+    })?;
+    let r = c.client(0).put("late", "write", "quorum").map_err(io)?;
+    check(r.status == 503, "the old master refuses writes")?;
+    println!(
+        "node-1 restarts from its file as the master of epoch 0, hears of epoch {epoch} and \
+         steps down: role {}, leader {}; a write there gets {} naming {}.",
+        s["role"],
+        s["leader"],
+        r.status,
+        r.json()["leader"]
+    );
+    wait_alert(c, other, "node-1", "resolved")?;
+    println!(
+        "node-{}'s alert peer_silent for node-1 is resolved.",
+        other + 1
+    );
+
+    section("7. A planned switchover back to node-1");
+    let r = c
+        .client(2)
+        .request("POST", "/admin/switchover?to=node-1", &[], "")
+        .map_err(io)?;
+    check(r.status == 200, "the switchover succeeds")?;
+    let report = r.json();
+    let steps: Vec<String> = report["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} at {:.0} ms",
+                s["step"].as_str().unwrap_or("?"),
+                s["at_ms"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    println!(
+        "POST /admin/switchover?to=node-1 at node-3, under the same write load: {}.",
+        steps.join(", ")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let all = c
+        .wait_converged(Duration::from_secs(30))
+        .map_err(demo_err)?;
+    let keys: std::collections::BTreeSet<&str> = all
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["key"].as_str()).collect())
+        .unwrap_or_default();
+    let history = history.lock().unwrap();
+    let lost = history
+        .iter()
+        .filter(|(k, _, _)| !keys.contains(k.as_str()))
+        .count();
+    check(
+        lost == 0,
+        "every write acknowledged at quorum is on every node",
+    )?;
+    let by = |node: &str| history.iter().filter(|(_, b, _)| b == node).count();
+    println!(
+        "The client had {} payments acknowledged at quorum ({} taken by node-1, {} by node-2, \
+         {} by node-3); all three nodes hold every one of them.",
+        history.len(),
+        by("node-1"),
+        by("node-2"),
+        by("node-3")
+    );
+    let panics = c.panics();
+    check(panics.is_empty(), &format!("no node panicked: {panics:?}"))?;
     Ok(())
 }
 

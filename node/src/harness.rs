@@ -13,8 +13,8 @@ use concord::ReplicaId;
 use crate::certs::Ca;
 use crate::client::Client;
 use crate::config::{
-    AckConfig, AlertsConfig, Fsync, NodeConfig, PeerConfig, ReplicationConfig, StorageConfig,
-    TlsConfig,
+    AckConfig, AlertsConfig, FailoverConfig, Fsync, Mode, NodeConfig, PeerConfig,
+    ReplicationConfig, StorageConfig, TlsConfig,
 };
 use crate::proxy::{Link, Proxy};
 
@@ -29,8 +29,11 @@ pub struct Options {
     pub compact_after: u64,
     /// Compact the database file past this many times the live data.
     pub max_file_ratio: u64,
-    /// The nodes' replication settings.
+    /// The nodes' replication settings (with `mode = master-follower`, name the
+    /// initial master in `master`, e.g. `node-1`).
     pub replication: ReplicationConfig,
+    /// The nodes' failover settings.
+    pub failover: FailoverConfig,
     /// The nodes' alert rules.
     pub alerts: AlertsConfig,
     /// The nodes' log level.
@@ -40,6 +43,24 @@ pub struct Options {
     /// The nodes' ids, in order (random if empty): the node with the smaller id of
     /// a pair dials, so a test that needs a given direction fixes them.
     pub ids: Vec<ReplicaId>,
+}
+
+impl Options {
+    /// Options for a master–follower cluster whose first master is `node-1`, with
+    /// quick timers: a lease of `lease_ms`, health checks every 100 ms, failover
+    /// after `failed_checks` failed ones.
+    pub fn master_follower(lease_ms: u64, failed_checks: u32) -> Options {
+        let mut opts = Options::default();
+        opts.replication.mode = Mode::MasterFollower;
+        opts.replication.lease_ms = lease_ms;
+        opts.replication.master = Some("node-1".into());
+        opts.failover = FailoverConfig {
+            check_ms: 100,
+            failed_checks,
+            ..FailoverConfig::default()
+        };
+        opts
+    }
 }
 
 impl Default for Options {
@@ -56,6 +77,7 @@ impl Default for Options {
                 idle_timeout_ms: 2_000,
                 ..ReplicationConfig::default()
             },
+            failover: FailoverConfig::default(),
             alerts: AlertsConfig::default(),
             log: "info".into(),
             tag: "cluster".into(),
@@ -143,6 +165,7 @@ impl Cluster {
                     id: ids[j],
                     name: format!("node-{}", j + 1),
                     addr: proxies[&(i.min(j), i.max(j))].addr(),
+                    http: Some(http[j]),
                 })
                 .collect();
             let config = NodeConfig {
@@ -164,6 +187,7 @@ impl Cluster {
                     max_file_ratio: opts.max_file_ratio,
                 },
                 replication: opts.replication.clone(),
+                failover: opts.failover.clone(),
                 alerts: opts.alerts.clone(),
                 log: opts.log.clone(),
             };

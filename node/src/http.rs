@@ -1,7 +1,7 @@
 //! The HTTP API: a replicated key-value store.
 //!
 //! * `PUT /kv/{key}` (body: the value, UTF-8) and `DELETE /kv/{key}`, with
-//!   `?ack=async|semi|semi:K|sync` and `?timeout_ms=N`. `200` once the write reached
+//!   `?ack=async|semi|semi:K|quorum|sync` and `?timeout_ms=N`. `200` once the write reached
 //!   its level; `202` if it is written here (durable as the fsync policy says) but fewer peers than asked
 //!   hold it when the timeout expires (replication goes on); `404` for a delete of a
 //!   key this node does not hold. The `x-concord-token` response header is the
@@ -11,6 +11,18 @@
 //!   if absent; `503` if this node had not caught up with the token in time.
 //! * `GET /kv`: every key with its siblings.
 //! * `GET /conflicts`, `GET /health`, `GET /metrics`.
+//! * `GET /status`: the same document as `/health` (role, epoch, leader, whether a
+//!   write would be taken now and why not, the lease, failover events), always `200`.
+//! * Master–follower mode (`409` in multi-master mode): `POST /admin/promote`
+//!   (`?epoch=N` optional: this node becomes the master of a new epoch),
+//!   `POST /admin/stop-writes`, `POST /admin/fence?epoch=N` (take the epoch as a
+//!   follower), and `POST /admin/switchover?to=NODE` (a planned switchover from the
+//!   current master to `NODE`, a name or an id, driven from this node over the
+//!   other nodes' HTTP APIs; the answer lists every step with its time). A write at
+//!   a node that does not take writes now (a follower, a deposed master, a master
+//!   without its lease or in its fencing wait) gets `503` naming the master it
+//!   supports (`leader`, `leader_http`, and the `x-concord-leader` header when its
+//!   address is known): nothing was written, retry there.
 //! * `GET /alerts`: every alert series (rule, and peer for per-peer rules) with its
 //!   state (`inactive`, `pending`, `firing`, `resolved`), since when (`since_unix_ms`,
 //!   `for_ms`), the value last seen, the threshold and the clear value.
@@ -39,9 +51,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{ack_name, parse_ack};
+use crate::config::{ack_name, parse_ack, NodeConfig};
 use crate::metrics::Metrics;
-use crate::node::{Command, ReadOutcome, WriteOutcome};
+use crate::node::{AdminOp, Command, ReadOutcome, WriteOutcome};
 
 /// The largest request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -51,6 +63,8 @@ pub const MAX_KEY: usize = 1024;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The session token header.
 pub const TOKEN_HEADER: &str = "x-concord-token";
+/// The header naming the HTTP address of the master, on a refused write.
+pub const LEADER_HEADER: &str = "x-concord-leader";
 /// The most HTTP connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
 /// How long a connection may take to send a request head (or stay idle between
@@ -74,6 +88,8 @@ pub struct Api {
     pub read_wait: Duration,
     /// How many peers the node has.
     pub peers: usize,
+    /// The node's configuration (a switchover reaches the other nodes with it).
+    pub config: Arc<NodeConfig>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -146,6 +162,18 @@ fn millis(req: &Request<Incoming>, name: &str, default: Duration) -> Result<Dura
     }
 }
 
+fn u64_query(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, Box<Resp>> {
+    match query(req, name) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be a non-negative integer"),
+            ))
+        }),
+    }
+}
+
 /// Serves the API on `listener` forever.
 pub async fn serve(listener: TcpListener, api: Arc<Api>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -189,6 +217,11 @@ impl Api {
             "/metrics" => "metrics",
             "/conflicts" => "conflicts",
             "/alerts" => "alerts",
+            "/status" => "status",
+            "/admin/promote" => "admin_promote",
+            "/admin/stop-writes" => "admin_stop_writes",
+            "/admin/fence" => "admin_fence",
+            "/admin/switchover" => "admin_switchover",
             _ => "other",
         };
         let resp = match (&method, route) {
@@ -209,6 +242,27 @@ impl Api {
                     Ok(v) => reply(StatusCode::OK, v),
                     Err(r) => *r,
                 }
+            }
+            (&Method::GET, "status") => self.ask(|reply| Command::Health { reply }).await,
+            (&Method::POST, "admin_promote") => match u64_query(&req, "epoch") {
+                Ok(epoch) => self.admin(AdminOp::Promote { epoch }).await,
+                Err(r) => *r,
+            },
+            (&Method::POST, "admin_stop_writes") => self.admin(AdminOp::StopWrites).await,
+            (&Method::POST, "admin_fence") => match u64_query(&req, "epoch") {
+                Ok(Some(epoch)) => self.admin(AdminOp::Fence { epoch }).await,
+                Ok(None) => error(StatusCode::BAD_REQUEST, "fence needs ?epoch=N"),
+                Err(r) => *r,
+            },
+            (&Method::POST, "admin_switchover") => match query(&req, "to") {
+                Some(to) => self.switchover(to).await,
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "switchover needs ?to=NODE (a name or an id)",
+                ),
+            },
+            (_, r) if r.starts_with("admin_") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "admin routes take POST")
             }
             (&Method::GET, "conflicts") => self.ask(|reply| Command::Conflicts { reply }).await,
             (&Method::GET, "alerts") => self.ask(|reply| Command::Alerts { reply }).await,
@@ -232,12 +286,13 @@ impl Api {
             }
             _ => error(
                 StatusCode::NOT_FOUND,
-                "no such route: see /kv/{key}, /health, /metrics, /conflicts, /alerts",
+                "no such route: see /kv/{key}, /health, /status, /metrics, /conflicts, \
+                 /alerts, /admin/{promote,stop-writes,fence,switchover}",
             ),
         };
         // A fixed set of label values: a client must not create series at will.
         let method = match method {
-            Method::GET | Method::PUT | Method::DELETE => method.as_str(),
+            Method::GET | Method::PUT | Method::DELETE | Method::POST => method.as_str(),
             _ => "other",
         };
         self.metrics
@@ -249,6 +304,39 @@ impl Api {
             ])
             .inc();
         resp
+    }
+
+    async fn admin(&self, op: AdminOp) -> Resp {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .engine
+            .send(Command::Admin { op, reply: tx })
+            .await
+            .is_err()
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+        }
+        match rx.await {
+            Ok(Ok(v)) => reply(StatusCode::OK, v),
+            Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
+        }
+    }
+
+    async fn switchover(&self, to: String) -> Resp {
+        let config = self.config.clone();
+        let run = tokio::task::spawn_blocking(move || crate::switchover::run(&config, &to));
+        match run.await {
+            Ok(Ok(v)) => reply(StatusCode::OK, v),
+            Ok(Err(e)) => reply(
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::CONFLICT),
+                e.body,
+            ),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the switchover task failed",
+            ),
+        }
     }
 
     async fn ask(&self, make: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Command) -> Resp {
@@ -432,6 +520,30 @@ impl Api {
                 ),
                 &token,
             ),
+            Ok(WriteOutcome::NotWritable {
+                reason,
+                leader,
+                leader_name,
+                leader_http,
+                epoch,
+            }) => {
+                let mut r = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "error": format!("not written: {reason}; retry at the master"),
+                        "epoch": epoch,
+                        "leader": leader_name,
+                        "leader_id": leader.map(|l| l.to_string()),
+                        "leader_http": leader_http.map(|a| a.to_string()),
+                    }),
+                );
+                if let Some(v) = leader_http
+                    .and_then(|a| hyper::header::HeaderValue::from_str(&a.to_string()).ok())
+                {
+                    r.headers_mut().insert(LEADER_HEADER, v);
+                }
+                r
+            }
             Ok(WriteOutcome::Failed { status, reason }) => error(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
                 reason,

@@ -9,6 +9,9 @@
 //! * [`node`]: the task that owns the engine; [`http`]: a replicated key-value store
 //!   over HTTP with acknowledgement levels, session tokens, conflicts, `/metrics`
 //!   and `/health`.
+//! * [`switchover`]: a planned switchover (master–follower mode), the sans-IO
+//!   [`concord::ops::failover::Coordinator`] driven over the nodes' HTTP APIs; the
+//!   automatic failover runs in [`node`].
 //! * [`harness`], [`proxy`], [`client`]: what the demo and the multi-process tests
 //!   use to start clusters, cut links and talk to nodes.
 //!
@@ -33,6 +36,7 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod store;
+pub mod switchover;
 pub mod transport;
 
 use std::sync::Arc;
@@ -120,6 +124,7 @@ pub fn run(config: config::NodeConfig) -> Result<()> {
         ack_timeout: Duration::from_millis(config.ack.timeout_ms),
         read_wait: Duration::from_millis(config.ack.read_wait_ms),
         peers: config.peers.len(),
+        config: Arc::new(config.clone()),
     });
     tracing::info!(
         "{label} ({}) replicating on {}, HTTP on {}",

@@ -19,7 +19,8 @@ usage:
       write a cluster CA, N node certificates and configurations (default 3 nodes,
       replication ports P+1.., HTTP ports P+101..; P defaults to 7100)
   concord-node demo
-      start three nodes on loopback and walk through multi-region replication";
+      start node processes on loopback and walk through multi-region replication,
+      then a master-follower failover and switchover";
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()

@@ -111,6 +111,18 @@ pub struct Metrics {
     pub set_aside_writes: Gauge,
     /// 1 while the node is a master, 0 while a read-only follower.
     pub master: Gauge,
+    /// 1 while a local write would be taken now (a master holding its lease, past
+    /// its fencing wait), 0 otherwise.
+    pub writable: Gauge,
+    /// The fencing epoch (master–follower mode; 0 in multi-master mode).
+    pub epoch: Gauge,
+    /// Times the master this node supports changed (a new epoch, a new leader).
+    pub leader_changes: Counter,
+    /// Automatic failovers this node's coordinator started (the master failed its
+    /// checks).
+    pub failovers: Counter,
+    /// Times this node was promoted (automatic failover, switchover or by hand).
+    pub promotions: Counter,
     /// The protocol version spoken to each peer.
     pub peer_protocol_version: Family<Labels, Gauge>,
     /// 1 while an alert is firing, by `alert` (and `peer` for per-peer rules).
@@ -173,6 +185,11 @@ impl Metrics {
             contained_hot_keys: Gauge::default(),
             set_aside_writes: Gauge::default(),
             master: Gauge::default(),
+            writable: Gauge::default(),
+            epoch: Gauge::default(),
+            leader_changes: Counter::default(),
+            failovers: Counter::default(),
+            promotions: Counter::default(),
             peer_protocol_version: Family::default(),
             alert_firing: Family::default(),
             alert_pending: Family::default(),
@@ -353,6 +370,27 @@ impl Metrics {
             "master",
             "1 while a master, 0 while a read-only follower",
             m.master.clone(),
+        );
+        r.register(
+            "writable",
+            "1 while a local write would be taken now",
+            m.writable.clone(),
+        );
+        r.register("epoch", "The fencing epoch", m.epoch.clone());
+        r.register(
+            "leader_changes",
+            "Times the master this node supports changed",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "failovers",
+            "Automatic failovers this node's coordinator started",
+            m.failovers.clone(),
+        );
+        r.register(
+            "promotions",
+            "Times this node was promoted to master",
+            m.promotions.clone(),
         );
         r.register(
             "peer_protocol_version",

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use concord::hlc::Timestamp;
 use concord::ops::alert::{Alerts, State};
-use concord::sync::{AckLevel, Message, Snapshot, SyncEngine};
+use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
+use concord::sync::{AckLevel, Message, Role, Snapshot, SyncEngine};
 use concord::{CausalContext, Conflict, Crdt, Dot, MvRegister, ReplicaId, SystemClock};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{ack_name, Fsync, NodeConfig, LEASE_BLOCK_NO_FSYNC};
 use crate::error::Result;
 use crate::metrics::{self, Metrics};
-use crate::store::{Recovered, RedbLease, Store};
+use crate::store::{Recovered, RedbLease, RoleRecord, Store};
 use crate::Kv;
 
 type Engine = SyncEngine<Kv, SystemClock>;
@@ -45,6 +46,8 @@ const PARKED_BYTES: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// How often the `none` fsync policy syncs the database.
 const SYNC_PERIOD: Duration = Duration::from_millis(100);
+/// How many failover events `/health` lists.
+const EVENTS: usize = 50;
 
 /// A request to the engine's task.
 #[derive(Debug)]
@@ -97,6 +100,13 @@ pub enum Command {
         /// The frame as received (logged if its delta changes the state).
         frame: Vec<u8>,
     },
+    /// An operator's command on the replication role (master–follower mode).
+    Admin {
+        /// What to do.
+        op: AdminOp,
+        /// Where the answer goes: the `/health` document after it, or why not.
+        reply: oneshot::Sender<std::result::Result<Value, String>>,
+    },
     /// A connection to `peer` is up; frames for it go to `tx`.
     PeerUp {
         /// The peer.
@@ -112,6 +122,24 @@ pub enum Command {
         peer: ReplicaId,
         /// The connection's number.
         conn: u64,
+    },
+}
+
+/// An operator's command on the replication role (`POST /admin/...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminOp {
+    /// Become the master of a new epoch: `epoch`, or the next one above every epoch
+    /// this node has seen.
+    Promote {
+        /// The epoch, if the caller chose one.
+        epoch: Option<u64>,
+    },
+    /// Stop taking writes, keeping the epoch (a switchover's first step).
+    StopWrites,
+    /// Take `epoch` as a follower.
+    Fence {
+        /// The epoch.
+        epoch: u64,
     },
 }
 
@@ -150,6 +178,22 @@ pub enum WriteOutcome {
         status: u16,
         /// Why.
         reason: String,
+    },
+    /// Refused because this node does not take writes now (master–follower mode: a
+    /// follower, a deposed master, a master without its lease or in its fencing
+    /// wait): nothing was written; retry at `leader`.
+    NotWritable {
+        /// Why.
+        reason: String,
+        /// The master this node supports, if it knows one (itself, for a master that
+        /// waits for its lease or its fencing wait: retry here shortly).
+        leader: Option<ReplicaId>,
+        /// Its name.
+        leader_name: Option<String>,
+        /// Its HTTP address, if configured.
+        leader_http: Option<std::net::SocketAddr>,
+        /// This node's epoch.
+        epoch: u64,
     },
 }
 
@@ -228,6 +272,26 @@ pub struct Node {
     /// The alert rules and their series, evaluated on the node's uptime.
     alerts: Alerts,
     last_alerts: Instant,
+    /// The failover coordinator (master–follower mode with automatic failover).
+    coordinator: Option<Coordinator>,
+    last_check: Instant,
+    /// The epoch, leader and role last queued for the store.
+    saved_role: Option<RoleRecord>,
+    /// What the failover machinery did, newest last (for `/health`).
+    events: VecDeque<Value>,
+    /// Since when this node has been a master that no majority supports (see
+    /// [`Node::step_down_if_unsupported`]).
+    unsupported_since: Option<Instant>,
+    /// Whether this node has heard from the coordinator's master since it started
+    /// (until then, and for a grace period, a silent master is a cluster starting).
+    master_heard: bool,
+    /// The positions fed to the coordinator at the last check, and since when they
+    /// have not changed.
+    positions: Vec<(ReplicaId, CausalContext)>,
+    settled_since: Instant,
+    /// The last master other than this node that its coordinator held (the one it
+    /// failed over from, or followed before a newer decision).
+    failed_master: Option<ReplicaId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -250,26 +314,43 @@ impl Node {
         let Recovered {
             state,
             acks,
+            role,
             replayed,
             existed,
             took,
         } = rec;
         let keys = state.len();
         let engine_config = config.engine_config();
-        let engine = if existed {
+        let engine = if existed || role.is_some() {
             let hlc_last = state
                 .max_timestamp()
                 .unwrap_or(Timestamp::new(0, 0, config.node_id));
+            // Master–follower mode: the role, epoch and leader the file holds (a
+            // master restarted as one waits for a majority in its epoch again, and
+            // steps down as soon as it hears of a newer one); before the first save,
+            // the configured role. Multi-master: a master, epoch 0, as always.
+            let (role, epoch, leader) = match (&role, config.master_follower()) {
+                (Some(r), true) => (
+                    if r.master {
+                        Role::Master
+                    } else {
+                        Role::Follower
+                    },
+                    r.epoch,
+                    r.leader,
+                ),
+                (_, true) => (engine_config.role, 0, None),
+                (_, false) => (Role::Master, 0, None),
+            };
             let snapshot = Snapshot {
                 node: config.node_id,
-                role: concord::sync::Role::Master,
+                role,
                 state,
                 peers: acks.iter().map(|(p, c, _)| (*p, c.clone())).collect(),
                 hlc_last,
                 peer_versions: acks.iter().map(|(p, _, v)| (*p, *v)).collect(),
-                // The node runs multi-master and does not persist epochs yet.
-                epoch: 0,
-                leader: None,
+                epoch,
+                leader,
             };
             SyncEngine::restore(snapshot, SystemClock, engine_config)?.with_lease(store.lease())?
         } else {
@@ -292,6 +373,18 @@ impl Node {
         let alerts = config.alerts.evaluator()?;
         let lease = store.lease();
         let fenced = store.fenced()?;
+        let coordinator = (config.master_follower() && config.failover.automatic)
+            .then(|| new_coordinator(&config, &engine));
+        if config.master_follower() {
+            tracing::info!(
+                "master-follower mode: {} at epoch {}, leader {}",
+                role_name(engine.role()),
+                engine.epoch(),
+                engine
+                    .leader()
+                    .map_or("unknown".into(), |l| config.name_of(l))
+            );
+        }
         if let Some(why) = &fenced {
             tracing::error!("this node is fenced and refuses writes: {why}");
             metrics.fenced.set(1);
@@ -322,6 +415,15 @@ impl Node {
             recovery,
             alerts,
             last_alerts: Instant::now(),
+            coordinator,
+            last_check: Instant::now(),
+            saved_role: None,
+            events: VecDeque::new(),
+            unsupported_since: None,
+            master_heard: false,
+            positions: Vec::new(),
+            settled_since: Instant::now(),
+            failed_master: None,
         })
     }
 
@@ -408,6 +510,9 @@ impl Node {
                 }));
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
+            Command::Admin { op, reply } => {
+                let _ = reply.send(self.admin(op));
+            }
             Command::PeerUp { peer, conn, tx } => {
                 // Frames produced without a connection were produced after their
                 // commit: they may go now.
@@ -476,6 +581,15 @@ impl Node {
         });
         let receipt = match written {
             Ok(r) => r,
+            Err(
+                e @ (concord::Error::ReadOnly { .. }
+                | concord::Error::Deposed { .. }
+                | concord::Error::NoQuorum { .. }
+                | concord::Error::FencingWait { .. }),
+            ) => {
+                let _ = reply.send(self.not_writable(e.to_string()));
+                return;
+            }
             Err(e) => {
                 let _ = reply.send(WriteOutcome::Failed {
                     status: 400,
@@ -614,6 +728,10 @@ impl Node {
         if self.engine.poll_timeout().is_some_and(|t| t <= now_ms) {
             self.engine.handle_timeout();
         }
+        self.check_failover();
+        // The epoch and the leader it supports go to disk with the batch that
+        // changed them, before any message that shows them leaves.
+        self.save_role();
         // Durable first, then visible to peers and clients.
         self.commit();
         self.cover_issued();
@@ -849,6 +967,11 @@ impl Node {
         mx.set_aside_writes.set(m.set_aside_writes as i64);
         mx.master
             .set(i64::from(m.role == concord::sync::Role::Master));
+        mx.writable.set(i64::from(
+            self.engine.writable().is_ok() && self.fenced.is_none(),
+        ));
+        mx.epoch
+            .set(i64::try_from(self.engine.epoch()).unwrap_or(i64::MAX));
         for p in &m.peers {
             let labels = metrics::peer(&self.name(p.peer));
             self.metrics
@@ -1016,15 +1139,12 @@ impl Node {
         let pct = |q: f64| -> Option<f64> {
             (!lags.is_empty()).then(|| lags[((lags.len() - 1) as f64 * q).round() as usize])
         };
-        json!({
+        let mut doc = json!({
             "status": if self.fenced.is_some() { "fenced" } else { "ok" },
             "fenced": self.fenced,
             "node": self.config.name,
             "id": self.config.node_id.to_string(),
-            "role": match self.engine.role() {
-                concord::sync::Role::Master => "master",
-                concord::sync::Role::Follower => "follower",
-            },
+            "role": role_name(self.engine.role()),
             "keys": self.engine.state().len(),
             "idle": self.engine.is_idle(),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
@@ -1037,6 +1157,399 @@ impl Node {
                 "p99": pct(0.99),
             },
             "peers": peers,
+        });
+        if let (Value::Object(d), Value::Object(r)) = (&mut doc, self.replication_status()) {
+            d.extend(r);
+        }
+        doc
+    }
+}
+
+/// A coordinator that holds `engine`'s leader (else the configured master) for the
+/// master, at `engine`'s epoch, over this node and its peers.
+fn new_coordinator(config: &NodeConfig, engine: &Engine) -> Coordinator {
+    let members = std::iter::once(config.node_id).chain(config.peers.iter().map(|p| p.id));
+    let master = supported(engine)
+        .or(config.master_id())
+        .unwrap_or(config.node_id);
+    let c = CoordinatorConfig {
+        failed_checks: config.failover.failed_checks,
+        switchover_timeout_ms: config.failover.switchover_timeout_ms,
+    };
+    Coordinator::new(members, master, engine.epoch(), c)
+}
+
+/// The master `engine` supports: its leader, unless that is itself and it is no
+/// longer a master (it stepped down, and follows no one yet).
+fn supported(engine: &Engine) -> Option<ReplicaId> {
+    engine
+        .leader()
+        .filter(|l| *l != engine.node() || engine.role() == Role::Master)
+}
+
+/// The lower-case name of a role (as in `/health`).
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Master => "master",
+        Role::Follower => "follower",
+    }
+}
+
+impl Node {
+    /// The refusal of a write this node does not take now, naming the master it
+    /// supports.
+    fn not_writable(&self, reason: String) -> WriteOutcome {
+        let leader = self.engine.leader();
+        WriteOutcome::NotWritable {
+            reason,
+            leader,
+            leader_name: leader.map(|l| self.name(l)),
+            leader_http: leader.and_then(|l| self.config.http_of(l)),
+            epoch: self.engine.epoch(),
+        }
+    }
+
+    /// Records a failover event: logged, and listed in `/health`.
+    fn event(&mut self, what: String) {
+        tracing::warn!("failover: {what}");
+        self.events
+            .push_back(json!({ "at_unix_ms": self.engine.now_ms(), "event": what }));
+        while self.events.len() > EVENTS {
+            self.events.pop_front();
+        }
+    }
+
+    /// Runs an operator's command (`POST /admin/...`) on the engine.
+    fn admin(&mut self, op: AdminOp) -> std::result::Result<Value, String> {
+        if !self.config.master_follower() {
+            return Err(
+                "this node runs multi-master: every node takes writes, and there \
+                        is nothing to promote or fence (replication.mode)"
+                    .into(),
+            );
+        }
+        match op {
+            AdminOp::Promote { epoch } => {
+                let epoch = match epoch {
+                    Some(e) => self.engine.promote_at(e).map(|()| e),
+                    None => self.engine.promote(),
+                }
+                .map_err(|e| e.to_string())?;
+                self.metrics.promotions.inc();
+                self.event(format!("promoted by an operator at epoch {epoch}"));
+            }
+            AdminOp::StopWrites => {
+                self.engine.demote();
+                self.event(format!(
+                    "stopped taking writes (epoch {}) at an operator's request",
+                    self.engine.epoch()
+                ));
+            }
+            AdminOp::Fence { epoch } => {
+                self.engine.fence(epoch).map_err(|e| e.to_string())?;
+                self.event(format!("fenced at epoch {}", self.engine.epoch()));
+            }
+        }
+        if let Some(c) = &self.coordinator {
+            // Follow the new state rather than a decision taken before it.
+            if supported(&self.engine).is_some_and(|l| c.master() != Some(l)) {
+                self.rebuild_coordinator();
+            }
+        }
+        Ok(self.health())
+    }
+
+    /// Feeds the failover coordinator the peers' health and positions, as this
+    /// node's engine knows them, and carries out what concerns this node. Each node
+    /// runs one: every follower sees the same master fail and, from the same
+    /// positions, chooses the same candidate, which promotes itself; the others
+    /// wait to hear from it. A candidate that does not take over fails its checks in
+    /// turn, and the next one is chosen. Safety is the engine's (one master per
+    /// epoch, the lease, the fencing wait), not the coordinators'.
+    fn check_failover(&mut self) {
+        if self.coordinator.is_none()
+            || self.last_check.elapsed() < Duration::from_millis(self.config.failover.check_ms)
+        {
+            return;
+        }
+        self.last_check = Instant::now();
+        let me = self.config.node_id;
+        let (epoch, leader) = (self.engine.epoch(), supported(&self.engine));
+        // The engine supports another master than the coordinator holds, at an epoch
+        // at least the coordinator's: someone else's decision (a switchover, a
+        // promotion by hand, another node's coordinator) stands.
+        if let (Some(l), Some(c)) = (leader, &self.coordinator) {
+            if c.master() != Some(l) && epoch >= c.epoch() {
+                self.rebuild_coordinator();
+            }
+        }
+        let m = self.engine.metrics();
+        let silence = 2 * self.config.replication.heartbeat_ms;
+        self.step_down_if_unsupported(&m, silence);
+        // A master this node has not heard since it started is given a grace
+        // period: two leases, and at least 10 s (a cluster starting on a loaded
+        // machine). A master it has heard is checked at once.
+        let grace_ms = (2 * self.config.replication.lease_ms).max(10_000);
+        let grace = !self.master_heard && self.uptime_ms() < grace_ms;
+        // Positions settle once the master is gone: the followers pass each other
+        // what they lack, and acknowledge it, within a heartbeat or two. A failover
+        // waits until they have not changed for two heartbeats and a check, so that
+        // every follower chooses from the same positions, and so the same node.
+        let positions: Vec<(ReplicaId, CausalContext)> =
+            std::iter::once((me, self.engine.context().clone()))
+                .chain(m.peers.iter().map(|p| (p.peer, p.acked.clone())))
+                .collect();
+        if positions != self.positions {
+            self.positions = positions;
+            self.settled_since = Instant::now();
+        }
+        let settled = self.settled_since.elapsed()
+            >= Duration::from_millis(silence + self.config.failover.check_ms);
+        let Some(c) = self.coordinator.as_mut() else {
+            return;
+        };
+        for p in &m.peers {
+            let role = if leader == Some(p.peer) {
+                Role::Master
+            } else {
+                Role::Follower
+            };
+            let position = Position {
+                context: p.acked.clone(),
+                epoch,
+                role,
+            };
+            c.observe(p.peer, position);
+        }
+        c.observe(me, Position::from(&self.engine));
+        c.health(me, true);
+        for p in &m.peers {
+            let connected = self.links.get(&p.peer).is_some_and(|l| !l.is_empty());
+            let heard = p.lag.since_heard_ms.is_some_and(|t| t <= silence);
+            let mut ok = connected && heard;
+            if c.master() == Some(p.peer) {
+                self.master_heard |= heard;
+                if grace && !heard {
+                    continue;
+                }
+                // The master must also be the one this node supports.
+                ok &= leader == Some(p.peer);
+                if !ok && !settled {
+                    // Not counted yet, not forgiven either.
+                    continue;
+                }
+            }
+            c.health(p.peer, ok);
+        }
+        let mut actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
+        // Reports first (in their order), so the events read as decided, then done.
+        actions.sort_by_key(|a| !matches!(a, Action::Report(_)));
+        for action in actions {
+            match action {
+                Action::Promote { node, epoch } if node == me => {
+                    match self.engine.promote_at(epoch) {
+                        Ok(()) => {
+                            self.metrics.promotions.inc();
+                            self.event(format!(
+                                "promoted itself at epoch {epoch}: writes start once a \
+                                 majority is in the epoch and the old lease has run out"
+                            ));
+                        }
+                        Err(e) => self.event(format!("cannot promote itself: {e}")),
+                    }
+                }
+                Action::Promote { node, epoch } => {
+                    let name = self.name(node);
+                    self.event(format!("expects {name} to take over at epoch {epoch}"));
+                }
+                Action::Fence { node, epoch } if node == me => {
+                    if let Err(e) = self.engine.fence(epoch) {
+                        self.event(format!("cannot fence itself: {e}"));
+                    }
+                }
+                // A master that cannot be reached is fenced by its lease and by the
+                // first message of the new epoch that reaches it.
+                Action::Fence { .. } => {}
+                Action::StopWrites { node } if node == me => self.engine.demote(),
+                Action::StopWrites { .. } => {}
+                Action::Report(report) => {
+                    if let Report::FailoverStarted { master, .. } = report {
+                        self.metrics.failovers.inc();
+                        self.failed_master = Some(master);
+                    }
+                    let text = self.describe(&report);
+                    self.event(text);
+                }
+            }
+        }
+    }
+
+    /// A master that hears from a majority but has had no majority in its epoch for
+    /// three leases lost a race: another node was promoted in the same epoch and the
+    /// others support it (a replica supports one master per epoch). It would stay a
+    /// master that refuses every write, naming itself; it steps down instead, and
+    /// follows. (Cut off from the majority, it waits: that is a partition, and its
+    /// lease already stops its writes.)
+    fn step_down_if_unsupported(&mut self, m: &concord::sync::Metrics, silence: u64) {
+        let unsupported = self.engine.role() == Role::Master
+            && matches!(
+                self.engine.writable(),
+                Err(concord::Error::NoQuorum { .. }
+                    | concord::Error::FencingWait { until_ms: None, .. })
+            );
+        let heard = m
+            .peers
+            .iter()
+            .filter(|p| p.lag.since_heard_ms.is_some_and(|t| t <= silence))
+            .count();
+        if !unsupported || heard + 1 < self.engine.quorum() {
+            self.unsupported_since = None;
+            return;
+        }
+        let since = *self.unsupported_since.get_or_insert_with(Instant::now);
+        let limit = Duration::from_millis(3 * self.config.replication.lease_ms);
+        if since.elapsed() < limit {
+            return;
+        }
+        self.unsupported_since = None;
+        let epoch = self.engine.epoch();
+        if self.engine.fence(epoch).is_ok() {
+            self.event(format!(
+                "stepped down: master of epoch {epoch} for {} ms while hearing from a \
+                 majority, none of which supports it (another node leads the epoch, or \
+                 two were promoted and neither gathered a majority)",
+                limit.as_millis()
+            ));
+            // If no one leads the epoch (two candidates split the votes of a
+            // cluster missing its master), the coordinator must not hold this node
+            // for the master: it goes back to the master it failed over from, whose
+            // checks fail, and the next failover, on settled positions, starts a new
+            // epoch.
+            let failed = self.failed_master.filter(|f| *f != self.config.node_id);
+            if let (Some(c), Some(failed)) = (&self.coordinator, failed) {
+                let config = CoordinatorConfig {
+                    failed_checks: self.config.failover.failed_checks,
+                    switchover_timeout_ms: self.config.failover.switchover_timeout_ms,
+                };
+                let members = std::iter::once(self.config.node_id)
+                    .chain(self.config.peers.iter().map(|p| p.id));
+                if c.master() == Some(self.config.node_id) {
+                    self.coordinator = Some(Coordinator::new(members, failed, epoch, config));
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the coordinator on the engine's view (see [`new_coordinator`]),
+    /// remembering the master it held (if another node) as the one to go back to if
+    /// this node's own mastership comes to nothing.
+    fn rebuild_coordinator(&mut self) {
+        let me = self.config.node_id;
+        if let Some(old) = self.coordinator.as_ref().and_then(Coordinator::master) {
+            if old != me {
+                self.failed_master = Some(old);
+            }
+        }
+        self.coordinator = Some(new_coordinator(&self.config, &self.engine));
+    }
+
+    /// A coordinator's report in words.
+    fn describe(&self, report: &Report) -> String {
+        match report {
+            Report::FailoverStarted {
+                master,
+                failed_checks,
+            } => format!(
+                "master {} failed {failed_checks} consecutive health checks: failing over",
+                self.name(*master)
+            ),
+            Report::NoCandidate { master } => format!(
+                "no healthy follower with a known position can replace {}; retrying on \
+                 the next failed check",
+                self.name(*master)
+            ),
+            Report::Promoted {
+                node,
+                epoch,
+                missed,
+            } => format!(
+                "chose {} as the new master at epoch {epoch} (it lacked {missed} write(s) \
+                 another follower held; they reach it by replication)",
+                self.name(*node)
+            ),
+            Report::Switchover { target, step } => {
+                format!("switchover to {}: {step:?}", self.name(*target))
+            }
+            Report::SwitchoverAborted {
+                target,
+                step,
+                epoch,
+            } => format!(
+                "switchover to {} aborted in {step:?}; the old master resumes at epoch {epoch}",
+                self.name(*target)
+            ),
+        }
+    }
+
+    /// Queues the engine's epoch, leader and role for the next commit if they
+    /// changed (master–follower mode).
+    fn save_role(&mut self) {
+        if !self.config.master_follower() {
+            return;
+        }
+        let record = RoleRecord {
+            epoch: self.engine.epoch(),
+            leader: self.engine.leader(),
+            master: self.engine.role() == Role::Master,
+        };
+        if self.saved_role.as_ref() == Some(&record) {
+            return;
+        }
+        if let Some(old) = &self.saved_role {
+            if record.leader.is_some() && (old.epoch, old.leader) != (record.epoch, record.leader) {
+                self.metrics.leader_changes.inc();
+                let leader = record.leader.map(|l| self.name(l)).unwrap_or_default();
+                tracing::info!("epoch {}: the master is {leader}", record.epoch);
+            }
+        }
+        self.store.save_role(&record);
+        self.saved_role = Some(record);
+    }
+
+    /// The replication part of `/health`: mode, role, epoch, leader, whether a
+    /// write would be taken now and why not, the lease, and the failover events.
+    fn replication_status(&self) -> Value {
+        let writable = self.engine.writable();
+        let lease = match &writable {
+            Ok(()) if self.config.master_follower() => json!({ "state": "held" }),
+            Ok(()) => json!({ "state": "none (multi-master)" }),
+            Err(concord::Error::NoQuorum {
+                answered, needed, ..
+            }) => json!({ "state": "not held", "answered": answered, "needed": needed }),
+            Err(concord::Error::FencingWait { until_ms, .. }) => {
+                json!({ "state": "fencing wait", "until_unix_ms": until_ms })
+            }
+            Err(_) => json!({ "state": "follower" }),
+        };
+        let leader = self.engine.leader();
+        json!({
+            "mode": if self.config.master_follower() { "master-follower" } else { "multi-master" },
+            "epoch": self.engine.epoch(),
+            "leader": leader.map(|l| self.name(l)),
+            "leader_id": leader.map(|l| l.to_string()),
+            "leader_http": leader.and_then(|l| self.config.http_of(l)).map(|a| a.to_string()),
+            "writable": writable.is_ok() && self.fenced.is_none(),
+            "write_refusal": writable.err().map(|e| e.to_string()),
+            "lease": lease,
+            "lease_ms": self.config.master_follower().then_some(self.config.replication.lease_ms),
+            "quorum": self.engine.quorum(),
+            "token": self.engine.token().to_token(),
+            "failover": {
+                "automatic": self.coordinator.is_some(),
+                "coordinator_master": self.coordinator.as_ref().and_then(|c| c.master()).map(|m| self.name(m)),
+                "coordinator_epoch": self.coordinator.as_ref().map(Coordinator::epoch),
+                "events": self.events.iter().collect::<Vec<_>>(),
+            },
         })
     }
 }

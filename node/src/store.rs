@@ -64,6 +64,21 @@ pub const FILE_FLOOR: u64 = 4 << 20;
 /// A peer's acknowledged context and protocol version, as saved.
 pub type PeerRecord = (ReplicaId, CausalContext, u32);
 
+/// The engine's place in master–follower replication, as saved: its fencing epoch,
+/// the master it supports in that epoch, and its role. Saved in the same commit as
+/// the batch that changed it, so it is on disk before anything sent after it (a
+/// restarted replica never supports two masters in one epoch, and a restarted
+/// master that was deposed never comes back as the master of its old epoch).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoleRecord {
+    /// The fencing epoch.
+    pub epoch: u64,
+    /// The master supported in `epoch`.
+    pub leader: Option<ReplicaId>,
+    /// True if this node was a master.
+    pub master: bool,
+}
+
 const LOCAL: u8 = 0;
 const REMOTE: u8 = 1;
 
@@ -75,6 +90,8 @@ pub struct Recovered {
     /// What each peer had acknowledged when last saved, and the newest protocol
     /// version it was heard to speak.
     pub acks: Vec<PeerRecord>,
+    /// The epoch, leader and role last saved (master–follower mode), if any.
+    pub role: Option<RoleRecord>,
     /// How many log records were replayed.
     pub replayed: u64,
     /// True if the file held anything (a restart rather than a first start).
@@ -141,6 +158,7 @@ pub struct Store {
     next_seq: u64,
     pending: Vec<Vec<u8>>,
     pending_acks: Option<Vec<u8>>,
+    pending_role: Option<Vec<u8>>,
     unsynced: bool,
     compact_after: u64,
     compactor: Option<mpsc::SyncSender<u64>>,
@@ -318,6 +336,25 @@ impl Store {
                 Err(_) => Vec::new(),
             }
         };
+        let role = {
+            let tx = db.get().begin_read().map_err(Error::storage)?;
+            match tx.open_table(META) {
+                Ok(meta) => match meta.get("role").map_err(Error::storage)? {
+                    // A record this version cannot read is refused rather than
+                    // forgotten: forgetting the epoch could make the node support two
+                    // masters in one epoch.
+                    Some(v) => {
+                        Some(
+                            serde_json::from_slice(v.value()).map_err(|e| Error::Storage {
+                                reason: format!("the saved epoch and role are unreadable: {e}"),
+                            })?,
+                        )
+                    }
+                    None => None,
+                },
+                Err(_) => None,
+            }
+        };
         let base_seq = {
             let tx = db.get().begin_read().map_err(Error::storage)?;
             match tx.open_table(META) {
@@ -375,6 +412,7 @@ impl Store {
             next_seq: last + 1,
             pending: Vec::new(),
             pending_acks: None,
+            pending_role: None,
             unsynced: false,
             compact_after: compact_after.max(1),
             compactor: Some(tx),
@@ -388,6 +426,7 @@ impl Store {
             Recovered {
                 state,
                 acks,
+                role,
                 replayed,
                 existed,
                 took: started.elapsed(),
@@ -465,9 +504,14 @@ impl Store {
         self.pending_acks = serde_json::to_vec(acks).ok();
     }
 
+    /// Queues the engine's epoch, leader and role for the next commit.
+    pub fn save_role(&mut self, role: &RoleRecord) {
+        self.pending_role = serde_json::to_vec(role).ok();
+    }
+
     /// True if records wait for a commit.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || self.pending_acks.is_some()
+        !self.pending.is_empty() || self.pending_acks.is_some() || self.pending_role.is_some()
     }
 
     /// Writes everything queued in one transaction, synced as the policy says.
@@ -497,15 +541,22 @@ impl Store {
                     .map_err(Error::storage)?;
                 bytes += rec.len() as u64;
             }
-            if let Some(acks) = &self.pending_acks {
+            if self.pending_acks.is_some() || self.pending_role.is_some() {
                 let mut meta = tx.open_table(META).map_err(Error::storage)?;
-                meta.insert("acks", acks.as_slice())
-                    .map_err(Error::storage)?;
+                if let Some(acks) = &self.pending_acks {
+                    meta.insert("acks", acks.as_slice())
+                        .map_err(Error::storage)?;
+                }
+                if let Some(role) = &self.pending_role {
+                    meta.insert("role", role.as_slice())
+                        .map_err(Error::storage)?;
+                }
             }
         }
         tx.commit().map_err(Error::storage)?;
         self.pending.clear();
         self.pending_acks = None;
+        self.pending_role = None;
         self.next_seq += n;
         self.unsynced |= !durable;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -1031,6 +1082,30 @@ mod tests {
         assert!(rec.existed);
         assert_eq!(store.lease().load().unwrap(), 42);
         assert_eq!(rec.acks, vec![(peer, CausalContext::new(), 2)]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn the_epoch_leader_and_role_persist() {
+        let path = dir("role");
+        let leader = ReplicaId::from_u128(7);
+        let record = RoleRecord {
+            epoch: 4,
+            leader: Some(leader),
+            master: false,
+        };
+        {
+            let (mut store, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
+            assert_eq!(rec.role, None);
+            store.save_role(&record);
+            assert!(
+                store.has_pending(),
+                "the record waits for the batch's commit"
+            );
+            store.commit().unwrap();
+        }
+        let (_, rec) = Store::open(&path, &config(Fsync::Group, 50)).unwrap();
+        assert_eq!(rec.role, Some(record));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -505,6 +505,24 @@ fn hostile_http_input_gets_an_error_not_a_crash() {
         ),
         ("GET", "/kv/caf%C3%A9".into(), vec![], String::new(), 200),
         ("GET", "/nowhere".into(), vec![], String::new(), 404),
+        // Multi-master: every node takes writes; nothing to promote or switch.
+        ("GET", "/status".into(), vec![], String::new(), 200),
+        ("POST", "/admin/promote".into(), vec![], String::new(), 409),
+        (
+            "POST",
+            "/admin/stop-writes".into(),
+            vec![],
+            String::new(),
+            409,
+        ),
+        (
+            "POST",
+            "/admin/switchover?to=node-1".into(),
+            vec![],
+            String::new(),
+            409,
+        ),
+        ("PUT", "/kv/q?ack=quorum".into(), vec![], "x".into(), 200),
     ];
     for (method, path, headers, body, want) in cases {
         let r = cl.request(method, &path, &headers, &body).unwrap();
