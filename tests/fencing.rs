@@ -2,7 +2,7 @@
 //! lease, what is refused (typed, with the state unchanged), hostile epochs, and
 //! multi-master mode left exactly as it was.
 
-use concord::sync::{AckLevel, Config, Message, Role, SyncEngine, MAX_EPOCH};
+use concord::sync::{AckLevel, Config, MemoryLease, Message, Role, SyncEngine, MAX_EPOCH};
 use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
 
 type Settings = OrMap<String, LwwRegister<u32>>;
@@ -393,4 +393,158 @@ fn epoch_and_leader_survive_restarts_and_a_restored_master_waits_again() {
             ..
         })
     ));
+}
+
+/// Three nodes with counter leases (lease 1,000 ms): node 1 the master.
+fn leased_cluster(time: &ManualClock) -> (Vec<Engine>, Vec<MemoryLease>) {
+    let leases: Vec<MemoryLease> = (0..3).map(|_| MemoryLease::new()).collect();
+    let engines = (1..=3u128)
+        .map(|i| {
+            let engine = SyncEngine::new(
+                id(i),
+                Settings::new(),
+                time.clone(),
+                short_lease_config(i, 0),
+            );
+            engine.with_lease(leases[i as usize - 1].clone()).unwrap()
+        })
+        .collect();
+    (engines, leases)
+}
+
+const SHORT_LEASE: u64 = 1_000;
+
+/// Node `i`'s configuration in a three-node cluster with a 1,000 ms lease, with a
+/// fresh incarnation id per `boot`.
+fn short_lease_config(i: u128, boot: u128) -> Config {
+    let config = Config::with_peers((1..=3).filter(|p| *p != i).map(id))
+        .heartbeat_ms(400)
+        .master_follower(SHORT_LEASE)
+        .incarnation(id(100 * (boot + 1) + i));
+    config.validate().unwrap();
+    if i > 1 {
+        config.follower()
+    } else {
+        config
+    }
+}
+
+/// One round trip: `from` sends to `to` (which answers), ignoring refusals.
+fn round_trip(e: &mut [Engine], from: usize, to: usize) {
+    let msg = e[from].sync_with(e[to].node()).unwrap();
+    if let Ok(received) = e[to].receive(msg) {
+        if let Some(reply) = received.reply {
+            let _ = e[from].receive(reply);
+        }
+    }
+}
+
+/// The review's split brain: a follower that supported the new master crashes and
+/// comes back from a snapshot taken before it did. Its lease store recorded the epoch
+/// and the master it supports before it echoed that master, so it comes back in the
+/// new epoch, refuses to support the old master, and deposes it.
+#[test]
+fn a_follower_restored_from_an_older_snapshot_never_supports_two_masters() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    exchange(&mut e, |_| true);
+    set(&mut e[0], "a", 1).unwrap();
+    exchange(&mut e, |_| true);
+    let c_old = e[2].snapshot().unwrap();
+    assert_eq!((c_old.epoch, c_old.leader), (0, Some(id(1))));
+    // A is cut off; B is promoted, C supports it, B waits out the lease and writes.
+    time.advance(SHORT_LEASE);
+    assert_eq!(e[1].promote().unwrap(), 1);
+    round_trip(&mut e, 1, 2);
+    assert_eq!(e[2].leader(), Some(id(2)));
+    time.advance(SHORT_LEASE + SHORT_LEASE / 4);
+    round_trip(&mut e, 1, 2);
+    set(&mut e[1], "b", 2).unwrap();
+    // C crashes and restores the old snapshot, with its lease store.
+    let restored = SyncEngine::restore(c_old, time.clone(), short_lease_config(3, 1))
+        .unwrap()
+        .with_lease(leases[2].clone())
+        .unwrap();
+    e[2] = restored;
+    // A reaches C (not B), twice over: C does not echo it, and A steps down.
+    round_trip(&mut e, 0, 2);
+    round_trip(&mut e, 0, 2);
+    e[1].writable().unwrap();
+    assert!(
+        e[0].writable().is_err(),
+        "two masters take writes: A {:?}, B {:?}",
+        e[0].writable(),
+        e[1].writable()
+    );
+    assert!(set(&mut e[0], "x", 1).is_err());
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::Deposed { epoch: 1, .. })
+    ));
+    set(&mut e[1], "x", 2).unwrap();
+    assert_eq!((e[2].epoch(), e[2].leader()), (1, Some(id(2))));
+}
+
+/// Two promotions to the same epoch: a follower that supported the first and comes
+/// back from an older snapshot does not support the second.
+#[test]
+fn a_restored_follower_does_not_support_a_second_master_of_its_epoch() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    let c_old = e[2].snapshot().unwrap();
+    e[0].demote();
+    e[0].promote_at(5).unwrap();
+    e[1].promote_at(5).unwrap();
+    round_trip(&mut e, 0, 2);
+    assert_eq!(e[2].leader(), Some(id(1)));
+    let restored = SyncEngine::restore(c_old, time.clone(), short_lease_config(3, 1))
+        .unwrap()
+        .with_lease(leases[2].clone())
+        .unwrap();
+    e[2] = restored;
+    round_trip(&mut e, 1, 2);
+    round_trip(&mut e, 1, 2);
+    // Node 2 gets no majority in epoch 5 (before the fix: a fencing wait, with C).
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::NoQuorum {
+            answered: 1,
+            needed: 2,
+            ..
+        })
+    ));
+    assert_eq!((e[2].epoch(), e[2].leader()), (5, Some(id(1))));
+}
+
+/// A deposed master restarted (from a snapshot taken before or after it stepped
+/// down) still reports `Deposed`, not `ReadOnly` or a master: the lease store kept it.
+#[test]
+fn a_deposed_master_stays_deposed_across_a_restart() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    exchange(&mut e, |_| true);
+    let before = e[0].snapshot().unwrap();
+    assert_eq!(e[1].promote().unwrap(), 1);
+    round_trip(&mut e, 1, 0);
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::Deposed { epoch: 1, .. })
+    ));
+    let after = e[0].snapshot().unwrap();
+    for (boot, snapshot) in [(1, before), (2, after)] {
+        let restored: Engine =
+            SyncEngine::restore(snapshot, time.clone(), short_lease_config(1, boot))
+                .unwrap()
+                .with_lease(leases[0].clone())
+                .unwrap();
+        assert_eq!(
+            (restored.role(), restored.epoch(), restored.leader()),
+            (Role::Follower, 1, Some(id(2)))
+        );
+        assert!(
+            matches!(restored.writable(), Err(Error::Deposed { epoch: 1, .. })),
+            "{:?}",
+            restored.writable()
+        );
+    }
 }

@@ -12,7 +12,7 @@ use crate::id::{Dot, ReplicaId};
 use crate::resolver::{Outcome, Resolver};
 
 use super::hot::{HotKey, HotKeys};
-use super::lease::LeaseStore;
+use super::lease::{FenceRecord, LeaseStore};
 use super::message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
 use super::peer::{OutStream, Peer, PeerLag};
@@ -813,6 +813,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             });
         }
         let granted = store.load()?;
+        if self.config.master_lease_ms.is_some() {
+            if let Some(record) = store.load_fence()? {
+                self.adopt_fence(record);
+            }
+        }
         let held = self.state.context().max_counter(self.node);
         if self.config.protocol_version < 2 && granted > held {
             // Writing above the lease would leave a gap in the node's entry, and a
@@ -832,6 +837,67 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .fold_stable(&CausalContext::new(), &mut self.hlc)?;
         self.fold_counters();
         Ok(self)
+    }
+
+    /// Takes a fence record from the lease store (master–follower mode) if it is at
+    /// least as new as what the snapshot holds: the store is written before every
+    /// change, so it is never behind a snapshot taken with it.
+    fn adopt_fence(&mut self, record: FenceRecord) {
+        if record.epoch < self.epoch || record.epoch > MAX_EPOCH {
+            return;
+        }
+        if record.epoch > self.epoch || record.leader.is_some() {
+            self.leader = record.leader;
+        }
+        self.epoch = record.epoch;
+        self.deposed = record.deposed;
+        let leads = self.leader == Some(self.node) && self.deposed.is_none();
+        if leads {
+            // Promoted before the crash (perhaps after the snapshot): a master again,
+            // waiting out an earlier master's lease as any restored master does.
+            self.role = Role::Master;
+            self.fence_wait = FenceWait::Majority;
+        } else if self.role == Role::Master {
+            self.role = Role::Follower;
+            self.fence_wait = FenceWait::Ready;
+        }
+    }
+
+    /// This replica's fence record: what its lease store must hold before it acts.
+    fn fence_record(&self) -> FenceRecord {
+        FenceRecord {
+            epoch: self.epoch,
+            leader: self.leader,
+            deposed: self.deposed,
+        }
+    }
+
+    /// Durably records `record` before this replica acts on it (master–follower mode,
+    /// with a lease store that keeps fence records; see [`LeaseStore::store_fence`]).
+    fn persist_fence(&mut self, record: FenceRecord) -> Result<()> {
+        if self.config.master_lease_ms.is_none() || record == self.fence_record() {
+            return Ok(());
+        }
+        if let Some(lease) = &mut self.lease {
+            lease.store.store_fence(&record)?;
+        }
+        Ok(())
+    }
+
+    /// The fence record this replica holds once it takes `epoch` (at least its own)
+    /// supporting `leader` (see `enter_epoch`).
+    fn fence_after(&self, epoch: u64, leader: Option<ReplicaId>) -> FenceRecord {
+        let steps_down =
+            self.role == Role::Master && epoch > self.epoch && leader != Some(self.node);
+        FenceRecord {
+            epoch,
+            leader,
+            deposed: if steps_down {
+                Some(epoch)
+            } else {
+                self.deposed
+            },
+        }
     }
 
     /// Restores a replica from a snapshot. Without a lease it writes under a fresh
@@ -1364,7 +1430,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// # Errors
     ///
     /// [`Error::InvalidEpoch`] if the epoch is already [`MAX_EPOCH`] (only hostile
-    /// peers get it there, and then only in `u64::MAX / 2 / max_epoch_ahead` steps).
+    /// peers get it there, and then only in `u64::MAX / 2 / max_epoch_ahead` steps);
+    /// [`Error::Lease`] if the new epoch cannot be recorded in the lease store
+    /// (master–follower mode). Nothing changed.
     pub fn promote(&mut self) -> Result<u64> {
         let next = self.epoch.saturating_add(1);
         self.promote_at(next)?;
@@ -1392,7 +1460,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// # Errors
     ///
     /// [`Error::InvalidEpoch`] if `epoch` is not above [`SyncEngine::epoch`] or is
-    /// above [`MAX_EPOCH`]; nothing changed.
+    /// above [`MAX_EPOCH`]; [`Error::Lease`] if the new epoch cannot be recorded in the
+    /// lease store (master–follower mode: it is recorded before the replica acts as
+    /// its master). Nothing changed.
     pub fn promote_at(&mut self, epoch: u64) -> Result<()> {
         if epoch <= self.epoch {
             return Err(Error::InvalidEpoch {
@@ -1406,6 +1476,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 reason: "above the highest epoch (u64::MAX / 2)",
             });
         }
+        self.persist_fence(FenceRecord {
+            epoch,
+            leader: Some(self.node),
+            deposed: None,
+        })?;
         self.enter_epoch(epoch, Some(self.node));
         self.role = Role::Master;
         self.deposed = None;
@@ -1436,7 +1511,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidEpoch`] if `epoch` is above [`MAX_EPOCH`]; nothing changed.
+    /// [`Error::InvalidEpoch`] if `epoch` is above [`MAX_EPOCH`]; [`Error::Lease`] if
+    /// the epoch cannot be recorded in the lease store (master–follower mode). Nothing
+    /// changed.
     pub fn fence(&mut self, epoch: u64) -> Result<()> {
         if epoch > MAX_EPOCH {
             return Err(Error::InvalidEpoch {
@@ -1444,6 +1521,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 reason: "above the highest epoch (u64::MAX / 2)",
             });
         }
+        let record = if epoch > self.epoch {
+            FenceRecord {
+                epoch,
+                leader: None,
+                deposed: Some(epoch),
+            }
+        } else {
+            FenceRecord {
+                deposed: Some(self.epoch),
+                ..self.fence_record()
+            }
+        };
+        self.persist_fence(record)?;
         if epoch > self.epoch {
             self.enter_epoch(epoch, None);
         }
@@ -2017,7 +2107,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// (misaddressed), [`Error::TooManyEntries`] (a context naming too many replicas
     /// or ranges), [`Error::ClockDrift`] (a timestamp past the maximum offset), and the
     /// state's own validation errors ([`Error::InvalidDot`], [`Error::TooManyEntries`],
-    /// [`Error::TooManySiblings`]).
+    /// [`Error::TooManySiblings`]); in master–follower mode [`Error::StaleEpoch`],
+    /// [`Error::InvalidEpoch`], and [`Error::Lease`] if the epoch or master the message
+    /// brings cannot be recorded in the lease store first (the sender's retransmission
+    /// tries again).
     pub fn receive(&mut self, msg: Message<T>) -> Result<Received<T>> {
         let result = self.apply(msg, false);
         if result.is_err() {
@@ -2232,6 +2325,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let skip = restart || unbacked;
         if let (true, Some(delta)) = (skip, &msg.delta) {
             delta.validate(&self.config.limits)?;
+        }
+        // The epoch and master this message makes this replica take are recorded
+        // before anything changes (and before it can echo that master): refused, with
+        // nothing changed, if they cannot be.
+        if fenced {
+            if msg.epoch > self.epoch {
+                self.persist_fence(self.fence_after(msg.epoch, msg.lead.map(|_| msg.from)))?;
+            } else if msg.epoch == self.epoch && msg.lead.is_some() && self.leader.is_none() {
+                self.persist_fence(self.fence_after(msg.epoch, Some(msg.from)))?;
+            }
         }
         let mut conflicts = Vec::new();
         let had_delta = msg.delta.is_some();
