@@ -2,6 +2,7 @@
 //! lease, what is refused (typed, with the state unchanged), hostile epochs, and
 //! multi-master mode left exactly as it was.
 
+use concord::hlc::TimeSource;
 use concord::sync::{AckLevel, Config, MemoryLease, Message, Role, SyncEngine, MAX_EPOCH};
 use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
 
@@ -547,4 +548,112 @@ fn a_deposed_master_stays_deposed_across_a_restart() {
             restored.writable()
         );
     }
+}
+
+/// A time source whose wall clock is set by hand (it may step) and whose monotonic
+/// clock only advances.
+#[derive(Clone, Debug)]
+struct SteppingClock {
+    wall: ManualClock,
+    mono: ManualClock,
+}
+
+impl SteppingClock {
+    fn new() -> Self {
+        SteppingClock {
+            wall: ManualClock::new(1_000_000),
+            mono: ManualClock::new(5_000),
+        }
+    }
+
+    /// Real time passes: both clocks advance.
+    fn advance(&self, ms: u64) {
+        self.wall.advance(ms);
+        self.mono.advance(ms);
+    }
+}
+
+impl TimeSource for SteppingClock {
+    fn now_ms(&self) -> u64 {
+        self.wall.now()
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.mono.now()
+    }
+}
+
+type SteppingEngine = SyncEngine<Settings, SteppingClock>;
+
+fn stepping_cluster(time: &SteppingClock) -> Vec<SteppingEngine> {
+    (1..=3u128)
+        .map(|i| {
+            SyncEngine::new(
+                id(i),
+                Settings::new(),
+                time.clone(),
+                short_lease_config(i, 0),
+            )
+        })
+        .collect()
+}
+
+/// `round_trip` for engines on any time source.
+fn round_trip_on<S: TimeSource>(e: &mut [SyncEngine<Settings, S>], from: usize, to: usize) {
+    let msg = e[from].sync_with(e[to].node()).unwrap();
+    if let Ok(received) = e[to].receive(msg) {
+        if let Some(reply) = received.reply {
+            let _ = e[from].receive(reply);
+        }
+    }
+}
+
+/// The lease runs on monotonic time: a cut-off master whose wall clock steps back
+/// loses its lease when a lease of real time has passed.
+#[test]
+fn a_wall_clock_stepping_back_does_not_extend_a_lease() {
+    let time = SteppingClock::new();
+    let mut e = stepping_cluster(&time);
+    round_trip_on(&mut e, 0, 1);
+    round_trip_on(&mut e, 0, 2);
+    e[0].writable().unwrap();
+    // Cut off; a lease of real time passes while the wall clock is set back 10 s.
+    time.advance(SHORT_LEASE);
+    time.wall.set(time.wall.now() - 10_000);
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    assert!(e[0].update(|m, hlc| m.set("x".into(), 1, hlc)).is_err());
+}
+
+/// A promoted master waits out the old lease on monotonic time: its wall clock
+/// stepping forward an hour does not end the wait.
+#[test]
+fn a_wall_clock_stepping_forward_does_not_end_the_fencing_wait() {
+    let time = SteppingClock::new();
+    let mut e = stepping_cluster(&time);
+    assert_eq!(e[1].promote().unwrap(), 1);
+    round_trip_on(&mut e, 1, 2);
+    e[1].handle_timeout();
+    let until = match e[1].writable() {
+        Err(Error::FencingWait {
+            until_ms: Some(t), ..
+        }) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(until, time.mono.now() + SHORT_LEASE + SHORT_LEASE / 4);
+    time.wall.advance(3_600_000);
+    time.mono.advance(10);
+    round_trip_on(&mut e, 1, 2);
+    e[1].handle_timeout();
+    assert!(
+        matches!(e[1].writable(), Err(Error::FencingWait { .. })),
+        "{:?}",
+        e[1].writable()
+    );
+    // Once the wait has passed in real time, it writes.
+    time.advance(SHORT_LEASE + SHORT_LEASE / 4);
+    round_trip_on(&mut e, 1, 2);
+    e[1].writable().unwrap();
 }

@@ -117,17 +117,19 @@ pub struct Config {
     /// engine behaves as it always did). With `Some(lease_ms)`:
     ///
     /// * a master takes local writes only while a majority of the replicas (itself
-    ///   included) has answered it within `lease_ms`, measured on its own time source
-    ///   from when it sent what they answered; otherwise [`Error::NoQuorum`];
+    ///   included) has answered it within `lease_ms`, measured on its own time
+    ///   source's monotonic clock ([`TimeSource::monotonic_ms`]) from when it sent
+    ///   what they answered; otherwise [`Error::NoQuorum`];
     /// * every promotion starts a new epoch, strictly greater than any seen; a master
     ///   that hears of a newer epoch steps down ([`Error::Deposed`]); a delta sent in
     ///   an older epoch than the receiver's is refused ([`Error::StaleEpoch`]); a
     ///   replica supports one master per epoch;
     /// * a promoted master takes writes only once a majority is in its epoch and then
-    ///   `lease_ms + lease_ms / 4` have passed on its own clock
+    ///   `lease_ms + lease_ms / 4` have passed on its own monotonic clock
     ///   ([`Error::FencingWait`] until then): the lease of any earlier master has run
-    ///   out by then, as long as the replicas' clocks *run* at rates within 10% of
-    ///   each other (their offsets do not matter).
+    ///   out by then, as long as the replicas' monotonic clocks *run* at rates within
+    ///   10% of each other (their offsets, and steps of the wall clocks, do not
+    ///   matter).
     ///
     /// Every node must speak protocol version 3 ([`Config::protocol_version`]), must
     /// be configured with the same `lease_ms`, and `lease_ms` must be at least twice
@@ -1660,7 +1662,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         match self.fence_wait {
             FenceWait::Ready => Ok(()),
-            FenceWait::Until(t) if self.hlc.now_ms() >= t => Ok(()),
+            FenceWait::Until(t) if self.hlc.monotonic_ms() >= t => Ok(()),
             FenceWait::Until(t) => Err(Error::FencingWait {
                 replica: self.node,
                 until_ms: Some(t),
@@ -1673,12 +1675,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// How many replicas, this one included, answered this master in its epoch
-    /// within the lease (master–follower mode).
+    /// within the lease (master–follower mode), on monotonic time.
     fn lease_holders(&self) -> usize {
         let Some(lease_ms) = self.config.master_lease_ms else {
             return 0;
         };
-        let now = self.hlc.now_ms();
+        let now = self.hlc.monotonic_ms();
         1 + self
             .peers
             .values()
@@ -1696,7 +1698,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let Some(lease_ms) = self.config.master_lease_ms else {
             return;
         };
-        let now = self.hlc.now_ms();
+        let now = self.hlc.monotonic_ms();
         match self.fence_wait {
             FenceWait::Majority if self.lease_holders() >= self.quorum() => {
                 let wait = lease_ms.saturating_add(lease_ms / 4);
@@ -1767,7 +1769,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let leads = fenced && self.role == Role::Master && self.leader == Some(self.node);
         Message {
             epoch: self.epoch,
-            lead: leads.then(|| self.hlc.now_ms()),
+            lead: leads.then(|| self.hlc.monotonic_ms()),
             echo: self
                 .peers
                 .get(&to)
@@ -2411,7 +2413,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 peer.echo_out = Some(peer.echo_out.map_or(stamp, |e| e.max(stamp)));
                 echo_owed = true;
             }
-            if let (Some(echo), true) = (msg.echo.filter(|e| *e <= now), leads) {
+            let mono = self.hlc.monotonic_ms();
+            if let (Some(echo), true) = (msg.echo.filter(|e| *e <= mono), leads) {
                 peer.lease_echo = Some(peer.lease_echo.map_or(echo, |e| e.max(echo)));
             }
         }
