@@ -657,3 +657,26 @@ fn a_wall_clock_stepping_forward_does_not_end_the_fencing_wait() {
     round_trip_on(&mut e, 1, 2);
     e[1].writable().unwrap();
 }
+
+/// An echo counts only up to the latest send time the master sent that peer: a
+/// made-up echo (a time it never sent there) does not extend its lease.
+#[test]
+fn a_forged_echo_does_not_extend_the_lease() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, _) = leased_cluster(&time);
+    round_trip(&mut e, 0, 1); // B echoes A's send time: A holds its lease
+    e[0].writable().unwrap();
+    time.advance(SHORT_LEASE - 100);
+    // B (or anyone speaking as B) claims to have heard A just now.
+    let mut forged = e[1].sync_with(id(1)).unwrap();
+    forged.echo = Some(time.now());
+    e[0].receive(forged).unwrap();
+    time.advance(200); // past the lease of what B really answered
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    // A real exchange renews it.
+    round_trip(&mut e, 0, 1);
+    e[0].writable().unwrap();
+}

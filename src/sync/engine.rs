@@ -1722,6 +1722,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         for p in self.peers.values_mut() {
             p.echo_out = None;
             p.lease_echo = None;
+            p.lead_sent = None;
         }
     }
 
@@ -1764,12 +1765,21 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
 
     /// A message to `to`: what this replica has seen, and, if `against` is given, the
     /// delta since it.
-    fn envelope(&self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
+    /// A master–follower master records the send time (`lead`) it stamps, per peer
+    /// (see `Peer::lead_sent`).
+    fn envelope(&mut self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
         let fenced = self.config.master_lease_ms.is_some();
         let leads = fenced && self.role == Role::Master && self.leader == Some(self.node);
+        let lead = leads.then(|| self.hlc.monotonic_ms());
+        if let (Some(stamp), Some(p)) = (lead, self.peers.get_mut(&to)) {
+            p.lead_sent = Some(
+                p.lead_sent
+                    .map_or((stamp, stamp), |(first, last)| (first, last.max(stamp))),
+            );
+        }
         Message {
             epoch: self.epoch,
-            lead: leads.then(|| self.hlc.monotonic_ms()),
+            lead,
             echo: self
                 .peers
                 .get(&to)
@@ -2406,15 +2416,25 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .or_insert_with(|| Peer::new(retransmit_ms));
         // The lease: a supporter echoes its master's send times, and a master counts
         // a supporter from the latest time it echoed (one of its own, so no clock
-        // offset enters; a time from the future is ignored).
+        // offset enters). An echo counts only within the send times this master
+        // actually sent that peer in its epoch, in this process: a made-up one (or
+        // one of an earlier run) cannot extend the lease. A master's new boot starts
+        // its send times over (its monotonic clock may have restarted lower).
         let mut echo_owed = false;
         if fenced && msg.epoch == epoch {
             if let (Some(stamp), true) = (msg.lead, leader == Some(msg.from)) {
-                peer.echo_out = Some(peer.echo_out.map_or(stamp, |e| e.max(stamp)));
+                let same_boot = peer.boot == Some(msg.inc);
+                peer.echo_out = Some(match peer.echo_out {
+                    Some(e) if same_boot => e.max(stamp),
+                    _ => stamp,
+                });
                 echo_owed = true;
             }
-            let mono = self.hlc.monotonic_ms();
-            if let (Some(echo), true) = (msg.echo.filter(|e| *e <= mono), leads) {
+            let sent = peer.lead_sent;
+            let echoed = msg
+                .echo
+                .filter(|e| sent.is_some_and(|(first, last)| first <= *e && *e <= last));
+            if let (Some(echo), true) = (echoed, leads) {
                 peer.lease_echo = Some(peer.lease_echo.map_or(echo, |e| e.max(echo)));
             }
         }
@@ -3298,12 +3318,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 self.peers.get_mut(&id)?.offered.merge_ref(&ctx);
                 return None;
             }
+            let acked = p.acked.clone();
             let mut msg = self.envelope(id, v, Some(delta), true);
             // The removals left out assume the peer holds what it acknowledged: a peer
             // restored from an older snapshot since then skips the delta and says what
             // it holds (without this, it could learn a removal's dot without the
             // removal and keep the removed value for good).
-            msg.base = p.acked.clone();
+            msg.base = acked;
             Some(crate::wire::encode(&msg))
         };
         let p = self.peers.get_mut(&id)?;

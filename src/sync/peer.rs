@@ -73,6 +73,10 @@ pub(crate) struct Peer {
     /// echoed in the master's epoch (it counts towards the lease until then plus the
     /// lease).
     pub(crate) lease_echo: Option<u64>,
+    /// Master–follower mode, at a master: the first and the latest send time (`lead`)
+    /// it sent this peer in its epoch, in this process: an echo outside them was
+    /// never sent, and does not count.
+    pub(crate) lead_sent: Option<(u64, u64)>,
 }
 
 impl Peer {
@@ -96,6 +100,7 @@ impl Peer {
             fold_ack: CausalContext::new(),
             echo_out: None,
             lease_echo: None,
+            lead_sent: None,
         }
     }
 }
