@@ -680,3 +680,42 @@ fn a_forged_echo_does_not_extend_the_lease() {
     round_trip(&mut e, 0, 1);
     e[0].writable().unwrap();
 }
+
+/// A replica promoted after its last snapshot comes back from it as the master of
+/// its epoch (waiting out the lease again), not as a follower that could support
+/// another master of that epoch.
+#[test]
+fn a_master_promoted_after_its_snapshot_comes_back_as_master() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    let old = e[1].snapshot().unwrap();
+    assert_eq!(e[1].promote().unwrap(), 1);
+    let restored: Engine = SyncEngine::restore(old, time.clone(), short_lease_config(2, 1))
+        .unwrap()
+        .with_lease(leases[1].clone())
+        .unwrap();
+    assert_eq!(
+        (restored.role(), restored.epoch(), restored.leader()),
+        (Role::Master, 1, Some(id(2)))
+    );
+    assert!(matches!(restored.writable(), Err(Error::NoQuorum { .. })));
+    e[1] = restored;
+    round_trip(&mut e, 1, 2);
+    e[1].handle_timeout();
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::FencingWait {
+            until_ms: Some(_),
+            ..
+        })
+    ));
+    // Told to stop writes (a switchover's first step) and restarted from a snapshot
+    // taken since: it stays a follower.
+    e[1].demote();
+    let stopped = e[1].snapshot().unwrap();
+    let restored: Engine = SyncEngine::restore(stopped, time.clone(), short_lease_config(2, 2))
+        .unwrap()
+        .with_lease(leases[1].clone())
+        .unwrap();
+    assert_eq!((restored.role(), restored.epoch()), (Role::Follower, 1));
+}

@@ -848,18 +848,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if record.epoch < self.epoch || record.epoch > MAX_EPOCH {
             return;
         }
-        if record.epoch > self.epoch || record.leader.is_some() {
+        let newer = record.epoch > self.epoch;
+        if newer || record.leader.is_some() {
             self.leader = record.leader;
         }
         self.epoch = record.epoch;
         self.deposed = record.deposed;
         let leads = self.leader == Some(self.node) && self.deposed.is_none();
-        if leads {
-            // Promoted before the crash (perhaps after the snapshot): a master again,
-            // waiting out an earlier master's lease as any restored master does.
+        if newer && leads {
+            // Promoted after the snapshot, before the crash: a master again, waiting
+            // out an earlier master's lease as any restored master does.
             self.role = Role::Master;
             self.fence_wait = FenceWait::Majority;
-        } else if self.role == Role::Master {
+        } else if self.role == Role::Master && !leads {
             self.role = Role::Follower;
             self.fence_wait = FenceWait::Ready;
         }
