@@ -3,7 +3,9 @@
 //! multi-master mode left exactly as it was.
 
 use concord::hlc::TimeSource;
-use concord::sync::{AckLevel, Config, MemoryLease, Message, Role, SyncEngine, MAX_EPOCH};
+use concord::sync::{
+    AckLevel, Config, FenceRecord, LeaseStore, MemoryLease, Message, Role, SyncEngine, MAX_EPOCH,
+};
 use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
 
 type Settings = OrMap<String, LwwRegister<u32>>;
@@ -718,4 +720,70 @@ fn a_master_promoted_after_its_snapshot_comes_back_as_master() {
         .with_lease(leases[1].clone())
         .unwrap();
     assert_eq!((restored.role(), restored.epoch()), (Role::Follower, 1));
+}
+
+/// A lease store whose fence record cannot be written.
+#[derive(Debug)]
+struct BrokenFence;
+
+impl LeaseStore for BrokenFence {
+    fn load(&mut self) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    fn store(&mut self, _upto: u64) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn load_fence(&mut self) -> Result<Option<FenceRecord>, Error> {
+        Ok(None)
+    }
+
+    fn store_fence(&mut self, _record: &FenceRecord) -> Result<(), Error> {
+        Err(Error::Lease {
+            reason: "disk full".into(),
+        })
+    }
+}
+
+/// A replica that cannot record a new epoch or master does not act on it: the
+/// promotion, or the message that brought it, is refused whole, nothing changed.
+#[test]
+fn an_epoch_that_cannot_be_recorded_is_not_taken() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, _) = leased_cluster(&time);
+    let broken = |i: u128| {
+        SyncEngine::new(
+            id(i),
+            Settings::new(),
+            time.clone(),
+            short_lease_config(i, 1),
+        )
+        .with_lease(BrokenFence)
+        .unwrap()
+    };
+    e[2] = broken(3);
+    assert!(matches!(e[2].promote(), Err(Error::Lease { .. })));
+    assert_eq!(
+        (e[2].epoch(), e[2].role(), e[2].leader()),
+        (0, Role::Follower, None)
+    );
+    // Node 2 is promoted to epoch 1; node 3 cannot record it, so it neither takes
+    // the epoch nor echoes node 2.
+    assert_eq!(e[1].promote().unwrap(), 1);
+    let msg = e[1].sync_with(id(3)).unwrap();
+    assert!(matches!(e[2].receive(msg), Err(Error::Lease { .. })));
+    assert_eq!((e[2].epoch(), e[2].leader()), (0, None));
+    // Nor can it take the first master of its own epoch.
+    let msg = e[0].sync_with(id(3)).unwrap();
+    assert!(matches!(e[2].receive(msg), Err(Error::Lease { .. })));
+    assert_eq!(e[2].leader(), None);
+    round_trip(&mut e, 1, 2);
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    let mut master = broken(1);
+    assert!(matches!(master.fence(3), Err(Error::Lease { .. })));
+    assert_eq!((master.epoch(), master.role()), (0, Role::Master));
 }
