@@ -87,13 +87,16 @@ pub enum Error {
 
     /// A local write was attempted on a newly promoted master–follower master that is
     /// still waiting out the lease a previous master may hold (until `until_ms` of
-    /// its time source, or until a majority has answered in its epoch if `until_ms`
-    /// is `None`). Nothing was written; retry after the wait.
+    /// its time source's monotonic clock, [`TimeSource::monotonic_ms`], or until a
+    /// majority has answered in its epoch if `until_ms` is `None`). Nothing was
+    /// written; retry after the wait.
+    ///
+    /// [`TimeSource::monotonic_ms`]: crate::hlc::TimeSource::monotonic_ms
     #[error("replica {replica} waits out the previous master's lease (until {until_ms:?})")]
     FencingWait {
         /// The new master's id.
         replica: ReplicaId,
-        /// When the wait ends, once known.
+        /// When the wait ends, once known (monotonic ms).
         until_ms: Option<u64>,
     },
 

@@ -112,14 +112,42 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A source of wall-clock time for an [`Hlc`].
+/// A source of time for an [`Hlc`] and the sync engine: wall time for timestamps, and
+/// a monotonic time for durations that must not jump (the master lease and a promoted
+/// master's fencing wait).
 pub trait TimeSource: Send {
     /// The current time in milliseconds since the Unix epoch. It may jump backwards; the
     /// clock stays monotonic regardless.
     fn now_ms(&self) -> u64;
+
+    /// Milliseconds on a clock that never goes backwards and runs at the rate of real
+    /// time, whatever is done to the wall clock (its origin is arbitrary; only
+    /// differences between two readings of one source mean anything). The master lease
+    /// and the fencing wait are measured on it, so that a wall clock stepped back
+    /// cannot extend a lease, nor one stepped forward end a wait early.
+    ///
+    /// The default is [`TimeSource::now_ms`]: right for a source whose wall time never
+    /// steps (a [`ManualClock`] in tests), wrong for a real wall clock; implement it
+    /// for any source a master–follower deployment runs on.
+    fn monotonic_ms(&self) -> u64 {
+        self.now_ms()
+    }
 }
 
-/// The system's wall clock (via `chrono`).
+/// The system's clocks: wall time via `chrono`, monotonic time via
+/// [`std::time::Instant`].
+///
+/// Its monotonic time is the wall time at the process's first reading plus the time
+/// elapsed since then by [`Instant`](std::time::Instant), so within a process it never
+/// steps, and across restarts it starts near the wall time of the restart (above what
+/// an earlier run read, unless the wall clock was stepped back between the runs).
+///
+/// ```
+/// use concord::hlc::{SystemClock, TimeSource};
+///
+/// let (a, b) = (SystemClock.monotonic_ms(), SystemClock.monotonic_ms());
+/// assert!(b >= a);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
@@ -127,6 +155,13 @@ impl TimeSource for SystemClock {
     fn now_ms(&self) -> u64 {
         // A system clock set before 1970 reads as the epoch.
         u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+        let (start, wall) = ORIGIN.get_or_init(|| (std::time::Instant::now(), self.now_ms()));
+        let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        wall.saturating_add(elapsed)
     }
 }
 
@@ -252,6 +287,22 @@ impl<S: TimeSource> Hlc<S> {
     /// Reads the wall clock of the time source (milliseconds since the Unix epoch).
     pub fn now_ms(&self) -> u64 {
         self.source.now_ms()
+    }
+
+    /// Reads the monotonic clock of the time source (see
+    /// [`TimeSource::monotonic_ms`]).
+    ///
+    /// ```
+    /// use concord::hlc::{Hlc, ManualClock};
+    /// use concord::ReplicaId;
+    ///
+    /// let time = ManualClock::new(1_000);
+    /// let hlc = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    /// time.advance(5);
+    /// assert_eq!(hlc.monotonic_ms(), 1_005); // a manual clock keeps one time
+    /// ```
+    pub fn monotonic_ms(&self) -> u64 {
+        self.source.monotonic_ms()
     }
 
     /// Raises [`Hlc::last`] to `ts` without the offset check: used when restoring a

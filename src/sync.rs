@@ -59,7 +59,7 @@ pub use engine::{
     AckLevel, Config, Received, Role, Snapshot, SyncEngine, Transmit, WriteReceipt, MAX_EPOCH,
 };
 pub use hot::HotKey;
-pub use lease::{FileLease, LeaseStore, MemoryLease};
+pub use lease::{FenceRecord, FileLease, LeaseStore, MemoryLease};
 pub use message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub use metrics::{Metrics, PeerMetrics};
 pub use peer::PeerLag;

@@ -2,7 +2,10 @@
 //! lease, what is refused (typed, with the state unchanged), hostile epochs, and
 //! multi-master mode left exactly as it was.
 
-use concord::sync::{AckLevel, Config, Message, Role, SyncEngine, MAX_EPOCH};
+use concord::hlc::TimeSource;
+use concord::sync::{
+    AckLevel, Config, FenceRecord, LeaseStore, MemoryLease, Message, Role, SyncEngine, MAX_EPOCH,
+};
 use concord::{Error, LwwRegister, ManualClock, OrMap, ReplicaId};
 
 type Settings = OrMap<String, LwwRegister<u32>>;
@@ -393,4 +396,394 @@ fn epoch_and_leader_survive_restarts_and_a_restored_master_waits_again() {
             ..
         })
     ));
+}
+
+/// Three nodes with counter leases (lease 1,000 ms): node 1 the master.
+fn leased_cluster(time: &ManualClock) -> (Vec<Engine>, Vec<MemoryLease>) {
+    let leases: Vec<MemoryLease> = (0..3).map(|_| MemoryLease::new()).collect();
+    let engines = (1..=3u128)
+        .map(|i| {
+            let engine = SyncEngine::new(
+                id(i),
+                Settings::new(),
+                time.clone(),
+                short_lease_config(i, 0),
+            );
+            engine.with_lease(leases[i as usize - 1].clone()).unwrap()
+        })
+        .collect();
+    (engines, leases)
+}
+
+const SHORT_LEASE: u64 = 1_000;
+
+/// Node `i`'s configuration in a three-node cluster with a 1,000 ms lease, with a
+/// fresh incarnation id per `boot`.
+fn short_lease_config(i: u128, boot: u128) -> Config {
+    let config = Config::with_peers((1..=3).filter(|p| *p != i).map(id))
+        .heartbeat_ms(400)
+        .master_follower(SHORT_LEASE)
+        .incarnation(id(100 * (boot + 1) + i));
+    config.validate().unwrap();
+    if i > 1 {
+        config.follower()
+    } else {
+        config
+    }
+}
+
+/// One round trip: `from` sends to `to` (which answers), ignoring refusals.
+fn round_trip(e: &mut [Engine], from: usize, to: usize) {
+    let msg = e[from].sync_with(e[to].node()).unwrap();
+    if let Ok(received) = e[to].receive(msg) {
+        if let Some(reply) = received.reply {
+            let _ = e[from].receive(reply);
+        }
+    }
+}
+
+/// The review's split brain: a follower that supported the new master crashes and
+/// comes back from a snapshot taken before it did. Its lease store recorded the epoch
+/// and the master it supports before it echoed that master, so it comes back in the
+/// new epoch, refuses to support the old master, and deposes it.
+#[test]
+fn a_follower_restored_from_an_older_snapshot_never_supports_two_masters() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    exchange(&mut e, |_| true);
+    set(&mut e[0], "a", 1).unwrap();
+    exchange(&mut e, |_| true);
+    let c_old = e[2].snapshot().unwrap();
+    assert_eq!((c_old.epoch, c_old.leader), (0, Some(id(1))));
+    // A is cut off; B is promoted, C supports it, B waits out the lease and writes.
+    time.advance(SHORT_LEASE);
+    assert_eq!(e[1].promote().unwrap(), 1);
+    round_trip(&mut e, 1, 2);
+    assert_eq!(e[2].leader(), Some(id(2)));
+    time.advance(SHORT_LEASE + SHORT_LEASE / 4);
+    round_trip(&mut e, 1, 2);
+    set(&mut e[1], "b", 2).unwrap();
+    // C crashes and restores the old snapshot, with its lease store.
+    let restored = SyncEngine::restore(c_old, time.clone(), short_lease_config(3, 1))
+        .unwrap()
+        .with_lease(leases[2].clone())
+        .unwrap();
+    e[2] = restored;
+    // A reaches C (not B), twice over: C does not echo it, and A steps down.
+    round_trip(&mut e, 0, 2);
+    round_trip(&mut e, 0, 2);
+    e[1].writable().unwrap();
+    assert!(
+        e[0].writable().is_err(),
+        "two masters take writes: A {:?}, B {:?}",
+        e[0].writable(),
+        e[1].writable()
+    );
+    assert!(set(&mut e[0], "x", 1).is_err());
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::Deposed { epoch: 1, .. })
+    ));
+    set(&mut e[1], "x", 2).unwrap();
+    assert_eq!((e[2].epoch(), e[2].leader()), (1, Some(id(2))));
+}
+
+/// Two promotions to the same epoch: a follower that supported the first and comes
+/// back from an older snapshot does not support the second.
+#[test]
+fn a_restored_follower_does_not_support_a_second_master_of_its_epoch() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    let c_old = e[2].snapshot().unwrap();
+    e[0].demote();
+    e[0].promote_at(5).unwrap();
+    e[1].promote_at(5).unwrap();
+    round_trip(&mut e, 0, 2);
+    assert_eq!(e[2].leader(), Some(id(1)));
+    let restored = SyncEngine::restore(c_old, time.clone(), short_lease_config(3, 1))
+        .unwrap()
+        .with_lease(leases[2].clone())
+        .unwrap();
+    e[2] = restored;
+    round_trip(&mut e, 1, 2);
+    round_trip(&mut e, 1, 2);
+    // Node 2 gets no majority in epoch 5 (before the fix: a fencing wait, with C).
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::NoQuorum {
+            answered: 1,
+            needed: 2,
+            ..
+        })
+    ));
+    assert_eq!((e[2].epoch(), e[2].leader()), (5, Some(id(1))));
+}
+
+/// A deposed master restarted (from a snapshot taken before or after it stepped
+/// down) still reports `Deposed`, not `ReadOnly` or a master: the lease store kept it.
+#[test]
+fn a_deposed_master_stays_deposed_across_a_restart() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    exchange(&mut e, |_| true);
+    let before = e[0].snapshot().unwrap();
+    assert_eq!(e[1].promote().unwrap(), 1);
+    round_trip(&mut e, 1, 0);
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::Deposed { epoch: 1, .. })
+    ));
+    let after = e[0].snapshot().unwrap();
+    for (boot, snapshot) in [(1, before), (2, after)] {
+        let restored: Engine =
+            SyncEngine::restore(snapshot, time.clone(), short_lease_config(1, boot))
+                .unwrap()
+                .with_lease(leases[0].clone())
+                .unwrap();
+        assert_eq!(
+            (restored.role(), restored.epoch(), restored.leader()),
+            (Role::Follower, 1, Some(id(2)))
+        );
+        assert!(
+            matches!(restored.writable(), Err(Error::Deposed { epoch: 1, .. })),
+            "{:?}",
+            restored.writable()
+        );
+    }
+}
+
+/// A time source whose wall clock is set by hand (it may step) and whose monotonic
+/// clock only advances.
+#[derive(Clone, Debug)]
+struct SteppingClock {
+    wall: ManualClock,
+    mono: ManualClock,
+}
+
+impl SteppingClock {
+    fn new() -> Self {
+        SteppingClock {
+            wall: ManualClock::new(1_000_000),
+            mono: ManualClock::new(5_000),
+        }
+    }
+
+    /// Real time passes: both clocks advance.
+    fn advance(&self, ms: u64) {
+        self.wall.advance(ms);
+        self.mono.advance(ms);
+    }
+}
+
+impl TimeSource for SteppingClock {
+    fn now_ms(&self) -> u64 {
+        self.wall.now()
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.mono.now()
+    }
+}
+
+type SteppingEngine = SyncEngine<Settings, SteppingClock>;
+
+fn stepping_cluster(time: &SteppingClock) -> Vec<SteppingEngine> {
+    (1..=3u128)
+        .map(|i| {
+            SyncEngine::new(
+                id(i),
+                Settings::new(),
+                time.clone(),
+                short_lease_config(i, 0),
+            )
+        })
+        .collect()
+}
+
+/// `round_trip` for engines on any time source.
+fn round_trip_on<S: TimeSource>(e: &mut [SyncEngine<Settings, S>], from: usize, to: usize) {
+    let msg = e[from].sync_with(e[to].node()).unwrap();
+    if let Ok(received) = e[to].receive(msg) {
+        if let Some(reply) = received.reply {
+            let _ = e[from].receive(reply);
+        }
+    }
+}
+
+/// The lease runs on monotonic time: a cut-off master whose wall clock steps back
+/// loses its lease when a lease of real time has passed.
+#[test]
+fn a_wall_clock_stepping_back_does_not_extend_a_lease() {
+    let time = SteppingClock::new();
+    let mut e = stepping_cluster(&time);
+    round_trip_on(&mut e, 0, 1);
+    round_trip_on(&mut e, 0, 2);
+    e[0].writable().unwrap();
+    // Cut off; a lease of real time passes while the wall clock is set back 10 s.
+    time.advance(SHORT_LEASE);
+    time.wall.set(time.wall.now() - 10_000);
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    assert!(e[0].update(|m, hlc| m.set("x".into(), 1, hlc)).is_err());
+}
+
+/// A promoted master waits out the old lease on monotonic time: its wall clock
+/// stepping forward an hour does not end the wait.
+#[test]
+fn a_wall_clock_stepping_forward_does_not_end_the_fencing_wait() {
+    let time = SteppingClock::new();
+    let mut e = stepping_cluster(&time);
+    assert_eq!(e[1].promote().unwrap(), 1);
+    round_trip_on(&mut e, 1, 2);
+    e[1].handle_timeout();
+    let until = match e[1].writable() {
+        Err(Error::FencingWait {
+            until_ms: Some(t), ..
+        }) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(until, time.mono.now() + SHORT_LEASE + SHORT_LEASE / 4);
+    time.wall.advance(3_600_000);
+    time.mono.advance(10);
+    round_trip_on(&mut e, 1, 2);
+    e[1].handle_timeout();
+    assert!(
+        matches!(e[1].writable(), Err(Error::FencingWait { .. })),
+        "{:?}",
+        e[1].writable()
+    );
+    // Once the wait has passed in real time, it writes.
+    time.advance(SHORT_LEASE + SHORT_LEASE / 4);
+    round_trip_on(&mut e, 1, 2);
+    e[1].writable().unwrap();
+}
+
+/// An echo counts only up to the latest send time the master sent that peer: a
+/// made-up echo (a time it never sent there) does not extend its lease.
+#[test]
+fn a_forged_echo_does_not_extend_the_lease() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, _) = leased_cluster(&time);
+    round_trip(&mut e, 0, 1); // B echoes A's send time: A holds its lease
+    e[0].writable().unwrap();
+    time.advance(SHORT_LEASE - 100);
+    // B (or anyone speaking as B) claims to have heard A just now.
+    let mut forged = e[1].sync_with(id(1)).unwrap();
+    forged.echo = Some(time.now());
+    e[0].receive(forged).unwrap();
+    time.advance(200); // past the lease of what B really answered
+    assert!(matches!(
+        e[0].writable(),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    // A real exchange renews it.
+    round_trip(&mut e, 0, 1);
+    e[0].writable().unwrap();
+}
+
+/// A replica promoted after its last snapshot comes back from it as the master of
+/// its epoch (waiting out the lease again), not as a follower that could support
+/// another master of that epoch.
+#[test]
+fn a_master_promoted_after_its_snapshot_comes_back_as_master() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, leases) = leased_cluster(&time);
+    let old = e[1].snapshot().unwrap();
+    assert_eq!(e[1].promote().unwrap(), 1);
+    let restored: Engine = SyncEngine::restore(old, time.clone(), short_lease_config(2, 1))
+        .unwrap()
+        .with_lease(leases[1].clone())
+        .unwrap();
+    assert_eq!(
+        (restored.role(), restored.epoch(), restored.leader()),
+        (Role::Master, 1, Some(id(2)))
+    );
+    assert!(matches!(restored.writable(), Err(Error::NoQuorum { .. })));
+    e[1] = restored;
+    round_trip(&mut e, 1, 2);
+    e[1].handle_timeout();
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::FencingWait {
+            until_ms: Some(_),
+            ..
+        })
+    ));
+    // Told to stop writes (a switchover's first step) and restarted from a snapshot
+    // taken since: it stays a follower.
+    e[1].demote();
+    let stopped = e[1].snapshot().unwrap();
+    let restored: Engine = SyncEngine::restore(stopped, time.clone(), short_lease_config(2, 2))
+        .unwrap()
+        .with_lease(leases[1].clone())
+        .unwrap();
+    assert_eq!((restored.role(), restored.epoch()), (Role::Follower, 1));
+}
+
+/// A lease store whose fence record cannot be written.
+#[derive(Debug)]
+struct BrokenFence;
+
+impl LeaseStore for BrokenFence {
+    fn load(&mut self) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    fn store(&mut self, _upto: u64) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn load_fence(&mut self) -> Result<Option<FenceRecord>, Error> {
+        Ok(None)
+    }
+
+    fn store_fence(&mut self, _record: &FenceRecord) -> Result<(), Error> {
+        Err(Error::Lease {
+            reason: "disk full".into(),
+        })
+    }
+}
+
+/// A replica that cannot record a new epoch or master does not act on it: the
+/// promotion, or the message that brought it, is refused whole, nothing changed.
+#[test]
+fn an_epoch_that_cannot_be_recorded_is_not_taken() {
+    let time = ManualClock::new(1_000_000);
+    let (mut e, _) = leased_cluster(&time);
+    let broken = |i: u128| {
+        SyncEngine::new(
+            id(i),
+            Settings::new(),
+            time.clone(),
+            short_lease_config(i, 1),
+        )
+        .with_lease(BrokenFence)
+        .unwrap()
+    };
+    e[2] = broken(3);
+    assert!(matches!(e[2].promote(), Err(Error::Lease { .. })));
+    assert_eq!(
+        (e[2].epoch(), e[2].role(), e[2].leader()),
+        (0, Role::Follower, None)
+    );
+    // Node 2 is promoted to epoch 1; node 3 cannot record it, so it neither takes
+    // the epoch nor echoes node 2.
+    assert_eq!(e[1].promote().unwrap(), 1);
+    let msg = e[1].sync_with(id(3)).unwrap();
+    assert!(matches!(e[2].receive(msg), Err(Error::Lease { .. })));
+    assert_eq!((e[2].epoch(), e[2].leader()), (0, None));
+    // Nor can it take the first master of its own epoch.
+    let msg = e[0].sync_with(id(3)).unwrap();
+    assert!(matches!(e[2].receive(msg), Err(Error::Lease { .. })));
+    assert_eq!(e[2].leader(), None);
+    round_trip(&mut e, 1, 2);
+    assert!(matches!(
+        e[1].writable(),
+        Err(Error::NoQuorum { answered: 1, .. })
+    ));
+    let mut master = broken(1);
+    assert!(matches!(master.fence(3), Err(Error::Lease { .. })));
+    assert_eq!((master.epoch(), master.role()), (0, Role::Master));
 }

@@ -12,7 +12,7 @@ use crate::id::{Dot, ReplicaId};
 use crate::resolver::{Outcome, Resolver};
 
 use super::hot::{HotKey, HotKeys};
-use super::lease::LeaseStore;
+use super::lease::{FenceRecord, LeaseStore};
 use super::message::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::metrics::{Counters, Metrics, PeerMetrics};
 use super::peer::{OutStream, Peer, PeerLag};
@@ -123,17 +123,19 @@ pub struct Config {
     /// engine behaves as it always did). With `Some(lease_ms)`:
     ///
     /// * a master takes local writes only while a majority of the replicas (itself
-    ///   included) has answered it within `lease_ms`, measured on its own time source
-    ///   from when it sent what they answered; otherwise [`Error::NoQuorum`];
+    ///   included) has answered it within `lease_ms`, measured on its own time
+    ///   source's monotonic clock ([`TimeSource::monotonic_ms`]) from when it sent
+    ///   what they answered; otherwise [`Error::NoQuorum`];
     /// * every promotion starts a new epoch, strictly greater than any seen; a master
     ///   that hears of a newer epoch steps down ([`Error::Deposed`]); a delta sent in
     ///   an older epoch than the receiver's is refused ([`Error::StaleEpoch`]); a
     ///   replica supports one master per epoch;
     /// * a promoted master takes writes only once a majority is in its epoch and then
-    ///   `lease_ms + lease_ms / 4` have passed on its own clock
+    ///   `lease_ms + lease_ms / 4` have passed on its own monotonic clock
     ///   ([`Error::FencingWait`] until then): the lease of any earlier master has run
-    ///   out by then, as long as the replicas' clocks *run* at rates within 10% of
-    ///   each other (their offsets do not matter).
+    ///   out by then, as long as the replicas' monotonic clocks *run* at rates within
+    ///   10% of each other (their offsets, and steps of the wall clocks, do not
+    ///   matter).
     ///
     /// Every node must speak protocol version 3 ([`Config::protocol_version`]), must
     /// be configured with the same `lease_ms`, and `lease_ms` must be at least twice
@@ -819,6 +821,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             });
         }
         let granted = store.load()?;
+        if self.config.master_lease_ms.is_some() {
+            if let Some(record) = store.load_fence()? {
+                self.adopt_fence(record);
+            }
+        }
         let held = self.state.context().max_counter(self.node);
         if self.config.protocol_version < 2 && granted > held {
             // Writing above the lease would leave a gap in the node's entry, and a
@@ -838,6 +845,68 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .fold_stable(&CausalContext::new(), &mut self.hlc)?;
         self.fold_counters();
         Ok(self)
+    }
+
+    /// Takes a fence record from the lease store (master–follower mode) if it is at
+    /// least as new as what the snapshot holds: the store is written before every
+    /// change, so it is never behind a snapshot taken with it.
+    fn adopt_fence(&mut self, record: FenceRecord) {
+        if record.epoch < self.epoch || record.epoch > MAX_EPOCH {
+            return;
+        }
+        let newer = record.epoch > self.epoch;
+        if newer || record.leader.is_some() {
+            self.leader = record.leader;
+        }
+        self.epoch = record.epoch;
+        self.deposed = record.deposed;
+        let leads = self.leader == Some(self.node) && self.deposed.is_none();
+        if newer && leads {
+            // Promoted after the snapshot, before the crash: a master again, waiting
+            // out an earlier master's lease as any restored master does.
+            self.role = Role::Master;
+            self.fence_wait = FenceWait::Majority;
+        } else if self.role == Role::Master && !leads {
+            self.role = Role::Follower;
+            self.fence_wait = FenceWait::Ready;
+        }
+    }
+
+    /// This replica's fence record: what its lease store must hold before it acts.
+    fn fence_record(&self) -> FenceRecord {
+        FenceRecord {
+            epoch: self.epoch,
+            leader: self.leader,
+            deposed: self.deposed,
+        }
+    }
+
+    /// Durably records `record` before this replica acts on it (master–follower mode,
+    /// with a lease store that keeps fence records; see [`LeaseStore::store_fence`]).
+    fn persist_fence(&mut self, record: FenceRecord) -> Result<()> {
+        if self.config.master_lease_ms.is_none() || record == self.fence_record() {
+            return Ok(());
+        }
+        if let Some(lease) = &mut self.lease {
+            lease.store.store_fence(&record)?;
+        }
+        Ok(())
+    }
+
+    /// The fence record this replica holds once it takes `epoch` (at least its own)
+    /// supporting `leader` (see `enter_epoch`).
+    fn fence_after(&self, epoch: u64, leader: Option<ReplicaId>) -> FenceRecord {
+        let steps_down =
+            self.role == Role::Master && epoch > self.epoch && leader != Some(self.node);
+        FenceRecord {
+            epoch,
+            leader,
+            deposed: if steps_down {
+                Some(epoch)
+            } else {
+                self.deposed
+            },
+        }
     }
 
     /// Restores a replica from a snapshot. Without a lease it writes under a fresh
@@ -1370,7 +1439,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// # Errors
     ///
     /// [`Error::InvalidEpoch`] if the epoch is already [`MAX_EPOCH`] (only hostile
-    /// peers get it there, and then only in `u64::MAX / 2 / max_epoch_ahead` steps).
+    /// peers get it there, and then only in `u64::MAX / 2 / max_epoch_ahead` steps);
+    /// [`Error::Lease`] if the new epoch cannot be recorded in the lease store
+    /// (master–follower mode). Nothing changed.
     pub fn promote(&mut self) -> Result<u64> {
         let next = self.epoch.saturating_add(1);
         self.promote_at(next)?;
@@ -1398,7 +1469,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// # Errors
     ///
     /// [`Error::InvalidEpoch`] if `epoch` is not above [`SyncEngine::epoch`] or is
-    /// above [`MAX_EPOCH`]; nothing changed.
+    /// above [`MAX_EPOCH`]; [`Error::Lease`] if the new epoch cannot be recorded in the
+    /// lease store (master–follower mode: it is recorded before the replica acts as
+    /// its master). Nothing changed.
     pub fn promote_at(&mut self, epoch: u64) -> Result<()> {
         if epoch <= self.epoch {
             return Err(Error::InvalidEpoch {
@@ -1412,6 +1485,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 reason: "above the highest epoch (u64::MAX / 2)",
             });
         }
+        self.persist_fence(FenceRecord {
+            epoch,
+            leader: Some(self.node),
+            deposed: None,
+        })?;
         self.enter_epoch(epoch, Some(self.node));
         self.role = Role::Master;
         self.deposed = None;
@@ -1442,7 +1520,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidEpoch`] if `epoch` is above [`MAX_EPOCH`]; nothing changed.
+    /// [`Error::InvalidEpoch`] if `epoch` is above [`MAX_EPOCH`]; [`Error::Lease`] if
+    /// the epoch cannot be recorded in the lease store (master–follower mode). Nothing
+    /// changed.
     pub fn fence(&mut self, epoch: u64) -> Result<()> {
         if epoch > MAX_EPOCH {
             return Err(Error::InvalidEpoch {
@@ -1450,6 +1530,19 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 reason: "above the highest epoch (u64::MAX / 2)",
             });
         }
+        let record = if epoch > self.epoch {
+            FenceRecord {
+                epoch,
+                leader: None,
+                deposed: Some(epoch),
+            }
+        } else {
+            FenceRecord {
+                deposed: Some(self.epoch),
+                ..self.fence_record()
+            }
+        };
+        self.persist_fence(record)?;
         if epoch > self.epoch {
             self.enter_epoch(epoch, None);
         }
@@ -1576,7 +1669,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         match self.fence_wait {
             FenceWait::Ready => Ok(()),
-            FenceWait::Until(t) if self.hlc.now_ms() >= t => Ok(()),
+            FenceWait::Until(t) if self.hlc.monotonic_ms() >= t => Ok(()),
             FenceWait::Until(t) => Err(Error::FencingWait {
                 replica: self.node,
                 until_ms: Some(t),
@@ -1589,12 +1682,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// How many replicas, this one included, answered this master in its epoch
-    /// within the lease (master–follower mode).
+    /// within the lease (master–follower mode), on monotonic time.
     fn lease_holders(&self) -> usize {
         let Some(lease_ms) = self.config.master_lease_ms else {
             return 0;
         };
-        let now = self.hlc.now_ms();
+        let now = self.hlc.monotonic_ms();
         1 + self
             .peers
             .values()
@@ -1612,7 +1705,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let Some(lease_ms) = self.config.master_lease_ms else {
             return;
         };
-        let now = self.hlc.now_ms();
+        let now = self.hlc.monotonic_ms();
         match self.fence_wait {
             FenceWait::Majority if self.lease_holders() >= self.quorum() => {
                 let wait = lease_ms.saturating_add(lease_ms / 4);
@@ -1636,6 +1729,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         for p in self.peers.values_mut() {
             p.echo_out = None;
             p.lease_echo = None;
+            p.lead_sent = None;
         }
     }
 
@@ -1678,12 +1772,21 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
 
     /// A message to `to`: what this replica has seen, and, if `against` is given, the
     /// delta since it.
-    fn envelope(&self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
+    /// A master–follower master records the send time (`lead`) it stamps, per peer
+    /// (see `Peer::lead_sent`).
+    fn envelope(&mut self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
         let fenced = self.config.master_lease_ms.is_some();
         let leads = fenced && self.role == Role::Master && self.leader == Some(self.node);
+        let lead = leads.then(|| self.hlc.monotonic_ms());
+        if let (Some(stamp), Some(p)) = (lead, self.peers.get_mut(&to)) {
+            p.lead_sent = Some(
+                p.lead_sent
+                    .map_or((stamp, stamp), |(first, last)| (first, last.max(stamp))),
+            );
+        }
         Message {
             epoch: self.epoch,
-            lead: leads.then(|| self.hlc.now_ms()),
+            lead,
             echo: self
                 .peers
                 .get(&to)
@@ -2023,7 +2126,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// (misaddressed), [`Error::TooManyEntries`] (a context naming too many replicas
     /// or ranges), [`Error::ClockDrift`] (a timestamp past the maximum offset), and the
     /// state's own validation errors ([`Error::InvalidDot`], [`Error::TooManyEntries`],
-    /// [`Error::TooManySiblings`]).
+    /// [`Error::TooManySiblings`]); in master–follower mode [`Error::StaleEpoch`],
+    /// [`Error::InvalidEpoch`], and [`Error::Lease`] if the epoch or master the message
+    /// brings cannot be recorded in the lease store first (the sender's retransmission
+    /// tries again).
     pub fn receive(&mut self, msg: Message<T>) -> Result<Received<T>> {
         let result = self.apply(msg, false);
         if result.is_err() {
@@ -2239,6 +2345,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if let (true, Some(delta)) = (skip, &msg.delta) {
             delta.validate(&self.config.limits)?;
         }
+        // The epoch and master this message makes this replica take are recorded
+        // before anything changes (and before it can echo that master): refused, with
+        // nothing changed, if they cannot be.
+        if fenced {
+            if msg.epoch > self.epoch {
+                self.persist_fence(self.fence_after(msg.epoch, msg.lead.map(|_| msg.from)))?;
+            } else if msg.epoch == self.epoch && msg.lead.is_some() && self.leader.is_none() {
+                self.persist_fence(self.fence_after(msg.epoch, Some(msg.from)))?;
+            }
+        }
         let mut conflicts = Vec::new();
         let had_delta = msg.delta.is_some();
         let mut set_aside = Vec::new();
@@ -2307,14 +2423,25 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .or_insert_with(|| Peer::new(retransmit_ms));
         // The lease: a supporter echoes its master's send times, and a master counts
         // a supporter from the latest time it echoed (one of its own, so no clock
-        // offset enters; a time from the future is ignored).
+        // offset enters). An echo counts only within the send times this master
+        // actually sent that peer in its epoch, in this process: a made-up one (or
+        // one of an earlier run) cannot extend the lease. A master's new boot starts
+        // its send times over (its monotonic clock may have restarted lower).
         let mut echo_owed = false;
         if fenced && msg.epoch == epoch {
             if let (Some(stamp), true) = (msg.lead, leader == Some(msg.from)) {
-                peer.echo_out = Some(peer.echo_out.map_or(stamp, |e| e.max(stamp)));
+                let same_boot = peer.boot == Some(msg.inc);
+                peer.echo_out = Some(match peer.echo_out {
+                    Some(e) if same_boot => e.max(stamp),
+                    _ => stamp,
+                });
                 echo_owed = true;
             }
-            if let (Some(echo), true) = (msg.echo.filter(|e| *e <= now), leads) {
+            let sent = peer.lead_sent;
+            let echoed = msg
+                .echo
+                .filter(|e| sent.is_some_and(|(first, last)| first <= *e && *e <= last));
+            if let (Some(echo), true) = (echoed, leads) {
                 peer.lease_echo = Some(peer.lease_echo.map_or(echo, |e| e.max(echo)));
             }
         }
@@ -3218,12 +3345,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 self.peers.get_mut(&id)?.offered.merge_ref(&ctx);
                 return None;
             }
+            let acked = p.acked.clone();
             let mut msg = self.envelope(id, v, Some(delta), true);
             // The removals left out assume the peer holds what it acknowledged: a peer
             // restored from an older snapshot since then skips the delta and says what
             // it holds (without this, it could learn a removal's dot without the
             // removal and keep the removed value for good).
-            msg.base = p.acked.clone();
+            msg.base = acked;
             Some(crate::wire::encode(&msg))
         };
         let p = self.peers.get_mut(&id)?;

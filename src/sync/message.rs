@@ -72,7 +72,8 @@ pub struct Message<T> {
     /// versions): see [`SyncEngine::epoch`](crate::sync::SyncEngine::epoch).
     pub epoch: u64,
     /// Set by a master–follower master that leads `epoch`: its time (ms of its time
-    /// source) when it sent the message, for the receiver to echo (version 3).
+    /// source's monotonic clock) when it sent the message, for the receiver to echo
+    /// (version 3).
     pub lead: Option<u64>,
     /// Set by a replica that supports the addressee as the master of `epoch`: the
     /// latest `lead` it received from it. The master counts the replica towards its

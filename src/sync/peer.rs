@@ -79,6 +79,10 @@ pub(crate) struct Peer {
     /// echoed in the master's epoch (it counts towards the lease until then plus the
     /// lease).
     pub(crate) lease_echo: Option<u64>,
+    /// Master–follower mode, at a master: the first and the latest send time (`lead`)
+    /// it sent this peer in its epoch, in this process: an echo outside them was
+    /// never sent, and does not count.
+    pub(crate) lead_sent: Option<(u64, u64)>,
 }
 
 impl Peer {
@@ -103,6 +107,7 @@ impl Peer {
             exact_acked: CausalContext::new(),
             echo_out: None,
             lease_echo: None,
+            lead_sent: None,
         }
     }
 }
