@@ -914,7 +914,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         if let Some(existing) = out.entries.get(k) {
             existing.for_each_dot(&mut |x| have.push(x));
         }
-        let part = v.filtered(&|x| x == fold || have.contains(&x));
+        // Sorted: a hot counter's part may hold many segments.
+        have.sort_unstable();
+        let part = v.filtered(&|x| x == fold || have.binary_search(&x).is_ok());
         out.entries.insert(k.clone(), part);
         out.ctx.insert(fold);
         1
