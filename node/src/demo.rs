@@ -121,29 +121,16 @@ fn tails_on_error(c: &Cluster, result: &Result<()>) {
     }
 }
 
-fn status(c: &Cluster, i: usize) -> serde_json::Value {
-    c.client(i)
-        .get_path("/status")
-        .map(|r| r.json())
-        .unwrap_or_default()
-}
-
-/// Waits until `ok` holds of node `i`'s `/status`, and returns it.
+/// Waits (up to 30 s) until `ok` holds of node `i`'s `/status`, and returns it.
 fn wait_status(
     c: &Cluster,
     i: usize,
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(c, i);
-        if ok(&s) {
-            return Ok(s);
-        }
-        check(Instant::now() < until, what)?;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let s = c.wait_status(i, Duration::from_secs(30), ok);
+    check(s.is_some(), what)?;
+    Ok(s.unwrap_or_default())
 }
 
 /// The state of alert `name` for `peer` at node `i`.
@@ -181,7 +168,7 @@ fn failover_story(c: &mut Cluster) -> Result<()> {
         c.wait_ready(i, Duration::from_secs(30)).map_err(demo_err)?;
     }
     wait_status(c, 0, "node-1 takes writes", |s| s["writable"] == true)?;
-    let s = status(c, 1);
+    let s = c.status(1);
     println!(
         "node-2's /status: role {}, epoch {}, leader {}, writable {}.",
         s["role"], s["epoch"], s["leader"], s["writable"]
@@ -239,7 +226,7 @@ fn failover_story(c: &mut Cluster) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     };
     let n = if new == "node-2" { 1 } else { 2 };
-    let s = status(c, n);
+    let s = c.status(n);
     println!(
         "{new} took over at epoch {}: the client's writes resumed {:.1} s after the kill \
          (3 failed checks once the followers' positions had settled, then a majority in \

@@ -390,6 +390,35 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s `/status` document (`Null` if it does not answer).
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        self.client(i)
+            .get_path("/status")
+            .map(|r| r.json())
+            .unwrap_or_default()
+    }
+
+    /// Polls node `i`'s `/status` every 50 ms until `ok` holds of it, and returns it;
+    /// `None` once `timeout` has passed without.
+    pub fn wait_status(
+        &self,
+        i: usize,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let until = Instant::now() + timeout;
+        loop {
+            let s = self.status(i);
+            if ok(&s) {
+                return Some(s);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The last `lines` lines of node `i`'s log.
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();

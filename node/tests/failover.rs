@@ -34,13 +34,6 @@ fn start(tag: &str) -> Cluster {
     c
 }
 
-fn status(c: &Cluster, i: usize) -> serde_json::Value {
-    c.client(i)
-        .get_path("/status")
-        .map(|r| r.json())
-        .unwrap_or_default()
-}
-
 /// Waits until `ok` holds of node `i`'s `/status`, and returns it.
 fn wait_status(
     c: &Cluster,
@@ -49,20 +42,14 @@ fn wait_status(
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let until = Instant::now() + timeout;
-    loop {
-        let s = status(c, i);
-        if ok(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < until,
-            "node-{} never {what} within {timeout:?}; its status: {s}\n{}",
+    c.wait_status(i, timeout, ok).unwrap_or_else(|| {
+        panic!(
+            "node-{} never {what} within {timeout:?}; its status: {}\n{}",
             i + 1,
+            c.status(i),
             c.log_tail(i, 30)
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+        )
+    })
 }
 
 /// One write a client saw acknowledged.
@@ -374,7 +361,7 @@ fn two_nodes_promoted_at_once_never_both_take_writes() {
         assert_eq!(r.status, want, "{method} {path}: {}", r.body);
         assert!(r.json()["error"].is_string(), "{method} {path}: {}", r.body);
     }
-    let s = status(&c, 1);
+    let s = c.status(1);
     assert_eq!(
         (s["role"].as_str(), s["epoch"].as_u64()),
         (Some("follower"), Some(0))
@@ -482,7 +469,7 @@ fn a_split_vote_after_the_master_dies_is_settled_in_a_newer_epoch() {
             }
         }
         if let Some(i) = took {
-            break (i, status(&c, i)["epoch"].as_u64().unwrap());
+            break (i, c.status(i)["epoch"].as_u64().unwrap());
         }
         thread::sleep(Duration::from_millis(50));
     };
@@ -543,7 +530,7 @@ fn a_master_cut_off_stops_taking_writes_and_follows_after_the_heal() {
     );
     c.heal();
     let new = if first.by == "node-2" { 1 } else { 2 };
-    let epoch = status(&c, new)["epoch"].as_u64().unwrap();
+    let epoch = c.status(new)["epoch"].as_u64().unwrap();
     wait_status(
         &c,
         0,
