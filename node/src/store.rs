@@ -168,6 +168,9 @@ pub struct Store {
     /// The highest lease bound committed, shared by every [`RedbLease`] of this
     /// store (0 until one loads it).
     lease_bound: Arc<AtomicU64>,
+    /// Where the fence record is kept: a file beside the database (see
+    /// [`RedbLease`]).
+    fence: concord::sync::FileLease,
 }
 
 impl std::fmt::Debug for Store {
@@ -420,6 +423,7 @@ impl Store {
             compacting,
             stats,
             lease_bound: Arc::new(AtomicU64::new(0)),
+            fence: concord::sync::FileLease::new(path),
         };
         Ok((
             store,
@@ -445,6 +449,7 @@ impl Store {
             db: self.db.clone(),
             durable: self.fsync == Fsync::None,
             bound: self.lease_bound.clone(),
+            fence: self.fence.clone(),
         }
     }
 
@@ -823,10 +828,21 @@ impl Compactor {
 /// Every lease of one [`Store`] shares the bound: a store never moves it back (it
 /// writes the larger of the stored and the asked bound), and asking for a bound
 /// already recorded costs nothing.
+///
+/// The fence record (master–follower mode: the epoch, the master supported in it,
+/// whether this node was deposed; see [`concord::sync::FenceRecord`]) is kept in a
+/// file of its own beside the database, the database's path with `.fence` appended
+/// (`concord.redb.fence`), written as [`concord::sync::FileLease`] writes it: a
+/// temporary file, fsynced, renamed over the old one, the directory fsynced, whatever
+/// the fsync policy, before the engine acts on the change (a new epoch or master is
+/// rare). Kept outside the database, it survives an older copy of the database
+/// being put back: the node still supports one master per epoch and a deposed master
+/// stays deposed.
 pub struct RedbLease {
     db: Db,
     durable: bool,
     bound: Arc<AtomicU64>,
+    fence: concord::sync::FileLease,
 }
 
 impl RedbLease {
@@ -907,6 +923,14 @@ impl LeaseStore for RedbLease {
         self.bound.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
+
+    fn load_fence(&mut self) -> concord::Result<Option<concord::sync::FenceRecord>> {
+        self.fence.load_fence()
+    }
+
+    fn store_fence(&mut self, record: &concord::sync::FenceRecord) -> concord::Result<()> {
+        self.fence.store_fence(record)
+    }
 }
 
 #[cfg(test)]
@@ -954,6 +978,81 @@ mod tests {
         }
         let (_, rec) = Store::open(&path, &config(Fsync::Group, 1_000_000)).unwrap();
         assert_eq!(&rec.state, sender.state());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The fence record is kept beside the database, synced before the engine acts
+    /// on it: a follower whose database is put back to an older copy (from before it
+    /// took a new epoch and master) still supports the master it supported, and not
+    /// a second one of the same epoch (as the core's `FileLease` test does with an
+    /// older snapshot).
+    #[test]
+    fn the_fence_record_survives_an_older_copy_of_the_database() {
+        use concord::hlc::Timestamp;
+        use concord::sync::{Config, Role, Snapshot, SyncEngine};
+        use concord::ManualClock;
+
+        let path = dir("store-fence-older-copy");
+        let [a, b, c] = [1, 2, 3].map(ReplicaId::from_u128);
+        let time = ManualClock::new(1_700_000_000_000);
+        let cfg =
+            |peers: [ReplicaId; 2]| Config::with_peers(peers).master_follower(2_000).follower();
+        let storage = config(Fsync::Group, 1_000_000);
+        let older = path.with_extension("older");
+        // C, a follower at epoch 0 with no master yet; its file is copied aside.
+        {
+            let (mut store, _) = Store::open(&path, &storage).unwrap();
+            store.save_role(&RoleRecord {
+                epoch: 0,
+                leader: None,
+                master: false,
+            });
+            store.commit().unwrap();
+        }
+        std::fs::copy(&path, &older).unwrap();
+        // B is promoted at epoch 1 and reaches C, which supports it.
+        let mut node_b = SyncEngine::new(b, Kv::new(), time.clone(), cfg([a, c]));
+        node_b.promote_at(1).unwrap();
+        {
+            let (mut store, _) = Store::open(&path, &storage).unwrap();
+            let mut node_c = SyncEngine::new(c, Kv::new(), time.clone(), cfg([a, b]))
+                .with_lease(store.lease())
+                .unwrap();
+            node_c.receive(node_b.sync_with(c).unwrap()).unwrap();
+            assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
+            store.save_role(&RoleRecord {
+                epoch: 1,
+                leader: Some(b),
+                master: false,
+            });
+            store.commit().unwrap();
+        }
+        // The older copy of the database is put back, and C restarts from it.
+        std::fs::copy(&older, &path).unwrap();
+        let (store, rec) = Store::open(&path, &storage).unwrap();
+        let role = rec.role.clone().unwrap();
+        assert_eq!((role.epoch, role.leader), (0, None), "the copy is older");
+        let snapshot = Snapshot {
+            node: c,
+            role: Role::Follower,
+            state: rec.state,
+            peers: Vec::new(),
+            hlc_last: Timestamp::new(0, 0, c),
+            peer_versions: Vec::new(),
+            epoch: role.epoch,
+            leader: role.leader,
+        };
+        let mut node_c = SyncEngine::restore(snapshot, time.clone(), cfg([a, b]))
+            .unwrap()
+            .with_lease(store.lease())
+            .unwrap();
+        assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
+        // A, promoted at epoch 1 too (two coordinators raced), does not win C over.
+        let mut node_a = SyncEngine::new(a, Kv::new(), time.clone(), cfg([b, c]));
+        node_a.promote_at(1).unwrap();
+        node_c.receive(node_a.sync_with(c).unwrap()).unwrap();
+        assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
+        drop(store);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
