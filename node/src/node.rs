@@ -125,6 +125,9 @@ pub enum Command {
     },
 }
 
+/// The answer to an operator's command: the `/health` document after it, or why not.
+type AdminAnswer = std::result::Result<Value, String>;
+
 /// An operator's command on the replication role (`POST /admin/...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminOp {
@@ -297,9 +300,13 @@ pub struct Node {
     /// the epoch it leads, and only then). One entry per configured peer at most
     /// (frames come only from authenticated peers).
     reported: HashMap<ReplicaId, (u64, Role)>,
+    /// Answers to operators' commands, sent once the batch that ran them is
+    /// committed (a node that answered "stopped taking writes" is a follower after a
+    /// restart too).
     /// Since when the coordinator's master has reported itself a follower (see
     /// [`Node::check_failover`]).
     master_stopped_since: Option<(ReplicaId, Instant)>,
+    admin_replies: Vec<(oneshot::Sender<AdminAnswer>, AdminAnswer)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -433,6 +440,7 @@ impl Node {
             settled_since: Instant::now(),
             failed_master: None,
             reported: HashMap::new(),
+            admin_replies: Vec::new(),
             master_stopped_since: None,
         })
     }
@@ -521,7 +529,8 @@ impl Node {
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
             Command::Admin { op, reply } => {
-                let _ = reply.send(self.admin(op));
+                let answer = self.admin(op);
+                self.admin_replies.push((reply, answer));
             }
             Command::PeerUp { peer, conn, tx } => {
                 // Frames produced without a connection were produced after their
@@ -760,6 +769,9 @@ impl Node {
         self.save_role();
         // Durable first, then visible to peers and clients.
         self.commit();
+        for (reply, answer) in self.admin_replies.drain(..) {
+            let _ = reply.send(answer);
+        }
         self.cover_issued();
         let committed = std::mem::take(&mut self.committed);
         self.writes.extend(committed);

@@ -66,7 +66,8 @@ pub type PeerRecord = (ReplicaId, CausalContext, u32);
 
 /// The engine's place in master–follower replication, as saved: its fencing epoch,
 /// the master it supports in that epoch, and its role. Saved in the same commit as
-/// the batch that changed it, so it is on disk before anything sent after it (a
+/// the batch that changed it, synced whatever the fsync policy, so it is on disk
+/// before anything sent or answered after it (a
 /// restarted replica never supports two masters in one epoch, and a restarted
 /// master that was deposed never comes back as the master of its old epoch).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -509,7 +510,8 @@ impl Store {
         self.pending_acks = serde_json::to_vec(acks).ok();
     }
 
-    /// Queues the engine's epoch, leader and role for the next commit.
+    /// Queues the engine's epoch, leader and role for the next commit (which is then
+    /// synced, whatever the fsync policy).
     pub fn save_role(&mut self, role: &RoleRecord) {
         self.pending_role = serde_json::to_vec(role).ok();
     }
@@ -530,7 +532,11 @@ impl Store {
         }
         let db = self.db.get();
         let mut tx = db.begin_write().map_err(Error::storage)?;
-        let durable = self.fsync != Fsync::None;
+        // A change of role (a master that stopped taking writes, say) is synced
+        // whatever the policy: a node restarted after it must not come back as the
+        // master it no longer was (the epoch and leader are in the fence file too, but
+        // the role is only here). It is rare.
+        let durable = self.fsync != Fsync::None || self.pending_role.is_some();
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
