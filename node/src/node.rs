@@ -300,12 +300,12 @@ pub struct Node {
     /// the epoch it leads, and only then). One entry per configured peer at most
     /// (frames come only from authenticated peers).
     reported: HashMap<ReplicaId, (u64, Role)>,
-    /// Answers to operators' commands, sent once the batch that ran them is
-    /// committed (a node that answered "stopped taking writes" is a follower after a
-    /// restart too).
     /// Since when the coordinator's master has reported itself a follower (see
     /// [`Node::check_failover`]).
     master_stopped_since: Option<(ReplicaId, Instant)>,
+    /// Answers to operators' commands, sent once the batch that ran them is
+    /// committed (a node that answered "stopped taking writes" is a follower after a
+    /// restart too).
     admin_replies: Vec<(oneshot::Sender<AdminAnswer>, AdminAnswer)>,
 }
 
