@@ -4,7 +4,10 @@
 //! A message is one JSON object (`serde_json`). Version 3, the current one:
 //! `{"v":3,"vmax":3,"from":…,"to":…,"inc":…,"epoch":4,"lead":…,"echo":…,"seen":{…},
 //! "delta":{…},"chunk":{…},"reply":true}` (`epoch` is left out when 0, `lead` and
-//! `echo` when absent); version 2 is the same without `epoch`, `lead` and `echo`;
+//! `echo` when absent); version 2 is the same without `epoch`, `lead` and `echo`
+//! (a message of version 1 or 2 never carries them, and one that does is read as an
+//! older reader reads it: they are unknown fields, skipped whatever they hold; in
+//! version 3 a non-integer or repeated one is refused);
 //! version 1, which this build still reads and writes for peers that have not
 //! upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
 //! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
@@ -615,6 +618,15 @@ impl<D: DeserializeOwned> Fields<D> {
     }
 }
 
+/// The slot of a fencing field (`epoch`, `lead`, `echo`) in the decoder's table.
+fn fencing_index(field: Field) -> usize {
+    match field {
+        Field::Epoch => 0,
+        Field::Lead => 1,
+        _ => 2,
+    }
+}
+
 /// One raw body field, read before the envelope was complete.
 struct RawField<'de> {
     field: Field,
@@ -676,6 +688,10 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
         };
         let mut present: Vec<Field> = Vec::new();
         let mut deferred: Vec<RawField<'de>> = Vec::new();
+        // `epoch`, `lead`, `echo` as written (the first of each), and whether each
+        // was repeated: read once the version is known (see below).
+        let mut fencing: [Option<&'de serde_json::value::RawValue>; 3] = [None; 3];
+        let mut fencing_repeated = [false; 3];
         let mut checked = false;
         // Refuses the message for `error`, keeping it for the caller.
         let refuse = |error: Error| {
@@ -688,7 +704,10 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
             check(&envelope).map_err(refuse)
         };
         while let Some(field) = read.next_key::<Field>()? {
-            if field != Field::Other {
+            if !matches!(
+                field,
+                Field::Other | Field::Epoch | Field::Lead | Field::Echo
+            ) {
                 if present.contains(&field) {
                     return Err(A::Error::custom(format!(
                         "duplicate field `{}`",
@@ -715,11 +734,19 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
                 Field::From => f.from = Some(read.next_value()?),
                 Field::To => f.to = Some(read.next_value()?),
                 Field::Inc => f.inc = Some(read.next_value()?),
-                // Fencing scalars (version 3): read wherever they are; a message of
-                // an older version that has them keeps them out of its result.
-                Field::Epoch => f.epoch = Some(read.next_value()?),
-                Field::Lead => f.lead = Some(read.next_value()?),
-                Field::Echo => f.echo = Some(read.next_value()?),
+                // Fencing scalars: version 3's. Kept as written (the version may
+                // come later), and read once the version is known: checked in version
+                // 3, skipped in older versions whatever they hold, as a reader of
+                // those versions skips every field it does not know.
+                Field::Epoch | Field::Lead | Field::Echo => {
+                    let i = fencing_index(field);
+                    let raw: &'de serde_json::value::RawValue = read.next_value()?;
+                    if fencing[i].is_some() {
+                        fencing_repeated[i] = true;
+                    } else {
+                        fencing[i] = Some(raw);
+                    }
+                }
                 Field::Other => {
                     read.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -765,8 +792,29 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
                     .map_err(A::Error::custom)?;
             }
         }
+        let v = f.v.expect("checked");
+        if v >= 3 {
+            for field in [Field::Epoch, Field::Lead, Field::Echo] {
+                let i = fencing_index(field);
+                if fencing_repeated[i] {
+                    return Err(A::Error::custom(format!(
+                        "duplicate field `{}`",
+                        field.name()
+                    )));
+                }
+                let value = fencing[i]
+                    .map(|raw| serde_json::from_str::<u64>(raw.get()))
+                    .transpose()
+                    .map_err(|e| A::Error::custom(format!("`{}`: {e}", field.name())))?;
+                match field {
+                    Field::Epoch => f.epoch = value,
+                    Field::Lead => f.lead = value,
+                    _ => f.echo = value,
+                }
+            }
+        }
         Ok(Parsed {
-            v: f.v.expect("checked"),
+            v,
             vmax: f.envelope(self.size).expect("checked").vmax,
             from: f.from.expect("checked"),
             to: f.to.expect("checked"),

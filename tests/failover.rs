@@ -5,6 +5,28 @@
 //! state: every node persists after every step, as a node with `fsync always` does).
 //! Operators also promote nodes by hand, behind the coordinator's back.
 //!
+//! Clocks: every replica has its own ([`SimClock`]). Its wall clock is offset from
+//! true time by up to [`WALL_OFFSET_MS`] either way (well within the engines'
+//! `max_offset_ms`, as NTP keeps wall clocks); its monotonic clock, which the lease
+//! and the fencing wait run on, starts anywhere (again at every restart: a new
+//! process's clock may read lower than its predecessor's) and runs at a rate up to
+//! [`MAX_DRIFT_PPM`] away from true time, so any two replicas' monotonic clocks run at
+//! rates within 1.045 / 0.955 - 1 < 9.5% of each other: inside the lease's safety
+//! assumption, rates within 10% of each other over a lease (the guide's "Failover
+//! and fencing"; the engine's fencing wait of a lease and a quarter tolerates up to
+//! 25%).
+//!
+//! Older backups: operators take backups of a node's durable snapshot, and a crash
+//! may restore a node from any of its backups instead of its latest state. The rule,
+//! as the design has it: what is restored is the snapshot; the node's lease store
+//! (its counter lease and fence record: `FileLease`'s files, `concord-node`'s
+//! `concord.redb.fence`) is kept apart from the snapshots and survives every crash
+//! and restore (a deployment that loses it restores without it, under a fresh writer
+//! id: not modelled here). Only a minority of the nodes, chosen per run, is ever
+//! restored from a backup: a write acknowledged at quorum level is held by a
+//! majority, some member of which then never loses it (a majority restored from
+//! older backups would lose what only they held, whatever the protocol).
+//!
 //! After every run, healed and quiet:
 //! * at most one master took writes in any epoch, and no master took a write after a
 //!   master of a newer epoch had taken one (no overlap in time either);
@@ -17,6 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use concord::hlc::TimeSource;
 use concord::ops::failover::{
     Action as Do, Coordinator, CoordinatorConfig, Position, Report, Step,
 };
@@ -31,6 +54,63 @@ const LEASE_MS: u64 = 1_000;
 const HEARTBEAT_MS: u64 = 250;
 /// Bit of the partition mask that says which side the coordinator is on.
 const COORDINATOR_BIT: u32 = 63;
+
+/// How far a replica's wall clock may be from true time, either way (ms).
+const WALL_OFFSET_MS: u64 = 100;
+/// How far a replica's monotonic clock's rate may be from true time's, either way,
+/// in parts per million (4.5%).
+const MAX_DRIFT_PPM: u64 = 45_000;
+/// How many backups are kept per node (the oldest goes first).
+const BACKUPS: usize = 4;
+
+/// One replica's clocks, read off the simulation's true time (see the module
+/// documentation for the bounds).
+#[derive(Clone, Debug)]
+struct SimClock {
+    time: ManualClock,
+    /// The wall clock's offset from true time.
+    wall_offset_ms: i64,
+    /// True time and the monotonic clock's reading when its process started.
+    mono_origin: (u64, u64),
+    /// The monotonic clock's rate, away from true time's.
+    drift_ppm: i64,
+}
+
+impl SimClock {
+    fn new(time: ManualClock, rng: &mut Rng) -> Self {
+        let spread = |rng: &mut Rng, bound: u64| {
+            i64::try_from(rng.next_u64() % (2 * bound + 1)).unwrap() - i64::try_from(bound).unwrap()
+        };
+        let wall_offset_ms = spread(rng, WALL_OFFSET_MS);
+        let drift_ppm = spread(rng, MAX_DRIFT_PPM);
+        let mut clock = SimClock {
+            time,
+            wall_offset_ms,
+            mono_origin: (0, 0),
+            drift_ppm,
+        };
+        clock.restart(rng);
+        clock
+    }
+
+    /// A new process: the same hardware (offset and rate), its monotonic clock
+    /// starting anywhere.
+    fn restart(&mut self, rng: &mut Rng) {
+        self.mono_origin = (self.time.now(), rng.next_u64() % (1 << 40));
+    }
+}
+
+impl TimeSource for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.time.now().saturating_add_signed(self.wall_offset_ms)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        let elapsed = i128::from(self.time.now().saturating_sub(self.mono_origin.0));
+        let run = elapsed * i128::from(1_000_000 + self.drift_ppm) / 1_000_000;
+        self.mono_origin.1 + u64::try_from(run).unwrap()
+    }
+}
 
 fn cases() -> u32 {
     std::env::var("CONCORD_SIM_CASES")
@@ -58,6 +138,11 @@ enum Act {
     Crash { node: usize },
     /// `node` restarts from its durable state.
     Restart { node: usize },
+    /// An operator backs up every node's durable snapshot.
+    Backup,
+    /// `node` crashes and is restored from one of its backups (only a node of the
+    /// run's minority that may be; see the module documentation).
+    RestoreBackup { node: usize, which: usize },
     /// The coordinator checks every node it can reach, reads positions and acts.
     Check,
     /// An operator asks the coordinator for a planned switchover to `node`.
@@ -76,6 +161,8 @@ fn act(nodes: usize) -> impl Strategy<Value = Act> {
         1 => Just(Act::Heal),
         1 => (0..nodes).prop_map(|node| Act::Crash { node }),
         2 => (0..nodes).prop_map(|node| Act::Restart { node }),
+        1 => Just(Act::Backup),
+        3 => (0..nodes, 0..BACKUPS).prop_map(|(node, which)| Act::RestoreBackup { node, which }),
         4 => Just(Act::Check),
         1 => (0..nodes).prop_map(|node| Act::Switchover { node }),
         1 => (0..nodes).prop_map(|node| Act::RoguePromote { node }),
@@ -84,10 +171,20 @@ fn act(nodes: usize) -> impl Strategy<Value = Act> {
 
 struct Cluster {
     ids: Vec<ReplicaId>,
-    engines: Vec<SyncEngine<Profiles, ManualClock>>,
+    engines: Vec<SyncEngine<Profiles, SimClock>>,
     configs: Vec<Config>,
     leases: Vec<MemoryLease>,
+    clocks: Vec<SimClock>,
     durable: Vec<Snapshot<Profiles>>,
+    /// Each node's backups, oldest first.
+    backups: Vec<Vec<Snapshot<Profiles>>>,
+    /// The nodes that may be restored from a backup: a minority.
+    restorable: Vec<bool>,
+    /// Restores from a backup older than the node's latest state.
+    restored_older: u64,
+    /// Whether a restore from a backup keeps the node's fence record (the rule; off
+    /// only to show what breaks without it).
+    keep_fence: bool,
     up: Vec<bool>,
     side_a: Option<u64>,
     network: Vec<(usize, usize, Vec<u8>)>,
@@ -119,12 +216,26 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize, seed: u64, loss: u8, duplicate: u8, reorder: bool) -> Self {
+        Self::with_drifts(n, seed, loss, duplicate, reorder, None)
+    }
+
+    /// A cluster whose monotonic clocks run at the given rates (ppm away from true
+    /// time, per node) rather than random ones within the bound.
+    fn with_drifts(
+        n: usize,
+        seed: u64,
+        loss: u8,
+        duplicate: u8,
+        reorder: bool,
+        drifts: Option<&[i64]>,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         let ids: Vec<ReplicaId> = (1..=n as u128).map(ReplicaId::from_u128).collect();
         let time = ManualClock::new(1_700_000_000_000);
         let mut engines = Vec::new();
         let mut configs = Vec::new();
         let mut leases = Vec::new();
+        let mut clocks = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let mut config = Config::with_peers(ids.iter().copied().filter(|p| p != id))
                 .master_follower(LEASE_MS)
@@ -136,10 +247,15 @@ impl Cluster {
             config.validate().expect("a valid configuration");
             let lease = MemoryLease::new();
             let boot = ReplicaId::from_u128(u128::from(rng.next_u64()) | 1 << 64);
+            let mut clock = SimClock::new(time.clone(), &mut rng);
+            if let Some(d) = drifts {
+                clock.drift_ppm = d[i];
+            }
+            clocks.push(clock.clone());
             let engine = SyncEngine::new(
                 *id,
                 Profiles::new(),
-                time.clone(),
+                clock,
                 config.clone().incarnation(boot),
             )
             .with_lease(lease.clone())
@@ -157,12 +273,24 @@ impl Cluster {
                 switchover_timeout_ms: 20_000,
             },
         );
+        // A minority (fewer than a quorum) may be restored from backups.
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        let mut restorable = vec![false; n];
+        for i in order.into_iter().take((n - 1) / 2) {
+            restorable[i] = true;
+        }
         let mut cluster = Cluster {
             ids,
             engines,
             configs,
             leases,
+            clocks,
             durable: Vec::new(),
+            backups: vec![Vec::new(); n],
+            restorable,
+            restored_older: 0,
+            keep_fence: true,
             up: vec![true; n],
             side_a: None,
             network: Vec::new(),
@@ -298,14 +426,53 @@ impl Cluster {
         if self.up[i] {
             return;
         }
+        self.restore(i, self.durable[i].clone());
+    }
+
+    /// Node `i`, down, starts again from `snapshot`, with its lease store (which
+    /// every crash and restore keeps) and a new process's monotonic clock.
+    fn restore(&mut self, i: usize, snapshot: Snapshot<Profiles>) {
         let boot = ReplicaId::from_u128(u128::from(self.rng.next_u64()) | 1 << 64);
         let config = self.configs[i].clone().incarnation(boot);
-        self.engines[i] = SyncEngine::restore(self.durable[i].clone(), self.time.clone(), config)
-            .expect("a durable snapshot restores")
+        self.clocks[i].restart(&mut self.rng);
+        self.engines[i] = SyncEngine::restore(snapshot, self.clocks[i].clone(), config)
+            .expect("a snapshot restores")
             .with_lease(self.leases[i].clone())
             .expect("a memory lease loads");
         self.up[i] = true;
         self.drain(i);
+    }
+
+    fn backup(&mut self, i: usize) {
+        let backups = &mut self.backups[i];
+        backups.push(self.durable[i].clone());
+        if backups.len() > BACKUPS {
+            backups.remove(0);
+        }
+    }
+
+    /// Node `i` crashes and comes back from one of its backups, if it is one that
+    /// may be and it has any.
+    fn restore_backup(&mut self, i: usize, which: usize) {
+        if !self.restorable[i] || self.backups[i].is_empty() {
+            return;
+        }
+        let snapshot = self.backups[i][which % self.backups[i].len()].clone();
+        let latest = &self.durable[i];
+        if snapshot.state.context() != latest.state.context()
+            || (snapshot.epoch, snapshot.leader) != (latest.epoch, latest.leader)
+        {
+            self.restored_older += 1;
+        }
+        self.crash(i);
+        if !self.keep_fence {
+            // The counter lease survives, the fence record does not.
+            let mut lease = MemoryLease::new();
+            concord::sync::LeaseStore::store(&mut lease, self.leases[i].get())
+                .expect("a memory lease stores");
+            self.leases[i] = lease;
+        }
+        self.restore(i, snapshot);
     }
 
     /// The coordinator checks every node: followers first (they are the candidates),
@@ -386,6 +553,8 @@ impl Cluster {
             Act::Heal => self.side_a = None,
             Act::Crash { node } => self.crash(node % n),
             Act::Restart { node } => self.restart(node % n),
+            Act::Backup => (0..n).for_each(|i| self.backup(i)),
+            Act::RestoreBackup { node, which } => self.restore_backup(node % n, which),
             Act::Check => self.check(),
             Act::Switchover { node } => {
                 let now = self.time.now();
@@ -631,6 +800,126 @@ fn a_partitioned_master_stops_before_the_new_one_starts() {
     assert_eq!(c.engines[0].role(), Role::Follower);
 }
 
+/// A master cut off from everyone keeps writing until its lease runs out on its own
+/// clock; the new master starts after its fencing wait on its own. Runs the
+/// partition of `a_partitioned_master_stops_before_the_new_one_starts` with the old
+/// master's monotonic clock slow by `slow_ppm` and the others' fast by `fast_ppm`, and
+/// returns the runs (of 20 seeds) in which the old master wrote after the new one.
+fn overlaps_with_drift(slow_ppm: i64, fast_ppm: i64) -> usize {
+    let mut overlapped = 0;
+    for seed in 0..20 {
+        let drifts = [-slow_ppm, fast_ppm, fast_ppm];
+        let mut c = Cluster::with_drifts(3, seed, 0, 0, false, Some(&drifts));
+        c.step(Act::Check);
+        for k in 0..4 {
+            c.step(Act::Advance { ms: 100 });
+            c.step(Act::Deliver { count: 100 });
+            c.step(Act::Write { node: 0, key: k });
+        }
+        c.step(Act::Partition { side_a: 0b001 });
+        let mut new_wrote = false;
+        for _ in 0..80 {
+            c.step(Act::Write { node: 0, key: 1 });
+            let m = c.coordinator.master().map(|m| c.index_of(m));
+            if let Some(m) = m.filter(|m| *m != 0) {
+                let before = c.writers.get(&c.engines[m].epoch()).map_or(0, |w| w.len());
+                c.step(Act::Write { node: m, key: 2 });
+                new_wrote |= c.writers.get(&c.engines[m].epoch()).map_or(0, |w| w.len()) > before;
+            }
+            c.step(Act::Advance { ms: 50 });
+            c.step(Act::Deliver { count: 100 });
+            c.step(Act::Check);
+        }
+        assert!(new_wrote, "seed {seed}: the new master never took a write");
+        overlapped += usize::from(!c.overlaps.is_empty());
+        c.step(Act::Heal);
+        c.quiesce();
+        if slow_ppm.max(fast_ppm) <= i64::try_from(MAX_DRIFT_PPM).unwrap() {
+            c.check_spec().unwrap();
+        }
+    }
+    overlapped
+}
+
+/// Within the clock bound (the old master's clock as slow, and the new master's as
+/// fast, as the bound allows), a cut-off master stops before the new one starts.
+/// Far outside it (rates of 0.6 and 1.4), the simulator sees the two overlap: the
+/// bound is what the safety rests on, and the overlap check does catch a violation.
+#[test]
+fn the_lease_holds_with_clocks_drifting_within_the_bound() {
+    let bound = i64::try_from(MAX_DRIFT_PPM).unwrap();
+    assert_eq!(overlaps_with_drift(bound, bound), 0);
+    let outside = overlaps_with_drift(400_000, 400_000);
+    eprintln!(
+        "runs (of 20) where the old master wrote after the new one, rates 0.6 and 1.4: {outside}"
+    );
+    assert!(outside > 0, "rates 0.6 and 1.4 never overlapped");
+}
+
+/// A follower that supported the new master is restored from a backup taken before
+/// the failover, and finds itself on the side of a partition with the old master
+/// (cut off since before the failover, so still the master of the old epoch). With
+/// its fence record (the rule), it still supports the new master: the old master
+/// never regains its lease. Without it (shown for contrast), it supports the old
+/// master again, and the old master writes in its epoch after the new one has.
+fn restored_follower_meets_the_old_master(keep_fence: bool) -> Cluster {
+    let mut c = Cluster::new(3, 11, 0, 0, false);
+    c.restorable = vec![false, false, true];
+    c.keep_fence = keep_fence;
+    c.step(Act::Check);
+    for k in 0..4 {
+        c.step(Act::Advance { ms: 100 });
+        c.step(Act::Deliver { count: 100 });
+        c.step(Act::Write { node: 0, key: k });
+    }
+    c.step(Act::Deliver { count: 100 });
+    c.step(Act::Backup);
+    // The master is cut off; the coordinator fails over to a follower.
+    c.step(Act::Partition { side_a: 0b001 });
+    let mut new = None;
+    for _ in 0..80 {
+        c.step(Act::Advance { ms: 100 });
+        c.step(Act::Deliver { count: 100 });
+        c.step(Act::Check);
+        let m = c.coordinator.master().map(|m| c.index_of(m));
+        if let Some(m) = m.filter(|m| *m != 0 && c.engines[*m].writable().is_ok()) {
+            new = Some(m);
+            break;
+        }
+    }
+    let new = new.expect("a follower took over");
+    c.step(Act::Write { node: new, key: 7 });
+    assert_eq!(c.writers.get(&1).map(BTreeSet::len), Some(1));
+    // Node 2 (the new master itself, or its supporter) comes back from the backup,
+    // on the old master's side of a new partition.
+    c.step(Act::RestoreBackup { node: 2, which: 0 });
+    assert_eq!(c.restored_older, 1);
+    let side_a = 0b001 | (1 << 2);
+    c.step(Act::Partition { side_a });
+    for _ in 0..40 {
+        c.step(Act::Write { node: 0, key: 8 });
+        c.step(Act::Advance { ms: 100 });
+        c.step(Act::Deliver { count: 100 });
+    }
+    c
+}
+
+#[test]
+fn a_node_restored_from_an_older_backup_keeps_its_fence() {
+    let c = restored_follower_meets_the_old_master(true);
+    assert!(c.overlaps.is_empty(), "{:?}", c.overlaps);
+    assert_eq!(c.writers.get(&0).map(BTreeSet::len), Some(1));
+    let mut c = c;
+    c.quiesce();
+    c.check_spec().unwrap();
+    // Without the fence record, the old master writes again after the new one.
+    let c = restored_follower_meets_the_old_master(false);
+    assert!(
+        !c.overlaps.is_empty(),
+        "the old master never regained its lease"
+    );
+}
+
 /// A planned switchover under a steady write load (each write goes to whichever node
 /// the coordinator names master; refused writes are retried, as a client would)
 /// completes, and every write that was taken (acknowledged at any level) is in the
@@ -710,6 +999,7 @@ fn scenarios_exercise_failover_and_fencing() {
     );
     let (mut later_epochs, mut acked, mut stale, mut failovers) = (0, 0, 0, 0);
     let mut two_masters_tried = 0;
+    let mut restored_older = 0;
     for _ in 0..100 {
         let (nodes, seed, net, acts) = strategy.new_tree(&mut runner).unwrap().current();
         let c = run(nodes, seed, net, acts).unwrap();
@@ -718,10 +1008,16 @@ fn scenarios_exercise_failover_and_fencing() {
         stale += u32::from(c.stale > 0);
         failovers += u32::from(c.failovers > 0);
         two_masters_tried += u32::from(c.refused_by_fence > 0);
+        restored_older += u32::from(c.restored_older > 0);
     }
     eprintln!(
         "failovers {failovers}, later epochs {later_epochs}, quorum acks {acked}, \
-         stale {stale}, writes refused by a fence {two_masters_tried} (of 100 runs)"
+         stale {stale}, writes refused by a fence {two_masters_tried}, restored from an \
+         older backup {restored_older} (of 100 runs)"
+    );
+    assert!(
+        restored_older > 20,
+        "only {restored_older}/100 runs restored a node from an older backup"
     );
     assert!(failovers > 30, "only {failovers}/100 runs failed over");
     assert!(

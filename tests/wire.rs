@@ -325,6 +325,71 @@ fn envelope_without_delta() {
     assert_eq!((v2.v, v2.epoch, v2.lead, v2.echo), (2, 0, None, None));
 }
 
+/// The fencing fields are version 3's. In a message of version 1 or 2 they are
+/// unknown fields, which a reader of that version skips whatever they hold (as it
+/// skips every field it does not know): a newer reader reads such a message exactly
+/// as the older one does, whatever their value, type, place (before or after `v`) or
+/// repetition. In version 3 they are checked: a non-integer or a repeated field is
+/// refused. And a newer writer never puts them in an older version.
+#[test]
+fn fencing_fields_are_version_3_only() {
+    let v2 = String::from_utf8(std::fs::read(golden_path("envelope_ack_v2")).unwrap()).unwrap();
+    let v1 = String::from_utf8(std::fs::read(golden_path("envelope_ack")).unwrap()).unwrap();
+    let v3 = String::from_utf8(std::fs::read(golden_path("envelope_ack_v3")).unwrap()).unwrap();
+    let clean_v2 = wire::decode::<MvMap>(v2.as_bytes(), MAX_BYTES).unwrap();
+    let clean_v1 = wire::decode::<MvMap>(v1.as_bytes(), MAX_BYTES).unwrap();
+    let strays = [
+        r#""epoch":"nine","#,
+        r#""epoch":-1,"#,
+        r#""epoch":null,"lead":{"x":[1,2]},"echo":1.5,"#,
+        r#""epoch":1,"epoch":2,"lead":3,"lead":4,"#,
+        r#""echo":18446744073709551616,"#,
+    ];
+    for stray in strays {
+        for (text, clean) in [(&v2, &clean_v2), (&v1, &clean_v1)] {
+            // After the envelope and before it (ahead of `v`).
+            let after = text.replacen(r#""inc":"#, &format!(r#"{stray}"inc":"#), 1);
+            let before = text.replacen('{', &format!("{{{stray}"), 1);
+            for bytes in [after, before] {
+                let read = wire::decode::<MvMap>(bytes.as_bytes(), MAX_BYTES)
+                    .unwrap_or_else(|e| panic!("{bytes}: {e}"));
+                assert_eq!(&read, clean, "{bytes}");
+            }
+        }
+    }
+    // Version 3 checks them.
+    for stray in strays {
+        let bytes = v3.replacen(r#""epoch":4,"#, stray, 1);
+        assert!(
+            matches!(
+                wire::decode::<MvMap>(bytes.as_bytes(), MAX_BYTES),
+                Err(concord::Error::Decode { .. })
+            ),
+            "{bytes}"
+        );
+    }
+    let read = wire::decode::<MvMap>(v3.as_bytes(), MAX_BYTES).unwrap();
+    assert_eq!(
+        (read.epoch, read.lead, read.echo),
+        (4, None, Some(START_MS + 250))
+    );
+    // Written in an older version, a message leaves them out.
+    for v in [1, 2] {
+        let msg = Message {
+            v,
+            vmax: v,
+            epoch: 7,
+            lead: Some(1),
+            echo: Some(2),
+            ..read.clone()
+        };
+        let text = String::from_utf8(wire::encode(&msg)).unwrap();
+        for field in ["epoch", "lead", "echo"] {
+            assert!(!text.contains(&format!(r#""{field}""#)), "{text}");
+        }
+    }
+}
+
 /// Version 3: a counter segment made by folding others names the newest dot it
 /// folded (a fourth element). Written for a version-2 peer, the fold is a plain
 /// segment, which that peer reads.

@@ -103,7 +103,40 @@ pub struct Cluster {
     pub keep: bool,
 }
 
+/// A loopback address for a node to listen on. Its port is below the kernel's range
+/// of ephemeral ports (`/proc/sys/net/ipv4/ip_local_port_range`), from which the
+/// outgoing connections of everything running take theirs: a port asked of the
+/// kernel (port 0) comes from that range and, released until the node binds it, was
+/// sometimes taken by a connection first (`Address already in use`). It is chosen at
+/// random, checked free, and never handed out twice by this process.
 fn free_port() -> std::io::Result<SocketAddr> {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1_000 {
+        let span = u64::from(ephemeral_low - LOW);
+        for _ in 0..1_000 {
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            let port = LOW + u16::try_from(random % span).unwrap_or(0);
+            let mut given = GIVEN
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if given.contains(&port) {
+                continue;
+            }
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                given.insert(port);
+                return listener.local_addr();
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 

@@ -125,6 +125,9 @@ pub enum Command {
     },
 }
 
+/// The answer to an operator's command: the `/health` document after it, or why not.
+type AdminAnswer = std::result::Result<Value, String>;
+
 /// An operator's command on the replication role (`POST /admin/...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminOp {
@@ -292,6 +295,18 @@ pub struct Node {
     /// The last master other than this node that its coordinator held (the one it
     /// failed over from, or followed before a newer decision).
     failed_master: Option<ReplicaId>,
+    /// What each peer last said about itself in a message the engine took: its
+    /// epoch, and whether it leads it (a master stamps `lead` on every message of
+    /// the epoch it leads, and only then). One entry per configured peer at most
+    /// (frames come only from authenticated peers).
+    reported: HashMap<ReplicaId, (u64, Role)>,
+    /// Since when the coordinator's master has reported itself a follower (see
+    /// [`Node::check_failover`]).
+    master_stopped_since: Option<(ReplicaId, Instant)>,
+    /// Answers to operators' commands, sent once the batch that ran them is
+    /// committed (a node that answered "stopped taking writes" is a follower after a
+    /// restart too).
+    admin_replies: Vec<(oneshot::Sender<AdminAnswer>, AdminAnswer)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -424,6 +439,9 @@ impl Node {
             positions: Vec::new(),
             settled_since: Instant::now(),
             failed_master: None,
+            reported: HashMap::new(),
+            admin_replies: Vec::new(),
+            master_stopped_since: None,
         })
     }
 
@@ -511,7 +529,8 @@ impl Node {
             }
             Command::Frame { peer, msg, frame } => self.receive(peer, *msg, frame),
             Command::Admin { op, reply } => {
-                let _ = reply.send(self.admin(op));
+                let answer = self.admin(op);
+                self.admin_replies.push((reply, answer));
             }
             Command::PeerUp { peer, conn, tx } => {
                 // Frames produced without a connection were produced after their
@@ -620,8 +639,24 @@ impl Node {
 
     fn receive(&mut self, peer: ReplicaId, msg: Message<Kv>, frame: Vec<u8>) {
         self.check_claims(peer, &msg);
+        // The peer's own word on its role, as the envelope carries it: `lead` is set
+        // by a master that leads the message's epoch, and by no one else.
+        let report = (
+            msg.epoch,
+            if msg.lead.is_some() {
+                Role::Master
+            } else {
+                Role::Follower
+            },
+        );
         match self.engine.handle_message(msg) {
             Ok(received) => {
+                // Kept only from a message the engine took (its epoch checked: not
+                // absurdly far ahead), and never moved back by a reordered one.
+                let r = self.reported.entry(peer).or_insert(report);
+                if report.0 >= r.0 {
+                    *r = report;
+                }
                 if received.outcome.changed() {
                     self.store.append_remote(&frame);
                 }
@@ -734,6 +769,9 @@ impl Node {
         self.save_role();
         // Durable first, then visible to peers and clients.
         self.commit();
+        for (reply, answer) in self.admin_replies.drain(..) {
+            let _ = reply.send(answer);
+        }
         self.cover_issued();
         let committed = std::mem::take(&mut self.committed);
         self.writes.extend(committed);
@@ -1305,14 +1343,19 @@ impl Node {
         }
         let settled = self.settled_since.elapsed()
             >= Duration::from_millis(silence + self.config.failover.check_ms);
+        let uptime = self.uptime_ms();
         let Some(c) = self.coordinator.as_mut() else {
             return;
         };
+        // The time first: the timeouts of the promotions it ordered.
+        c.tick(uptime);
+        // Each peer's position: what this node knows it holds, and the epoch and role
+        // it last reported about itself (not whether this node supports it: the
+        // coordinator checks every promotion it orders against the promoted node's
+        // own word). A peer not heard from yet has no position, and is no candidate.
         for p in &m.peers {
-            let role = if leader == Some(p.peer) {
-                Role::Master
-            } else {
-                Role::Follower
+            let Some(&(epoch, role)) = self.reported.get(&p.peer) else {
+                continue;
             };
             let position = Position {
                 context: p.acked.clone(),
@@ -1322,7 +1365,30 @@ impl Node {
             c.observe(p.peer, position);
         }
         c.observe(me, Position::from(&self.engine));
-        c.health(me, true);
+        // A master that reports itself a follower fails its checks (the coordinator
+        // counts it so): it was deposed, or restarted as a follower. But one that
+        // stopped taking writes at an operator's request (the first step of a planned
+        // switchover, run from whichever node received it) is given the switchover
+        // timeout first, so that the nodes' coordinators do not fail over under a
+        // switchover in progress; if it is still a follower after that, they do.
+        let master_role = match c.master() {
+            Some(l) if l == me => Some(self.engine.role()),
+            Some(l) => self.reported.get(&l).map(|r| r.1),
+            None => None,
+        };
+        let stopped = if let (Some(l), Some(Role::Follower)) = (c.master(), master_role) {
+            let since = match self.master_stopped_since {
+                Some((m, t)) if m == l => t,
+                _ => self.master_stopped_since.insert((l, Instant::now())).1,
+            };
+            since.elapsed() < Duration::from_millis(self.config.failover.switchover_timeout_ms)
+        } else {
+            self.master_stopped_since = None;
+            false
+        };
+        if !(stopped && c.master() == Some(me)) {
+            c.health(me, true);
+        }
         for p in &m.peers {
             let connected = self.links.get(&p.peer).is_some_and(|l| !l.is_empty());
             let heard = p.lag.since_heard_ms.is_some_and(|t| t <= silence);
@@ -1330,6 +1396,9 @@ impl Node {
             if c.master() == Some(p.peer) {
                 self.master_heard |= heard;
                 if grace && !heard {
+                    continue;
+                }
+                if stopped && ok {
                     continue;
                 }
                 // The master must also be the one this node supports.
@@ -1373,9 +1442,15 @@ impl Node {
                 Action::StopWrites { node } if node == me => self.engine.demote(),
                 Action::StopWrites { .. } => {}
                 Action::Report(report) => {
-                    if let Report::FailoverStarted { master, .. } = report {
-                        self.metrics.failovers.inc();
-                        self.failed_master = Some(master);
+                    match report {
+                        Report::FailoverStarted { master, .. } => {
+                            self.metrics.failovers.inc();
+                            self.failed_master = Some(master);
+                        }
+                        Report::PromotionFailed { node, .. } if node != me => {
+                            self.failed_master = Some(node);
+                        }
+                        _ => {}
                     }
                     let text = self.describe(&report);
                     self.event(text);
@@ -1487,6 +1562,14 @@ impl Node {
             } => format!(
                 "switchover to {} aborted in {step:?}; the old master resumes at epoch {epoch}",
                 self.name(*target)
+            ),
+            Report::SwitchoverAbandoned { target, step } => {
+                format!("switchover to {} abandoned in {step:?}", self.name(*target))
+            }
+            Report::PromotionFailed { node, epoch } => format!(
+                "{} did not report itself master of epoch {epoch} in time, or refused it: \
+                 failing over in a fresh epoch",
+                self.name(*node)
             ),
         }
     }

@@ -66,7 +66,8 @@ pub type PeerRecord = (ReplicaId, CausalContext, u32);
 
 /// The engine's place in master–follower replication, as saved: its fencing epoch,
 /// the master it supports in that epoch, and its role. Saved in the same commit as
-/// the batch that changed it, so it is on disk before anything sent after it (a
+/// the batch that changed it, synced whatever the fsync policy, so it is on disk
+/// before anything sent or answered after it (a
 /// restarted replica never supports two masters in one epoch, and a restarted
 /// master that was deposed never comes back as the master of its old epoch).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -168,6 +169,9 @@ pub struct Store {
     /// The highest lease bound committed, shared by every [`RedbLease`] of this
     /// store (0 until one loads it).
     lease_bound: Arc<AtomicU64>,
+    /// Where the fence record is kept: a file beside the database (see
+    /// [`RedbLease`]).
+    fence: concord::sync::FileLease,
 }
 
 impl std::fmt::Debug for Store {
@@ -420,6 +424,7 @@ impl Store {
             compacting,
             stats,
             lease_bound: Arc::new(AtomicU64::new(0)),
+            fence: concord::sync::FileLease::new(path),
         };
         Ok((
             store,
@@ -445,6 +450,7 @@ impl Store {
             db: self.db.clone(),
             durable: self.fsync == Fsync::None,
             bound: self.lease_bound.clone(),
+            fence: self.fence.clone(),
         }
     }
 
@@ -504,7 +510,8 @@ impl Store {
         self.pending_acks = serde_json::to_vec(acks).ok();
     }
 
-    /// Queues the engine's epoch, leader and role for the next commit.
+    /// Queues the engine's epoch, leader and role for the next commit (which is then
+    /// synced, whatever the fsync policy).
     pub fn save_role(&mut self, role: &RoleRecord) {
         self.pending_role = serde_json::to_vec(role).ok();
     }
@@ -525,7 +532,11 @@ impl Store {
         }
         let db = self.db.get();
         let mut tx = db.begin_write().map_err(Error::storage)?;
-        let durable = self.fsync != Fsync::None;
+        // A change of role (a master that stopped taking writes, say) is synced
+        // whatever the policy: a node restarted after it must not come back as the
+        // master it no longer was (the epoch and leader are in the fence file too, but
+        // the role is only here). It is rare.
+        let durable = self.fsync != Fsync::None || self.pending_role.is_some();
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -823,10 +834,21 @@ impl Compactor {
 /// Every lease of one [`Store`] shares the bound: a store never moves it back (it
 /// writes the larger of the stored and the asked bound), and asking for a bound
 /// already recorded costs nothing.
+///
+/// The fence record (master–follower mode: the epoch, the master supported in it,
+/// whether this node was deposed; see [`concord::sync::FenceRecord`]) is kept in a
+/// file of its own beside the database, the database's path with `.fence` appended
+/// (`concord.redb.fence`), written as [`concord::sync::FileLease`] writes it: a
+/// temporary file, fsynced, renamed over the old one, the directory fsynced, whatever
+/// the fsync policy, before the engine acts on the change (a new epoch or master is
+/// rare). Kept outside the database, it survives an older copy of the database
+/// being put back: the node still supports one master per epoch and a deposed master
+/// stays deposed.
 pub struct RedbLease {
     db: Db,
     durable: bool,
     bound: Arc<AtomicU64>,
+    fence: concord::sync::FileLease,
 }
 
 impl RedbLease {
@@ -907,6 +929,14 @@ impl LeaseStore for RedbLease {
         self.bound.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
+
+    fn load_fence(&mut self) -> concord::Result<Option<concord::sync::FenceRecord>> {
+        self.fence.load_fence()
+    }
+
+    fn store_fence(&mut self, record: &concord::sync::FenceRecord) -> concord::Result<()> {
+        self.fence.store_fence(record)
+    }
 }
 
 #[cfg(test)]
@@ -954,6 +984,81 @@ mod tests {
         }
         let (_, rec) = Store::open(&path, &config(Fsync::Group, 1_000_000)).unwrap();
         assert_eq!(&rec.state, sender.state());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The fence record is kept beside the database, synced before the engine acts
+    /// on it: a follower whose database is put back to an older copy (from before it
+    /// took a new epoch and master) still supports the master it supported, and not
+    /// a second one of the same epoch (as the core's `FileLease` test does with an
+    /// older snapshot).
+    #[test]
+    fn the_fence_record_survives_an_older_copy_of_the_database() {
+        use concord::hlc::Timestamp;
+        use concord::sync::{Config, Role, Snapshot, SyncEngine};
+        use concord::ManualClock;
+
+        let path = dir("store-fence-older-copy");
+        let [a, b, c] = [1, 2, 3].map(ReplicaId::from_u128);
+        let time = ManualClock::new(1_700_000_000_000);
+        let cfg =
+            |peers: [ReplicaId; 2]| Config::with_peers(peers).master_follower(2_000).follower();
+        let storage = config(Fsync::Group, 1_000_000);
+        let older = path.with_extension("older");
+        // C, a follower at epoch 0 with no master yet; its file is copied aside.
+        {
+            let (mut store, _) = Store::open(&path, &storage).unwrap();
+            store.save_role(&RoleRecord {
+                epoch: 0,
+                leader: None,
+                master: false,
+            });
+            store.commit().unwrap();
+        }
+        std::fs::copy(&path, &older).unwrap();
+        // B is promoted at epoch 1 and reaches C, which supports it.
+        let mut node_b = SyncEngine::new(b, Kv::new(), time.clone(), cfg([a, c]));
+        node_b.promote_at(1).unwrap();
+        {
+            let (mut store, _) = Store::open(&path, &storage).unwrap();
+            let mut node_c = SyncEngine::new(c, Kv::new(), time.clone(), cfg([a, b]))
+                .with_lease(store.lease())
+                .unwrap();
+            node_c.receive(node_b.sync_with(c).unwrap()).unwrap();
+            assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
+            store.save_role(&RoleRecord {
+                epoch: 1,
+                leader: Some(b),
+                master: false,
+            });
+            store.commit().unwrap();
+        }
+        // The older copy of the database is put back, and C restarts from it.
+        std::fs::copy(&older, &path).unwrap();
+        let (store, rec) = Store::open(&path, &storage).unwrap();
+        let role = rec.role.clone().unwrap();
+        assert_eq!((role.epoch, role.leader), (0, None), "the copy is older");
+        let snapshot = Snapshot {
+            node: c,
+            role: Role::Follower,
+            state: rec.state,
+            peers: Vec::new(),
+            hlc_last: Timestamp::new(0, 0, c),
+            peer_versions: Vec::new(),
+            epoch: role.epoch,
+            leader: role.leader,
+        };
+        let mut node_c = SyncEngine::restore(snapshot, time.clone(), cfg([a, b]))
+            .unwrap()
+            .with_lease(store.lease())
+            .unwrap();
+        assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
+        // A, promoted at epoch 1 too (two coordinators raced), does not win C over.
+        let mut node_a = SyncEngine::new(a, Kv::new(), time.clone(), cfg([b, c]));
+        node_a.promote_at(1).unwrap();
+        node_c.receive(node_a.sync_with(c).unwrap()).unwrap();
+        assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
+        drop(store);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

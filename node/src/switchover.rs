@@ -11,7 +11,10 @@
 //! target takes writes (a majority in its epoch and the fencing wait over). Every
 //! step is reported with its time. If stopping or catching up outlasts
 //! `failover.switchover_timeout_ms`, the old master resumes in a new epoch of its
-//! own; after the promotion there is no way back, and the switchover runs to its end.
+//! own; after the promotion there is no way back: a target that does not report
+//! itself master of the new epoch in time ends it (`504`, the nodes' automatic
+//! failover takes over), and an old master that does not report the new epoch in
+//! time ends it as done (the first message of the new epoch fences it).
 //!
 //! Writes that arrive meanwhile are refused with `503` naming the master (nothing is
 //! written), so no acknowledged write is lost: the target holds all of the old
@@ -45,6 +48,15 @@ fn refuse(status: u16, reason: impl Into<String>) -> Failed {
         status,
         body: json!({ "error": reason.into() }),
     }
+}
+
+/// How a switchover ended without reaching [`Step::Done`].
+#[derive(Clone, Copy, Debug)]
+enum Ended {
+    /// Timed out before the promotion: the old master resumes.
+    Aborted(Step),
+    /// Given up at or after the promotion.
+    Abandoned(Step),
 }
 
 /// One node's API, as the switchover sees it.
@@ -151,13 +163,16 @@ pub fn run(config: &NodeConfig, to: &str) -> Result<Value, Failed> {
     let ms = |t: Instant| t.duration_since(started).as_secs_f64() * 1e3;
     let mut steps: Vec<Value> = Vec::new();
     let mut pending: Vec<(ReplicaId, String)> = Vec::new();
-    let mut outcome: Option<std::result::Result<u64, Step>> = None;
+    let mut outcome: Option<std::result::Result<u64, Ended>> = None;
     // Past the timeout the coordinator aborts before the promotion; after it, the
     // steps left are quick, but a node that stops answering must not hold the
     // request forever.
     let hard = Duration::from_millis(timeout_ms.saturating_mul(2).saturating_add(10_000));
     while outcome.is_none() {
-        while let Some(action) = c.poll_action() {
+        // Once the outcome is known, the actions after it are not run: after an
+        // abandoned promotion this coordinator (which checks no node's health) has
+        // no failover to offer; the nodes' own coordinators fail over.
+        while let Some(action) = outcome.is_none().then(|| c.poll_action()).flatten() {
             match action {
                 Action::StopWrites { node } => pending.push((node, "/admin/stop-writes".into())),
                 Action::Promote { node, epoch } => {
@@ -178,7 +193,18 @@ pub fn run(config: &NodeConfig, to: &str) -> Result<Value, Failed> {
                         Report::Switchover {
                             step: Step::Done, ..
                         } => outcome = Some(Ok(c.epoch())),
-                        Report::SwitchoverAborted { step, .. } => outcome = Some(Err(step)),
+                        Report::SwitchoverAborted { step, .. } => {
+                            outcome = Some(Err(Ended::Aborted(step)))
+                        }
+                        // The old master did not report the new epoch in time: the
+                        // target is the master all the same (the first message of its
+                        // epoch fences the old one).
+                        Report::SwitchoverAbandoned {
+                            step: Step::Demote, ..
+                        } => outcome = Some(Ok(c.epoch())),
+                        Report::SwitchoverAbandoned { step, .. } => {
+                            outcome = Some(Err(Ended::Abandoned(step)))
+                        }
                         _ => {}
                     }
                 }
@@ -228,7 +254,21 @@ pub fn run(config: &NodeConfig, to: &str) -> Result<Value, Failed> {
     }
     let epoch = match outcome {
         Some(Ok(epoch)) => epoch,
-        Some(Err(step)) => {
+        Some(Err(Ended::Abandoned(step))) => {
+            return Err(Failed {
+                status: 504,
+                body: json!({
+                    "error": format!(
+                        "abandoned in {step:?}: {} did not report itself master of the new \
+                         epoch within failover.switchover_timeout_ms ({timeout_ms} ms); the \
+                         nodes' automatic failover (if enabled) takes over",
+                        target_m.name
+                    ),
+                    "steps": steps,
+                }),
+            })
+        }
+        Some(Err(Ended::Aborted(step))) => {
             return Err(Failed {
                 status: 504,
                 body: json!({

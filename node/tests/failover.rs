@@ -546,3 +546,118 @@ fn a_master_cut_off_stops_taking_writes_and_follows_after_the_heal() {
     );
     check_everywhere(&mut c, &acked);
 }
+
+/// A master told to stop taking writes (`POST /admin/stop-writes`, a switchover's
+/// first step) and killed right after the answer comes back as a follower of the
+/// epoch it knew, under the `none` fsync policy too: the answer is sent once the
+/// role is on disk. Automatic failover is off, so that nothing but the node's own
+/// file decides its role after the restart.
+#[test]
+fn a_master_that_stopped_taking_writes_restarts_as_a_follower() {
+    let mut opts = Options::master_follower(LEASE_MS, 3);
+    opts.tag = "stop-writes-restart".into();
+    opts.fsync = concord_node::config::Fsync::None;
+    opts.failover.automatic = false;
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..3 {
+        c.wait_ready(i, Duration::from_secs(30))
+            .expect("node ready");
+    }
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    for round in 0..3 {
+        let s = wait_status(&c, 0, Duration::from_secs(20), "took writes", |s| {
+            s["writable"] == true
+        });
+        let epoch = s["epoch"].as_u64().expect("an epoch");
+        let r = c
+            .client(0)
+            .put(&format!("k{round}"), "v", "quorum")
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = c
+            .client(0)
+            .request("POST", "/admin/stop-writes", &[], "")
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        c.kill(0);
+        c.spawn(0).expect("restart node-1");
+        c.wait_ready(0, Duration::from_secs(30))
+            .expect("node-1 ready");
+        let s = c.status(0);
+        assert_eq!(
+            (s["role"].as_str(), s["epoch"].as_u64()),
+            (Some("follower"), Some(epoch)),
+            "round {round}: node-1 came back as it was before it stopped taking writes: {s}"
+        );
+        assert_eq!(s["writable"], false, "{s}");
+        // It stays a follower (it does not take its mastership back once a majority
+        // answers it), and refuses writes.
+        thread::sleep(Duration::from_millis(2 * LEASE_MS));
+        let r = c.client(0).put("after-restart", "x", "quorum").unwrap();
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(c.status(0)["role"], "follower");
+        // The operator hands the mastership back, in a new epoch, for the next round.
+        let r = c
+            .client(0)
+            .request("POST", "/admin/promote", &[], "")
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
+}
+
+/// A follower whose link to the new master is slow hears of the new epoch from the
+/// other followers first (their messages carry the epoch, not a master), so for a
+/// while it supports no one in it. Its coordinator is fed what each peer says about
+/// itself, not whom this node supports yet: the promotion it expects is confirmed by
+/// the new master's own messages when they arrive, and nothing fails over again.
+/// Five nodes with fixed ids: the followers hold the same, so node-2 (the smallest
+/// id) is the candidate; node-3's link to it is slowed before the master is killed.
+#[test]
+fn a_follower_that_hears_of_the_new_epoch_second_hand_confirms_the_promotion() {
+    let mut opts = Options::master_follower(2_000, 3);
+    opts.nodes = 5;
+    opts.tag = "second-hand-epoch".into();
+    opts.replication.heartbeat_ms = 500;
+    opts.ids = (1..=5u128).map(concord::ReplicaId::from_u128).collect();
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..5 {
+        c.wait_ready(i, Duration::from_secs(30))
+            .expect("node ready");
+    }
+    c.wait_connected(Duration::from_secs(30))
+        .expect("connected");
+    wait_status(&c, 0, Duration::from_secs(30), "took writes", |s| {
+        s["writable"] == true
+    });
+    c.link(1, 2)
+        .set(concord_node::proxy::Link::Delay(Duration::from_millis(400)));
+    // Long enough for every node to hear everyone through the delay again.
+    thread::sleep(Duration::from_secs(3));
+    c.kill(0);
+    wait_status(&c, 1, Duration::from_secs(30), "took over", |s| {
+        s["role"] == "master" && s["writable"] == true
+    });
+    // Time for a checked promotion read as failed to start another epoch.
+    thread::sleep(Duration::from_secs(3));
+    let mut promotions = 0.0;
+    for i in 1..5 {
+        let s = c.status(i);
+        let events = s["failover"]["events"].to_string();
+        assert!(
+            !events.contains("did not report itself master"),
+            "node-{} read the promotion as failed: {events}",
+            i + 1
+        );
+        assert_eq!(
+            (s["epoch"].as_u64(), s["leader"].as_str()),
+            (Some(1), Some("node-2")),
+            "node-{}: {s}",
+            i + 1
+        );
+        promotions += c.metric(i, "promotions_total");
+    }
+    assert_eq!(promotions, 1.0, "one promotion, one epoch");
+    assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
+}

@@ -40,10 +40,25 @@
 //! writes), [`Step::WaitCaughtUp`] (until the target's context includes the old
 //! master's final one: lag zero), [`Step::Promote`] (the target, in a new epoch),
 //! [`Step::Demote`] (the old master takes the new epoch as a follower) and
-//! [`Step::Done`], reporting each. If the first two steps outlast the timeout, the
-//! switchover is aborted and the old master resumes, in a new epoch of its own; once
-//! the target has been told to promote there is no way back (it may be taking
-//! writes), and the switchover runs to its end.
+//! [`Step::Done`], reporting each. Every step has the timeout. If one of the first two
+//! outlasts it, the switchover is aborted and the old master resumes, in a new epoch
+//! of its own; once the target has been told to promote there is no way back (it may
+//! be taking writes): if it does not report itself master of the new epoch in time,
+//! the switchover is abandoned ([`Report::SwitchoverAbandoned`]) and the coordinator
+//! fails over automatically, in an epoch above every one it has seen; if the old
+//! master does not report the new epoch in time, the switchover is abandoned too and
+//! the target stays master (the old one is fenced by the first message of the new
+//! epoch that reaches it). A master that fails its health checks, or a replica that
+//! reports itself master of a newer epoch, ends a switchover in any step.
+//!
+//! # Checking the master
+//!
+//! Every promotion the coordinator orders is checked: the replica must report itself
+//! master of that epoch ([`Coordinator::observe`]) within the switchover timeout. One
+//! that does not (it is down, or refused: a rogue promotion took the epoch first) is
+//! reported ([`Report::PromotionFailed`]) and the coordinator fails over again, with a
+//! fresh epoch. Once confirmed, a master that passes its health checks but reports
+//! itself a follower counts as failing them.
 //!
 //! ```
 //! use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
@@ -89,8 +104,8 @@ pub struct CoordinatorConfig {
     /// failover (at least 1; default 3).
     pub failed_checks: u32,
     /// How long, in milliseconds of the times given to [`Coordinator::switchover`]
-    /// and [`Coordinator::tick`], a planned switchover may take to stop the old
-    /// master's writes and catch the target up before it is aborted (default 30 s).
+    /// and [`Coordinator::tick`], each step of a planned switchover may take, and a
+    /// promoted replica may take to report itself master of its epoch (default 30 s).
     pub switchover_timeout_ms: u64,
 }
 
@@ -172,7 +187,9 @@ pub enum Report {
         failed_checks: u32,
     },
     /// No healthy replica with a known position can take over: the failover waits
-    /// for the next failed check (with new positions or health) to try again.
+    /// for the next failed check (with new positions or health) to try again. Reported
+    /// once per failure episode (until the master passes a check or a failover
+    /// succeeds); later attempts that find no candidate are silent.
     NoCandidate {
         /// The failed master.
         master: ReplicaId,
@@ -202,6 +219,25 @@ pub enum Report {
         /// The step that timed out.
         step: Step,
         /// The epoch the old master resumes in.
+        epoch: u64,
+    },
+    /// A planned switchover to `target` was given up in `step` (at or after
+    /// [`Step::Promote`], or when a failover or a newer master took over): in
+    /// [`Step::Demote`] the target stays master; otherwise an automatic failover
+    /// follows, or the newer master is taken.
+    SwitchoverAbandoned {
+        /// The replica that was to be promoted.
+        target: ReplicaId,
+        /// The step it was in.
+        step: Step,
+    },
+    /// `node`, told to promote itself at `epoch`, did not report itself master of
+    /// that epoch within the timeout, or reported that it is not (refused, or passed
+    /// over by a newer epoch): the coordinator fails over again, in a fresh epoch.
+    PromotionFailed {
+        /// The replica that did not become master.
+        node: ReplicaId,
+        /// The epoch it was told to take.
         epoch: u64,
     },
 }
@@ -246,6 +282,14 @@ struct Switchover {
     epoch: u64,
 }
 
+/// A promotion ordered and not yet confirmed by the replica's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    node: ReplicaId,
+    epoch: u64,
+    deadline_ms: u64,
+}
+
 /// The failover coordinator: see the [module documentation](self).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coordinator {
@@ -257,6 +301,12 @@ pub struct Coordinator {
     healthy: BTreeMap<ReplicaId, bool>,
     positions: BTreeMap<ReplicaId, Position>,
     switchover: Option<Switchover>,
+    /// The promotion awaiting confirmation, if any.
+    pending: Option<Pending>,
+    /// The latest time given (to `switchover` or `tick`).
+    now_ms: u64,
+    /// Whether `NoCandidate` was reported in the current failure episode.
+    no_candidate_reported: bool,
     actions: VecDeque<Action>,
 }
 
@@ -289,6 +339,9 @@ impl Coordinator {
             healthy: BTreeMap::new(),
             positions: BTreeMap::new(),
             switchover: None,
+            pending: None,
+            now_ms: 0,
+            no_candidate_reported: false,
             actions: VecDeque::new(),
         }
     }
@@ -358,9 +411,12 @@ impl Coordinator {
 
     /// A health-check result for `node`. Consecutive failed checks of the master
     /// start an automatic failover once they reach
-    /// [`CoordinatorConfig::failed_checks`] (not during a planned switchover); a
-    /// successful check resets the count. Checks of other replicas say which can be
-    /// candidates (a replica never checked is not one).
+    /// [`CoordinatorConfig::failed_checks`] (a planned switchover under way is
+    /// abandoned); a successful check resets the count. A master whose promotion was
+    /// confirmed and whose latest position says it is not master (it was deposed, or
+    /// restarted as a follower) fails the check whatever the host says. Checks of
+    /// other replicas say which can be candidates (a replica never checked is not
+    /// one).
     ///
     /// ```
     /// use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
@@ -389,19 +445,46 @@ impl Coordinator {
         if Some(node) != self.master {
             return;
         }
-        if ok {
+        if ok && !self.not_master(node) {
             self.failures = 0;
+            self.no_candidate_reported = false;
             return;
         }
         self.failures = self.failures.saturating_add(1);
-        if self.failures >= self.config.failed_checks.max(1) && self.switchover.is_none() {
-            self.fail_over(node);
+        if self.failures >= self.config.failed_checks.max(1) {
+            if let Some(s) = self.switchover.take() {
+                self.abandon(&s);
+            }
+            self.pending = None;
+            self.fail_over(node, true);
         }
+    }
+
+    /// True if `node`, the master, is known not to be one: its promotion (if it was
+    /// ordered) is confirmed, no switchover is under way, and its latest position
+    /// says follower.
+    fn not_master(&self, node: ReplicaId) -> bool {
+        self.switchover.is_none()
+            && self.pending.is_none_or(|p| p.node != node)
+            && self
+                .positions
+                .get(&node)
+                .is_some_and(|p| p.role != Role::Master)
+    }
+
+    /// Reports a switchover given up in its step.
+    fn abandon(&mut self, s: &Switchover) {
+        self.actions
+            .push_back(Action::Report(Report::SwitchoverAbandoned {
+                target: s.target,
+                step: s.step,
+            }));
     }
 
     /// `node`'s position, read from its engine. It raises the known epoch, names a
     /// replica that reports itself master at a newer epoch than the known master's
-    /// the master, and moves a planned switchover on.
+    /// the master (ending a planned switchover under way), confirms or fails an
+    /// ordered promotion, and moves a planned switchover on.
     ///
     /// ```
     /// use concord::ops::failover::{Coordinator, CoordinatorConfig, Position};
@@ -419,16 +502,64 @@ impl Coordinator {
             return;
         }
         let epoch = position.epoch.min(MAX_EPOCH);
-        if position.role == Role::Master && epoch > self.epoch && self.switchover.is_none() {
+        let role = position.role;
+        if role == Role::Master && epoch > self.epoch {
+            // Promoted behind the coordinator's back, in a newer epoch than any it
+            // knows: that is the master now.
+            if let Some(s) = self.switchover.take() {
+                self.abandon(&s);
+            }
+            self.pending = None;
             self.master = Some(node);
             self.failures = 0;
+            self.no_candidate_reported = false;
         }
         self.epoch = self.epoch.max(epoch);
         self.positions.insert(node, position);
+        if let Some(p) = self.pending.filter(|p| p.node == node) {
+            if role == Role::Master && epoch == p.epoch {
+                self.pending = None;
+            } else if epoch >= p.epoch {
+                // Refused (it had that epoch already) or passed over by a newer one.
+                self.promotion_failed(p);
+            }
+        }
         self.advance();
     }
 
-    /// The time (ms), for the switchover timeout.
+    /// An ordered promotion did not happen: reported, and a failover in a fresh epoch
+    /// (without that replica as a candidate this time).
+    fn promotion_failed(&mut self, p: Pending) {
+        self.pending = None;
+        if let Some(s) = self.switchover.take() {
+            self.abandon(&s);
+        }
+        self.actions
+            .push_back(Action::Report(Report::PromotionFailed {
+                node: p.node,
+                epoch: p.epoch,
+            }));
+        self.fail_over(p.node, false);
+    }
+
+    /// Orders `node` to promote itself at `epoch` and waits for its confirmation.
+    fn promote(&mut self, node: ReplicaId, epoch: u64) {
+        self.epoch = epoch;
+        self.master = Some(node);
+        self.pending = Some(Pending {
+            node,
+            epoch,
+            deadline_ms: self.deadline(),
+        });
+        self.actions.push_back(Action::Promote { node, epoch });
+    }
+
+    fn deadline(&self) -> u64 {
+        self.now_ms
+            .saturating_add(self.config.switchover_timeout_ms)
+    }
+
+    /// The time (ms), for the timeouts of switchover steps and promotions.
     ///
     /// ```
     /// use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Report, Step};
@@ -450,25 +581,33 @@ impl Coordinator {
     /// # Ok::<(), concord::Error>(())
     /// ```
     pub fn tick(&mut self, now_ms: u64) {
-        let Some(s) = &self.switchover else {
-            return;
-        };
-        if now_ms < s.deadline_ms || s.step > Step::WaitCaughtUp {
-            return;
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
+        if let Some(s) = self.switchover.clone().filter(|s| now_ms >= s.deadline_ms) {
+            match s.step {
+                Step::StopWrites | Step::WaitCaughtUp => {
+                    self.switchover = None;
+                    let epoch = self.next_epoch();
+                    self.failures = 0;
+                    self.promote(s.old, epoch);
+                    self.actions
+                        .push_back(Action::Report(Report::SwitchoverAborted {
+                            target: s.target,
+                            step: s.step,
+                            epoch,
+                        }));
+                }
+                // The promotion's own deadline (below) fails it and the switchover.
+                Step::Promote => {}
+                Step::Demote | Step::Done => {
+                    self.switchover = None;
+                    self.abandon(&s);
+                }
+            }
         }
-        let (target, old, step) = (s.target, s.old, s.step);
-        self.switchover = None;
-        let epoch = self.next_epoch();
-        self.epoch = epoch;
-        self.master = Some(old);
-        self.failures = 0;
-        self.actions.push_back(Action::Promote { node: old, epoch });
-        self.actions
-            .push_back(Action::Report(Report::SwitchoverAborted {
-                target,
-                step,
-                epoch,
-            }));
+        if let Some(p) = self.pending.filter(|p| now_ms >= p.deadline_ms) {
+            self.promotion_failed(p);
+        }
     }
 
     /// Starts a planned switchover from the current master to `target` (see the
@@ -492,11 +631,12 @@ impl Coordinator {
         if old == target {
             return refuse("already the master");
         }
+        self.now_ms = self.now_ms.max(now_ms);
         self.switchover = Some(Switchover {
             target,
             old,
             step: Step::StopWrites,
-            deadline_ms: now_ms.saturating_add(self.config.switchover_timeout_ms),
+            deadline_ms: self.deadline(),
             epoch: 0,
         });
         self.actions.push_back(Action::StopWrites { node: old });
@@ -552,15 +692,11 @@ impl Coordinator {
             };
             let mut s = s;
             s.step = next;
+            s.deadline_ms = self.deadline();
             match next {
                 Step::Promote => {
                     s.epoch = self.next_epoch();
-                    self.epoch = s.epoch;
-                    self.master = Some(s.target);
-                    self.actions.push_back(Action::Promote {
-                        node: s.target,
-                        epoch: s.epoch,
-                    });
+                    self.promote(s.target, s.epoch);
                 }
                 Step::Demote => self.actions.push_back(Action::Fence {
                     node: s.old,
@@ -578,12 +714,17 @@ impl Coordinator {
         }
     }
 
-    fn fail_over(&mut self, master: ReplicaId) {
-        self.actions
-            .push_back(Action::Report(Report::FailoverStarted {
-                master,
-                failed_checks: self.failures,
-            }));
+    /// Fails over from `master` (failed, or a promotion that did not happen): the
+    /// best healthy candidate other than it is promoted in a fresh epoch. With
+    /// `started`, the start is reported (once per episode if there is no candidate).
+    fn fail_over(&mut self, master: ReplicaId, started: bool) {
+        if started && !self.no_candidate_reported {
+            self.actions
+                .push_back(Action::Report(Report::FailoverStarted {
+                    master,
+                    failed_checks: self.failures,
+                }));
+        }
         let candidates: Vec<(ReplicaId, &CausalContext)> = self
             .positions
             .iter()
@@ -591,19 +732,21 @@ impl Coordinator {
             .map(|(id, p)| (*id, &p.context))
             .collect();
         let Some((node, missed)) = choose_candidate(&candidates) else {
-            self.actions
-                .push_back(Action::Report(Report::NoCandidate { master }));
+            if !self.no_candidate_reported {
+                self.no_candidate_reported = true;
+                self.actions
+                    .push_back(Action::Report(Report::NoCandidate { master }));
+            }
             return;
         };
         let epoch = self.next_epoch();
-        self.epoch = epoch;
-        self.master = Some(node);
         self.failures = 0;
+        self.no_candidate_reported = false;
         self.actions.push_back(Action::Fence {
             node: master,
             epoch,
         });
-        self.actions.push_back(Action::Promote { node, epoch });
+        self.promote(node, epoch);
         self.actions.push_back(Action::Report(Report::Promoted {
             node,
             epoch,
@@ -702,8 +845,9 @@ mod tests {
                 })
             ]
         );
-        // A timeout now does not abort: the target may be taking writes.
-        c.tick(u64::MAX);
+        // Within the step's timeout nothing moves (and after it the old master is
+        // never told to resume: see `a_promotion_that_never_happens_fails_over`).
+        c.tick(CoordinatorConfig::default().switchover_timeout_ms - 1);
         assert!(drain(&mut c).is_empty());
         c.observe(t, position(&[(m, 1), (m, 2)], 3, Role::Master));
         assert_eq!(
@@ -745,13 +889,6 @@ mod tests {
             c.switchover(t, 0),
             Err(Error::SwitchoverRefused { .. })
         ));
-        // No automatic failover while a switchover runs.
-        for _ in 0..10 {
-            c.health(m, false);
-        }
-        assert!(!drain(&mut c)
-            .iter()
-            .any(|a| matches!(a, Action::Report(Report::FailoverStarted { .. }))));
     }
 
     #[test]
@@ -779,6 +916,224 @@ mod tests {
             Some(&Action::Report(Report::NoCandidate { master: a }))
         );
         assert_eq!(c.master(), Some(a));
+    }
+
+    fn config(failed_checks: u32) -> CoordinatorConfig {
+        CoordinatorConfig {
+            failed_checks,
+            switchover_timeout_ms: 1_000,
+        }
+    }
+
+    fn promotions(actions: &[Action]) -> Vec<(ReplicaId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Promote { node, epoch } => Some((*node, *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A switchover whose target never reports itself master (it is down) is
+    /// abandoned after the timeout, and the coordinator fails over to another
+    /// replica in a fresh epoch; the old master is not told to resume.
+    #[test]
+    fn a_promotion_that_never_happens_fails_over() {
+        let [m, t, other] = ids();
+        let mut c = Coordinator::new([m, t, other], m, 2, config(3));
+        c.observe(other, position(&[(m, 1)], 2, Role::Follower));
+        c.health(other, true);
+        c.switchover(t, 0).unwrap();
+        c.observe(m, position(&[(m, 1)], 2, Role::Follower));
+        c.observe(t, position(&[(m, 1)], 2, Role::Follower));
+        assert_eq!(c.step(), Some(Step::Promote));
+        drain(&mut c);
+        c.tick(500); // the Promote step got its own timeout from its start
+        assert!(drain(&mut c).is_empty());
+        c.tick(1_000);
+        let actions = drain(&mut c);
+        assert!(
+            actions.contains(&Action::Report(Report::SwitchoverAbandoned {
+                target: t,
+                step: Step::Promote
+            }))
+        );
+        assert!(actions.contains(&Action::Report(Report::PromotionFailed {
+            node: t,
+            epoch: 3
+        })));
+        assert_eq!(promotions(&actions), [(other, 4)]);
+        assert!(actions.contains(&Action::Fence { node: t, epoch: 4 }));
+        assert_eq!((c.master(), c.epoch(), c.step()), (Some(other), 4, None));
+        // Its promotion is checked too: confirmed by its position.
+        c.observe(other, position(&[(m, 1)], 4, Role::Master));
+        c.tick(10_000);
+        assert!(drain(&mut c).is_empty());
+    }
+
+    /// A promotion refused because a rogue promotion took that epoch (the replica
+    /// reports a follower of it) fails at once, and the failover goes to an epoch
+    /// above every one observed.
+    #[test]
+    fn a_refused_promotion_fails_over_above_every_epoch_seen() {
+        let [m, a, b] = ids();
+        let mut c = Coordinator::new([m, a, b], m, 0, config(1));
+        c.observe(a, position(&[(m, 1), (m, 2)], 0, Role::Follower));
+        c.observe(b, position(&[(m, 1)], 0, Role::Follower));
+        c.health(a, true);
+        c.health(b, true);
+        c.health(m, false);
+        assert_eq!(promotions(&drain(&mut c)), [(a, 1)]);
+        // A stale position (before the action ran) is no verdict.
+        c.observe(a, position(&[(m, 1), (m, 2)], 0, Role::Follower));
+        assert!(drain(&mut c).is_empty());
+        // B was promoted to epoch 1 by hand and A supports it (so A refuses epoch
+        // 1); B has since been through epoch 5.
+        c.observe(b, position(&[(m, 1)], 5, Role::Follower));
+        assert!(drain(&mut c).is_empty());
+        c.observe(a, position(&[(m, 1), (m, 2)], 1, Role::Follower));
+        let actions = drain(&mut c);
+        assert_eq!(
+            actions.first(),
+            Some(&Action::Report(Report::PromotionFailed {
+                node: a,
+                epoch: 1
+            }))
+        );
+        assert_eq!(promotions(&actions), [(b, 6)]);
+        assert_eq!(c.master(), Some(b));
+    }
+
+    /// Health checks of a master that passes them but reports itself a follower
+    /// count as failed: the coordinator fails over from it.
+    #[test]
+    fn a_master_that_is_not_master_fails_its_checks() {
+        let [m, a, b] = ids();
+        let mut c = Coordinator::new([m, a, b], m, 0, config(2));
+        c.observe(a, position(&[(m, 1)], 0, Role::Follower));
+        c.health(a, true);
+        c.observe(m, position(&[(m, 1)], 0, Role::Master));
+        c.health(m, true);
+        c.health(m, true);
+        assert!(drain(&mut c).is_empty());
+        // M was deposed (or restarted as a follower) and answers its health checks.
+        c.observe(m, position(&[(m, 1)], 0, Role::Follower));
+        c.health(m, true);
+        assert!(drain(&mut c).is_empty());
+        c.health(m, true);
+        let actions = drain(&mut c);
+        assert!(actions.contains(&Action::Report(Report::FailoverStarted {
+            master: m,
+            failed_checks: 2
+        })));
+        assert_eq!(promotions(&actions), [(a, 1)]);
+        // A's promotion is unconfirmed: its follower position is no failed check yet.
+        c.health(a, true);
+        c.health(a, true);
+        assert!(drain(&mut c).is_empty());
+    }
+
+    /// A switchover stuck in any step does not block automatic failover: once the
+    /// master fails its checks, the switchover is abandoned and the failover runs.
+    #[test]
+    fn a_stuck_switchover_does_not_block_automatic_failover() {
+        let [m, t, other] = ids();
+        let mut c = Coordinator::new([m, t, other], m, 0, config(3));
+        c.observe(other, position(&[(m, 1)], 0, Role::Follower));
+        c.health(other, true);
+        c.switchover(t, 0).unwrap();
+        drain(&mut c);
+        for _ in 0..3 {
+            c.health(m, false);
+        }
+        let actions = drain(&mut c);
+        assert!(
+            actions.contains(&Action::Report(Report::SwitchoverAbandoned {
+                target: t,
+                step: Step::StopWrites
+            }))
+        );
+        assert_eq!(promotions(&actions), [(other, 1)]);
+        assert_eq!(c.step(), None);
+        c.switchover(t, 0).unwrap(); // a new one may start
+    }
+
+    /// A switchover stuck in Demote (the old master never reports the new epoch)
+    /// ends after the timeout with the target as master.
+    #[test]
+    fn a_switchover_stuck_in_demote_ends_with_the_target_master() {
+        let [m, t, _] = ids();
+        let mut c = Coordinator::new([m, t], m, 0, config(3));
+        c.switchover(t, 0).unwrap();
+        c.observe(m, position(&[], 0, Role::Follower));
+        c.observe(t, position(&[], 0, Role::Follower));
+        c.tick(900);
+        c.observe(t, position(&[], 1, Role::Master));
+        assert_eq!(c.step(), Some(Step::Demote));
+        drain(&mut c);
+        c.tick(1_899);
+        assert!(drain(&mut c).is_empty());
+        c.tick(1_900);
+        assert_eq!(
+            drain(&mut c),
+            [Action::Report(Report::SwitchoverAbandoned {
+                target: t,
+                step: Step::Demote
+            })]
+        );
+        assert_eq!((c.master(), c.step()), (Some(t), None));
+    }
+
+    /// A replica that reports itself master of a newer epoch during a switchover (a
+    /// rogue promotion) ends it: it is the master now.
+    #[test]
+    fn a_newer_master_ends_a_switchover() {
+        let [m, t, rogue] = ids();
+        let mut c = Coordinator::new([m, t, rogue], m, 0, config(3));
+        c.switchover(t, 0).unwrap();
+        drain(&mut c);
+        c.observe(rogue, position(&[], 3, Role::Master));
+        assert_eq!(
+            drain(&mut c),
+            [Action::Report(Report::SwitchoverAbandoned {
+                target: t,
+                step: Step::StopWrites
+            })]
+        );
+        assert_eq!((c.master(), c.epoch(), c.step()), (Some(rogue), 3, None));
+    }
+
+    /// Without a candidate, a failure episode is reported once, however many checks
+    /// fail: the action queue stays bounded. Later attempts still run (a candidate
+    /// that appears is promoted), and a new episode is reported again.
+    #[test]
+    fn no_candidate_is_reported_once_per_episode() {
+        let [m, f, _] = ids();
+        let mut c = Coordinator::new([m, f], m, 0, config(3));
+        for _ in 0..10_000 {
+            c.health(m, false);
+        }
+        assert!(c.actions.len() <= 2, "{} actions queued", c.actions.len());
+        assert_eq!(
+            drain(&mut c),
+            [
+                Action::Report(Report::FailoverStarted {
+                    master: m,
+                    failed_checks: 3
+                }),
+                Action::Report(Report::NoCandidate { master: m })
+            ]
+        );
+        c.health(m, true); // the episode ends
+        for _ in 0..10_000 {
+            c.health(m, false);
+        }
+        assert_eq!(drain(&mut c).len(), 2);
+        c.observe(f, position(&[], 0, Role::Follower));
+        c.health(f, true);
+        c.health(m, false);
+        assert_eq!(promotions(&drain(&mut c)), [(f, 1)]);
     }
 
     #[test]
