@@ -338,23 +338,29 @@ proptest! {
     }
 }
 
-/// An increment of one shared counter, or a removal of it, recorded with its dot
-/// (and a removal with what its master had seen), so the test can check the total
-/// after quiescing: folding (stable segments merged into one per master, around
-/// restarts from older snapshots too) must count every increment that no removal
-/// saw exactly once, and none that a removal saw, even when the removal was made
-/// after acknowledging segments another master then folded.
+/// An increment of one of a few shared counters, or a removal of one, recorded with
+/// its dot (and a removal with what its master had seen), so the test can check each
+/// total after quiescing: folding (stable segments merged into one per master and
+/// key, around restarts from older snapshots too) must count every increment that no
+/// removal of its key saw exactly once, and none that one saw, even when the removal
+/// was made after acknowledging segments another master then folded. Several keys,
+/// so that folds of different keys (and the map's record of what each fold folded)
+/// live side by side, and removals of one key move the others in storage.
 #[derive(Clone, Debug)]
 enum Tally {
-    Add(i64),
-    Remove,
+    Add(usize, i64),
+    Remove(usize),
 }
 
 type Tallies = OrMap<String, PnCounter>;
 
-/// A recorded operation: its dot, and an increment's amount or what a removal saw.
+const TALLY_KEYS: [&str; 3] = ["likes", "views", "stars"];
+
+/// A recorded operation: its dot, its key, and an increment's amount or what a
+/// removal saw.
 type Tallied = (
     concord::Dot,
+    usize,
     std::result::Result<i64, concord::CausalContext>,
 );
 
@@ -365,16 +371,18 @@ thread_local! {
 
 impl Operation<Tallies> for Tally {
     fn apply(&self, map: &mut Tallies, hlc: &mut Hlc<ManualClock>) -> Result<Tallies> {
-        match self {
-            Tally::Add(n) => {
-                let dot = map.apply("likes".into(), hlc, |c, op| c.add(op, *n))?;
-                TALLIED.with(|t| t.borrow_mut().push((dot, Ok(*n))));
+        match *self {
+            Tally::Add(k, n) => {
+                let k = k % TALLY_KEYS.len();
+                let dot = map.apply(TALLY_KEYS[k].into(), hlc, |c, op| c.add(op, n))?;
+                TALLIED.with(|t| t.borrow_mut().push((dot, k, Ok(n))));
             }
-            Tally::Remove => {
+            Tally::Remove(k) => {
+                let k = k % TALLY_KEYS.len();
                 let seen = map.context().clone();
-                map.remove("likes", hlc)?;
+                map.remove(TALLY_KEYS[k], hlc)?;
                 if let Some(dot) = map.context().minus(&seen).dots().next() {
-                    TALLIED.with(|t| t.borrow_mut().push((dot, Err(seen))));
+                    TALLIED.with(|t| t.borrow_mut().push((dot, k, Err(seen))));
                 }
             }
         }
@@ -383,10 +391,14 @@ impl Operation<Tallies> for Tally {
     }
 }
 
+fn tally_add() -> impl Strategy<Value = Tally> {
+    (0..TALLY_KEYS.len(), -3..5i64).prop_map(|(k, n)| Tally::Add(k, n))
+}
+
 fn tally() -> impl Strategy<Value = Tally> {
     prop_oneof![
-        6 => (-3..5i64).prop_map(Tally::Add),
-        1 => Just(Tally::Remove),
+        6 => tally_add(),
+        1 => (0..TALLY_KEYS.len()).prop_map(Tally::Remove),
     ]
 }
 
@@ -423,26 +435,30 @@ fn check_tallies(
             let (me, leased) = (sim.engine(i).node(), sim.lease(i));
             TALLIED.with(|t| {
                 t.borrow_mut()
-                    .retain(|(d, _)| d.replica() != me || d.counter() <= leased)
+                    .retain(|(d, _, _)| d.replica() != me || d.counter() <= leased)
             });
         }
     }
     sim.quiesce();
     check_quiesced(&sim)?;
     let state = sim.engine(0).state();
-    let expected: i64 = TALLIED.with(|t| {
-        let t = t.borrow();
-        let held = t.iter().filter(|(dot, _)| state.context().contains(*dot));
-        let removals: Vec<&concord::CausalContext> = held
-            .clone()
-            .filter_map(|(_, op)| op.as_ref().err())
-            .collect();
-        held.filter_map(|(dot, op)| op.as_ref().ok().map(|n| (dot, n)))
-            .filter(|(dot, _)| !removals.iter().any(|seen| seen.contains(**dot)))
-            .map(|(_, n)| n)
-            .sum()
-    });
-    prop_assert_eq!(state.count("likes"), expected, "{:?}", state);
+    for (k, key) in TALLY_KEYS.iter().enumerate() {
+        let expected: i64 = TALLIED.with(|t| {
+            let t = t.borrow();
+            let held = t
+                .iter()
+                .filter(|(dot, key, _)| *key == k && state.context().contains(*dot));
+            let removals: Vec<&concord::CausalContext> = held
+                .clone()
+                .filter_map(|(_, _, op)| op.as_ref().err())
+                .collect();
+            held.filter_map(|(dot, _, op)| op.as_ref().ok().map(|n| (dot, n)))
+                .filter(|(dot, _)| !removals.iter().any(|seen| seen.contains(**dot)))
+                .map(|(_, n)| n)
+                .sum()
+        });
+        prop_assert_eq!(state.count(*key), expected, "{}: {:?}", key, state);
+    }
     Ok(())
 }
 
@@ -458,7 +474,7 @@ proptest! {
         faults in faults(),
         limit in message_limit(),
         lease_block in prop_oneof![Just(1u64), Just(3), Just(64)],
-        actions in prop::collection::vec(action((-3..5i64).prop_map(Tally::Add)), 0..80),
+        actions in prop::collection::vec(action(tally_add()), 0..80),
     ) {
         check_tallies(nodes, seed, faults, limit, lease_block, actions, false)?;
     }
