@@ -9,7 +9,7 @@ mod support;
 use concord::sync::{Config, Message, Snapshot, SyncEngine};
 use concord::{
     Conflict, Crdt, Dot, DotStore, Error, Hlc, Limits, LwwRegister, ManualClock, MvRegister, OrMap,
-    PnCounter, ReplicaId,
+    PnCounter, ReplicaId, Resolver,
 };
 
 type Profiles = OrMap<String, MvRegister<String>>;
@@ -487,4 +487,50 @@ fn a_malformed_removal_note_is_refused() {
         .try_merge(good, &Limits::default(), &mut Vec::new())
         .unwrap();
     assert_eq!(receiver.removal_notes().count(), 1);
+}
+
+/// An overwrite's dead dot can arrive in one piece of a chunked catch-up and the
+/// overwrite itself in a later one: the first piece takes a sibling and leaves
+/// another, which is no removal (no removal note came) and reports nothing; the
+/// piece that brings the overwrite reports the sibling race.
+#[test]
+fn an_overwrites_dead_dot_alone_in_a_chunk_is_no_removal() {
+    let time = ManualClock::new(START_MS);
+    let (mut a, mut b, mut c) = (
+        Hlc::new(id(1), time.clone()),
+        Hlc::new(id(2), time.clone()),
+        Hlc::new(id(3), time.clone()),
+    );
+    let mut at_a = Profiles::new();
+    at_a.write("alice".into(), "a".into(), &mut a).unwrap();
+    let mut at_b = Profiles::new();
+    at_b.write("alice".into(), "b".into(), &mut b).unwrap();
+    // X holds both siblings; C had only A's and overwrote it.
+    let mut x = at_a.clone();
+    x.merge(at_b.clone());
+    let mut at_c = at_a.clone();
+    at_c.write("alice".into(), "c".into(), &mut c).unwrap();
+
+    let mut cursor = concord::ChunkCursor::default();
+    let mut pieces = 0;
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    while !cursor.is_done() {
+        let piece = at_c.delta_chunk(x.context(), at_c.context(), &mut cursor, 1);
+        let before = reports.len();
+        x.try_merge(piece, &Limits::default(), &mut reports)
+            .unwrap();
+        pieces += 1;
+        if pieces == 1 {
+            assert_eq!(
+                values(x.get("alice").unwrap()),
+                ["b"],
+                "the first piece took a"
+            );
+            assert_eq!(reports.len(), before, "{reports:?}");
+        }
+    }
+    assert!(pieces > 1);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(!reports[0].is_removal(), "{reports:?}");
+    assert_eq!(values(x.get("alice").unwrap()), ["b", "c"]);
 }
