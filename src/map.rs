@@ -164,8 +164,8 @@ impl RemovalLog {
     }
 }
 
-/// How many removal notes a map keeps (see [`RemovalNote`]); past it, the oldest are
-/// forgotten (their removals still apply; a replica that learns of one only after
+/// How many removal notes a map keeps (see [`RemovalNote`]); past it, the first kept
+/// are forgotten (their removals still apply; a replica that learns of one only after
 /// that is not told it raced).
 const NOTE_CAP: usize = 1 << 12;
 
@@ -1026,13 +1026,15 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         self.log.dots
     }
 
-    /// The removals this map still tells its peers of, oldest first, each as its own
+    /// The removals this map still tells its peers of, in the order it learned of
+    /// them (a map read from the wire or a snapshot: in dot order), each as its own
     /// dot, the key it removed and the remover's causal context when it removed it. A
     /// replica that learns of a removal while it holds an element of the key that
     /// context lacks (an update made without seeing the removal) reports a
     /// delete-vs-update race (see [`Conflict`](crate::Conflict)). Released by
-    /// [`prune`](Crdt::prune) once every peer has acknowledged the removal; at most a
-    /// few thousand are kept (the oldest go first).
+    /// [`prune`](Crdt::prune) once every peer has acknowledged the removal; at most
+    /// 4,096 are kept (the first in this order go first), and a removal of a key whose
+    /// remover had seen an earlier removal of it replaces that one's note.
     ///
     /// ```
     /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
