@@ -342,24 +342,6 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
         ours_unseen && theirs_unseen && !self.same_view(other)
     }
 
-    /// True if a removal whose context is `removal` (it names no element of its own)
-    /// takes part of this value and leaves an update it had not seen: a
-    /// delete-vs-update race, reported like any other. The default: some element is
-    /// removed and some survives. A map asks the same of each of its keys, so a
-    /// removal of one nested key is no race.
-    fn update_survives(&self, removal: &CausalContext) -> bool {
-        let mut killed = false;
-        let mut survives = false;
-        self.for_each_dot(&mut |d| {
-            if removal.contains(d) {
-                killed = true;
-            } else {
-                survives = true;
-            }
-        });
-        killed && survives
-    }
-
     /// Calls `f(folded, fold)` for every counter fold held, at every level of
     /// nesting: the newest dot a fold folded, and the fold's own dot (see
     /// [`DotStore::fold`]). A map uses it to find the fold a removal of a folded dot
@@ -778,11 +760,17 @@ impl<'de> serde::de::Visitor<'de> for Spans<'_> {
 /// One concurrency resolved by a merge: both sides had written to `key` without seeing
 /// each other's write.
 ///
-/// A *delete-vs-update* race is reported too: the peer removed `key` (or, in a full
-/// state, no longer holds what it had seen of it) while this replica held an update
-/// the remover had not seen. The update survives (a map is update-wins); `theirs` is
-/// then the empty value and [`Conflict::is_removal`] is true, so the application
-/// learns that a delete was overridden.
+/// A *delete-vs-update* race is reported too: a replica removed `key` from an
+/// [`OrMap`](crate::OrMap) while this replica held an update of it that the remover
+/// had not seen (made without seeing the removal: an overwrite of the removed value, an
+/// increment of a removed counter, a write into a removed nested map). The update
+/// survives (a map is update-wins); `theirs` is then the empty value, `theirs_clock`
+/// the remover's history (its entry for the remover's replica is the removal's own
+/// dot, see [`OrMap::removal_notes`](crate::OrMap::removal_notes)) and
+/// [`Conflict::is_removal`] is true, so the application learns that a delete was
+/// overridden. It is reported by every replica that held the update when it first
+/// learned of the removal (always the replica that made the update), at most once per
+/// replica per removal; see the guide's "Conflicts in maps".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict<K, V> {
     /// The key both sides wrote (`()` for a standalone register or counter).
@@ -893,6 +881,8 @@ pub struct ChunkCursor {
     /// The peer is below the removal log's floor: every removed dot it has seen goes
     /// too.
     pub(crate) full: bool,
+    /// The sequence number of the next removal note to look at (phase 0).
+    pub(crate) note: u64,
 }
 
 impl ChunkCursor {

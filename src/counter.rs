@@ -372,19 +372,6 @@ impl DotStore for PnCounter {
         false
     }
 
-    fn update_survives(&self, removal: &CausalContext) -> bool {
-        let mut killed = false;
-        let mut survives = false;
-        for (d, s) in &self.segments.entries {
-            if removal.contains(*d) || killed_by(*d, s.folded(*d), removal, None) {
-                killed = true;
-            } else {
-                survives = true;
-            }
-        }
-        killed && survives
-    }
-
     fn for_each_fold(&self, f: &mut dyn FnMut(Dot, Dot)) {
         for (d, s) in &self.segments.entries {
             if let Some(c) = s.folded(*d) {

@@ -45,7 +45,7 @@
 //! ```
 
 use std::borrow::Borrow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::iter::FusedIterator;
@@ -164,6 +164,158 @@ impl RemovalLog {
     }
 }
 
+/// How many removal notes a map keeps (see [`RemovalNote`]); past it, the first kept
+/// are forgotten (their removals still apply; a replica that learns of one only after
+/// that is not told it raced).
+const NOTE_CAP: usize = 1 << 12;
+
+/// How many context ranges the kept removal notes may hold in all; past it, the oldest
+/// notes are forgotten, as for [`NOTE_CAP`].
+const NOTE_RANGES_CAP: usize = 1 << 16;
+
+/// A removal of a key, told to every replica until all have acknowledged it: the
+/// removal's own dot (no element ever holds it), the key, and the remover's causal
+/// context when it removed the key. A replica that learns of the removal (its dot is
+/// new to it) while it holds an element of the key that the remover had not seen
+/// holds an update made without seeing the removal: a delete-vs-update race, which it
+/// reports. Notes are bookkeeping, not state: they take no part in equality, and are
+/// pruned at causal stability like the removal log.
+#[derive(Clone, Debug)]
+struct RemovalNote<K> {
+    dot: Dot,
+    key: K,
+    seen: CausalContext,
+    /// Its place in this replica's list (a chunked catch-up walks the list by it);
+    /// not sent.
+    seq: u64,
+}
+
+/// The removal notes a standalone map keeps, oldest first (see [`RemovalNote`]). A
+/// note of a removal whose context holds an earlier note's removal of the same key
+/// supersedes it: a replica holding an update that raced the earlier removal but not
+/// the later one has it taken by the later removal (nothing survives to report), and
+/// one that raced both is told once, of the later. So a key removed again and again
+/// keeps one note (per concurrent remover), not one per removal.
+#[derive(Clone, Debug)]
+struct Notes<K> {
+    list: VecDeque<RemovalNote<K>>,
+    /// Context ranges held by the notes' contexts.
+    ranges: usize,
+    /// The sequence number of the next note.
+    next_seq: u64,
+    /// The sequence numbers of each key's notes.
+    by_key: HashMap<K, Vec<u64>>,
+}
+
+impl<K> Default for Notes<K> {
+    fn default() -> Self {
+        Notes {
+            list: VecDeque::new(),
+            ranges: 0,
+            next_seq: 0,
+            by_key: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Key> Notes<K> {
+    /// The position of the note numbered `seq`, if still held.
+    fn position(&self, seq: u64) -> Option<usize> {
+        let pos = self.list.partition_point(|n| n.seq < seq);
+        (self.list.get(pos).is_some_and(|n| n.seq == seq)).then_some(pos)
+    }
+
+    /// True if a held note of the same key supersedes `note` (its removal had seen
+    /// `note`'s).
+    fn superseded(&self, note: &RemovalNote<K>) -> bool {
+        self.by_key.get(&note.key).is_some_and(|seqs| {
+            seqs.iter().any(|&seq| {
+                self.position(seq)
+                    .is_some_and(|pos| self.list[pos].seen.contains(note.dot))
+            })
+        })
+    }
+
+    /// Keeps `note` unless a held one supersedes it, dropping those it supersedes and,
+    /// past the caps, the oldest.
+    fn push(&mut self, mut note: RemovalNote<K>) {
+        if self.superseded(&note) {
+            return;
+        }
+        if let Some(seqs) = self.by_key.get_mut(&note.key) {
+            let mut kept = Vec::with_capacity(seqs.len() + 1);
+            for &seq in seqs.iter() {
+                let pos = self.list.partition_point(|n| n.seq < seq);
+                if self.list.get(pos).is_some_and(|n| n.seq == seq) {
+                    if note.seen.contains(self.list[pos].dot) {
+                        let old = self.list.remove(pos).expect("present");
+                        self.ranges -= old.seen.range_count();
+                    } else {
+                        kept.push(seq);
+                    }
+                }
+            }
+            *seqs = kept;
+        }
+        note.seq = self.next_seq;
+        self.next_seq += 1;
+        self.ranges += note.seen.range_count();
+        self.by_key
+            .entry(note.key.clone())
+            .or_default()
+            .push(note.seq);
+        self.list.push_back(note);
+        while self.list.len() > NOTE_CAP || self.ranges > NOTE_RANGES_CAP {
+            let Some(old) = self.list.pop_front() else {
+                break;
+            };
+            self.ranges -= old.seen.range_count();
+            self.forget_key_seq(&old.key, old.seq);
+        }
+    }
+
+    /// Keeps a note read from the wire as it is (a received map is checked by
+    /// `validate_notes`, and its notes are weighed one by one when merged).
+    fn push_received(&mut self, mut note: RemovalNote<K>) {
+        note.seq = self.next_seq;
+        self.next_seq += 1;
+        self.ranges += note.seen.range_count();
+        self.by_key
+            .entry(note.key.clone())
+            .or_default()
+            .push(note.seq);
+        self.list.push_back(note);
+    }
+
+    fn forget_key_seq(&mut self, key: &K, seq: u64) {
+        if let Some(seqs) = self.by_key.get_mut(key) {
+            seqs.retain(|&s| s != seq);
+            if seqs.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+
+    /// Forgets the notes of removals every peer has acknowledged.
+    fn prune(&mut self, stable: &CausalContext) {
+        let before = self.list.len();
+        let ranges = &mut self.ranges;
+        self.list.retain(|n| {
+            let keep = !stable.contains(n.dot);
+            if !keep {
+                *ranges -= n.seen.range_count();
+            }
+            keep
+        });
+        if self.list.len() != before {
+            self.by_key.clear();
+            for n in &self.list {
+                self.by_key.entry(n.key.clone()).or_default().push(n.seq);
+            }
+        }
+    }
+}
+
 /// An observed-remove map of replicated values.
 ///
 /// Standalone, it carries its causal context, an index from dots to entries (so that
@@ -181,6 +333,10 @@ pub struct OrMap<K, V> {
     /// harmless (a lookup checks the index) and dropped at the next `prune`.
     provs: DotMap<Dot>,
     log: RemovalLog,
+    /// Removals not yet acknowledged everywhere, told to peers so that a replica
+    /// holding an update the remover had not seen can report the race (standalone
+    /// maps only).
+    notes: Notes<K>,
     /// A reusable buffer for the dots of the value being written.
     scratch: Vec<Dot>,
     /// Counter folding (standalone maps of counters only).
@@ -221,6 +377,7 @@ impl<K: Clone, V: Clone> Clone for OrMap<K, V> {
             index,
             provs: self.provs.clone(),
             log: self.log.clone(),
+            notes: self.notes.clone(),
             scratch: Vec::new(),
             folding: self.folding.clone(),
         }
@@ -235,6 +392,7 @@ impl<K, V> Default for OrMap<K, V> {
             index: DotMap::default(),
             provs: DotMap::default(),
             log: RemovalLog::default(),
+            notes: Notes::default(),
             scratch: Vec::new(),
             folding: Folding::default(),
         }
@@ -691,6 +849,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                 self.folding.pending.insert(key.clone());
             }
         }
+        let removed_key = (bottom && !dead.is_empty())
+            .then(|| self.entries.get_index(pos).expect("present").0.clone());
         if bottom {
             self.remove_positions(vec![pos]);
         }
@@ -699,7 +859,27 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             self.log
                 .push(single(Dot::new(dot.replica(), op.last_counter())), dead);
         }
+        let mut delta = delta;
+        if let Some(key) = removed_key {
+            // A write that left the value empty removed the key.
+            self.note_removal(dot, key, delta.as_mut());
+        }
         delta
+    }
+
+    /// Keeps (and adds to `delta`, if any) the note of a removal of `key` made here by
+    /// the write whose dot is `dot`, just recorded in the context.
+    fn note_removal(&mut self, dot: Dot, key: K, delta: Option<&mut Self>) {
+        let note = RemovalNote {
+            dot,
+            key,
+            seen: self.ctx.clone(),
+            seq: 0,
+        };
+        if let Some(delta) = delta {
+            delta.notes.push(note.clone());
+        }
+        self.notes.push(note);
     }
 
     /// Removes `key` (any borrowed form of the key type) as `hlc`'s replica and
@@ -749,11 +929,13 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             self.index.remove(&d);
         }
         delta.seal();
+        let key = self.entries.get_index(pos).expect("present").0.clone();
         self.remove_positions(vec![pos]);
         op.record(&mut self.ctx);
         if !dead.is_empty() {
             self.log.push(single(op.dot()), dead);
         }
+        self.note_removal(op.dot(), key, Some(&mut delta));
         Ok(delta)
     }
 
@@ -842,6 +1024,36 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// ```
     pub fn pending_removals(&self) -> usize {
         self.log.dots
+    }
+
+    /// The removals this map still tells its peers of, in the order it learned of
+    /// them (a map read from the wire or a snapshot: in dot order), each as its own
+    /// dot, the key it removed and the remover's causal context when it removed it. A
+    /// replica that learns of a removal while it holds an element of the key that
+    /// context lacks (an update made without seeing the removal) reports a
+    /// delete-vs-update race (see [`Conflict`](crate::Conflict)). Released by
+    /// [`prune`](Crdt::prune) once every peer has acknowledged the removal; at most
+    /// 4,096 are kept (the first in this order go first), and a removal of a key whose
+    /// remover had seen an earlier removal of it replaces that one's note.
+    ///
+    /// ```
+    /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+    ///
+    /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+    /// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+    /// cart.increment("apples".into(), 3, &mut hlc)?;
+    /// cart.remove("apples", &mut hlc)?;
+    /// let (dot, key, seen) = cart.removal_notes().next().unwrap();
+    /// assert_eq!((dot.counter(), key.as_str()), (2, "apples"));
+    /// assert!(seen.contains(dot));
+    ///
+    /// let stable = cart.context().clone();
+    /// cart.prune(&stable);
+    /// assert_eq!(cart.removal_notes().count(), 0);
+    /// # Ok::<(), concord::Error>(())
+    /// ```
+    pub fn removal_notes(&self) -> impl ExactSizeIterator<Item = (Dot, &K, &CausalContext)> + '_ {
+        self.notes.list.iter().map(|n| (n.dot, &n.key, &n.seen))
     }
 
     /// Removes entries at `positions` (deferred removals), keeping the index right.
@@ -997,6 +1209,50 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
     }
 
+    /// Checks received removal notes: few enough, each with a context of a bounded
+    /// size that holds its own dot, each dot once, in the map's context and held by no
+    /// element.
+    fn validate_notes(&self, limits: &Limits) -> Result<()> {
+        let notes = &self.notes.list;
+        if notes.len() > limits.max_entries {
+            return Err(Error::TooManyEntries {
+                what: "removal notes",
+                count: notes.len(),
+                limit: limits.max_entries,
+            });
+        }
+        let mut dots = DotSet::default();
+        for n in notes {
+            if n.seen.range_count() > limits.max_context_ranges {
+                return Err(Error::TooManyEntries {
+                    what: "context ranges",
+                    count: n.seen.range_count(),
+                    limit: limits.max_context_ranges,
+                });
+            }
+            let reason = if !self.ctx.contains(n.dot) {
+                "removal note's dot missing from the causal context sent with it"
+            } else if !n.seen.contains(n.dot) {
+                "removal note's context lacks the removal's own dot"
+            } else if self.index.contains_key(&n.dot) {
+                "removal note's dot tags an element"
+            } else if !dots.insert(n.dot) {
+                "the same removal note appears twice"
+            } else {
+                continue;
+            };
+            return Err(Error::InvalidDot { dot: n.dot, reason });
+        }
+        Ok(())
+    }
+
+    /// A piece of a chunked catch-up, completed.
+    fn seal_chunk(&self, mut out: Self) -> Self {
+        self.close_over_folds(&mut out, false);
+        out.seal();
+        out
+    }
+
     /// The full state as a delta (no index or log).
     fn full(&self) -> Self {
         let mut copy = OrMap {
@@ -1005,6 +1261,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             index: self.index.clone(),
             provs: self.provs.clone(),
             log: RemovalLog::default(),
+            notes: self.notes.clone(),
             scratch: Vec::new(),
             folding: Folding::default(),
         };
@@ -1057,8 +1314,27 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             entries: their_entries,
             ctx: their_ctx,
             index: their_index,
+            notes: their_notes,
             ..
         } = other;
+        // Removals new here (their dot is), each with the value it meets if that holds
+        // an element the remover had not seen: an update made without seeing the
+        // removal (every message that carries an element carries the removals its
+        // writer had seen, or the receiver has them already), so a race to report
+        // if the key is still there after the merge.
+        let fresh: Vec<(RemovalNote<K>, Option<V>)> = their_notes
+            .list
+            .into_iter()
+            .filter(|n| !self.ctx.contains(n.dot))
+            .map(|n| {
+                let met = self
+                    .entries
+                    .get(&n.key)
+                    .filter(|v| C::ACTIVE && crate::causal::has_unseen(*v, &n.seen))
+                    .cloned();
+                (n, met)
+            })
+            .collect();
 
         // Removals the other side carries, for the log (before anything changes). Its
         // live dots are its dot index (built once, when it was decoded or written).
@@ -1224,22 +1500,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             if !reached {
                 continue;
             }
-            // A removal (or an overwrite elsewhere) that meets an update it had not
-            // seen: the update survives, and the application hears of the race.
-            let report = (C::ACTIVE && value.update_survives(&their_ctx)).then(|| value.clone());
             effect.killed |= value.kill(&their_ctx);
-            if let Some(ours) = report {
-                let theirs = V::default();
-                sink.report(crate::causal::Conflict {
-                    key: self.entries.get_index(pos).expect("present").0.clone(),
-                    ours_clock: crate::causal::clock_of(&ours),
-                    theirs_clock: crate::causal::clock_of(&theirs),
-                    ours,
-                    theirs,
-                    resolved: self.entries[pos].clone(),
-                });
-            }
-            let value = &mut self.entries[pos];
             if V::FOLDS {
                 let mut after = Vec::new();
                 value.for_each_dot(&mut |d| after.push(d));
@@ -1278,6 +1539,24 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             self.log.push(trigger, newly_dead);
         } else {
             self.log.raise_floor(&their_ctx);
+        }
+        for (note, met) in fresh {
+            if self.notes.superseded(&note) {
+                continue;
+            }
+            if let (Some(ours), Some(resolved)) = (met, self.entries.get(&note.key)) {
+                // A delete-vs-update race: the removal is the empty value, with the
+                // remover's history (its own dot the newest of its replica).
+                sink.report(crate::causal::Conflict {
+                    key: note.key.clone(),
+                    ours_clock: crate::causal::clock_of(&ours),
+                    theirs_clock: note.seen.max_clock(),
+                    ours,
+                    theirs: V::default(),
+                    resolved: resolved.clone(),
+                });
+            }
+            self.notes.push(note);
         }
         Outcome::from_flags(grew || effect.killed, behind || effect.discarded)
     }
@@ -1728,10 +2007,6 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
         })
     }
 
-    fn update_survives(&self, removal: &CausalContext) -> bool {
-        self.entries.values().any(|v| v.update_survives(removal))
-    }
-
     const FOLDS: bool = V::FOLDS;
 
     fn for_each_fold(&self, f: &mut dyn FnMut(Dot, Dot)) {
@@ -1835,6 +2110,13 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             }
             self.add_unheld(&causes, &mut delta.ctx);
         }
+        // Removal notes, told like removals: until the peer acknowledges them.
+        for note in &self.notes.list {
+            if !acked.contains(note.dot) {
+                delta.ctx.insert(note.dot);
+                delta.notes.push(note.clone());
+            }
+        }
         self.close_over_folds(&mut delta, true);
         delta.seal();
         delta
@@ -1862,6 +2144,24 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             }
         }
         if cursor.phase == 0 {
+            // Removal notes the peer lacks, first: each comes with its removal's dot,
+            // so that the peer decides on it before any element of the stream.
+            let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
+            for note in self.notes.list.range(start..) {
+                if items >= max_items {
+                    break;
+                }
+                if !seen.contains(note.dot) && upto.contains(note.dot) {
+                    out.ctx.insert(note.dot);
+                    items += 1 + note.seen.range_count();
+                    out.notes.push(note.clone());
+                }
+                cursor.note = note.seq + 1;
+            }
+            if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
+                // The budget ran out: the rest of the notes go in the next piece.
+                return self.seal_chunk(out);
+            }
             // Removals the peer may not know of (it may hold the dots alive).
             let start = self.log.entries.partition_point(|e| e.0 < cursor.log);
             for (seq, trigger, dead) in self.log.entries.range(start..) {
@@ -1955,9 +2255,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 cursor.phase = 3;
             }
         }
-        self.close_over_folds(&mut out, false);
-        out.seal();
-        out
+        self.seal_chunk(out)
     }
 
     fn validate(&self, limits: &Limits) -> Result<()> {
@@ -2005,10 +2303,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 }
             });
         }
-        match bad {
-            Some((dot, reason)) => Err(Error::InvalidDot { dot, reason }),
-            None => Ok(()),
+        if let Some((dot, reason)) = bad {
+            return Err(Error::InvalidDot { dot, reason });
         }
+        self.validate_notes(limits)
     }
 
     fn for_each_element_dot(&self, f: &mut dyn FnMut(Dot)) {
@@ -2137,6 +2435,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
 
     fn prune(&mut self, stable: &CausalContext) {
         self.log.prune(stable);
+        self.notes.prune(stable);
         if V::FOLDS {
             let index = &self.index;
             self.provs.retain(|_, fold| index.contains_key(fold));
@@ -2222,13 +2521,17 @@ fn live_dots<K, V: DotStore>(entries: &IndexMap<K, V>, index: DotMap<usize>) -> 
     live
 }
 
-/// A standalone map on the wire.
+/// A standalone map on the wire. `x`, its removal notes (`[[replica index,
+/// counter], key, context]` each), is left out when there are none, and in messages to
+/// peers that speak a protocol version below 3 (older builds ignore the field).
 #[derive(Serialize)]
 #[serde(bound = "K: Serialize, V: DotStore")]
 struct WireMap<'a, K, V: DotStore + 'a> {
     r: Vec<ReplicaId>,
     c: EncodedContext,
     e: EncodedEntries<'a, K, V>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    x: Vec<((u32, u64), &'a K, EncodedContext)>,
 }
 
 #[derive(Deserialize)]
@@ -2237,6 +2540,44 @@ struct WireMapOwned<K, V: DotStore> {
     r: Vec<ReplicaId>,
     c: DecodedContext,
     e: DecodedEntries<K, V::Decoded>,
+    #[serde(default)]
+    x: DecodedNotes<K>,
+}
+
+/// Removal notes as read from the wire, each charged to the decoding budget as one
+/// entry (their contexts' ranges as ranges) while it is read.
+struct DecodedNotes<K>(Vec<((u32, u64), K, DecodedContext)>);
+
+impl<K> Default for DecodedNotes<K> {
+    fn default() -> Self {
+        DecodedNotes(Vec::new())
+    }
+}
+
+impl<'de, K: Key> Deserialize<'de> for DecodedNotes<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct NotesVisitor<K>(std::marker::PhantomData<K>);
+        impl<'de, K: Key> serde::de::Visitor<'de> for NotesVisitor<K> {
+            type Value = DecodedNotes<K>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of removal notes")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                while let Some(note) = access.next_element()? {
+                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
+                    out.push(note);
+                }
+                Ok(DecodedNotes(out))
+            }
+        }
+        d.deserialize_seq(NotesVisitor(std::marker::PhantomData))
+    }
 }
 
 /// A map's entries as read from the wire, before validation: either form (a JSON
@@ -2296,10 +2637,28 @@ impl<K: Key, V: DotStore> Serialize for OrMap<K, V> {
         let mut table = ReplicaTable::default();
         let c = encode_context(&self.ctx, &mut table);
         let e = self.encode_entries(&mut table);
+        let x = if crate::wire::encoding_version() >= 3 {
+            // In dot order: replicas holding the same notes encode them alike.
+            let mut notes: Vec<&RemovalNote<K>> = self.notes.list.iter().collect();
+            notes.sort_unstable_by_key(|n| n.dot);
+            notes
+                .into_iter()
+                .map(|n| {
+                    (
+                        table.dot(n.dot),
+                        &n.key,
+                        encode_context(&n.seen, &mut table),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         WireMap {
             r: table.into_ids(),
             c,
             e,
+            x,
         }
         .serialize(s)
     }
@@ -2318,6 +2677,16 @@ impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
             ..OrMap::default()
         };
         map.seal();
+        for ((idx, counter), key, seen) in raw.x.0 {
+            let dot = crate::causal::decode_dot(&raw.r, idx, counter).map_err(D::Error::custom)?;
+            let seen = seen.resolve(&raw.r).map_err(D::Error::custom)?;
+            map.notes.push_received(RemovalNote {
+                dot,
+                key,
+                seen,
+                seq: 0,
+            });
+        }
         Ok(map)
     }
 }

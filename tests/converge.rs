@@ -10,7 +10,9 @@
 
 use concord::testing::sim::{action, check_quiesced, faults, message_limit, Action, Faults, Sim};
 use concord::testing::Operation;
-use concord::{Hlc, ManualClock, MvRegister, OrMap, PnCounter, Result};
+use concord::{
+    CausalContext, Dot, DotStore, Hlc, ManualClock, MvRegister, OrMap, PnCounter, Result,
+};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
@@ -30,11 +32,157 @@ enum ProfileOp {
 
 impl Operation<Profiles> for ProfileOp {
     fn apply(&self, map: &mut Profiles, hlc: &mut Hlc<ManualClock>) -> Result<Profiles> {
-        match *self {
+        let key = match *self {
+            ProfileOp::Put(k, _) | ProfileOp::Remove(k) => KEYS[k],
+        };
+        recorded(map, key, |map| match *self {
             ProfileOp::Put(k, v) => map.write(KEYS[k].to_string(), v, hlc),
             ProfileOp::Remove(k) => map.remove(&KEYS[k].to_string(), hlc),
+        })
+    }
+}
+
+/// A write as the delete-vs-update oracle sees it: the key, whether it removed the
+/// key, what its master had seen before it, and the dots it issued.
+#[derive(Clone, Debug)]
+struct Written {
+    key: String,
+    removal: bool,
+    before: CausalContext,
+    issued: CausalContext,
+}
+
+impl Written {
+    /// The removal's own dot (its newest: a removal issues one).
+    fn dot(&self) -> Dot {
+        self.issued.dots().last().expect("a removal issues a dot")
+    }
+
+    /// What the remover had seen, its removal included.
+    fn seen(&self) -> CausalContext {
+        let mut seen = self.before.clone();
+        for d in self.issued.dots() {
+            seen.insert(d);
+        }
+        seen
+    }
+}
+
+thread_local! {
+    static WRITTEN: std::cell::RefCell<Vec<Written>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Applies `write` to `map`'s `key` and records it for the oracle.
+fn recorded<V: DotStore>(
+    map: &mut OrMap<String, V>,
+    key: &str,
+    write: impl FnOnce(&mut OrMap<String, V>) -> Result<OrMap<String, V>>,
+) -> Result<OrMap<String, V>> {
+    let before = map.context().clone();
+    let had = map.contains_key(key);
+    let delta = write(map)?;
+    let issued = map.context().minus(&before);
+    if !issued.is_empty() {
+        WRITTEN.with(|w| {
+            w.borrow_mut().push(Written {
+                key: key.to_string(),
+                removal: had && !map.contains_key(key),
+                before,
+                issued,
+            })
+        });
+    }
+    Ok(delta)
+}
+
+/// The delete-vs-update oracle, after quiescing: every removal report names a real
+/// removal of its key, which the reporter learned of while holding a write of the
+/// key made without seeing it (and the remover had not seen), once per node and
+/// boot; and, in runs without crashes, for every removal and every write racing it
+/// whose element survives to the end, the writer's node reported that removal or a
+/// later removal of the key made after seeing it.
+fn check_removal_reports<V: DotStore>(
+    sim: &Sim<OrMap<String, V>>,
+) -> std::result::Result<(), TestCaseError> {
+    let written: Vec<Written> = WRITTEN.with(|w| w.borrow().clone());
+    let removals: Vec<&Written> = written.iter().filter(|w| w.removal).collect();
+    let writer_of = |dot: Dot| {
+        written
+            .iter()
+            .find(|w| !w.removal && w.issued.contains(dot))
+    };
+    let mut told = std::collections::BTreeSet::new();
+    for r in sim.conflict_log() {
+        let c = &r.conflict;
+        if !c.is_removal() {
+            continue;
+        }
+        // The report names the remover's history, its removal the newest of its own.
+        let removal = removals
+            .iter()
+            .find(|w| w.key == c.key && c.theirs_clock == w.seen().max_clock());
+        let Some(removal) = removal else {
+            return Err(TestCaseError::fail(format!(
+                "a report of no removal: {c:?}"
+            )));
+        };
+        let (rdot, seen) = (removal.dot(), removal.seen());
+        let mut raced = false;
+        c.ours.for_each_dot(&mut |d| {
+            raced |= !seen.contains(d)
+                && writer_of(d).is_some_and(|u| u.key == c.key && !u.before.contains(rdot));
+        });
+        prop_assert!(raced, "no write of ours raced {:?}: {:?}", removal, c);
+        prop_assert!(
+            told.insert((r.node, r.boot, rdot)),
+            "node {} reported {:?} twice",
+            r.node,
+            rdot
+        );
+    }
+    if sim.stats().crashes > 0 {
+        return Ok(());
+    }
+    let state = sim.engine(0).state();
+    let node_of = |dot: Dot| {
+        (0..sim.len()).find(|&i| {
+            let e = sim.engine(i);
+            e.node() == dot.replica() || e.incarnation() == dot.replica()
+        })
+    };
+    for u in written.iter().filter(|w| !w.removal) {
+        let Some(value) = state.get(&u.key) else {
+            continue;
+        };
+        let mut survives = false;
+        value.for_each_dot(&mut |d| survives |= u.issued.contains(d));
+        if !survives {
+            continue;
+        }
+        let udot = u.issued.dots().next().expect("a write issues a dot");
+        let node = node_of(udot).expect("a writer");
+        for r in removals.iter().filter(|r| r.key == u.key) {
+            let rdot = r.dot();
+            if u.before.contains(rdot) || r.seen().contains(udot) {
+                continue; // one saw the other
+            }
+            let reported = told.iter().any(|&(n, _, d)| {
+                n == node
+                    && removals
+                        .iter()
+                        .any(|r2| r2.dot() == d && r2.key == u.key && r2.seen().contains(rdot))
+            });
+            prop_assert!(
+                reported,
+                "node {} never reported {:?}, which raced its write {:?}",
+                node,
+                r,
+                u
+            );
         }
     }
+    Ok(())
 }
 
 /// Writes to carts: customer -> product -> quantity.
@@ -47,7 +195,10 @@ enum CartOp {
 
 impl Operation<Carts> for CartOp {
     fn apply(&self, carts: &mut Carts, hlc: &mut Hlc<ManualClock>) -> Result<Carts> {
-        match *self {
+        let key = match *self {
+            CartOp::Add(c, ..) | CartOp::RemoveLine(c, _) | CartOp::Clear(c) => KEYS[c],
+        };
+        recorded(carts, key, |carts| match *self {
             CartOp::Add(c, p, n) => carts.update(KEYS[c].to_string(), hlc, |cart, op| {
                 cart.update_in(op, KEYS[p].to_string(), |q, op| q.add(op, n))
             }),
@@ -55,7 +206,7 @@ impl Operation<Carts> for CartOp {
                 cart.remove_in(&KEYS[p].to_string())
             }),
             CartOp::Clear(c) => carts.remove(&KEYS[c].to_string(), hlc),
-        }
+        })
     }
 }
 
@@ -106,6 +257,47 @@ where
     check_quiesced(&sim)
 }
 
+/// [`check`] for maps, with the delete-vs-update oracle on every report.
+fn check_map<V, W>(
+    nodes: usize,
+    seed: u64,
+    faults: Faults,
+    limit: Option<usize>,
+    actions: Vec<Action<W>>,
+) -> std::result::Result<(), TestCaseError>
+where
+    V: DotStore,
+    W: Operation<OrMap<String, V>>,
+{
+    WRITTEN.with(|w| w.borrow_mut().clear());
+    let mut sim: Sim<OrMap<String, V>> = Sim::new(nodes, seed, faults).with_conflict_log(true);
+    if let Some(bytes) = limit {
+        sim = sim.with_message_limit(bytes);
+    }
+    for action in actions {
+        let crashed = match &action {
+            Action::Crash { node } => Some(node % nodes),
+            _ => None,
+        };
+        sim.step(action);
+        // A write lost in a crash before it left its node: its dot may be issued
+        // again, so the old write no longer counts.
+        if let Some(i) = crashed {
+            let (me, leased) = (sim.engine(i).node(), sim.lease(i));
+            WRITTEN.with(|w| {
+                w.borrow_mut().retain(|w| {
+                    w.issued
+                        .dots()
+                        .all(|d| d.replica() != me || d.counter() <= leased)
+                })
+            });
+        }
+    }
+    sim.quiesce();
+    check_quiesced(&sim)?;
+    check_removal_reports(&sim)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
@@ -117,7 +309,7 @@ proptest! {
         limit in message_limit(),
         actions in prop::collection::vec(action(profile_op()), 0..60),
     ) {
-        check::<Profiles, _>(nodes, seed, faults, limit, actions)?;
+        check_map::<MvRegister<u8>, _>(nodes, seed, faults, limit, actions)?;
     }
 
     /// Many keys and a small message limit: catch-ups after partitions and crashes go
@@ -142,27 +334,33 @@ proptest! {
         limit in message_limit(),
         actions in prop::collection::vec(action(cart_op()), 0..60),
     ) {
-        check::<Carts, _>(nodes, seed, faults, limit, actions)?;
+        check_map::<OrMap<String, PnCounter>, _>(nodes, seed, faults, limit, actions)?;
     }
 }
 
-/// An increment of one shared counter, or a removal of it, recorded with its dot
-/// (and a removal with what its master had seen), so the test can check the total
-/// after quiescing: folding (stable segments merged into one per master, around
-/// restarts from older snapshots too) must count every increment that no removal
-/// saw exactly once, and none that a removal saw, even when the removal was made
-/// after acknowledging segments another master then folded.
+/// An increment of one of a few shared counters, or a removal of one, recorded with
+/// its dot (and a removal with what its master had seen), so the test can check each
+/// total after quiescing: folding (stable segments merged into one per master and
+/// key, around restarts from older snapshots too) must count every increment that no
+/// removal of its key saw exactly once, and none that one saw, even when the removal
+/// was made after acknowledging segments another master then folded. Several keys,
+/// so that folds of different keys (and the map's record of what each fold folded)
+/// live side by side, and removals of one key move the others in storage.
 #[derive(Clone, Debug)]
 enum Tally {
-    Add(i64),
-    Remove,
+    Add(usize, i64),
+    Remove(usize),
 }
 
 type Tallies = OrMap<String, PnCounter>;
 
-/// A recorded operation: its dot, and an increment's amount or what a removal saw.
+const TALLY_KEYS: [&str; 3] = ["likes", "views", "stars"];
+
+/// A recorded operation: its dot, its key, and an increment's amount or what a
+/// removal saw.
 type Tallied = (
     concord::Dot,
+    usize,
     std::result::Result<i64, concord::CausalContext>,
 );
 
@@ -173,16 +371,18 @@ thread_local! {
 
 impl Operation<Tallies> for Tally {
     fn apply(&self, map: &mut Tallies, hlc: &mut Hlc<ManualClock>) -> Result<Tallies> {
-        match self {
-            Tally::Add(n) => {
-                let dot = map.apply("likes".into(), hlc, |c, op| c.add(op, *n))?;
-                TALLIED.with(|t| t.borrow_mut().push((dot, Ok(*n))));
+        match *self {
+            Tally::Add(k, n) => {
+                let k = k % TALLY_KEYS.len();
+                let dot = map.apply(TALLY_KEYS[k].into(), hlc, |c, op| c.add(op, n))?;
+                TALLIED.with(|t| t.borrow_mut().push((dot, k, Ok(n))));
             }
-            Tally::Remove => {
+            Tally::Remove(k) => {
+                let k = k % TALLY_KEYS.len();
                 let seen = map.context().clone();
-                map.remove("likes", hlc)?;
+                map.remove(TALLY_KEYS[k], hlc)?;
                 if let Some(dot) = map.context().minus(&seen).dots().next() {
-                    TALLIED.with(|t| t.borrow_mut().push((dot, Err(seen))));
+                    TALLIED.with(|t| t.borrow_mut().push((dot, k, Err(seen))));
                 }
             }
         }
@@ -191,10 +391,14 @@ impl Operation<Tallies> for Tally {
     }
 }
 
+fn tally_add() -> impl Strategy<Value = Tally> {
+    (0..TALLY_KEYS.len(), -3..5i64).prop_map(|(k, n)| Tally::Add(k, n))
+}
+
 fn tally() -> impl Strategy<Value = Tally> {
     prop_oneof![
-        6 => (-3..5i64).prop_map(Tally::Add),
-        1 => Just(Tally::Remove),
+        6 => tally_add(),
+        1 => (0..TALLY_KEYS.len()).prop_map(Tally::Remove),
     ]
 }
 
@@ -231,26 +435,30 @@ fn check_tallies(
             let (me, leased) = (sim.engine(i).node(), sim.lease(i));
             TALLIED.with(|t| {
                 t.borrow_mut()
-                    .retain(|(d, _)| d.replica() != me || d.counter() <= leased)
+                    .retain(|(d, _, _)| d.replica() != me || d.counter() <= leased)
             });
         }
     }
     sim.quiesce();
     check_quiesced(&sim)?;
     let state = sim.engine(0).state();
-    let expected: i64 = TALLIED.with(|t| {
-        let t = t.borrow();
-        let held = t.iter().filter(|(dot, _)| state.context().contains(*dot));
-        let removals: Vec<&concord::CausalContext> = held
-            .clone()
-            .filter_map(|(_, op)| op.as_ref().err())
-            .collect();
-        held.filter_map(|(dot, op)| op.as_ref().ok().map(|n| (dot, n)))
-            .filter(|(dot, _)| !removals.iter().any(|seen| seen.contains(**dot)))
-            .map(|(_, n)| n)
-            .sum()
-    });
-    prop_assert_eq!(state.count("likes"), expected, "{:?}", state);
+    for (k, key) in TALLY_KEYS.iter().enumerate() {
+        let expected: i64 = TALLIED.with(|t| {
+            let t = t.borrow();
+            let held = t
+                .iter()
+                .filter(|(dot, key, _)| *key == k && state.context().contains(*dot));
+            let removals: Vec<&concord::CausalContext> = held
+                .clone()
+                .filter_map(|(_, _, op)| op.as_ref().err())
+                .collect();
+            held.filter_map(|(dot, _, op)| op.as_ref().ok().map(|n| (dot, n)))
+                .filter(|(dot, _)| !removals.iter().any(|seen| seen.contains(**dot)))
+                .map(|(_, n)| n)
+                .sum()
+        });
+        prop_assert_eq!(state.count(*key), expected, "{}: {:?}", key, state);
+    }
     Ok(())
 }
 
@@ -266,7 +474,7 @@ proptest! {
         faults in faults(),
         limit in message_limit(),
         lease_block in prop_oneof![Just(1u64), Just(3), Just(64)],
-        actions in prop::collection::vec(action((-3..5i64).prop_map(Tally::Add)), 0..80),
+        actions in prop::collection::vec(action(tally_add()), 0..80),
     ) {
         check_tallies(nodes, seed, faults, limit, lease_block, actions, false)?;
     }

@@ -1,33 +1,150 @@
-//! What is not a delete-vs-update race: a removal followed by a fresh write, and two
-//! overwrites racing (an ordinary sibling race).
+//! Delete-vs-update races: a removal of a key that another master updated without
+//! seeing it (an overwrite, an increment, a write into a nested map) is reported, by
+//! the masters that held the update when the removal reached them, once each; and
+//! what is not such a race is not: a removal followed by a fresh write, two overwrites
+//! racing (an ordinary sibling race), relays and chunked catch-ups.
 
 mod support;
 
-use concord::sync::{Config, SyncEngine};
-use concord::{ManualClock, MvRegister, OrMap, ReplicaId};
+use concord::sync::{Config, Message, Snapshot, SyncEngine};
+use concord::{
+    Conflict, Crdt, Dot, DotStore, Error, Hlc, Limits, LwwRegister, ManualClock, MvRegister, OrMap,
+    PnCounter, ReplicaId, Resolver,
+};
 
 type Profiles = OrMap<String, MvRegister<String>>;
 type Engine = SyncEngine<Profiles, ManualClock>;
 
 const START_MS: u64 = 1_700_000_000_000;
 
-fn masters(n: u128, time: &ManualClock) -> Vec<Engine> {
-    let ids: Vec<ReplicaId> = (1..=n).map(ReplicaId::from_u128).collect();
-    ids.iter()
-        .map(|&id| {
-            let peers = ids.iter().copied().filter(|&p| p != id);
-            SyncEngine::new(id, Profiles::new(), time.clone(), Config::with_peers(peers))
+fn id(n: u128) -> ReplicaId {
+    ReplicaId::from_u128(n)
+}
+
+/// Masters 1..=n, each a peer of those `linked` says.
+fn engines_linked<T: Crdt + Default>(
+    n: u128,
+    time: &ManualClock,
+    linked: impl Fn(u128, u128) -> bool,
+    config: impl Fn(Config) -> Config,
+) -> Vec<SyncEngine<T, ManualClock>> {
+    (1..=n)
+        .map(|me| {
+            let peers = (1..=n).filter(|&p| p != me && linked(me, p)).map(id);
+            SyncEngine::new(
+                id(me),
+                T::default(),
+                time.clone(),
+                config(Config::with_peers(peers)),
+            )
         })
         .collect()
 }
 
-fn write(e: &mut Engine, key: &str, value: &str) {
-    e.update(|m, hlc| m.write(key.into(), value.into(), hlc))
-        .expect("a write");
+fn masters(n: u128, time: &ManualClock) -> Vec<Engine> {
+    engines_linked(n, time, |_, _| true, |c| c)
 }
 
-fn remove(e: &mut Engine, key: &str) {
-    e.update(|m, hlc| m.remove(key, hlc)).expect("a removal");
+/// Writes `value` at `key`; returns the write's dot.
+fn write(e: &mut Engine, key: &str, value: &str) -> Dot {
+    e.update(|m, hlc| m.write(key.into(), value.into(), hlc))
+        .expect("a write")
+        .dot
+        .expect("a dot")
+}
+
+/// Removes `key`; returns the removal's dot.
+fn remove<V: DotStore>(e: &mut SyncEngine<OrMap<String, V>, ManualClock>, key: &str) -> Dot {
+    e.update(|m, hlc| m.remove(key, hlc))
+        .expect("a removal")
+        .dot
+        .expect("a dot")
+}
+
+type Reports<V> = Vec<(usize, Conflict<String, V>)>;
+
+fn settle<T: Crdt<Key = String> + Default + PartialEq>(
+    engines: &mut [SyncEngine<T, ManualClock>],
+    time: &ManualClock,
+) -> Reports<T::Value> {
+    support::settle_dropping(engines, time, |_| false)
+}
+
+/// Delivers every message whose link `open` allows (dropping the others), firing
+/// timers `rounds` times; returns the conflicts reported and how many chunked
+/// messages went.
+fn exchange<T: Crdt<Key = String>>(
+    engines: &mut [SyncEngine<T, ManualClock>],
+    time: &ManualClock,
+    open: impl Fn(usize, usize) -> bool,
+    rounds: usize,
+) -> (Reports<T::Value>, usize) {
+    let mut reports = Vec::new();
+    let mut chunks = 0;
+    let mut fired = 0;
+    for _ in 0..100_000 {
+        let mut busy = false;
+        for i in 0..engines.len() {
+            while let Some(t) = engines[i].poll_transmit() {
+                let to = engines
+                    .iter()
+                    .position(|e| e.node() == t.to)
+                    .expect("a known peer");
+                if !open(i, to) {
+                    continue;
+                }
+                busy = true;
+                let msg = Message::<T>::decode(&t.bytes, usize::MAX).expect("decodes");
+                chunks += msg.chunk.is_some() as usize;
+                let received = engines[to].handle_bytes(&t.bytes).expect("valid message");
+                reports.extend(received.conflicts.into_iter().map(|c| (to, c)));
+            }
+        }
+        if busy {
+            continue;
+        }
+        if fired == rounds {
+            return (reports, chunks);
+        }
+        fired += 1;
+        let next = engines
+            .iter()
+            .filter_map(|e| e.poll_timeout())
+            .min()
+            .expect("a pending timer");
+        time.set(next.max(time.now()));
+        for e in engines.iter_mut() {
+            if e.poll_timeout().is_some_and(|at| at <= time.now()) {
+                e.handle_timeout();
+            }
+        }
+    }
+    panic!("the engines never stopped sending");
+}
+
+fn removals<V: DotStore>(reports: &Reports<V>) -> Vec<&(usize, Conflict<String, V>)> {
+    reports.iter().filter(|(_, c)| c.is_removal()).collect()
+}
+
+/// The receivers of the removal reports, sorted.
+fn reporters<V: DotStore>(reports: &Reports<V>) -> Vec<usize> {
+    let mut at: Vec<usize> = removals(reports).iter().map(|(i, _)| *i).collect();
+    at.sort_unstable();
+    at
+}
+
+fn values(reg: &MvRegister<String>) -> Vec<&str> {
+    let mut v: Vec<&str> = reg.values().map(String::as_str).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Every replica holds no removal note once everything is acknowledged: they are
+/// released at causal stability.
+fn assert_notes_released<V: DotStore>(engines: &[SyncEngine<OrMap<String, V>, ManualClock>]) {
+    for e in engines {
+        assert_eq!(e.state().removal_notes().count(), 0, "{:?}", e.node());
+    }
 }
 
 #[test]
@@ -55,4 +172,365 @@ fn an_overwrite_met_by_an_overwrite_is_a_sibling_race_not_a_removal() {
     let reports = support::settle_dropping(&mut engines, &time, |_| false);
     assert!(!reports.is_empty());
     assert!(reports.iter().all(|(_, c)| !c.is_removal()), "{reports:?}");
+}
+
+/// A removes Alice while B overwrites her, each unaware of the other; the remover's
+/// messages go out first, so C learns of the removal before the overwrite.
+#[test]
+fn a_removal_racing_an_overwrite_is_reported_by_the_updater() {
+    let time = ManualClock::new(START_MS);
+    let mut engines = masters(3, &time);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    let removal = remove(&mut engines[0], "alice");
+    let update = write(&mut engines[1], "alice", "alice@b.example");
+    let reports = settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(values(e.state().get("alice").unwrap()), ["alice@b.example"]);
+    }
+    // B held the overwrite when the removal arrived; A made the removal; C had the
+    // removal before the overwrite reached it.
+    assert_eq!(reporters(&reports), [1], "{reports:?}");
+    let (_, c) = removals(&reports)[0];
+    assert_eq!(c.key, "alice");
+    assert_eq!(values(&c.ours), ["alice@b.example"]);
+    assert_eq!(values(&c.resolved), ["alice@b.example"]);
+    assert!(c.theirs.is_bottom());
+    // The removal names itself, and had seen nothing of B's; B's value is its update.
+    assert_eq!(c.theirs_clock.get(removal.replica()), removal.counter());
+    assert_eq!(c.theirs_clock.get(update.replica()), 0);
+    assert_eq!(c.ours_clock.get(update.replica()), update.counter());
+    assert_notes_released(&engines);
+}
+
+/// The same race with the updater's messages out first: C holds the overwrite when
+/// the removal reaches it, and reports it too.
+#[test]
+fn a_removal_arriving_after_the_update_is_reported_where_the_update_was() {
+    let time = ManualClock::new(START_MS);
+    let mut engines = masters(3, &time);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    // Index 0 (polled first) is now the updater, index 1 the remover.
+    write(&mut engines[0], "alice", "alice@a.example");
+    let removal = remove(&mut engines[1], "alice");
+    let reports = settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(values(e.state().get("alice").unwrap()), ["alice@a.example"]);
+    }
+    assert_eq!(reporters(&reports), [0, 2], "{reports:?}");
+    for (_, c) in removals(&reports) {
+        assert_eq!(c.key, "alice");
+        assert_eq!(values(&c.resolved), ["alice@a.example"]);
+        assert_eq!(c.theirs_clock.get(removal.replica()), removal.counter());
+    }
+}
+
+#[test]
+fn a_key_overwritten_twice_before_the_removal_arrives_is_reported_once() {
+    let time = ManualClock::new(START_MS);
+    let mut engines = masters(3, &time);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    remove(&mut engines[0], "alice");
+    write(&mut engines[1], "alice", "alice@b1.example");
+    write(&mut engines[1], "alice", "alice@b2.example");
+    let reports = settle(&mut engines, &time);
+    assert_eq!(reporters(&reports), [1], "{reports:?}");
+    assert_eq!(
+        values(&removals(&reports)[0].1.resolved),
+        ["alice@b2.example"]
+    );
+    assert_eq!(
+        engines[2].state().get("alice").map(values),
+        Some(vec!["alice@b2.example"])
+    );
+}
+
+/// Three masters: two remove the key while the third overwrites it; each removal
+/// is a race of its own, reported once by the updater.
+#[test]
+fn two_removals_racing_one_update_are_two_reports() {
+    let time = ManualClock::new(START_MS);
+    let mut engines = masters(3, &time);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    let by_a = remove(&mut engines[0], "alice");
+    let by_b = remove(&mut engines[1], "alice");
+    write(&mut engines[2], "alice", "alice@c.example");
+    let reports = settle(&mut engines, &time);
+    assert_eq!(reporters(&reports), [2, 2], "{reports:?}");
+    let mut named: Vec<Dot> = removals(&reports)
+        .iter()
+        .map(|(_, c)| {
+            let r = [by_a, by_b]
+                .into_iter()
+                .find(|d| c.theirs_clock.get(d.replica()) == d.counter())
+                .expect("a report names its removal");
+            // ... and had not seen the other removal.
+            let other = if r == by_a { by_b } else { by_a };
+            assert!(c.theirs_clock.get(other.replica()) < other.counter());
+            r
+        })
+        .collect();
+    named.sort_unstable();
+    let mut both = vec![by_a, by_b];
+    both.sort_unstable();
+    assert_eq!(named, both);
+}
+
+#[test]
+fn a_removal_racing_an_increment_is_reported() {
+    let time = ManualClock::new(START_MS);
+    let mut engines: Vec<SyncEngine<OrMap<String, PnCounter>, ManualClock>> =
+        engines_linked(3, &time, |_, _| true, |c| c);
+    engines[0]
+        .update(|m, hlc| m.increment("espresso".into(), 3, hlc))
+        .unwrap();
+    settle(&mut engines, &time);
+    remove(&mut engines[0], "espresso");
+    engines[1]
+        .update(|m, hlc| m.increment("espresso".into(), 1, hlc))
+        .unwrap();
+    let reports = settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(
+            e.state().count("espresso"),
+            1,
+            "the increment survives, alone"
+        );
+    }
+    assert_eq!(reporters(&reports), [1], "{reports:?}");
+    let (_, c) = removals(&reports)[0];
+    assert_eq!((c.ours.value(), c.resolved.value()), (4, 1));
+    assert_notes_released(&engines);
+}
+
+#[test]
+fn a_removal_racing_a_write_into_a_nested_map_is_reported() {
+    type Users = OrMap<String, OrMap<String, LwwRegister<String>>>;
+    let time = ManualClock::new(START_MS);
+    let mut engines: Vec<SyncEngine<Users, ManualClock>> =
+        engines_linked(3, &time, |_, _| true, |c| c);
+    engines[0]
+        .update(|m, hlc| {
+            m.update("alice".into(), hlc, |fields, op| {
+                fields.update_in(op, "name".into(), |r, op| r.assign(op, "Alice".into()));
+                fields.update_in(op, "city".into(), |r, op| r.assign(op, "Lisbon".into()));
+            })
+        })
+        .unwrap();
+    settle(&mut engines, &time);
+    remove(&mut engines[0], "alice");
+    engines[1]
+        .update(|m, hlc| {
+            m.update("alice".into(), hlc, |fields, op| {
+                fields.update_in(op, "city".into(), |r, op| r.assign(op, "Porto".into()));
+            })
+        })
+        .unwrap();
+    let reports = settle(&mut engines, &time);
+    for e in &engines {
+        let alice = e.state().get("alice").expect("the update survives");
+        assert_eq!(alice.value("city").map(String::as_str), Some("Porto"));
+        assert!(!alice.contains_key("name"), "the removal took the name");
+    }
+    assert_eq!(reporters(&reports), [1], "{reports:?}");
+    let (_, c) = removals(&reports)[0];
+    assert_eq!(c.ours.len(), 2);
+    assert_eq!(c.resolved.len(), 1);
+}
+
+/// A line A - B - C: C learns of A's removal from B, which relays it.
+#[test]
+fn a_relayed_removal_is_reported_by_the_updater_behind_the_relay() {
+    let time = ManualClock::new(START_MS);
+    let line = |a: u128, b: u128| a.abs_diff(b) == 1;
+    let mut engines: Vec<Engine> = engines_linked(3, &time, line, |c| c);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    remove(&mut engines[0], "alice");
+    write(&mut engines[2], "alice", "alice@c.example");
+    let reports = settle(&mut engines, &time);
+    for e in &engines {
+        assert_eq!(values(e.state().get("alice").unwrap()), ["alice@c.example"]);
+    }
+    // C (the updater) for sure; B, the relay, only if the overwrite reached it
+    // first, which it does not here (A is polled before C).
+    assert_eq!(reporters(&reports), [2], "{reports:?}");
+    assert_notes_released(&engines);
+}
+
+/// Overwrites relayed along a line carry contexts that name dots the receiver
+/// already holds overwritten: no removal report (a relayed delta's context omits
+/// writes the receiver holds).
+#[test]
+fn relayed_overwrites_are_no_removal() {
+    let time = ManualClock::new(START_MS);
+    let line = |a: u128, b: u128| a.abs_diff(b) == 1;
+    let mut engines: Vec<Engine> = engines_linked(3, &time, line, |c| c);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    write(&mut engines[2], "alice", "alice@c.example");
+    write(&mut engines[0], "bob", "bob@a.example");
+    settle(&mut engines, &time);
+    write(&mut engines[1], "alice", "alice@b.example");
+    write(&mut engines[2], "alice", "alice@c2.example");
+    write(&mut engines[0], "alice", "alice@a.example");
+    let reports = settle(&mut engines, &time);
+    assert!(removals(&reports).is_empty(), "{reports:?}");
+}
+
+/// C is cut off while A removes one key that C updates and another that B then
+/// writes afresh; C catches up in chunks (small messages) and reports the one race.
+#[test]
+fn a_chunked_catch_up_reports_the_race_and_nothing_else() {
+    let time = ManualClock::new(START_MS);
+    let small = |c: Config| c.max_message_bytes(4 << 10);
+    let mut engines: Vec<Engine> = engines_linked(3, &time, |_, _| true, small);
+    for i in 0..200 {
+        write(&mut engines[0], &format!("user{i:03}"), "old@example");
+    }
+    settle(&mut engines, &time);
+    let cut = |from: usize, to: usize| from != 2 && to != 2;
+    // C updates user000, unaware of its removal; user001 is removed and written
+    // again afresh; many more keys change meanwhile.
+    write(&mut engines[2], "user000", "c@example");
+    remove(&mut engines[0], "user000");
+    remove(&mut engines[0], "user001");
+    exchange(&mut engines, &time, cut, 5);
+    write(&mut engines[1], "user001", "fresh@example");
+    for i in 2..200 {
+        write(&mut engines[1], &format!("user{i:03}"), "new@example");
+    }
+    let (reports, _) = exchange(&mut engines, &time, cut, 5);
+    assert!(reports.is_empty(), "{reports:?}");
+    let (mut reports, chunks) = exchange(&mut engines, &time, |_, _| true, 30);
+    assert!(chunks > 1, "the catch-up was not chunked");
+    reports.extend(settle(&mut engines, &time));
+    assert_eq!(reporters(&reports), [2], "{reports:?}");
+    assert_eq!(removals(&reports)[0].1.key, "user000");
+    for e in &engines {
+        assert_eq!(values(e.state().get("user000").unwrap()), ["c@example"]);
+        assert_eq!(values(e.state().get("user001").unwrap()), ["fresh@example"]);
+    }
+}
+
+/// A master restarted from a snapshot taken after it reported does not report
+/// again, and no note outlives the acknowledgements.
+#[test]
+fn a_restart_after_the_report_does_not_report_again() {
+    let time = ManualClock::new(START_MS);
+    let mut engines = masters(3, &time);
+    write(&mut engines[0], "alice", "alice@old.example");
+    settle(&mut engines, &time);
+    remove(&mut engines[0], "alice");
+    write(&mut engines[1], "alice", "alice@b.example");
+    // The removal reaches B (and is reported) before anything is acknowledged.
+    let (reports, _) = exchange(&mut engines, &time, |from, _| from == 0, 0);
+    assert_eq!(reporters(&reports), [1], "{reports:?}");
+    let snapshot = engines[1].snapshot().unwrap();
+    // Through its durable form, as a restarted process reads it.
+    let bytes = serde_json::to_vec(&snapshot).unwrap();
+    let snapshot: Snapshot<Profiles> = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        snapshot.state.removal_notes().count(),
+        1,
+        "kept until acknowledged"
+    );
+    let config = engines[1].config().clone();
+    engines[1] = SyncEngine::restore(snapshot, time.clone(), config).unwrap();
+    let reports = settle(&mut engines, &time);
+    assert!(removals(&reports).is_empty(), "reported again: {reports:?}");
+    assert_notes_released(&engines);
+}
+
+/// A note must come with its removal's dot and name no element; anything else is
+/// refused with a typed error and leaves the receiver unchanged.
+#[test]
+fn a_malformed_removal_note_is_refused() {
+    let time = ManualClock::new(START_MS);
+    let mut hlc = Hlc::new(id(1), time.clone());
+    let mut map = Profiles::new();
+    map.write("alice".into(), "a".into(), &mut hlc).unwrap();
+    map.write("bob".into(), "b".into(), &mut hlc).unwrap();
+    let removal = map.remove("alice", &mut hlc).unwrap();
+    let json: serde_json::Value = serde_json::to_value(&removal).unwrap();
+    assert!(json.get("x").is_some(), "{json}");
+    let mut receiver = Profiles::new();
+    let mut other = Hlc::new(id(2), time.clone());
+    receiver
+        .write("carol".into(), "c".into(), &mut other)
+        .unwrap();
+    let before = receiver.clone();
+
+    // The note's dot left out of the context.
+    let mut bad = json.clone();
+    bad["c"] = serde_json::json!([[0, [1]]]);
+    let bad: Profiles = serde_json::from_value(bad).unwrap();
+    let got = receiver.try_merge(bad, &Limits::default(), &mut Vec::new());
+    assert!(matches!(got, Err(Error::InvalidDot { .. })), "{got:?}");
+    assert_eq!(receiver, before);
+
+    // The same note twice.
+    let mut bad = json.clone();
+    let note = bad["x"][0].clone();
+    bad["x"].as_array_mut().unwrap().push(note);
+    let bad: Profiles = serde_json::from_value(bad).unwrap();
+    let got = receiver.try_merge(bad, &Limits::default(), &mut Vec::new());
+    assert!(matches!(got, Err(Error::InvalidDot { .. })), "{got:?}");
+    assert_eq!(receiver, before);
+
+    // The intact removal merges.
+    let good: Profiles = serde_json::from_value(json).unwrap();
+    receiver
+        .try_merge(good, &Limits::default(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(receiver.removal_notes().count(), 1);
+}
+
+/// An overwrite's dead dot can arrive in one piece of a chunked catch-up and the
+/// overwrite itself in a later one: the first piece takes a sibling and leaves
+/// another, which is no removal (no removal note came) and reports nothing; the
+/// piece that brings the overwrite reports the sibling race.
+#[test]
+fn an_overwrites_dead_dot_alone_in_a_chunk_is_no_removal() {
+    let time = ManualClock::new(START_MS);
+    let (mut a, mut b, mut c) = (
+        Hlc::new(id(1), time.clone()),
+        Hlc::new(id(2), time.clone()),
+        Hlc::new(id(3), time.clone()),
+    );
+    let mut at_a = Profiles::new();
+    at_a.write("alice".into(), "a".into(), &mut a).unwrap();
+    let mut at_b = Profiles::new();
+    at_b.write("alice".into(), "b".into(), &mut b).unwrap();
+    // X holds both siblings; C had only A's and overwrote it.
+    let mut x = at_a.clone();
+    x.merge(at_b.clone());
+    let mut at_c = at_a.clone();
+    at_c.write("alice".into(), "c".into(), &mut c).unwrap();
+
+    let mut cursor = concord::ChunkCursor::default();
+    let mut pieces = 0;
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    while !cursor.is_done() {
+        let piece = at_c.delta_chunk(x.context(), at_c.context(), &mut cursor, 1);
+        let before = reports.len();
+        x.try_merge(piece, &Limits::default(), &mut reports)
+            .unwrap();
+        pieces += 1;
+        if pieces == 1 {
+            assert_eq!(
+                values(x.get("alice").unwrap()),
+                ["b"],
+                "the first piece took a"
+            );
+            assert_eq!(reports.len(), before, "{reports:?}");
+        }
+    }
+    assert!(pieces > 1);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(!reports[0].is_removal(), "{reports:?}");
+    assert_eq!(values(x.get("alice").unwrap()), ["b", "c"]);
 }

@@ -96,6 +96,8 @@ const KEYS: [&str; 3] = ["a", "b", "c"];
 type MvMap = OrMap<String, MvRegister<u8>>;
 type CountMap = OrMap<String, PnCounter>;
 type Doc = OrMap<String, OrMap<String, LwwRegister<u8>>>;
+/// Counters one level down: customer -> product -> quantity.
+type NestedCounts = OrMap<String, OrMap<String, PnCounter>>;
 
 /// Writes and removals of a few keys, for the three map shapes.
 #[derive(Clone, Debug)]
@@ -136,6 +138,22 @@ impl Operation<Doc> for MapOp {
         match *self {
             MapOp::Write(k, v) => m.update(key(k), hlc, |inner, op| {
                 inner.update_in(op, key(usize::from(v)), |r, op| r.assign(op, v))
+            }),
+            MapOp::Remove(k) => m.remove(&key(k), hlc),
+            MapOp::RemoveInner(k, i) => m.update(key(k), hlc, |inner, _| inner.remove_in(&key(i))),
+        }
+    }
+}
+
+impl Operation<NestedCounts> for MapOp {
+    fn apply(
+        &self,
+        m: &mut NestedCounts,
+        hlc: &mut Hlc<ManualClock>,
+    ) -> ConcordResult<NestedCounts> {
+        match *self {
+            MapOp::Write(k, v) => m.update(key(k), hlc, |inner, op| {
+                inner.update_in(op, key(usize::from(v)), |c, op| c.add(op, i64::from(v) - 8))
             }),
             MapOp::Remove(k) => m.remove(&key(k), hlc),
             MapOp::RemoveInner(k, i) => m.update(key(k), hlc, |inner, _| inner.remove_in(&key(i))),
@@ -402,6 +420,16 @@ kit_properties!(
 kit_properties!(
     document,
     Doc,
+    map_op(),
+    64,
+    nothing_more,
+    nothing_more,
+    nothing_more
+);
+// Counters inside nested maps: segments (and their removals) one level down.
+kit_properties!(
+    nested_counter_map,
+    NestedCounts,
     map_op(),
     64,
     nothing_more,

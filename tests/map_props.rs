@@ -318,12 +318,6 @@ trait Flavor: DotStore + Send + 'static {
     fn races(ours: &Self, a: &CausalContext, theirs: &Self, b: &CausalContext) -> bool {
         register_race(ours, a, theirs, b)
     }
-
-    /// The spec of a delete-vs-update race on a key only `a` holds: the other side saw
-    /// part of it (and so removed it) while `a` holds a write it never saw.
-    fn removal_raced(ours: &Self, b: &CausalContext) -> bool {
-        partly_seen(ours, b)
-    }
 }
 
 fn register_race<S: DotStore>(ours: &S, a: &CausalContext, theirs: &S, b: &CausalContext) -> bool {
@@ -331,11 +325,6 @@ fn register_race<S: DotStore>(ours: &S, a: &CausalContext, theirs: &S, b: &Causa
     let theirs_unseen = dots(theirs).into_iter().any(|d| !a.contains(d));
     // Both sides showing the same single value is no race to report.
     ours_unseen && theirs_unseen && !concord::DotStore::same_view(ours, theirs)
-}
-
-fn partly_seen<S: DotStore>(ours: &S, b: &CausalContext) -> bool {
-    let d = dots(ours);
-    d.iter().any(|d| b.contains(*d)) && d.iter().any(|d| !b.contains(*d))
 }
 
 fn write_action() -> BoxedStrategy<Action> {
@@ -571,12 +560,6 @@ impl Flavor for Nested {
     fn races(ours: &Self, a: &CausalContext, theirs: &Self, b: &CausalContext) -> bool {
         ours.iter()
             .any(|(ik, o)| theirs.get(ik).is_some_and(|t| register_race(o, a, t, b)))
-    }
-
-    /// A removal that takes one inner key whole is no race; one that takes part of an
-    /// inner key (a write it had not seen survives) is.
-    fn removal_raced(ours: &Self, b: &CausalContext) -> bool {
-        ours.iter().any(|(_, o)| partly_seen(o, b))
     }
 
     fn local_action() -> BoxedStrategy<Action> {
@@ -1126,8 +1109,10 @@ fn prop_converge<V: Flavor>(
 }
 
 /// 7. Conflict reports name exactly the keys where each side holds a write the other
-///    has not seen, with both values and the merged one; the sibling cap is an error
-///    that leaves the receiver unchanged.
+///    has not seen, with both values and the merged one; a removal the receiver learns
+///    of (its note is new there) while it holds a write of the key the remover had not
+///    seen, and which the key survives, is reported once as a delete-vs-update race; the
+///    sibling cap is an error that leaves the receiver unchanged.
 fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Index)]) -> TestResult {
     let world = World::<V>::run(n, actions)?;
     let pool = world.pool();
@@ -1139,40 +1124,98 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
             .iter()
             .filter(|(key, ours)| match b.get(*key) {
                 Some(theirs) => <V as Flavor>::races(ours, a.context(), theirs, b.context()),
-                None => V::removal_raced(ours, b.context()),
+                None => false,
             })
             .map(|(key, _)| key.clone())
             .collect();
+        // Delete-vs-update: the removals `b` tells of that are new to `a`, met by a
+        // write `a` holds that the remover had not seen, the key surviving. Each is
+        // reported at most once; one may be left out only where another removal of
+        // the key, whose remover had seen it, is told too (it supersedes it).
+        let notes: Vec<(Dot, &String, &CausalContext)> =
+            a.removal_notes().chain(b.removal_notes()).collect();
+        let mut must: BTreeSet<(String, Dot)> = BTreeSet::new();
+        let mut may: BTreeSet<(String, Dot)> = BTreeSet::new();
+        for (dot, key, seen) in b.removal_notes() {
+            let raced = !a.context().contains(dot)
+                && a.get(key)
+                    .is_some_and(|ours| dots(ours).iter().any(|d| !seen.contains(*d)))
+                && merged.get(key).is_some();
+            if !raced {
+                continue;
+            }
+            may.insert((key.clone(), dot));
+            let superseded = notes
+                .iter()
+                .any(|(d, k, s)| *d != dot && *k == key && s.contains(dot));
+            if !superseded {
+                must.insert((key.clone(), dot));
+            }
+        }
         let mut receiver = a.clone();
         let mut sink: Vec<Conflict<String, V>> = Vec::new();
         receiver
             .try_merge(b.clone(), &Limits::default(), &mut sink)
             .map_err(|e| fail(e.to_string()))?;
         prop_assert_eq!(&receiver, &merged);
-        let reported: Vec<String> = sink.iter().map(|c| c.key.clone()).collect();
+        let (removals, races): (Vec<_>, Vec<_>) = sink.iter().partition(|c| c.is_removal());
+        let reported: Vec<String> = races.iter().map(|c| c.key.clone()).collect();
         let reported_set: BTreeSet<String> = reported.iter().cloned().collect();
         prop_assert_eq!(reported.len(), reported_set.len(), "a key reported twice");
         prop_assert_eq!(&reported_set, &expected, "a = {}\n b = {}", js(a), js(b));
-        // One side ahead: nothing to report. (A state built from deltas that arrived
-        // out of order can hold an element its own context says was removed; the
-        // merge that finally removes it may meet a race, so "ahead" means ahead in
-        // what the merge changes, too.)
+        let mut told: BTreeSet<(String, Dot)> = BTreeSet::new();
+        for c in &removals {
+            // A removal report names its removal: the remover's newest dot.
+            let found = b
+                .removal_notes()
+                .find(|(d, k, _)| **k == c.key && c.theirs_clock.get(d.replica()) == d.counter());
+            let Some((dot, _, seen)) = found else {
+                return Err(fail(format!("a removal report names no removal: {c:?}")));
+            };
+            prop_assert!(
+                told.insert((c.key.clone(), dot)),
+                "a removal reported twice"
+            );
+            prop_assert!(c.theirs.is_bottom());
+            prop_assert!(
+                dots(&c.ours).iter().any(|d| !seen.contains(*d)),
+                "the removal had seen all of ours: {:?}",
+                c
+            );
+            prop_assert_eq!(Some(&c.ours), a.get(&c.key));
+            prop_assert_eq!(Some(&c.resolved), merged.get(&c.key));
+            prop_assert_eq!(&c.ours_clock, &clock_of(&c.ours));
+        }
+        prop_assert!(
+            must.is_subset(&told) && told.is_subset(&may),
+            "removal reports {:?}, expected at least {:?} and at most {:?}\n a = {}\n b = {}",
+            told,
+            must,
+            may,
+            js(a),
+            js(b)
+        );
+        // One side ahead: no race between writes to report. (A state built from
+        // deltas that arrived out of order can hold an element its own context says
+        // was removed; the merge that finally removes it may meet a race, so "ahead"
+        // means ahead in what the merge changes, too.)
         if b.context().includes(a.context()) || (a.context().includes(b.context()) && &merged == a)
         {
             prop_assert!(
-                sink.is_empty(),
+                races.is_empty(),
                 "a report although one side is ahead: {:?}\n a = {}\n b = {}",
-                sink,
+                races,
                 js(a),
                 js(b)
             );
         }
-        for c in &sink {
+        // Nothing new to `a`: nothing to report at all.
+        if a.context().includes(b.context()) && &merged == a {
+            prop_assert!(sink.is_empty(), "{:?}", sink);
+        }
+        for c in &races {
             prop_assert_eq!(Some(&c.ours), a.get(&c.key));
-            // A delete-vs-update race reports the removal as the empty value.
-            let removed = V::default();
-            prop_assert_eq!(&c.theirs, b.get(&c.key).unwrap_or(&removed));
-            prop_assert_eq!(c.is_removal(), b.get(&c.key).is_none());
+            prop_assert_eq!(Some(&c.theirs), b.get(&c.key));
             prop_assert_eq!(Some(&c.resolved), merged.get(&c.key));
             prop_assert_eq!(&c.ours_clock, &clock_of(&c.ours));
             prop_assert_eq!(&c.theirs_clock, &clock_of(&c.theirs));

@@ -275,6 +275,21 @@ pub struct Sim<T: Crdt + Default> {
     issued: std::collections::HashSet<Dot>,
     /// Crashed nodes restart from their state at the crash (see `with_durable_crashes`).
     durable_crashes: bool,
+    /// Every conflict reported, if kept (see `with_conflict_log`).
+    conflict_log: Option<Vec<Reported<T::Key, T::Value>>>,
+    /// How many times each node has restarted.
+    boots: Vec<u32>,
+}
+
+/// A conflict a node reported (see [`Sim::with_conflict_log`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reported<K, V> {
+    /// The node that reported it (its index).
+    pub node: usize,
+    /// How many times that node had restarted when it reported it.
+    pub boot: u32,
+    /// The report.
+    pub conflict: crate::Conflict<K, V>,
 }
 
 impl<T: Crdt + Default> Sim<T> {
@@ -325,6 +340,8 @@ impl<T: Crdt + Default> Sim<T> {
             config,
             issued: std::collections::HashSet::new(),
             durable_crashes: false,
+            conflict_log: None,
+            boots: vec![0; n],
         }
     }
 
@@ -399,6 +416,28 @@ impl<T: Crdt + Default> Sim<T> {
     pub fn with_durable_crashes(mut self, on: bool) -> Self {
         self.durable_crashes = on;
         self
+    }
+
+    /// Keeps every conflict the nodes report, with the reporter (see
+    /// [`Sim::conflict_log`]), so that a test can check each report against what
+    /// really raced. Off by default.
+    ///
+    /// ```
+    /// use concord::testing::sim::{Faults, Sim};
+    /// use concord::{OrMap, PnCounter};
+    ///
+    /// let sim = Sim::<OrMap<String, PnCounter>>::new(3, 7, Faults::none()).with_conflict_log(true);
+    /// assert!(sim.conflict_log().is_empty());
+    /// ```
+    pub fn with_conflict_log(mut self, on: bool) -> Self {
+        self.conflict_log = on.then(Vec::new);
+        self
+    }
+
+    /// The conflicts reported so far, in the order they were, if
+    /// [`Sim::with_conflict_log`] is on (else empty).
+    pub fn conflict_log(&self) -> &[Reported<T::Key, T::Value>] {
+        self.conflict_log.as_deref().unwrap_or(&[])
     }
 
     /// Every engine built again, empty, from `self.config`.
@@ -570,6 +609,14 @@ impl<T: Crdt + Default> Sim<T> {
             Ok(received) => {
                 self.stats.delivered += 1;
                 self.stats.conflicts += received.conflicts.len() as u64;
+                if let Some(log) = &mut self.conflict_log {
+                    let (node, boot) = (msg.to, self.boots[msg.to]);
+                    log.extend(received.conflicts.into_iter().map(|conflict| Reported {
+                        node,
+                        boot,
+                        conflict,
+                    }));
+                }
                 self.drain(msg.to);
             }
             Err(e) => {
@@ -582,6 +629,7 @@ impl<T: Crdt + Default> Sim<T> {
 
     fn crash(&mut self, i: usize) {
         self.stats.crashes += 1;
+        self.boots[i] += 1;
         // Record which of the crashing node's writes other replicas already hold.
         let engine = &self.nodes[i].engine;
         let me = engine.incarnation();
