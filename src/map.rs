@@ -1578,7 +1578,8 @@ pub struct EncodedEntries<'a, K, V: DotStore + 'a> {
 
 impl<K: Serialize, V: DotStore> Serialize for EncodedEntries<'_, K, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        if self.object {
+        // The binary form has a single one: a count, then keys and values in turn.
+        if self.object || !s.is_human_readable() {
             let mut map = s.serialize_map(Some(self.entries.len()))?;
             for (k, v) in &self.entries {
                 map.serialize_entry(k, v)?;
@@ -2263,10 +2264,10 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
                 while let Some(k) = access.next_key()? {
-                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
+                    crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     let v = access.next_value()?;
                     if out.insert(k, v).is_some() {
-                        return Err(serde::de::Error::custom("a map key appears twice"));
+                        return Err(crate::wire::budget::custom("a map key appears twice"));
                     }
                 }
                 Ok(out)
@@ -2278,13 +2279,18 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
                 while let Some((k, v)) = access.next_element::<(K, V)>()? {
-                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
+                    crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     if out.insert(k, v).is_some() {
-                        return Err(serde::de::Error::custom("a map key appears twice"));
+                        return Err(crate::wire::budget::custom("a map key appears twice"));
                     }
                 }
                 Ok(out)
             }
+        }
+        if !d.is_human_readable() {
+            return d
+                .deserialize_map(Unique(std::marker::PhantomData))
+                .map(DecodedEntries);
         }
         d.deserialize_any(Unique(std::marker::PhantomData))
             .map(DecodedEntries)
@@ -2307,11 +2313,10 @@ impl<K: Key, V: DotStore> Serialize for OrMap<K, V> {
 
 impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
         let raw = WireMapOwned::<K, V>::deserialize(d)?;
-        crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
-        let ctx = raw.c.resolve(&raw.r).map_err(D::Error::custom)?;
-        let entries = Self::decode_entries(raw.e, &raw.r).map_err(D::Error::custom)?;
+        crate::causal::check_table(&raw.r).map_err(crate::wire::budget::custom)?;
+        let ctx = raw.c.resolve(&raw.r).map_err(crate::wire::budget::custom)?;
+        let entries = Self::decode_entries(raw.e, &raw.r).map_err(crate::wire::budget::custom)?;
         let mut map = OrMap {
             entries,
             ctx,

@@ -51,7 +51,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{Crdt, Limits};
@@ -121,6 +121,20 @@ struct V2Out<'a, T> {
 /// [`DotStore::Encoded`](crate::DotStore::Encoded) form; one that breaks it makes
 /// this panic.
 pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+    if msg.v >= BINARY_VERSION {
+        encode_binary(msg)
+    } else {
+        encode_json(msg)
+    }
+}
+
+/// Encodes a message as JSON whatever its version: what [`encode`] writes for
+/// versions 1 to 3, and a readable rendering of a binary (version 4) message for
+/// debugging, which [`decode`] reads back as well (version 4 in JSON is version 3's
+/// layout with `"v":4`).
+///
+/// Infallible on the same terms as [`encode`].
+pub fn encode_json<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
     let _version = EncodingVersion::set(msg.v);
     let written = if msg.v <= 1 {
         serde_json::to_vec(&V1Out {
@@ -152,6 +166,166 @@ pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
         })
     };
     written.expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+}
+
+/// The first byte of a binary message. It can never start JSON (which starts with `{`
+/// or whitespace, and is UTF-8: `0xC0` is no UTF-8 byte at all), so [`decode`] tells
+/// the forms apart before parsing.
+pub const BINARY_MESSAGE: u8 = 0xC0;
+
+/// The first byte of a binary snapshot ([`encode_snapshot`]); like
+/// [`BINARY_MESSAGE`], never the start of JSON, and not that of a message either.
+pub const BINARY_SNAPSHOT: u8 = 0xC1;
+
+/// The first protocol version written in binary: [`encode`] writes versions from it
+/// on in binary, older ones in JSON.
+pub const BINARY_VERSION: u32 = 4;
+
+/// The version of the binary snapshot form, written after [`BINARY_SNAPSHOT`]
+/// (JSON snapshots carry none: they are told apart by their first byte).
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// A message in the binary form: the envelope first, in a fixed order, so that it is
+/// read and checked before a byte of the body.
+#[derive(Serialize)]
+#[serde(bound = "T: Serialize")]
+struct BinaryOut<'a, T> {
+    v: u32,
+    vmax: u32,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    epoch: u64,
+    lead: Option<u64>,
+    echo: Option<u64>,
+    seen: &'a CausalContext,
+    delta: Option<&'a T>,
+    base: &'a CausalContext,
+    chunk: Option<Chunk>,
+    reply: bool,
+}
+
+/// The number of fields of [`BinaryOut`].
+const BINARY_FIELDS: usize = 13;
+
+fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+    let _version = EncodingVersion::set(msg.v);
+    let out = BinaryOut {
+        v: msg.v,
+        vmax: msg.vmax,
+        from: msg.from,
+        to: msg.to,
+        inc: msg.inc,
+        epoch: msg.epoch,
+        lead: msg.lead,
+        echo: msg.echo,
+        seen: &msg.seen,
+        delta: msg.delta.as_ref(),
+        base: &msg.base,
+        chunk: msg.chunk,
+        reply: msg.reply,
+    };
+    postcard::to_extend(&out, vec![BINARY_MESSAGE])
+        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+}
+
+/// Encodes a durable value (an engine [`Snapshot`](crate::sync::Snapshot), or a
+/// replicated state of its own) in the binary snapshot form: [`BINARY_SNAPSHOT`],
+/// [`SNAPSHOT_VERSION`] (a varint), then the value in the binary serde form that
+/// messages use. Read it with [`decode_snapshot`], which reads JSON too.
+///
+/// ```
+/// use concord::sync::{Config, Snapshot, SyncEngine};
+/// use concord::{wire, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// type Map = OrMap<String, PnCounter>;
+/// let id = ReplicaId::from_u128(1);
+/// let mut a = SyncEngine::new(id, Map::new(), ManualClock::new(0), Config::default());
+/// a.update(|m, hlc| m.increment("visits".into(), 1, hlc))?;
+/// let snapshot = a.snapshot()?;
+/// let saved = wire::encode_snapshot(&snapshot);
+/// assert_eq!(saved[0], wire::BINARY_SNAPSHOT);
+/// assert_eq!(wire::decode_snapshot::<Snapshot<Map>>(&saved)?, snapshot);
+/// // JSON written before the binary form existed still reads.
+/// let old = serde_json::to_vec(&snapshot)?;
+/// assert_eq!(wire::decode_snapshot::<Snapshot<Map>>(&old)?, snapshot);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Infallible on the terms of [`encode`] (a value type of your own must serialize).
+pub fn encode_snapshot<S: Serialize>(value: &S) -> Vec<u8> {
+    let mut out = vec![BINARY_SNAPSHOT];
+    let mut n = SNAPSHOT_VERSION;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    postcard::to_extend(value, out)
+        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+}
+
+/// Reads what [`encode_snapshot`] wrote, or the JSON form (`serde_json`) of the same
+/// value, told apart by the first byte. Nothing is charged to a decoding budget (a
+/// snapshot is the replica's own), but nothing read is preallocated past what the
+/// bytes can hold, and malformed input is an error, never a panic.
+///
+/// # Errors
+///
+/// [`Error::Decode`] (malformed, a message rather than a snapshot, or trailing
+/// bytes), [`Error::InvalidSnapshot`] (a binary snapshot version this build does not
+/// read).
+pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
+    match bytes.first() {
+        Some(&BINARY_SNAPSHOT) => {
+            let (version, body) = read_varint(&bytes[1..]).ok_or_else(|| Error::Decode {
+                reason: "binary snapshot: no version".into(),
+            })?;
+            if version != u64::from(SNAPSHOT_VERSION) {
+                return Err(Error::InvalidSnapshot {
+                    reason: format!(
+                        "binary snapshot version {version}; this build reads {SNAPSHOT_VERSION}"
+                    ),
+                });
+            }
+            budget::take_reason();
+            let mut de = postcard::Deserializer::from_bytes(body);
+            let read = D::deserialize(&mut de).and_then(|v| Ok((v, de.finalize()?)));
+            match read {
+                Ok((value, [])) => Ok(value),
+                Ok(_) => Err(Error::Decode {
+                    reason: "binary snapshot: trailing bytes".into(),
+                }),
+                Err(e) => Err(binary_error(e)),
+            }
+        }
+        Some(&BINARY_MESSAGE) => Err(Error::Decode {
+            reason: "a binary message, not a snapshot".into(),
+        }),
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
+/// A varint (7 bits a byte, least significant first), and what follows it.
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        n |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((n, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// The error for a binary decoder's failure: the visitor's reason when it gave one.
+fn binary_error(e: postcard::Error) -> Error {
+    Error::Decode {
+        reason: match budget::take_reason() {
+            Some(reason) => reason,
+            None => format!("binary: {e}"),
+        },
+    }
 }
 
 thread_local! {
@@ -439,6 +613,31 @@ fn parse<D: DeserializeOwned>(
         refusal: &refusal,
         delta: PhantomData,
     };
+    if bytes.first() == Some(&BINARY_MESSAGE) {
+        let seed = BinarySeed::<D, _> {
+            newest,
+            size: bytes.len(),
+            check: &mut check,
+            refusal: &refusal,
+            delta: PhantomData,
+        };
+        budget::take_reason();
+        let (parsed, over) = budget::with(limits, || {
+            let mut de = postcard::Deserializer::from_bytes(&bytes[1..]);
+            let parsed = seed.deserialize(&mut de)?;
+            Ok::<_, postcard::Error>((parsed, de.finalize()?))
+        });
+        return match parsed {
+            Ok((parsed, [])) => Ok(parsed),
+            Ok(_) => Err(Error::Decode {
+                reason: "trailing bytes after a binary message".into(),
+            }),
+            Err(e) => match refusal.into_inner().or(over) {
+                Some(refused) => Err(refused),
+                None => Err(binary_error(e)),
+            },
+        };
+    }
     let (parsed, over) = budget::with(limits, || {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let parsed = seed.deserialize(&mut de)?;
@@ -780,6 +979,98 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
             delta: f.delta,
             chunk: f.chunk,
             reply: f.reply,
+        })
+    }
+}
+
+/// Reads a binary message: the envelope, in its fixed order, checked before any body
+/// field is read.
+struct BinarySeed<'a, D, C> {
+    newest: Option<u32>,
+    size: usize,
+    check: &'a mut Option<C>,
+    refusal: &'a RefCell<Option<Error>>,
+    delta: PhantomData<D>,
+}
+
+impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> DeserializeSeed<'de>
+    for BinarySeed<'_, D, C>
+{
+    type Value = Parsed<D>;
+    fn deserialize<De: serde::Deserializer<'de>>(
+        self,
+        d: De,
+    ) -> std::result::Result<Parsed<D>, De::Error> {
+        d.deserialize_tuple(BINARY_FIELDS, self)
+    }
+}
+
+/// The next element of a binary message, which has every field.
+fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+    seq: &mut A,
+    name: &str,
+) -> std::result::Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| budget::custom(format!("missing field `{name}`")))
+}
+
+impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
+    for BinarySeed<'_, D, C>
+{
+    type Value = Parsed<D>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a binary concord message")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Parsed<D>, A::Error> {
+        use serde::de::Error as _;
+        let refuse = |error: Error| {
+            *self.refusal.borrow_mut() = Some(error);
+            A::Error::custom("refused")
+        };
+        let v: u32 = field(&mut seq, "v")?;
+        if let Some(newest) = self.newest {
+            if !(BINARY_VERSION..=newest).contains(&v) {
+                return Err(refuse(if v < BINARY_VERSION {
+                    Error::Decode {
+                        reason: format!(
+                            "a binary message of version {v} (binary starts at {BINARY_VERSION})"
+                        ),
+                    }
+                } else {
+                    Error::UnsupportedVersion {
+                        version: v,
+                        supported: newest,
+                    }
+                }));
+            }
+        }
+        let envelope = Envelope {
+            v,
+            vmax: field(&mut seq, "vmax")?,
+            from: field(&mut seq, "from")?,
+            to: field(&mut seq, "to")?,
+            inc: field(&mut seq, "inc")?,
+            size: self.size,
+        };
+        let check = self.check.take().expect("checked once");
+        check(&envelope).map_err(refuse)?;
+        Ok(Parsed {
+            v,
+            vmax: envelope.vmax,
+            from: envelope.from,
+            to: envelope.to,
+            inc: envelope.inc,
+            epoch: Some(field(&mut seq, "epoch")?),
+            lead: field(&mut seq, "lead")?,
+            echo: field(&mut seq, "echo")?,
+            seen: Some(field(&mut seq, "seen")?),
+            clock: None,
+            delta: Some(field(&mut seq, "delta")?),
+            base: Some(Base::Context(field(&mut seq, "base")?)),
+            chunk: Some(field(&mut seq, "chunk")?),
+            reply: Some(field(&mut seq, "reply")?),
         })
     }
 }

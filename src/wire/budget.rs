@@ -131,3 +131,24 @@ pub(crate) fn replica(n: usize) -> Result<(), String> {
         Ok(())
     }
 }
+
+thread_local! {
+    /// Why the last decoder error on this thread was raised, as the visitor said it
+    /// (the binary format's error type keeps no message of its own).
+    static REASON: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A decoder error saying `msg`, remembered for [`take_reason`] (the first since the
+/// last take wins: it is the cause, what follows is the unwinding).
+pub(crate) fn custom<E: serde::de::Error>(msg: impl std::fmt::Display) -> E {
+    let msg = msg.to_string();
+    REASON.with(|r| {
+        r.borrow_mut().get_or_insert_with(|| msg.clone());
+    });
+    E::custom(msg)
+}
+
+/// The reason [`custom`] recorded since the last call, if any.
+pub(crate) fn take_reason() -> Option<String> {
+    REASON.with(|r| r.borrow_mut().take())
+}
