@@ -639,7 +639,8 @@ impl<'de, E: Deserialize<'de>> Deserialize<'de> for DecodedElements<E> {
                 self,
                 mut seq: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                let mut out =
+                    Vec::with_capacity(crate::wire::budget::reserve(seq.size_hint()).min(64));
                 while let Some(e) = seq.next_element()? {
                     crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     out.push(e);

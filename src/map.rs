@@ -2262,7 +2262,8 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 self,
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                let mut out =
+                    IndexMap::with_capacity(crate::wire::budget::reserve(access.size_hint()));
                 while let Some(k) = access.next_key()? {
                     crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     let v = access.next_value()?;
@@ -2277,7 +2278,8 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 self,
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                let mut out =
+                    IndexMap::with_capacity(crate::wire::budget::reserve(access.size_hint()));
                 while let Some((k, v)) = access.next_element::<(K, V)>()? {
                     crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     if out.insert(k, v).is_some() {

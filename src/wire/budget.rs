@@ -152,3 +152,17 @@ pub(crate) fn custom<E: serde::de::Error>(msg: impl std::fmt::Display) -> E {
 pub(crate) fn take_reason() -> Option<String> {
     REASON.with(|r| r.borrow_mut().take())
 }
+
+/// How many elements to reserve for a collection whose encoding claims `hint`: no
+/// more than [`RESERVE`], nor than the entries the budget has left (a binary length
+/// prefix is only a claim: 2^60 must not reserve anything like it; past the
+/// reservation a collection grows as its elements actually arrive).
+pub(crate) fn reserve(hint: Option<usize>) -> usize {
+    let left = ACTIVE
+        .with(|a| a.get())
+        .map_or(usize::MAX, |s| s.limits.entries.saturating_sub(s.entries));
+    hint.unwrap_or(0).min(RESERVE).min(left)
+}
+
+/// The most elements reserved ahead of their arrival (see [`reserve`]).
+pub(crate) const RESERVE: usize = 256;
