@@ -329,6 +329,78 @@ fn a_node_held_at_version_1_and_an_upgraded_one_converge_both_ways() {
     );
 }
 
+/// A rolling upgrade from version 3 to 4: a node held at 3 and an upgraded one
+/// converge both ways, the upgraded one writing JSON (version 3) to it; two upgraded
+/// nodes move to binary (version 4) after their first exchange, and a restarted node
+/// speaks binary from its first message to a peer its snapshot says speaks 4.
+#[test]
+fn a_node_held_at_version_3_and_an_upgraded_one_converge_and_a_pair_of_4_speaks_binary() {
+    for old in [0, 1] {
+        let mut net = Net::new(2, |c| c);
+        let time = net.time.clone();
+        let cfg = Config::with_peers([id(1), id(2)]).protocol_version(3);
+        net.engines[old] = SyncEngine::new(id(old as u128 + 1), Map::new(), time, cfg)
+            .with_lease(MemoryLease::new())
+            .unwrap();
+        for k in 0..20 {
+            net.write(0, &format!("a{k}"), k);
+            net.write(1, &format!("b{k}"), k);
+        }
+        net.write(0, "both", 1);
+        net.write(1, "both", 2);
+        let mut first_bytes = std::collections::BTreeSet::new();
+        let mut versions = std::collections::BTreeSet::new();
+        net.run(50, |_, t| {
+            first_bytes.insert(t.bytes[0]);
+            versions.insert(message(t).v);
+            false
+        });
+        assert!(net.converged(), "old node {old}");
+        assert_eq!(net.engines[0].state().len(), 41);
+        assert_eq!(
+            first_bytes.into_iter().collect::<Vec<_>>(),
+            [b'{'],
+            "old node {old}"
+        );
+        // Version 1 until each hears the other, then 3: never 4.
+        assert_eq!(*versions.last().unwrap(), 3, "old node {old}");
+        let m = net.engines[1 - old].metrics();
+        assert_eq!(m.peers[0].protocol_version, 3);
+    }
+    // Two upgraded nodes: JSON (version 1) until they hear each other, then binary.
+    let mut net = Net::new(2, |c| c);
+    net.write(0, "x", 1);
+    net.run(20, |_, _| false);
+    assert!(net.converged());
+    assert_eq!(net.engines[0].metrics().peers[0].protocol_version, 4);
+    net.write(0, "y", 2);
+    let mut seen = Vec::new();
+    net.run(20, |_, t| {
+        seen.push((t.bytes[0], message(t).v));
+        false
+    });
+    assert!(net.converged());
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|&s| s == (concord::wire::BINARY_MESSAGE, 4)),
+        "{seen:?}"
+    );
+    // A node restored from a snapshot speaks binary to that peer from the start.
+    let snapshot = net.engines[0].snapshot().unwrap();
+    let saved = concord::wire::encode_snapshot(&snapshot);
+    let restored = concord::wire::decode_snapshot(&saved).unwrap();
+    let cfg = Config::with_peers([id(1), id(2)]);
+    net.engines[0] = SyncEngine::restore(restored, net.time.clone(), cfg)
+        .unwrap()
+        .with_lease(net.leases[0].clone())
+        .unwrap();
+    let hello = net.engines[0].sync_with(id(2)).unwrap();
+    assert_eq!(hello.v, 4);
+    assert_eq!(hello.encode()[0], concord::wire::BINARY_MESSAGE);
+    net.engines[1].receive_bytes(&hello.encode()).unwrap();
+}
+
 #[test]
 fn session_tokens_are_compact() {
     let clock: VectorClock = (0..3)
