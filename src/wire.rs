@@ -1,23 +1,65 @@
-//! The wire format: a versioned JSON envelope, and the checks applied before a byte of
-//! it reaches the state.
+//! The wire format: versioned messages in two forms, binary (protocol version 4) and
+//! JSON (versions 1–3, and any version for debugging), and the checks applied before
+//! a byte of them reaches the state.
 //!
-//! A message is one JSON object (`serde_json`). Version 3, the current one:
+//! **Binary** (version 4, what two engines of this build speak): the first byte is
+//! [`BINARY_MESSAGE`] (`0xC0`), then the message in [postcard]'s serde format, fields
+//! in a fixed order: the envelope `v, vmax, from, to, inc`, then `epoch`, `lead`,
+//! `echo`, `seen`, `delta`, `base`, `chunk`, `reply`. Integers are varints (zigzag
+//! for signed ones), strings and lists carry a varint length, an option one tag byte,
+//! a replica id its 16 bytes; no field names. Inside a delta, replica ids are listed
+//! once in a table (`r`) and every dot names its replica by index, so ids do not
+//! repeat per key; a causal context (the delta's and `seen`/`base`) lists each
+//! replica's ranges relative to one another, a lone counter as one varint
+//! `distance << 1`, a run as `distance << 1 | 1` and its length − 1.
+//!
+//! **JSON**: one object (`serde_json`). Version 3:
 //! `{"v":3,"vmax":3,"from":…,"to":…,"inc":…,"epoch":4,"lead":…,"echo":…,"seen":{…},
 //! "delta":{…},"chunk":{…},"reply":true}` (`epoch` is left out when 0, `lead` and
 //! `echo` when absent); version 2 is the same without `epoch`, `lead` and `echo`;
-//! version 1, which this build still reads and writes for peers that have not
-//! upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
-//! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
-//! delta, replica ids are listed once in a table (`"r"`) and every dot names its
-//! replica by index, so ids do not repeat per key.
+//! version 1: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
+//! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed).
+//! [`encode_json`] renders a version-4 message in version 3's layout with `"v":4`,
+//! and [`decode`] reads that too.
+//!
+//! [`encode`] writes a message in the form of its version; [`decode`] tells the forms
+//! apart by the first byte (JSON starts with `{` or whitespace, and `0xC0` is no
+//! UTF-8 byte at all) before parsing. An engine writes the newest version both it
+//! and the peer speak, so a version-4 build talks JSON to an older peer and binary
+//! once both speak 4 (see the guide's "Rolling upgrades"). Durable state has a
+//! binary form too: [`encode_snapshot`] (first byte [`BINARY_SNAPSHOT`], then
+//! [`SNAPSHOT_VERSION`]) and [`decode_snapshot`], which reads JSON snapshots as well.
+//!
+//! *Why postcard, not a codec of our own*: it is plain serde, so one set of
+//! `Serialize`/`Deserialize` impls writes both forms, and the replica table, the
+//! relative context spans, the refusal of repeated keys and the decoding budget's
+//! counters (called by the visitors, whatever the format) carry over unchanged; it
+//! writes varints and no names, borrows strings from the input, never trusts a length
+//! prefix for more than the bytes left, and is small, `no_std` and widely used. It is
+//! not self-describing, so the types here branch on
+//! [`is_human_readable`](serde::Serializer::is_human_readable) where JSON relied on
+//! that (a span is a number or a pair in JSON; a map's entries an object or pairs;
+//! optional fields are left out of JSON, written in order in binary). The same holds
+//! for a value type of your own stored in a register: it must read back from a
+//! format that is not self-describing (no `#[serde(untagged)]`, `flatten`,
+//! `skip_serializing_if` or `deserialize_any`, as in `serde_json::Value`); one that
+//! cannot should keep its engines at [`Config::protocol_version`](crate::sync::Config)
+//! 3, which stays JSON. Values must keep to JSON's rules as well (see
+//! [`Op::check`](crate::Op::check)): JSON remains the form for older peers and for
+//! debugging.
 //!
 //! Decoding is one pass, and checks, in order: the size limit (before parsing), the
 //! version (as soon as it is read), the envelope (`v`, `vmax`, `from`, `to`, `inc`,
-//! which every encoder here writes before the body: an engine refuses a sender that
+//! first in both forms as this library writes them: an engine refuses a sender that
 //! is no peer, or a message for someone else, before a byte of the body is decoded),
 //! then the body under a [`Budget`] (entries and context ranges counted as they are
-//! read, so a body past the limits is refused having allocated no more than them).
-//! The engine then validates the contents. See the guide's "Hostile peers".
+//! read, so a body past the limits is refused having allocated no more than them; a
+//! length prefix reserves at most a few hundred elements, whatever it claims). Binary
+//! input that is cut short, has bytes left over, or repeats a map key or a replica is
+//! a [`Error::Decode`]. The engine then validates the contents. See the guide's
+//! "Hostile peers".
+//!
+//! [postcard]: https://docs.rs/postcard
 //!
 //! ```
 //! use concord::sync::{Message, PROTOCOL_VERSION};
