@@ -27,8 +27,9 @@
 //! UTF-8 byte at all) before parsing. An engine writes the newest version both it
 //! and the peer speak, so a version-4 build talks JSON to an older peer and binary
 //! once both speak 4 (see the guide's "Rolling upgrades"). Durable state has a
-//! binary form too: [`encode_snapshot`] (first byte [`BINARY_SNAPSHOT`], then
-//! [`SNAPSHOT_VERSION`]) and [`decode_snapshot`], which reads JSON snapshots as well.
+//! binary form too: [`encode_snapshot`] (first byte [`BINARY_SNAPSHOT`], then the
+//! format, see [`SNAPSHOT_VERSION`]; deflated past a few hundred bytes) and
+//! [`decode_snapshot`], which reads JSON snapshots as well.
 //!
 //! *Why postcard, not a codec of our own*: it is plain serde, so one set of
 //! `Serialize`/`Deserialize` impls writes both forms, and the replica table, the
@@ -223,9 +224,16 @@ pub const BINARY_SNAPSHOT: u8 = 0xC1;
 /// on in binary, older ones in JSON.
 pub const BINARY_VERSION: u32 = 4;
 
-/// The version of the binary snapshot form, written after [`BINARY_SNAPSHOT`]
-/// (JSON snapshots carry none: they are told apart by their first byte).
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The newest version of the binary snapshot form, written after
+/// [`BINARY_SNAPSHOT`] (JSON snapshots carry none: they are told apart by their first
+/// byte). Format 1: the value's binary serde form as is; format 2: its length (a
+/// varint), then that form compressed with deflate (RFC 1951). [`encode_snapshot`]
+/// writes 2 for values of [`COMPRESS_FROM`] bytes and more when it is smaller, 1
+/// otherwise; [`decode_snapshot`] reads both.
+pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The size of a value's binary form from which [`encode_snapshot`] tries deflate.
+pub const COMPRESS_FROM: usize = 256;
 
 /// A message in the binary form: the envelope first, in a fixed order, so that it is
 /// read and checked before a byte of the body.
@@ -273,8 +281,9 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
 
 /// Encodes a durable value (an engine [`Snapshot`](crate::sync::Snapshot), or a
 /// replicated state of its own) in the binary snapshot form: [`BINARY_SNAPSHOT`],
-/// [`SNAPSHOT_VERSION`] (a varint), then the value in the binary serde form that
-/// messages use. Read it with [`decode_snapshot`], which reads JSON too.
+/// the format (a varint, see [`SNAPSHOT_VERSION`]), then the value in the binary serde
+/// form that messages use, deflated when that makes it smaller (from
+/// [`COMPRESS_FROM`] bytes). Read it with [`decode_snapshot`], which reads JSON too.
 ///
 /// ```
 /// use concord::sync::{Config, Snapshot, SyncEngine};
@@ -296,15 +305,28 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
 ///
 /// Infallible on the terms of [`encode`] (a value type of your own must serialize).
 pub fn encode_snapshot<S: Serialize>(value: &S) -> Vec<u8> {
-    let mut out = vec![BINARY_SNAPSHOT];
-    let mut n = SNAPSHOT_VERSION;
+    let plain = postcard::to_extend(value, vec![BINARY_SNAPSHOT, 1])
+        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)");
+    let body = &plain[2..];
+    if body.len() < COMPRESS_FROM {
+        return plain;
+    }
+    let mut out = vec![BINARY_SNAPSHOT, 2];
+    write_varint(&mut out, body.len() as u64);
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(body, 1));
+    if out.len() < plain.len() {
+        out
+    } else {
+        plain
+    }
+}
+
+fn write_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
     }
     out.push(n as u8);
-    postcard::to_extend(value, out)
-        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
 }
 
 /// Reads what [`encode_snapshot`] wrote, or the JSON form (`serde_json`) of the same
@@ -323,13 +345,38 @@ pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
             let (version, body) = read_varint(&bytes[1..]).ok_or_else(|| Error::Decode {
                 reason: "binary snapshot: no version".into(),
             })?;
-            if version != u64::from(SNAPSHOT_VERSION) {
-                return Err(Error::InvalidSnapshot {
-                    reason: format!(
-                        "binary snapshot version {version}; this build reads {SNAPSHOT_VERSION}"
-                    ),
-                });
-            }
+            let inflated;
+            let body = match version {
+                1 => body,
+                2 => {
+                    let (len, deflated) = read_varint(body).ok_or_else(|| Error::Decode {
+                        reason: "binary snapshot: no length".into(),
+                    })?;
+                    // The stated length bounds what is inflated: a corrupt or forged
+                    // stream cannot grow past it.
+                    let limit = usize::try_from(len).unwrap_or(usize::MAX);
+                    inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, limit)
+                        .map_err(|e| Error::Decode {
+                            reason: format!("binary snapshot: deflate stream: {e}"),
+                        })?;
+                    if inflated.len() as u64 != len {
+                        return Err(Error::Decode {
+                            reason: format!(
+                                "binary snapshot: {} bytes inflated, {len} stated",
+                                inflated.len()
+                            ),
+                        });
+                    }
+                    &inflated[..]
+                }
+                _ => {
+                    return Err(Error::InvalidSnapshot {
+                        reason: format!(
+                            "binary snapshot version {version}; this build reads 1 to {SNAPSHOT_VERSION}"
+                        ),
+                    })
+                }
+            };
             budget::take_reason();
             let mut de = postcard::Deserializer::from_bytes(body);
             let read = D::deserialize(&mut de).and_then(|v| Ok((v, de.finalize()?)));

@@ -504,6 +504,65 @@ fn engine_snapshot() {
     SyncEngine::restore(old, time, config).unwrap();
 }
 
+/// A snapshot past `wire::COMPRESS_FROM` bytes is deflated (format 2), reads back,
+/// and a damaged one is an error: a cut stream, a stated length that is too small (the
+/// inflater stops there) or too large, an unknown format.
+#[test]
+fn large_binary_snapshots_are_deflated() {
+    let mut hlc = Hlc::new(id(A + 1), ManualClock::new(START_MS));
+    let mut m = MvMap::new();
+    for k in 0..1_000 {
+        m.write(format!("key-{k:06}"), format!("value-{k:06}"), &mut hlc)
+            .unwrap();
+    }
+    let bytes = wire::encode_snapshot(&m);
+    assert_eq!(bytes[..2], [wire::BINARY_SNAPSHOT, 2]);
+    let json = serde_json::to_vec(&m).unwrap();
+    assert!(
+        bytes.len() * 4 < json.len(),
+        "{} vs {}",
+        bytes.len(),
+        json.len()
+    );
+    assert_eq!(wire::decode_snapshot::<MvMap>(&bytes).unwrap(), m);
+
+    // The stated length: a varint after the format byte.
+    let mut stated = 0u64;
+    let mut at = 2;
+    for shift in (0..).step_by(7) {
+        stated |= u64::from(bytes[at] & 0x7f) << shift;
+        at += 1;
+        if bytes[at - 1] & 0x80 == 0 {
+            break;
+        }
+    }
+    let restate = |len: u64| {
+        let mut out = vec![wire::BINARY_SNAPSHOT, 2];
+        let mut n = len;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(&bytes[at..]);
+        out
+    };
+    assert_eq!(restate(stated), bytes);
+    for bad in [
+        bytes[..bytes.len() - 10].to_vec(),
+        restate(stated - 1),
+        restate(stated + 1),
+        restate(u64::MAX),
+    ] {
+        let e = wire::decode_snapshot::<MvMap>(&bad).unwrap_err();
+        assert!(matches!(e, concord::Error::Decode { .. }), "{e:?}");
+    }
+    let mut unknown = bytes.clone();
+    unknown[1] = 3;
+    let e = wire::decode_snapshot::<MvMap>(&unknown).unwrap_err();
+    assert!(matches!(e, concord::Error::InvalidSnapshot { .. }), "{e:?}");
+}
+
 /// Keys that are not JSON object keys (tuples here): the entries travel as an array of
 /// `[key, value]` pairs, in key order.
 #[test]

@@ -49,10 +49,20 @@ pub fn node(actor: u64) -> ReplicaId {
     ReplicaId::from_u128(actor as u128)
 }
 
+/// The protocol version concord's engines speak: the newest, or `BENCH_PROTOCOL`
+/// (3 measures the JSON wire).
+fn protocol() -> u32 {
+    std::env::var("BENCH_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROTOCOL_VERSION)
+}
+
 fn config(incarnation: Option<ReplicaId>) -> Config {
     Config {
         max_message_bytes: 1 << 30,
         incarnation,
+        protocol_version: protocol(),
         ..Config::with_peers([ACTOR_BASE, ACTOR_A, ACTOR_B].map(node))
     }
 }
@@ -85,7 +95,7 @@ impl Peer for Concord {
             peers: others.clone().map(|a| (node(a), clock.clone())).collect(),
             // ... and has heard that every peer speaks the newest version, as peers
             // in a steady state have (a first exchange speaks version 1).
-            peer_versions: others.map(|a| (node(a), PROTOCOL_VERSION)).collect(),
+            peer_versions: others.map(|a| (node(a), protocol())).collect(),
             ..r.engine.snapshot().unwrap()
         };
         let engine = SyncEngine::restore(snapshot, time(), config(None)).expect("fork restores");

@@ -11,7 +11,7 @@
 //!
 //! Usage: `cargo run --release --bin traffic [-- --keys N --changes M]`
 //! (defaults from `BENCH_KEYS` / `BENCH_CHANGES`, else 100000 / 100; `BENCH_VALUES=short`
-//! for values of about two bytes).
+//! for values of about two bytes; `BENCH_PROTOCOL=3` for concord's JSON wire).
 
 use std::time::Duration;
 
