@@ -45,7 +45,10 @@
 //! format that is not self-describing (no `#[serde(untagged)]`, `flatten`,
 //! `skip_serializing_if` or `deserialize_any`, as in `serde_json::Value`); one that
 //! cannot should keep its engines at [`Config::protocol_version`](crate::sync::Config)
-//! 3, which stays JSON. Values must keep to JSON's rules as well (see
+//! 3, which stays JSON. The binary decoder has no nesting limit (JSON's stops at 128
+//! levels): the library's types nest only as deep as their type says, but a
+//! *recursive* value type of your own (a tree of itself) would let a peer nest deep
+//! enough to overflow the stack; keep such a type at version 3 too. Values must keep to JSON's rules as well (see
 //! [`Op::check`](crate::Op::check)): JSON remains the form for older peers and for
 //! debugging.
 //!
