@@ -1046,10 +1046,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), config.clone())
     ///     .with_lease(lease.clone())?;
     /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
-    /// let saved = serde_json::to_vec(&a.snapshot()?)?; // to disk, in a service
+    /// let saved = concord::wire::encode_snapshot(&a.snapshot()?); // to disk, in a service
     /// drop(a); // crash
     ///
-    /// let snapshot: Snapshot<Settings> = serde_json::from_slice(&saved)?;
+    /// let snapshot: Snapshot<Settings> = concord::wire::decode_snapshot(&saved)?;
     /// let a = SyncEngine::restore(snapshot, time, config)?.with_lease(lease)?;
     /// assert_eq!((a.node(), a.incarnation()), (a_id, a_id));
     /// assert_eq!(a.state().value("volume"), Some(&7));
@@ -1129,7 +1129,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let snapshot = a.snapshot()?;
     /// assert_eq!(lease.get(), 1); // the snapshot's write is leased
     /// assert_eq!(snapshot.node, a_id);
-    /// let json = serde_json::to_string(&snapshot)?; // write it somewhere durable
+    /// // Write it somewhere durable: binary (`wire::encode_snapshot`), or JSON with serde.
+    /// let bytes = concord::wire::encode_snapshot(&snapshot);
+    /// let json = serde_json::to_string(&snapshot)?;
     /// # Ok::<(), concord::Error>(())
     /// ```
     ///
