@@ -1085,13 +1085,25 @@ mod tests {
         let stats = store.stats();
         let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
         let mut state = Kv::new();
-        let value = "v".repeat(1_000);
+        // Values that do not compress (the base and the local records are deflated):
+        // the file must grow as it would with real data.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = || -> String {
+            (0..1_000)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'!' + (seed % 94) as u8)
+                })
+                .collect()
+        };
         let (keys, writes) = (2_000, 16_000);
         let mut worst: f64 = 0.0;
         let mut logged = 0u64;
         for i in 0..writes {
             let delta = state
-                .write(format!("key-{:05}", i % keys), value.clone(), &mut hlc)
+                .write(format!("key-{:05}", i % keys), noise(), &mut hlc)
                 .unwrap();
             store.append_local(&delta);
             if i % 8 == 7 {
