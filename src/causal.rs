@@ -475,12 +475,47 @@ pub(crate) enum Span {
     Run(u64, u64),
 }
 
+/// In the binary form (not self-describing) a span is one varint `distance << 1 | run`,
+/// followed by `length - 1` for a run: a lone counter costs a byte or two.
 impl Serialize for Span {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            // Distances are at most MAX_COUNTER (2^62), so the shift loses nothing.
+            return match *self {
+                Span::One(gap) => s.serialize_u64(gap << 1),
+                Span::Run(gap, extra) => (gap << 1 | 1, extra).serialize(s),
+            };
+        }
         match *self {
             Span::One(gap) => s.serialize_u64(gap),
             Span::Run(gap, extra) => (gap, extra).serialize(s),
         }
+    }
+}
+
+/// Reads the binary form of a span: the tagged distance, then the length of a run.
+struct BinarySpan;
+
+impl<'de> serde::de::Visitor<'de> for BinarySpan {
+    type Value = Span;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a tagged distance, and a length for a run")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Span, A::Error> {
+        use serde::de::Error as _;
+        let tagged: u64 = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        if tagged & 1 == 0 {
+            return Ok(Span::One(tagged >> 1));
+        }
+        let extra = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+        Ok(Span::Run(tagged >> 1, extra))
     }
 }
 
@@ -512,27 +547,33 @@ impl<'de> Deserialize<'de> for Span {
                 Ok(Span::Run(gap, extra))
             }
         }
+        if !d.is_human_readable() {
+            // A tuple of up to two elements: the second is read only for a run.
+            return d.deserialize_tuple(2, BinarySpan);
+        }
         d.deserialize_any(SpanVisitor)
     }
 }
 
 pub(crate) fn encode_context(ctx: &CausalContext, table: &mut ReplicaTable) -> EncodedContext {
     ctx.ranges()
-        .map(|(r, ranges)| {
-            let mut previous = 0;
-            let spans = ranges
-                .iter()
-                .map(|&(lo, hi)| {
-                    let gap = lo - previous;
-                    previous = hi;
-                    if lo == hi {
-                        Span::One(gap)
-                    } else {
-                        Span::Run(gap, hi - lo)
-                    }
-                })
-                .collect();
-            (table.index(r), spans)
+        .map(|(r, ranges)| (table.index(r), spans(ranges)))
+        .collect()
+}
+
+/// One replica's ranges (sorted, disjoint, non-adjacent), each relative to the last.
+pub(crate) fn spans(ranges: &[(u64, u64)]) -> Vec<Span> {
+    let mut previous = 0;
+    ranges
+        .iter()
+        .map(|&(lo, hi)| {
+            let gap = lo - previous;
+            previous = hi;
+            if lo == hi {
+                Span::One(gap)
+            } else {
+                Span::Run(gap, hi - lo)
+            }
         })
         .collect()
 }
@@ -580,10 +621,10 @@ impl<'de, E: Deserialize<'de>> Deserialize<'de> for DecodedElements<E> {
                 self,
                 mut seq: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                use serde::de::Error as _;
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                let mut out =
+                    Vec::with_capacity(crate::wire::budget::reserve(seq.size_hint()).min(64));
                 while let Some(e) = seq.next_element()? {
-                    crate::wire::budget::entry().map_err(A::Error::custom)?;
+                    crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     out.push(e);
                 }
                 Ok(DecodedElements(out))
@@ -638,14 +679,13 @@ impl<'de> Deserialize<'de> for DecodedContext {
                 self,
                 mut seq: A,
             ) -> std::result::Result<DecodedContext, A::Error> {
-                use serde::de::Error as _;
                 let mut out = Vec::new();
                 let mut counted = 0usize;
                 while let Some(replica) = seq.next_element_seed(ReplicaSpans {
                     counted: &mut counted,
                 })? {
                     out.push(replica);
-                    crate::wire::budget::replica(out.len()).map_err(A::Error::custom)?;
+                    crate::wire::budget::replica(out.len()).map_err(crate::wire::budget::custom)?;
                 }
                 Ok(DecodedContext(out))
             }
@@ -666,6 +706,10 @@ impl<'de> serde::de::DeserializeSeed<'de> for ReplicaSpans<'_> {
         self,
         d: D,
     ) -> std::result::Result<Self::Value, D::Error> {
+        if !d.is_human_readable() {
+            // A tuple: the binary form writes no length for it.
+            return d.deserialize_tuple(2, self);
+        }
         d.deserialize_seq(self)
     }
 }
@@ -699,8 +743,9 @@ impl<'de> serde::de::Visitor<'de> for ReplicaSpans<'_> {
 }
 
 /// One replica's spans, turned into absolute ranges as they are read.
-struct Spans<'a> {
-    counted: &'a mut usize,
+pub(crate) struct Spans<'a> {
+    /// Ranges of the whole context read so far.
+    pub(crate) counted: &'a mut usize,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Spans<'_> {
@@ -722,12 +767,11 @@ impl<'de> serde::de::Visitor<'de> for Spans<'_> {
         self,
         mut seq: A,
     ) -> std::result::Result<Self::Value, A::Error> {
-        use serde::de::Error as _;
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut previous = 0u64;
         while let Some(span) = seq.next_element::<Span>()? {
             *self.counted += 1;
-            crate::wire::budget::range(*self.counted).map_err(A::Error::custom)?;
+            crate::wire::budget::range(*self.counted).map_err(crate::wire::budget::custom)?;
             let (gap, extra) = match span {
                 Span::One(gap) => (gap, 0),
                 Span::Run(gap, extra) => (gap, extra),
@@ -735,18 +779,20 @@ impl<'de> serde::de::Visitor<'de> for Spans<'_> {
             let lo = previous.checked_add(gap);
             let hi = lo.and_then(|lo| lo.checked_add(extra));
             let (Some(lo), Some(hi)) = (lo, hi) else {
-                return Err(A::Error::custom("causal context range overflows"));
+                return Err(crate::wire::budget::custom(
+                    "causal context range overflows",
+                ));
             };
             if gap == 0
                 || (previous > 0 && gap < 2)
                 || (matches!(span, Span::Run(..)) && extra == 0)
             {
-                return Err(A::Error::custom(
+                return Err(crate::wire::budget::custom(
                     "causal context ranges must be sorted, disjoint and non-adjacent",
                 ));
             }
             if hi > MAX_COUNTER {
-                return Err(A::Error::custom(format!(
+                return Err(crate::wire::budget::custom(format!(
                     "counter {hi} beyond the largest a replica may issue"
                 )));
             }

@@ -355,9 +355,9 @@ where
         ) -> std::result::Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some((k, v)) = access.next_entry()? {
-                crate::wire::budget::replica(out.len() + 1).map_err(serde::de::Error::custom)?;
+                crate::wire::budget::replica(out.len() + 1).map_err(crate::wire::budget::custom)?;
                 if out.insert(k, v).is_some() {
-                    return Err(serde::de::Error::custom("a key appears twice"));
+                    return Err(crate::wire::budget::custom("a key appears twice"));
                 }
             }
             Ok(out)
@@ -569,10 +569,100 @@ impl From<Ranges> for Vec<(u64, u64)> {
 /// assert_eq!(ctx.clock().get(a), 3);
 /// assert_eq!(ctx.next_dot(a), Dot::new(a, 4));
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct CausalContext {
     seen: BTreeMap<ReplicaId, Ranges>,
+}
+
+/// JSON: `{replica: [[lo, hi], ...], ...}`. Binary (not self-describing): a count,
+/// then for each replica its id and its ranges relative to one another (see
+/// `causal::Span`), so a context with many gaps costs a byte or two per range.
+impl Serialize for CausalContext {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return self.seen.serialize(s);
+        }
+        s.collect_seq(
+            self.seen
+                .iter()
+                .map(|(r, ranges)| (r, crate::causal::spans(&ranges.0))),
+        )
+    }
+}
+
+/// Reads the binary form of a context: `(replica, spans)` pairs, each replica once
+/// and with at least one range, charged to the decoding budget as they are read.
+struct BinaryContext;
+
+impl<'de> serde::de::Visitor<'de> for BinaryContext {
+    type Value = CausalContext;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a causal context: (replica, spans) pairs")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<CausalContext, A::Error> {
+        let mut ctx = CausalContext::new();
+        let mut counted = 0usize;
+        while let Some((replica, ranges)) = seq.next_element_seed(BinaryReplica {
+            counted: &mut counted,
+        })? {
+            crate::wire::budget::replica(ctx.seen.len() + 1)
+                .map_err(crate::wire::budget::custom)?;
+            if ranges.is_empty() {
+                return Err(crate::wire::budget::custom(
+                    "a replica without ranges in a causal context",
+                ));
+            }
+            if ctx.seen.insert(replica, Ranges(ranges)).is_some() {
+                return Err(crate::wire::budget::custom("a key appears twice"));
+            }
+        }
+        Ok(ctx)
+    }
+}
+
+/// One `(replica, spans)` pair of a binary context.
+struct BinaryReplica<'a> {
+    counted: &'a mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BinaryReplica<'_> {
+    type Value = (ReplicaId, Vec<(u64, u64)>);
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BinaryReplica<'_> {
+    type Value = (ReplicaId, Vec<(u64, u64)>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a (replica, spans) pair")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let replica = seq
+            .next_element()?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let ranges = seq
+            .next_element_seed(crate::causal::Spans {
+                counted: &mut *self.counted,
+            })?
+            .ok_or_else(|| A::Error::invalid_length(1, &"a (replica, spans) pair"))?;
+        Ok((replica, ranges))
+    }
 }
 
 /// Reads `{replica: [[lo, hi], ...], ...}`: ranges sorted, disjoint and non-adjacent,
@@ -593,20 +683,23 @@ impl<'de> Deserialize<'de> for CausalContext {
                 self,
                 mut access: A,
             ) -> std::result::Result<CausalContext, A::Error> {
-                use serde::de::Error as _;
                 let mut ctx = CausalContext::new();
                 let mut ranges = 0usize;
                 while let Some(replica) = access.next_key::<ReplicaId>()? {
-                    crate::wire::budget::replica(ctx.seen.len() + 1).map_err(A::Error::custom)?;
+                    crate::wire::budget::replica(ctx.seen.len() + 1)
+                        .map_err(crate::wire::budget::custom)?;
                     let list = access.next_value_seed(RangesSeed {
                         counted: &mut ranges,
                     })?;
                     if ctx.seen.insert(replica, list).is_some() {
-                        return Err(A::Error::custom("a key appears twice"));
+                        return Err(crate::wire::budget::custom("a key appears twice"));
                     }
                 }
                 Ok(ctx)
             }
+        }
+        if !d.is_human_readable() {
+            return d.deserialize_seq(BinaryContext);
         }
         d.deserialize_map(ContextVisitor)
     }
@@ -640,13 +733,12 @@ impl<'de> serde::de::Visitor<'de> for RangesSeed<'_> {
         self,
         mut seq: A,
     ) -> std::result::Result<Ranges, A::Error> {
-        use serde::de::Error as _;
         let mut out: Vec<(u64, u64)> = Vec::new();
         while let Some((lo, hi)) = seq.next_element::<(u64, u64)>()? {
             *self.counted += 1;
-            crate::wire::budget::range(*self.counted).map_err(A::Error::custom)?;
+            crate::wire::budget::range(*self.counted).map_err(crate::wire::budget::custom)?;
             if lo == 0 || lo > hi {
-                return Err(A::Error::custom(format!(
+                return Err(crate::wire::budget::custom(format!(
                     "range [{lo}, {hi}] is empty or starts at 0"
                 )));
             }
@@ -654,7 +746,7 @@ impl<'de> serde::de::Visitor<'de> for RangesSeed<'_> {
                 .last()
                 .is_some_and(|&(_, end)| lo <= end.saturating_add(1))
             {
-                return Err(A::Error::custom(
+                return Err(crate::wire::budget::custom(
                     "ranges must be sorted, disjoint and non-adjacent",
                 ));
             }

@@ -93,6 +93,11 @@ pub struct SegmentWire(u32, u64, i64, u64);
 impl serde::Serialize for SegmentWire {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
+        if !s.is_human_readable() {
+            // The binary form (version 4 on) always has the fourth element: 0, one
+            // byte, when the segment folded nothing.
+            return serde::Serialize::serialize(&(self.0, self.1, self.2, self.3), s);
+        }
         let with_prov = self.3 > 0 && crate::wire::encoding_version() >= FOLD_PROVENANCE_VERSION;
         let mut t = s.serialize_tuple(if with_prov { 4 } else { 3 })?;
         t.serialize_element(&self.0)?;
@@ -135,6 +140,10 @@ impl<'de> serde::Deserialize<'de> for SegmentWire {
                 }
                 Ok(SegmentWire(i, c, n, prov))
             }
+        }
+        if !d.is_human_readable() {
+            let (i, c, n, prov) = <(u32, u64, i64, u64) as serde::Deserialize>::deserialize(d)?;
+            return Ok(SegmentWire(i, c, n, prov));
         }
         d.deserialize_seq(V)
     }

@@ -233,11 +233,10 @@ pub(crate) fn serialize_standalone<S: DotStore, Ser: serde::Serializer>(
 pub(crate) fn deserialize_standalone<'de, S: DotStore, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> std::result::Result<(S, CausalContext), D::Error> {
-    use serde::de::Error as _;
     let raw = Standalone::<S::Decoded, DecodedContext>::deserialize(deserializer)?;
-    crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
-    let store = S::decode(raw.s, &raw.r).map_err(D::Error::custom)?;
-    let ctx = raw.c.resolve(&raw.r).map_err(D::Error::custom)?;
+    crate::causal::check_table(&raw.r).map_err(crate::wire::budget::custom)?;
+    let store = S::decode(raw.s, &raw.r).map_err(crate::wire::budget::custom)?;
+    let ctx = raw.c.resolve(&raw.r).map_err(crate::wire::budget::custom)?;
     Ok((store, ctx))
 }
 

@@ -1857,7 +1857,8 @@ pub struct EncodedEntries<'a, K, V: DotStore + 'a> {
 
 impl<K: Serialize, V: DotStore> Serialize for EncodedEntries<'_, K, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        if self.object {
+        // The binary form has a single one: a count, then keys and values in turn.
+        if self.object || !s.is_human_readable() {
             let mut map = s.serialize_map(Some(self.entries.len()))?;
             for (k, v) in &self.entries {
                 map.serialize_entry(k, v)?;
@@ -2522,16 +2523,31 @@ fn live_dots<K, V: DotStore>(entries: &IndexMap<K, V>, index: DotMap<usize>) -> 
 }
 
 /// A standalone map on the wire. `x`, its removal notes (`[[replica index,
-/// counter], key, context]` each), is left out when there are none, and in messages to
-/// peers that speak a protocol version below 3 (older builds ignore the field).
-#[derive(Serialize)]
-#[serde(bound = "K: Serialize, V: DotStore")]
+/// counter], key, context]` each), is empty in messages to peers that speak a
+/// protocol version below 3 (older builds ignore the field), and left out of JSON when
+/// empty; the binary form, whose fields have no names, always writes it.
 struct WireMap<'a, K, V: DotStore + 'a> {
     r: Vec<ReplicaId>,
     c: EncodedContext,
     e: EncodedEntries<'a, K, V>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     x: Vec<((u32, u64), &'a K, EncodedContext)>,
+}
+
+impl<K: Serialize, V: DotStore> Serialize for WireMap<'_, K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let with_notes = !self.x.is_empty() || !s.is_human_readable();
+        let mut w = s.serialize_struct("WireMap", if with_notes { 4 } else { 3 })?;
+        w.serialize_field("r", &self.r)?;
+        w.serialize_field("c", &self.c)?;
+        w.serialize_field("e", &self.e)?;
+        if with_notes {
+            w.serialize_field("x", &self.x)?;
+        } else {
+            w.skip_field("x")?;
+        }
+        w.end()
+    }
 }
 
 #[derive(Deserialize)]
@@ -2602,12 +2618,13 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 self,
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                let mut out =
+                    IndexMap::with_capacity(crate::wire::budget::reserve(access.size_hint()));
                 while let Some(k) = access.next_key()? {
-                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
+                    crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     let v = access.next_value()?;
                     if out.insert(k, v).is_some() {
-                        return Err(serde::de::Error::custom("a map key appears twice"));
+                        return Err(crate::wire::budget::custom("a map key appears twice"));
                     }
                 }
                 Ok(out)
@@ -2617,15 +2634,21 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 self,
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out = IndexMap::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+                let mut out =
+                    IndexMap::with_capacity(crate::wire::budget::reserve(access.size_hint()));
                 while let Some((k, v)) = access.next_element::<(K, V)>()? {
-                    crate::wire::budget::entry().map_err(serde::de::Error::custom)?;
+                    crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     if out.insert(k, v).is_some() {
-                        return Err(serde::de::Error::custom("a map key appears twice"));
+                        return Err(crate::wire::budget::custom("a map key appears twice"));
                     }
                 }
                 Ok(out)
             }
+        }
+        if !d.is_human_readable() {
+            return d
+                .deserialize_map(Unique(std::marker::PhantomData))
+                .map(DecodedEntries);
         }
         d.deserialize_any(Unique(std::marker::PhantomData))
             .map(DecodedEntries)
@@ -2666,11 +2689,10 @@ impl<K: Key, V: DotStore> Serialize for OrMap<K, V> {
 
 impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
         let raw = WireMapOwned::<K, V>::deserialize(d)?;
-        crate::causal::check_table(&raw.r).map_err(D::Error::custom)?;
-        let ctx = raw.c.resolve(&raw.r).map_err(D::Error::custom)?;
-        let entries = Self::decode_entries(raw.e, &raw.r).map_err(D::Error::custom)?;
+        crate::causal::check_table(&raw.r).map_err(crate::wire::budget::custom)?;
+        let ctx = raw.c.resolve(&raw.r).map_err(crate::wire::budget::custom)?;
+        let entries = Self::decode_entries(raw.e, &raw.r).map_err(crate::wire::budget::custom)?;
         let mut map = OrMap {
             entries,
             ctx,
@@ -2678,8 +2700,8 @@ impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
         };
         map.seal();
         for ((idx, counter), key, seen) in raw.x.0 {
-            let dot = crate::causal::decode_dot(&raw.r, idx, counter).map_err(D::Error::custom)?;
-            let seen = seen.resolve(&raw.r).map_err(D::Error::custom)?;
+            let dot = crate::causal::decode_dot(&raw.r, idx, counter).map_err(crate::wire::budget::custom)?;
+            let seen = seen.resolve(&raw.r).map_err(crate::wire::budget::custom)?;
             map.notes.push_received(RemovalNote {
                 dot,
                 key,

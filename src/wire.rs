@@ -1,26 +1,72 @@
-//! The wire format: a versioned JSON envelope, and the checks applied before a byte of
-//! it reaches the state.
+//! The wire format: versioned messages in two forms, binary (protocol version 4) and
+//! JSON (versions 1–3, and any version for debugging), and the checks applied before
+//! a byte of them reaches the state.
 //!
-//! A message is one JSON object (`serde_json`). Version 3, the current one:
+//! **Binary** (version 4, what two engines of this build speak): the first byte is
+//! [`BINARY_MESSAGE`] (`0xC0`), then the message in [postcard]'s serde format, fields
+//! in a fixed order: the envelope `v, vmax, from, to, inc`, then `epoch`, `lead`,
+//! `echo`, `seen`, `delta`, `base`, `chunk`, `reply`. Integers are varints (zigzag
+//! for signed ones), strings and lists carry a varint length, an option one tag byte,
+//! a replica id its 16 bytes; no field names. Inside a delta, replica ids are listed
+//! once in a table (`r`) and every dot names its replica by index, so ids do not
+//! repeat per key; a causal context (the delta's and `seen`/`base`) lists each
+//! replica's ranges relative to one another, a lone counter as one varint
+//! `distance << 1`, a run as `distance << 1 | 1` and its length − 1.
+//!
+//! **JSON**: one object (`serde_json`). Version 3:
 //! `{"v":3,"vmax":3,"from":…,"to":…,"inc":…,"epoch":4,"lead":…,"echo":…,"seen":{…},
 //! "delta":{…},"chunk":{…},"reply":true}` (`epoch` is left out when 0, `lead` and
 //! `echo` when absent); version 2 is the same without `epoch`, `lead` and `echo`
 //! (a message of version 1 or 2 never carries them, and one that does is read as an
 //! older reader reads it: they are unknown fields, skipped whatever they hold; in
 //! version 3 a non-integer or repeated one is refused);
-//! version 1, which this build still reads and writes for peers that have not
-//! upgraded: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
-//! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed). Inside a
-//! delta, replica ids are listed once in a table (`"r"`) and every dot names its
-//! replica by index, so ids do not repeat per key.
+//! version 1: `{"v":1,"from":…,"to":…,"inc":…,"clock":{…},"delta":{…},
+//! "base":{…},"reply":true}` (see [`PROTOCOL_VERSION`] for what changed).
+//! [`encode_json`] renders a version-4 message in version 3's layout with `"v":4`,
+//! and [`decode`] reads that too.
+//!
+//! [`encode`] writes a message in the form of its version; [`decode`] tells the forms
+//! apart by the first byte (JSON starts with `{` or whitespace, and `0xC0` is no
+//! UTF-8 byte at all) before parsing. An engine writes the newest version both it
+//! and the peer speak, so a version-4 build talks JSON to an older peer and binary
+//! once both speak 4 (see the guide's "Rolling upgrades"). Durable state has a
+//! binary form too: [`encode_snapshot`] (first byte [`BINARY_SNAPSHOT`], then the
+//! format, see [`SNAPSHOT_VERSION`]; deflated past a few hundred bytes) and
+//! [`decode_snapshot`], which reads JSON snapshots as well.
+//!
+//! *Why postcard, not a codec of our own*: it is plain serde, so one set of
+//! `Serialize`/`Deserialize` impls writes both forms, and the replica table, the
+//! relative context spans, the refusal of repeated keys and the decoding budget's
+//! counters (called by the visitors, whatever the format) carry over unchanged; it
+//! writes varints and no names, borrows strings from the input, never trusts a length
+//! prefix for more than the bytes left, and is small, `no_std` and widely used. It is
+//! not self-describing, so the types here branch on
+//! [`is_human_readable`](serde::Serializer::is_human_readable) where JSON relied on
+//! that (a span is a number or a pair in JSON; a map's entries an object or pairs;
+//! optional fields are left out of JSON, written in order in binary). The same holds
+//! for a value type of your own stored in a register: it must read back from a
+//! format that is not self-describing (no `#[serde(untagged)]`, `flatten`,
+//! `skip_serializing_if` or `deserialize_any`, as in `serde_json::Value`); one that
+//! cannot should keep its engines at [`Config::protocol_version`](crate::sync::Config)
+//! 3, which stays JSON. The binary decoder has no nesting limit (JSON's stops at 128
+//! levels): the library's types nest only as deep as their type says, but a
+//! *recursive* value type of your own (a tree of itself) would let a peer nest deep
+//! enough to overflow the stack; keep such a type at version 3 too. Values must keep to JSON's rules as well (see
+//! [`Op::check`](crate::Op::check)): JSON remains the form for older peers and for
+//! debugging.
 //!
 //! Decoding is one pass, and checks, in order: the size limit (before parsing), the
 //! version (as soon as it is read), the envelope (`v`, `vmax`, `from`, `to`, `inc`,
-//! which every encoder here writes before the body: an engine refuses a sender that
+//! first in both forms as this library writes them: an engine refuses a sender that
 //! is no peer, or a message for someone else, before a byte of the body is decoded),
 //! then the body under a [`Budget`] (entries and context ranges counted as they are
-//! read, so a body past the limits is refused having allocated no more than them).
-//! The engine then validates the contents. See the guide's "Hostile peers".
+//! read, so a body past the limits is refused having allocated no more than them; a
+//! length prefix reserves at most a few hundred elements, whatever it claims). Binary
+//! input that is cut short, has bytes left over, or repeats a map key or a replica is
+//! a [`Error::Decode`]. The engine then validates the contents. See the guide's
+//! "Hostile peers".
+//!
+//! [postcard]: https://docs.rs/postcard
 //!
 //! ```
 //! use concord::sync::{Message, PROTOCOL_VERSION};
@@ -54,7 +100,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::{Crdt, Limits};
@@ -124,6 +170,20 @@ struct V2Out<'a, T> {
 /// [`DotStore::Encoded`](crate::DotStore::Encoded) form; one that breaks it makes
 /// this panic.
 pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+    if msg.v >= BINARY_VERSION {
+        encode_binary(msg)
+    } else {
+        encode_json(msg)
+    }
+}
+
+/// Encodes a message as JSON whatever its version: what [`encode`] writes for
+/// versions 1 to 3, and a readable rendering of a binary (version 4) message for
+/// debugging, which [`decode`] reads back as well (version 4 in JSON is version 3's
+/// layout with `"v":4`).
+///
+/// Infallible on the same terms as [`encode`].
+pub fn encode_json<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
     let _version = EncodingVersion::set(msg.v);
     let written = if msg.v <= 1 {
         serde_json::to_vec(&V1Out {
@@ -155,6 +215,212 @@ pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
         })
     };
     written.expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+}
+
+/// The first byte of a binary message. It can never start JSON (which starts with `{`
+/// or whitespace, and is UTF-8: `0xC0` is no UTF-8 byte at all), so [`decode`] tells
+/// the forms apart before parsing.
+pub const BINARY_MESSAGE: u8 = 0xC0;
+
+/// The first byte of a binary snapshot ([`encode_snapshot`]); like
+/// [`BINARY_MESSAGE`], never the start of JSON, and not that of a message either.
+pub const BINARY_SNAPSHOT: u8 = 0xC1;
+
+/// The first protocol version written in binary: [`encode`] writes versions from it
+/// on in binary, older ones in JSON.
+pub const BINARY_VERSION: u32 = 4;
+
+/// The newest version of the binary snapshot form, written after
+/// [`BINARY_SNAPSHOT`] (JSON snapshots carry none: they are told apart by their first
+/// byte). Format 1: the value's binary serde form as is; format 2: its length (a
+/// varint), then that form compressed with deflate (RFC 1951). [`encode_snapshot`]
+/// writes 2 for values of [`COMPRESS_FROM`] bytes and more when it is smaller, 1
+/// otherwise; [`decode_snapshot`] reads both.
+pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The size of a value's binary form from which [`encode_snapshot`] tries deflate.
+pub const COMPRESS_FROM: usize = 256;
+
+/// A message in the binary form: the envelope first, in a fixed order, so that it is
+/// read and checked before a byte of the body.
+#[derive(Serialize)]
+#[serde(bound = "T: Serialize")]
+struct BinaryOut<'a, T> {
+    v: u32,
+    vmax: u32,
+    from: ReplicaId,
+    to: ReplicaId,
+    inc: ReplicaId,
+    epoch: u64,
+    lead: Option<u64>,
+    echo: Option<u64>,
+    seen: &'a CausalContext,
+    delta: Option<&'a T>,
+    base: &'a CausalContext,
+    chunk: Option<Chunk>,
+    reply: bool,
+}
+
+/// The number of fields of [`BinaryOut`].
+const BINARY_FIELDS: usize = 13;
+
+fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+    let _version = EncodingVersion::set(msg.v);
+    let out = BinaryOut {
+        v: msg.v,
+        vmax: msg.vmax,
+        from: msg.from,
+        to: msg.to,
+        inc: msg.inc,
+        epoch: msg.epoch,
+        lead: msg.lead,
+        echo: msg.echo,
+        seen: &msg.seen,
+        delta: msg.delta.as_ref(),
+        base: &msg.base,
+        chunk: msg.chunk,
+        reply: msg.reply,
+    };
+    postcard::to_extend(&out, vec![BINARY_MESSAGE])
+        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+}
+
+/// Encodes a durable value (an engine [`Snapshot`](crate::sync::Snapshot), or a
+/// replicated state of its own) in the binary snapshot form: [`BINARY_SNAPSHOT`],
+/// the format (a varint, see [`SNAPSHOT_VERSION`]), then the value in the binary serde
+/// form that messages use, deflated when that makes it smaller (from
+/// [`COMPRESS_FROM`] bytes). Read it with [`decode_snapshot`], which reads JSON too.
+///
+/// ```
+/// use concord::sync::{Config, Snapshot, SyncEngine};
+/// use concord::{wire, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// type Map = OrMap<String, PnCounter>;
+/// let id = ReplicaId::from_u128(1);
+/// let mut a = SyncEngine::new(id, Map::new(), ManualClock::new(0), Config::default());
+/// a.update(|m, hlc| m.increment("visits".into(), 1, hlc))?;
+/// let snapshot = a.snapshot()?;
+/// let saved = wire::encode_snapshot(&snapshot);
+/// assert_eq!(saved[0], wire::BINARY_SNAPSHOT);
+/// assert_eq!(wire::decode_snapshot::<Snapshot<Map>>(&saved)?, snapshot);
+/// // JSON written before the binary form existed still reads.
+/// let old = serde_json::to_vec(&snapshot)?;
+/// assert_eq!(wire::decode_snapshot::<Snapshot<Map>>(&old)?, snapshot);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Infallible on the terms of [`encode`] (a value type of your own must serialize).
+pub fn encode_snapshot<S: Serialize>(value: &S) -> Vec<u8> {
+    let plain = postcard::to_extend(value, vec![BINARY_SNAPSHOT, 1])
+        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)");
+    let body = &plain[2..];
+    if body.len() < COMPRESS_FROM {
+        return plain;
+    }
+    let mut out = vec![BINARY_SNAPSHOT, 2];
+    write_varint(&mut out, body.len() as u64);
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(body, 1));
+    if out.len() < plain.len() {
+        out
+    } else {
+        plain
+    }
+}
+
+fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads what [`encode_snapshot`] wrote, or the JSON form (`serde_json`) of the same
+/// value, told apart by the first byte. Nothing is charged to a decoding budget (a
+/// snapshot is the replica's own), but nothing read is preallocated past what the
+/// bytes can hold, and malformed input is an error, never a panic.
+///
+/// # Errors
+///
+/// [`Error::Decode`] (malformed, a message rather than a snapshot, or trailing
+/// bytes), [`Error::InvalidSnapshot`] (a binary snapshot version this build does not
+/// read).
+pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
+    match bytes.first() {
+        Some(&BINARY_SNAPSHOT) => {
+            let (version, body) = read_varint(&bytes[1..]).ok_or_else(|| Error::Decode {
+                reason: "binary snapshot: no version".into(),
+            })?;
+            let inflated;
+            let body = match version {
+                1 => body,
+                2 => {
+                    let (len, deflated) = read_varint(body).ok_or_else(|| Error::Decode {
+                        reason: "binary snapshot: no length".into(),
+                    })?;
+                    // The stated length bounds what is inflated: a corrupt or forged
+                    // stream cannot grow past it.
+                    let limit = usize::try_from(len).unwrap_or(usize::MAX);
+                    inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, limit)
+                        .map_err(|e| Error::Decode {
+                            reason: format!("binary snapshot: deflate stream: {e}"),
+                        })?;
+                    if inflated.len() as u64 != len {
+                        return Err(Error::Decode {
+                            reason: format!(
+                                "binary snapshot: {} bytes inflated, {len} stated",
+                                inflated.len()
+                            ),
+                        });
+                    }
+                    &inflated[..]
+                }
+                _ => {
+                    return Err(Error::InvalidSnapshot {
+                        reason: format!(
+                            "binary snapshot version {version}; this build reads 1 to {SNAPSHOT_VERSION}"
+                        ),
+                    })
+                }
+            };
+            budget::take_reason();
+            let mut de = postcard::Deserializer::from_bytes(body);
+            let read = D::deserialize(&mut de).and_then(|v| Ok((v, de.finalize()?)));
+            match read {
+                Ok((value, [])) => Ok(value),
+                Ok(_) => Err(Error::Decode {
+                    reason: "binary snapshot: trailing bytes".into(),
+                }),
+                Err(e) => Err(binary_error(e)),
+            }
+        }
+        Some(&BINARY_MESSAGE) => Err(Error::Decode {
+            reason: "a binary message, not a snapshot".into(),
+        }),
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
+/// A varint (7 bits a byte, least significant first), and what follows it.
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        n |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((n, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// The error for a binary decoder's failure: the visitor's reason when it gave one.
+fn binary_error(e: postcard::Error) -> Error {
+    Error::Decode {
+        reason: match budget::take_reason() {
+            Some(reason) => reason,
+            None => format!("binary: {e}"),
+        },
+    }
 }
 
 thread_local! {
@@ -442,6 +708,31 @@ fn parse<D: DeserializeOwned>(
         refusal: &refusal,
         delta: PhantomData,
     };
+    if bytes.first() == Some(&BINARY_MESSAGE) {
+        let seed = BinarySeed::<D, _> {
+            newest,
+            size: bytes.len(),
+            check: &mut check,
+            refusal: &refusal,
+            delta: PhantomData,
+        };
+        budget::take_reason();
+        let (parsed, over) = budget::with(limits, || {
+            let mut de = postcard::Deserializer::from_bytes(&bytes[1..]);
+            let parsed = seed.deserialize(&mut de)?;
+            Ok::<_, postcard::Error>((parsed, de.finalize()?))
+        });
+        return match parsed {
+            Ok((parsed, [])) => Ok(parsed),
+            Ok(_) => Err(Error::Decode {
+                reason: "trailing bytes after a binary message".into(),
+            }),
+            Err(e) => match refusal.into_inner().or(over) {
+                Some(refused) => Err(refused),
+                None => Err(binary_error(e)),
+            },
+        };
+    }
     let (parsed, over) = budget::with(limits, || {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let parsed = seed.deserialize(&mut de)?;
@@ -828,6 +1119,98 @@ impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
             delta: f.delta,
             chunk: f.chunk,
             reply: f.reply,
+        })
+    }
+}
+
+/// Reads a binary message: the envelope, in its fixed order, checked before any body
+/// field is read.
+struct BinarySeed<'a, D, C> {
+    newest: Option<u32>,
+    size: usize,
+    check: &'a mut Option<C>,
+    refusal: &'a RefCell<Option<Error>>,
+    delta: PhantomData<D>,
+}
+
+impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> DeserializeSeed<'de>
+    for BinarySeed<'_, D, C>
+{
+    type Value = Parsed<D>;
+    fn deserialize<De: serde::Deserializer<'de>>(
+        self,
+        d: De,
+    ) -> std::result::Result<Parsed<D>, De::Error> {
+        d.deserialize_tuple(BINARY_FIELDS, self)
+    }
+}
+
+/// The next element of a binary message, which has every field.
+fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+    seq: &mut A,
+    name: &str,
+) -> std::result::Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| budget::custom(format!("missing field `{name}`")))
+}
+
+impl<'de, D: DeserializeOwned, C: FnOnce(&Envelope) -> Result<()>> Visitor<'de>
+    for BinarySeed<'_, D, C>
+{
+    type Value = Parsed<D>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a binary concord message")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Parsed<D>, A::Error> {
+        use serde::de::Error as _;
+        let refuse = |error: Error| {
+            *self.refusal.borrow_mut() = Some(error);
+            A::Error::custom("refused")
+        };
+        let v: u32 = field(&mut seq, "v")?;
+        if let Some(newest) = self.newest {
+            if !(BINARY_VERSION..=newest).contains(&v) {
+                return Err(refuse(if v < BINARY_VERSION {
+                    Error::Decode {
+                        reason: format!(
+                            "a binary message of version {v} (binary starts at {BINARY_VERSION})"
+                        ),
+                    }
+                } else {
+                    Error::UnsupportedVersion {
+                        version: v,
+                        supported: newest,
+                    }
+                }));
+            }
+        }
+        let envelope = Envelope {
+            v,
+            vmax: field(&mut seq, "vmax")?,
+            from: field(&mut seq, "from")?,
+            to: field(&mut seq, "to")?,
+            inc: field(&mut seq, "inc")?,
+            size: self.size,
+        };
+        let check = self.check.take().expect("checked once");
+        check(&envelope).map_err(refuse)?;
+        Ok(Parsed {
+            v,
+            vmax: envelope.vmax,
+            from: envelope.from,
+            to: envelope.to,
+            inc: envelope.inc,
+            epoch: Some(field(&mut seq, "epoch")?),
+            lead: field(&mut seq, "lead")?,
+            echo: field(&mut seq, "echo")?,
+            seen: Some(field(&mut seq, "seen")?),
+            clock: None,
+            delta: Some(field(&mut seq, "delta")?),
+            base: Some(Base::Context(field(&mut seq, "base")?)),
+            chunk: Some(field(&mut seq, "chunk")?),
+            reply: Some(field(&mut seq, "reply")?),
         })
     }
 }

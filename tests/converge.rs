@@ -547,7 +547,7 @@ impl Operation<Profiles> for Wide {
 #[test]
 fn a_partitioned_node_catches_up_in_chunks_under_loss() {
     for seed in 0..20 {
-        let mut sim: Sim<Profiles> = Sim::new(3, seed, Faults::lossy()).with_message_limit(1_200);
+        let mut sim: Sim<Profiles> = Sim::new(3, seed, Faults::lossy()).with_message_limit(500);
         let mut actions = vec![Action::Partition { side_a: 0b001 }];
         for i in 0..200u8 {
             actions.push(Action::Write {

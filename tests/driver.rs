@@ -112,8 +112,13 @@ impl Net {
     }
 }
 
+/// The message a transmit carries, in whichever form it was written.
+fn message(t: &Transmit) -> concord::sync::Message<Map> {
+    concord::wire::decode(&t.bytes, usize::MAX).expect("engines write messages that decode")
+}
+
 fn has_delta(t: &Transmit) -> bool {
-    String::from_utf8_lossy(&t.bytes).contains("\"delta\"")
+    message(t).delta.is_some()
 }
 
 #[test]
@@ -172,7 +177,7 @@ fn a_dropped_chunk_is_resent_and_a_large_state_bootstraps() {
     let mut chunks = 0;
     net.run(200, |_, t| {
         assert!(t.bytes.len() <= 16 << 10, "{} bytes", t.bytes.len());
-        if String::from_utf8_lossy(&t.bytes).contains("\"chunk\"") && has_delta(t) {
+        if message(t).chunk.is_some() && has_delta(t) {
             chunks += 1;
             return chunks == 3; // the third chunk is lost
         }
@@ -278,9 +283,8 @@ fn writes_in_the_leased_gap_survive_a_partitioned_peer() {
 
 /// Which node a transmit comes from, by its `from` field.
 fn t_from(t: &Transmit) -> u128 {
-    let text = String::from_utf8_lossy(&t.bytes);
-    let from = text.split("\"from\":\"").nth(1).unwrap();
-    u128::from_str_radix(&from[..36].replace('-', ""), 16).unwrap()
+    let from = concord::wire::envelope(&t.bytes, usize::MAX).unwrap().from;
+    u128::from_str_radix(&from.to_string().replace('-', ""), 16).unwrap()
 }
 
 #[test]
@@ -323,6 +327,78 @@ fn a_node_held_at_version_1_and_an_upgraded_one_converge_both_ways() {
         net.engines[0].metrics().peers[0].protocol_version,
         concord::sync::PROTOCOL_VERSION
     );
+}
+
+/// A rolling upgrade from version 3 to 4: a node held at 3 and an upgraded one
+/// converge both ways, the upgraded one writing JSON (version 3) to it; two upgraded
+/// nodes move to binary (version 4) after their first exchange, and a restarted node
+/// speaks binary from its first message to a peer its snapshot says speaks 4.
+#[test]
+fn a_node_held_at_version_3_and_an_upgraded_one_converge_and_a_pair_of_4_speaks_binary() {
+    for old in [0, 1] {
+        let mut net = Net::new(2, |c| c);
+        let time = net.time.clone();
+        let cfg = Config::with_peers([id(1), id(2)]).protocol_version(3);
+        net.engines[old] = SyncEngine::new(id(old as u128 + 1), Map::new(), time, cfg)
+            .with_lease(MemoryLease::new())
+            .unwrap();
+        for k in 0..20 {
+            net.write(0, &format!("a{k}"), k);
+            net.write(1, &format!("b{k}"), k);
+        }
+        net.write(0, "both", 1);
+        net.write(1, "both", 2);
+        let mut first_bytes = std::collections::BTreeSet::new();
+        let mut versions = std::collections::BTreeSet::new();
+        net.run(50, |_, t| {
+            first_bytes.insert(t.bytes[0]);
+            versions.insert(message(t).v);
+            false
+        });
+        assert!(net.converged(), "old node {old}");
+        assert_eq!(net.engines[0].state().len(), 41);
+        assert_eq!(
+            first_bytes.into_iter().collect::<Vec<_>>(),
+            [b'{'],
+            "old node {old}"
+        );
+        // Version 1 until each hears the other, then 3: never 4.
+        assert_eq!(*versions.last().unwrap(), 3, "old node {old}");
+        let m = net.engines[1 - old].metrics();
+        assert_eq!(m.peers[0].protocol_version, 3);
+    }
+    // Two upgraded nodes: JSON (version 1) until they hear each other, then binary.
+    let mut net = Net::new(2, |c| c);
+    net.write(0, "x", 1);
+    net.run(20, |_, _| false);
+    assert!(net.converged());
+    assert_eq!(net.engines[0].metrics().peers[0].protocol_version, 4);
+    net.write(0, "y", 2);
+    let mut seen = Vec::new();
+    net.run(20, |_, t| {
+        seen.push((t.bytes[0], message(t).v));
+        false
+    });
+    assert!(net.converged());
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|&s| s == (concord::wire::BINARY_MESSAGE, 4)),
+        "{seen:?}"
+    );
+    // A node restored from a snapshot speaks binary to that peer from the start.
+    let snapshot = net.engines[0].snapshot().unwrap();
+    let saved = concord::wire::encode_snapshot(&snapshot);
+    let restored = concord::wire::decode_snapshot(&saved).unwrap();
+    let cfg = Config::with_peers([id(1), id(2)]);
+    net.engines[0] = SyncEngine::restore(restored, net.time.clone(), cfg)
+        .unwrap()
+        .with_lease(net.leases[0].clone())
+        .unwrap();
+    let hello = net.engines[0].sync_with(id(2)).unwrap();
+    assert_eq!(hello.v, 4);
+    assert_eq!(hello.encode()[0], concord::wire::BINARY_MESSAGE);
+    net.engines[1].receive_bytes(&hello.encode()).unwrap();
 }
 
 #[test]
@@ -383,7 +459,7 @@ fn a_delta_for_a_previous_boot_is_not_merged() {
 /// Two masters far apart catch up with each other in chunks at the same time.
 #[test]
 fn two_way_chunked_catch_up_needs_no_resend() {
-    let mut net = Net::new(2, |c| c.max_message_bytes(4 << 10));
+    let mut net = Net::new(2, |c| c.max_message_bytes(2 << 10));
     net.run(10, |_, _| false);
     for k in 0..2_000u32 {
         net.write(0, &format!("a-{k:05}"), k);

@@ -215,7 +215,16 @@ fn round_trips<K: concord::map::Key, T: concord::Data>(
             let back: OrMap<K, MvRegister<T>> = serde_json::from_str(&json).map_err(|e| {
                 TestCaseError::fail(format!("accepted but does not decode: {e}: {json}"))
             })?;
-            prop_assert_eq!(back, m);
+            prop_assert_eq!(&back, &m);
+            // The binary form, and the JSON through the same reader.
+            let binary = concord::wire::encode_snapshot(&m);
+            for bytes in [binary.as_slice(), json.as_bytes()] {
+                let back: OrMap<K, MvRegister<T>> =
+                    concord::wire::decode_snapshot(bytes).map_err(|e| {
+                        TestCaseError::fail(format!("accepted but does not decode: {e}"))
+                    })?;
+                prop_assert_eq!(&back, &m);
+            }
         }
         Err(e) => {
             prop_assert!(matches!(e, Error::Unencodable { .. }), "{}", e);
@@ -348,12 +357,18 @@ fn through_the_engine<K: concord::map::Key>(program: Vec<Step<K>>) -> Result<(),
         time.advance(1);
     }
     let check = |msg: &Message<Reg<K>>| -> Result<Vec<u8>, TestCaseError> {
+        // Both forms of the message: what the engine sends (binary between two
+        // version-4 engines, JSON in a first exchange) and its JSON rendering.
+        let json = concord::wire::encode_json(msg);
+        prop_assert_eq!(json[0], b'{');
         let bytes = msg.encode();
-        let back = Message::<Reg<K>>::decode(&bytes, 1 << 24).map_err(|e| {
-            TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes)))
-        })?;
-        prop_assert_eq!(&back, msg);
-        prop_assert_eq!(back.encode(), bytes.clone(), "re-encoding differs");
+        for form in [&bytes, &json] {
+            let back = Message::<Reg<K>>::decode(form, 1 << 24).map_err(|e| {
+                TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(form)))
+            })?;
+            prop_assert_eq!(&back, msg);
+            prop_assert_eq!(back.encode(), bytes.clone(), "re-encoding differs");
+        }
         Ok(bytes)
     };
     let hello = a.sync_with(b_id).unwrap();
@@ -367,12 +382,25 @@ fn through_the_engine<K: concord::map::Key>(program: Vec<Step<K>>) -> Result<(),
     a.receive_bytes(&bytes)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(a.state(), b.state());
+    // Both now speak version 4: a second session travels in binary.
+    let again = a.sync_with(b_id).unwrap();
+    prop_assert_eq!(again.v, 4);
+    let bytes = check(&again)?;
+    prop_assert_eq!(bytes[0], concord::wire::BINARY_MESSAGE);
+    b.receive_bytes(&bytes)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     for engine in [&mut a, &mut b] {
-        let json = serde_json::to_string(&engine.snapshot().unwrap()).unwrap();
+        let snapshot = engine.snapshot().unwrap();
+        let json = serde_json::to_string(&snapshot).unwrap();
         let back: Snapshot<Reg<K>> =
             serde_json::from_str(&json).map_err(|e| TestCaseError::fail(format!("{e}: {json}")))?;
+        prop_assert_eq!(&back, &snapshot);
+        let binary: Snapshot<Reg<K>> =
+            concord::wire::decode_snapshot(&concord::wire::encode_snapshot(&snapshot))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&binary, &snapshot);
         let restored =
-            SyncEngine::restore(back, time.clone(), Config::with_peers([a_id, b_id])).unwrap();
+            SyncEngine::restore(binary, time.clone(), Config::with_peers([a_id, b_id])).unwrap();
         prop_assert_eq!(restored.state(), engine.state());
     }
     Ok(())

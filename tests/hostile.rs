@@ -386,3 +386,258 @@ fn claims_beyond_a_writers_own_report_are_not_taken_so_its_writes_are_not_silenc
     assert_eq!(b.metrics().unbacked_deltas, 2);
     assert_eq!(b.state().get("x").and_then(|r| r.get()), Some(&5));
 }
+
+/// Writes the binary form (protocol version 4) by hand, so that a test can say
+/// anything a hostile peer could: counts that lie, repeated keys, cut messages.
+mod binary {
+    pub fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    pub fn replica(out: &mut Vec<u8>, n: u128) {
+        out.push(16);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+
+    /// The envelope of a version-4 message from `from` to `to`, then `epoch`, no lease
+    /// fields; the caller writes `seen`, the delta, `base`, `chunk` and `reply`.
+    pub fn envelope(from: u128, to: u128) -> Vec<u8> {
+        let mut out = vec![concord::wire::BINARY_MESSAGE];
+        varint(&mut out, 4);
+        varint(&mut out, 4);
+        for n in [from, to, 100 + from] {
+            replica(&mut out, n);
+        }
+        out.extend_from_slice(&[0, 0, 0]); // epoch 0, no lead, no echo
+        out
+    }
+
+    /// A whole message: an empty `seen`, `delta` (the bytes of a state, or none),
+    /// an empty `base`, no chunk, no reply.
+    pub fn message(from: u128, to: u128, delta: Option<&[u8]>) -> Vec<u8> {
+        let mut out = envelope(from, to);
+        out.push(0); // seen: no replica
+        match delta {
+            Some(d) => {
+                out.push(1);
+                out.extend_from_slice(d);
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&[0, 0, 0]); // base, chunk, reply
+        out
+    }
+
+    /// A delta of no entries whose context holds `spans` lone dots of replica `of`
+    /// (counters 1, 3, 5, ...: one byte a span).
+    pub fn gappy_delta(of: u128, spans: usize) -> Vec<u8> {
+        let mut out = vec![1];
+        replica(&mut out, of);
+        out.push(1); // one replica in the context
+        out.push(0); // its index
+        varint(&mut out, spans as u64);
+        out.push(1 << 1); // the first: 1 from 0
+        for _ in 1..spans {
+            out.push(2 << 1); // then 2 from the last
+        }
+        out.push(0); // no entries
+        out
+    }
+
+    /// A delta of the given keys, one sibling each (value 1), of replica `of` at
+    /// counters 1..=n, whose context is `[1, n]`; `count` is the number of entries
+    /// the delta claims.
+    pub fn keys_delta(of: u128, keys: &[String], count: u64) -> Vec<u8> {
+        let mut out = vec![1];
+        replica(&mut out, of);
+        out.extend_from_slice(&[1, 0, 1]); // one replica, index 0, one span
+        varint(&mut out, 1 << 1 | 1); // a run from 1
+        varint(&mut out, keys.len() as u64 - 1); // of n
+        varint(&mut out, count);
+        for (k, key) in keys.iter().enumerate() {
+            varint(&mut out, key.len() as u64);
+            out.extend_from_slice(key.as_bytes());
+            out.push(1); // one sibling
+            out.push(0); // replica index 0
+            varint(&mut out, k as u64 + 1);
+            out.push(1); // the value
+        }
+        out
+    }
+
+    pub fn keys(n: u64) -> Vec<String> {
+        (1..=n).map(|k| format!("k{k}")).collect()
+    }
+}
+
+/// The replica's state and context, to compare before and after a refusal.
+fn fingerprint(e: &Engine) -> (Map, concord::CausalContext) {
+    (e.state().clone(), e.context().clone())
+}
+
+#[test]
+fn binary_messages_are_held_to_the_same_checks_before_and_while_decoding() {
+    // From a non-peer, misaddressed, a newer version: refused on the envelope.
+    let mut b = engine(2, &[1], |c| c);
+    let body = binary::gappy_delta(1, SPANS);
+    for (bytes, expected) in [
+        (
+            binary::message(9, 2, Some(&body)),
+            Err(Error::UnknownPeer { peer: id(9) }),
+        ),
+        (
+            binary::message(1, 3, Some(&body)),
+            Err(Error::InvalidMessage {
+                reason: format!("message from {} to {} reached {}", id(1), id(3), id(2)),
+            }),
+        ),
+    ] {
+        assert_eq!(bytes[0], wire::BINARY_MESSAGE);
+        let (result, peak) = peak_of(|| b.receive_bytes(&bytes).map(|_| ()));
+        assert_eq!(result, expected);
+        assert!(peak < 4096, "refusing took {peak} bytes");
+    }
+    let mut newer = binary::message(1, 2, Some(&body));
+    newer[1] = 9;
+    let (result, peak) = peak_of(|| b.receive_bytes(&newer).map(|_| ()));
+    assert_eq!(
+        result,
+        Err(Error::UnsupportedVersion {
+            version: 9,
+            supported: 4
+        })
+    );
+    assert!(peak < 4096, "refusing took {peak} bytes");
+    // Binary is version 4 on: a binary message claiming version 3 is malformed.
+    let mut older = binary::message(1, 2, None);
+    older[1] = 3;
+    assert!(matches!(b.receive_bytes(&older), Err(Error::Decode { .. })));
+
+    // A context past the range limit, and a state past the entry limit, while decoding.
+    let limit = 1_000;
+    let mut b = engine(2, &[1], |c| {
+        c.limits(Limits {
+            max_context_ranges: limit,
+            max_entries: 100,
+            ..Limits::default()
+        })
+    });
+    let bytes = binary::message(1, 2, Some(&body));
+    let (result, peak) = peak_of(|| b.receive_bytes(&bytes).map(|_| ()));
+    assert_eq!(
+        result,
+        Err(Error::TooManyEntries {
+            what: "context ranges",
+            count: limit + 1,
+            limit
+        })
+    );
+    assert!(peak < 128 * 1024, "refusing took {peak} bytes");
+    let keys = binary::keys(100_000);
+    let many = binary::keys_delta(1, &keys, keys.len() as u64);
+    let bytes = binary::message(1, 2, Some(&many));
+    let (result, peak) = peak_of(|| b.receive_bytes(&bytes).map(|_| ()));
+    assert_eq!(
+        result,
+        Err(Error::TooManyEntries {
+            what: "entries",
+            count: 101,
+            limit: 100
+        })
+    );
+    assert!(peak < 256 * 1024, "refusing took {peak} bytes");
+    assert!(b.state().is_empty() && b.context().is_empty());
+
+    // Within the limits, the same hand-written form is taken.
+    let three = binary::keys_delta(1, &binary::keys(3), 3);
+    b.receive_bytes(&binary::message(1, 2, Some(&three)))
+        .expect("accepted");
+    assert_eq!(b.state().len(), 3);
+}
+
+#[test]
+fn binary_counts_that_lie_cut_messages_and_repeated_keys_are_typed_errors() {
+    let mut b = engine(2, &[1], |c| c);
+    let three = binary::keys_delta(1, &binary::keys(3), 3);
+    let valid = binary::message(1, 2, Some(&three));
+    let before = fingerprint(&b);
+
+    // Counts of 2^60 elements (entries, replicas of the table, context replicas, a
+    // key's length): nothing is reserved for them, the decoder runs out of bytes.
+    let huge = 1u64 << 60;
+    let lying_entries = binary::keys_delta(1, &binary::keys(3), huge);
+    let mut lying_table = vec![];
+    binary::varint(&mut lying_table, huge);
+    let mut lying_context = vec![0];
+    binary::varint(&mut lying_context, huge);
+    let mut lying_key = binary::keys_delta(1, &binary::keys(1), 1);
+    let at = lying_key.len() - 7; // the key's length: "k1" is 2 bytes, then 4 more
+    assert_eq!(lying_key[at], 2);
+    lying_key.splice(at..=at, {
+        let mut v = vec![];
+        binary::varint(&mut v, huge);
+        v
+    });
+    for delta in [lying_entries, lying_table, lying_context, lying_key] {
+        let bytes = binary::message(1, 2, Some(&delta));
+        let (result, peak) = peak_of(|| b.receive_bytes(&bytes).map(|_| ()));
+        assert!(matches!(result, Err(Error::Decode { .. })), "{result:?}");
+        assert!(peak < 64 * 1024, "refusing took {peak} bytes");
+        assert_eq!(fingerprint(&b), before);
+    }
+
+    // Every cut of a valid message is refused, and changes nothing; so are trailing
+    // bytes.
+    for len in 0..valid.len() {
+        let result = b.receive_bytes(&valid[..len]);
+        assert!(result.is_err(), "a message cut at {len} was taken");
+        assert_eq!(fingerprint(&b), before, "cut at {len}");
+    }
+    let mut longer = valid.clone();
+    longer.push(0);
+    assert!(matches!(
+        b.receive_bytes(&longer),
+        Err(Error::Decode { .. })
+    ));
+    assert_eq!(fingerprint(&b), before);
+
+    // A key twice in one map's entries, a replica twice in a context.
+    let twice = binary::keys_delta(1, &["k1".to_string(), "k1".to_string()], 2);
+    let result = b.receive_bytes(&binary::message(1, 2, Some(&twice)));
+    match result {
+        Err(Error::Decode { reason }) => assert!(reason.contains("appears twice"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let mut seen_twice = binary::envelope(1, 2);
+    seen_twice.push(2);
+    for _ in 0..2 {
+        binary::replica(&mut seen_twice, 101);
+        seen_twice.extend_from_slice(&[1, 1 << 1]); // one span: counter 1
+    }
+    seen_twice.extend_from_slice(&[0, 0, 0, 0]);
+    match b.receive_bytes(&seen_twice) {
+        Err(Error::Decode { reason }) => assert!(reason.contains("appears twice"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fingerprint(&b), before);
+
+    // Every single-byte change of a valid message is either refused, changing
+    // nothing, or taken as some other valid message: never a panic.
+    for i in 0..valid.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bytes = valid.clone();
+            bytes[i] ^= flip;
+            let mut probe = engine(2, &[1], |c| c);
+            let was = fingerprint(&probe);
+            if probe.receive_bytes(&bytes).is_err() {
+                assert_eq!(fingerprint(&probe), was, "byte {i} ^ {flip:#x}");
+            }
+        }
+    }
+    b.receive_bytes(&valid).expect("the valid message is taken");
+    assert_eq!(b.state().len(), 3);
+}

@@ -235,9 +235,14 @@ proptest! {
     #[test]
     fn clocks_round_trip_through_json(clock in vector_clock(), ctx in causal_context()) {
         let json = serde_json::to_string(&clock).unwrap();
-        prop_assert_eq!(serde_json::from_str::<VectorClock>(&json).unwrap(), clock);
+        prop_assert_eq!(serde_json::from_str::<VectorClock>(&json).unwrap(), clock.clone());
         let json = serde_json::to_string(&ctx).unwrap();
-        prop_assert_eq!(serde_json::from_str::<CausalContext>(&json).unwrap(), ctx);
+        prop_assert_eq!(serde_json::from_str::<CausalContext>(&json).unwrap(), ctx.clone());
+        // The binary forms: a version vector as a map, a context as relative spans.
+        let binary = concord::wire::encode_snapshot(&clock);
+        prop_assert_eq!(concord::wire::decode_snapshot::<VectorClock>(&binary).unwrap(), clock);
+        let binary = concord::wire::encode_snapshot(&ctx);
+        prop_assert_eq!(concord::wire::decode_snapshot::<CausalContext>(&binary).unwrap(), ctx);
     }
 }
 

@@ -1248,7 +1248,7 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
     Ok(())
 }
 
-/// 8. JSON round trips (states and deltas), and a decoded replica behaves like the
+/// 8. JSON and binary round trips (states and deltas), and a decoded replica behaves like the
 ///    original: its `delta_since` joins like a full merge, and local writes and removals
 ///    give the same deltas and states.
 fn prop_json<V: Flavor>(n: usize, actions: &[Action], picks: &[Index]) -> TestResult {
@@ -1259,9 +1259,14 @@ fn prop_json<V: Flavor>(n: usize, actions: &[Action], picks: &[Index]) -> TestRe
         let back: Map<V> =
             serde_json::from_str(&json).map_err(|e| fail(format!("decode: {e}\n{json}")))?;
         prop_assert_eq!(&back, state);
-        prop_assert_eq!(js(&back), json);
+        prop_assert_eq!(js(&back), json.clone());
         back.validate(&Limits::default())
             .map_err(|e| fail(e.to_string()))?;
+        let binary = concord::wire::encode_snapshot(state);
+        let back: Map<V> = concord::wire::decode_snapshot(&binary)
+            .map_err(|e| fail(format!("binary decode: {e}\n{json}")))?;
+        prop_assert_eq!(&back, state);
+        prop_assert_eq!(concord::wire::encode_snapshot(&back), binary);
     }
     let replicas: Vec<&Map<V>> = world
         .history

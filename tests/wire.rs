@@ -10,9 +10,10 @@
 //! git diff tests/golden/
 //! ```
 //!
-//! Each file holds the encoding followed by one newline. Every test also decodes the
-//! committed file and checks that it gives back the same value, which encodes to the
-//! same bytes again.
+//! Each file holds the encoding followed by one newline; binary encodings (protocol
+//! version 4, binary snapshots) are kept as lowercase hex in `.hex` files, so a change
+//! is a readable diff too. Every test also decodes the committed file and checks that
+//! it gives back the same value, which encodes to the same bytes again.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -52,15 +53,54 @@ fn engine<T: Crdt + Default>(
 }
 
 fn golden_path(name: &str) -> PathBuf {
+    golden_file(&format!("{name}.json"))
+}
+
+fn golden_file(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
-        .join(format!("{name}.json"))
+        .join(file)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(text).unwrap();
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Compares binary `bytes` with `tests/golden/<name>.hex` (as [`golden`]) and returns
+/// the committed bytes.
+fn golden_binary(name: &str, bytes: &[u8]) -> Vec<u8> {
+    unhex(&golden_at(
+        golden_file(&format!("{name}.hex")),
+        name,
+        hex(bytes).as_bytes(),
+    ))
+}
+
+/// A binary message vector (protocol version 4): `wire::encode`, `wire::decode`.
+fn golden_binary_message<T: Crdt>(name: &str, msg: &Message<T>) {
+    let bytes = wire::encode(msg);
+    assert_eq!(bytes[0], wire::BINARY_MESSAGE);
+    let committed = golden_binary(name, &bytes);
+    let decoded = wire::decode::<T>(&committed, MAX_BYTES).expect("the golden file decodes");
+    assert_eq!(&decoded, msg);
+    assert_eq!(wire::encode(&decoded), committed);
 }
 
 /// Compares `bytes` with `tests/golden/<name>.json` (or writes the file when
 /// `CONCORD_BLESS=1`), and returns the committed bytes (without the final newline).
 fn golden(name: &str, bytes: &[u8]) -> Vec<u8> {
-    let path = golden_path(name);
+    golden_at(golden_path(name), name, bytes)
+}
+
+fn golden_at(path: PathBuf, name: &str, bytes: &[u8]) -> Vec<u8> {
     let mut expected_file = bytes.to_vec();
     expected_file.push(b'\n');
     if std::env::var_os("CONCORD_BLESS").is_some_and(|v| v == "1") {
@@ -306,13 +346,39 @@ fn envelope_without_delta() {
     // Version 3 adds the fencing epoch, and the lease fields of master–follower mode:
     // here B supports A as the master of epoch 4 and echoes A's last send time.
     let msg = Message {
-        v: PROTOCOL_VERSION,
-        vmax: PROTOCOL_VERSION,
+        v: 3,
+        vmax: 3,
         epoch: 4,
         echo: Some(START_MS + 250),
         ..msg
     };
     golden_message("envelope_ack_v3", &msg);
+    // Version 4 is the same message in binary: the envelope in a fixed order, then
+    // the body; and its JSON rendering (for debugging) reads back as well.
+    let v4 = Message {
+        v: PROTOCOL_VERSION,
+        vmax: PROTOCOL_VERSION,
+        ..msg.clone()
+    };
+    assert_eq!(PROTOCOL_VERSION, 4);
+    golden_binary_message("envelope_ack_v4", &v4);
+    let json = golden("envelope_ack_v4_as_json", &wire::encode_json(&v4));
+    assert_eq!(wire::decode::<MvMap>(&json, MAX_BYTES).unwrap(), v4);
+    let binary = wire::encode(&v4);
+    assert!(
+        binary.len() * 2 < json.len(),
+        "binary {} bytes, JSON {}",
+        binary.len(),
+        json.len()
+    );
+    // The envelope reads without the body, in either form.
+    for bytes in [&binary, &json] {
+        let e = wire::envelope(bytes, MAX_BYTES).unwrap();
+        assert_eq!(
+            (e.v, e.vmax, e.from, e.to, e.inc),
+            (4, 4, id(B), id(A), id(B + 1))
+        );
+    }
     // A version-2 message reads as epoch 0 with no lease fields, even one that
     // carries them (only version 3 has them).
     let v2 = std::fs::read(golden_path("envelope_ack_v2")).unwrap();
@@ -419,8 +485,14 @@ fn counter_fold_provenance() {
         lead: None,
         echo: None,
     };
-    golden_message("counter_fold_message_v3", &msg);
-    let older = Message { v: 2, ..msg };
+    let v3 = Message {
+        v: 3,
+        vmax: 3,
+        ..msg.clone()
+    };
+    golden_message("counter_fold_message_v3", &v3);
+    golden_binary_message("counter_fold_message_v4", &msg);
+    let older = Message { v: 2, ..v3 };
     let bytes = golden("counter_fold_message_as_v2", &wire::encode(&older));
     let read = wire::decode::<OrMap<String, PnCounter>>(&bytes, MAX_BYTES).unwrap();
     assert_eq!(read.delta.unwrap().count("likes"), 5);
@@ -467,6 +539,19 @@ fn engine_snapshot() {
         .unwrap();
     let snapshot: Snapshot<MvMap> = a.snapshot().unwrap();
     golden_value("engine_snapshot", &snapshot);
+    // The binary snapshot form, and the JSON file read through the same function.
+    let bytes = wire::encode_snapshot(&snapshot);
+    let committed = golden_binary("engine_snapshot", &bytes);
+    assert_eq!(committed[..2], [wire::BINARY_SNAPSHOT, 1]);
+    assert_eq!(
+        wire::decode_snapshot::<Snapshot<MvMap>>(&committed).unwrap(),
+        snapshot
+    );
+    let json = std::fs::read(golden_path("engine_snapshot")).unwrap();
+    assert_eq!(
+        wire::decode_snapshot::<Snapshot<MvMap>>(&json).unwrap(),
+        snapshot
+    );
     // A snapshot written by the first release (acknowledgements as version vectors)
     // still restores, with the same acknowledgements.
     let old = r#"{"node":"00000000-0000-0000-0000-0000000000a0","role":"Master","state":{"r":["00000000-0000-0000-0000-0000000000a1"],"c":[[0,[[1,1]]]],"e":{"k":[[0,2,"w"]]}},"peers":[["00000000-0000-0000-0000-0000000000b0",{"00000000-0000-0000-0000-0000000000a1":1}]],"hlc_last":{"ms":1700000000000,"l":1,"r":"00000000-0000-0000-0000-0000000000a1"}}"#;
@@ -482,6 +567,65 @@ fn engine_snapshot() {
     );
     let config = Config::with_peers([id(B)]).incarnation(id(A + 2));
     SyncEngine::restore(old, time, config).unwrap();
+}
+
+/// A snapshot past `wire::COMPRESS_FROM` bytes is deflated (format 2), reads back,
+/// and a damaged one is an error: a cut stream, a stated length that is too small (the
+/// inflater stops there) or too large, an unknown format.
+#[test]
+fn large_binary_snapshots_are_deflated() {
+    let mut hlc = Hlc::new(id(A + 1), ManualClock::new(START_MS));
+    let mut m = MvMap::new();
+    for k in 0..1_000 {
+        m.write(format!("key-{k:06}"), format!("value-{k:06}"), &mut hlc)
+            .unwrap();
+    }
+    let bytes = wire::encode_snapshot(&m);
+    assert_eq!(bytes[..2], [wire::BINARY_SNAPSHOT, 2]);
+    let json = serde_json::to_vec(&m).unwrap();
+    assert!(
+        bytes.len() * 4 < json.len(),
+        "{} vs {}",
+        bytes.len(),
+        json.len()
+    );
+    assert_eq!(wire::decode_snapshot::<MvMap>(&bytes).unwrap(), m);
+
+    // The stated length: a varint after the format byte.
+    let mut stated = 0u64;
+    let mut at = 2;
+    for shift in (0..).step_by(7) {
+        stated |= u64::from(bytes[at] & 0x7f) << shift;
+        at += 1;
+        if bytes[at - 1] & 0x80 == 0 {
+            break;
+        }
+    }
+    let restate = |len: u64| {
+        let mut out = vec![wire::BINARY_SNAPSHOT, 2];
+        let mut n = len;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(&bytes[at..]);
+        out
+    };
+    assert_eq!(restate(stated), bytes);
+    for bad in [
+        bytes[..bytes.len() - 10].to_vec(),
+        restate(stated - 1),
+        restate(stated + 1),
+        restate(u64::MAX),
+    ] {
+        let e = wire::decode_snapshot::<MvMap>(&bad).unwrap_err();
+        assert!(matches!(e, concord::Error::Decode { .. }), "{e:?}");
+    }
+    let mut unknown = bytes.clone();
+    unknown[1] = 3;
+    let e = wire::decode_snapshot::<MvMap>(&unknown).unwrap_err();
+    assert!(matches!(e, concord::Error::InvalidSnapshot { .. }), "{e:?}");
 }
 
 /// Keys that are not JSON object keys (tuples here): the entries travel as an array of
@@ -518,12 +662,16 @@ fn every_golden_file_is_checked() {
         [
             "counter_fold_message_as_v2.json",
             "counter_fold_message_v3.json",
+            "counter_fold_message_v4.hex",
             "counter_map_after_remove.json",
             "counter_map_removal_delta.json",
+            "engine_snapshot.hex",
             "engine_snapshot.json",
             "envelope_ack.json",
             "envelope_ack_v2.json",
             "envelope_ack_v3.json",
+            "envelope_ack_v4.hex",
+            "envelope_ack_v4_as_json.json",
             "lww_map_delta.json",
             "lww_register.json",
             "mv_map_siblings_answer.json",

@@ -3,7 +3,7 @@
 //! `delta_since`, so a put builds no delta); sync is one engine session, every message
 //! encoded and decoded with concord's wire format; merge is the full-state join.
 
-use concord::sync::{Config, Snapshot, SyncEngine};
+use concord::sync::{Config, Snapshot, SyncEngine, PROTOCOL_VERSION};
 use concord::{Crdt, Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver, Timestamp};
 
 use crate::{Peer, SyncStats, ACTOR_A, ACTOR_B, ACTOR_BASE};
@@ -49,10 +49,20 @@ pub fn node(actor: u64) -> ReplicaId {
     ReplicaId::from_u128(actor as u128)
 }
 
+/// The protocol version concord's engines speak: the newest, or `BENCH_PROTOCOL`
+/// (3 measures the JSON wire).
+fn protocol() -> u32 {
+    std::env::var("BENCH_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROTOCOL_VERSION)
+}
+
 fn config(incarnation: Option<ReplicaId>) -> Config {
     Config {
         max_message_bytes: 1 << 30,
         incarnation,
+        protocol_version: protocol(),
         ..Config::with_peers([ACTOR_BASE, ACTOR_A, ACTOR_B].map(node))
     }
 }
@@ -77,13 +87,15 @@ impl Peer for Concord {
     fn fork(r: &mut Replica, actor: u64) -> Replica {
         // The fork knows it shares the state with everyone (as after a sync).
         let clock = r.engine.context().clone();
+        let others = [ACTOR_BASE, ACTOR_A, ACTOR_B]
+            .into_iter()
+            .filter(|a| *a != actor);
         let snapshot = Snapshot {
             node: node(actor),
-            peers: [ACTOR_BASE, ACTOR_A, ACTOR_B]
-                .into_iter()
-                .filter(|a| *a != actor)
-                .map(|a| (node(a), clock.clone()))
-                .collect(),
+            peers: others.clone().map(|a| (node(a), clock.clone())).collect(),
+            // ... and has heard that every peer speaks the newest version, as peers
+            // in a steady state have (a first exchange speaks version 1).
+            peer_versions: others.map(|a| (node(a), protocol())).collect(),
             ..r.engine.snapshot().unwrap()
         };
         let engine = SyncEngine::restore(snapshot, time(), config(None)).expect("fork restores");
@@ -137,7 +149,7 @@ impl Peer for Concord {
     }
 
     fn state_bytes(r: &mut Replica) -> usize {
-        serde_json::to_vec(r.engine.state()).expect("encode").len()
+        concord::wire::encode_snapshot(r.engine.state()).len()
     }
 }
 
@@ -147,6 +159,11 @@ pub fn raw_join(a: &Map, b: Map) -> Map {
     let mut out = a.clone();
     out.merge(b);
     out
+}
+
+/// The size of the full state's JSON (what [`Peer::state_bytes`] gives is binary).
+pub fn state_json_bytes(r: &Replica) -> usize {
+    serde_json::to_vec(r.engine.state()).expect("encode").len()
 }
 
 /// The full state's JSON.

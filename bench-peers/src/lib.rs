@@ -55,14 +55,26 @@ pub fn key(i: usize) -> String {
     format!("key-{i:06}")
 }
 
-/// The initial value for index `i`: `value-000123`.
+/// True when `BENCH_VALUES=short`: values of about two bytes instead of 12–14.
+pub fn short_values() -> bool {
+    std::env::var("BENCH_VALUES").is_ok_and(|v| v == "short")
+}
+
+/// The initial value for index `i`: `value-000123` (with `BENCH_VALUES=short`: its
+/// last digit, `3`).
 pub fn value(i: usize) -> String {
+    if short_values() {
+        return format!("{}", i % 10);
+    }
     format!("value-{i:06}")
 }
 
 /// The value side `side` (`'a'` or `'b'`) writes when it changes index `i`:
-/// `value-000123-a`.
+/// `value-000123-a` (with `BENCH_VALUES=short`: `3a`).
 pub fn changed_value(i: usize, side: char) -> String {
+    if short_values() {
+        return format!("{}{side}", i % 10);
+    }
     format!("value-{i:06}-{side}")
 }
 

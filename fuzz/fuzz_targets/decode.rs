@@ -1,4 +1,5 @@
-//! Arbitrary bytes as a wire message: `wire::decode` and `SyncEngine::receive_bytes`
+//! Arbitrary bytes as a wire message, JSON or binary (each input is tried as given and
+//! as the body of a binary message): `wire::decode` and `SyncEngine::receive_bytes`
 //! never panic, and a rejected message leaves the engine exactly as it was.
 #![no_main]
 

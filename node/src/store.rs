@@ -4,11 +4,15 @@
 //! * `meta` table: `base_seq` (the last log record the base covers), `lease` (the
 //!   highest counter that may have left the engine), `acks` (what each peer had
 //!   acknowledged, JSON).
-//! * `base` table: the state as JSON, in pieces of [`BASE_PIECE`] bytes.
+//! * `base` table: the state in concord's binary snapshot form
+//!   (`concord::wire::encode_snapshot`), in pieces of [`BASE_PIECE`] bytes.
 //! * `log` table: sequence number → record. A record is a local write's delta (tag
-//!   0, JSON) or a received replication message whose delta changed the state (tag 1,
+//!   0, the binary snapshot form) or a received replication message whose delta changed the state (tag 1,
 //!   the frame as it arrived). Persisting a write or a merge costs the size of the
 //!   change, never the size of the state.
+//!
+//! Files written before the binary form (JSON base and local records, version-1 to
+//! version-3 frames) still open: each value is told apart by its first byte.
 //!
 //! Recovery reads the base and merges every later record in order. Compaction, on a
 //! thread of its own that keeps a copy of base ⊔ log, folds the records since the
@@ -45,7 +49,7 @@ use crate::Kv;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// The base snapshot's JSON in pieces of [`BASE_PIECE`] bytes.
+/// The base snapshot's bytes in pieces of [`BASE_PIECE`] bytes.
 const BASE: TableDefinition<u32, &[u8]> = TableDefinition::new("base");
 /// Where a compaction writes the next base before swapping it in (a leftover after a
 /// crash is dropped at the next start).
@@ -185,7 +189,10 @@ impl std::fmt::Debug for Store {
 
 fn decode_record(rec: &[u8]) -> Result<Option<Kv>> {
     match rec.split_first() {
-        Some((&LOCAL, json)) => Ok(Some(serde_json::from_slice(json).map_err(Error::storage)?)),
+        // Binary since protocol version 4; JSON records of older files still read.
+        Some((&LOCAL, body)) => Ok(Some(
+            concord::wire::decode_snapshot(body).map_err(Error::storage)?,
+        )),
         Some((&REMOTE, frame)) => {
             // A frame this node accepted once: replay it whatever the limits are now
             // (a lower `max_message_bytes`, say, must not make the file unreadable).
@@ -254,7 +261,8 @@ fn replay(db: &Database) -> Result<Replayed> {
                 Kv::new()
             } else {
                 base_bytes = json.len() as u64;
-                serde_json::from_slice(&json).map_err(Error::storage)?
+                // Binary since protocol version 4; a JSON base still reads.
+                concord::wire::decode_snapshot(&json).map_err(Error::storage)?
             };
             drop(json);
             let seq = match meta.get("base_seq").map_err(Error::storage)? {
@@ -492,8 +500,8 @@ impl Store {
     /// Queues a local write's delta for the next commit.
     pub fn append_local(&mut self, delta: &Kv) {
         let mut rec = vec![LOCAL];
-        // A state always serializes; an empty record would only be skipped on replay.
-        let _ = serde_json::to_writer(&mut rec, delta);
+        // A state always serializes (see `concord::wire::encode`).
+        rec.extend_from_slice(&concord::wire::encode_snapshot(delta));
         self.pending.push(rec);
     }
 
@@ -710,7 +718,7 @@ fn compact(
         }
     }
     let last = *seq;
-    let json = serde_json::to_vec(&*state).map_err(Error::storage)?;
+    let encoded = concord::wire::encode_snapshot(&*state);
     // The next base, a few megabytes per transaction. These need no fsync of their
     // own: until the swap below, recovery ignores them (and drops them at start),
     // and the swap's durable commit makes them durable with it.
@@ -719,7 +727,7 @@ fn compact(
         Ok(())
     })?;
     let per_tx = BASE_TX_BYTES / BASE_PIECE;
-    let pieces: Vec<&[u8]> = json.chunks(BASE_PIECE).collect();
+    let pieces: Vec<&[u8]> = encoded.chunks(BASE_PIECE).collect();
     for (n, group) in pieces.chunks(per_tx).enumerate() {
         write_tx(db, Durability::None, stats, |tx| {
             let mut next = tx.open_table(NEXT_BASE).map_err(Error::storage)?;
@@ -771,7 +779,7 @@ fn compact(
             break;
         }
     }
-    Ok(Some((last, folded, json.len() as u64)))
+    Ok(Some((last, folded, encoded.len() as u64)))
 }
 
 /// Compacts the file when it exceeds `ratio` times the live data.
@@ -1062,6 +1070,69 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
+    /// A file written before the binary form (a JSON base, a JSON local record, a
+    /// version-3 JSON frame) opens with the same state, and what the node writes
+    /// after it is binary.
+    #[test]
+    fn a_file_of_json_records_still_opens() {
+        use concord::sync::{Config, SyncEngine};
+        use concord::ManualClock;
+
+        let path = dir("store-json");
+        let (a, b) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+        let time = ManualClock::new(1_700_000_000_000);
+        let mut hlc = Hlc::new(ReplicaId::from_u128(3), time.clone());
+        let mut base = Kv::new();
+        base.write("base".into(), "b".into(), &mut hlc).unwrap();
+        let mut expected = base.clone();
+        let local = expected
+            .write("local".into(), "l".into(), &mut hlc)
+            .unwrap();
+        let mut sender = SyncEngine::new(
+            a,
+            Kv::new(),
+            time,
+            Config::with_peers([b]).protocol_version(3),
+        );
+        sender
+            .update(|m, hlc| m.write("remote".into(), "r".into(), hlc))
+            .unwrap();
+        let frame = sender.sync_with(b).unwrap().encode();
+        assert_eq!(frame[0], b'{', "a version-3 frame is JSON");
+        expected.merge(sender.state().clone());
+        {
+            let (mut store, _) = Store::open(&path, &config(Fsync::Group, 1_000_000)).unwrap();
+            let json = serde_json::to_vec(&base).unwrap();
+            write_tx(&store.db, Durability::Immediate, &store.stats, |tx| {
+                tx.open_table(BASE)
+                    .map_err(Error::storage)?
+                    .insert(0, json.as_slice())
+                    .map_err(Error::storage)?;
+                tx.open_table(META)
+                    .map_err(Error::storage)?
+                    .insert("base_seq", 0u64.to_be_bytes().as_slice())
+                    .map_err(Error::storage)?;
+                Ok(())
+            })
+            .unwrap();
+            let mut rec = vec![LOCAL];
+            rec.extend_from_slice(&serde_json::to_vec(&local).unwrap());
+            store.pending.push(rec);
+            store.append_remote(&frame);
+            store.commit().unwrap();
+            // What the node writes now is binary.
+            store.append_local(&local);
+            assert_eq!(
+                store.pending.last().unwrap()[..2],
+                [LOCAL, concord::wire::BINARY_SNAPSHOT]
+            );
+        }
+        let (_, rec) = Store::open(&path, &config(Fsync::Group, 1_000_000)).unwrap();
+        assert_eq!(rec.state, expected);
+        assert_eq!(rec.state.len(), 3);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
     #[test]
     fn records_survive_a_reopen_and_compaction_keeps_the_state() {
         let path = dir("store");
@@ -1119,13 +1190,25 @@ mod tests {
         let stats = store.stats();
         let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
         let mut state = Kv::new();
-        let value = "v".repeat(1_000);
+        // Values that do not compress (the base and the local records are deflated):
+        // the file must grow as it would with real data.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = || -> String {
+            (0..1_000)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'!' + (seed % 94) as u8)
+                })
+                .collect()
+        };
         let (keys, writes) = (2_000, 16_000);
         let mut worst: f64 = 0.0;
         let mut logged = 0u64;
         for i in 0..writes {
             let delta = state
-                .write(format!("key-{:05}", i % keys), value.clone(), &mut hlc)
+                .write(format!("key-{:05}", i % keys), noise(), &mut hlc)
                 .unwrap();
             store.append_local(&delta);
             if i % 8 == 7 {

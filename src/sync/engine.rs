@@ -137,7 +137,7 @@ pub struct Config {
     ///   10% of each other (their offsets, and steps of the wall clocks, do not
     ///   matter).
     ///
-    /// Every node must speak protocol version 3 ([`Config::protocol_version`]), must
+    /// Every node must speak protocol version 3 or newer ([`Config::protocol_version`]), must
     /// be configured with the same `lease_ms`, and `lease_ms` must be at least twice
     /// [`Config::heartbeat_ms`] (a master's heartbeats renew its lease). See the
     /// guide's "Failover and fencing".
@@ -568,8 +568,11 @@ pub struct Received<T: Crdt> {
 }
 
 /// An engine's durable state: restore it with [`SyncEngine::restore`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound = "T: Crdt")]
+///
+/// It serializes with serde in either form: a JSON object (what `serde_json` writes;
+/// fields at their defaults are left out), or, in a binary serde format such as the
+/// one [`crate::wire::encode_snapshot`] writes, every field in a fixed order.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot<T> {
     /// The replica's node id.
     pub node: ReplicaId,
@@ -579,23 +582,142 @@ pub struct Snapshot<T> {
     pub state: T,
     /// What each peer had acknowledged (snapshots of protocol version 1 name version
     /// vectors here; they restore as the same contexts).
-    #[serde(deserialize_with = "acked_any_form")]
     pub peers: Vec<(ReplicaId, CausalContext)>,
     /// The greatest hybrid-logical-clock timestamp issued or seen.
     pub hlc_last: Timestamp,
     /// The newest protocol version each peer was heard to speak: a restarted node
     /// speaks it from its first message (version 1 cannot name gaps, so a first
     /// exchange in version 1 could resend everything past one).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_versions: Vec<(ReplicaId, u32)>,
-    /// The fencing epoch (see [`SyncEngine::epoch`]); 0, and left out, until a
-    /// promotion.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// The fencing epoch (see [`SyncEngine::epoch`]); 0, and left out of the JSON
+    /// form, until a promotion.
     pub epoch: u64,
     /// The master this replica supports in `epoch` (itself, if it leads it): kept so
     /// that a restarted replica never supports two masters in one epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<ReplicaId>,
+}
+
+/// A snapshot as JSON writes it.
+#[derive(Serialize)]
+#[serde(bound = "T: Crdt")]
+struct JsonSnapshotOut<'a, T> {
+    node: ReplicaId,
+    role: Role,
+    state: &'a T,
+    peers: &'a [(ReplicaId, CausalContext)],
+    hlc_last: Timestamp,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    peer_versions: &'a [(ReplicaId, u32)],
+    #[serde(skip_serializing_if = "is_zero")]
+    epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<ReplicaId>,
+}
+
+/// A snapshot as JSON reads it.
+#[derive(Deserialize)]
+#[serde(bound = "T: Crdt")]
+struct JsonSnapshotIn<T> {
+    node: ReplicaId,
+    role: Role,
+    state: T,
+    #[serde(deserialize_with = "acked_any_form")]
+    peers: Vec<(ReplicaId, CausalContext)>,
+    hlc_last: Timestamp,
+    #[serde(default)]
+    peer_versions: Vec<(ReplicaId, u32)>,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    leader: Option<ReplicaId>,
+}
+
+/// A snapshot in a binary form: every field, in order.
+#[derive(Serialize)]
+#[serde(bound = "T: Crdt")]
+struct BinarySnapshotOut<'a, T> {
+    node: ReplicaId,
+    role: Role,
+    state: &'a T,
+    peers: &'a [(ReplicaId, CausalContext)],
+    hlc_last: Timestamp,
+    peer_versions: &'a [(ReplicaId, u32)],
+    epoch: u64,
+    leader: Option<ReplicaId>,
+}
+
+/// A snapshot as a binary form reads it.
+#[derive(Deserialize)]
+#[serde(bound = "T: Crdt")]
+struct BinarySnapshotIn<T> {
+    node: ReplicaId,
+    role: Role,
+    state: T,
+    peers: Vec<(ReplicaId, CausalContext)>,
+    hlc_last: Timestamp,
+    peer_versions: Vec<(ReplicaId, u32)>,
+    epoch: u64,
+    leader: Option<ReplicaId>,
+}
+
+impl<T: Crdt> Serialize for Snapshot<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            JsonSnapshotOut {
+                node: self.node,
+                role: self.role,
+                state: &self.state,
+                peers: &self.peers,
+                hlc_last: self.hlc_last,
+                peer_versions: &self.peer_versions,
+                epoch: self.epoch,
+                leader: self.leader,
+            }
+            .serialize(s)
+        } else {
+            BinarySnapshotOut {
+                node: self.node,
+                role: self.role,
+                state: &self.state,
+                peers: &self.peers,
+                hlc_last: self.hlc_last,
+                peer_versions: &self.peer_versions,
+                epoch: self.epoch,
+                leader: self.leader,
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de, T: Crdt> Deserialize<'de> for Snapshot<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let j = JsonSnapshotIn::<T>::deserialize(d)?;
+            Ok(Snapshot {
+                node: j.node,
+                role: j.role,
+                state: j.state,
+                peers: j.peers,
+                hlc_last: j.hlc_last,
+                peer_versions: j.peer_versions,
+                epoch: j.epoch,
+                leader: j.leader,
+            })
+        } else {
+            let b = BinarySnapshotIn::<T>::deserialize(d)?;
+            Ok(Snapshot {
+                node: b.node,
+                role: b.role,
+                state: b.state,
+                peers: b.peers,
+                hlc_last: b.hlc_last,
+                peer_versions: b.peer_versions,
+                epoch: b.epoch,
+                leader: b.leader,
+            })
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -924,10 +1046,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), config.clone())
     ///     .with_lease(lease.clone())?;
     /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
-    /// let saved = serde_json::to_vec(&a.snapshot()?)?; // to disk, in a service
+    /// let saved = concord::wire::encode_snapshot(&a.snapshot()?); // to disk, in a service
     /// drop(a); // crash
     ///
-    /// let snapshot: Snapshot<Settings> = serde_json::from_slice(&saved)?;
+    /// let snapshot: Snapshot<Settings> = concord::wire::decode_snapshot(&saved)?;
     /// let a = SyncEngine::restore(snapshot, time, config)?.with_lease(lease)?;
     /// assert_eq!((a.node(), a.incarnation()), (a_id, a_id));
     /// assert_eq!(a.state().value("volume"), Some(&7));
@@ -1007,7 +1129,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let snapshot = a.snapshot()?;
     /// assert_eq!(lease.get(), 1); // the snapshot's write is leased
     /// assert_eq!(snapshot.node, a_id);
-    /// let json = serde_json::to_string(&snapshot)?; // write it somewhere durable
+    /// // Write it somewhere durable: binary (`wire::encode_snapshot`), or JSON with serde.
+    /// let bytes = concord::wire::encode_snapshot(&snapshot);
+    /// let json = serde_json::to_string(&snapshot)?;
     /// # Ok::<(), concord::Error>(())
     /// ```
     ///
@@ -1761,8 +1885,12 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// The protocol version to speak to `peer`.
     fn version_for(&self, peer: &Peer) -> u32 {
         if self.config.master_lease_ms.is_some() {
-            // Fencing needs every node on version 3 (`Config::validate`).
-            return self.config.protocol_version;
+            // Fencing needs every node on version 3 or newer (`Config::validate`):
+            // version 3 until the peer is heard to speak more.
+            let floor = 3.min(self.config.protocol_version);
+            return peer.vmax.map_or(floor, |theirs| {
+                theirs.clamp(floor, self.config.protocol_version)
+            });
         }
         match peer.vmax {
             Some(theirs) => theirs.clamp(OLDEST_PROTOCOL_VERSION, self.config.protocol_version),

@@ -26,6 +26,10 @@ use crate::id::ReplicaId;
 ///   [`Config::fold_counters`](crate::sync::Config::fold_counters)); a replica folds
 ///   only while every peer speaks 3, and writes a fold to an older peer as a plain
 ///   segment.
+/// * **4**: the same messages in a binary form ([`crate::wire`]: varint integers, no
+///   field names, the envelope first in a fixed order), told apart from JSON by its
+///   first byte ([`crate::wire::BINARY_MESSAGE`]). Versions 1–3 stay JSON, so a
+///   version-4 build talks JSON to an older peer and binary once both speak 4.
 ///
 /// [`Config::master_lease_ms`]: crate::sync::Config::master_lease_ms
 ///
@@ -33,7 +37,7 @@ use crate::id::ReplicaId;
 /// it has not heard from yet (a version-1 build ignores the `vmax` field it does not
 /// know), and switches up as soon as the peer's messages show it speaks more. A
 /// rolling upgrade therefore never splits the cluster.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest protocol version this build still speaks.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;

@@ -849,8 +849,9 @@ impl<T: Crdt + Default, W: Clone + fmt::Debug> World<T, W> {
         Ok(())
     }
 
-    /// Every state of [`World::pool`] survives its JSON wire form (decodes to an equal
-    /// state that encodes to the same text, and validates); on [`World::pairs`],
+    /// Every state of [`World::pool`] survives its wire forms, JSON (decodes to an
+    /// equal state that encodes to the same text, and validates) and binary
+    /// ([`crate::wire::encode_snapshot`]: decodes to an equal state); on [`World::pairs`],
     /// `try_merge` of the decoded state equals `merge`, with the same outcome.
     ///
     /// # Errors
@@ -869,6 +870,16 @@ impl<T: Crdt + Default, W: Clone + fmt::Debug> World<T, W> {
                 text
             );
             prop_assert_eq!(json(&back), text.clone(), "equal states encode differently");
+            let binary = crate::wire::encode_snapshot(state);
+            let back: T = crate::wire::decode_snapshot(&binary).map_err(|e| {
+                TestCaseError::fail(format!("{text}: its binary form does not decode: {e}"))
+            })?;
+            prop_assert_eq!(
+                &back,
+                state,
+                "the binary round trip changed the state: {}",
+                text
+            );
             prop_assert_eq!(
                 back.validate(&Limits::default()),
                 Ok(()),

@@ -131,3 +131,38 @@ pub(crate) fn replica(n: usize) -> Result<(), String> {
         Ok(())
     }
 }
+
+thread_local! {
+    /// Why the last decoder error on this thread was raised, as the visitor said it
+    /// (the binary format's error type keeps no message of its own).
+    static REASON: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A decoder error saying `msg`, remembered for [`take_reason`] (the first since the
+/// last take wins: it is the cause, what follows is the unwinding).
+pub(crate) fn custom<E: serde::de::Error>(msg: impl std::fmt::Display) -> E {
+    let msg = msg.to_string();
+    REASON.with(|r| {
+        r.borrow_mut().get_or_insert_with(|| msg.clone());
+    });
+    E::custom(msg)
+}
+
+/// The reason [`custom`] recorded since the last call, if any.
+pub(crate) fn take_reason() -> Option<String> {
+    REASON.with(|r| r.borrow_mut().take())
+}
+
+/// How many elements to reserve for a collection whose encoding claims `hint`: no
+/// more than [`RESERVE`], nor than the entries the budget has left (a binary length
+/// prefix is only a claim: 2^60 must not reserve anything like it; past the
+/// reservation a collection grows as its elements actually arrive).
+pub(crate) fn reserve(hint: Option<usize>) -> usize {
+    let left = ACTIVE
+        .with(|a| a.get())
+        .map_or(usize::MAX, |s| s.limits.entries.saturating_sub(s.entries));
+    hint.unwrap_or(0).min(RESERVE).min(left)
+}
+
+/// The most elements reserved ahead of their arrival (see [`reserve`]).
+pub(crate) const RESERVE: usize = 256;

@@ -137,12 +137,29 @@ fn fingerprint(e: &mut SyncEngine<Map, ManualClock>) -> Fingerprint {
 /// accepted one left it unable to write, to replicate its writes to a peer, to answer
 /// on the wire or to persist itself.
 pub fn decode(data: &[u8]) -> Result<()> {
-    // Decoding alone: a decoded message encodes to something that decodes to it again.
+    // Both forms from every input: the bytes as given (JSON, or binary when they start
+    // with its first byte), and the same bytes as the body of a binary message.
+    if data.first() != Some(&concord::wire::BINARY_MESSAGE) {
+        let mut binary = Vec::with_capacity(data.len() + 1);
+        binary.push(concord::wire::BINARY_MESSAGE);
+        binary.extend_from_slice(data);
+        let _ = decode_one(&binary);
+    }
+    decode_one(data)
+}
+
+fn decode_one(data: &[u8]) -> Result<()> {
+    // Decoding alone: a decoded message encodes to something that decodes to it again,
+    // in its own form and rendered as JSON.
     if let Ok(msg) = Message::<Map>::decode(data, MAX_BYTES) {
         let again = msg.encode();
         let back = Message::<Map>::decode(&again, usize::MAX)
             .unwrap_or_else(|e| panic!("re-encoded message does not decode: {e}"));
         assert_eq!(back, msg, "wire round trip changed the message");
+        let json = concord::wire::encode_json(&msg);
+        let back = Message::<Map>::decode(&json, usize::MAX)
+            .unwrap_or_else(|e| panic!("the JSON rendering does not decode: {e}"));
+        assert_eq!(back, msg, "the JSON rendering changed the message");
     }
 
     let mut b = receiver();

@@ -1,7 +1,8 @@
 //! Prints the size figures of the peer comparison (bytes are not timings, so they
 //! come from a plain run, not from criterion):
 //!
-//! - full-state bytes per key (crdts JSON, Automerge `save()`, plain-map JSON);
+//! - full-state bytes per key (concord's binary snapshot and JSON, crdts JSON,
+//!   Automerge `save()`, plain-map JSON);
 //! - bytes and messages to converge two replicas that share `keys` keys and each
 //!   made `changes` changes, both ways, against the raw JSON of the changed entries.
 //!
@@ -9,7 +10,8 @@
 //! `sync/*` benches time the same calls properly.
 //!
 //! Usage: `cargo run --release --bin traffic [-- --keys N --changes M]`
-//! (defaults from `BENCH_KEYS` / `BENCH_CHANGES`, else 100000 / 100).
+//! (defaults from `BENCH_KEYS` / `BENCH_CHANGES`, else 100000 / 100; `BENCH_VALUES=short`
+//! for values of about two bytes; `BENCH_PROTOCOL=3` for concord's JSON wire).
 
 use std::time::Duration;
 
@@ -78,7 +80,19 @@ fn state_table(keys: usize) {
         "|--------------------|------------------------|-------------:|----------:|---------:|"
     );
     let f = state_row::<floor::Floor>("serde_json", keys, None);
-    state_row::<concord_peer::Concord>("serde_json", keys, Some(f));
+    state_row::<concord_peer::Concord>("wire::encode_snapshot", keys, Some(f));
+    {
+        let r = build::<concord_peer::Concord>(keys);
+        let bytes = concord_peer::state_json_bytes(&r);
+        println!(
+            "| {:<18} | {:<22} | {:>12} | {:>9.2} | {:>7.2}× |",
+            "concord",
+            "serde_json",
+            bytes,
+            bytes as f64 / keys as f64,
+            bytes as f64 / f as f64
+        );
+    }
     state_row::<crdts_peer::Crdts>("serde_json", keys, Some(f));
     state_row::<automerge_peer::Automerge>("save() binary", keys, Some(f));
     state_row::<automerge_peer::AutomergeBatched>("save() binary", keys, Some(f));
