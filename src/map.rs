@@ -2700,7 +2700,8 @@ impl<'de, K: Key, V: DotStore> Deserialize<'de> for OrMap<K, V> {
         };
         map.seal();
         for ((idx, counter), key, seen) in raw.x.0 {
-            let dot = crate::causal::decode_dot(&raw.r, idx, counter).map_err(crate::wire::budget::custom)?;
+            let dot = crate::causal::decode_dot(&raw.r, idx, counter)
+                .map_err(crate::wire::budget::custom)?;
             let seen = seen.resolve(&raw.r).map_err(crate::wire::budget::custom)?;
             map.notes.push_received(RemovalNote {
                 dot,

@@ -466,6 +466,7 @@ mod binary {
             varint(&mut out, k as u64 + 1);
             out.push(1); // the value
         }
+        out.push(0); // no removal notes
         out
     }
 
@@ -575,7 +576,7 @@ fn binary_counts_that_lie_cut_messages_and_repeated_keys_are_typed_errors() {
     let mut lying_context = vec![0];
     binary::varint(&mut lying_context, huge);
     let mut lying_key = binary::keys_delta(1, &binary::keys(1), 1);
-    let at = lying_key.len() - 7; // the key's length: "k1" is 2 bytes, then 4 more
+    let at = lying_key.len() - 8; // the key's length: "k1" is 2 bytes, then 5 more
     assert_eq!(lying_key[at], 2);
     lying_key.splice(at..=at, {
         let mut v = vec![];
