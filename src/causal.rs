@@ -480,7 +480,15 @@ pub(crate) enum Span {
 impl Serialize for Span {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         if !s.is_human_readable() {
-            // Distances are at most MAX_COUNTER (2^62), so the shift loses nothing.
+            // A distance past 2^63 (in a context built by hand: a decoder refuses any
+            // counter past MAX_COUNTER, 2^62) would lose its top bit in the shift:
+            // refused, so that it is written in JSON instead (see wire::encode).
+            let (Span::One(gap) | Span::Run(gap, _)) = *self;
+            if gap >> 63 != 0 {
+                return Err(serde::ser::Error::custom(format!(
+                    "a causal context distance of {gap} has no binary form"
+                )));
+            }
             return match *self {
                 Span::One(gap) => s.serialize_u64(gap << 1),
                 Span::Run(gap, extra) => (gap << 1 | 1, extra).serialize(s),

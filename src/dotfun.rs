@@ -207,6 +207,7 @@ pub(crate) fn next_op<S: TimeSource>(ctx: &CausalContext, hlc: &mut Hlc<S>) -> R
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Standalone<E, C = EncodedContext> {
     /// The replica table.
+    #[serde(deserialize_with = "crate::wire::budget::replicas")]
     r: Vec<ReplicaId>,
     /// The store.
     s: E,

@@ -2553,6 +2553,7 @@ impl<K: Serialize, V: DotStore> Serialize for WireMap<'_, K, V> {
 #[derive(Deserialize)]
 #[serde(bound = "K: Key, V: DotStore")]
 struct WireMapOwned<K, V: DotStore> {
+    #[serde(deserialize_with = "crate::wire::budget::replicas")]
     r: Vec<ReplicaId>,
     c: DecodedContext,
     e: DecodedEntries<K, V::Decoded>,

@@ -7,7 +7,7 @@
 //! in a fixed order: the envelope `v, vmax, from, to, inc`, then `epoch`, `lead`,
 //! `echo`, `seen`, `delta`, `base`, `chunk`, `reply`. Integers are varints (zigzag
 //! for signed ones), strings and lists carry a varint length, an option one tag byte,
-//! a replica id its 16 bytes; no field names. Inside a delta, replica ids are listed
+//! a replica id 17 bytes (its length, 16, then its bytes); no field names. Inside a delta, replica ids are listed
 //! once in a table (`r`) and every dot names its replica by index, so ids do not
 //! repeat per key; a causal context (the delta's and `seen`/`base`) lists each
 //! replica's ranges relative to one another, a lone counter as one varint
@@ -46,9 +46,13 @@
 //! optional fields are left out of JSON, written in order in binary). The same holds
 //! for a value type of your own stored in a register: it must read back from a
 //! format that is not self-describing (no `#[serde(untagged)]`, `flatten`,
-//! `skip_serializing_if` or `deserialize_any`, as in `serde_json::Value`); one that
-//! cannot should keep its engines at [`Config::protocol_version`](crate::sync::Config)
-//! 3, which stays JSON. The binary decoder has no nesting limit (JSON's stops at 128
+//! `skip_serializing_if` or `deserialize_any`, as in `serde_json::Value`). One that
+//! does not still replicates: [`encode`] checks every message that carries a delta by
+//! decoding it back, and writes one that does not read back as written in JSON, at
+//! version 3 (which every peer speaking 4 reads), and [`encode_snapshot`] falls back
+//! to the JSON form the same way; such values cost JSON's size on the wire, so an
+//! engine holding many is better kept at
+//! [`Config::protocol_version`](crate::sync::Config) 3, which stays JSON. The binary decoder has no nesting limit (JSON's stops at 128
 //! levels): the library's types nest only as deep as their type says, but a
 //! *recursive* value type of your own (a tree of itself) would let a peer nest deep
 //! enough to overflow the stack; keep such a type at version 3 too. Values must keep to JSON's rules as well (see
@@ -61,10 +65,25 @@
 //! is no peer, or a message for someone else, before a byte of the body is decoded),
 //! then the body under a [`Budget`] (entries and context ranges counted as they are
 //! read, so a body past the limits is refused having allocated no more than them; a
-//! length prefix reserves at most a few hundred elements, whatever it claims). Binary
+//! length prefix of the library's own lists, maps, contexts and replica tables
+//! reserves at most a few hundred elements, whatever it claims). Binary
 //! input that is cut short, has bytes left over, or repeats a map key or a replica is
 //! a [`Error::Decode`]. The engine then validates the contents. See the guide's
 //! "Hostile peers".
+//!
+//! What refusing costs: memory stays within the limits, but a limit counts items, not
+//! bytes, and items are denser on the wire than in memory. A context range is one
+//! byte on the wire at the least (a lone counter) and 16 in memory, and each of a
+//! message's contexts (`seen`, `base`, the delta's, a nested value's) may hold
+//! [`Limits::max_context_ranges`] of them, so a message of nothing but ranges holds up
+//! to 16 times its size before it is refused (twice that for a moment while a list
+//! grows): keep `max_message_bytes` in proportion. Collections inside a value type of
+//! your own (a `Vec` in a register) are read by serde's own implementations, which
+//! preallocate up to 1 MiB whatever the length prefix claims, and charge nothing to the
+//! budget per element: a list of zero-sized elements (`Vec<()>`) costs no bytes per
+//! element, so a few bytes can claim 2^60 of them and keep the decoder busy counting;
+//! do not store zero-sized elements in a list of a value type that peers you do not
+//! trust can write.
 //!
 //! [postcard]: https://docs.rs/postcard
 //!
@@ -154,41 +173,60 @@ struct V2Out<'a, T> {
     reply: bool,
 }
 
-/// Encodes a message as JSON bytes, in the version it names (`msg.v`).
+/// Encodes a message in the form of the version it names (`msg.v`): binary from
+/// [`BINARY_VERSION`] on, JSON before.
 ///
 /// A version-1 message carries the gap-free prefix of `seen` and of `base` (version
 /// 1 has no way to name gaps) and no chunk information; the engine never writes one
 /// that needs more. Messages of versions 1 and 2 carry no `epoch`, `lead` or `echo`
 /// (the engine in master–follower mode speaks version 3 only).
 ///
-/// Infallible, because nothing in a state of the library's types can fail to
-/// serialize: map keys of any shape travel (as `[key, value]` pairs when they are not
-/// JSON object keys), every value and key a write stores passed the write-time check
-/// (no NaN or infinity, no non-string keys inside a value: see
-/// [`Op::check`](crate::Op::check)), and a state decoded from a peer came from JSON.
-/// A value type of your own must keep the same promise for its
-/// [`DotStore::Encoded`](crate::DotStore::Encoded) form; one that breaks it makes
-/// this panic.
+/// A binary message whose delta would not read back as written (a value type of your
+/// own that does not serialize in binary, such as one with `#[serde(flatten)]`, or
+/// one that needs a self-describing format to read back: `serde_json::Value`,
+/// `#[serde(untagged)]`, `skip_serializing_if`) is written in JSON at version 3
+/// instead, keeping its `vmax`: every peer that speaks 4 reads 3 as well, so such a
+/// value costs JSON's size on the wire but never stops a link. A message with a delta
+/// is checked by decoding it back (as its receiver will) and comparing; one without
+/// holds only the library's own types and is not.
+///
+/// Never panics for the library's types: map keys of any shape travel (as
+/// `[key, value]` pairs in JSON when they are not JSON object keys), and every value
+/// and key a write stores passed the write-time check (no NaN or infinity, no
+/// non-string keys inside a value: see [`Op::check`](crate::Op::check)). A value type
+/// of your own whose [`DotStore::Encoded`](crate::DotStore::Encoded) form fails to
+/// serialize in JSON as well makes this panic.
 pub fn encode<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
     if msg.v >= BINARY_VERSION {
-        encode_binary(msg)
+        match encode_binary(msg) {
+            Some(bytes) => bytes,
+            None => json(msg, JSON_FALLBACK_VERSION),
+        }
     } else {
-        encode_json(msg)
+        json(msg, msg.v)
     }
 }
+
+/// The version a message that cannot travel in binary is written in (see [`encode`]).
+const JSON_FALLBACK_VERSION: u32 = BINARY_VERSION - 1;
 
 /// Encodes a message as JSON whatever its version: what [`encode`] writes for
 /// versions 1 to 3, and a readable rendering of a binary (version 4) message for
 /// debugging, which [`decode`] reads back as well (version 4 in JSON is version 3's
 /// layout with `"v":4`).
 ///
-/// Infallible on the same terms as [`encode`].
+/// Panics only as [`encode`] does.
 pub fn encode_json<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
-    let _version = EncodingVersion::set(msg.v);
-    let written = if msg.v <= 1 {
+    json(msg, msg.v)
+}
+
+/// `msg` in JSON, written as version `v`.
+fn json<T: Crdt>(msg: &Message<T>, v: u32) -> Vec<u8> {
+    let _version = EncodingVersion::set(v);
+    let written = if v <= 1 {
         serde_json::to_vec(&V1Out {
-            v: msg.v,
-            vmax: (msg.vmax != msg.v).then_some(msg.vmax),
+            v,
+            vmax: (msg.vmax != v).then_some(msg.vmax),
             from: msg.from,
             to: msg.to,
             inc: msg.inc,
@@ -199,14 +237,14 @@ pub fn encode_json<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
         })
     } else {
         serde_json::to_vec(&V2Out {
-            v: msg.v,
+            v,
             vmax: msg.vmax,
             from: msg.from,
             to: msg.to,
             inc: msg.inc,
-            epoch: (msg.v >= 3 && msg.epoch != 0).then_some(msg.epoch),
-            lead: msg.lead.filter(|_| msg.v >= 3),
-            echo: msg.echo.filter(|_| msg.v >= 3),
+            epoch: (v >= 3 && msg.epoch != 0).then_some(msg.epoch),
+            lead: msg.lead.filter(|_| v >= 3),
+            echo: msg.echo.filter(|_| v >= 3),
             seen: &msg.seen,
             delta: msg.delta.as_ref(),
             base: &msg.base,
@@ -264,7 +302,9 @@ struct BinaryOut<'a, T> {
 /// The number of fields of [`BinaryOut`].
 const BINARY_FIELDS: usize = 13;
 
-fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
+/// `msg` in binary, or `None` if its delta does not serialize in binary or would not
+/// read back as written (see [`encode`]).
+fn encode_binary<T: Crdt>(msg: &Message<T>) -> Option<Vec<u8>> {
     let _version = EncodingVersion::set(msg.v);
     let out = BinaryOut {
         v: msg.v,
@@ -281,8 +321,19 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
         chunk: msg.chunk,
         reply: msg.reply,
     };
-    postcard::to_extend(&out, vec![BINARY_MESSAGE])
-        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)")
+    let bytes = postcard::to_extend(&out, vec![BINARY_MESSAGE]).ok()?;
+    if msg.delta.is_some() {
+        let back = parse::<T>(&bytes, None, budget::Limits::NONE, |_| Ok(())).ok()?;
+        let same = back.delta.as_ref().and_then(Option::as_ref) == msg.delta.as_ref()
+            && back.seen.as_ref() == Some(&msg.seen)
+            && matches!(&back.base, Some(Base::Context(base)) if *base == msg.base)
+            && back.chunk == Some(msg.chunk)
+            && back.reply == Some(msg.reply);
+        if !same {
+            return None;
+        }
+    }
+    Some(bytes)
 }
 
 /// Encodes a durable value (an engine [`Snapshot`](crate::sync::Snapshot), or a
@@ -309,10 +360,23 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Vec<u8> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// Infallible on the terms of [`encode`] (a value type of your own must serialize).
-pub fn encode_snapshot<S: Serialize>(value: &S) -> Vec<u8> {
+/// A value that does not read back from the binary form as written (a value type of
+/// your own that needs a self-describing format, such as `serde_json::Value`, or one
+/// with `#[serde(flatten)]`, `untagged` or `skip_serializing_if`) is written in the
+/// JSON form instead, which [`decode_snapshot`] reads as well: every value is decoded
+/// back and compared before its binary form is returned, so a snapshot never becomes
+/// unreadable.
+///
+/// Panics only if the value serializes in neither form (a value type of your own whose
+/// `Serialize` fails; no value of the library's types, see [`encode`]).
+pub fn encode_snapshot<S: Serialize + DeserializeOwned + PartialEq>(value: &S) -> Vec<u8> {
     let plain = postcard::to_extend(value, vec![BINARY_SNAPSHOT, 1])
-        .expect("a value type whose encoded form does not serialize (see DotStore::Encoded)");
+        .ok()
+        .filter(|plain| read_binary::<S>(&plain[2..]).is_ok_and(|back| back == *value));
+    let Some(plain) = plain else {
+        return serde_json::to_vec(value)
+            .expect("a value type that serializes neither in binary nor in JSON");
+    };
     let body = &plain[2..];
     if body.len() < COMPRESS_FROM {
         return plain;
@@ -327,6 +391,20 @@ pub fn encode_snapshot<S: Serialize>(value: &S) -> Vec<u8> {
     }
 }
 
+/// A value in the binary serde form, taking every byte.
+fn read_binary<D: DeserializeOwned>(body: &[u8]) -> Result<D> {
+    budget::take_reason();
+    let mut de = postcard::Deserializer::from_bytes(body);
+    let read = D::deserialize(&mut de).and_then(|v| Ok((v, de.finalize()?)));
+    match read {
+        Ok((value, [])) => Ok(value),
+        Ok(_) => Err(Error::Decode {
+            reason: "binary snapshot: trailing bytes".into(),
+        }),
+        Err(e) => Err(binary_error(e)),
+    }
+}
+
 fn write_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
@@ -337,8 +415,14 @@ fn write_varint(out: &mut Vec<u8>, mut n: u64) {
 
 /// Reads what [`encode_snapshot`] wrote, or the JSON form (`serde_json`) of the same
 /// value, told apart by the first byte. Nothing is charged to a decoding budget (a
-/// snapshot is the replica's own), but nothing read is preallocated past what the
-/// bytes can hold, and malformed input is an error, never a panic.
+/// snapshot is the replica's own), nothing read is preallocated past what the bytes
+/// can hold, and malformed input is an error, never a panic.
+///
+/// A deflated snapshot is inflated up to the length it states, and no further: this
+/// trusts the snapshot to say how large it is, so a forged one (a few megabytes stating
+/// hundreds) can make it allocate that much before refusing it. That is fine for the
+/// replica's own files; for bytes from elsewhere, use [`decode_snapshot_with`], which
+/// refuses to inflate past a maximum of your choice.
 ///
 /// # Errors
 ///
@@ -346,6 +430,33 @@ fn write_varint(out: &mut Vec<u8>, mut n: u64) {
 /// bytes), [`Error::InvalidSnapshot`] (a binary snapshot version this build does not
 /// read).
 pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
+    decode_snapshot_with(bytes, usize::MAX)
+}
+
+/// [`decode_snapshot`], refusing a deflated snapshot that states more than
+/// `max_inflated` bytes before inflating anything (and inflating no more than it
+/// states): memory stays within `max_inflated` plus what the value itself takes.
+///
+/// ```
+/// use concord::{wire, Error, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// type Map = OrMap<String, PnCounter>;
+/// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+/// let mut m = Map::new();
+/// for i in 0..100 {
+///     m.increment(format!("key {i}"), 1, &mut hlc)?;
+/// }
+/// let saved = wire::encode_snapshot(&m);
+/// assert_eq!(saved[1], 2, "deflated");
+/// assert_eq!(wire::decode_snapshot_with::<Map>(&saved, 1 << 20)?, m);
+/// assert!(matches!(wire::decode_snapshot_with::<Map>(&saved, 100), Err(Error::Decode { .. })));
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`decode_snapshot`].
+pub fn decode_snapshot_with<D: DeserializeOwned>(bytes: &[u8], max_inflated: usize) -> Result<D> {
     match bytes.first() {
         Some(&BINARY_SNAPSHOT) => {
             let (version, body) = read_varint(&bytes[1..]).ok_or_else(|| Error::Decode {
@@ -358,9 +469,16 @@ pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
                     let (len, deflated) = read_varint(body).ok_or_else(|| Error::Decode {
                         reason: "binary snapshot: no length".into(),
                     })?;
-                    // The stated length bounds what is inflated: a corrupt or forged
-                    // stream cannot grow past it.
+                    // The stated length, within the caller's maximum, bounds what is
+                    // inflated: a corrupt stream cannot grow past it.
                     let limit = usize::try_from(len).unwrap_or(usize::MAX);
+                    if limit > max_inflated {
+                        return Err(Error::Decode {
+                            reason: format!(
+                                "binary snapshot: {len} bytes stated, more than the maximum of {max_inflated}"
+                            ),
+                        });
+                    }
                     inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, limit)
                         .map_err(|e| Error::Decode {
                             reason: format!("binary snapshot: deflate stream: {e}"),
@@ -383,16 +501,7 @@ pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
                     })
                 }
             };
-            budget::take_reason();
-            let mut de = postcard::Deserializer::from_bytes(body);
-            let read = D::deserialize(&mut de).and_then(|v| Ok((v, de.finalize()?)));
-            match read {
-                Ok((value, [])) => Ok(value),
-                Ok(_) => Err(Error::Decode {
-                    reason: "binary snapshot: trailing bytes".into(),
-                }),
-                Err(e) => Err(binary_error(e)),
-            }
+            read_binary(body)
         }
         Some(&BINARY_MESSAGE) => Err(Error::Decode {
             reason: "a binary message, not a snapshot".into(),
@@ -401,13 +510,20 @@ pub fn decode_snapshot<D: DeserializeOwned>(bytes: &[u8]) -> Result<D> {
     }
 }
 
-/// A varint (7 bits a byte, least significant first), and what follows it.
+/// A varint (7 bits a byte, least significant first), and what follows it; `None` if
+/// it is cut short, longer than it needs to be (a last byte of 0 after the first), or
+/// past 64 bits.
 fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let mut n = 0u64;
     for (i, &b) in bytes.iter().enumerate().take(10) {
-        n |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        let bits = u64::from(b & 0x7f);
+        // The tenth byte holds the 64th bit only.
+        if i == 9 && bits > 1 {
+            return None;
+        }
+        n |= bits << (7 * i);
         if b & 0x80 == 0 {
-            return Some((n, &bytes[i + 1..]));
+            return (i == 0 || b != 0).then(|| (n, &bytes[i + 1..]));
         }
     }
     None

@@ -642,3 +642,87 @@ fn binary_counts_that_lie_cut_messages_and_repeated_keys_are_typed_errors() {
     b.receive_bytes(&valid).expect("the valid message is taken");
     assert_eq!(b.state().len(), 3);
 }
+
+/// A binary snapshot of a context: replica 9, counter 1.
+fn context_snapshot() -> Vec<u8> {
+    let mut ctx = concord::CausalContext::new();
+    ctx.insert(concord::Dot::new(id(9), 1));
+    let bytes = wire::encode_snapshot(&ctx);
+    // 0xC1, format 1, one replica, its id (length 16, 16 bytes), one span: counter 1.
+    assert_eq!(bytes.len(), 2 + 1 + 17 + 2, "{bytes:x?}");
+    assert_eq!(&bytes[..3], &[wire::BINARY_SNAPSHOT, 1, 1]);
+    assert_eq!(&bytes[20..], &[1, 1 << 1]);
+    bytes
+}
+
+#[test]
+fn a_snapshot_with_trailing_bytes_is_refused() {
+    let bytes = context_snapshot();
+    assert!(wire::decode_snapshot::<concord::CausalContext>(&bytes).is_ok());
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    let e = wire::decode_snapshot::<concord::CausalContext>(&trailing).unwrap_err();
+    assert!(e.to_string().contains("trailing bytes"), "{e}");
+}
+
+#[test]
+fn a_context_naming_a_replica_without_ranges_is_refused() {
+    let bytes = context_snapshot();
+    let mut empty = bytes[..20].to_vec();
+    empty.push(0);
+    let e = wire::decode_snapshot::<concord::CausalContext>(&empty).unwrap_err();
+    assert!(e.to_string().contains("without ranges"), "{e}");
+}
+
+#[test]
+fn snapshot_varints_that_are_not_canonical_or_overflow_are_refused() {
+    let bytes = context_snapshot();
+    // Format 1 written in two bytes.
+    let mut long = vec![wire::BINARY_SNAPSHOT, 0x81, 0x00];
+    long.extend_from_slice(&bytes[2..]);
+    assert!(matches!(
+        wire::decode_snapshot::<concord::CausalContext>(&long),
+        Err(Error::Decode { .. })
+    ));
+    // A deflated snapshot whose stated length needs more than 64 bits: 2^64 + 2 would
+    // read as 2 if the tenth byte's high bits were dropped.
+    let mut over = vec![wire::BINARY_SNAPSHOT, 2];
+    over.extend_from_slice(&[0x82, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);
+    over.extend_from_slice(&stored_block(&[1, 2]));
+    let e = wire::decode_snapshot::<concord::CausalContext>(&over).unwrap_err();
+    assert!(e.to_string().contains("no length"), "{e}");
+}
+
+/// A raw deflate stream holding `data` in one stored (uncompressed) block.
+fn stored_block(data: &[u8]) -> Vec<u8> {
+    let len = data.len() as u16;
+    let mut out = vec![0x01];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn a_deflated_snapshot_inflates_no_further_than_it_states_nor_than_the_maximum() {
+    // 64 KiB of zeros in stored blocks, stating 16 bytes: inflating stops at 16 (and
+    // is refused), it does not inflate all of it and compare afterwards.
+    let mut forged = vec![wire::BINARY_SNAPSHOT, 2, 16];
+    for last in [false, true] {
+        let block = stored_block(&vec![0u8; 32 << 10]);
+        forged.push(u8::from(last));
+        forged.extend_from_slice(&block[1..]);
+    }
+    let e = wire::decode_snapshot::<concord::CausalContext>(&forged).unwrap_err();
+    assert!(e.to_string().contains("deflate stream"), "{e}");
+    // Stating all 64 KiB: inflated, then refused as a context; under a maximum of
+    // 1 KiB, refused before anything is inflated.
+    forged.splice(2..3, [0x80, 0x80, 0x04]);
+    let e = wire::decode_snapshot::<concord::CausalContext>(&forged).unwrap_err();
+    assert!(!e.to_string().contains("stated"), "{e}");
+    let (e, peak) = peak_of(|| {
+        wire::decode_snapshot_with::<concord::CausalContext>(&forged, 1 << 10).unwrap_err()
+    });
+    assert!(e.to_string().contains("more than the maximum"), "{e}");
+    assert!(peak < 4 << 10, "{peak} bytes allocated");
+}

@@ -122,6 +122,10 @@ pub struct StoreStats {
     pub log_bytes: AtomicU64,
     /// Bytes of the base snapshot.
     pub base_bytes: AtomicU64,
+    /// Bytes of the base snapshot before deflate (as [`base_bytes`](Self::base_bytes)
+    /// when it is not deflated): what the log, whose records are mostly too short to
+    /// be deflated, is compared with before compacting.
+    pub base_plain_bytes: AtomicU64,
     /// Times the file was compacted (redb's `Database::compact`) while running.
     pub file_compactions: AtomicU64,
     /// How long the last of those took, in microseconds (the node's commits wait
@@ -238,6 +242,7 @@ struct Replayed {
     records: u64,
     record_bytes: u64,
     base_bytes: u64,
+    base_plain_bytes: u64,
     existed: bool,
 }
 
@@ -245,6 +250,7 @@ struct Replayed {
 fn replay(db: &Database) -> Result<Replayed> {
     let tx = db.begin_read().map_err(Error::storage)?;
     let mut base_bytes = 0;
+    let mut base_plain_bytes = 0;
     let mut json = Vec::new();
     match tx.open_table(BASE) {
         Ok(base) => {
@@ -261,6 +267,7 @@ fn replay(db: &Database) -> Result<Replayed> {
                 Kv::new()
             } else {
                 base_bytes = json.len() as u64;
+                base_plain_bytes = plain_len(&json);
                 // Binary since protocol version 4; a JSON base still reads.
                 concord::wire::decode_snapshot(&json).map_err(Error::storage)?
             };
@@ -300,6 +307,7 @@ fn replay(db: &Database) -> Result<Replayed> {
         records: replayed,
         record_bytes,
         base_bytes,
+        base_plain_bytes,
         existed,
     })
 }
@@ -336,6 +344,7 @@ impl Store {
             records: replayed,
             record_bytes,
             base_bytes,
+            base_plain_bytes,
             existed,
         } = replay(&db.get())?;
         let acks = {
@@ -381,6 +390,9 @@ impl Store {
         stats.base_seq.store(base_seq, Ordering::Relaxed);
         stats.log_bytes.store(record_bytes, Ordering::Relaxed);
         stats.base_bytes.store(base_bytes, Ordering::Relaxed);
+        stats
+            .base_plain_bytes
+            .store(base_plain_bytes, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel::<u64>(1);
         let compacting = Arc::new(AtomicU64::new(0));
         let compaction_thread = {
@@ -402,10 +414,11 @@ impl Store {
                     let _guard = ExitOnPanic("compaction");
                     for upto in rx {
                         match compact(&db, &mut mirror, upto, &stats) {
-                            Ok(Some((last, folded, base))) => {
+                            Ok(Some((last, folded, base, plain))) => {
                                 stats.base_seq.store(last, Ordering::Relaxed);
                                 stats.log_bytes.fetch_sub(folded, Ordering::Relaxed);
                                 stats.base_bytes.store(base, Ordering::Relaxed);
+                                stats.base_plain_bytes.store(plain, Ordering::Relaxed);
                                 stats.compactions.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(None) => {}
@@ -608,16 +621,22 @@ impl Store {
         (self.next_seq - 1).saturating_sub(self.stats.base_seq.load(Ordering::Relaxed))
     }
 
-    /// Starts a compaction on the background thread if the log holds at least
-    /// `compact_after` records and at least as many bytes as the base (so rewriting
-    /// the base costs, amortized, a constant per logged byte, and the file stays
-    /// within a small multiple of the state), and none is running.
-    pub fn maybe_compact(&mut self) {
+    /// Whether the log is long enough to compact (see [`maybe_compact`](Self::maybe_compact)).
+    fn compaction_due(&self) -> bool {
         let log_bytes = self.stats.log_bytes.load(Ordering::Relaxed);
-        let base_bytes = self.stats.base_bytes.load(Ordering::Relaxed);
+        let base_bytes = self.stats.base_plain_bytes.load(Ordering::Relaxed);
         // Only committed records are folded (queued acknowledgements do not matter).
-        if self.log_len() < self.compact_after || log_bytes < base_bytes || !self.pending.is_empty()
-        {
+        self.log_len() >= self.compact_after && log_bytes >= base_bytes && self.pending.is_empty()
+    }
+
+    /// Starts a compaction on the background thread if the log holds at least
+    /// `compact_after` records and at least as many bytes as the base before deflate
+    /// (so rewriting the base costs, amortized, a constant per logged byte, and the
+    /// file stays within a small multiple of the state; the log's records are mostly
+    /// too short to deflate, so comparing them with the deflated base would compact
+    /// several times as often), and none is running.
+    pub fn maybe_compact(&mut self) {
+        if !self.compaction_due() {
             return;
         }
         if self
@@ -693,7 +712,7 @@ fn compact(
     mirror: &mut (Kv, u64),
     upto: u64,
     stats: &StoreStats,
-) -> Result<Option<(u64, u64, u64)>> {
+) -> Result<Option<(u64, u64, u64, u64)>> {
     let (state, seq) = mirror;
     let mut folded = 0;
     while *seq < upto {
@@ -779,7 +798,27 @@ fn compact(
             break;
         }
     }
-    Ok(Some((last, folded, encoded.len() as u64)))
+    Ok(Some((
+        last,
+        folded,
+        encoded.len() as u64,
+        plain_len(&encoded),
+    )))
+}
+
+/// The length of a base before deflate: the length a deflated binary snapshot
+/// (`0xC1`, format 2) states after its format, or the length of anything else.
+fn plain_len(encoded: &[u8]) -> u64 {
+    if let [concord::wire::BINARY_SNAPSHOT, 2, rest @ ..] = encoded {
+        let mut n = 0u64;
+        for (i, &b) in rest.iter().enumerate().take(10) {
+            n |= u64::from(b & 0x7f).checked_shl(7 * i as u32).unwrap_or(0);
+            if b & 0x80 == 0 {
+                return n;
+            }
+        }
+    }
+    encoded.len() as u64
 }
 
 /// Compacts the file when it exceeds `ratio` times the live data.
@@ -1172,6 +1211,71 @@ mod tests {
         assert!(rec.replayed < 120);
         assert_eq!(rec.state, expected);
         assert_eq!(rec.state.len(), 69);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The log is compared with the base as it is before deflate: records are mostly
+    /// too short to deflate, and a base of values that deflate well would otherwise
+    /// be rewritten several times as often per logged byte.
+    #[test]
+    fn compaction_waits_for_as_many_bytes_as_the_base_before_deflate() {
+        let path = dir("pace");
+        let mut hlc = Hlc::new(ReplicaId::from_u128(1), SystemClock);
+        let mut state = Kv::new();
+        let (mut store, _) = Store::open(&path, &config(Fsync::Group, 1)).unwrap();
+        let stats = store.stats();
+        for i in 0..100 {
+            let delta = state
+                .write(
+                    format!("k{i}"),
+                    "a value that deflates well. ".repeat(8),
+                    &mut hlc,
+                )
+                .unwrap();
+            store.append_local(&delta);
+        }
+        store.commit().unwrap();
+        store.maybe_compact();
+        let until = Instant::now() + std::time::Duration::from_secs(10);
+        while stats.compactions.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < until, "no compaction");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let base = stats.base_bytes.load(Ordering::Relaxed);
+        let plain = stats.base_plain_bytes.load(Ordering::Relaxed);
+        assert!(
+            plain > 3 * base,
+            "{plain} bytes before deflate, {base} after"
+        );
+        // Log past the deflated base, short of the plain one: not yet due.
+        let mut i = 0;
+        while stats.log_bytes.load(Ordering::Relaxed) <= 2 * base {
+            let delta = state
+                .write(format!("k{}", i % 100), format!("v{i}"), &mut hlc)
+                .unwrap();
+            store.append_local(&delta);
+            store.commit().unwrap();
+            i += 1;
+        }
+        assert!(stats.log_bytes.load(Ordering::Relaxed) < plain);
+        assert!(!store.compaction_due());
+        while stats.log_bytes.load(Ordering::Relaxed) < plain {
+            let delta = state
+                .write(format!("k{}", i % 100), format!("v{i}"), &mut hlc)
+                .unwrap();
+            store.append_local(&delta);
+            store.commit().unwrap();
+            i += 1;
+        }
+        assert!(store.compaction_due());
+        drop(store);
+        // A reopened store reads the base's plain length back from the file.
+        let (store, rec) = Store::open(&path, &config(Fsync::Group, 1)).unwrap();
+        assert_eq!(rec.state, state);
+        assert_eq!(
+            store.stats().base_plain_bytes.load(Ordering::Relaxed),
+            plain
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -166,3 +166,50 @@ pub(crate) fn reserve(hint: Option<usize>) -> usize {
 
 /// The most elements reserved ahead of their arrival (see [`reserve`]).
 pub(crate) const RESERVE: usize = 256;
+
+/// Reads a replica table (a list of replica ids), reserving no more than [`RESERVE`]
+/// ids ahead of their arrival whatever its length prefix claims: for
+/// `#[serde(deserialize_with)]` on a table field.
+pub(crate) fn replicas<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::id::ReplicaId>, D::Error> {
+    struct Table;
+    impl<'de> serde::de::Visitor<'de> for Table {
+        type Value = Vec<crate::id::ReplicaId>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of replica ids")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE));
+            while let Some(id) = seq.next_element()? {
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+    }
+    d.deserialize_seq(Table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_is_held_to_the_entries_left() {
+        assert_eq!(reserve(Some(1 << 40)), RESERVE);
+        let limits = Limits {
+            entries: 3,
+            ..Limits::NONE
+        };
+        let (reserved, over) = with(limits, || {
+            let first = reserve(Some(1000));
+            entry().unwrap();
+            (first, reserve(Some(1000)))
+        });
+        assert_eq!(reserved, (3, 2));
+        assert!(over.is_none());
+    }
+}
