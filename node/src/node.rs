@@ -1210,11 +1210,15 @@ fn new_coordinator(config: &NodeConfig, engine: &Engine) -> Coordinator {
     let master = supported(engine)
         .or(config.master_id())
         .unwrap_or(config.node_id);
-    let c = CoordinatorConfig {
+    Coordinator::new(members, master, engine.epoch(), coordinator_config(config))
+}
+
+/// The coordinator's settings, from the node's.
+fn coordinator_config(config: &NodeConfig) -> CoordinatorConfig {
+    CoordinatorConfig {
         failed_checks: config.failover.failed_checks,
         switchover_timeout_ms: config.failover.switchover_timeout_ms,
-    };
-    Coordinator::new(members, master, engine.epoch(), c)
+    }
 }
 
 /// The master `engine` supports: its leader, unless that is itself and it is no
@@ -1321,6 +1325,27 @@ impl Node {
                 self.rebuild_coordinator();
             }
         }
+        // This node's coordinator holds it for master, but it is not one (deposed by
+        // a newer epoch whose master it cannot hear, or stopped), and no promotion of
+        // it is awaited: its own follower role is no failed check of itself (failing
+        // over from itself would fence it into an epoch no one leads, and deposes
+        // whoever leads the newest). It starts over knowing no master; the one that
+        // reports itself master of the newest epoch is taken.
+        if let Some(c) = &self.coordinator {
+            if c.master() == Some(me)
+                && self.engine.role() != Role::Master
+                && c.awaiting().is_none_or(|(n, _)| n != me)
+                && c.step().is_none()
+            {
+                let members = std::iter::once(me).chain(self.config.peers.iter().map(|p| p.id));
+                let epoch = c.epoch().max(epoch);
+                self.coordinator = Some(Coordinator::without_master(
+                    members,
+                    epoch,
+                    coordinator_config(&self.config),
+                ));
+            }
+        }
         let m = self.engine.metrics();
         let silence = 2 * self.config.replication.heartbeat_ms;
         self.step_down_if_unsupported(&m, silence);
@@ -1368,9 +1393,12 @@ impl Node {
         // A master that reports itself a follower fails its checks (the coordinator
         // counts it so): it was deposed, or restarted as a follower. But one that
         // stopped taking writes at an operator's request (the first step of a planned
-        // switchover, run from whichever node received it) is given the switchover
-        // timeout first, so that the nodes' coordinators do not fail over under a
-        // switchover in progress; if it is still a follower after that, they do.
+        // switchover, run from whichever node received it) is given three switchover
+        // timeouts first, the longest a switchover leaves the old master stopped with
+        // no new master (its steps StopWrites, WaitCaughtUp and Promote each have one
+        // timeout: see `failover.switchover_timeout_ms`), so that the nodes'
+        // coordinators do not fail over under a switchover in progress; if it is
+        // still a follower after that, they do.
         let master_role = match c.master() {
             Some(l) if l == me => Some(self.engine.role()),
             Some(l) => self.reported.get(&l).map(|r| r.1),
@@ -1381,7 +1409,8 @@ impl Node {
                 Some((m, t)) if m == l => t,
                 _ => self.master_stopped_since.insert((l, Instant::now())).1,
             };
-            since.elapsed() < Duration::from_millis(self.config.failover.switchover_timeout_ms)
+            let grace = self.config.failover.switchover_timeout_ms.saturating_mul(3);
+            since.elapsed() < Duration::from_millis(grace)
         } else {
             self.master_stopped_since = None;
             false
@@ -1413,6 +1442,16 @@ impl Node {
         let mut actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
         // Reports first (in their order), so the events read as decided, then done.
         actions.sort_by_key(|a| !matches!(a, Action::Report(_)));
+        // The epochs of promotions meant for other nodes: this node never fences
+        // itself into one (it would take, and pass on, an epoch that only the other
+        // node may lead, before that node could act on it).
+        let theirs: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Promote { node, epoch } if *node != me => Some(*epoch),
+                _ => None,
+            })
+            .collect();
         for action in actions {
             match action {
                 Action::Promote { node, epoch } if node == me => {
@@ -1431,13 +1470,14 @@ impl Node {
                     let name = self.name(node);
                     self.event(format!("expects {name} to take over at epoch {epoch}"));
                 }
-                Action::Fence { node, epoch } if node == me => {
+                Action::Fence { node, epoch } if node == me && !theirs.contains(&epoch) => {
                     if let Err(e) = self.engine.fence(epoch) {
                         self.event(format!("cannot fence itself: {e}"));
                     }
                 }
                 // A master that cannot be reached is fenced by its lease and by the
-                // first message of the new epoch that reaches it.
+                // first message of the new epoch that reaches it; so is this node,
+                // by the promoted node's first message.
                 Action::Fence { .. } => {}
                 Action::StopWrites { node } if node == me => self.engine.demote(),
                 Action::StopWrites { .. } => {}
@@ -1502,10 +1542,7 @@ impl Node {
             // epoch.
             let failed = self.failed_master.filter(|f| *f != self.config.node_id);
             if let (Some(c), Some(failed)) = (&self.coordinator, failed) {
-                let config = CoordinatorConfig {
-                    failed_checks: self.config.failover.failed_checks,
-                    switchover_timeout_ms: self.config.failover.switchover_timeout_ms,
-                };
+                let config = coordinator_config(&self.config);
                 let members = std::iter::once(self.config.node_id)
                     .chain(self.config.peers.iter().map(|p| p.id));
                 if c.master() == Some(self.config.node_id) {
