@@ -59,10 +59,9 @@
 //! may have heard of the epoch from another replica before it could act on it). One
 //! that does not (it is down, or refused: a rogue promotion took the epoch first) is
 //! reported ([`Report::PromotionFailed`]) at the timeout and the coordinator fails
-//! over again, with a fresh epoch; a replica that reports itself master of the
-//! newest epoch, or of the epoch of the promotion ordered, is taken as the master at
-//! once (an epoch has one master at most). Once confirmed, a master that passes its
-//! health checks but reports itself a follower counts as failing them.
+//! over again, with a fresh epoch (a replica that reports itself master of a newer
+//! epoch meanwhile is taken as the master at once). Once confirmed, a master that
+//! passes its health checks but reports itself a follower counts as failing them.
 //!
 //! ```
 //! use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
@@ -531,7 +530,7 @@ impl Coordinator {
 
     /// `node`'s position, read from its engine. It raises the known epoch, names a
     /// replica that reports itself master at a newer epoch than the known one (or at
-    /// the known one, if that is not the master held) the master (ending a planned
+    /// the known one, if no master is held) the master (ending a planned
     /// switchover under way), confirms an ordered promotion (the replica reports
     /// itself master of its epoch or a newer one), and moves a planned switchover on.
     /// A promotion is failed only by its deadline ([`Coordinator::tick`]).
@@ -558,11 +557,11 @@ impl Coordinator {
             .is_some_and(|p| p.node == node && role == Role::Master && epoch >= p.epoch);
         if role == Role::Master
             && !confirms
-            && (epoch > self.epoch || (epoch == self.epoch && self.master != Some(node)))
+            && (epoch > self.epoch || (epoch == self.epoch && self.master.is_none()))
         {
-            // Promoted behind the coordinator's back, in an epoch at least the newest
-            // it knows: that is the master now (an epoch has one master at most, so
-            // one that took the epoch of a promotion ordered here refused it).
+            // Promoted behind the coordinator's back, in a newer epoch than any it
+            // knows (or in the newest, by a coordinator that knows no master): that
+            // is the master now.
             if let Some(s) = self.switchover.take() {
                 self.abandon(&s);
             }
@@ -1089,25 +1088,6 @@ mod tests {
         c.tick(10_000);
         c.health(a, true);
         assert!(drain(&mut c).is_empty());
-    }
-
-    /// Another replica that reports itself master of the epoch a promotion was
-    /// ordered at took that epoch first: it is the master, and nothing fails over.
-    #[test]
-    fn a_master_of_the_epoch_of_a_pending_promotion_is_taken() {
-        let [m, a, b] = ids();
-        let mut c = Coordinator::new([m, a, b], m, 0, config(1));
-        c.observe(a, position(&[(m, 1)], 0, Role::Follower));
-        c.observe(b, position(&[], 0, Role::Follower));
-        c.health(a, true);
-        c.health(b, true);
-        c.health(m, false);
-        assert_eq!(promotions(&drain(&mut c)), [(a, 1)]);
-        c.observe(a, position(&[(m, 1)], 1, Role::Follower));
-        c.observe(b, position(&[], 1, Role::Master));
-        c.tick(10_000);
-        assert!(drain(&mut c).is_empty());
-        assert_eq!((c.master(), c.epoch(), c.awaiting()), (Some(b), 1, None));
     }
 
     /// A promoted replica that reports a follower of the epoch it was told to take,
