@@ -186,6 +186,9 @@ struct Local {
     failed_master: Option<ReplicaId>,
     /// Since when (true time) this node has been a master no majority supports.
     unsupported_since: Option<u64>,
+    /// Since when (true time) this node has known no master while hearing every
+    /// peer say it is none.
+    masterless_since: Option<u64>,
 }
 
 fn node_coordinator_config() -> CoordinatorConfig {
@@ -218,6 +221,7 @@ impl Local {
             reported: BTreeMap::new(),
             failed_master: None,
             unsupported_since: None,
+            masterless_since: None,
         }
     }
 }
@@ -658,19 +662,21 @@ impl Cluster {
             if now.saturating_sub(since) >= 3 * LEASE_MS {
                 local.unsupported_since = None;
                 if engine.fence(epoch).is_ok() && local.coordinator.master() == Some(me) {
-                    local.coordinator = match local.failed_master.filter(|f| *f != me) {
-                        Some(f) => Coordinator::new(
-                            ids.iter().copied(),
-                            f,
-                            epoch,
-                            node_coordinator_config(),
-                        ),
-                        None => Coordinator::without_master(
-                            ids.iter().copied(),
-                            epoch,
-                            node_coordinator_config(),
-                        ),
-                    };
+                    // No one leads the epoch: the coordinator holds another node (the
+                    // one it failed over from, else the first other one) for the
+                    // master, whose checks fail, and the next failover starts a new
+                    // epoch. (Knowing no master, every node could wait for good.)
+                    let failed = local
+                        .failed_master
+                        .filter(|f| *f != me)
+                        .or_else(|| ids.iter().copied().find(|f| *f != me))
+                        .expect("a cluster of several nodes");
+                    local.coordinator = Coordinator::new(
+                        ids.iter().copied(),
+                        failed,
+                        epoch,
+                        node_coordinator_config(),
+                    );
                 }
             }
         } else {
@@ -697,6 +703,29 @@ impl Cluster {
                 ok &= leader == Some(p.peer);
             }
             c.health(p.peer, ok);
+        }
+        // Knowing no master, hearing every peer, none of which says it is one: no one
+        // leads. After a step timeout (promotions under way get that long), elect.
+        let masterless = c.master().is_none()
+            && c.awaiting().is_none()
+            && engine.role() == Role::Follower
+            && leader.is_none()
+            && m.peers.iter().all(|p| {
+                let j = ids.iter().position(|x| *x == p.peer).expect("a member");
+                p.lag.since_heard_ms.is_some_and(|t| t <= silence)
+                    && local
+                        .reported
+                        .get(&j)
+                        .is_some_and(|r| r.1 == Role::Follower)
+            });
+        if masterless {
+            let since = *local.masterless_since.get_or_insert(now);
+            if now.saturating_sub(since) >= NODE_TIMEOUT_MS {
+                local.masterless_since = None;
+                c.elect();
+            }
+        } else {
+            local.masterless_since = None;
         }
         let actions: Vec<Do> = std::iter::from_fn(|| c.poll_action()).collect();
         let theirs: Vec<u64> = actions
@@ -905,12 +934,18 @@ impl Cluster {
         let roles: Vec<String> = self
             .engines
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
+                let c = self.locals.as_ref().map(|l| {
+                    let c = &l[i].coordinator;
+                    (c.master(), c.epoch(), c.awaiting(), l[i].reported.clone())
+                });
                 format!(
-                    "{} epoch {} {:?} {:?}",
+                    "{} epoch {} {:?} leader {:?} {:?}, coordinator {c:?}",
                     e.node(),
                     e.epoch(),
                     e.role(),
+                    e.leader(),
                     e.writable()
                 )
             })

@@ -303,6 +303,9 @@ pub struct Node {
     /// Since when the coordinator's master has reported itself a follower (see
     /// [`Node::check_failover`]).
     master_stopped_since: Option<(ReplicaId, Instant)>,
+    /// Since when this node's coordinator has known no master while every peer was
+    /// heard saying it is none (see [`Node::check_failover`]).
+    masterless_since: Option<Instant>,
     /// Answers to operators' commands, sent once the batch that ran them is
     /// committed (a node that answered "stopped taking writes" is a follower after a
     /// restart too).
@@ -442,6 +445,7 @@ impl Node {
             reported: HashMap::new(),
             admin_replies: Vec::new(),
             master_stopped_since: None,
+            masterless_since: None,
         })
     }
 
@@ -1439,6 +1443,34 @@ impl Node {
             }
             c.health(p.peer, ok);
         }
+        // Knowing no master (deposed, see above), and hearing every peer, none of
+        // which says it is one: no one leads. After the step timeout (a promotion
+        // under way gets that long), the coordinator elects; every node in that state
+        // chooses from the same settled positions, so the same node. A peer not heard
+        // (it may lead an epoch this node cannot hear) keeps it waiting.
+        let masterless = c.master().is_none()
+            && c.awaiting().is_none()
+            && self.engine.role() == Role::Follower
+            && leader.is_none()
+            && settled
+            && m.peers.iter().all(|p| {
+                self.links.get(&p.peer).is_some_and(|l| !l.is_empty())
+                    && p.lag.since_heard_ms.is_some_and(|t| t <= silence)
+                    && self
+                        .reported
+                        .get(&p.peer)
+                        .is_some_and(|r| r.1 == Role::Follower)
+            });
+        if masterless {
+            let since = *self.masterless_since.get_or_insert_with(Instant::now);
+            let timeout = Duration::from_millis(self.config.failover.switchover_timeout_ms);
+            if since.elapsed() >= timeout {
+                self.masterless_since = None;
+                c.elect();
+            }
+        } else {
+            self.masterless_since = None;
+        }
         let mut actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
         // Reports first (in their order), so the events read as decided, then done.
         actions.sort_by_key(|a| !matches!(a, Action::Report(_)));
@@ -1540,7 +1572,15 @@ impl Node {
             // for the master: it goes back to the master it failed over from, whose
             // checks fail, and the next failover, on settled positions, starts a new
             // epoch.
-            let failed = self.failed_master.filter(|f| *f != self.config.node_id);
+            // With no master to go back to (this node's mastership came from an
+            // operator, say), it holds another node for the master all the same: a
+            // coordinator that knew no master would wait for one, and if every node's
+            // did, none would ever fail over.
+            let me = self.config.node_id;
+            let failed = self
+                .failed_master
+                .filter(|f| *f != me)
+                .or_else(|| self.config.peers.iter().map(|p| p.id).min());
             if let (Some(c), Some(failed)) = (&self.coordinator, failed) {
                 let config = coordinator_config(&self.config);
                 let members = std::iter::once(self.config.node_id)

@@ -776,7 +776,41 @@ impl Coordinator {
     /// best healthy candidate other than it is promoted in a fresh epoch. With
     /// `started`, the start is reported (once per episode if there is no candidate).
     fn fail_over(&mut self, master: ReplicaId, started: bool) {
-        if started && !self.no_candidate_reported {
+        self.fail_over_from(Some(master), started);
+    }
+
+    /// With no master known ([`Coordinator::without_master`]) and no promotion
+    /// awaited, starts a failover now: the best healthy candidate (any member with a
+    /// position, this host's replica included) is promoted in a fresh epoch, and
+    /// checked as every promotion is. For a host that knows, from every other
+    /// replica's own word, that none of them is a master: replicas that all hold no
+    /// master and choose from the same positions choose the same one. Does nothing
+    /// if a master is held or a promotion awaited.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position};
+    /// use concord::sync::Role;
+    /// use concord::{CausalContext, ReplicaId};
+    ///
+    /// let ids = [1, 2].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::without_master(ids, 3, CoordinatorConfig::default());
+    /// for id in ids {
+    ///     let position = Position { context: CausalContext::new(), epoch: 3, role: Role::Follower };
+    ///     coordinator.observe(id, position);
+    ///     coordinator.health(id, true);
+    /// }
+    /// coordinator.elect();
+    /// assert_eq!(coordinator.poll_action(), Some(Action::Promote { node: ids[0], epoch: 4 }));
+    /// assert_eq!(coordinator.awaiting(), Some((ids[0], 4)));
+    /// ```
+    pub fn elect(&mut self) {
+        if self.master.is_none() && self.pending.is_none() {
+            self.fail_over_from(None, false);
+        }
+    }
+
+    fn fail_over_from(&mut self, master: Option<ReplicaId>, started: bool) {
+        if let (true, false, Some(master)) = (started, self.no_candidate_reported, master) {
             self.actions
                 .push_back(Action::Report(Report::FailoverStarted {
                     master,
@@ -786,11 +820,11 @@ impl Coordinator {
         let candidates: Vec<(ReplicaId, &CausalContext)> = self
             .positions
             .iter()
-            .filter(|(id, _)| **id != master && self.healthy.get(id) == Some(&true))
+            .filter(|(id, _)| Some(**id) != master && self.healthy.get(id) == Some(&true))
             .map(|(id, p)| (*id, &p.context))
             .collect();
         let Some((node, missed)) = choose_candidate(&candidates) else {
-            if !self.no_candidate_reported {
+            if let (false, Some(master)) = (self.no_candidate_reported, master) {
                 self.no_candidate_reported = true;
                 self.actions
                     .push_back(Action::Report(Report::NoCandidate { master }));
@@ -800,10 +834,12 @@ impl Coordinator {
         let epoch = self.next_epoch();
         self.failures = 0;
         self.no_candidate_reported = false;
-        self.actions.push_back(Action::Fence {
-            node: master,
-            epoch,
-        });
+        if let Some(master) = master {
+            self.actions.push_back(Action::Fence {
+                node: master,
+                epoch,
+            });
+        }
         self.promote(node, epoch);
         self.actions.push_back(Action::Report(Report::Promoted {
             node,
