@@ -43,7 +43,7 @@ use concord::hlc::TimeSource;
 use concord::ops::failover::{
     Action as Do, Coordinator, CoordinatorConfig, Position, Report, Step,
 };
-use concord::sync::{AckLevel, Config, MemoryLease, Role, Snapshot, SyncEngine};
+use concord::sync::{AckLevel, Config, MemoryLease, Message, Role, Snapshot, SyncEngine};
 use concord::testing::sim::Rng;
 use concord::{Dot, Error, ManualClock, MvRegister, OrMap, ReplicaId};
 use proptest::prelude::*;
@@ -62,6 +62,8 @@ const WALL_OFFSET_MS: u64 = 100;
 const MAX_DRIFT_PPM: u64 = 45_000;
 /// How many backups are kept per node (the oldest goes first).
 const BACKUPS: usize = 4;
+/// The step timeout of the nodes' own coordinators (distributed runs).
+const NODE_TIMEOUT_MS: u64 = 3_000;
 
 /// One replica's clocks, read off the simulation's true time (see the module
 /// documentation for the bounds).
@@ -149,6 +151,9 @@ enum Act {
     Switchover { node: usize },
     /// An operator promotes `node` by hand (split-brain bait).
     RoguePromote { node: usize },
+    /// The link between `a` and `b` is cut, both ways (the others stay up: `a` and
+    /// `b` may still reach each other's peers).
+    CutLink { a: usize, b: usize },
 }
 
 fn act(nodes: usize) -> impl Strategy<Value = Act> {
@@ -169,8 +174,64 @@ fn act(nodes: usize) -> impl Strategy<Value = Act> {
     ]
 }
 
+/// A node's own failover coordinator, as `concord-node` runs one on every node: fed
+/// only what the node hears (the epoch of each peer's latest message its engine took,
+/// and whether the peer led that epoch: `lead`), and carrying out only the actions
+/// that name the node itself.
+struct Local {
+    coordinator: Coordinator,
+    /// What each peer last said about itself, in a message the engine took.
+    reported: BTreeMap<usize, (u64, Role)>,
+    /// The last master other than this node that its coordinator held.
+    failed_master: Option<ReplicaId>,
+    /// Since when (true time) this node has been a master no majority supports.
+    unsupported_since: Option<u64>,
+    /// Since when (true time) this node has known no master while hearing every
+    /// peer say it is none.
+    masterless_since: Option<u64>,
+}
+
+fn node_coordinator_config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        failed_checks: 2,
+        switchover_timeout_ms: NODE_TIMEOUT_MS,
+    }
+}
+
+/// The master `engine` supports: its leader, unless that is itself and it is no
+/// longer a master.
+fn supported(engine: &SyncEngine<Profiles, SimClock>) -> Option<ReplicaId> {
+    engine
+        .leader()
+        .filter(|l| *l != engine.node() || engine.role() == Role::Master)
+}
+
+impl Local {
+    /// A node's coordinator as it starts: holding the master its engine supports
+    /// (else the configured one), at its engine's epoch.
+    fn new(ids: &[ReplicaId], engine: &SyncEngine<Profiles, SimClock>) -> Self {
+        let master = supported(engine).unwrap_or(ids[0]);
+        Local {
+            coordinator: Coordinator::new(
+                ids.iter().copied(),
+                master,
+                engine.epoch(),
+                node_coordinator_config(),
+            ),
+            reported: BTreeMap::new(),
+            failed_master: None,
+            unsupported_since: None,
+            masterless_since: None,
+        }
+    }
+}
+
 struct Cluster {
     ids: Vec<ReplicaId>,
+    /// Distributed runs: every node's own coordinator (the central one is unused).
+    locals: Option<Vec<Local>>,
+    /// Links cut one by one (`CutLink`), smaller node first.
+    links_cut: BTreeSet<(usize, usize)>,
     engines: Vec<SyncEngine<Profiles, SimClock>>,
     configs: Vec<Config>,
     leases: Vec<MemoryLease>,
@@ -282,6 +343,8 @@ impl Cluster {
         }
         let mut cluster = Cluster {
             ids,
+            locals: None,
+            links_cut: BTreeSet::new(),
             engines,
             configs,
             leases,
@@ -318,13 +381,27 @@ impl Cluster {
         cluster
     }
 
+    /// The same cluster with a coordinator on every node (see [`Local`]).
+    fn distributed(mut self) -> Self {
+        let locals = self
+            .engines
+            .iter()
+            .map(|e| Local::new(&self.ids, e))
+            .collect();
+        self.locals = Some(locals);
+        self
+    }
+
     fn n(&self) -> usize {
         self.engines.len()
     }
 
     fn cut(&self, a: u32, b: u32) -> bool {
-        self.side_a
-            .is_some_and(|mask| ((mask >> a) & 1) != ((mask >> b) & 1))
+        let link = (a.min(b) as usize, a.max(b) as usize);
+        self.links_cut.contains(&link)
+            || self
+                .side_a
+                .is_some_and(|mask| ((mask >> a) & 1) != ((mask >> b) & 1))
     }
 
     /// The coordinator reaches node `i`.
@@ -368,8 +445,30 @@ impl Cluster {
         if faults && self.rng.percent(self.duplicate) {
             self.network.push((from, to, bytes.clone()));
         }
+        // The sender's own word on its epoch and role, as the node reads it off the
+        // envelope.
+        let report = self.locals.as_ref().and_then(|_| {
+            Message::<Profiles>::decode(&bytes, usize::MAX)
+                .ok()
+                .map(|m| {
+                    let role = if m.lead.is_some() {
+                        Role::Master
+                    } else {
+                        Role::Follower
+                    };
+                    (m.epoch, role)
+                })
+        });
         match self.engines[to].handle_bytes(&bytes) {
-            Ok(_) => self.drain(to),
+            Ok(_) => {
+                if let (Some(locals), Some(report)) = (&mut self.locals, report) {
+                    let r = locals[to].reported.entry(from).or_insert(report);
+                    if report.0 >= r.0 {
+                        *r = report;
+                    }
+                }
+                self.drain(to)
+            }
             Err(Error::StaleEpoch { .. }) => self.stale += 1,
             Err(e) => self.unexpected.push(e),
         }
@@ -408,8 +507,10 @@ impl Cluster {
 
     fn advance(&mut self, ms: u64) {
         self.time.advance(ms);
-        self.coordinator.tick(self.time.now());
-        self.run_coordinator();
+        if self.locals.is_none() {
+            self.coordinator.tick(self.time.now());
+            self.run_coordinator();
+        }
         for i in 0..self.n() {
             if self.up[i] {
                 self.engines[i].handle_timeout();
@@ -439,6 +540,10 @@ impl Cluster {
             .expect("a snapshot restores")
             .with_lease(self.leases[i].clone())
             .expect("a memory lease loads");
+        if let Some(locals) = &mut self.locals {
+            // A new process: a new coordinator, nothing heard yet.
+            locals[i] = Local::new(&self.ids, &self.engines[i]);
+        }
         self.up[i] = true;
         self.drain(i);
     }
@@ -494,6 +599,171 @@ impl Cluster {
         self.run_coordinator();
     }
 
+    /// Every live node runs its own coordinator, as `concord-node` does
+    /// (`Node::check_failover`): fed the peers' positions (what they acknowledged, and
+    /// their own word on epoch and role), checks of the peers it hears (the master
+    /// must also be the one it supports), and running only what names itself.
+    fn check_distributed(&mut self) {
+        for i in 0..self.n() {
+            if self.up[i] {
+                self.check_node(i);
+            }
+        }
+    }
+
+    fn check_node(&mut self, i: usize) {
+        let me = self.ids[i];
+        let now = self.time.now();
+        let ids = self.ids.clone();
+        let silence = 2 * HEARTBEAT_MS;
+        let Some(locals) = self.locals.as_mut() else {
+            return;
+        };
+        let local = &mut locals[i];
+        let engine = &mut self.engines[i];
+        let (epoch, leader) = (engine.epoch(), supported(engine));
+        // Someone else's decision, at an epoch at least the coordinator's, stands.
+        if let Some(l) = leader {
+            let c = &local.coordinator;
+            if c.master() != Some(l) && epoch >= c.epoch() {
+                if let Some(old) = c.master().filter(|o| *o != me) {
+                    local.failed_master = Some(old);
+                }
+                local.coordinator =
+                    Coordinator::new(ids.iter().copied(), l, epoch, node_coordinator_config());
+            }
+        }
+        // Deposed, with no master it can hear, and no promotion of it awaited: it
+        // knows no master (its own follower role is no failed check of itself).
+        let c = &local.coordinator;
+        if c.master() == Some(me)
+            && engine.role() != Role::Master
+            && c.awaiting().is_none_or(|(n, _)| n != me)
+        {
+            let e = c.epoch().max(epoch);
+            local.coordinator =
+                Coordinator::without_master(ids.iter().copied(), e, node_coordinator_config());
+        }
+        let m = engine.metrics();
+        // A master unsupported by a majority it hears, for three leases, steps down
+        // (a split vote) and goes back to the master it failed over from.
+        let unsupported = engine.role() == Role::Master
+            && matches!(
+                engine.writable(),
+                Err(Error::NoQuorum { .. } | Error::FencingWait { until_ms: None, .. })
+            );
+        let heard = m
+            .peers
+            .iter()
+            .filter(|p| p.lag.since_heard_ms.is_some_and(|t| t <= silence))
+            .count();
+        if unsupported && heard + 1 >= engine.quorum() {
+            let since = *local.unsupported_since.get_or_insert(now);
+            if now.saturating_sub(since) >= 3 * LEASE_MS {
+                local.unsupported_since = None;
+                if engine.fence(epoch).is_ok() && local.coordinator.master() == Some(me) {
+                    // No one leads the epoch: the coordinator holds another node (the
+                    // one it failed over from, else the first other one) for the
+                    // master, whose checks fail, and the next failover starts a new
+                    // epoch. (Knowing no master, every node could wait for good.)
+                    let failed = local
+                        .failed_master
+                        .filter(|f| *f != me)
+                        .or_else(|| ids.iter().copied().find(|f| *f != me))
+                        .expect("a cluster of several nodes");
+                    local.coordinator = Coordinator::new(
+                        ids.iter().copied(),
+                        failed,
+                        epoch,
+                        node_coordinator_config(),
+                    );
+                }
+            }
+        } else {
+            local.unsupported_since = None;
+        }
+        let c = &mut local.coordinator;
+        c.tick(now);
+        for p in &m.peers {
+            let j = ids.iter().position(|x| *x == p.peer).expect("a member");
+            if let Some(&(epoch, role)) = local.reported.get(&j) {
+                let position = Position {
+                    context: p.acked.clone(),
+                    epoch,
+                    role,
+                };
+                c.observe(p.peer, position);
+            }
+        }
+        c.observe(me, Position::from(&*engine));
+        c.health(me, true);
+        for p in &m.peers {
+            let mut ok = p.lag.since_heard_ms.is_some_and(|t| t <= silence);
+            if c.master() == Some(p.peer) {
+                ok &= leader == Some(p.peer);
+            }
+            c.health(p.peer, ok);
+        }
+        // Knowing no master, hearing every peer, none of which says it is one: no one
+        // leads. After a step timeout (promotions under way get that long), elect.
+        let masterless = c.master().is_none()
+            && c.awaiting().is_none()
+            && engine.role() == Role::Follower
+            && leader.is_none()
+            && m.peers.iter().all(|p| {
+                let j = ids.iter().position(|x| *x == p.peer).expect("a member");
+                p.lag.since_heard_ms.is_some_and(|t| t <= silence)
+                    && local
+                        .reported
+                        .get(&j)
+                        .is_some_and(|r| r.1 == Role::Follower)
+            });
+        if masterless {
+            let since = *local.masterless_since.get_or_insert(now);
+            if now.saturating_sub(since) >= NODE_TIMEOUT_MS {
+                local.masterless_since = None;
+                c.elect();
+            }
+        } else {
+            local.masterless_since = None;
+        }
+        let actions: Vec<Do> = std::iter::from_fn(|| c.poll_action()).collect();
+        let theirs: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Do::Promote { node, epoch } if *node != me => Some(*epoch),
+                _ => None,
+            })
+            .collect();
+        for action in actions {
+            match action {
+                Do::Promote { node, epoch } if node == me => {
+                    self.failovers += 1;
+                    let _ = engine.promote_at(epoch);
+                }
+                Do::Fence { node, epoch } if node == me && !theirs.contains(&epoch) => {
+                    let _ = engine.fence(epoch);
+                }
+                Do::StopWrites { node } if node == me => engine.demote(),
+                Do::Report(Report::FailoverStarted { master, .. }) => {
+                    local.failed_master = Some(master);
+                }
+                Do::Report(Report::PromotionFailed { node, .. }) if node != me => {
+                    local.failed_master = Some(node);
+                }
+                _ => {}
+            }
+        }
+        self.drain(i);
+    }
+
+    /// The node that leads the newest epoch among the masters, if any.
+    fn newest_master(&self) -> Option<usize> {
+        (0..self.n())
+            .filter(|i| self.up[*i] && self.engines[*i].role() == Role::Master)
+            .max_by_key(|i| self.engines[*i].epoch())
+    }
+
     /// Carries out the coordinator's actions on the nodes it reaches.
     fn run_coordinator(&mut self) {
         while let Some(action) = self.coordinator.poll_action() {
@@ -535,6 +805,11 @@ impl Cluster {
         let n = self.n();
         match a {
             Act::Write { node, key } => self.write(node % n, key),
+            Act::WriteAtMaster { key } if self.locals.is_some() => {
+                if let Some(i) = self.newest_master() {
+                    self.write(i, key);
+                }
+            }
             Act::WriteAtMaster { key } => {
                 if let Some(m) = self.coordinator.master() {
                     let i = self.index_of(m);
@@ -550,12 +825,25 @@ impl Cluster {
             }
             Act::Advance { ms } => self.advance(ms),
             Act::Partition { side_a } => self.side_a = Some(side_a),
-            Act::Heal => self.side_a = None,
+            Act::Heal => {
+                self.side_a = None;
+                self.links_cut.clear();
+            }
+            Act::CutLink { a, b } => {
+                let (a, b) = (a % n, b % n);
+                if a != b {
+                    self.links_cut.insert((a.min(b), a.max(b)));
+                }
+            }
             Act::Crash { node } => self.crash(node % n),
             Act::Restart { node } => self.restart(node % n),
             Act::Backup => (0..n).for_each(|i| self.backup(i)),
             Act::RestoreBackup { node, which } => self.restore_backup(node % n, which),
+            Act::Check if self.locals.is_some() => self.check_distributed(),
             Act::Check => self.check(),
+            // Planned switchovers run from one node, over the HTTP API: not modelled
+            // in distributed runs.
+            Act::Switchover { .. } if self.locals.is_some() => {}
             Act::Switchover { node } => {
                 let now = self.time.now();
                 let _ = self.coordinator.switchover(self.ids[node % n], now);
@@ -598,6 +886,7 @@ impl Cluster {
     /// flight.
     fn quiesce(&mut self) {
         self.side_a = None;
+        self.links_cut.clear();
         for i in 0..self.n() {
             self.restart(i);
         }
@@ -612,6 +901,56 @@ impl Cluster {
             self.advance(500);
             self.after_step();
         }
+    }
+
+    /// Writes taken so far (acknowledged at any level).
+    fn taken(&self) -> usize {
+        self.pending.len() + self.acked.len()
+    }
+
+    /// Distributed runs, healed and quiet: the nodes' coordinators run on a perfect
+    /// network until the epochs have not changed for ten seconds (over three step
+    /// timeouts) and a master takes writes; that master, or why none was found.
+    fn settle(&mut self) -> Result<usize, String> {
+        let mut last: Vec<u64> = Vec::new();
+        let mut stable = 0;
+        for _ in 0..1_200 {
+            self.step(Act::Check);
+            self.step(Act::Advance { ms: 100 });
+            while self.deliver_one(false) {}
+            self.after_step();
+            let epochs: Vec<u64> = self.engines.iter().map(|e| e.epoch()).collect();
+            if epochs == last {
+                stable += 1;
+            } else {
+                stable = 0;
+                last = epochs;
+            }
+            let writable = (0..self.n()).find(|i| self.engines[*i].writable().is_ok());
+            if let (true, Some(m)) = (stable >= 100, writable) {
+                return Ok(m);
+            }
+        }
+        let roles: Vec<String> = self
+            .engines
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let c = self.locals.as_ref().map(|l| {
+                    let c = &l[i].coordinator;
+                    (c.master(), c.epoch(), c.awaiting(), l[i].reported.clone())
+                });
+                format!(
+                    "{} epoch {} {:?} leader {:?} {:?}, coordinator {c:?}",
+                    e.node(),
+                    e.epoch(),
+                    e.role(),
+                    e.leader(),
+                    e.writable()
+                )
+            })
+            .collect();
+        Err(format!("never settled with a writable master: {roles:?}"))
     }
 
     fn converged(&self) -> bool {
@@ -675,6 +1014,54 @@ fn run(
     Ok(cluster)
 }
 
+/// A distributed run (every node its own coordinator, see [`Local`]): the safety
+/// properties after `quiesce`, then liveness: the nodes settle on one epoch with a
+/// master that takes a write, acknowledged at quorum level, and the properties hold
+/// again.
+fn run_distributed(
+    nodes: usize,
+    seed: u64,
+    (loss, duplicate, reorder): (u8, u8, bool),
+    acts: Vec<Act>,
+) -> Result<Cluster, TestCaseError> {
+    let mut cluster = Cluster::new(nodes, seed, loss, duplicate, reorder).distributed();
+    for a in acts {
+        cluster.step(a);
+    }
+    cluster.quiesce();
+    cluster.check_spec()?;
+    let m = cluster.settle().map_err(TestCaseError::fail)?;
+    let before = cluster.taken();
+    cluster.step(Act::Write { node: m, key: 0 });
+    prop_assert_eq!(
+        cluster.taken(),
+        before + 1,
+        "the settled master refused a write"
+    );
+    let dot = cluster.pending.last().map(|(_, d)| *d);
+    for _ in 0..20 {
+        while cluster.deliver_one(false) {}
+        cluster.step(Act::Advance { ms: 100 });
+    }
+    prop_assert!(
+        dot.is_some_and(|d| cluster.acked.contains(&d)),
+        "the settled master's write {:?} was not acknowledged at quorum level",
+        dot
+    );
+    cluster.quiesce();
+    cluster.check_spec()?;
+    Ok(cluster)
+}
+
+/// The acts of a distributed run: those of [`act`], and single links cut (one node
+/// reaching another only through a third).
+fn act_distributed(nodes: usize) -> impl Strategy<Value = Act> {
+    prop_oneof![
+        12 => act(nodes),
+        1 => (0..nodes, 0..nodes).prop_map(|(a, b)| Act::CutLink { a, b }),
+    ]
+}
+
 fn network() -> impl Strategy<Value = (u8, u8, bool)> {
     (0..=40u8, 0..20u8, any::<bool>())
 }
@@ -690,6 +1077,72 @@ proptest! {
         acts in prop::collection::vec(act(5), 0..200),
     ) {
         run(nodes, seed, net, acts)?;
+    }
+
+    /// The node's design: a coordinator on every node, fed only what the node hears
+    /// from its peers and running only the actions that name the node, under crashes,
+    /// partitions of the network and of single links: the same safety properties, and
+    /// after the heal the epoch stops changing and a master takes writes.
+    #[test]
+    fn every_node_its_own_coordinator_keeps_one_master_per_epoch_and_settles(
+        nodes in prop_oneof![Just(3usize), Just(5)],
+        seed in any::<u64>(),
+        net in network(),
+        acts in prop::collection::vec(act_distributed(5), 0..200),
+    ) {
+        run_distributed(nodes, seed, net, acts)?;
+    }
+}
+
+/// A master cut off from one follower only, with every node running its own
+/// coordinator: the cut-off follower may take over (once: the others follow it, and
+/// the old master, which cannot hear it, stays a follower that knows no master), and
+/// the epoch settles, with a master taking writes, while the link stays down.
+#[test]
+fn nodes_coordinators_settle_when_the_master_is_cut_from_one_follower() {
+    for seed in 0..20 {
+        let mut c = Cluster::new(3, seed, 0, 0, false).distributed();
+        for k in 0..20 {
+            c.step(Act::Check);
+            c.step(Act::Advance { ms: 100 });
+            c.step(Act::Deliver { count: 100 });
+            c.step(Act::Write {
+                node: 0,
+                key: k % 4,
+            });
+        }
+        assert!(
+            !c.acked.is_empty(),
+            "seed {seed}: the master took quorum writes"
+        );
+        let before = c.engines.iter().map(|e| e.epoch()).max().unwrap();
+        c.step(Act::CutLink { a: 0, b: 1 });
+        let mut epochs = BTreeSet::new();
+        let mut late = 0;
+        for round in 0..300 {
+            c.step(Act::Check);
+            c.step(Act::Advance { ms: 100 });
+            c.step(Act::Deliver { count: 100 });
+            if round % 5 == 0 {
+                let taken = c.taken();
+                c.step(Act::WriteAtMaster { key: 5 });
+                if round >= 200 && c.taken() > taken {
+                    late += 1;
+                }
+            }
+            epochs.extend(c.engines.iter().map(|e| e.epoch()));
+        }
+        let newer: Vec<u64> = epochs.into_iter().filter(|e| *e > before).collect();
+        assert!(
+            newer.len() <= 2,
+            "seed {seed}: epochs after the cut {newer:?}"
+        );
+        assert!(
+            late > 0,
+            "seed {seed}: no write taken in the last 10 s (epochs {newer:?})"
+        );
+        c.quiesce();
+        c.check_spec().unwrap();
     }
 }
 

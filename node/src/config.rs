@@ -225,8 +225,16 @@ pub struct FailoverConfig {
     pub check_ms: u64,
     /// How many consecutive failed checks of the master start a failover.
     pub failed_checks: u32,
-    /// How long a planned switchover may take to stop the old master's writes and
-    /// catch the target up before it is aborted, in milliseconds.
+    /// The timeout of each step of a planned switchover and of every promotion's
+    /// confirmation, in milliseconds (default 30 s; call it T). A switchover that
+    /// has not stopped the old master's writes within T, or not caught the target up
+    /// within T more, is aborted (the old master resumes in a new epoch); a promoted
+    /// node (by a switchover or by a failover) has T to report itself master of its
+    /// epoch, else the nodes fail over again; an old master that does not report the
+    /// new epoch within T more leaves the switchover done all the same. A switchover
+    /// therefore ends within 4T, and `POST /admin/switchover` answers within 4T plus
+    /// 10 s. The nodes give a master that stopped taking writes 3T (StopWrites,
+    /// WaitCaughtUp and Promote) before its being a follower counts as failed checks.
     pub switchover_timeout_ms: u64,
 }
 

@@ -303,6 +303,9 @@ pub struct Node {
     /// Since when the coordinator's master has reported itself a follower (see
     /// [`Node::check_failover`]).
     master_stopped_since: Option<(ReplicaId, Instant)>,
+    /// Since when this node's coordinator has known no master while every peer was
+    /// heard saying it is none (see [`Node::check_failover`]).
+    masterless_since: Option<Instant>,
     /// Answers to operators' commands, sent once the batch that ran them is
     /// committed (a node that answered "stopped taking writes" is a follower after a
     /// restart too).
@@ -442,6 +445,7 @@ impl Node {
             reported: HashMap::new(),
             admin_replies: Vec::new(),
             master_stopped_since: None,
+            masterless_since: None,
         })
     }
 
@@ -1210,11 +1214,15 @@ fn new_coordinator(config: &NodeConfig, engine: &Engine) -> Coordinator {
     let master = supported(engine)
         .or(config.master_id())
         .unwrap_or(config.node_id);
-    let c = CoordinatorConfig {
+    Coordinator::new(members, master, engine.epoch(), coordinator_config(config))
+}
+
+/// The coordinator's settings, from the node's.
+fn coordinator_config(config: &NodeConfig) -> CoordinatorConfig {
+    CoordinatorConfig {
         failed_checks: config.failover.failed_checks,
         switchover_timeout_ms: config.failover.switchover_timeout_ms,
-    };
-    Coordinator::new(members, master, engine.epoch(), c)
+    }
 }
 
 /// The master `engine` supports: its leader, unless that is itself and it is no
@@ -1321,6 +1329,27 @@ impl Node {
                 self.rebuild_coordinator();
             }
         }
+        // This node's coordinator holds it for master, but it is not one (deposed by
+        // a newer epoch whose master it cannot hear, or stopped), and no promotion of
+        // it is awaited: its own follower role is no failed check of itself (failing
+        // over from itself would fence it into an epoch no one leads, and deposes
+        // whoever leads the newest). It starts over knowing no master; the one that
+        // reports itself master of the newest epoch is taken.
+        if let Some(c) = &self.coordinator {
+            if c.master() == Some(me)
+                && self.engine.role() != Role::Master
+                && c.awaiting().is_none_or(|(n, _)| n != me)
+                && c.step().is_none()
+            {
+                let members = std::iter::once(me).chain(self.config.peers.iter().map(|p| p.id));
+                let epoch = c.epoch().max(epoch);
+                self.coordinator = Some(Coordinator::without_master(
+                    members,
+                    epoch,
+                    coordinator_config(&self.config),
+                ));
+            }
+        }
         let m = self.engine.metrics();
         let silence = 2 * self.config.replication.heartbeat_ms;
         self.step_down_if_unsupported(&m, silence);
@@ -1368,9 +1397,12 @@ impl Node {
         // A master that reports itself a follower fails its checks (the coordinator
         // counts it so): it was deposed, or restarted as a follower. But one that
         // stopped taking writes at an operator's request (the first step of a planned
-        // switchover, run from whichever node received it) is given the switchover
-        // timeout first, so that the nodes' coordinators do not fail over under a
-        // switchover in progress; if it is still a follower after that, they do.
+        // switchover, run from whichever node received it) is given three switchover
+        // timeouts first, the longest a switchover leaves the old master stopped with
+        // no new master (its steps StopWrites, WaitCaughtUp and Promote each have one
+        // timeout: see `failover.switchover_timeout_ms`), so that the nodes'
+        // coordinators do not fail over under a switchover in progress; if it is
+        // still a follower after that, they do.
         let master_role = match c.master() {
             Some(l) if l == me => Some(self.engine.role()),
             Some(l) => self.reported.get(&l).map(|r| r.1),
@@ -1381,7 +1413,8 @@ impl Node {
                 Some((m, t)) if m == l => t,
                 _ => self.master_stopped_since.insert((l, Instant::now())).1,
             };
-            since.elapsed() < Duration::from_millis(self.config.failover.switchover_timeout_ms)
+            let grace = self.config.failover.switchover_timeout_ms.saturating_mul(3);
+            since.elapsed() < Duration::from_millis(grace)
         } else {
             self.master_stopped_since = None;
             false
@@ -1410,9 +1443,47 @@ impl Node {
             }
             c.health(p.peer, ok);
         }
+        // Knowing no master (deposed, see above), and hearing every peer, none of
+        // which says it is one: no one leads. After the step timeout (a promotion
+        // under way gets that long), the coordinator elects; every node in that state
+        // chooses from the same settled positions, so the same node. A peer not heard
+        // (it may lead an epoch this node cannot hear) keeps it waiting.
+        let masterless = c.master().is_none()
+            && c.awaiting().is_none()
+            && self.engine.role() == Role::Follower
+            && leader.is_none()
+            && settled
+            && m.peers.iter().all(|p| {
+                self.links.get(&p.peer).is_some_and(|l| !l.is_empty())
+                    && p.lag.since_heard_ms.is_some_and(|t| t <= silence)
+                    && self
+                        .reported
+                        .get(&p.peer)
+                        .is_some_and(|r| r.1 == Role::Follower)
+            });
+        if masterless {
+            let since = *self.masterless_since.get_or_insert_with(Instant::now);
+            let timeout = Duration::from_millis(self.config.failover.switchover_timeout_ms);
+            if since.elapsed() >= timeout {
+                self.masterless_since = None;
+                c.elect();
+            }
+        } else {
+            self.masterless_since = None;
+        }
         let mut actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
         // Reports first (in their order), so the events read as decided, then done.
         actions.sort_by_key(|a| !matches!(a, Action::Report(_)));
+        // The epochs of promotions meant for other nodes: this node never fences
+        // itself into one (it would take, and pass on, an epoch that only the other
+        // node may lead, before that node could act on it).
+        let theirs: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Promote { node, epoch } if *node != me => Some(*epoch),
+                _ => None,
+            })
+            .collect();
         for action in actions {
             match action {
                 Action::Promote { node, epoch } if node == me => {
@@ -1431,13 +1502,14 @@ impl Node {
                     let name = self.name(node);
                     self.event(format!("expects {name} to take over at epoch {epoch}"));
                 }
-                Action::Fence { node, epoch } if node == me => {
+                Action::Fence { node, epoch } if node == me && !theirs.contains(&epoch) => {
                     if let Err(e) = self.engine.fence(epoch) {
                         self.event(format!("cannot fence itself: {e}"));
                     }
                 }
                 // A master that cannot be reached is fenced by its lease and by the
-                // first message of the new epoch that reaches it.
+                // first message of the new epoch that reaches it; so is this node,
+                // by the promoted node's first message.
                 Action::Fence { .. } => {}
                 Action::StopWrites { node } if node == me => self.engine.demote(),
                 Action::StopWrites { .. } => {}
@@ -1500,12 +1572,17 @@ impl Node {
             // for the master: it goes back to the master it failed over from, whose
             // checks fail, and the next failover, on settled positions, starts a new
             // epoch.
-            let failed = self.failed_master.filter(|f| *f != self.config.node_id);
+            // With no master to go back to (this node's mastership came from an
+            // operator, say), it holds another node for the master all the same: a
+            // coordinator that knew no master would wait for one, and if every node's
+            // did, none would ever fail over.
+            let me = self.config.node_id;
+            let failed = self
+                .failed_master
+                .filter(|f| *f != me)
+                .or_else(|| self.config.peers.iter().map(|p| p.id).min());
             if let (Some(c), Some(failed)) = (&self.coordinator, failed) {
-                let config = CoordinatorConfig {
-                    failed_checks: self.config.failover.failed_checks,
-                    switchover_timeout_ms: self.config.failover.switchover_timeout_ms,
-                };
+                let config = coordinator_config(&self.config);
                 let members = std::iter::once(self.config.node_id)
                     .chain(self.config.peers.iter().map(|p| p.id));
                 if c.master() == Some(self.config.node_id) {

@@ -164,10 +164,11 @@ pub fn run(config: &NodeConfig, to: &str) -> Result<Value, Failed> {
     let mut steps: Vec<Value> = Vec::new();
     let mut pending: Vec<(ReplicaId, String)> = Vec::new();
     let mut outcome: Option<std::result::Result<u64, Ended>> = None;
-    // Past the timeout the coordinator aborts before the promotion; after it, the
-    // steps left are quick, but a node that stops answering must not hold the
-    // request forever.
-    let hard = Duration::from_millis(timeout_ms.saturating_mul(2).saturating_add(10_000));
+    // Each of the four steps ends within the timeout (the coordinator aborts or
+    // abandons a step that outlasts it), so the coordinator reaches an outcome within
+    // four timeouts; the cap, a margin above that for the nodes' answers, only keeps
+    // a request from hanging on a node that holds a connection open without answering.
+    let hard = Duration::from_millis(timeout_ms.saturating_mul(4).saturating_add(10_000));
     while outcome.is_none() {
         // Once the outcome is known, the actions after it are not run: after an
         // abandoned promotion this coordinator (which checks no node's health) has

@@ -661,3 +661,97 @@ fn a_follower_that_hears_of_the_new_epoch_second_hand_confirms_the_promotion() {
     assert_eq!(promotions, 1.0, "one promotion, one epoch");
     assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
 }
+
+/// A master cut off from one follower only (the third node reaches both) loses that
+/// follower to a new master at most once or twice: the epoch settles, and a master
+/// keeps taking writes. The deposed master, which cannot hear the new one, must not
+/// read its own follower role as a failed check of itself and fence itself into a
+/// new epoch, nor read the promotion it expects of another node as refused before
+/// that node could act on it; either would start a new epoch every few seconds, for
+/// as long as the link is down. A client writes one key every two seconds (a steady
+/// stream would keep the cut-off follower's positions from settling, and so from
+/// ever failing over).
+#[test]
+fn a_master_cut_from_one_follower_leaves_the_epoch_settled_and_writable() {
+    let mut opts = Options::master_follower(LEASE_MS, 3);
+    opts.tag = "one-link".into();
+    opts.failover.switchover_timeout_ms = 3_000;
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..3 {
+        c.wait_ready(i, Duration::from_secs(30))
+            .expect("node ready");
+    }
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let s = wait_status(&c, 0, Duration::from_secs(20), "took writes", |s| {
+        s["writable"] == true
+    });
+    let before = s["epoch"].as_u64().expect("an epoch");
+    let addrs: Vec<SocketAddr> = (0..3).map(|i| c.http(i)).collect();
+    let mut client = LeaderClient::new(&addrs, Duration::from_secs(2));
+    let r = client
+        .write(
+            "PUT",
+            "/kv/before?ack=quorum&timeout_ms=1000",
+            "before",
+            Instant::now() + Duration::from_secs(5),
+        )
+        .expect("a write before the cut");
+    assert_eq!(r.status, 200, "{}", r.body);
+    c.link(0, 1).set(concord_node::proxy::Link::Drop);
+    let cut = Instant::now();
+    // Every epoch any node is in, polled for long enough to see several rounds of
+    // the step timeout (3 s) and of the lease.
+    let watch = Duration::from_secs(24);
+    let mut epochs = BTreeSet::new();
+    let mut acked = Vec::new();
+    let mut last_write = cut;
+    let mut seq = 0;
+    while cut.elapsed() < watch {
+        for i in 0..3 {
+            if let Some(e) = c.status(i)["epoch"].as_u64() {
+                epochs.insert(e);
+            }
+        }
+        if last_write.elapsed() >= Duration::from_secs(2) {
+            last_write = Instant::now();
+            seq += 1;
+            let key = format!("k{seq}");
+            let path = format!("/kv/{key}?ack=quorum&timeout_ms=1000");
+            let deadline = Instant::now() + Duration::from_millis(1_500);
+            if let Ok(r) = client.write("PUT", &path, &key, deadline) {
+                if r.status == 200 {
+                    let dot = r.json()["dot"].as_str().unwrap_or("").to_string();
+                    let by = dot.split(':').next().unwrap_or("").to_string();
+                    acked.push(Acked {
+                        key,
+                        at: Instant::now(),
+                        by,
+                    });
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let half = cut + watch / 2;
+    let late = acked.iter().filter(|a| a.at > half).count();
+    let newer: Vec<u64> = epochs.iter().copied().filter(|e| *e > before).collect();
+    println!(
+        "ONE-LINK: epochs after the cut {newer:?}; {} of {seq} writes acknowledged, \
+         {late} in the second half of the watch",
+        acked.len()
+    );
+    assert!(
+        newer.len() <= 2,
+        "the epoch kept changing under a one-link partition: {newer:?}\n{}\n{}\n{}",
+        c.log_tail(0, 20),
+        c.log_tail(1, 20),
+        c.log_tail(2, 20)
+    );
+    assert!(
+        late > 0,
+        "no write acknowledged in the second half of the watch (epochs {newer:?})"
+    );
+    c.heal();
+    check_everywhere(&mut c, &acked);
+}

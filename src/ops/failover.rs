@@ -40,8 +40,8 @@
 //! writes), [`Step::WaitCaughtUp`] (until the target's context includes the old
 //! master's final one: lag zero), [`Step::Promote`] (the target, in a new epoch),
 //! [`Step::Demote`] (the old master takes the new epoch as a follower) and
-//! [`Step::Done`], reporting each. Every step has the timeout. If one of the first two
-//! outlasts it, the switchover is aborted and the old master resumes, in a new epoch
+//! [`Step::Done`], reporting each. Every step has the timeout (so a switchover ends
+//! within four). If one of the first two outlasts it, the switchover is aborted and the old master resumes, in a new epoch
 //! of its own; once the target has been told to promote there is no way back (it may
 //! be taking writes): if it does not report itself master of the new epoch in time,
 //! the switchover is abandoned ([`Report::SwitchoverAbandoned`]) and the coordinator
@@ -54,11 +54,14 @@
 //! # Checking the master
 //!
 //! Every promotion the coordinator orders is checked: the replica must report itself
-//! master of that epoch ([`Coordinator::observe`]) within the switchover timeout. One
+//! master of that epoch, or of a newer one ([`Coordinator::observe`]), within the
+//! switchover timeout. Until then a report that it is a follower is no verdict (it
+//! may have heard of the epoch from another replica before it could act on it). One
 //! that does not (it is down, or refused: a rogue promotion took the epoch first) is
-//! reported ([`Report::PromotionFailed`]) and the coordinator fails over again, with a
-//! fresh epoch. Once confirmed, a master that passes its health checks but reports
-//! itself a follower counts as failing them.
+//! reported ([`Report::PromotionFailed`]) at the timeout and the coordinator fails
+//! over again, with a fresh epoch (a replica that reports itself master of a newer
+//! epoch meanwhile is taken as the master at once). Once confirmed, a master that
+//! passes its health checks but reports itself a follower counts as failing them.
 //!
 //! ```
 //! use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position, Report};
@@ -232,8 +235,9 @@ pub enum Report {
         step: Step,
     },
     /// `node`, told to promote itself at `epoch`, did not report itself master of
-    /// that epoch within the timeout, or reported that it is not (refused, or passed
-    /// over by a newer epoch): the coordinator fails over again, in a fresh epoch.
+    /// that epoch (or a newer one) within the timeout (down, refused, or passed over
+    /// by a newer epoch whose master did not report itself): the coordinator fails
+    /// over again, in a fresh epoch.
     PromotionFailed {
         /// The replica that did not become master.
         node: ReplicaId,
@@ -328,12 +332,40 @@ impl Coordinator {
         epoch: u64,
         config: CoordinatorConfig,
     ) -> Self {
-        let mut members: BTreeSet<ReplicaId> = members.into_iter().collect();
-        members.insert(master);
+        let mut c = Coordinator::without_master(members, epoch, config);
+        c.members.insert(master);
+        c.master = Some(master);
+        c
+    }
+
+    /// A coordinator of `members` that knows no master, at `epoch`: it fails over from
+    /// no one, and holds for master the first replica that reports itself master of
+    /// an epoch at least the newest it knows. A replica that finds itself deposed,
+    /// with no master it can hear, starts over from this view rather than count its
+    /// own follower role as a failed check of itself.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig, Position};
+    /// use concord::sync::Role;
+    /// use concord::{CausalContext, ReplicaId};
+    ///
+    /// let ids = [1, 2, 3].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::without_master(ids, 4, CoordinatorConfig::default());
+    /// coordinator.health(ids[0], false);
+    /// assert_eq!(coordinator.poll_action(), None);
+    /// let position = Position { context: CausalContext::new(), epoch: 4, role: Role::Master };
+    /// coordinator.observe(ids[1], position);
+    /// assert_eq!((coordinator.master(), coordinator.epoch()), (Some(ids[1]), 4));
+    /// ```
+    pub fn without_master(
+        members: impl IntoIterator<Item = ReplicaId>,
+        epoch: u64,
+        config: CoordinatorConfig,
+    ) -> Self {
         Coordinator {
             config,
-            members,
-            master: Some(master),
+            members: members.into_iter().collect(),
+            master: None,
             epoch: epoch.min(MAX_EPOCH),
             failures: 0,
             healthy: BTreeMap::new(),
@@ -344,6 +376,21 @@ impl Coordinator {
             no_candidate_reported: false,
             actions: VecDeque::new(),
         }
+    }
+
+    /// The promotion ordered and not yet confirmed (the replica and its epoch), if
+    /// any.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Coordinator, CoordinatorConfig};
+    /// use concord::ReplicaId;
+    ///
+    /// let ids = [1, 2].map(ReplicaId::from_u128);
+    /// let coordinator = Coordinator::new(ids, ids[0], 0, CoordinatorConfig::default());
+    /// assert_eq!(coordinator.awaiting(), None);
+    /// ```
+    pub fn awaiting(&self) -> Option<(ReplicaId, u64)> {
+        self.pending.map(|p| (p.node, p.epoch))
     }
 
     /// The replica the coordinator holds for master (the one it last promoted, or
@@ -482,9 +529,11 @@ impl Coordinator {
     }
 
     /// `node`'s position, read from its engine. It raises the known epoch, names a
-    /// replica that reports itself master at a newer epoch than the known master's
-    /// the master (ending a planned switchover under way), confirms or fails an
-    /// ordered promotion, and moves a planned switchover on.
+    /// replica that reports itself master at a newer epoch than the known one (or at
+    /// the known one, if no master is held) the master (ending a planned
+    /// switchover under way), confirms an ordered promotion (the replica reports
+    /// itself master of its epoch or a newer one), and moves a planned switchover on.
+    /// A promotion is failed only by its deadline ([`Coordinator::tick`]).
     ///
     /// ```
     /// use concord::ops::failover::{Coordinator, CoordinatorConfig, Position};
@@ -503,9 +552,16 @@ impl Coordinator {
         }
         let epoch = position.epoch.min(MAX_EPOCH);
         let role = position.role;
-        if role == Role::Master && epoch > self.epoch {
+        let confirms = self
+            .pending
+            .is_some_and(|p| p.node == node && role == Role::Master && epoch >= p.epoch);
+        if role == Role::Master
+            && !confirms
+            && (epoch > self.epoch || (epoch == self.epoch && self.master.is_none()))
+        {
             // Promoted behind the coordinator's back, in a newer epoch than any it
-            // knows: that is the master now.
+            // knows (or in the newest, by a coordinator that knows no master): that
+            // is the master now.
             if let Some(s) = self.switchover.take() {
                 self.abandon(&s);
             }
@@ -516,14 +572,15 @@ impl Coordinator {
         }
         self.epoch = self.epoch.max(epoch);
         self.positions.insert(node, position);
-        if let Some(p) = self.pending.filter(|p| p.node == node) {
-            if role == Role::Master && epoch == p.epoch {
-                self.pending = None;
-            } else if epoch >= p.epoch {
-                // Refused (it had that epoch already) or passed over by a newer one.
-                self.promotion_failed(p);
-            }
+        if confirms {
+            // Master of the epoch it was told to take, or of a newer one it reached
+            // since (another replica's report raised the known epoch first).
+            self.pending = None;
         }
+        // Any other report of the promoted replica is no verdict before the deadline:
+        // a follower of the epoch may not have acted yet (it heard of the epoch from
+        // another replica first), and one passed over by a newer epoch is followed
+        // when the newer epoch's master reports itself.
         self.advance();
     }
 
@@ -583,26 +640,23 @@ impl Coordinator {
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
+        // A switchover is never left in `Step::Done`; in `Step::Promote` the
+        // promotion's own deadline (below) fails it and the switchover.
         if let Some(s) = self.switchover.clone().filter(|s| now_ms >= s.deadline_ms) {
-            match s.step {
-                Step::StopWrites | Step::WaitCaughtUp => {
-                    self.switchover = None;
-                    let epoch = self.next_epoch();
-                    self.failures = 0;
-                    self.promote(s.old, epoch);
-                    self.actions
-                        .push_back(Action::Report(Report::SwitchoverAborted {
-                            target: s.target,
-                            step: s.step,
-                            epoch,
-                        }));
-                }
-                // The promotion's own deadline (below) fails it and the switchover.
-                Step::Promote => {}
-                Step::Demote | Step::Done => {
-                    self.switchover = None;
-                    self.abandon(&s);
-                }
+            if s.step < Step::Promote {
+                self.switchover = None;
+                let epoch = self.next_epoch();
+                self.failures = 0;
+                self.promote(s.old, epoch);
+                self.actions
+                    .push_back(Action::Report(Report::SwitchoverAborted {
+                        target: s.target,
+                        step: s.step,
+                        epoch,
+                    }));
+            } else if s.step == Step::Demote {
+                self.switchover = None;
+                self.abandon(&s);
             }
         }
         if let Some(p) = self.pending.filter(|p| now_ms >= p.deadline_ms) {
@@ -616,7 +670,8 @@ impl Coordinator {
     /// # Errors
     ///
     /// [`Error::SwitchoverRefused`] if one is already under way, `target` is not a
-    /// member or is the master already, or there is no master.
+    /// member or is the master already, there is no master, or a promotion awaits
+    /// its confirmation ([`Coordinator::awaiting`]).
     pub fn switchover(&mut self, target: ReplicaId, now_ms: u64) -> Result<()> {
         let refuse = |reason| Err(Error::SwitchoverRefused { target, reason });
         if self.switchover.is_some() {
@@ -630,6 +685,9 @@ impl Coordinator {
         };
         if old == target {
             return refuse("already the master");
+        }
+        if self.pending.is_some() {
+            return refuse("a promotion is awaiting its confirmation");
         }
         self.now_ms = self.now_ms.max(now_ms);
         self.switchover = Some(Switchover {
@@ -718,7 +776,41 @@ impl Coordinator {
     /// best healthy candidate other than it is promoted in a fresh epoch. With
     /// `started`, the start is reported (once per episode if there is no candidate).
     fn fail_over(&mut self, master: ReplicaId, started: bool) {
-        if started && !self.no_candidate_reported {
+        self.fail_over_from(Some(master), started);
+    }
+
+    /// With no master known ([`Coordinator::without_master`]) and no promotion
+    /// awaited, starts a failover now: the best healthy candidate (any member with a
+    /// position, this host's replica included) is promoted in a fresh epoch, and
+    /// checked as every promotion is. For a host that knows, from every other
+    /// replica's own word, that none of them is a master: replicas that all hold no
+    /// master and choose from the same positions choose the same one. Does nothing
+    /// if a master is held or a promotion awaited.
+    ///
+    /// ```
+    /// use concord::ops::failover::{Action, Coordinator, CoordinatorConfig, Position};
+    /// use concord::sync::Role;
+    /// use concord::{CausalContext, ReplicaId};
+    ///
+    /// let ids = [1, 2].map(ReplicaId::from_u128);
+    /// let mut coordinator = Coordinator::without_master(ids, 3, CoordinatorConfig::default());
+    /// for id in ids {
+    ///     let position = Position { context: CausalContext::new(), epoch: 3, role: Role::Follower };
+    ///     coordinator.observe(id, position);
+    ///     coordinator.health(id, true);
+    /// }
+    /// coordinator.elect();
+    /// assert_eq!(coordinator.poll_action(), Some(Action::Promote { node: ids[0], epoch: 4 }));
+    /// assert_eq!(coordinator.awaiting(), Some((ids[0], 4)));
+    /// ```
+    pub fn elect(&mut self) {
+        if self.master.is_none() && self.pending.is_none() {
+            self.fail_over_from(None, false);
+        }
+    }
+
+    fn fail_over_from(&mut self, master: Option<ReplicaId>, started: bool) {
+        if let (true, false, Some(master)) = (started, self.no_candidate_reported, master) {
             self.actions
                 .push_back(Action::Report(Report::FailoverStarted {
                     master,
@@ -728,11 +820,11 @@ impl Coordinator {
         let candidates: Vec<(ReplicaId, &CausalContext)> = self
             .positions
             .iter()
-            .filter(|(id, _)| **id != master && self.healthy.get(id) == Some(&true))
+            .filter(|(id, _)| Some(**id) != master && self.healthy.get(id) == Some(&true))
             .map(|(id, p)| (*id, &p.context))
             .collect();
         let Some((node, missed)) = choose_candidate(&candidates) else {
-            if !self.no_candidate_reported {
+            if let (false, Some(master)) = (self.no_candidate_reported, master) {
                 self.no_candidate_reported = true;
                 self.actions
                     .push_back(Action::Report(Report::NoCandidate { master }));
@@ -742,10 +834,12 @@ impl Coordinator {
         let epoch = self.next_epoch();
         self.failures = 0;
         self.no_candidate_reported = false;
-        self.actions.push_back(Action::Fence {
-            node: master,
-            epoch,
-        });
+        if let Some(master) = master {
+            self.actions.push_back(Action::Fence {
+                node: master,
+                epoch,
+            });
+        }
         self.promote(node, epoch);
         self.actions.push_back(Action::Report(Report::Promoted {
             node,
@@ -973,8 +1067,9 @@ mod tests {
     }
 
     /// A promotion refused because a rogue promotion took that epoch (the replica
-    /// reports a follower of it) fails at once, and the failover goes to an epoch
-    /// above every one observed.
+    /// reports a follower of it) fails at its deadline (a follower of the epoch may
+    /// only not have acted yet), and the failover goes to an epoch above every one
+    /// observed.
     #[test]
     fn a_refused_promotion_fails_over_above_every_epoch_seen() {
         let [m, a, b] = ids();
@@ -993,6 +1088,9 @@ mod tests {
         c.observe(b, position(&[(m, 1)], 5, Role::Follower));
         assert!(drain(&mut c).is_empty());
         c.observe(a, position(&[(m, 1), (m, 2)], 1, Role::Follower));
+        c.tick(999);
+        assert!(drain(&mut c).is_empty());
+        c.tick(1_000);
         let actions = drain(&mut c);
         assert_eq!(
             actions.first(),
@@ -1003,6 +1101,87 @@ mod tests {
         );
         assert_eq!(promotions(&actions), [(b, 6)]);
         assert_eq!(c.master(), Some(b));
+    }
+
+    /// A promoted replica that reports itself master of an epoch above the one it was
+    /// told to take (another replica's report raised the known epoch to it first)
+    /// confirms the promotion: nothing fails over away from the master of the newest
+    /// epoch.
+    #[test]
+    fn a_promoted_replica_master_of_a_newer_epoch_confirms_its_promotion() {
+        let [m, a, b] = ids();
+        let mut c = Coordinator::new([m, a, b], m, 4, config(1));
+        c.observe(a, position(&[(m, 1)], 4, Role::Follower));
+        c.observe(b, position(&[(m, 1)], 4, Role::Follower));
+        c.health(a, true);
+        c.health(b, true);
+        c.health(m, false);
+        assert_eq!(promotions(&drain(&mut c)), [(a, 5)]);
+        c.observe(b, position(&[(m, 1)], 6, Role::Follower));
+        c.observe(a, position(&[(m, 1)], 6, Role::Master));
+        assert!(drain(&mut c).is_empty());
+        assert_eq!((c.master(), c.epoch(), c.awaiting()), (Some(a), 6, None));
+        c.tick(10_000);
+        c.health(a, true);
+        assert!(drain(&mut c).is_empty());
+    }
+
+    /// A promoted replica that reports a follower of the epoch it was told to take,
+    /// before it could act (it heard of the epoch from another replica first), has
+    /// until the deadline: reporting itself master then confirms the promotion.
+    #[test]
+    fn a_follower_of_the_promotion_epoch_is_given_until_the_deadline() {
+        let [m, a, b] = ids();
+        let mut c = Coordinator::new([m, a, b], m, 0, config(1));
+        c.observe(a, position(&[(m, 1)], 0, Role::Follower));
+        c.observe(b, position(&[], 0, Role::Follower));
+        c.health(a, true);
+        c.health(b, true);
+        c.health(m, false);
+        assert_eq!(promotions(&drain(&mut c)), [(a, 1)]);
+        c.tick(100);
+        c.observe(a, position(&[(m, 1)], 1, Role::Follower));
+        assert!(drain(&mut c).is_empty());
+        c.tick(400);
+        c.observe(a, position(&[(m, 1)], 1, Role::Master));
+        c.tick(10_000);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!((c.master(), c.epoch()), (Some(a), 1));
+    }
+
+    /// A switchover is refused while a promotion awaits its confirmation (it would
+    /// leave that promotion unchecked).
+    #[test]
+    fn a_switchover_waits_for_a_pending_promotion() {
+        let [m, a, b] = ids();
+        let mut c = Coordinator::new([m, a, b], m, 0, config(1));
+        c.observe(a, position(&[], 0, Role::Follower));
+        c.health(a, true);
+        c.health(m, false);
+        assert_eq!(promotions(&drain(&mut c)), [(a, 1)]);
+        assert!(matches!(
+            c.switchover(b, 0),
+            Err(Error::SwitchoverRefused { .. })
+        ));
+        c.observe(a, position(&[], 1, Role::Master));
+        c.switchover(b, 0).unwrap();
+    }
+
+    /// A coordinator without a master fails over from no one and takes the first
+    /// replica reporting itself master of the newest epoch.
+    #[test]
+    fn a_coordinator_without_a_master_waits_for_one() {
+        let [m, a, b] = ids();
+        let mut c = Coordinator::without_master([m, a, b], 3, config(1));
+        c.observe(a, position(&[], 3, Role::Follower));
+        for n in [m, a, b] {
+            c.health(n, false);
+        }
+        c.observe(m, position(&[], 2, Role::Master)); // an older epoch's master
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.master(), None);
+        c.observe(b, position(&[], 3, Role::Master));
+        assert_eq!((c.master(), c.epoch()), (Some(b), 3));
     }
 
     /// Health checks of a master that passes them but reports itself a follower
@@ -1056,7 +1235,9 @@ mod tests {
         );
         assert_eq!(promotions(&actions), [(other, 1)]);
         assert_eq!(c.step(), None);
-        c.switchover(t, 0).unwrap(); // a new one may start
+        // A new one may start, once the promotion is confirmed.
+        c.observe(other, position(&[(m, 1)], 1, Role::Master));
+        c.switchover(t, 0).unwrap();
     }
 
     /// A switchover stuck in Demote (the old master never reports the new epoch)
