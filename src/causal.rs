@@ -900,6 +900,27 @@ pub(crate) fn has_unseen<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
     unseen
 }
 
+/// True if something of `store` survives [`DotStore::kill`] by `ctx`: an element
+/// whose dot `ctx` lacks, unless it is a counter fold of a dot `ctx` holds (a fold
+/// is bookkeeping: it dies with what it folded). Without cloning the store.
+pub(crate) fn survives_kill<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
+    if !S::FOLDS {
+        return has_unseen(store, ctx);
+    }
+    let mut dying = Vec::new();
+    store.for_each_fold(&mut |folded, fold| {
+        if ctx.contains(folded) {
+            dying.push(fold);
+        }
+    });
+    dying.sort_unstable();
+    let mut survives = false;
+    store.for_each_dot(&mut |d| {
+        survives |= !ctx.contains(d) && dying.binary_search(&d).is_err();
+    });
+    survives
+}
+
 /// Applies a local write to a store that has its own context and returns the part of
 /// the store tagged with the new dot (the caller adds the delta's context).
 pub(crate) fn local_write<S: DotStore>(

@@ -11,7 +11,7 @@
 use concord::testing::sim::{action, check_quiesced, faults, message_limit, Action, Faults, Sim};
 use concord::testing::Operation;
 use concord::{
-    CausalContext, Dot, DotStore, Hlc, ManualClock, MvRegister, OrMap, PnCounter, Result,
+    CausalContext, Dot, DotStore, Hlc, ManualClock, MvRegister, OrMap, PnCounter, Resolver, Result,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -118,28 +118,55 @@ fn check_removal_reports<V: DotStore>(
         if !c.is_removal() {
             continue;
         }
-        // The report names the remover's history, its removal the newest of its own.
-        let removal = removals
+        // The report names the removers' histories (one report per key and merge,
+        // however many removals of the key it brought), each removal the newest of
+        // its own replica: the removals of the key whose dots the clock names and
+        // whose histories it covers, less those another of them had seen.
+        let covered: Vec<&&Written> = removals
             .iter()
-            .find(|w| w.key == c.key && c.theirs_clock == w.seen().max_clock());
-        let Some(removal) = removal else {
+            .filter(|w| {
+                let rdot = w.dot();
+                w.key == c.key
+                    && c.theirs_clock.get(rdot.replica()) == rdot.counter()
+                    && w.seen()
+                        .max_clock()
+                        .iter()
+                        .all(|(r, n)| c.theirs_clock.get(r) >= n)
+            })
+            .collect();
+        let named: Vec<&&Written> = covered
+            .iter()
+            .copied()
+            .filter(|w| {
+                !covered
+                    .iter()
+                    .any(|o| o.dot() != w.dot() && o.seen().contains(w.dot()))
+            })
+            .collect();
+        let mut joined = concord::VectorClock::default();
+        for w in &named {
+            joined.merge(w.seen().max_clock());
+        }
+        if named.is_empty() || joined != c.theirs_clock {
             return Err(TestCaseError::fail(format!(
                 "a report of no removal: {c:?}"
             )));
-        };
-        let (rdot, seen) = (removal.dot(), removal.seen());
-        let mut raced = false;
-        c.ours.for_each_dot(&mut |d| {
-            raced |= !seen.contains(d)
-                && writer_of(d).is_some_and(|u| u.key == c.key && !u.before.contains(rdot));
-        });
-        prop_assert!(raced, "no write of ours raced {:?}: {:?}", removal, c);
-        prop_assert!(
-            told.insert((r.node, r.boot, rdot)),
-            "node {} reported {:?} twice",
-            r.node,
-            rdot
-        );
+        }
+        for removal in named {
+            let (rdot, seen) = (removal.dot(), removal.seen());
+            let mut raced = false;
+            c.ours.for_each_dot(&mut |d| {
+                raced |= !seen.contains(d)
+                    && writer_of(d).is_some_and(|u| u.key == c.key && !u.before.contains(rdot));
+            });
+            prop_assert!(raced, "no write of ours raced {:?}: {:?}", removal, c);
+            prop_assert!(
+                told.insert((r.node, r.boot, rdot)),
+                "node {} reported {:?} twice",
+                r.node,
+                rdot
+            );
+        }
     }
     if sim.stats().crashes > 0 {
         return Ok(());
