@@ -812,11 +812,13 @@ impl<'de> serde::de::Visitor<'de> for Spans<'_> {
 /// increment of a removed counter, a write into a removed nested map). The update
 /// survives (a map is update-wins); `theirs` is then the empty value, `theirs_clock`
 /// the remover's history (its entry for the remover's replica is the removal's own
-/// dot, see [`OrMap::removal_notes`](crate::OrMap::removal_notes)) and
-/// [`Conflict::is_removal`] is true, so the application learns that a delete was
-/// overridden. It is reported by every replica that held the update when it first
-/// learned of the removal (always the replica that made the update), at most once per
-/// replica per removal; see the guide's "Conflicts in maps".
+/// dot, see [`OrMap::removal_notes`](crate::OrMap::removal_notes); the removers'
+/// histories joined when one merge brings several removals of the key, which it
+/// reports once) and [`Conflict::is_removal`] is true, so the application learns that
+/// a delete was overridden. It is reported by every replica that held the update when
+/// it first learned of the removal (always the replica that made the update, within
+/// the limits on notes), at most once per replica per removal; see the guide's
+/// "Conflicts in maps".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict<K, V> {
     /// The key both sides wrote (`()` for a standalone register or counter).

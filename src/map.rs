@@ -1061,8 +1061,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// context lacks (an update made without seeing the removal) reports a
     /// delete-vs-update race (see [`Conflict`](crate::Conflict)). Released by
     /// [`prune`](Crdt::prune) once every peer has acknowledged the removal; at most
-    /// 4,096 are kept (the first in this order go first), and a removal of a key whose
-    /// remover had seen an earlier removal of it replaces that one's note.
+    /// 4,096 are kept, and 64 of one key (the first kept go first), and a removal of a
+    /// key whose remover had seen an earlier removal of it replaces that one's note (so
+    /// a replica's removals of a key keep one note, of its newest).
     ///
     /// ```
     /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
