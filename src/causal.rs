@@ -820,11 +820,13 @@ impl<'de> serde::de::Visitor<'de> for Spans<'_> {
 /// increment of a removed counter, a write into a removed nested map). The update
 /// survives (a map is update-wins); `theirs` is then the empty value, `theirs_clock`
 /// the remover's history (its entry for the remover's replica is the removal's own
-/// dot, see [`OrMap::removal_notes`](crate::OrMap::removal_notes)) and
-/// [`Conflict::is_removal`] is true, so the application learns that a delete was
-/// overridden. It is reported by every replica that held the update when it first
-/// learned of the removal (always the replica that made the update), at most once per
-/// replica per removal; see the guide's "Conflicts in maps".
+/// dot, see [`OrMap::removal_notes`](crate::OrMap::removal_notes); the removers'
+/// histories joined when one merge brings several removals of the key, which it
+/// reports once) and [`Conflict::is_removal`] is true, so the application learns that
+/// a delete was overridden. It is reported by every replica that held the update when
+/// it first learned of the removal (always the replica that made the update, within
+/// the limits on notes), at most once per replica per removal; see the guide's
+/// "Conflicts in maps".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict<K, V> {
     /// The key both sides wrote (`()` for a standalone register or counter).
@@ -906,6 +908,27 @@ pub(crate) fn has_unseen<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
     let mut unseen = false;
     store.for_each_dot(&mut |d| unseen |= !ctx.contains(d));
     unseen
+}
+
+/// True if something of `store` survives [`DotStore::kill`] by `ctx`: an element
+/// whose dot `ctx` lacks, unless it is a counter fold of a dot `ctx` holds (a fold
+/// is bookkeeping: it dies with what it folded). Without cloning the store.
+pub(crate) fn survives_kill<S: DotStore>(store: &S, ctx: &CausalContext) -> bool {
+    if !S::FOLDS {
+        return has_unseen(store, ctx);
+    }
+    let mut dying = Vec::new();
+    store.for_each_fold(&mut |folded, fold| {
+        if ctx.contains(folded) {
+            dying.push(fold);
+        }
+    });
+    dying.sort_unstable();
+    let mut survives = false;
+    store.for_each_dot(&mut |d| {
+        survives |= !ctx.contains(d) && dying.binary_search(&d).is_err();
+    });
+    survives
 }
 
 /// Applies a local write to a store that has its own context and returns the part of

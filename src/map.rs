@@ -166,8 +166,13 @@ impl RemovalLog {
 
 /// How many removal notes a map keeps (see [`RemovalNote`]); past it, the first kept
 /// are forgotten (their removals still apply; a replica that learns of one only after
-/// that is not told it raced).
+/// that is not told it raced). A received map holding more is refused.
 const NOTE_CAP: usize = 1 << 12;
+
+/// How many removal notes of one key a map keeps (one per remover at most: concurrent
+/// removals of the key by different replicas); past it, the key's first kept are
+/// forgotten, as for [`NOTE_CAP`]. A received map holding more is refused.
+const NOTES_PER_KEY: usize = 64;
 
 /// How many context ranges the kept removal notes may hold in all; past it, the oldest
 /// notes are forgotten, as for [`NOTE_CAP`].
@@ -194,8 +199,12 @@ struct RemovalNote<K> {
 /// note of a removal whose context holds an earlier note's removal of the same key
 /// supersedes it: a replica holding an update that raced the earlier removal but not
 /// the later one has it taken by the later removal (nothing survives to report), and
-/// one that raced both is told once, of the later. So a key removed again and again
-/// keeps one note (per concurrent remover), not one per removal.
+/// one that learns of both at once is told once, of the later. A replica's context
+/// holds all its own earlier dots, so of one replica's removals of a key only the
+/// newest note is kept (a note of the same replica and key that neither holds nor is
+/// held by the kept one comes from no honest replica and is dropped): a key removed
+/// again and again keeps one note per concurrent remover, and at most
+/// [`NOTES_PER_KEY`].
 #[derive(Clone, Debug)]
 struct Notes<K> {
     list: VecDeque<RemovalNote<K>>,
@@ -236,13 +245,25 @@ impl<K: Key> Notes<K> {
         })
     }
 
-    /// Keeps `note` unless a held one supersedes it, dropping those it supersedes and,
-    /// past the caps, the oldest.
-    fn push(&mut self, mut note: RemovalNote<K>) {
+    /// Keeps `note` unless a held one supersedes it (or is one of the same replica
+    /// that neither holds nor is held by it), dropping those it supersedes and, past
+    /// the caps, the oldest. Returns its sequence number if kept.
+    fn push(&mut self, mut note: RemovalNote<K>) -> Option<u64> {
         if self.superseded(&note) {
-            return;
+            return None;
         }
         if let Some(seqs) = self.by_key.get_mut(&note.key) {
+            let same_replica = seqs.iter().any(|&seq| {
+                let pos = self.list.partition_point(|n| n.seq < seq);
+                self.list.get(pos).is_some_and(|n| {
+                    n.seq == seq
+                        && n.dot.replica() == note.dot.replica()
+                        && !note.seen.contains(n.dot)
+                })
+            });
+            if same_replica {
+                return None;
+            }
             let mut kept = Vec::with_capacity(seqs.len() + 1);
             for &seq in seqs.iter() {
                 let pos = self.list.partition_point(|n| n.seq < seq);
@@ -260,11 +281,17 @@ impl<K: Key> Notes<K> {
         note.seq = self.next_seq;
         self.next_seq += 1;
         self.ranges += note.seen.range_count();
-        self.by_key
-            .entry(note.key.clone())
-            .or_default()
-            .push(note.seq);
+        let seq = note.seq;
+        let seqs = self.by_key.entry(note.key.clone()).or_default();
+        seqs.push(seq);
+        let crowded = (seqs.len() > NOTES_PER_KEY).then(|| seqs.remove(0));
         self.list.push_back(note);
+        if let Some(first) = crowded {
+            if let Some(pos) = self.position(first) {
+                let old = self.list.remove(pos).expect("present");
+                self.ranges -= old.seen.range_count();
+            }
+        }
         while self.list.len() > NOTE_CAP || self.ranges > NOTE_RANGES_CAP {
             let Some(old) = self.list.pop_front() else {
                 break;
@@ -272,6 +299,7 @@ impl<K: Key> Notes<K> {
             self.ranges -= old.seen.range_count();
             self.forget_key_seq(&old.key, old.seq);
         }
+        Some(seq)
     }
 
     /// Keeps a note read from the wire as it is (a received map is checked by
@@ -1033,8 +1061,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// context lacks (an update made without seeing the removal) reports a
     /// delete-vs-update race (see [`Conflict`](crate::Conflict)). Released by
     /// [`prune`](Crdt::prune) once every peer has acknowledged the removal; at most
-    /// 4,096 are kept (the first in this order go first), and a removal of a key whose
-    /// remover had seen an earlier removal of it replaces that one's note.
+    /// 4,096 are kept, and 64 of one key (the first kept go first), and a removal of a
+    /// key whose remover had seen an earlier removal of it replaces that one's note (so
+    /// a replica's removals of a key keep one note, of its newest).
     ///
     /// ```
     /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
@@ -1209,18 +1238,31 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
     }
 
-    /// Checks received removal notes: few enough, each with a context of a bounded
-    /// size that holds its own dot, each dot once, in the map's context and held by no
-    /// element.
+    /// Checks received removal notes: no more than a map keeps (in all, and of one
+    /// key), each with a context of a bounded size that holds its own dot, each dot
+    /// once, in the map's context and held by no element, and at most one per key and
+    /// remover (a map keeps only a replica's newest removal of a key).
     fn validate_notes(&self, limits: &Limits) -> Result<()> {
         let notes = &self.notes.list;
-        if notes.len() > limits.max_entries {
+        let limit = NOTE_CAP.min(limits.max_entries);
+        if notes.len() > limit {
             return Err(Error::TooManyEntries {
                 what: "removal notes",
                 count: notes.len(),
-                limit: limits.max_entries,
+                limit,
             });
         }
+        for seqs in self.notes.by_key.values() {
+            if seqs.len() > NOTES_PER_KEY {
+                return Err(Error::TooManyEntries {
+                    what: "removal notes of one key",
+                    count: seqs.len(),
+                    limit: NOTES_PER_KEY,
+                });
+            }
+        }
+        let mut removers: std::collections::HashSet<(&K, ReplicaId)> =
+            std::collections::HashSet::with_capacity(notes.len());
         let mut dots = DotSet::default();
         for n in notes {
             if n.seen.range_count() > limits.max_context_ranges {
@@ -1238,6 +1280,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                 "removal note's dot tags an element"
             } else if !dots.insert(n.dot) {
                 "the same removal note appears twice"
+            } else if !removers.insert((&n.key, n.dot.replica())) {
+                "two removal notes of one key by one replica"
             } else {
                 continue;
             };
@@ -1317,24 +1361,31 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             notes: their_notes,
             ..
         } = other;
-        // Removals new here (their dot is), each with the value it meets if that holds
-        // an element the remover had not seen: an update made without seeing the
-        // removal (every message that carries an element carries the removals its
-        // writer had seen, or the receiver has them already), so a race to report
-        // if the key is still there after the merge.
-        let fresh: Vec<(RemovalNote<K>, Option<V>)> = their_notes
-            .list
-            .into_iter()
-            .filter(|n| !self.ctx.contains(n.dot))
-            .map(|n| {
-                let met = self
+        // Removals new here (their dot is), each marked if the value it meets holds
+        // an element the removal would not take (one the remover had not seen, a
+        // fold aside): an update made without seeing the removal (every message that
+        // carries an element carries the removals its writer had seen, or the
+        // receiver has them already), so a race to report if the key is still there
+        // after the merge. The value met is copied once per key, whatever the number
+        // of notes (at most `NOTE_CAP` in all and `NOTES_PER_KEY` of one key, checked
+        // on receipt).
+        let mut fresh: Vec<(RemovalNote<K>, bool)> = Vec::new();
+        let mut met_values: HashMap<K, V> = HashMap::new();
+        for n in their_notes.list {
+            if self.ctx.contains(n.dot) {
+                continue;
+            }
+            let met = C::ACTIVE
+                && self
                     .entries
                     .get(&n.key)
-                    .filter(|v| C::ACTIVE && crate::causal::has_unseen(*v, &n.seen))
-                    .cloned();
-                (n, met)
-            })
-            .collect();
+                    .is_some_and(|v| crate::causal::survives_kill(v, &n.seen));
+            if met && !met_values.contains_key(&n.key) {
+                let ours = self.entries.get(&n.key).expect("met").clone();
+                met_values.insert(n.key.clone(), ours);
+            }
+            fresh.push((n, met));
+        }
 
         // Removals the other side carries, for the log (before anything changes). Its
         // live dots are its dot index (built once, when it was decoded or written).
@@ -1540,23 +1591,45 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         } else {
             self.log.raise_floor(&their_ctx);
         }
+        // The notes kept (those a held or another new note supersedes are not), and
+        // of them the ones that met an update.
+        let mut met_seqs = Vec::new();
         for (note, met) in fresh {
-            if self.notes.superseded(&note) {
-                continue;
+            if let Some(seq) = self.notes.push(note) {
+                if met {
+                    met_seqs.push(seq);
+                }
             }
-            if let (Some(ours), Some(resolved)) = (met, self.entries.get(&note.key)) {
-                // A delete-vs-update race: the removal is the empty value, with the
-                // remover's history (its own dot the newest of its replica).
+        }
+        // One report per key: a delete-vs-update race, the removal the empty value,
+        // with the removers' histories (each one's own dot the newest of its replica).
+        let mut racing: IndexMap<K, crate::clock::VectorClock> = IndexMap::new();
+        for seq in met_seqs {
+            if let Some(pos) = self.notes.position(seq) {
+                let note = &self.notes.list[pos];
+                let clock = note.seen.max_clock();
+                match racing.get_mut(&note.key) {
+                    Some(joined) => {
+                        joined.merge(clock);
+                    }
+                    None => {
+                        racing.insert(note.key.clone(), clock);
+                    }
+                }
+            }
+        }
+        for (key, theirs_clock) in racing {
+            if let (Some(ours), Some(resolved)) = (met_values.remove(&key), self.entries.get(&key))
+            {
                 sink.report(crate::causal::Conflict {
-                    key: note.key.clone(),
+                    key,
                     ours_clock: crate::causal::clock_of(&ours),
-                    theirs_clock: note.seen.max_clock(),
+                    theirs_clock,
                     ours,
                     theirs: V::default(),
                     resolved: resolved.clone(),
                 });
             }
-            self.notes.push(note);
         }
         Outcome::from_flags(grew || effect.killed, behind || effect.discarded)
     }

@@ -11,7 +11,7 @@
 use concord::testing::sim::{action, check_quiesced, faults, message_limit, Action, Faults, Sim};
 use concord::testing::Operation;
 use concord::{
-    CausalContext, Dot, DotStore, Hlc, ManualClock, MvRegister, OrMap, PnCounter, Result,
+    CausalContext, Dot, DotStore, Hlc, ManualClock, MvRegister, OrMap, PnCounter, Resolver, Result,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -118,28 +118,71 @@ fn check_removal_reports<V: DotStore>(
         if !c.is_removal() {
             continue;
         }
-        // The report names the remover's history, its removal the newest of its own.
-        let removal = removals
+        // The report names the removers' histories (one report per key and merge,
+        // however many removals of the key it brought), each removal the newest of
+        // its own replica: the removals of the key whose dots the clock names and
+        // whose histories it covers, less those another of them had seen.
+        let covered: Vec<&&Written> = removals
             .iter()
-            .find(|w| w.key == c.key && c.theirs_clock == w.seen().max_clock());
-        let Some(removal) = removal else {
+            .filter(|w| {
+                let rdot = w.dot();
+                w.key == c.key
+                    && c.theirs_clock.get(rdot.replica()) == rdot.counter()
+                    && w.seen()
+                        .max_clock()
+                        .iter()
+                        .all(|(r, n)| c.theirs_clock.get(r) >= n)
+            })
+            .collect();
+        let named: Vec<&&Written> = covered
+            .iter()
+            .copied()
+            .filter(|w| {
+                !covered
+                    .iter()
+                    .any(|o| o.dot() != w.dot() && o.seen().contains(w.dot()))
+            })
+            .collect();
+        let mut joined = concord::VectorClock::default();
+        for w in &named {
+            joined.merge(w.seen().max_clock());
+        }
+        if named.is_empty() || joined != c.theirs_clock {
             return Err(TestCaseError::fail(format!(
                 "a report of no removal: {c:?}"
             )));
-        };
-        let (rdot, seen) = (removal.dot(), removal.seen());
-        let mut raced = false;
-        c.ours.for_each_dot(&mut |d| {
-            raced |= !seen.contains(d)
-                && writer_of(d).is_some_and(|u| u.key == c.key && !u.before.contains(rdot));
-        });
-        prop_assert!(raced, "no write of ours raced {:?}: {:?}", removal, c);
-        prop_assert!(
-            told.insert((r.node, r.boot, rdot)),
-            "node {} reported {:?} twice",
-            r.node,
-            rdot
-        );
+        }
+        for removal in named {
+            let (rdot, seen) = (removal.dot(), removal.seen());
+            let raced_by = |u: &Written| u.key == c.key && !u.before.contains(rdot);
+            let mut raced = false;
+            c.ours.for_each_dot(&mut |d| {
+                raced |= !seen.contains(d) && writer_of(d).is_some_and(raced_by);
+            });
+            // A counter fold (a write of no one's) holds its replica's increments up
+            // to the newest it folded; it races if one of those did and it survives
+            // the removal (neither it nor what it folded seen).
+            c.ours.for_each_fold(&mut |folded, fold| {
+                raced |= !seen.contains(fold)
+                    && !seen.contains(folded)
+                    && written.iter().any(|u| {
+                        !u.removal
+                            && raced_by(u)
+                            && u.issued.dots().any(|d| {
+                                d.replica() == folded.replica()
+                                    && d.counter() <= folded.counter()
+                                    && !seen.contains(d)
+                            })
+                    });
+            });
+            prop_assert!(raced, "no write of ours raced {:?}: {:?}", removal, c);
+            prop_assert!(
+                told.insert((r.node, r.boot, rdot)),
+                "node {} reported {:?} twice",
+                r.node,
+                rdot
+            );
+        }
     }
     if sim.stats().crashes > 0 {
         return Ok(());
@@ -224,8 +267,13 @@ fn profile_op() -> impl Strategy<Value = ProfileOp> {
     ]
 }
 
-fn wide_op() -> impl Strategy<Value = Wide> {
-    (0..400u16, any::<u8>()).prop_map(|(k, v)| Wide(k, v))
+fn wide_op() -> impl Strategy<Value = WideOp> {
+    // Any of 400 keys, or one of a few (so that removals race writes).
+    let key = || prop_oneof![0..400u16, 0..16u16];
+    prop_oneof![
+        4 => (key(), any::<u8>()).prop_map(|(k, v)| WideOp::Put(k, v)),
+        1 => key().prop_map(WideOp::Remove),
+    ]
 }
 
 fn cart_op() -> impl Strategy<Value = CartOp> {
@@ -236,28 +284,8 @@ fn cart_op() -> impl Strategy<Value = CartOp> {
     ]
 }
 
-/// Runs the scenario, heals, quiesces, and checks the spec.
-fn check<T, W>(
-    nodes: usize,
-    seed: u64,
-    faults: Faults,
-    limit: Option<usize>,
-    actions: Vec<Action<W>>,
-) -> std::result::Result<(), TestCaseError>
-where
-    T: concord::Crdt + Default,
-    W: Operation<T>,
-{
-    let mut sim: Sim<T> = Sim::new(nodes, seed, faults);
-    if let Some(bytes) = limit {
-        sim = sim.with_message_limit(bytes);
-    }
-    sim.run(actions);
-    sim.quiesce();
-    check_quiesced(&sim)
-}
-
-/// [`check`] for maps, with the delete-vs-update oracle on every report.
+/// Runs the scenario on maps, heals, quiesces, and checks the spec, with the
+/// delete-vs-update oracle on every report.
 fn check_map<V, W>(
     nodes: usize,
     seed: u64,
@@ -312,9 +340,10 @@ proptest! {
         check_map::<MvRegister<u8>, _>(nodes, seed, faults, limit, actions)?;
     }
 
-    /// Many keys and a small message limit: catch-ups after partitions and crashes go
-    /// in chunks (`a_partitioned_node_catches_up_in_chunks_under_loss` checks that
-    /// such a catch-up does chunk).
+    /// Many keys, removals among the writes, and a small message limit: catch-ups
+    /// after partitions and crashes go in chunks
+    /// (`a_partitioned_node_catches_up_in_chunks_under_loss` checks that such a
+    /// catch-up does chunk), and their removal reports face the oracle.
     #[test]
     fn wide_maps_converge_in_chunks_under_faults(
         nodes in 2..=4usize,
@@ -323,7 +352,7 @@ proptest! {
         limit in 2_000..3_000usize,
         actions in prop::collection::vec(action(wide_op()), 0..120),
     ) {
-        check::<Profiles, _>(nodes, seed, faults, Some(limit), actions)?;
+        check_map::<MvRegister<u8>, _>(nodes, seed, faults, Some(limit), actions)?;
     }
 
     #[test]
@@ -371,23 +400,26 @@ thread_local! {
 
 impl Operation<Tallies> for Tally {
     fn apply(&self, map: &mut Tallies, hlc: &mut Hlc<ManualClock>) -> Result<Tallies> {
-        match *self {
-            Tally::Add(k, n) => {
-                let k = k % TALLY_KEYS.len();
-                let dot = map.apply(TALLY_KEYS[k].into(), hlc, |c, op| c.add(op, n))?;
-                TALLIED.with(|t| t.borrow_mut().push((dot, k, Ok(n))));
-            }
-            Tally::Remove(k) => {
-                let k = k % TALLY_KEYS.len();
-                let seen = map.context().clone();
-                map.remove(TALLY_KEYS[k], hlc)?;
-                if let Some(dot) = map.context().minus(&seen).dots().next() {
-                    TALLIED.with(|t| t.borrow_mut().push((dot, k, Err(seen))));
+        let k = match *self {
+            Tally::Add(k, _) | Tally::Remove(k) => k % TALLY_KEYS.len(),
+        };
+        recorded(map, TALLY_KEYS[k], |map| {
+            match *self {
+                Tally::Add(_, n) => {
+                    let dot = map.apply(TALLY_KEYS[k].into(), hlc, |c, op| c.add(op, n))?;
+                    TALLIED.with(|t| t.borrow_mut().push((dot, k, Ok(n))));
+                }
+                Tally::Remove(_) => {
+                    let seen = map.context().clone();
+                    map.remove(TALLY_KEYS[k], hlc)?;
+                    if let Some(dot) = map.context().minus(&seen).dots().next() {
+                        TALLIED.with(|t| t.borrow_mut().push((dot, k, Err(seen))));
+                    }
                 }
             }
-        }
-        // The engine ships `delta_since`, not this write's delta.
-        Ok(Tallies::new())
+            // The engine ships `delta_since`, not this write's delta.
+            Ok(Tallies::new())
+        })
     }
 }
 
@@ -416,10 +448,12 @@ fn check_tallies(
     durable: bool,
 ) -> std::result::Result<(), TestCaseError> {
     TALLIED.with(|t| t.borrow_mut().clear());
+    WRITTEN.with(|w| w.borrow_mut().clear());
     let mut sim: Sim<Tallies> = Sim::new(nodes, seed, faults)
         .with_lease_block(lease_block)
         .with_fold_counters(true)
-        .with_durable_crashes(durable);
+        .with_durable_crashes(durable)
+        .with_conflict_log(true);
     if let Some(bytes) = limit {
         sim = sim.with_message_limit(bytes);
     }
@@ -436,6 +470,13 @@ fn check_tallies(
             TALLIED.with(|t| {
                 t.borrow_mut()
                     .retain(|(d, _, _)| d.replica() != me || d.counter() <= leased)
+            });
+            WRITTEN.with(|w| {
+                w.borrow_mut().retain(|w| {
+                    w.issued
+                        .dots()
+                        .all(|d| d.replica() != me || d.counter() <= leased)
+                })
             });
         }
     }
@@ -459,7 +500,9 @@ fn check_tallies(
         });
         prop_assert_eq!(state.count(*key), expected, "{}: {:?}", key, state);
     }
-    Ok(())
+    // And every removal report names removals that an increment really raced (not a
+    // fold of increments the remover had seen).
+    check_removal_reports(&sim)
 }
 
 proptest! {
@@ -535,6 +578,26 @@ fn scenarios_exercise_conflicts_losses_and_crashes() {
 /// A write of one of many keys.
 #[derive(Clone, Debug)]
 struct Wide(u16, u8);
+
+/// A write or a removal of one of many keys, recorded for the delete-vs-update oracle.
+#[derive(Clone, Debug)]
+enum WideOp {
+    Put(u16, u8),
+    Remove(u16),
+}
+
+impl Operation<Profiles> for WideOp {
+    fn apply(&self, map: &mut Profiles, hlc: &mut Hlc<ManualClock>) -> Result<Profiles> {
+        let k = match *self {
+            WideOp::Put(k, _) | WideOp::Remove(k) => k,
+        };
+        let key = format!("key-{k:05}");
+        recorded(map, &key, |map| match *self {
+            WideOp::Put(_, v) => map.write(key.clone(), v, hlc),
+            WideOp::Remove(_) => map.remove(&key, hlc),
+        })
+    }
+}
 
 impl Operation<Profiles> for Wide {
     fn apply(&self, map: &mut Profiles, hlc: &mut Hlc<ManualClock>) -> Result<Profiles> {

@@ -534,3 +534,195 @@ fn an_overwrites_dead_dot_alone_in_a_chunk_is_no_removal() {
     assert!(!reports[0].is_removal(), "{reports:?}");
     assert_eq!(values(x.get("alice").unwrap()), ["b", "c"]);
 }
+
+fn hlc(n: u128, time: &ManualClock) -> Hlc<ManualClock> {
+    Hlc::new(id(n), time.clone())
+}
+
+/// The remover removed the key and wrote it afresh; both reach a master still
+/// holding the removed value in one delta: the fresh write saw the removal, no race.
+#[test]
+fn a_removal_and_a_fresh_write_arriving_together_are_no_race() {
+    let time = ManualClock::new(START_MS);
+    let mut hlc_a = hlc(1, &time);
+    let mut a = Profiles::new();
+    a.write("alice".into(), "old@example".into(), &mut hlc_a)
+        .unwrap();
+    let mut b = a.clone();
+    a.remove("alice", &mut hlc_a).unwrap();
+    a.write("alice".into(), "fresh@example".into(), &mut hlc_a)
+        .unwrap();
+    let delta = a.delta_since_context(b.context());
+    assert_eq!(delta.removal_notes().count(), 1, "the removal travels");
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    b.try_merge(delta, &Limits::default(), &mut reports)
+        .unwrap();
+    assert!(reports.is_empty(), "{reports:?}");
+    assert_eq!(values(b.get("alice").unwrap()), ["fresh@example"]);
+}
+
+/// A counter fold is bookkeeping, not an update: U folds two increments that A had
+/// seen when it removed the key; C, after the removal, adds 5. U learns of the
+/// removal with C's increment: the fold dies with what it folded, the 5 is no race.
+#[test]
+fn a_fold_of_what_the_remover_had_seen_is_no_update() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_u, mut hlc_a, mut hlc_c) = (hlc(1, &time), hlc(2, &time), hlc(3, &time));
+    let mut u: OrMap<String, PnCounter> = OrMap::new();
+    u.increment("likes".into(), 1, &mut hlc_u).unwrap();
+    u.increment("likes".into(), 1, &mut hlc_u).unwrap();
+    let mut a = u.clone();
+    let mut c = u.clone();
+    let stable = u.context().clone();
+    assert!(u.fold_stable(&stable, &mut hlc_u).unwrap(), "a fold");
+    a.remove("likes", &mut hlc_a).unwrap();
+    c.merge(a.delta_since_context(c.context()));
+    c.increment("likes".into(), 5, &mut hlc_c).unwrap();
+    let mut reports: Vec<Conflict<String, PnCounter>> = Vec::new();
+    u.try_merge(
+        c.delta_since_context(u.context()),
+        &Limits::default(),
+        &mut reports,
+    )
+    .unwrap();
+    assert_eq!(u.count("likes"), 5);
+    assert!(reports.is_empty(), "{reports:?}");
+}
+
+/// The same with an increment of U's own after the fold, which the remover had not
+/// seen: that one is a race, and the report is made.
+#[test]
+fn an_increment_after_a_fold_racing_a_removal_is_reported() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_u, mut hlc_a) = (hlc(1, &time), hlc(2, &time));
+    let mut u: OrMap<String, PnCounter> = OrMap::new();
+    u.increment("likes".into(), 1, &mut hlc_u).unwrap();
+    u.increment("likes".into(), 1, &mut hlc_u).unwrap();
+    let mut a = u.clone();
+    let stable = u.context().clone();
+    assert!(u.fold_stable(&stable, &mut hlc_u).unwrap(), "a fold");
+    u.increment("likes".into(), 7, &mut hlc_u).unwrap();
+    let removal = a.remove("likes", &mut hlc_a).unwrap();
+    let mut reports: Vec<Conflict<String, PnCounter>> = Vec::new();
+    u.try_merge(removal, &Limits::default(), &mut reports)
+        .unwrap();
+    assert_eq!(u.count("likes"), 7);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].is_removal());
+    assert_eq!(
+        (reports[0].ours.value(), reports[0].resolved.value()),
+        (9, 7)
+    );
+}
+
+/// A removal told again after every peer acknowledged it (its note released, by a
+/// peer restarted from an old snapshot, say) is not new, and not reported again.
+#[test]
+fn a_removal_told_again_after_its_note_was_released_is_not_reported_again() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_a, mut hlc_b) = (hlc(1, &time), hlc(2, &time));
+    let mut a = Profiles::new();
+    a.write("alice".into(), "old@example".into(), &mut hlc_a)
+        .unwrap();
+    let mut b = a.clone();
+    let removal = a.remove("alice", &mut hlc_a).unwrap();
+    b.write("alice".into(), "b@example".into(), &mut hlc_b)
+        .unwrap();
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    b.try_merge(removal.clone(), &Limits::default(), &mut reports)
+        .unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let stable = b.context().clone();
+    b.prune(&stable);
+    assert_eq!(b.removal_notes().count(), 0, "released");
+    b.try_merge(removal, &Limits::default(), &mut reports)
+        .unwrap();
+    assert_eq!(reports.len(), 1, "reported again: {reports:?}");
+    assert_eq!(values(b.get("alice").unwrap()), ["b@example"]);
+}
+
+/// A removal (by C, after seeing A's) reaches B first, alone; A's, which it
+/// supersedes, arrives later: B reports the first and not the second.
+#[test]
+fn a_removal_superseded_by_a_held_one_is_not_reported() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_a, mut hlc_b, mut hlc_c) = (hlc(1, &time), hlc(2, &time), hlc(3, &time));
+    let mut a = Profiles::new();
+    a.write("alice".into(), "v0".into(), &mut hlc_a).unwrap();
+    let mut b = a.clone();
+    let mut c = a.clone();
+    let n1 = a.remove("alice", &mut hlc_a).unwrap();
+    b.write("alice".into(), "vb".into(), &mut hlc_b).unwrap();
+    c.merge(n1.clone());
+    c.write("alice".into(), "vc".into(), &mut hlc_c).unwrap();
+    let n2 = c.remove("alice", &mut hlc_c).unwrap();
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    b.try_merge(n2, &Limits::default(), &mut reports).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].theirs_clock.get(id(3)), 2, "C's removal");
+    // A's removal is new to B (C's delta named only its own dots).
+    assert!(!b.context().contains(n1.removal_notes().next().unwrap().0));
+    b.try_merge(n1, &Limits::default(), &mut reports).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(b.removal_notes().count(), 1, "one note: C's");
+}
+
+/// The other order: A's removal first (a report), then C's later one, made after
+/// seeing A's but not B's write (a second race, a second report).
+#[test]
+fn a_superseding_removal_arriving_after_the_superseded_one_is_reported_too() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_a, mut hlc_b, mut hlc_c) = (hlc(1, &time), hlc(2, &time), hlc(3, &time));
+    let mut a = Profiles::new();
+    a.write("alice".into(), "v0".into(), &mut hlc_a).unwrap();
+    let mut b = a.clone();
+    let mut c = a.clone();
+    let n1 = a.remove("alice", &mut hlc_a).unwrap();
+    b.write("alice".into(), "vb".into(), &mut hlc_b).unwrap();
+    c.merge(n1.clone());
+    c.write("alice".into(), "vc".into(), &mut hlc_c).unwrap();
+    c.remove("alice", &mut hlc_c).unwrap();
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    b.try_merge(n1, &Limits::default(), &mut reports).unwrap();
+    b.try_merge(
+        c.delta_since_context(b.context()),
+        &Limits::default(),
+        &mut reports,
+    )
+    .unwrap();
+    let named: Vec<u64> = reports.iter().map(|r| r.theirs_clock.get(id(3))).collect();
+    assert_eq!(named, [0, 2], "A's, then C's: {reports:?}");
+    assert_eq!(values(b.get("alice").unwrap()), ["vb"]);
+}
+
+/// Two removals made without seeing each other reach the updater in one message
+/// (through a relay): one report, whose `theirs_clock` names both.
+#[test]
+fn removals_of_one_key_arriving_together_are_one_report() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_a, mut hlc_b, mut hlc_d) = (hlc(1, &time), hlc(2, &time), hlc(4, &time));
+    let mut a = Profiles::new();
+    a.write("alice".into(), "v0".into(), &mut hlc_a).unwrap();
+    let mut b = a.clone();
+    let mut d = a.clone();
+    let mut relay = a.clone();
+    let by_a = a.remove("alice", &mut hlc_a).unwrap();
+    let by_d = d.remove("alice", &mut hlc_d).unwrap();
+    b.write("alice".into(), "vb".into(), &mut hlc_b).unwrap();
+    relay.merge(by_a);
+    relay.merge(by_d);
+    let message = relay.delta_since_context(b.context());
+    assert_eq!(message.removal_notes().count(), 2);
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    b.try_merge(message, &Limits::default(), &mut reports)
+        .unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let c = &reports[0];
+    assert!(c.is_removal());
+    assert_eq!(
+        (c.theirs_clock.get(id(1)), c.theirs_clock.get(id(4))),
+        (2, 1)
+    );
+    assert_eq!(values(&c.resolved), ["vb"]);
+    assert_eq!(b.removal_notes().count(), 2, "both kept");
+}

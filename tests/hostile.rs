@@ -445,6 +445,7 @@ mod binary {
             out.push(2 << 1); // then 2 from the last
         }
         out.push(0); // no entries
+        out.push(0); // no removal notes
         out
     }
 
@@ -576,7 +577,8 @@ fn binary_counts_that_lie_cut_messages_and_repeated_keys_are_typed_errors() {
     let mut lying_context = vec![0];
     binary::varint(&mut lying_context, huge);
     let mut lying_key = binary::keys_delta(1, &binary::keys(1), 1);
-    let at = lying_key.len() - 8; // the key's length: "k1" is 2 bytes, then 5 more
+    // The key's length: "k1" is 2 bytes, then 4 more, then the empty notes.
+    let at = lying_key.len() - 8;
     assert_eq!(lying_key[at], 2);
     lying_key.splice(at..=at, {
         let mut v = vec![];
@@ -725,4 +727,158 @@ fn a_deflated_snapshot_inflates_no_further_than_it_states_nor_than_the_maximum()
     });
     assert!(e.to_string().contains("more than the maximum"), "{e}");
     assert!(peak < 4 << 10, "{peak} bytes allocated");
+}
+
+type Users = OrMap<String, OrMap<String, concord::LwwRegister<String>>>;
+
+/// A receiver holding `key` as a nested map of `fields` fields of its own writing.
+fn users_with(key: &str, fields: usize) -> Users {
+    let mut hlc = concord::Hlc::new(id(2), ManualClock::new(1_700_000_000_000));
+    let mut users = Users::new();
+    users
+        .update(key.into(), &mut hlc, |m, op| {
+            for i in 0..fields {
+                m.update_in(op, format!("field-{i:06}"), |r, op| {
+                    r.assign(op, "x".repeat(32))
+                });
+            }
+        })
+        .unwrap();
+    users
+}
+
+/// A map, as JSON, claiming removals of `key`: `per_replica` of each of `replicas`
+/// invented replicas (dots 1, 2, ...), each note's context its own dot alone.
+fn removals_json(key: &str, replicas: u64, per_replica: u64) -> String {
+    let table: Vec<String> = (0..replicas)
+        .map(|j| format!("\"00000000-0000-0000-0000-{:012x}\"", 0xee_0000 + j))
+        .collect();
+    let ctx: Vec<String> = (0..replicas)
+        .map(|j| match per_replica {
+            1 => format!("[{j},[1]]"),
+            n => format!("[{j},[[1,{}]]]", n - 1),
+        })
+        .collect();
+    let mut notes = Vec::new();
+    for j in 0..replicas {
+        for i in 1..=per_replica {
+            notes.push(format!("[[{j},{i}],\"{key}\",[[{j},[{i}]]]]"));
+        }
+    }
+    format!(
+        "{{\"r\":[{}],\"c\":[{}],\"e\":{{}},\"x\":[{}]}}",
+        table.join(","),
+        ctx.join(","),
+        notes.join(",")
+    )
+}
+
+type UserReports = Vec<concord::Conflict<String, OrMap<String, concord::LwwRegister<String>>>>;
+
+fn merge_claimed(
+    receiver: &mut Users,
+    json: &str,
+) -> (concord::Result<concord::Outcome>, UserReports) {
+    use concord::Crdt;
+    let claimed: Users = serde_json::from_str(json).expect("well-formed JSON");
+    let mut reports = Vec::new();
+    let got = receiver.try_merge(claimed, &Limits::default(), &mut reports);
+    (got, reports)
+}
+
+/// More removal notes than a map keeps, in one message: refused whole, with a typed
+/// error, before any is weighed against the receiver's values.
+#[test]
+fn more_removal_notes_than_a_map_keeps_are_refused() {
+    let mut receiver = users_with("big", 20);
+    let before = receiver.clone();
+    // 5,000 replicas removing "big" once each (more than the 4,096 notes kept).
+    let (got, reports) = merge_claimed(&mut receiver, &removals_json("big", 5_000, 1));
+    assert!(
+        matches!(
+            got,
+            Err(Error::TooManyEntries {
+                what: "removal notes",
+                count: 5_000,
+                limit: 4_096
+            })
+        ),
+        "{got:?}"
+    );
+    assert!(reports.is_empty());
+    assert_eq!(receiver, before);
+    assert_eq!(receiver.removal_notes().count(), 0);
+}
+
+/// One replica's removals of one key: a map keeps only its newest, so a message with
+/// two (or dozens, or thousands) is refused.
+#[test]
+fn two_removal_notes_of_one_key_by_one_replica_are_refused() {
+    let mut receiver = users_with("big", 20);
+    let before = receiver.clone();
+    let (got, _) = merge_claimed(&mut receiver, &removals_json("big", 1, 4_000));
+    assert!(
+        matches!(
+            got,
+            Err(Error::TooManyEntries {
+                what: "removal notes of one key",
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    assert_eq!(receiver, before);
+    for per_replica in [2, 50] {
+        let (got, reports) = merge_claimed(&mut receiver, &removals_json("big", 1, per_replica));
+        assert!(
+            matches!(
+                got,
+                Err(Error::InvalidDot {
+                    reason: "two removal notes of one key by one replica",
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(reports.is_empty());
+        assert_eq!(receiver, before);
+    }
+}
+
+/// More concurrent removers of one key than a map keeps notes of: refused.
+#[test]
+fn more_removers_of_one_key_than_a_map_keeps_are_refused() {
+    let mut receiver = users_with("big", 20);
+    let before = receiver.clone();
+    let (got, reports) = merge_claimed(&mut receiver, &removals_json("big", 65, 1));
+    assert!(
+        matches!(
+            got,
+            Err(Error::TooManyEntries {
+                what: "removal notes of one key",
+                count: 65,
+                limit: 64
+            })
+        ),
+        "{got:?}"
+    );
+    assert!(reports.is_empty());
+    assert_eq!(receiver, before);
+}
+
+/// As many removers of one key as a map keeps, all racing the receiver's large value:
+/// taken, and told in one report (the value copied once for it, not once per note).
+#[test]
+fn removals_of_one_key_at_the_limit_cost_one_report() {
+    let mut receiver = users_with("big", 2_000);
+    let (got, reports) = merge_claimed(&mut receiver, &removals_json("big", 64, 1));
+    got.expect("within the limits");
+    assert_eq!(reports.len(), 1, "one report per key and merge");
+    let c = &reports[0];
+    assert!(c.is_removal());
+    assert_eq!((c.ours.len(), c.resolved.len()), (2_000, 2_000));
+    // Its clock names every remover.
+    assert_eq!(c.theirs_clock.iter().count(), 64);
+    assert_eq!(receiver.removal_notes().count(), 64);
+    assert_eq!(receiver.get("big").map(OrMap::len), Some(2_000));
 }

@@ -1137,9 +1137,14 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
         let mut must: BTreeSet<(String, Dot)> = BTreeSet::new();
         let mut may: BTreeSet<(String, Dot)> = BTreeSet::new();
         for (dot, key, seen) in b.removal_notes() {
+            // Something of ours the removal alone would not take (a counter fold
+            // dies with what it folded).
             let raced = !a.context().contains(dot)
-                && a.get(key)
-                    .is_some_and(|ours| dots(ours).iter().any(|d| !seen.contains(*d)))
+                && a.get(key).is_some_and(|ours| {
+                    let mut left = ours.clone();
+                    left.kill(seen);
+                    !left.is_bottom()
+                })
                 && merged.get(key).is_some();
             if !raced {
                 continue;
@@ -1164,24 +1169,47 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
         prop_assert_eq!(reported.len(), reported_set.len(), "a key reported twice");
         prop_assert_eq!(&reported_set, &expected, "a = {}\n b = {}", js(a), js(b));
         let mut told: BTreeSet<(String, Dot)> = BTreeSet::new();
+        let removal_keys: BTreeSet<&String> = removals.iter().map(|c| &c.key).collect();
+        prop_assert_eq!(removal_keys.len(), removals.len(), "a key reported twice");
         for c in &removals {
-            // A removal report names its removal: the remover's newest dot.
-            let found = b
+            // A removal report names its removals (one report per key): the
+            // removers' histories joined, each removal its replica's newest dot.
+            let covered: Vec<(Dot, &CausalContext)> = b
                 .removal_notes()
-                .find(|(d, k, _)| **k == c.key && c.theirs_clock.get(d.replica()) == d.counter());
-            let Some((dot, _, seen)) = found else {
+                .filter(|(d, k, seen)| {
+                    **k == c.key
+                        && c.theirs_clock.get(d.replica()) == d.counter()
+                        && seen
+                            .max_clock()
+                            .iter()
+                            .all(|(r, n)| c.theirs_clock.get(r) >= n)
+                })
+                .map(|(d, _, seen)| (d, seen))
+                .collect();
+            let named: Vec<(Dot, &CausalContext)> = covered
+                .iter()
+                .copied()
+                .filter(|(d, _)| !covered.iter().any(|(o, s)| o != d && s.contains(*d)))
+                .collect();
+            let mut joined = concord::VectorClock::default();
+            for (_, seen) in &named {
+                joined.merge(seen.max_clock());
+            }
+            if named.is_empty() || joined != c.theirs_clock {
                 return Err(fail(format!("a removal report names no removal: {c:?}")));
-            };
-            prop_assert!(
-                told.insert((c.key.clone(), dot)),
-                "a removal reported twice"
-            );
+            }
+            for (dot, seen) in named {
+                prop_assert!(
+                    told.insert((c.key.clone(), dot)),
+                    "a removal reported twice"
+                );
+                prop_assert!(
+                    dots(&c.ours).iter().any(|d| !seen.contains(*d)),
+                    "the removal had seen all of ours: {:?}",
+                    c
+                );
+            }
             prop_assert!(c.theirs.is_bottom());
-            prop_assert!(
-                dots(&c.ours).iter().any(|d| !seen.contains(*d)),
-                "the removal had seen all of ours: {:?}",
-                c
-            );
             prop_assert_eq!(Some(&c.ours), a.get(&c.key));
             prop_assert_eq!(Some(&c.resolved), merged.get(&c.key));
             prop_assert_eq!(&c.ours_clock, &clock_of(&c.ours));
