@@ -306,6 +306,11 @@ pub struct Node {
     /// Since when this node's coordinator has known no master while every peer was
     /// heard saying it is none (see [`Node::check_failover`]).
     masterless_since: Option<Instant>,
+    /// The epoch in which an operator told this node to stop taking writes
+    /// (`POST /admin/stop-writes`): until a newer epoch, it takes no part in an
+    /// election (it would elect itself and take writes back long before the other
+    /// nodes' grace for a stopped master ran out).
+    stopped_in: Option<u64>,
     /// Answers to operators' commands, sent once the batch that ran them is
     /// committed (a node that answered "stopped taking writes" is a follower after a
     /// restart too).
@@ -446,6 +451,7 @@ impl Node {
             admin_replies: Vec::new(),
             master_stopped_since: None,
             masterless_since: None,
+            stopped_in: None,
         })
     }
 
@@ -1286,6 +1292,7 @@ impl Node {
             }
             AdminOp::StopWrites => {
                 self.engine.demote();
+                self.stopped_in = Some(self.engine.epoch());
                 self.event(format!(
                     "stopped taking writes (epoch {}) at an operator's request",
                     self.engine.epoch()
@@ -1448,7 +1455,9 @@ impl Node {
         // under way gets that long), the coordinator elects; every node in that state
         // chooses from the same settled positions, so the same node. A peer not heard
         // (it may lead an epoch this node cannot hear) keeps it waiting.
+        let stopped_here = self.stopped_in.is_some_and(|e| e >= epoch);
         let masterless = c.master().is_none()
+            && !stopped_here
             && c.awaiting().is_none()
             && self.engine.role() == Role::Follower
             && leader.is_none()

@@ -755,3 +755,60 @@ fn a_master_cut_from_one_follower_leaves_the_epoch_settled_and_writable() {
     c.heal();
     check_everywhere(&mut c, &acked);
 }
+
+/// A master an operator tells to stop taking writes, with automatic failover on,
+/// stays stopped: its own node, which knows no master then, takes no part in an
+/// election (with the smallest id it would elect itself and take writes back about
+/// one step timeout later); the other nodes give it three step timeouts, then fail
+/// over to one of them.
+#[test]
+fn a_master_stopped_by_an_operator_stays_stopped_until_another_takes_over() {
+    let mut opts = Options::master_follower(LEASE_MS, 3);
+    opts.tag = "stopped-stays".into();
+    opts.failover.switchover_timeout_ms = 2_000;
+    opts.ids = (1..=3u128).map(concord::ReplicaId::from_u128).collect();
+    let mut c = Cluster::start(bin(), &opts).expect("start the cluster");
+    for i in 0..3 {
+        c.wait_ready(i, Duration::from_secs(30))
+            .expect("node ready");
+    }
+    c.wait_connected(Duration::from_secs(20))
+        .expect("connected");
+    let s = wait_status(&c, 0, Duration::from_secs(20), "took writes", |s| {
+        s["writable"] == true
+    });
+    let epoch = s["epoch"].as_u64().expect("an epoch");
+    let r = c.client(0).put("before", "v", "quorum").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c
+        .client(0)
+        .request("POST", "/admin/stop-writes", &[], "")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Node-1 stays stopped (not writable, no newer epoch of its own) until another
+    // node leads a newer epoch.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let new_master = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no node took over: {}",
+            c.status(1)
+        );
+        let s0 = c.status(0);
+        assert_eq!(
+            s0["writable"], false,
+            "node-1 took writes back after it was stopped: {s0}"
+        );
+        let taken = (1..3).find(|&i| {
+            let s = c.status(i);
+            s["writable"] == true && s["epoch"].as_u64() > Some(epoch)
+        });
+        if let Some(i) = taken {
+            break i;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let r = c.client(new_master).put("after", "v", "quorum").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(c.panics().is_empty(), "panics: {:?}", c.panics());
+}
