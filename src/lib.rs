@@ -6,23 +6,22 @@
 #![doc = include_str!("../README.md")]
 #![doc = include_str!("../docs/guide.md")]
 
-pub mod causal;
-pub mod clock;
-pub mod counter;
-mod dotfun;
+// The source is laid out in layers, bottom up (see the guide's "Architecture"); each
+// public module keeps its path at the crate root.
+mod causality;
+mod codec;
 pub mod error;
-pub mod hlc;
-pub mod id;
-pub mod lww;
-pub mod map;
-pub mod mvreg;
 pub mod ops;
-mod probe;
-pub mod resolver;
+mod store;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod wire;
+
+pub use causality::{clock, hlc, id, resolver};
+pub(crate) use codec::probe;
+pub use codec::wire;
+pub(crate) use store::dotfun;
+pub use store::{causal, counter, lww, map, mvreg};
 
 pub use causal::{ChunkCursor, Conflict, ConflictSink, Crdt, Data, DotStore, Limits, Op, SetAside};
 pub use clock::{CausalContext, CausalOrder, VectorClock};

@@ -128,7 +128,7 @@ use crate::error::{Error, Result};
 use crate::id::ReplicaId;
 use crate::sync::{Chunk, Message, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
-pub(crate) mod budget;
+pub(crate) use super::budget;
 
 #[derive(Serialize)]
 #[serde(bound = "T: Serialize")]

@@ -1,0 +1,497 @@
+//! A standalone map: the replica ([`Crdt`], [`Resolver`]): deltas, chunked
+//! catch-up, validation of what a peer sent, checked merges, pruning and folding.
+
+use super::*;
+
+impl<K: Key, V: DotStore> OrMap<K, V> {
+    /// A piece of a chunked catch-up, completed.
+    pub(super) fn seal_chunk(&self, mut out: Self) -> Self {
+        self.close_over_folds(&mut out, false);
+        out.seal();
+        out
+    }
+
+    /// The full state as a delta (no index or log).
+    pub(super) fn full(&self) -> Self {
+        let mut copy = OrMap {
+            entries: self.entries.clone(),
+            ctx: self.ctx.clone(),
+            index: self.index.clone(),
+            provs: self.provs.clone(),
+            log: RemovalLog::default(),
+            notes: self.notes.clone(),
+            scratch: Vec::new(),
+            folding: Folding::default(),
+        };
+        copy.log.floor = copy.ctx.clone();
+        copy
+    }
+
+    /// Makes a map built from parts (a delta) a complete standalone map: its dot
+    /// index, and a removal-log floor at its context (it knows no removal history, so
+    /// a peer below that gets all of it).
+    pub(super) fn seal(&mut self) {
+        self.rebuild_index();
+        if V::FOLDS {
+            // Whoever learns a fold learns that what it folded is gone (the fold's
+            // own write says so; a relayed part of the state must too).
+            for (&folded, _) in self.provs.iter() {
+                self.ctx.insert(folded);
+            }
+        }
+        self.log = RemovalLog {
+            floor: self.ctx.clone(),
+            ..RemovalLog::default()
+        };
+    }
+}
+
+impl<K: Key, V: DotStore> Resolver for OrMap<K, V> {
+    fn merge(&mut self, other: Self) -> Outcome {
+        self.merge_reporting(other, &mut ())
+    }
+}
+
+impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
+    type Key = K;
+    type Value = V;
+
+    fn context(&self) -> &CausalContext {
+        &self.ctx
+    }
+
+    fn delta_since_context(&self, seen: &CausalContext) -> Self {
+        self.delta_since_offered(seen, seen)
+    }
+
+    fn delta_since_offered(&self, offered: &CausalContext, acked: &CausalContext) -> Self {
+        if !acked.includes(&self.log.floor) {
+            return self.full();
+        }
+        let seen = offered;
+        let since = self.ctx.minus(seen);
+        let positions = self.positions_holding(&since);
+        let mut delta = OrMap::new();
+        for pos in positions {
+            let (k, v) = self
+                .entries
+                .get_index(pos)
+                .expect("index points into entries");
+            let part = v.filtered(&|d| !seen.contains(d));
+            if !part.is_bottom() {
+                delta.entries.insert(k.clone(), part);
+            }
+        }
+        delta.ctx = since;
+        // Removals are told by what the peer acknowledged, not by what was offered: an
+        // offered message may be lost while a later one carries its trigger. And they
+        // go with the writes that caused them until the peer acknowledges those: a
+        // removal whose cause is still in flight travels with the in-flight elements
+        // again. Otherwise, if the message that carried the cause were lost for good
+        // (its sender crashed, and so did every other holder), the removal alone
+        // would drop what the write replaced and keep nothing of it (for a fold of
+        // counter segments: the folded increments themselves).
+        let pending = seen.minus(acked);
+        let mut causes = CausalContext::new();
+        for (_, trigger, dead) in &self.log.entries {
+            if !acked.includes(trigger) {
+                for &d in dead {
+                    delta.ctx.insert(d);
+                }
+                if !pending.is_empty() {
+                    causes.merge(pending.intersection(trigger));
+                }
+            }
+        }
+        if !causes.is_empty() {
+            for pos in self.positions_holding(&causes) {
+                self.copy_part(pos, &|x| !acked.contains(x), &mut delta);
+            }
+            self.add_unheld(&causes, &mut delta.ctx);
+        }
+        // Removal notes, told like removals: until the peer acknowledges them.
+        for note in &self.notes.list {
+            if !acked.contains(note.dot) {
+                delta.ctx.insert(note.dot);
+                delta.notes.push(note.clone());
+            }
+        }
+        self.close_over_folds(&mut delta, true);
+        delta.seal();
+        delta
+    }
+
+    fn delta_chunk(
+        &self,
+        seen: &CausalContext,
+        upto: &CausalContext,
+        cursor: &mut ChunkCursor,
+        max_items: usize,
+    ) -> Self {
+        let mut out = OrMap::new();
+        let mut items = 0usize;
+        let max_items = max_items.max(1);
+        let unsent = |d: Dot| !seen.contains(d) && upto.contains(d);
+        // Below the removal log's floor (now, or since the stream began): the log no
+        // longer lists every removal the peer must learn, so phase 1 sends every
+        // removed dot it has seen too. If that happens mid-stream, walk again.
+        if !cursor.full && !seen.includes(&self.log.floor) {
+            cursor.full = true;
+            if cursor.phase >= 1 {
+                cursor.phase = 1;
+                cursor.dot = None;
+            }
+        }
+        if cursor.phase == 0 {
+            // Removal notes the peer lacks, first: each comes with its removal's dot,
+            // so that the peer decides on it before any element of the stream.
+            let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
+            for note in self.notes.list.range(start..) {
+                if items >= max_items {
+                    break;
+                }
+                if !seen.contains(note.dot) && upto.contains(note.dot) {
+                    out.ctx.insert(note.dot);
+                    items += 1 + note.seen.range_count();
+                    out.notes.push(note.clone());
+                }
+                cursor.note = note.seq + 1;
+            }
+            if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
+                // The budget ran out: the rest of the notes go in the next piece.
+                return self.seal_chunk(out);
+            }
+            // Removals the peer may not know of (it may hold the dots alive).
+            let start = self.log.entries.partition_point(|e| e.0 < cursor.log);
+            for (seq, trigger, dead) in self.log.entries.range(start..) {
+                if items >= max_items {
+                    break;
+                }
+                if !seen.includes(trigger) {
+                    for &d in dead.iter().filter(|d| upto.contains(**d)) {
+                        out.ctx.insert(d);
+                        items += 1;
+                        // A fold's removal of what it folded goes with the fold, even
+                        // one made since the stream began (see `close_over_folds`).
+                        if V::FOLDS {
+                            if let Some((fold, pos)) = self.fold_of(d) {
+                                if !out.ctx.contains(fold) {
+                                    items += self.carry_fold(fold, pos, &mut out);
+                                }
+                            }
+                        }
+                    }
+                    // With the writes that made them (a fold of counter segments, say):
+                    // a removal must not arrive alone, even for the length of a stream.
+                    // (Only while they fit in this chunk's budget: a large trigger, a
+                    // big received delta, is left to phase 2 rather than overflow it.)
+                    let causes = trigger.intersection(upto).minus(seen);
+                    let room = max_items.saturating_sub(items) as u64;
+                    if !causes.is_empty() && causes.dot_count() <= room {
+                        for pos in self.positions_holding(&causes) {
+                            items += self.copy_part(pos, &unsent, &mut out);
+                        }
+                    }
+                    // And, whatever the budget, the causes no entry holds (a
+                    // removal's own dot; a few context ranges): the receiver then logs
+                    // the removal against a context holding its cause, and tells it on
+                    // to a peer that lacks that cause (without them, a peer whose
+                    // context covers the removed dots was never told, for good).
+                    self.add_unheld(&causes, &mut out.ctx);
+                }
+                cursor.log = seq + 1;
+            }
+            if self.log.entries.back().is_none_or(|e| e.0 < cursor.log) {
+                cursor.phase = 1;
+            }
+        }
+        if cursor.phase == 1 {
+            // Dots removed here: those the peer never saw, and (below the floor) those
+            // it may hold alive. Computed on ranges, so a long run of removed dots
+            // costs one item and no walk over its dots.
+            let mut live: Vec<Dot> = self.index.keys().copied().collect();
+            live.sort_unstable();
+            let mut held = CausalContext::new();
+            for d in live {
+                held.insert(d);
+            }
+            let candidates = if cursor.full {
+                upto.clone()
+            } else {
+                upto.minus(seen)
+            };
+            let dead = candidates.minus(&held);
+            let mut finished = true;
+            'walk: for (r, ranges) in dead.ranges() {
+                for &(lo, hi) in ranges {
+                    let lo = match cursor.dot {
+                        Some(d) if r < d.replica() => continue,
+                        Some(d) if r == d.replica() => lo.max(d.counter().saturating_add(1)),
+                        _ => lo,
+                    };
+                    if lo > hi {
+                        continue;
+                    }
+                    if items >= max_items {
+                        finished = false;
+                        break 'walk;
+                    }
+                    out.ctx.insert_range(r, lo, hi);
+                    items += 1;
+                    cursor.dot = Some(Dot::new(r, hi));
+                }
+            }
+            if finished {
+                cursor.phase = 2;
+            }
+        }
+        if cursor.phase == 2 {
+            while cursor.pos < self.entries.len() && items < max_items {
+                items += self.copy_part(cursor.pos, &unsent, &mut out);
+                cursor.pos += 1;
+            }
+            if cursor.pos >= self.entries.len() {
+                cursor.phase = 3;
+            }
+        }
+        self.seal_chunk(out)
+    }
+
+    fn validate(&self, limits: &Limits) -> Result<()> {
+        if self.ctx.range_count() > limits.max_context_ranges {
+            return Err(Error::TooManyEntries {
+                what: "context ranges",
+                count: self.ctx.range_count(),
+                limit: limits.max_context_ranges,
+            });
+        }
+        let size = DotStore::size(self);
+        if size > limits.max_entries {
+            return Err(Error::TooManyEntries {
+                what: "entries",
+                count: size,
+                limit: limits.max_entries,
+            });
+        }
+        // The dot index holds every element's dot once, pointing at its entry: if
+        // every dot is found there at its own entry and there are as many dots as
+        // index keys, no dot tags two elements, and no second set of the dots is
+        // built (a received map was indexed once, when it was decoded).
+        let mut dots = 0usize;
+        let mut indexed = true;
+        let mut bad: Option<(Dot, &'static str)> = None;
+        for (pos, v) in self.entries.values().enumerate() {
+            v.for_each_dot(&mut |d| {
+                dots += 1;
+                indexed &= self.index.get(&d) == Some(&pos);
+                if bad.is_none() && !self.ctx.contains(d) {
+                    bad = Some((
+                        d,
+                        "element dot missing from the causal context sent with it",
+                    ));
+                }
+            });
+        }
+        if bad.is_none() && !(indexed && dots == self.index.len()) {
+            // A repeated dot (or an index out of step, which no map of this library
+            // has): find the dot the slow way.
+            let mut seen = DotSet::default();
+            DotStore::for_each_dot(self, &mut |d| {
+                if bad.is_none() && !seen.insert(d) {
+                    bad = Some((d, "the same dot tags two elements"));
+                }
+            });
+        }
+        if let Some((dot, reason)) = bad {
+            return Err(Error::InvalidDot { dot, reason });
+        }
+        self.validate_notes(limits)
+    }
+
+    fn for_each_element_dot(&self, f: &mut dyn FnMut(Dot)) {
+        DotStore::for_each_dot(self, f);
+    }
+
+    fn try_merge<C: ConflictSink<K, V>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+    ) -> Result<Outcome> {
+        other.validate(limits)?;
+        let count = DotStore::joined_siblings(self, &self.ctx, &other, &other.ctx);
+        if count > limits.max_siblings {
+            return Err(Error::TooManySiblings {
+                count,
+                cap: limits.max_siblings,
+            });
+        }
+        Ok(self.merge_reporting(other, sink))
+    }
+
+    fn try_merge_containing<C: ConflictSink<K, V>>(
+        &mut self,
+        other: Self,
+        limits: &Limits,
+        sink: &mut C,
+        budget: u64,
+        set_aside: &mut Vec<SetAside<K>>,
+    ) -> Result<Outcome> {
+        other.validate(limits)?;
+        let empty = V::default();
+        let hot: Vec<(K, usize)> = other
+            .entries
+            .iter()
+            .filter_map(|(k, theirs)| {
+                let ours = self.entries.get(k).unwrap_or(&empty);
+                let count = ours.joined_siblings(&self.ctx, theirs, &other.ctx);
+                (count > limits.max_siblings).then(|| (k.clone(), count))
+            })
+            .collect();
+        if hot.is_empty() {
+            return Ok(self.merge_reporting(other, sink));
+        }
+        let mut other = other;
+        // Of each hot key's received entry, take the writes this replica lacks in dot
+        // order for as long as they fit under the cap (the count only grows with
+        // each write taken: a binary search finds the longest prefix); set the rest
+        // aside, out of the entry and out of the context merged.
+        let mut strip: Vec<Dot> = Vec::new();
+        let mut found = Vec::with_capacity(hot.len());
+        let mut total = 0u64;
+        for (key, siblings) in hot {
+            let theirs = other.entries.get(&key).expect("a key of `other`");
+            let ours = self.entries.get(&key).unwrap_or(&empty);
+            let mut unseen: Vec<Dot> = Vec::new();
+            theirs.for_each_dot(&mut |d| {
+                if !self.ctx.contains(d) {
+                    unseen.push(d);
+                }
+            });
+            if unseen.is_empty() {
+                // Over the cap already here (a cap lowered since): nothing new to take
+                // or to set aside, and the merge adds no sibling.
+                continue;
+            }
+            unseen.sort_unstable();
+            let part = |m: usize| {
+                let rest = &unseen[m..];
+                theirs.filtered(&|d| rest.binary_search(&d).is_err())
+            };
+            let fits = |m: usize| {
+                ours.joined_siblings(&self.ctx, &part(m), &other.ctx) <= limits.max_siblings
+            };
+            // The largest m in 0..len with fits(m) (fits(len) is false: the key is hot);
+            // m = 0 when even the writes already seen here exceed the cap.
+            let (mut lo, mut hi) = (0, unseen.len());
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let taken = part(lo);
+            let mut dots = CausalContext::new();
+            for &d in &unseen[lo..] {
+                dots.insert(d);
+            }
+            strip.extend_from_slice(&unseen[lo..]);
+            if taken.is_bottom() {
+                other.entries.swap_remove(&key);
+            } else {
+                other.entries.insert(key.clone(), taken);
+            }
+            total = total.saturating_add(dots.dot_count());
+            found.push(SetAside {
+                key,
+                siblings,
+                dots,
+            });
+        }
+        if total > budget {
+            let count = found.iter().map(|h| h.siblings).max().unwrap_or(0);
+            return Err(Error::TooManySiblings {
+                count,
+                cap: limits.max_siblings,
+            });
+        }
+        strip.sort_unstable();
+        let mut stripped = CausalContext::new();
+        for d in strip {
+            stripped.insert(d);
+        }
+        other.ctx = other.ctx.minus(&stripped);
+        let outcome = self.merge_logging(other, sink, &stripped);
+        set_aside.extend(found);
+        Ok(outcome)
+    }
+
+    fn max_timestamp(&self) -> Option<Timestamp> {
+        DotStore::max_timestamp(self)
+    }
+
+    fn prune(&mut self, stable: &CausalContext) {
+        self.log.prune(stable);
+        self.notes.prune(stable);
+        if V::FOLDS {
+            let index = &self.index;
+            self.provs.retain(|_, fold| index.contains_key(fold));
+        }
+    }
+
+    fn fold_stable<S: TimeSource>(
+        &mut self,
+        stable: &CausalContext,
+        hlc: &mut Hlc<S>,
+    ) -> Result<bool> {
+        if !V::FOLDS {
+            return Ok(false);
+        }
+        let me = hlc.replica();
+        self.folding.stable = stable.only(me);
+        if self.folding.stable.is_empty() {
+            return Ok(false);
+        }
+        if !self.folding.searched {
+            // A map restored from a snapshot: its counters' leftover segments.
+            self.folding.searched = true;
+            for (key, value) in &self.entries {
+                if value.foldable(me, &CausalContext::new()).0 > 1 {
+                    self.folding.pending.insert(key.clone());
+                }
+            }
+        }
+        if self.folding.pending.is_empty() {
+            return Ok(false);
+        }
+        let stable = self.folding.stable.clone();
+        let keys: Vec<K> = self.folding.pending.drain(..).collect();
+        let mut wrote = false;
+        for (i, key) in keys.iter().enumerate() {
+            let Some(value) = self.entries.get(key) else {
+                continue; // removed since
+            };
+            let (own, covered) = value.foldable(me, &stable);
+            if covered < 2 {
+                if own > 1 {
+                    self.folding.pending.insert(key.clone());
+                }
+                continue;
+            }
+            let op = match next_op(&self.ctx, hlc) {
+                Ok(op) => op,
+                Err(e) => {
+                    self.folding.pending.extend(keys[i..].iter().cloned());
+                    return Err(e);
+                }
+            };
+            // `mutate` folds around the (empty) write and keeps the key pending while
+            // segments that are not stable yet remain.
+            self.mutate(key.clone(), &op, |_, _| {}, false);
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+}
