@@ -103,6 +103,11 @@ pub trait Key: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwn
 
 impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key for T {}
 
+/// A map's entries, hashed with a randomly seeded hasher (foldhash, as the dot index):
+/// keys come from peers, so the seed keeps them from choosing colliding ones, and it
+/// costs a fraction of the standard library's SipHash per lookup.
+pub(crate) type Entries<K, V> = IndexMap<K, V, foldhash::fast::RandomState>;
+
 /// An observed-remove map of replicated values.
 ///
 /// Standalone, it carries its causal context, an index from dots to entries (so that
@@ -110,7 +115,7 @@ impl<T: Clone + Eq + Hash + Ord + fmt::Debug + Serialize + DeserializeOwned> Key
 /// proportion to what changed) and a short removal log. As the value of another map it
 /// uses its parent's context and keeps none of these.
 pub struct OrMap<K, V> {
-    entries: IndexMap<K, V>,
+    entries: Entries<K, V>,
     ctx: CausalContext,
     /// Live dot -> position in `entries` (standalone maps only).
     index: DotMap<usize>,
@@ -174,7 +179,7 @@ impl<K: Clone, V: Clone> Clone for OrMap<K, V> {
 impl<K, V> Default for OrMap<K, V> {
     fn default() -> Self {
         OrMap {
-            entries: IndexMap::new(),
+            entries: Entries::default(),
             ctx: CausalContext::new(),
             index: DotMap::default(),
             provs: DotMap::default(),

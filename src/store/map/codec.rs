@@ -50,8 +50,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     pub(super) fn decode_entries(
         decoded: DecodedEntries<K, V::Decoded>,
         replicas: &[ReplicaId],
-    ) -> Result<IndexMap<K, V>> {
-        let mut entries = IndexMap::with_capacity(decoded.0.len());
+    ) -> Result<Entries<K, V>> {
+        let mut entries = Entries::with_capacity_and_hasher(decoded.0.len(), Default::default());
         for (k, v) in decoded.0 {
             entries.insert(k, V::decode(v, replicas)?);
         }
@@ -140,13 +140,13 @@ impl<'de, K: Key> Deserialize<'de> for DecodedNotes<K> {
 /// differently). Each key is charged to the decoding budget as one entry as it is
 /// read (see [`DecodedElements`](crate::causal::DecodedElements)).
 #[derive(Debug)]
-pub struct DecodedEntries<K, V>(IndexMap<K, V>);
+pub struct DecodedEntries<K, V>(Entries<K, V>);
 
 impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct Unique<K, V>(std::marker::PhantomData<(K, V)>);
         impl<'de, K: Key, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<K, V> {
-            type Value = IndexMap<K, V>;
+            type Value = Entries<K, V>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map's entries (an object, or [key, value] pairs), each key once")
@@ -156,8 +156,10 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 self,
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out =
-                    IndexMap::with_capacity(crate::wire::budget::reserve(access.size_hint()));
+                let mut out = Entries::with_capacity_and_hasher(
+                    crate::wire::budget::reserve(access.size_hint()),
+                    Default::default(),
+                );
                 while let Some(k) = access.next_key()? {
                     crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     let v = access.next_value()?;
@@ -172,8 +174,10 @@ impl<'de, K: Key, V: Deserialize<'de>> Deserialize<'de> for DecodedEntries<K, V>
                 self,
                 mut access: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut out =
-                    IndexMap::with_capacity(crate::wire::budget::reserve(access.size_hint()));
+                let mut out = Entries::with_capacity_and_hasher(
+                    crate::wire::budget::reserve(access.size_hint()),
+                    Default::default(),
+                );
                 while let Some((k, v)) = access.next_element::<(K, V)>()? {
                     crate::wire::budget::entry().map_err(crate::wire::budget::custom)?;
                     if out.insert(k, v).is_some() {

@@ -316,7 +316,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
 /// exactly those (every standalone map keeps it so; `try_merge_containing` leaves it
 /// holding set-aside dots too), else collected afresh.
 pub(super) fn live_dots<K, V: DotStore>(
-    entries: &IndexMap<K, V>,
+    entries: &Entries<K, V>,
     index: DotMap<usize>,
 ) -> DotMap<usize> {
     let mut count = 0usize;
