@@ -48,7 +48,8 @@
 //! format that is not self-describing (no `#[serde(untagged)]`, `flatten`,
 //! `skip_serializing_if` or `deserialize_any`, as in `serde_json::Value`). One that
 //! does not still replicates: [`encode`] checks every message that carries a delta by
-//! decoding it back, and writes one that does not read back as written in JSON, at
+//! decoding it back (unless [`Crdt::binary_faithful`] vouches for the state type:
+//! the library's own types over strings, integers and the like), and writes one that does not read back as written in JSON, at
 //! version 3 (which every peer speaking 4 reads), and [`encode_snapshot`] falls back
 //! to the JSON form the same way; such values cost JSON's size on the wire, so an
 //! engine holding many is better kept at
@@ -187,8 +188,11 @@ struct V2Out<'a, T> {
 /// `#[serde(untagged)]`, `skip_serializing_if`) is written in JSON at version 3
 /// instead, keeping its `vmax`: every peer that speaks 4 reads 3 as well, so such a
 /// value costs JSON's size on the wire but never stops a link. A message with a delta
-/// is checked by decoding it back (as its receiver will) and comparing; one without
-/// holds only the library's own types and is not.
+/// is checked by decoding it back (as its receiver will) and comparing, unless the
+/// state type says every value of it reads back ([`Crdt::binary_faithful`]: the
+/// library's maps, registers and counters of strings, integers, booleans, characters
+/// and byte vectors), which skips the decode; one without a delta holds only the
+/// library's own types and is not checked.
 ///
 /// Never panics for the library's types: map keys of any shape travel (as
 /// `[key, value]` pairs in JSON when they are not JSON object keys), and every value
@@ -322,7 +326,7 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Option<Vec<u8>> {
         reply: msg.reply,
     };
     let bytes = postcard::to_extend(&out, vec![BINARY_MESSAGE]).ok()?;
-    if msg.delta.is_some() {
+    if msg.delta.is_some() && !T::binary_faithful() {
         let back = parse::<T>(&bytes, None, budget::Limits::NONE, |_| Ok(())).ok()?;
         let same = back.delta.as_ref().and_then(Option::as_ref) == msg.delta.as_ref()
             && back.seen.as_ref() == Some(&msg.seen)
@@ -334,6 +338,35 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Option<Vec<u8>> {
         }
     }
     Some(bytes)
+}
+
+/// True if `T` is one of the types whose binary form reads back exactly as written,
+/// whatever the value: strings, booleans, characters, integers and byte vectors. Floats
+/// are not among them (a NaN a peer sent would not compare equal to itself), nor is
+/// any type of the application's own (it may need a self-describing format). Told
+/// apart by name, which is exact for these types within one build.
+pub(crate) fn faithful_scalar<T: ?Sized>() -> bool {
+    use std::any::type_name;
+    let name = type_name::<T>();
+    [
+        type_name::<String>(),
+        type_name::<bool>(),
+        type_name::<char>(),
+        type_name::<u8>(),
+        type_name::<u16>(),
+        type_name::<u32>(),
+        type_name::<u64>(),
+        type_name::<u128>(),
+        type_name::<usize>(),
+        type_name::<i8>(),
+        type_name::<i16>(),
+        type_name::<i32>(),
+        type_name::<i64>(),
+        type_name::<i128>(),
+        type_name::<isize>(),
+        type_name::<Vec<u8>>(),
+    ]
+    .contains(&name)
 }
 
 /// Encodes a durable value (an engine [`Snapshot`](crate::sync::Snapshot), or a

@@ -350,6 +350,20 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
         let _ = f;
     }
 
+    /// True if every value of this type reads back from the binary wire form exactly
+    /// as it was written, whatever it holds, so that [`wire::encode`](crate::wire::encode)
+    /// can skip decoding a message back to check it. The default, `false`, keeps the
+    /// check (a value type of your own may need a self-describing format, see
+    /// [`wire`](crate::wire)); the library's registers answer `true` for strings,
+    /// booleans, characters, integers and byte vectors, its counters always, and its
+    /// maps when their keys are such a type and their values answer `true`.
+    fn binary_faithful() -> bool
+    where
+        Self: Sized,
+    {
+        false
+    }
+
     /// True if the store may hold counter segments that [`DotStore::fold`] can fold
     /// (a counter, or a map that may hold one). Maps of other values skip the folding
     /// work on every write.
@@ -990,6 +1004,17 @@ pub trait Crdt:
 
     /// Every dot this state has seen.
     fn context(&self) -> &CausalContext;
+
+    /// True if every state of this type reads back from the binary wire form exactly
+    /// as it was written (see [`DotStore::binary_faithful`]): [`wire::encode`](crate::wire::encode)
+    /// then writes a message without decoding it back to check. The default, `false`,
+    /// keeps the check.
+    fn binary_faithful() -> bool
+    where
+        Self: Sized,
+    {
+        false
+    }
 
     /// Everything a peer whose state has seen exactly `clock` lacks, removals included.
     /// Merging the result into such a state equals merging the whole of `self`.

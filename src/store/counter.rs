@@ -391,6 +391,10 @@ impl DotStore for PnCounter {
 
     const FOLDS: bool = true;
 
+    fn binary_faithful() -> bool {
+        true
+    }
+
     fn fold(&mut self, op: &Op, stable: &CausalContext) {
         // The stable segments of this replica, not this write's own: the write's
         // increment was seen by nobody yet, and a removal that kills the fold must

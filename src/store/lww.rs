@@ -256,6 +256,10 @@ where
 
     crate::dotfun::forward_to_dotfun!(writes);
 
+    fn binary_faithful() -> bool {
+        crate::wire::faithful_scalar::<T>()
+    }
+
     fn joined_siblings(
         &self,
         ctx: &CausalContext,

@@ -321,6 +321,10 @@ where
         matches!((self.single(), other.single()), (Some(a), Some(b)) if a == b)
     }
 
+    fn binary_faithful() -> bool {
+        crate::wire::faithful_scalar::<T>()
+    }
+
     crate::dotfun::forward_to_dotfun!(siblings);
 
     fn joined_siblings(

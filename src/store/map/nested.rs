@@ -112,6 +112,10 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
 
     const FOLDS: bool = V::FOLDS;
 
+    fn binary_faithful() -> bool {
+        crate::wire::faithful_scalar::<K>() && V::binary_faithful()
+    }
+
     fn for_each_fold(&self, f: &mut dyn FnMut(Dot, Dot)) {
         if V::FOLDS {
             for v in self.entries.values() {

@@ -60,6 +60,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         &self.ctx
     }
 
+    fn binary_faithful() -> bool {
+        crate::wire::faithful_scalar::<K>() && V::binary_faithful()
+    }
+
     fn delta_since_context(&self, seen: &CausalContext) -> Self {
         self.delta_since_offered(seen, seen)
     }
