@@ -17,7 +17,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 fn ctl(cmd: &str) {
     if std::env::var("CG").is_ok() {
-        let arg = if cmd.starts_with("enable") { "on" } else { "off" };
+        let arg = if cmd.starts_with("enable") {
+            "on"
+        } else {
+            "off"
+        };
         std::process::Command::new("callgrind_control")
             .args(["-i", arg, &std::process::id().to_string()])
             .status()
@@ -33,7 +37,10 @@ fn ctl(cmd: &str) {
 }
 fn main() {
     let pair = sync_pair::<Concord>(100_000, 100);
-    let n: u32 = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let n: u32 = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     let mut work = Vec::new();
     for _ in 0..n {
         let (mut a, b) = pair.clone();
@@ -59,6 +66,11 @@ fn main() {
         t2 += s.elapsed();
     }
     ctl("disable\n");
-    println!("receive+reply {:?} encode reply {:?} receive {:?}", t / n, t3 / n, t2 / n);
+    println!(
+        "receive+reply {:?} encode reply {:?} receive {:?}",
+        t / n,
+        t3 / n,
+        t2 / n
+    );
     std::process::exit(0);
 }
