@@ -28,6 +28,9 @@ pub(crate) struct OutStream {
     pub(crate) finished: bool,
 }
 
+/// How many replaced boots of one peer are remembered (see [`Peer::retired`]).
+pub(crate) const RETIRED_BOOTS: usize = 4;
+
 /// One peer as seen from this replica.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
@@ -40,6 +43,9 @@ pub(crate) struct Peer {
     pub(crate) boot: Option<ReplicaId>,
     /// The newest protocol version it speaks (`None`: not heard yet).
     pub(crate) vmax: Option<u32>,
+    /// The last few boots it replaced (at most [`RETIRED_BOOTS`]): a late message
+    /// from one of them does not change `vmax`.
+    pub(crate) retired: Vec<ReplicaId>,
     /// When we last received a valid message from it (ms of our time source).
     pub(crate) last_heard_ms: Option<u64>,
     /// When we last sent it anything.
@@ -92,6 +98,7 @@ impl Peer {
             offered: CausalContext::new(),
             boot: None,
             vmax: None,
+            retired: Vec::new(),
             last_heard_ms: None,
             last_sent_ms: None,
             next_anti_entropy_ms: None,

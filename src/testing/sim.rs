@@ -279,6 +279,9 @@ pub struct Sim<T: Crdt + Default> {
     conflict_log: Option<Vec<Reported<T::Key, T::Value>>>,
     /// How many times each node has restarted.
     boots: Vec<u32>,
+    /// The protocol version each node speaks, if not the configured one (see
+    /// `with_rolling_upgrade`).
+    versions: Option<Vec<u32>>,
 }
 
 /// A conflict a node reported (see [`Sim::with_conflict_log`]).
@@ -342,6 +345,7 @@ impl<T: Crdt + Default> Sim<T> {
             durable_crashes: false,
             conflict_log: None,
             boots: vec![0; n],
+            versions: None,
         }
     }
 
@@ -440,13 +444,47 @@ impl<T: Crdt + Default> Sim<T> {
         self.conflict_log.as_deref().unwrap_or(&[])
     }
 
+    /// A rolling upgrade: node `i` starts speaking protocol version `versions[i]` (the
+    /// newest where `versions` has no entry) and, at its first restart, is upgraded to
+    /// the newest, [`PROTOCOL_VERSION`](crate::sync::PROTOCOL_VERSION). Nodes of every
+    /// version replicate with one another meanwhile.
+    ///
+    /// ```
+    /// use concord::testing::sim::{Faults, Sim};
+    /// use concord::{OrMap, PnCounter};
+    ///
+    /// let sim = Sim::<OrMap<String, PnCounter>>::new(3, 7, Faults::none())
+    ///     .with_rolling_upgrade(&[2, 3]);
+    /// assert_eq!(sim.engine(0).config().protocol_version, 2);
+    /// assert_eq!(sim.engine(2).config().protocol_version, concord::sync::PROTOCOL_VERSION);
+    /// ```
+    pub fn with_rolling_upgrade(mut self, versions: &[u32]) -> Self {
+        let newest = self.config.protocol_version;
+        self.versions = Some(
+            (0..self.nodes.len())
+                .map(|i| versions.get(i).copied().unwrap_or(newest))
+                .collect(),
+        );
+        self.rebuilt()
+    }
+
+    /// The configuration node `i` runs under boot `boot`.
+    fn config_of(&self, i: usize, boot: ReplicaId) -> Config {
+        let config = self.config.clone().incarnation(boot);
+        match &self.versions {
+            Some(v) => config.protocol_version(v[i]),
+            None => config,
+        }
+    }
+
     /// Every engine built again, empty, from `self.config`.
     fn rebuilt(mut self) -> Self {
         let ids = self.ids.clone();
-        for (i, node) in self.nodes.iter_mut().enumerate() {
+        for (i, id) in ids.into_iter().enumerate() {
             let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
-            let config = self.config.clone().incarnation(boot);
-            node.engine = SyncEngine::new(ids[i], T::default(), self.time.clone(), config)
+            let config = self.config_of(i, boot);
+            let node = &mut self.nodes[i];
+            node.engine = SyncEngine::new(id, T::default(), self.time.clone(), config)
                 .with_lease(node.lease.clone())
                 .expect("a memory lease loads");
         }
@@ -649,7 +687,11 @@ impl<T: Crdt + Default> Sim<T> {
         self.issued
             .retain(|d| d.replica() != me || d.counter() <= leased);
         let boot = ReplicaId::from_u128(self.rng.next_u64() as u128 | 1 << 64);
-        let config = self.config.clone().incarnation(boot);
+        if let Some(v) = &mut self.versions {
+            // A restart is the node's upgrade (see `with_rolling_upgrade`).
+            v[i] = self.config.protocol_version;
+        }
+        let config = self.config_of(i, boot);
         let from_older = !self.durable_crashes && self.rng.percent(50);
         let node = &mut self.nodes[i];
         if self.durable_crashes {

@@ -484,6 +484,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             .is_none_or(|t| now.saturating_sub(t) > quiet_ms);
         let before = peer.acked.intersection(&peer.offered);
         let mut replaced_boot = false;
+        // A late message from a boot the peer has replaced (an upgrade's restart,
+        // say) tells nothing of the version it speaks now: a fold sent at the older
+        // version it names would lose its provenance for good.
+        let retired = peer.retired.contains(&msg.inc);
         if peer.boot == Some(msg.inc) {
             peer.acked.merge_ref(&msg.seen);
             if msg.v >= 2 {
@@ -501,6 +505,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             // (A late message from a replaced boot lands here too: its deltas then
             // carry a base the new boot lacks, the new boot skips them and answers,
             // and its answer puts this right.)
+            if let Some(old) = peer.boot.filter(|_| !retired) {
+                if !peer.retired.contains(&old) {
+                    if peer.retired.len() == crate::sync::peer::RETIRED_BOOTS {
+                        peer.retired.remove(0);
+                    }
+                    peer.retired.push(old);
+                }
+            }
             peer.boot = Some(msg.inc);
             peer.acked = msg.seen.clone();
             peer.exact_acked = if msg.v >= 2 {
@@ -524,7 +536,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
             peer.rto = retransmit_ms;
         }
         peer.offered.merge_ref(&peer.acked);
-        peer.vmax = Some(msg.vmax);
+        if !retired || peer.vmax.is_none() {
+            peer.vmax = Some(msg.vmax);
+        }
         peer.last_heard_ms = Some(now);
         if !skip {
             if let Some(after) = stream_after {
