@@ -537,7 +537,21 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         peer.offered.merge_ref(&peer.acked);
         if !retired || peer.vmax.is_none() {
-            peer.vmax = Some(msg.vmax);
+            // With folding on, a peer heard speaking 3 or newer is held to 3 at the
+            // least: a fold written at an older version loses its provenance for good,
+            // and a message that says otherwise is a late one from a boot before its
+            // upgrade (holding a node back below 3 once folds exist is unsupported,
+            // see `Config::fold_counters`).
+            let floor = if self.config.fold_counters
+                && peer
+                    .vmax
+                    .is_some_and(|v| v >= crate::counter::FOLD_PROVENANCE_VERSION)
+            {
+                crate::counter::FOLD_PROVENANCE_VERSION
+            } else {
+                OLDEST_PROTOCOL_VERSION
+            };
+            peer.vmax = Some(msg.vmax.max(floor));
         }
         peer.last_heard_ms = Some(now);
         if !skip {
