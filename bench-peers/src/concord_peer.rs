@@ -105,7 +105,7 @@ impl Peer for Concord {
     fn put(r: &mut Replica, key: &str, value: &str) {
         r.engine
             .update(|m, hlc: &mut Hlc<ManualClock>| {
-                m.apply(key.to_owned(), hlc, |reg, op| reg.set(op, value.to_owned()))
+                m.apply(key.to_owned(), hlc, |reg, op| reg.assign(op, value.to_owned()))
             })
             .expect("put");
     }
