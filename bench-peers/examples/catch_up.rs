@@ -73,7 +73,7 @@ fn run(
                 messages += 1;
                 bytes += t.bytes.len() as u64;
                 if !drop(&t) {
-                    dst.handle_bytes(&t.bytes).unwrap();
+                    let _ = dst.handle_bytes(&t.bytes).unwrap();
                 }
             }
         }
