@@ -30,7 +30,7 @@ fn filled(n: usize, replica: u128) -> (Map, Hlc<ManualClock>) {
     let mut h = hlc(replica);
     let mut map = Map::new();
     for i in 0..n {
-        map.apply(key(i), &mut h, |r, op| r.set(op, value(i)))
+        map.apply(key(i), &mut h, |r, op| r.assign(op, value(i)))
             .unwrap();
     }
     (map, h)
@@ -67,13 +67,13 @@ fn lww(c: &mut Criterion) {
         let mut i = 0u64;
         bench.iter(|| {
             i += 1;
-            black_box(reg.set(i, &mut h).unwrap());
+            black_box(reg.write(i, &mut h).unwrap());
         })
     });
     let mut a = LwwRegister::new();
-    a.set(1u64, &mut hlc(1)).unwrap();
+    a.write(1u64, &mut hlc(1)).unwrap();
     let mut b = LwwRegister::new();
-    b.set(2u64, &mut hlc(2)).unwrap();
+    b.write(2u64, &mut hlc(2)).unwrap();
     group.bench_function("merge_concurrent", |bench| {
         bench.iter_batched(
             || (a.clone(), b.clone()),
@@ -96,7 +96,7 @@ fn map_put(c: &mut Criterion) {
                 |(keys, values, mut h)| {
                     let mut map = Map::new();
                     for (k, v) in keys.into_iter().zip(values) {
-                        map.apply(k, &mut h, |r, op| r.set(op, v)).unwrap();
+                        map.apply(k, &mut h, |r, op| r.assign(op, v)).unwrap();
                     }
                     map
                 },
@@ -128,9 +128,9 @@ fn diverged(n: usize) -> (Map, Map) {
     let mut b = a.clone();
     let mut hb = hlc(2);
     for i in (0..n).step_by(10) {
-        a.apply(key(i), &mut ha, |r, op| r.set(op, format!("a-{i}")))
+        a.apply(key(i), &mut ha, |r, op| r.assign(op, format!("a-{i}")))
             .unwrap();
-        b.apply(key(i + 5), &mut hb, |r, op| r.set(op, format!("b-{i}")))
+        b.apply(key(i + 5), &mut hb, |r, op| r.assign(op, format!("b-{i}")))
             .unwrap();
     }
     (a, b)
@@ -158,10 +158,10 @@ fn map_sync(c: &mut Criterion) {
     let mut y = base;
     let (mut hx, mut hy) = (hlc(3), hlc(4));
     for i in 0..100 {
-        x.apply(key(i * 7), &mut hx, |r, op| r.set(op, format!("x-{i}")))
+        x.apply(key(i * 7), &mut hx, |r, op| r.assign(op, format!("x-{i}")))
             .unwrap();
         y.apply(key(i * 11 + 3), &mut hy, |r, op| {
-            r.set(op, format!("y-{i}"))
+            r.assign(op, format!("y-{i}"))
         })
         .unwrap();
     }

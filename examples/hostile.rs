@@ -215,7 +215,7 @@ fn poisoning() {
             .reply
             .expect("answer")
             .encode();
-        a.receive_bytes(&answer).unwrap();
+        let _ = a.receive_bytes(&answer).unwrap();
         let heartbeat = b.sync_with(id(1)).unwrap().encode();
         let back = a
             .receive_bytes(&heartbeat)
@@ -223,7 +223,7 @@ fn poisoning() {
             .reply
             .expect("answer")
             .encode();
-        b.receive_bytes(&back).unwrap();
+        let _ = b.receive_bytes(&back).unwrap();
         sizes.push((hello.len(), answer.len(), heartbeat.len(), back.len()));
     }
     println!("| round | A→B write | B→A answer | B→A session | A→B answer |");

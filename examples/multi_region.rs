@@ -563,8 +563,8 @@ impl World {
     // ----- the application ----------------------------------------------------------
 
     fn write_setting(&mut self, r: usize, key: &str, value: &str) -> Result<Dot> {
-        let receipt =
-            self.settings.at[r].update(|m, hlc| m.set(key.to_string(), value.to_string(), hlc))?;
+        let receipt = self.settings.at[r]
+            .update(|m, hlc| m.write(key.to_string(), value.to_string(), hlc))?;
         Ok(receipt.dot.expect("a write issues a dot"))
     }
 

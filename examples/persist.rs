@@ -47,11 +47,11 @@ fn deliver(a: &mut Engine, b: &mut Engine) -> Result<()> {
     loop {
         let mut quiet = true;
         while let Some(t) = a.poll_transmit() {
-            b.handle_bytes(&t.bytes)?;
+            let _ = b.handle_bytes(&t.bytes)?;
             quiet = false;
         }
         while let Some(t) = b.poll_transmit() {
-            a.handle_bytes(&t.bytes)?;
+            let _ = a.handle_bytes(&t.bytes)?;
             quiet = false;
         }
         if quiet {
@@ -61,7 +61,7 @@ fn deliver(a: &mut Engine, b: &mut Engine) -> Result<()> {
 }
 
 fn set(engine: &mut Engine, user: &str, email: &str) -> Result<u64> {
-    let receipt = engine.update(|m, hlc| m.set(user.to_string(), email.to_string(), hlc))?;
+    let receipt = engine.update(|m, hlc| m.write(user.to_string(), email.to_string(), hlc))?;
     Ok(receipt.dot.expect("a write issues a dot").counter())
 }
 

@@ -78,7 +78,7 @@ impl Net {
                     self.delivered += 1;
                     self.delivered_bytes += t.bytes.len() as u64;
                     let _ = from;
-                    self.engines[to].handle_bytes(&t.bytes).unwrap();
+                    let _ = self.engines[to].handle_bytes(&t.bytes).unwrap();
                 }
             }
             if self.converged() {
@@ -398,7 +398,7 @@ fn a_node_held_at_version_3_and_an_upgraded_one_converge_and_a_pair_of_4_speaks_
     let hello = net.engines[0].sync_with(id(2)).unwrap();
     assert_eq!(hello.v, 4);
     assert_eq!(hello.encode()[0], concord::wire::BINARY_MESSAGE);
-    net.engines[1].receive_bytes(&hello.encode()).unwrap();
+    let _ = net.engines[1].receive_bytes(&hello.encode()).unwrap();
 }
 
 #[test]
@@ -448,7 +448,7 @@ fn a_delta_for_a_previous_boot_is_not_merged() {
     net.write(1, "k", 3);
     // Node 2's delta, computed for node 1's previous boot, reaches the new boot first.
     while let Some(t) = net.engines[1].poll_transmit() {
-        net.engines[0].handle_bytes(&t.bytes).unwrap();
+        let _ = net.engines[0].handle_bytes(&t.bytes).unwrap();
     }
     net.run(50, |_, _| false);
     assert!(net.converged());
@@ -535,7 +535,7 @@ fn a_huge_run_of_dots_in_a_context_is_cheap_to_chunk() {
         lead: None,
         echo: None,
     };
-    net.engines[0].handle_message(msg).unwrap();
+    let _ = net.engines[0].handle_message(msg).unwrap();
     // Node 2 restarts empty: node 1 catches it up in chunks, the run included.
     let config = Config::with_peers([id(1), id(2)]).max_message_bytes(4 << 10);
     net.engines[1] = SyncEngine::new(id(2), Map::new(), net.time.clone(), config);
@@ -582,7 +582,7 @@ fn acknowledgements_stay_within_the_range_limit() {
             lead: None,
             echo: None,
         };
-        net.engines[0].handle_message(msg).unwrap();
+        let _ = net.engines[0].handle_message(msg).unwrap();
     }
     let acked = &net.engines[0].metrics().peers[0].acked;
     assert!(acked.range_count() <= 100, "{} ranges", acked.range_count());
@@ -660,7 +660,7 @@ fn a_chunk_index_at_the_maximum_is_harmless() {
             lead: None,
             echo: None,
         };
-        net.engines[0].handle_message(msg).unwrap();
+        let _ = net.engines[0].handle_message(msg).unwrap();
     }
     net.write(0, "x", 1);
     net.run(20, |_, _| false);
@@ -680,7 +680,7 @@ fn after_a_manual_session_push_offers_only_news() {
     }
     let hello = a.sync_with(id(2)).unwrap();
     let answer = b.receive(hello).unwrap().reply.unwrap();
-    a.receive(answer).unwrap();
+    let _ = a.receive(answer).unwrap();
     assert_eq!(a.state(), b.state());
     assert!(b.push().is_empty(), "the answer was offered again");
     b.update(|m, hlc| m.write("new".into(), 1, hlc)).unwrap();

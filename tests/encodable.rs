@@ -25,7 +25,7 @@ fn non_finite_floats_are_refused_and_change_nothing() {
     }
     let mut l: OrMap<String, LwwRegister<Vec<f32>>> = OrMap::new();
     assert!(matches!(
-        l.set("v".into(), vec![0.5, f32::NAN], &mut h),
+        l.write("v".into(), vec![0.5, f32::NAN], &mut h),
         Err(Error::Unencodable { .. })
     ));
     assert!(l.is_empty());
@@ -33,7 +33,7 @@ fn non_finite_floats_are_refused_and_change_nothing() {
     assert!(reg.write(Some(f64::NAN), &mut h).is_err());
     assert_eq!(reg.values().count(), 0);
     let mut lww = LwwRegister::new();
-    assert!(lww.set((1u8, f64::INFINITY), &mut h).is_err());
+    assert!(lww.write((1u8, f64::INFINITY), &mut h).is_err());
     assert!(lww.value().is_none());
 }
 
@@ -59,7 +59,7 @@ fn keys_of_any_shape_are_taken_but_not_a_nan() {
     type ByPair = BTreeMap<(u8, u8), u8>;
     let mut n: OrMap<String, LwwRegister<ByPair>> = OrMap::new();
     let value: ByPair = [((1, 2), 3)].into_iter().collect();
-    assert!(n.set("k".into(), value, &mut h).is_err());
+    assert!(n.write("k".into(), value, &mut h).is_err());
     assert!(n.is_empty());
 }
 
@@ -137,7 +137,7 @@ fn a_nan_written_at_one_master_cannot_wedge_the_link() {
         .is_err());
     a.update(|m, hlc| m.write("y".into(), 2.5, hlc)).unwrap();
     let hello = a.sync_with(b_id).unwrap();
-    b.receive_bytes(&hello.encode()).unwrap();
+    let _ = b.receive_bytes(&hello.encode()).unwrap();
     assert_eq!(b.state(), a.state());
     // The writer still snapshots and restores.
     let json = serde_json::to_string(&a.snapshot().unwrap()).unwrap();
@@ -379,7 +379,8 @@ fn through_the_engine<K: concord::map::Key>(program: Vec<Step<K>>) -> Result<(),
         .reply
         .expect("B answers a session");
     let bytes = check(&answer)?;
-    a.receive_bytes(&bytes)
+    let _ = a
+        .receive_bytes(&bytes)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(a.state(), b.state());
     // Both now speak version 4: a second session travels in binary.
@@ -387,7 +388,8 @@ fn through_the_engine<K: concord::map::Key>(program: Vec<Step<K>>) -> Result<(),
     prop_assert_eq!(again.v, 4);
     let bytes = check(&again)?;
     prop_assert_eq!(bytes[0], concord::wire::BINARY_MESSAGE);
-    b.receive_bytes(&bytes)
+    let _ = b
+        .receive_bytes(&bytes)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     for engine in [&mut a, &mut b] {
         let snapshot = engine.snapshot().unwrap();
@@ -465,7 +467,7 @@ fn in_op_setters_refuse_what_cannot_travel() {
     let mut mv: OrMap<String, MvRegister<ByPair>> = OrMap::new();
     let bad: ByPair = [((1, 2), 3)].into_iter().collect();
     assert!(mv
-        .apply("x".into(), &mut h, |r, op| r.set(op, bad))
+        .apply("x".into(), &mut h, |r, op| r.assign(op, bad))
         .is_err());
     assert!(mv.is_empty());
 

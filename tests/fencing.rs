@@ -44,7 +44,7 @@ fn exchange(engines: &mut [Engine], up: impl Fn(usize) -> bool) {
             while let Some(t) = engines[i].poll_transmit() {
                 let to = engines.iter().position(|e| e.node() == t.to).unwrap();
                 if up(to) {
-                    engines[to].handle_bytes(&t.bytes).unwrap();
+                    let _ = engines[to].handle_bytes(&t.bytes).unwrap();
                     busy = true;
                 }
             }
@@ -57,7 +57,7 @@ fn exchange(engines: &mut [Engine], up: impl Fn(usize) -> bool) {
 }
 
 fn set(e: &mut Engine, key: &str, v: u32) -> Result<(), Error> {
-    e.update(|m, hlc| m.set(key.to_string(), v, hlc))
+    e.update(|m, hlc| m.write(key.to_string(), v, hlc))
         .map(|_| ())
 }
 
@@ -139,7 +139,7 @@ fn a_delta_of_an_older_epoch_is_refused_and_flows_once_the_sender_catches_up() {
     let echo = e[1].receive(answer).unwrap().reply.expect("an echo");
     assert_eq!(e[1].leader(), Some(id(1)));
     assert!(echo.echo.is_some());
-    e[0].receive(echo).unwrap();
+    let _ = e[0].receive(echo).unwrap();
     set(&mut e[0], "a", 1).unwrap();
     let stale = e[0].sync_with(id(2)).unwrap(); // epoch 0, with the write
     assert_eq!(e[1].promote().unwrap(), 1);
@@ -169,7 +169,7 @@ fn a_delta_of_an_older_epoch_is_refused_and_flows_once_the_sender_catches_up() {
     let reply = e[0].receive(news).unwrap().reply.unwrap();
     assert_eq!((e[0].role(), e[0].epoch()), (Role::Follower, 1));
     assert_eq!(reply.epoch, 1);
-    e[1].receive(reply).unwrap();
+    let _ = e[1].receive(reply).unwrap();
     assert_eq!(e[1].state().value("a"), Some(&1));
 }
 
@@ -186,7 +186,7 @@ fn one_master_per_epoch_even_when_two_are_promoted_at_the_same_one() {
     for from in [0, 1] {
         let msg = e[from].sync_with(id(3)).unwrap();
         let reply = e[2].receive(msg).unwrap().reply.unwrap();
-        e[from].receive(reply).unwrap();
+        let _ = e[from].receive(reply).unwrap();
     }
     assert_eq!(e[2].leader(), Some(id(1)));
     assert!(matches!(
@@ -207,12 +207,12 @@ fn one_master_per_epoch_even_when_two_are_promoted_at_the_same_one() {
     // The two masters hear each other: neither supports the other.
     let msg = e[0].sync_with(id(2)).unwrap();
     let reply = e[1].receive(msg).unwrap().reply.unwrap();
-    e[0].receive(reply).unwrap();
+    let _ = e[0].receive(reply).unwrap();
     assert!(matches!(e[1].writable(), Err(Error::NoQuorum { .. })));
     time.advance(LEASE + LEASE / 4);
     let msg = e[0].sync_with(id(3)).unwrap();
     let reply = e[2].receive(msg).unwrap().reply.unwrap();
-    e[0].receive(reply).unwrap();
+    let _ = e[0].receive(reply).unwrap();
     set(&mut e[0], "x", 1).unwrap();
     assert!(set(&mut e[1], "x", 2).is_err());
 }
@@ -262,7 +262,7 @@ fn hostile_epochs_are_refused_and_change_nothing() {
         epoch: 1 << 20,
         ..honest
     };
-    e[1].receive(msg).unwrap();
+    let _ = e[1].receive(msg).unwrap();
     assert_eq!(e[1].epoch(), 1 << 20);
     assert!(matches!(
         e[1].promote_at(1 << 20),
@@ -320,7 +320,7 @@ fn multi_master_mode_ignores_epochs() {
     let reply = a.receive(far).unwrap().reply.unwrap();
     assert_eq!((a.epoch(), a.role(), a.leader()), (0, Role::Master, None));
     set(&mut a, "z", 3).unwrap();
-    b.receive(reply).unwrap(); // epoch 0 < 1: not refused
+    let _ = b.receive(reply).unwrap(); // epoch 0 < 1: not refused
     assert_eq!(a.state().value("y"), Some(&2));
     assert_eq!(b.state().value("x"), Some(&1));
     // Its messages carry no lease fields, and epoch 0 is left out of the encoding.
@@ -351,7 +351,7 @@ fn quorum_ack_level_counts_a_majority_including_self() {
         })
         .collect();
     let dot = engines[0]
-        .update(|m, hlc| m.set("x".into(), 1, hlc))
+        .update(|m, hlc| m.write("x".into(), 1, hlc))
         .unwrap()
         .dot
         .unwrap();
@@ -359,7 +359,7 @@ fn quorum_ack_level_counts_a_majority_including_self() {
     for k in 1..=4 {
         let msg = engines[0].sync_with(ids[k]).unwrap();
         let reply = engines[k].receive(msg).unwrap().reply.unwrap();
-        engines[0].receive(reply).unwrap();
+        let _ = engines[0].receive(reply).unwrap();
         // k peers + the writer hold it: a quorum from two peers on.
         assert_eq!(
             engines[0].is_replicated(dot, AckLevel::Quorum),
@@ -628,7 +628,7 @@ fn a_wall_clock_stepping_back_does_not_extend_a_lease() {
         e[0].writable(),
         Err(Error::NoQuorum { answered: 1, .. })
     ));
-    assert!(e[0].update(|m, hlc| m.set("x".into(), 1, hlc)).is_err());
+    assert!(e[0].update(|m, hlc| m.write("x".into(), 1, hlc)).is_err());
 }
 
 /// A promoted master waits out the old lease on monotonic time: its wall clock
@@ -674,7 +674,7 @@ fn a_forged_echo_does_not_extend_the_lease() {
     // B (or anyone speaking as B) claims to have heard A just now.
     let mut forged = e[1].sync_with(id(1)).unwrap();
     forged.echo = Some(time.now());
-    e[0].receive(forged).unwrap();
+    let _ = e[0].receive(forged).unwrap();
     time.advance(200); // past the lease of what B really answered
     assert!(matches!(
         e[0].writable(),
@@ -799,7 +799,7 @@ fn pump(engines: &mut [Engine], time: &ManualClock, rounds: usize) -> Vec<u8> {
             while let Some(t) = engines[i].poll_transmit() {
                 first_bytes.push(t.bytes[0]);
                 let to = engines.iter().position(|e| e.node() == t.to).unwrap();
-                engines[to]
+                let _ = engines[to]
                     .handle_bytes(&t.bytes)
                     .unwrap_or_else(|e| panic!("node {} refused: {e}", to + 1));
             }

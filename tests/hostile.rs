@@ -166,7 +166,7 @@ fn an_envelope_after_the_body_is_checked_before_the_body_is_decoded() {
     let ok = bytes.replace(&id(9).to_string(), &id(1).to_string());
     let ok = ok.replace(&id(109).to_string(), &id(101).to_string());
     let small = ok.replace(&delta, &keys_delta(1, 3));
-    b.receive_bytes(small.as_bytes()).expect("accepted");
+    let _ = b.receive_bytes(small.as_bytes()).expect("accepted");
     assert_eq!(b.state().len(), 3);
 }
 
@@ -297,7 +297,7 @@ fn session(from: &mut Engine, to: &mut Engine) -> (usize, usize) {
         .reply
         .expect("an answer")
         .encode();
-    from.receive_bytes(&answer).expect("accepted");
+    let _ = from.receive_bytes(&answer).expect("accepted");
     (hello.len(), answer.len())
 }
 
@@ -310,7 +310,7 @@ fn gaps_about_a_writer_that_does_not_report_are_bounded() {
     let mut b = engine(2, &[1, 3], |c| c);
     let poison = message(3, 2, &gappy_delta(7, 500_000));
     let before = b.context().clone();
-    b.receive_bytes(&poison).expect("skipped, not refused");
+    let _ = b.receive_bytes(&poison).expect("skipped, not refused");
     assert_eq!(b.context(), &before, "nothing of it was taken");
     assert_eq!(b.metrics().unbacked_deltas, 1);
     for round in 0..3 {
@@ -326,7 +326,8 @@ fn gaps_about_a_writer_that_does_not_report_are_bounded() {
 
     // Within the bound, gaps are taken (a relay may carry them honestly).
     let few = message(3, 2, &gappy_delta(7, 100));
-    b.receive_bytes(&few)
+    let _ = b
+        .receive_bytes(&few)
         .expect("a hundred gaps are within the bound");
     assert_eq!(b.context().range_count(), 100 + 1); // and A's one range
 }
@@ -344,7 +345,8 @@ fn claims_beyond_a_writers_own_report_are_not_taken_so_its_writes_are_not_silenc
     let far = 1 << 20;
     let claim = format!(r#"{{"r":["{writer}"],"c":[[0,[[1,{far}]]]],"e":{{}}}}"#);
     let before = b.context().clone();
-    b.receive_bytes(&message(3, 2, &claim))
+    let _ = b
+        .receive_bytes(&message(3, 2, &claim))
         .expect("skipped, not refused");
     assert_eq!(b.context(), &before, "nothing of it was taken");
     assert_eq!(b.metrics().unbacked_deltas, 1);
@@ -360,7 +362,8 @@ fn claims_beyond_a_writers_own_report_are_not_taken_so_its_writes_are_not_silenc
         r#"{{"r":["{writer}"],"c":[[0,[[1,{}]]]],"e":{{}}}}"#,
         upto - 1
     );
-    b.receive_bytes(&message(3, 2, &claim))
+    let _ = b
+        .receive_bytes(&message(3, 2, &claim))
         .expect("within A's report");
     assert_eq!(b.metrics().unbacked_deltas, 1);
 
@@ -370,7 +373,7 @@ fn claims_beyond_a_writers_own_report_are_not_taken_so_its_writes_are_not_silenc
         upto + far - 1,
         upto + far
     );
-    b.receive_bytes(&message(3, 2, &writes)).expect("skipped");
+    let _ = b.receive_bytes(&message(3, 2, &writes)).expect("skipped");
     assert_eq!(
         b.metrics().unbacked_deltas,
         2,
@@ -381,7 +384,8 @@ fn claims_beyond_a_writers_own_report_are_not_taken_so_its_writes_are_not_silenc
         upto + 10,
         upto + 10
     );
-    b.receive_bytes(&message(3, 2, &writes))
+    let _ = b
+        .receive_bytes(&message(3, 2, &writes))
         .expect("a write relayed with its element");
     assert_eq!(b.metrics().unbacked_deltas, 2);
     assert_eq!(b.state().get("x").and_then(|r| r.get()), Some(&5));
@@ -556,7 +560,8 @@ fn binary_messages_are_held_to_the_same_checks_before_and_while_decoding() {
 
     // Within the limits, the same hand-written form is taken.
     let three = binary::keys_delta(1, &binary::keys(3), 3);
-    b.receive_bytes(&binary::message(1, 2, Some(&three)))
+    let _ = b
+        .receive_bytes(&binary::message(1, 2, Some(&three)))
         .expect("accepted");
     assert_eq!(b.state().len(), 3);
 }
@@ -641,7 +646,7 @@ fn binary_counts_that_lie_cut_messages_and_repeated_keys_are_typed_errors() {
             }
         }
     }
-    b.receive_bytes(&valid).expect("the valid message is taken");
+    let _ = b.receive_bytes(&valid).expect("the valid message is taken");
     assert_eq!(b.state().len(), 3);
 }
 

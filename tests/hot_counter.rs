@@ -327,7 +327,7 @@ fn segments_wait_for_a_peer_that_is_down_and_fold_once_it_is_back() {
                         continue;
                     }
                     let to = engines.iter().position(|e| e.node() == t.to).unwrap();
-                    engines[to].handle_bytes(&t.bytes).expect("valid message");
+                    let _ = engines[to].handle_bytes(&t.bytes).expect("valid message");
                 }
             }
             while engines[2].poll_transmit().is_some() {}
@@ -371,7 +371,7 @@ fn remove_after_acknowledging(fold: bool) -> i64 {
     let mut held = Vec::new();
     for _ in 0..50 {
         while let Some(t) = engines[1].poll_transmit() {
-            engines[0].handle_bytes(&t.bytes).expect("valid message");
+            let _ = engines[0].handle_bytes(&t.bytes).expect("valid message");
         }
         while let Some(t) = engines[0].poll_transmit() {
             held.push(t);
@@ -396,7 +396,7 @@ fn remove_after_acknowledging(fold: bool) -> i64 {
     }
     // The acknowledgements reach B first (B may fold), then the removal.
     for t in held.into_iter().chain(removal) {
-        engines[1].handle_bytes(&t.bytes).expect("valid message");
+        let _ = engines[1].handle_bytes(&t.bytes).expect("valid message");
     }
     settle(&mut engines, &time);
     assert_eq!(engines[0].state(), engines[1].state());

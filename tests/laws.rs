@@ -63,7 +63,7 @@ impl Operation<LwwRegister<u8>> for Set {
         reg: &mut LwwRegister<u8>,
         hlc: &mut Hlc<ManualClock>,
     ) -> ConcordResult<LwwRegister<u8>> {
-        reg.set(self.0, hlc)
+        reg.write(self.0, hlc)
     }
 }
 
@@ -720,7 +720,7 @@ proptest! {
         let mut hlc_b = Hlc::new(rid(b), time.clone());
         let mut at_a = LwwRegister::new();
         if shared_history {
-            at_a.set(0u8, &mut hlc_a).unwrap();
+            at_a.write(0u8, &mut hlc_a).unwrap();
         }
         let mut at_b = at_a.clone();
         if shared_history {
@@ -733,8 +733,8 @@ proptest! {
         for _ in 0..ticks_b {
             hlc_b.tick().unwrap();
         }
-        let delta_a = at_a.set(va, &mut hlc_a).unwrap();
-        let delta_b = at_b.set(vb, &mut hlc_b).unwrap();
+        let delta_a = at_a.write(va, &mut hlc_a).unwrap();
+        let delta_b = at_b.write(vb, &mut hlc_b).unwrap();
         let (ts_a, ts_b) = (hlc_a.last(), hlc_b.last());
         prop_assert_eq!(ts_a.wall_ms(), ts_b.wall_ms());
 

@@ -116,7 +116,7 @@ fn gapless(ctx: &CausalContext) -> bool {
 enum Action {
     /// The shared wall clock moves forward (0: the next writes share a millisecond).
     Tick { ms: u64 },
-    /// `OrMap<_, MvRegister>::write` / `OrMap<_, LwwRegister>::set`.
+    /// `OrMap::write` (of multi-value or last-writer-wins registers).
     Write {
         replica: usize,
         key: usize,
@@ -464,7 +464,7 @@ impl Flavor for LwwRegister<u8> {
         hlc: &mut Hlc<ManualClock>,
     ) -> concord::Result<Map<Self>> {
         match *action {
-            Action::Write { key, value, .. } => map.set(key_name(key), value, hlc),
+            Action::Write { key, value, .. } => map.write(key_name(key), value, hlc),
             _ => unreachable!("{action:?}"),
         }
     }
@@ -1538,10 +1538,10 @@ fn update_wins_over_concurrent_remove_for_every_value_type() {
     let (_, mut h) = clocks(2);
 
     let mut a = Lww::new();
-    a.set(k("x"), 1, &mut h[0]).unwrap();
+    a.write(k("x"), 1, &mut h[0]).unwrap();
     let mut b = a.clone();
     let removal = a.remove(&k("x"), &mut h[0]).unwrap();
-    let update = b.set(k("x"), 2, &mut h[1]).unwrap();
+    let update = b.write(k("x"), 2, &mut h[1]).unwrap();
     let (mut a2, mut b2) = (a.clone(), b.clone());
     a2.merge(update);
     b2.merge(removal);
@@ -1626,10 +1626,10 @@ fn a_removed_counter_does_not_resurrect() {
 fn a_key_can_be_re_added_after_removal() {
     let (_, mut h) = clocks(3);
     let mut a = Lww::new();
-    let d1 = a.set(k("x"), 1, &mut h[0]).unwrap();
+    let d1 = a.write(k("x"), 1, &mut h[0]).unwrap();
     let d2 = a.remove(&k("x"), &mut h[0]).unwrap();
     assert!(a.get(&k("x")).is_none());
-    let d3 = a.set(k("x"), 2, &mut h[0]).unwrap();
+    let d3 = a.write(k("x"), 2, &mut h[0]).unwrap();
     assert_eq!(a.value(&k("x")), Some(&2));
     // Every delivery order of the three deltas gives the same map.
     let ds = [d1, d2, d3];
@@ -1652,7 +1652,7 @@ fn a_key_can_be_re_added_after_removal() {
     let removal = a.remove(&k("x"), &mut h[0]).unwrap();
     b.merge(removal);
     assert!(b.get(&k("x")).is_none());
-    b.set(k("x"), 3, &mut h[1]).unwrap();
+    b.write(k("x"), 3, &mut h[1]).unwrap();
     let m = converge(&mut [a, b]);
     assert_eq!(m.value(&k("x")), Some(&3));
     // And a counter re-added after removal starts from zero.
@@ -1874,9 +1874,9 @@ fn concurrent_writes_are_reported_with_both_sides_and_the_result() {
     let (time, mut h) = clocks(2);
     let mut a = Lww::new();
     let mut b = Lww::new();
-    a.set(k("x"), 1, &mut h[0]).unwrap();
+    a.write(k("x"), 1, &mut h[0]).unwrap();
     time.advance(5);
-    b.set(k("x"), 2, &mut h[1]).unwrap();
+    b.write(k("x"), 2, &mut h[1]).unwrap();
     let mut sink: Vec<Conflict<String, LwwRegister<u8>>> = Vec::new();
     a.try_merge(b, &Limits::default(), &mut sink).unwrap();
     assert_eq!(sink.len(), 1);
@@ -1970,10 +1970,10 @@ fn too_many_siblings_is_rejected_and_leaves_the_receiver_unchanged() {
 fn other_limits_are_enforced_before_anything_changes() {
     let (_, mut h) = clocks(2);
     let mut a = Lww::new();
-    a.set(k("x"), 1, &mut h[0]).unwrap();
+    a.write(k("x"), 1, &mut h[0]).unwrap();
     let mut b = Lww::new();
     for key in KEYS {
-        b.set(k(key), 2, &mut h[1]).unwrap();
+        b.write(k(key), 2, &mut h[1]).unwrap();
     }
     let before = a.clone();
     let entries = Limits {
@@ -2164,7 +2164,7 @@ fn add_remove_cycles_at_one_replica_leave_a_small_state() {
     let mut max_pending = 0;
     for i in 0..CYCLES {
         let key = &hot[i % hot.len()];
-        m.set(key.clone(), (i % 251) as u8, &mut h[0]).unwrap();
+        m.write(key.clone(), (i % 251) as u8, &mut h[0]).unwrap();
         m.remove(key, &mut h[0]).unwrap();
         if i % 64 == 0 {
             time.advance(1);
@@ -2173,7 +2173,7 @@ fn add_remove_cycles_at_one_replica_leave_a_small_state() {
     }
     assert!(m.is_empty());
     for live in ["x", "y", "z"] {
-        m.set(k(live), 1, &mut h[0]).unwrap();
+        m.write(k(live), 1, &mut h[0]).unwrap();
     }
     let json = js(&m);
     assert!(json.len() < 2048, "{} bytes: {json}", json.len());

@@ -382,7 +382,7 @@ fn tokens_from_real_engines_route_only_to_replicas_that_can_serve_them() {
     let mut c = engine(c_id, [a_id, b_id]);
     let mut r = router(Policy::round_robin(), &[1, 1, 1]);
 
-    a.update(|m, hlc| m.set("k".into(), 1, hlc)).unwrap();
+    a.update(|m, hlc| m.write("k".into(), 1, hlc)).unwrap();
     let token = a.token();
     // B gets the write and acknowledges it; C does not.
     let reply = b
@@ -390,7 +390,7 @@ fn tokens_from_real_engines_route_only_to_replicas_that_can_serve_them() {
         .unwrap()
         .reply
         .unwrap();
-    a.receive(reply).unwrap();
+    let _ = a.receive(reply).unwrap();
     r.observe(&a.metrics());
     assert_eq!(r.replica(b_id, 0).unwrap().lag.unwrap().unacked_writes, 0);
     assert_eq!(r.replica(c_id, 0).unwrap().lag.unwrap().unacked_writes, 1);
@@ -413,7 +413,7 @@ fn tokens_from_real_engines_route_only_to_replicas_that_can_serve_them() {
         .unwrap()
         .reply
         .unwrap();
-    a.receive(reply).unwrap();
+    let _ = a.receive(reply).unwrap();
     assert!(c.can_serve(&token));
     r.observe(&a.metrics());
     let with_token: Vec<ReplicaId> = (0..3).map(|_| r.pick(0, Some(&token)).unwrap()).collect();

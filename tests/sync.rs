@@ -210,7 +210,7 @@ fn push_acknowledgement_levels_and_lag() {
     assert_eq!(read(&b, "y"), [2]);
     assert!(a.holders(second).is_empty());
     time.advance(20);
-    a.receive(ack).unwrap();
+    let _ = a.receive(ack).unwrap();
     assert_eq!(a.holders(first), [node(2)]);
     assert_eq!(a.holders(second), [node(2)]);
     assert!(a.is_replicated(second, AckLevel::Peers(1)));
@@ -237,7 +237,7 @@ fn push_acknowledgement_levels_and_lag() {
 
     // C receives the stale push and then the fresh one; after both acks, all hold it.
     let ack = c.receive(to_c).unwrap().reply.unwrap();
-    a.receive(ack).unwrap();
+    let _ = a.receive(ack).unwrap();
     assert_eq!(a.holders(second), [node(2), node(3)]);
     assert!(a.is_replicated(second, AckLevel::All));
     assert!(!a.is_replicated(third, AckLevel::Peers(1)));
@@ -249,7 +249,7 @@ fn push_acknowledgement_levels_and_lag() {
         } else {
             c.receive(msg).unwrap()
         };
-        a.receive(ack.reply.unwrap()).unwrap();
+        let _ = a.receive(ack.reply.unwrap()).unwrap();
     }
     assert!(a.is_replicated(third, AckLevel::All));
     assert_eq!(a.holders(third), [node(2), node(3)]);
@@ -287,7 +287,7 @@ fn reordered_duplicated_and_dropped_messages_converge() {
         if round == 1 {
             // One exchange goes through in order: acknowledgements advance.
             let ack = b.receive(to_b.pop().unwrap()).unwrap().reply.unwrap();
-            a.receive(ack).unwrap();
+            let _ = a.receive(ack).unwrap();
         }
     }
     assert_eq!(to_b.len() + to_a.len(), 9);
@@ -487,7 +487,7 @@ fn a_follower_refuses_writes_receives_deltas_and_accepts_writes_once_promoted() 
     put(&mut a, "x", 7);
     for msg in a.push() {
         let ack = f.receive(msg).unwrap().reply.unwrap();
-        a.receive(ack).unwrap();
+        let _ = a.receive(ack).unwrap();
     }
     assert_eq!(read(&f, "x"), [7]);
     assert_eq!(f.state(), a.state());
@@ -625,7 +625,7 @@ fn typed_errors_leave_the_state_unchanged() {
     );
 
     // None of it broke B: the valid message still applies, and nothing was lost.
-    b.receive(valid).unwrap();
+    let _ = b.receive(valid).unwrap();
     assert_eq!(read(&b, "x"), [3]);
 }
 
@@ -654,7 +654,7 @@ fn an_oversized_message_is_refused_before_parsing() {
     assert_rejected(&mut b, &garbage, |e| {
         matches!(e, Error::MessageTooLarge { size: 10_000, .. })
     });
-    b.receive_bytes(&fits.encode()).unwrap();
+    let _ = b.receive_bytes(&fits.encode()).unwrap();
 }
 
 #[test]
@@ -707,7 +707,7 @@ fn too_many_siblings_are_refused() {
     let mut d = engine(1, &[2], &time);
     put(&mut d, "k", 1);
     let msg = d.sync_with(node(2)).unwrap();
-    b.receive(msg).unwrap();
+    let _ = b.receive(msg).unwrap();
     assert_eq!(read(&b, "k"), [1, 2]);
 }
 
@@ -717,10 +717,10 @@ fn a_timestamp_past_the_max_offset_is_refused() {
     let time = ManualClock::new(START_MS);
     let fast = ManualClock::new(START_MS + 10_000);
     let mut b: Engine<Lww> = engine_with(2, &time, config(2, &[1]));
-    b.update(|m, hlc| m.set("mine".to_string(), 1, hlc))
+    b.update(|m, hlc| m.write("mine".to_string(), 1, hlc))
         .unwrap();
     let mut a: Engine<Lww> = engine_with(1, &fast, config(1, &[2]));
-    a.update(|m, hlc| m.set("k".to_string(), 9, hlc)).unwrap();
+    a.update(|m, hlc| m.write("k".to_string(), 9, hlc)).unwrap();
 
     let msg = a.sync_with(node(2)).unwrap();
     let before = fingerprint(&mut b);
@@ -735,7 +735,7 @@ fn a_timestamp_past_the_max_offset_is_refused() {
     assert_eq!(fingerprint(&mut b), before);
     // B's clock did not jump: its next write is stamped with its own time.
     let ts = {
-        b.update(|m, hlc| m.set("mine".to_string(), 2, hlc))
+        b.update(|m, hlc| m.write("mine".to_string(), 2, hlc))
             .unwrap();
         b.state()
             .get(&"mine".to_string())
@@ -747,7 +747,7 @@ fn a_timestamp_past_the_max_offset_is_refused() {
 
     // Once the clocks agree within the offset, the same write is accepted.
     time.set(START_MS + 9_600);
-    b.receive(msg).unwrap();
+    let _ = b.receive(msg).unwrap();
     assert_eq!(b.state().value(&"k".to_string()), Some(&9));
 }
 
@@ -893,7 +893,7 @@ fn open_membership_is_capped() {
     for n in 2..=3 {
         let mut spoke: Engine = engine(n, &[1], &time);
         put(&mut spoke, "x", n as u8);
-        hub.receive(spoke.sync_with(node(1)).unwrap()).unwrap();
+        let _ = hub.receive(spoke.sync_with(node(1)).unwrap()).unwrap();
     }
     assert_eq!(hub.peers().count(), 2);
     let mut extra: Engine = engine(4, &[1], &time);

@@ -161,21 +161,21 @@ fn lww_map_delta() {
     let time = ManualClock::new(START_MS);
     let mut a = engine::<LwwMap>(A, &[B], &time);
     let mut b = engine::<LwwMap>(B, &[A], &time);
-    a.update(|m, hlc| m.set("color".into(), "blue".into(), hlc))
+    a.update(|m, hlc| m.write("color".into(), "blue".into(), hlc))
         .unwrap();
-    a.update(|m, hlc| m.set("size".into(), "L".into(), hlc))
+    a.update(|m, hlc| m.write("size".into(), "L".into(), hlc))
         .unwrap();
     let ack = b
         .receive(a.sync_with(id(B)).unwrap())
         .unwrap()
         .reply
         .unwrap();
-    a.receive(ack).unwrap();
+    let _ = a.receive(ack).unwrap();
 
     // After the exchange A overwrites one key: the push carries only that key, and
     // its context names the new dot and the overwritten one.
     time.advance(7);
-    a.update(|m, hlc| m.set("color".into(), "green".into(), hlc))
+    a.update(|m, hlc| m.write("color".into(), "green".into(), hlc))
         .unwrap();
     let pushed = a.push();
     assert_eq!(pushed.len(), 1);
@@ -200,7 +200,7 @@ fn mv_map_with_siblings() {
     c.update(|m, hlc| m.write("alice".into(), "alice@c.example".into(), hlc))
         .unwrap();
     for msg in [b.sync_with(id(A)).unwrap(), c.sync_with(id(A)).unwrap()] {
-        a.receive(msg).unwrap();
+        let _ = a.receive(msg).unwrap();
     }
     let alice = a.state().get(&"alice".to_string()).unwrap();
     assert_eq!(alice.values().count(), 3);
@@ -233,7 +233,7 @@ fn counter_map_after_remove() {
         .unwrap()
         .reply
         .unwrap();
-    a.receive(ack).unwrap();
+    let _ = a.receive(ack).unwrap();
 
     // A removes the apples while B, concurrently, adds one and takes a pear back.
     let removal = a
@@ -249,7 +249,7 @@ fn counter_map_after_remove() {
 
     let hello = a.sync_with(id(B)).unwrap();
     let answer = b.receive(hello).unwrap().reply.unwrap();
-    a.receive(answer).unwrap();
+    let _ = a.receive(answer).unwrap();
     assert_eq!(a.state(), b.state());
     assert_eq!(a.state().count(&"apples".to_string()), 1, "no resurrection");
     assert_eq!(a.state().count(&"pears".to_string()), 1);
@@ -503,9 +503,9 @@ fn standalone_values() {
     let time = ManualClock::new(START_MS);
     let (mut ha, mut hb) = (Hlc::new(id(A + 1), time.clone()), Hlc::new(id(B + 1), time));
     let mut lww = LwwRegister::new();
-    lww.set("blue".to_string(), &mut ha).unwrap();
+    lww.write("blue".to_string(), &mut ha).unwrap();
     let mut theirs = LwwRegister::new();
-    theirs.set("green".to_string(), &mut hb).unwrap();
+    theirs.write("green".to_string(), &mut hb).unwrap();
     lww.merge(theirs);
     golden_value("lww_register", &lww);
 
@@ -534,7 +534,7 @@ fn engine_snapshot() {
         .unwrap()
         .reply
         .unwrap();
-    a.receive(ack).unwrap();
+    let _ = a.receive(ack).unwrap();
     a.update(|m, hlc| m.write("k".into(), "w".into(), hlc))
         .unwrap();
     let snapshot: Snapshot<MvMap> = a.snapshot().unwrap();
@@ -745,9 +745,9 @@ where
     let (sent, refused) = pump(&mut a, &mut b, &time);
     assert!(refused.is_empty(), "{refused:?}");
     assert!(sent.contains(&(wire::BINARY_MESSAGE, 4)), "{sent:?}");
-    a.update(|m, hlc| m.set("k".into(), first.clone(), hlc))
+    a.update(|m, hlc| m.write("k".into(), first.clone(), hlc))
         .unwrap();
-    b.update(|m, hlc| m.set("j".into(), second.clone(), hlc))
+    b.update(|m, hlc| m.write("j".into(), second.clone(), hlc))
         .unwrap();
     let (sent, refused) = pump(&mut a, &mut b, &time);
     assert!(refused.is_empty(), "{refused:?}");
@@ -769,7 +769,7 @@ where
         let peer = if e.node() == id(A) { id(B) } else { id(A) };
         *e = SyncEngine::restore(snapshot, time.clone(), Config::with_peers([peer])).unwrap();
     }
-    a.update(|m, hlc| m.set("later".into(), second.clone(), hlc))
+    a.update(|m, hlc| m.write("later".into(), second.clone(), hlc))
         .unwrap();
     let (_, refused) = pump(&mut a, &mut b, &time);
     assert!(refused.is_empty(), "{refused:?}");
@@ -880,11 +880,11 @@ proptest::proptest! {
             mixed
                 .update(|m, hlc| {
                     m.apply(key.clone(), hlc, |inner, op| {
-                        inner.update_in(op, "f".to_string(), |r, op| r.set(op, bytes.clone()))
+                        inner.update_in(op, "f".to_string(), |r, op| r.assign(op, bytes.clone()))
                     })
                 })
                 .unwrap();
-            lww.update(|m, hlc| m.set(key.clone(), *n, hlc)).unwrap();
+            lww.update(|m, hlc| m.write(key.clone(), *n, hlc)).unwrap();
             counters.update(|m, hlc| m.increment(key.clone(), *n >> 8, hlc)).unwrap();
             if *op == 0 {
                 counters.update(|m, hlc| m.remove(key, hlc)).unwrap();

@@ -162,7 +162,7 @@ fn peers(c: &mut Criterion) {
         let mut reg = concord::LwwRegister::new();
         b.iter(|| {
             black_box(
-                reg.set(black_box("value-000123").to_owned(), &mut hlc)
+                reg.write(black_box("value-000123").to_owned(), &mut hlc)
                     .unwrap(),
             )
         })
@@ -170,13 +170,13 @@ fn peers(c: &mut Criterion) {
     g.bench_function("concord-merge", |b| {
         let time = concord::ManualClock::new(1_700_000_000_000);
         let mut x = concord::LwwRegister::new();
-        x.set(
+        x.write(
             "value-000123-a".to_owned(),
             &mut concord::Hlc::new(concord::ReplicaId::from_u128(1), time.clone()),
         )
         .unwrap();
         let mut y = concord::LwwRegister::new();
-        y.set(
+        y.write(
             "value-000123-b".to_owned(),
             &mut concord::Hlc::new(concord::ReplicaId::from_u128(2), time),
         )

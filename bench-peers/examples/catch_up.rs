@@ -73,7 +73,7 @@ fn run(
                 messages += 1;
                 bytes += t.bytes.len() as u64;
                 if !drop(&t) {
-                    dst.handle_bytes(&t.bytes).unwrap();
+                    let _ = dst.handle_bytes(&t.bytes).unwrap();
                 }
             }
         }
@@ -96,7 +96,7 @@ fn bootstrap(keys: usize, limit: usize) {
     let mut master = engine(1, limit, &time);
     for k in 0..keys {
         master
-            .update(|m, hlc| m.set(format!("key-{k:07}"), format!("value-{k}"), hlc))
+            .update(|m, hlc| m.write(format!("key-{k:07}"), format!("value-{k}"), hlc))
             .unwrap();
     }
     let baseline = LIVE.load(Ordering::Relaxed);
@@ -127,7 +127,7 @@ fn dropped_answer(changes: usize) {
     let mut b = engine(2, 64 << 20, &time);
     run(&mut a, &mut b, &time, |_| false);
     for k in 0..changes {
-        b.update(|m, hlc| m.set(format!("key-{k:07}"), "v".into(), hlc))
+        b.update(|m, hlc| m.write(format!("key-{k:07}"), "v".into(), hlc))
             .unwrap();
     }
     // B's delta to A is lost once.
@@ -140,7 +140,7 @@ fn dropped_answer(changes: usize) {
         lose
     });
     // After the answer is acknowledged, one new write costs what it is.
-    b.update(|m, hlc| m.set("new".into(), "v".into(), hlc))
+    b.update(|m, hlc| m.write("new".into(), "v".into(), hlc))
         .unwrap();
     let (messages, next) = run(&mut a, &mut b, &time, |_| false);
     println!(

@@ -105,7 +105,9 @@ impl Peer for Concord {
     fn put(r: &mut Replica, key: &str, value: &str) {
         r.engine
             .update(|m, hlc: &mut Hlc<ManualClock>| {
-                m.apply(key.to_owned(), hlc, |reg, op| reg.set(op, value.to_owned()))
+                m.apply(key.to_owned(), hlc, |reg, op| {
+                    reg.assign(op, value.to_owned())
+                })
             })
             .expect("put");
     }
@@ -127,7 +129,8 @@ impl Peer for Concord {
 
     fn merge(a: &mut Replica, b: Replica) {
         // Through the engine: validated like any peer input, conflicts reported.
-        a.engine
+        let _ = a
+            .engine
             .merge_state(b.engine.into_state())
             .expect("valid state");
     }
@@ -139,7 +142,7 @@ impl Peer for Concord {
         let answer = b.engine.receive_bytes(&to_b).expect("b accepts");
         let reply = answer.reply.expect("b answers");
         let to_a = reply.encode();
-        a.engine.receive_bytes(&to_a).expect("a accepts");
+        let _ = a.engine.receive_bytes(&to_a).expect("a accepts");
         SyncStats {
             messages: 2,
             messages_to_converge: 2,

@@ -1071,7 +1071,7 @@ mod tests {
             let mut node_c = SyncEngine::new(c, Kv::new(), time.clone(), cfg([a, b]))
                 .with_lease(store.lease())
                 .unwrap();
-            node_c.receive(node_b.sync_with(c).unwrap()).unwrap();
+            let _ = node_c.receive(node_b.sync_with(c).unwrap()).unwrap();
             assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
             store.save_role(&RoleRecord {
                 epoch: 1,
@@ -1103,7 +1103,7 @@ mod tests {
         // A, promoted at epoch 1 too (two coordinators raced), does not win C over.
         let mut node_a = SyncEngine::new(a, Kv::new(), time.clone(), cfg([b, c]));
         node_a.promote_at(1).unwrap();
-        node_c.receive(node_a.sync_with(c).unwrap()).unwrap();
+        let _ = node_c.receive(node_a.sync_with(c).unwrap()).unwrap();
         assert_eq!((node_c.epoch(), node_c.leader()), (1, Some(b)));
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

@@ -174,8 +174,8 @@ impl VectorClock {
     }
 
     /// The replicas and counts, in replica-id order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (ReplicaId, u64)> + '_ {
-        self.entries.iter().copied()
+    pub fn iter(&self) -> Iter<'_> {
+        Iter(self.entries.iter())
     }
 
     /// How many replicas have a non-zero entry.
@@ -305,6 +305,73 @@ impl VectorClock {
             });
         }
         Ok(clock)
+    }
+}
+
+/// The replicas and counts of a [`VectorClock`], in replica-id order: see
+/// [`VectorClock::iter`].
+#[derive(Clone, Debug)]
+pub struct Iter<'a>(std::slice::Iter<'a, (ReplicaId, u64)>);
+
+impl Iterator for Iter<'_> {
+    type Item = (ReplicaId, u64);
+
+    fn next(&mut self) -> Option<(ReplicaId, u64)> {
+        self.0.next().copied()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    fn next_back(&mut self) -> Option<(ReplicaId, u64)> {
+        self.0.next_back().copied()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl std::iter::FusedIterator for Iter<'_> {}
+
+/// The replicas and counts, as [`VectorClock::iter`].
+///
+/// ```
+/// use concord::{ReplicaId, VectorClock};
+///
+/// let (a, b) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+/// let clock: VectorClock = [(a, 3), (b, 5)].into_iter().collect();
+/// let mut events = 0;
+/// for (_replica, count) in &clock {
+///     events += count;
+/// }
+/// assert_eq!(events, 8);
+/// ```
+impl<'a> IntoIterator for &'a VectorClock {
+    type Item = (ReplicaId, u64);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// Raises each replica's count to at least the given one, as [`VectorClock::raise`].
+///
+/// ```
+/// use concord::{ReplicaId, VectorClock};
+///
+/// let (a, b) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
+/// let mut clock: VectorClock = [(a, 3)].into_iter().collect();
+/// clock.extend([(a, 1), (b, 4)]);
+/// assert_eq!((clock.get(a), clock.get(b)), (3, 4));
+/// ```
+impl Extend<(ReplicaId, u64)> for VectorClock {
+    fn extend<I: IntoIterator<Item = (ReplicaId, u64)>>(&mut self, iter: I) {
+        for (r, n) in iter {
+            self.raise(r, n);
+        }
     }
 }
 
@@ -1071,6 +1138,34 @@ impl CausalContext {
     /// True if nothing has been seen.
     pub fn is_empty(&self) -> bool {
         self.seen.values().all(|r| r.0.is_empty())
+    }
+}
+
+/// Records every dot of the iterator, as [`CausalContext::insert`].
+///
+/// ```
+/// use concord::{CausalContext, Dot, ReplicaId};
+///
+/// let a = ReplicaId::from_u128(1);
+/// let mut ctx: CausalContext = [Dot::new(a, 1), Dot::new(a, 2)].into_iter().collect();
+/// ctx.extend([Dot::new(a, 5)]);
+/// assert!(ctx.contains(Dot::new(a, 2)) && ctx.contains(Dot::new(a, 5)));
+/// assert!(!ctx.contains(Dot::new(a, 3))); // a gap
+/// ```
+impl Extend<Dot> for CausalContext {
+    fn extend<I: IntoIterator<Item = Dot>>(&mut self, iter: I) {
+        for dot in iter {
+            self.insert(dot);
+        }
+    }
+}
+
+/// A context holding exactly the dots of the iterator (see [`Extend`]).
+impl FromIterator<Dot> for CausalContext {
+    fn from_iter<I: IntoIterator<Item = Dot>>(iter: I) -> Self {
+        let mut ctx = CausalContext::new();
+        ctx.extend(iter);
+        ctx
     }
 }
 

@@ -263,6 +263,7 @@ impl<S: TimeSource> Hlc<S> {
     }
 
     /// Sets how far ahead of local wall time, in milliseconds, a remote timestamp may be.
+    #[must_use = "it returns the changed clock"]
     pub fn with_max_offset(mut self, max_offset_ms: u64) -> Self {
         self.max_offset_ms = max_offset_ms;
         self

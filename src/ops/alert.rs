@@ -464,6 +464,7 @@ impl Alerts {
     }
 
     /// Sets how long a resolved alert stays listed as resolved, in milliseconds.
+    #[must_use = "it returns the changed rules"]
     pub fn keep_resolved_ms(mut self, ms: u64) -> Alerts {
         self.keep_resolved_ms = ms;
         self

@@ -21,9 +21,9 @@
 //! let c = SyncEngine::new(ids[2], Settings::new(), time, Config::with_peers([ids[0], ids[1]]));
 //!
 //! // A write held by A and B: a majority of three.
-//! let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.unwrap();
+//! let dot = a.update(|m, hlc| m.write("volume".into(), 7, hlc))?.dot.unwrap();
 //! let answer = b.receive(a.sync_with(ids[1])?)?.reply.unwrap();
-//! a.receive(answer)?;
+//! let _ = a.receive(answer)?;
 //! assert!(a.is_replicated(dot, AckLevel::Quorum));
 //!
 //! // A reader that reaches B and C only still sees it.
@@ -83,6 +83,7 @@ impl<T: Crdt + Default> QuorumRead<T> {
     ///     .with_limits(limits);
     /// assert_eq!(read.needed(), 1);
     /// ```
+    #[must_use = "it returns the changed read"]
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self

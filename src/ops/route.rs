@@ -102,6 +102,7 @@ pub enum Pick {
 /// Built with [`Policy::round_robin`] or [`Policy::weighted`] and the filter methods;
 /// a policy with no filter routes to every replica of non-zero weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a builder method returns the changed policy"]
 pub struct Policy {
     pick: Pick,
     healthy: bool,

@@ -30,12 +30,12 @@ use crate::id::{Dot, ReplicaId};
 /// What a register can hold: any cloneable, comparable, serializable value.
 ///
 /// Implemented automatically for every type with those traits. Values travel as JSON,
-/// so they must round-trip through it: the typed writes (`write`, `set`, a map's
-/// `write` and `set`, `collapse`) refuse a value holding a NaN or an infinite float, or
+/// so they must round-trip through it: the typed writes (a register's `write`, a map's
+/// `write`, `collapse`) refuse a value holding a NaN or an infinite float, or
 /// a map keyed by something other than strings and integers (a `BTreeMap` inside the
 /// value: an [`OrMap`](crate::OrMap)'s own keys may be of any shape, see
 /// [`Key`](crate::map::Key)), with [`Error::Unencodable`]. Inside an
-/// [`OrMap::update`](crate::OrMap::update) closure the in-op setters (`assign`, `set`,
+/// [`OrMap::update`](crate::OrMap::update) closure the in-op setters (`assign`,
 /// `update_in`) check too: a refused value is not stored and the write fails with the
 /// same error (see [`Op::check`]). So every value a write accepts encodes, and
 /// [`Message::encode`](crate::sync::Message::encode) cannot fail on a state of the
@@ -101,7 +101,7 @@ impl Op {
     /// stored. On false, the caller must not store it, and the write this op stamps
     /// fails with [`Error::Unencodable`] once its closure returns
     /// ([`OrMap::update`](crate::OrMap::update) and [`OrMap::apply`](crate::OrMap::apply)).
-    /// The library's in-op setters (`assign`, `set`, `update_in`) call it; call it in
+    /// The library's in-op setters (`assign`, `update_in`) call it; call it in
     /// the in-op methods of a value type of your own that store user data.
     ///
     /// ```

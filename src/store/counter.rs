@@ -32,6 +32,7 @@ use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource};
 use crate::id::{Dot, ReplicaId};
+use crate::resolver::Resolver;
 
 /// A positive-negative counter.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -480,6 +481,41 @@ impl DotStore for PnCounter {
 }
 
 crate::dotfun::standalone_impls!(PnCounter, capped = false);
+
+/// Merges every counter of the iterator into this one ([`Resolver::merge`] each; the
+/// outcomes are not kept).
+///
+/// ```
+/// use concord::{Hlc, ManualClock, PnCounter, ReplicaId};
+///
+/// let time = ManualClock::new(1_000);
+/// let mut deltas = Vec::new();
+/// for n in 1..=3 {
+///     let mut hlc = Hlc::new(ReplicaId::from_u128(n), time.clone());
+///     deltas.push(PnCounter::new().increment(10, &mut hlc)?);
+/// }
+/// let mut total = PnCounter::new();
+/// total.extend(deltas.clone());
+/// assert_eq!(total.value(), 30);
+/// assert_eq!(deltas.into_iter().collect::<PnCounter>().value(), 30);
+/// # Ok::<(), concord::Error>(())
+/// ```
+impl Extend<PnCounter> for PnCounter {
+    fn extend<I: IntoIterator<Item = PnCounter>>(&mut self, iter: I) {
+        for other in iter {
+            Resolver::merge(self, other);
+        }
+    }
+}
+
+/// The join of every counter of the iterator (see [`Extend`]).
+impl FromIterator<PnCounter> for PnCounter {
+    fn from_iter<I: IntoIterator<Item = PnCounter>>(iter: I) -> Self {
+        let mut counter = PnCounter::new();
+        counter.extend(iter);
+        counter
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,8 +17,8 @@
 //!
 //! let mut at_eu = LwwRegister::new();
 //! let mut at_us = LwwRegister::new();
-//! at_eu.set("blue".to_string(), &mut eu)?;
-//! at_us.set("green".to_string(), &mut us)?; // same millisecond: the larger replica id wins
+//! at_eu.write("blue".to_string(), &mut eu)?;
+//! at_us.write("green".to_string(), &mut us)?; // same millisecond: the larger replica id wins
 //!
 //! at_eu.merge(at_us.clone());
 //! at_us.merge(at_eu.clone());
@@ -35,6 +35,7 @@ use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource, Timestamp};
 use crate::id::ReplicaId;
+use crate::resolver::Resolver;
 
 /// A value with the wall and logical parts of its write's timestamp (the replica part
 /// is the dot's).
@@ -81,7 +82,7 @@ impl<T: Data> LwwRegister<T> {
     ///
     /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
     /// let mut theme = LwwRegister::new();
-    /// let delta = theme.set("dark".to_string(), &mut hlc)?;
+    /// let delta = theme.write("dark".to_string(), &mut hlc)?;
     /// let mut peer = LwwRegister::new();
     /// peer.merge(delta);
     /// assert_eq!(peer.value().map(String::as_str), Some("dark"));
@@ -97,7 +98,7 @@ impl<T: Data> LwwRegister<T> {
     ///   time moves on);
     /// * [`Error::InvalidDot`](crate::Error::InvalidDot) if this replica has issued the
     ///   largest event counter allowed ([`MAX_COUNTER`](crate::causal::MAX_COUNTER)).
-    pub fn set<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+    pub fn write<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         crate::probe::check_value(&value)?;
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
@@ -106,6 +107,19 @@ impl<T: Data> LwwRegister<T> {
         // The delta carries the whole context (a register's is small): whoever applies it
         // learns every write this one replaced, even if earlier deltas were lost.
         Ok(delta.with_context(self.ctx.clone()))
+    }
+
+    /// The former name of [`LwwRegister::write`].
+    ///
+    /// # Errors
+    ///
+    /// As [`LwwRegister::write`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `write`, the standalone write of every register"
+    )]
+    pub fn set<S: TimeSource>(&mut self, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        self.write(value, hlc)
     }
 
     /// Inside a map update: replaces the value with `value`, stamped by `op`.
@@ -147,9 +161,9 @@ impl<T: Data> LwwRegister<T> {
     /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
     /// let mut a = LwwRegister::new();
     /// let mut b = LwwRegister::new();
-    /// a.set("dark".to_string(), &mut hlc_a)?;
+    /// a.write("dark".to_string(), &mut hlc_a)?;
     /// time.advance(3);
-    /// b.set("light".to_string(), &mut hlc_b)?;
+    /// b.write("light".to_string(), &mut hlc_b)?;
     /// a.merge(b);
     /// assert_eq!(a.value().map(String::as_str), Some("light")); // the later write
     /// # Ok::<(), concord::Error>(())
@@ -166,7 +180,7 @@ impl<T: Data> LwwRegister<T> {
     /// let a = ReplicaId::from_u128(1);
     /// let mut hlc = Hlc::new(a, ManualClock::new(1_000));
     /// let mut theme = LwwRegister::new();
-    /// theme.set("dark".to_string(), &mut hlc)?;
+    /// theme.write("dark".to_string(), &mut hlc)?;
     /// let (ts, value) = theme.winner().unwrap();
     /// assert_eq!((ts.wall_ms(), ts.replica(), value.as_str()), (1_000, a, "dark"));
     /// # Ok::<(), concord::Error>(())
@@ -187,7 +201,7 @@ impl<T: Data> LwwRegister<T> {
     /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
     /// let mut theme = LwwRegister::new();
     /// assert_eq!(theme.timestamp(), None);
-    /// theme.set("dark".to_string(), &mut hlc)?;
+    /// theme.write("dark".to_string(), &mut hlc)?;
     /// assert_eq!(theme.timestamp(), Some(hlc.last()));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -207,11 +221,11 @@ impl<T: Data> LwwRegister<T> {
     /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
     /// let mut a = LwwRegister::new();
     /// let mut b = LwwRegister::new();
-    /// a.set(1, &mut hlc_a)?;
-    /// b.set(2, &mut hlc_b)?;
+    /// a.write(1, &mut hlc_a)?;
+    /// b.write(2, &mut hlc_b)?;
     /// a.merge(b);
     /// assert_eq!(a.write_count(), 2);
-    /// a.set(3, &mut hlc_a)?; // saw both
+    /// a.write(3, &mut hlc_a)?; // saw both
     /// assert_eq!(a.write_count(), 1);
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -291,6 +305,42 @@ where
 
 crate::dotfun::standalone_impls!(LwwRegister<T>, capped = true);
 
+/// Merges every register of the iterator into this one ([`Resolver::merge`] each;
+/// the outcomes are not kept).
+///
+/// ```
+/// use concord::{Hlc, LwwRegister, ManualClock, ReplicaId};
+///
+/// let time = ManualClock::new(1_000);
+/// let mut hlc = Hlc::new(ReplicaId::from_u128(1), time.clone());
+/// let mut writer = LwwRegister::new();
+/// let first = writer.write("dark".to_string(), &mut hlc)?;
+/// time.advance(1);
+/// let second = writer.write("light".to_string(), &mut hlc)?;
+/// // Deltas in any order join to the same register.
+/// let mut reader = LwwRegister::new();
+/// reader.extend([second.clone(), first.clone()]);
+/// assert_eq!(reader.value().map(String::as_str), Some("light"));
+/// assert_eq!([first, second].into_iter().collect::<LwwRegister<_>>(), reader);
+/// # Ok::<(), concord::Error>(())
+/// ```
+impl<T: Data> Extend<LwwRegister<T>> for LwwRegister<T> {
+    fn extend<I: IntoIterator<Item = LwwRegister<T>>>(&mut self, iter: I) {
+        for other in iter {
+            Resolver::merge(self, other);
+        }
+    }
+}
+
+/// The join of every register of the iterator (see [`Extend`]).
+impl<T: Data> FromIterator<LwwRegister<T>> for LwwRegister<T> {
+    fn from_iter<I: IntoIterator<Item = LwwRegister<T>>>(iter: I) -> Self {
+        let mut reg = LwwRegister::new();
+        reg.extend(iter);
+        reg
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,8 +354,8 @@ mod tests {
         let mut hb = Hlc::new(ReplicaId::from_u128(3), time.clone());
         let mut a = LwwRegister::new();
         let mut b = LwwRegister::new();
-        let da = a.set('a', &mut ha).unwrap();
-        let db = b.set('b', &mut hb).unwrap();
+        let da = a.write('a', &mut ha).unwrap();
+        let db = b.write('b', &mut hb).unwrap();
         a.merge(db);
         b.merge(da);
         assert_eq!(a, b);
@@ -320,10 +370,10 @@ mod tests {
         let mut hf = Hlc::new(ReplicaId::from_u128(1), fast);
         let mut hs = Hlc::new(ReplicaId::from_u128(2), slow);
         let mut f = LwwRegister::new();
-        f.set(1, &mut hf).unwrap();
+        f.write(1, &mut hf).unwrap();
         let mut s = f.clone();
         // The slow replica's clock is 9 s behind: its write still saw the first one.
-        s.set(2, &mut hs).unwrap();
+        s.write(2, &mut hs).unwrap();
         f.merge(s);
         assert_eq!(f.value(), Some(&2));
         assert_eq!(f.write_count(), 1);
@@ -332,7 +382,7 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let mut a = LwwRegister::new();
-        a.set(
+        a.write(
             "x".to_string(),
             &mut Hlc::new(ReplicaId::from_u128(1), ManualClock::new(7)),
         )

@@ -45,6 +45,7 @@ use crate::dotfun::{self, DotFun};
 use crate::error::Result;
 use crate::hlc::{Hlc, TimeSource};
 use crate::id::{Dot, ReplicaId};
+use crate::resolver::Resolver;
 
 /// An application-level merge function: given the siblings of a register in canonical
 /// order (never empty), returns the value to show (and, if written back, to keep).
@@ -123,7 +124,7 @@ impl<T: Data> MvRegister<T> {
         crate::probe::check_value(&value)?;
         let op = dotfun::next_op(&self.ctx, hlc)?;
         let mut ctx = std::mem::take(&mut self.ctx);
-        let delta = local_write(self, &mut ctx, &op, |reg, op| reg.set(op, value));
+        let delta = local_write(self, &mut ctx, &op, |reg, op| reg.assign(op, value));
         self.ctx = ctx;
         // The delta carries the whole context (a register's is small): whoever applies it
         // learns every write this one replaced, even if earlier deltas were lost.
@@ -137,18 +138,27 @@ impl<T: Data> MvRegister<T> {
     ///
     /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(1_000));
     /// let mut emails: OrMap<String, MvRegister<String>> = OrMap::new();
-    /// emails.update("alice".into(), &mut hlc, |reg, op| reg.set(op, "alice@example.com".into()))?;
+    /// emails.update("alice".into(), &mut hlc, |reg, op| reg.assign(op, "alice@example.com".into()))?;
     /// assert_eq!(emails.get("alice").unwrap().get().map(String::as_str), Some("alice@example.com"));
     /// # Ok::<(), concord::Error>(())
     /// ```
     ///
     /// A value that cannot travel (a NaN, say) is not stored, and the write fails with
     /// [`Error::Unencodable`](crate::Error::Unencodable) (see [`Op::check`]).
-    pub fn set(&mut self, op: &Op, value: T) {
+    pub fn assign(&mut self, op: &Op, value: T) {
         if !op.check(&value) {
             return;
         }
         self.siblings.assign(op.tag(), value);
+    }
+
+    /// The former name of [`MvRegister::assign`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `assign`, the in-update write of every register"
+    )]
+    pub fn set(&mut self, op: &Op, value: T) {
+        self.assign(op, value)
     }
 
     /// The siblings' values in canonical order (by dot), the same on every replica
@@ -171,8 +181,8 @@ impl<T: Data> MvRegister<T> {
     /// assert_eq!(b.values().collect::<Vec<_>>(), [&'x', &'y']);
     /// # Ok::<(), concord::Error>(())
     /// ```
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
-        self.siblings.entries.iter().map(|e| &e.1)
+    pub fn values(&self) -> Values<'_, T> {
+        Values(self.siblings.entries.iter())
     }
 
     /// The siblings with the dots of the writes that made them, in canonical order
@@ -349,6 +359,107 @@ where
 }
 
 crate::dotfun::standalone_impls!(MvRegister<T>, capped = true);
+
+/// The siblings' values of an [`MvRegister`] in canonical order (by dot): see
+/// [`MvRegister::values`].
+pub struct Values<'a, T>(std::slice::Iter<'a, (Dot, T)>);
+
+impl<'a, T> Iterator for Values<'a, T> {
+    type Item = &'a T;
+
+    fn next(&mut self) -> Option<&'a T> {
+        self.0.next().map(|e| &e.1)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl<T> DoubleEndedIterator for Values<'_, T> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back().map(|e| &e.1)
+    }
+}
+
+impl<T> ExactSizeIterator for Values<'_, T> {}
+
+impl<T> std::iter::FusedIterator for Values<'_, T> {}
+
+impl<T> Clone for Values<'_, T> {
+    fn clone(&self) -> Self {
+        Values(self.0.clone())
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Values<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+/// The siblings' values in canonical order, as [`MvRegister::values`].
+///
+/// ```
+/// use concord::{Hlc, ManualClock, MvRegister, ReplicaId, Resolver};
+///
+/// let time = ManualClock::new(1_000);
+/// let mut a = MvRegister::new();
+/// let mut b = MvRegister::new();
+/// a.write('x', &mut Hlc::new(ReplicaId::from_u128(1), time.clone()))?;
+/// b.write('y', &mut Hlc::new(ReplicaId::from_u128(2), time))?;
+/// a.merge(b);
+/// let mut seen = Vec::new();
+/// for value in &a {
+///     seen.push(*value);
+/// }
+/// assert_eq!(seen, ['x', 'y']);
+/// # Ok::<(), concord::Error>(())
+/// ```
+impl<'a, T: Data> IntoIterator for &'a MvRegister<T> {
+    type Item = &'a T;
+    type IntoIter = Values<'a, T>;
+
+    fn into_iter(self) -> Values<'a, T> {
+        self.values()
+    }
+}
+
+/// Merges every register of the iterator into this one ([`Resolver::merge`] each;
+/// the outcomes are not kept).
+///
+/// ```
+/// use concord::{Hlc, ManualClock, MvRegister, ReplicaId};
+///
+/// let time = ManualClock::new(1_000);
+/// let mut deltas = Vec::new();
+/// for n in 1..=3 {
+///     let mut hlc = Hlc::new(ReplicaId::from_u128(n), time.clone());
+///     deltas.push(MvRegister::new().write(n as u32, &mut hlc)?);
+/// }
+/// let mut reg = MvRegister::new();
+/// reg.extend(deltas.clone());
+/// assert_eq!(reg.values().copied().collect::<Vec<_>>(), [1, 2, 3]); // three siblings
+/// // Collecting joins them the same way.
+/// assert_eq!(deltas.into_iter().collect::<MvRegister<u32>>(), reg);
+/// # Ok::<(), concord::Error>(())
+/// ```
+impl<T: Data> Extend<MvRegister<T>> for MvRegister<T> {
+    fn extend<I: IntoIterator<Item = MvRegister<T>>>(&mut self, iter: I) {
+        for other in iter {
+            Resolver::merge(self, other);
+        }
+    }
+}
+
+/// The join of every register of the iterator (see [`Extend`]).
+impl<T: Data> FromIterator<MvRegister<T>> for MvRegister<T> {
+    fn from_iter<I: IntoIterator<Item = MvRegister<T>>>(iter: I) -> Self {
+        let mut reg = MvRegister::new();
+        reg.extend(iter);
+        reg
+    }
+}
 
 #[cfg(test)]
 mod tests {

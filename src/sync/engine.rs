@@ -61,6 +61,7 @@ pub struct WriteReceipt<R> {
 
 /// What applying a received message did.
 #[derive(Clone, Debug, PartialEq)]
+#[must_use = "a received message may need an answer (`reply`) and may report conflicts"]
 pub struct Received<T: Crdt> {
     /// What the merge did to the state.
     pub outcome: Outcome,
@@ -78,6 +79,7 @@ pub struct Received<T: Crdt> {
 
 /// One encoded message for the host to send (from [`SyncEngine::poll_transmit`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "the bytes must be sent to the peer"]
 pub struct Transmit {
     /// The peer to send it to.
     pub to: ReplicaId,
@@ -251,14 +253,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut engine =
     ///     SyncEngine::new(node, state, time.clone(), config.clone()).with_lease(lease.clone())?;
     /// let snapshot = engine.snapshot()?; // persisted before the write below
-    /// let first = engine.update(|m, hlc| m.set("a".into(), 1, hlc))?.dot.unwrap();
+    /// let first = engine.update(|m, hlc| m.write("a".into(), 1, hlc))?.dot.unwrap();
     /// assert_eq!(first.replica(), node);
     /// let _to_peer = engine.sync_with(peer)?; // the write leaves: the lease records it
     /// assert_eq!(lease.get(), first.counter());
     ///
     /// // Crash; restart from the older snapshot with the same lease.
     /// let mut engine = SyncEngine::restore(snapshot, time, config)?.with_lease(lease)?;
-    /// let second = engine.update(|m, hlc| m.set("b".into(), 2, hlc))?.dot.unwrap();
+    /// let second = engine.update(|m, hlc| m.write("b".into(), 2, hlc))?.dot.unwrap();
     /// assert_eq!(second.replica(), node);
     /// assert!(second.counter() > first.counter()); // never the same dot twice
     /// # Ok::<(), concord::Error>(())
@@ -379,7 +381,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let config = Config::with_peers([b_id]);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), config.clone())
     ///     .with_lease(lease.clone())?;
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let saved = concord::wire::encode_snapshot(&a.snapshot()?); // to disk, in a service
     /// drop(a); // crash
     ///
@@ -458,7 +460,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let lease = MemoryLease::new();
     /// let mut a = SyncEngine::new(a_id, Settings::new(), ManualClock::new(1_000), Config::with_peers([b_id]))
     ///     .with_lease(lease.clone())?;
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// assert_eq!(lease.get(), 0); // nothing has left the engine yet
     /// let snapshot = a.snapshot()?;
     /// assert_eq!(lease.get(), 1); // the snapshot's write is leased
@@ -544,7 +546,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// assert_eq!(a.state().value("volume"), Some(&7));
     /// assert_eq!(b.state().value("volume"), None); // until B syncs
     /// # Ok::<(), concord::Error>(())
@@ -564,7 +566,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let settings: Settings = a.into_state();
     /// assert_eq!(settings.value("volume"), Some(&7));
     /// # Ok::<(), concord::Error>(())
@@ -603,8 +605,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
-    /// b.update(|m, hlc| m.set("volume".into(), 9, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
+    /// b.update(|m, hlc| m.write("volume".into(), 9, hlc))?;
     /// // B's whole state arrives as a file, say: A merges it like a delta.
     /// let merged = a.merge_state(b.state().clone())?;
     /// assert_eq!(merged.conflicts.len(), 1); // the race on "volume", resolved
@@ -651,9 +653,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// assert_eq!(a.clock().get(a.incarnation()), 1);
-    /// b.receive(a.sync_with(b_id)?)?;
+    /// let _ = b.receive(a.sync_with(b_id)?)?;
     /// assert_eq!(b.clock(), a.clock());
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -673,7 +675,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.unwrap();
+    /// let dot = a.update(|m, hlc| m.write("volume".into(), 7, hlc))?.dot.unwrap();
     /// assert!(a.context().contains(dot));
     /// assert!(!b.context().contains(dot));
     /// # Ok::<(), concord::Error>(())
@@ -887,10 +889,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let (a_id, f_id) = (ReplicaId::from_u128(1), ReplicaId::from_u128(2));
     /// let config = Config::with_peers([a_id]).follower();
     /// let mut f = SyncEngine::new(f_id, Settings::new(), ManualClock::new(1_000), config);
-    /// let refused = f.update(|m, hlc| m.set("volume".into(), 7, hlc));
+    /// let refused = f.update(|m, hlc| m.write("volume".into(), 7, hlc));
     /// assert!(matches!(refused, Err(Error::ReadOnly { .. })));
     /// assert_eq!(f.promote()?, 1); // the master is gone: epoch 1 begins
-    /// f.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// f.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// # Ok::<(), concord::Error>(())
     /// ```
     ///
@@ -971,7 +973,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut m = SyncEngine::new(m_id, Settings::new(), ManualClock::new(1_000), Config::with_peers([f_id]));
     /// m.fence(4)?; // F was promoted at epoch 4
     /// assert_eq!((m.role(), m.epoch()), (Role::Follower, 4));
-    /// let refused = m.update(|s, hlc| s.set("volume".into(), 7, hlc));
+    /// let refused = m.update(|s, hlc| s.write("volume".into(), 7, hlc));
     /// assert!(matches!(refused, Err(Error::Deposed { epoch: 4, .. })));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -1027,7 +1029,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut f = SyncEngine::new(f_id, Settings::new(), time,
     ///     Config::with_peers([m_id]).master_follower(2_000).follower());
     /// assert_eq!(f.promote()?, 1);
-    /// m.receive(f.sync_with(m_id)?)?; // M hears of epoch 1 and steps down
+    /// let _ = m.receive(f.sync_with(m_id)?)?; // M hears of epoch 1 and steps down
     /// assert_eq!((m.epoch(), m.leader()), (1, Some(f_id)));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -1091,7 +1093,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// assert!(matches!(m.writable(), Err(Error::NoQuorum { answered: 1, needed: 2, .. })));
     /// // M's message reaches F, F answers: a majority (both) within the lease.
     /// let answer = f.receive(m.sync_with(f_id)?)?.reply.expect("F answers");
-    /// m.receive(answer)?;
+    /// let _ = m.receive(answer)?;
     /// m.writable()?;
     /// time.advance(2_000); // a lease without an answer
     /// assert!(matches!(m.writable(), Err(Error::NoQuorum { .. })));
@@ -1203,10 +1205,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// b.demote();
-    /// assert!(matches!(b.update(|m, hlc| m.set("volume".into(), 9, hlc)), Err(Error::ReadOnly { .. })));
-    /// b.receive(a.sync_with(b_id)?)?; // it still replicates
+    /// assert!(matches!(b.update(|m, hlc| m.write("volume".into(), 9, hlc)), Err(Error::ReadOnly { .. })));
+    /// let _ = b.receive(a.sync_with(b_id)?)?; // it still replicates
     /// assert_eq!(b.state().value("volume"), Some(&7));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -1326,11 +1328,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
-    /// b.update(|m, hlc| m.set("bass".into(), 3, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
+    /// b.update(|m, hlc| m.write("bass".into(), 3, hlc))?;
     /// let hello = a.sync_with(b_id)?;
     /// let answer = b.receive(hello)?.reply.expect("a session asks for an answer");
-    /// a.receive(answer)?;
+    /// let _ = a.receive(answer)?;
     /// assert_eq!(a.state(), b.state()); // one round trip, both directions
     ///
     /// let stranger = ReplicaId::from_u128(9);
@@ -1364,6 +1366,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let hellos = a.sync_all();
     /// assert_eq!(hellos.iter().map(|m| m.to).collect::<Vec<_>>(), [b_id, c_id]);
     /// ```
+    #[must_use = "the messages must be sent to the peers"]
     pub fn sync_all(&mut self) -> Vec<Message<T>> {
         let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
         ids.into_iter()
@@ -1387,11 +1390,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
     ///
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// for msg in a.push() {
     ///     // One message per peer that lacks something; each asks for an acknowledgement.
     ///     let ack = b.receive(msg)?.reply.expect("B acknowledges");
-    ///     a.receive(ack)?;
+    ///     let _ = a.receive(ack)?;
     /// }
     /// assert_eq!(b.state().value("volume"), Some(&7));
     /// assert!(a.push().is_empty()); // every peer holds everything

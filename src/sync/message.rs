@@ -46,6 +46,7 @@ pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 /// everything in it), the delta it believes the receiver lacks (if any), and whether
 /// it wants an answer.
 #[derive(Clone, Debug, PartialEq)]
+#[must_use = "a message must be sent to its peer"]
 pub struct Message<T> {
     /// The protocol version the message is written in.
     pub v: u32,
@@ -138,11 +139,11 @@ impl<T: Crdt> Message<T> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Map::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Map::new(), time, Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("x".to_string(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("x".to_string(), 7, hlc))?;
     ///
     /// let bytes = a.sync_with(b_id)?.encode();
     /// let answer = b.receive_bytes(&bytes)?.reply.expect("B answers a session");
-    /// a.receive_bytes(&answer.encode())?;
+    /// let _ = a.receive_bytes(&answer.encode())?;
     /// assert_eq!(a.state(), b.state());
     /// # Ok::<(), concord::Error>(())
     /// ```

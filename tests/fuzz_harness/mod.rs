@@ -90,12 +90,12 @@ pub fn cluster() -> [SyncEngine<Map, ManualClock>; 3] {
             .expect("valid")
             .reply
             .expect("answer");
-        sender.receive(reply).expect("valid");
+        let _ = sender.receive(reply).expect("valid");
     }
     a.update(|m, hlc| m.remove(&"k0".to_string(), hlc))
         .expect("a master writes");
     let push = a.push().into_iter().find(|m| m.to == B).expect("B lags");
-    b.receive(push).expect("valid");
+    let _ = b.receive(push).expect("valid");
     write(&mut a, "k3", 5);
     write(&mut b, "k2", 6);
     write(&mut c, "k1", 7);
@@ -417,9 +417,9 @@ fn base<T: Crdt + Default>(kind: Kind) -> T {
         Kind::Lww => {
             let mut a = OrMap::<String, LwwRegister<u8>>::new();
             let mut b = OrMap::<String, LwwRegister<u8>>::new();
-            a.set("k0".into(), 1, &mut ha).unwrap();
-            b.set("k0".into(), 2, &mut hb).unwrap();
-            a.set("k1".into(), 3, &mut ha).unwrap();
+            a.write("k0".into(), 1, &mut ha).unwrap();
+            b.write("k0".into(), 2, &mut hb).unwrap();
+            a.write("k1".into(), 3, &mut ha).unwrap();
             concord::Resolver::merge(&mut a, b);
             a.remove(&"k1".to_string(), &mut ha).unwrap();
             serde_json::to_value(&a)
@@ -427,13 +427,13 @@ fn base<T: Crdt + Default>(kind: Kind) -> T {
         Kind::Nested => {
             let mut a = OrMap::<String, Map>::new();
             a.update("k0".into(), &mut ha, |m, op| {
-                m.update_in(op, "k1".into(), |r, op| r.set(op, 1));
-                m.update_in(op, "k2".into(), |r, op| r.set(op, 2));
+                m.update_in(op, "k1".into(), |r, op| r.assign(op, 1));
+                m.update_in(op, "k2".into(), |r, op| r.assign(op, 2));
             })
             .unwrap();
             let mut b = a.clone();
             b.update("k0".into(), &mut hb, |m, op| {
-                m.update_in(op, "k3".into(), |r, op| r.set(op, 3))
+                m.update_in(op, "k3".into(), |r, op| r.assign(op, 3))
             })
             .unwrap();
             a.remove(&"k0".to_string(), &mut ha).unwrap();

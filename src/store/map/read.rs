@@ -39,6 +39,22 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Iter<'_, K, V> {
     }
 }
 
+/// The entries in this replica's storage order, as [`OrMap::iter`].
+///
+/// ```
+/// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+/// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+/// cart.increment("apples".into(), 3, &mut hlc)?;
+/// cart.increment("pears".into(), 2, &mut hlc)?;
+/// let mut total = 0;
+/// for (_product, count) in &cart {
+///     total += count.value();
+/// }
+/// assert_eq!(total, 5);
+/// # Ok::<(), concord::Error>(())
+/// ```
 impl<'a, K: Key, V: DotStore> IntoIterator for &'a OrMap<K, V> {
     type Item = (&'a K, &'a V);
     type IntoIter = Iter<'a, K, V>;
@@ -90,7 +106,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     ///
     /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
     /// let mut settings: OrMap<String, LwwRegister<bool>> = OrMap::new();
-    /// settings.set("dark-mode".into(), true, &mut hlc)?;
+    /// settings.write("dark-mode".into(), true, &mut hlc)?;
     /// assert!(settings.contains_key("dark-mode"));
     /// settings.remove("dark-mode", &mut hlc)?;
     /// assert!(!settings.contains_key("dark-mode"));

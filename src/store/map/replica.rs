@@ -52,6 +52,43 @@ impl<K: Key, V: DotStore> Resolver for OrMap<K, V> {
     }
 }
 
+/// Merges every map of the iterator into this one ([`Resolver::merge`] each; the
+/// outcomes are not kept): a batch of deltas, say.
+///
+/// ```
+/// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
+///
+/// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
+/// let mut cart: OrMap<String, PnCounter> = OrMap::new();
+/// let deltas = vec![
+///     cart.increment("apples".into(), 3, &mut hlc)?,
+///     cart.increment("pears".into(), 2, &mut hlc)?,
+///     cart.remove("apples", &mut hlc)?,
+/// ];
+/// let mut peer = OrMap::new();
+/// peer.extend(deltas.clone());
+/// assert_eq!(peer, cart);
+/// // Collecting joins them the same way.
+/// assert_eq!(deltas.into_iter().collect::<OrMap<_, _>>(), cart);
+/// # Ok::<(), concord::Error>(())
+/// ```
+impl<K: Key, V: DotStore> Extend<OrMap<K, V>> for OrMap<K, V> {
+    fn extend<I: IntoIterator<Item = OrMap<K, V>>>(&mut self, iter: I) {
+        for other in iter {
+            Resolver::merge(self, other);
+        }
+    }
+}
+
+/// The join of every map of the iterator (see [`Extend`]).
+impl<K: Key, V: DotStore> FromIterator<OrMap<K, V>> for OrMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = OrMap<K, V>>>(iter: I) -> Self {
+        let mut map = OrMap::new();
+        map.extend(iter);
+        map
+    }
+}
+
 impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
     type Key = K;
     type Value = V;

@@ -32,10 +32,10 @@ fn update_wins_over_concurrent_remove_without_resurrection() {
 fn re_add_after_remove() {
     let mut h = hlc(1);
     let mut m: OrMap<String, LwwRegister<u32>> = OrMap::new();
-    m.set(k("a"), 1, &mut h).unwrap();
+    m.write(k("a"), 1, &mut h).unwrap();
     m.remove(&k("a"), &mut h).unwrap();
     assert!(m.get(&k("a")).is_none());
-    m.set(k("a"), 2, &mut h).unwrap();
+    m.write(k("a"), 2, &mut h).unwrap();
     assert_eq!(m.value(&k("a")), Some(&2));
 }
 

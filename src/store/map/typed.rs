@@ -3,14 +3,14 @@
 use super::*;
 
 impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
-    /// Sets the register at `key` to `value`; returns the delta.
+    /// Writes `value` to the register at `key`; returns the delta.
     ///
     /// ```
     /// use concord::{Hlc, LwwRegister, ManualClock, OrMap, ReplicaId, Resolver};
     ///
     /// let mut hlc = Hlc::new(ReplicaId::from_u128(1), ManualClock::new(0));
     /// let mut settings: OrMap<String, LwwRegister<String>> = OrMap::new();
-    /// let delta = settings.set("theme".into(), "dark".into(), &mut hlc)?;
+    /// let delta = settings.write("theme".into(), "dark".into(), &mut hlc)?;
     /// let mut peer = OrMap::new();
     /// peer.merge(delta);
     /// assert_eq!(peer.value("theme").map(String::as_str), Some("dark"));
@@ -21,9 +21,22 @@ impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
     ///
     /// As [`OrMap::update`]: [`Error::ClockOverflow`] or [`Error::InvalidDot`], with
     /// nothing changed.
-    pub fn set<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+    pub fn write<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         crate::probe::check_value(&value)?;
         self.update(key, hlc, |reg, op| reg.assign(op, value))
+    }
+
+    /// The former name of [`OrMap::write`] on a map of last-writer-wins registers.
+    ///
+    /// # Errors
+    ///
+    /// As [`OrMap::write`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `write`, the write of a register at a key in every map"
+    )]
+    pub fn set<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
+        self.write(key, value, hlc)
     }
 
     /// The winning value at `key` (any borrowed form of the key type); `None` if
@@ -37,9 +50,9 @@ impl<K: Key, T: Data> OrMap<K, LwwRegister<T>> {
     /// let mut hlc_b = Hlc::new(ReplicaId::from_u128(2), time.clone());
     /// let mut a: OrMap<String, LwwRegister<String>> = OrMap::new();
     /// let mut b = a.clone();
-    /// a.set("theme".into(), "dark".into(), &mut hlc_a)?;
+    /// a.write("theme".into(), "dark".into(), &mut hlc_a)?;
     /// time.advance(5);
-    /// b.set("theme".into(), "light".into(), &mut hlc_b)?;
+    /// b.write("theme".into(), "light".into(), &mut hlc_b)?;
     /// a.merge(b);
     /// // The later write wins the race.
     /// assert_eq!(a.value("theme").map(String::as_str), Some("light"));
@@ -78,7 +91,7 @@ impl<K: Key, T: Data> OrMap<K, MvRegister<T>> {
     /// nothing changed.
     pub fn write<S: TimeSource>(&mut self, key: K, value: T, hlc: &mut Hlc<S>) -> Result<Self> {
         crate::probe::check_value(&value)?;
-        self.update(key, hlc, |reg, op| reg.set(op, value))
+        self.update(key, hlc, |reg, op| reg.assign(op, value))
     }
 
     /// The value at `key` (any borrowed form of the key type) as the application merge

@@ -7,7 +7,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// replica, and returns the delta to ship to peers.
     ///
     /// `f` receives the value and the write's [`Op`]; it calls the value's own in-op
-    /// methods (`assign`, `set`, `add`, or a nested map's `update_in`/`remove_in`).
+    /// methods (`assign`, `add`, or a nested map's `update_in`/`remove_in`).
     /// If the value ends up empty the key is removed.
     ///
     /// ```

@@ -4,6 +4,7 @@ use super::*;
 
 /// How an engine is set up. Every field has a builder method of the same name.
 #[derive(Clone, Debug, PartialEq)]
+#[must_use = "a builder method returns the changed configuration"]
 pub struct Config {
     /// The peers this replica exchanges with. With `open_membership` false (the
     /// default), a message from anyone else is rejected.
@@ -204,7 +205,7 @@ impl Config {
     /// let mut hub = SyncEngine::new(hub_id, Settings::new(), time.clone(), Config::default().open());
     /// let mut newcomer =
     ///     SyncEngine::new(new_id, Settings::new(), time, Config::with_peers([hub_id]));
-    /// hub.receive(newcomer.sync_with(hub_id)?)?;
+    /// let _ = hub.receive(newcomer.sync_with(hub_id)?)?;
     /// assert_eq!(hub.peers().collect::<Vec<_>>(), [new_id]); // it joined
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -225,7 +226,7 @@ impl Config {
     /// let config = Config::with_peers([a_id]).follower();
     /// let mut f = SyncEngine::new(f_id, Settings::new(), ManualClock::new(1_000), config);
     /// assert_eq!(f.role(), Role::Follower);
-    /// let refused = f.update(|m, hlc| m.set("volume".into(), 7, hlc));
+    /// let refused = f.update(|m, hlc| m.write("volume".into(), 7, hlc));
     /// assert!(matches!(refused, Err(Error::ReadOnly { .. })));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -247,7 +248,7 @@ impl Config {
     /// config.validate()?;
     /// let mut m = SyncEngine::new(m_id, Settings::new(), ManualClock::new(1_000), config);
     /// // No follower has answered yet: the master may be alone in a partition.
-    /// let refused = m.update(|s, hlc| s.set("volume".into(), 7, hlc));
+    /// let refused = m.update(|s, hlc| s.write("volume".into(), 7, hlc));
     /// assert!(matches!(refused, Err(Error::NoQuorum { answered: 1, needed: 2, .. })));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -272,7 +273,7 @@ impl Config {
     ///     ManualClock::new(1_000),
     ///     config,
     /// );
-    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.unwrap();
+    /// let dot = a.update(|m, hlc| m.write("volume".into(), 7, hlc))?.dot.unwrap();
     /// assert_eq!(dot.replica(), writer); // the same dot on every run
     /// # Ok::<(), concord::Error>(())
     /// ```

@@ -20,7 +20,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// #[allow(deprecated)]
     /// let old = a.encode(&hello);
     /// assert_eq!(old, hello.encode());
-    /// b.receive_bytes(&a.sync_with(b_id)?.encode())?; // no second borrow of `a`
+    /// let _ = b.receive_bytes(&a.sync_with(b_id)?.encode())?; // no second borrow of `a`
     /// # Ok::<(), concord::Error>(())
     /// ```
     #[deprecated(
@@ -43,9 +43,9 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let answer = b.receive_bytes(&a.sync_with(b_id)?.encode())?.reply.expect("B answers");
-    /// a.receive_bytes(&answer.encode())?;
+    /// let _ = a.receive_bytes(&answer.encode())?;
     /// assert_eq!(a.state(), b.state());
     ///
     /// // Larger than `max_message_bytes`: refused before a byte is parsed.
@@ -104,18 +104,18 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// assert!(!a.is_idle()); // B has not acknowledged the write
     /// // Move messages until neither engine has anything to send.
     /// let mut quiet = false;
     /// while !quiet {
     ///     quiet = true;
     ///     while let Some(t) = a.poll_transmit() {
-    ///         b.handle_bytes(&t.bytes)?;
+    ///         let _ = b.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     ///     while let Some(t) = b.poll_transmit() {
-    ///         a.handle_bytes(&t.bytes)?;
+    ///         let _ = a.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     /// }
@@ -148,22 +148,22 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// while !quiet {
     ///     quiet = true;
     ///     while let Some(t) = a.poll_transmit() {
-    ///         b.handle_bytes(&t.bytes)?;
+    ///         let _ = b.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     ///     while let Some(t) = b.poll_transmit() {
-    ///         a.handle_bytes(&t.bytes)?;
+    ///         let _ = a.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     /// }
     ///
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let lost = a.poll_transmit().expect("the write's delta"); // the network drops it
     /// assert_eq!(lost.to, b_id);
     /// time.set(a.poll_timeout().expect("A waits for an acknowledgement"));
     /// a.handle_timeout();
     /// let resent = a.poll_transmit().expect("A resends the write");
-    /// b.handle_bytes(&resent.bytes)?;
+    /// let _ = b.handle_bytes(&resent.bytes)?;
     /// assert_eq!(b.state().value("volume"), Some(&7));
     /// assert_eq!(a.metrics().retransmits, 1);
     /// # Ok::<(), concord::Error>(())
@@ -192,16 +192,16 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// while !quiet {
     ///     quiet = true;
     ///     while let Some(t) = a.poll_transmit() {
-    ///         b.handle_bytes(&t.bytes)?;
+    ///         let _ = b.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     ///     while let Some(t) = b.poll_transmit() {
-    ///         a.handle_bytes(&t.bytes)?;
+    ///         let _ = a.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     /// }
     ///
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let lost = a.poll_transmit().expect("the write's delta"); // the network drops it
     /// assert_eq!(lost.to, b_id);
     /// // A waits one retransmission timeout for B's acknowledgement.
@@ -238,7 +238,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// // A host's send step: drain the engine into the network (here, a queue).
     /// let mut network = Vec::new();
     /// while let Some(t) = a.poll_transmit() {
@@ -246,7 +246,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// }
     /// for t in network {
     ///     assert_eq!(t.to, b_id);
-    ///     b.handle_bytes(&t.bytes)?;
+    ///     let _ = b.handle_bytes(&t.bytes)?;
     /// }
     /// # Ok::<(), concord::Error>(())
     /// ```

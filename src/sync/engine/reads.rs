@@ -14,10 +14,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.expect("a write");
+    /// let dot = a.update(|m, hlc| m.write("volume".into(), 7, hlc))?.dot.expect("a write");
     /// assert!(a.holders(dot).is_empty());
     /// let answer = b.receive(a.sync_with(b_id)?)?.reply.expect("B answers");
-    /// a.receive(answer)?; // which acknowledges the write
+    /// let _ = a.receive(answer)?; // which acknowledges the write
     /// assert_eq!(a.holders(dot), [b_id]);
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -42,10 +42,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id, c_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time, Config::with_peers([a_id]));
     ///
-    /// let dot = a.update(|m, hlc| m.set("volume".into(), 7, hlc))?.dot.expect("a write");
+    /// let dot = a.update(|m, hlc| m.write("volume".into(), 7, hlc))?.dot.expect("a write");
     /// assert!(a.is_replicated(dot, AckLevel::None)); // asynchronous: done at once
     /// let answer = b.receive(a.sync_with(b_id)?)?.reply.expect("B answers");
-    /// a.receive(answer)?;
+    /// let _ = a.receive(answer)?;
     /// assert!(a.is_replicated(dot, AckLevel::Peers(1))); // B holds it
     /// assert!(!a.is_replicated(dot, AckLevel::All)); // C does not, yet
     /// # Ok::<(), concord::Error>(())
@@ -76,13 +76,13 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let header: String = a.token().to_token(); // to the client with A's answer
     ///
     /// // The client's next request reaches B, with the token.
     /// let token = CausalContext::from_token(&header)?;
     /// assert!(!b.can_serve(&token)); // B has not seen the client's write: wait or redirect
-    /// b.receive(a.sync_with(b_id)?)?;
+    /// let _ = b.receive(a.sync_with(b_id)?)?;
     /// assert_eq!(b.read(&token)?.value("volume"), Some(&7));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -101,11 +101,11 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let token = a.token();
     /// assert!(a.can_serve(&token));
     /// assert!(!b.can_serve(&token));
-    /// b.receive(a.sync_with(b_id)?)?;
+    /// let _ = b.receive(a.sync_with(b_id)?)?;
     /// assert!(b.can_serve(&token));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -124,10 +124,10 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let token = a.token();
     /// assert_eq!(b.read(&token).unwrap_err(), Error::NotCaughtUp { missing: 1 });
-    /// b.receive(a.sync_with(b_id)?)?;
+    /// let _ = b.receive(a.sync_with(b_id)?)?;
     /// assert_eq!(b.read(&token)?.value("volume"), Some(&7));
     /// # Ok::<(), concord::Error>(())
     /// ```
@@ -154,14 +154,14 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// time.advance(250);
     /// let lag = a.lag(b_id).expect("B is a peer");
     /// assert_eq!((lag.unacked_writes, lag.oldest_unacked_ms), (1, 250));
     /// assert_eq!(lag.since_heard_ms, None); // never heard from B
     ///
     /// let answer = b.receive(a.sync_with(b_id)?)?.reply.expect("B answers");
-    /// a.receive(answer)?;
+    /// let _ = a.receive(answer)?;
     /// assert_eq!(a.lag(b_id).unwrap().unacked_writes, 0);
     /// assert_eq!(a.lag(b_id).unwrap().since_heard_ms, Some(0));
     /// # Ok::<(), concord::Error>(())
@@ -196,8 +196,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
-    /// b.receive(a.sync_with(b_id)?)?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
+    /// let _ = b.receive(a.sync_with(b_id)?)?;
     /// let metrics = a.metrics();
     /// assert_eq!((metrics.writes, metrics.messages_sent), (1, 1));
     /// assert_eq!(metrics.peers[0].lag.unacked_writes, 1); // no answer received yet

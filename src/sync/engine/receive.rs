@@ -132,7 +132,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// let received = b.receive(a.sync_with(b_id)?)?;
     /// assert_eq!(b.state().value("volume"), Some(&7));
     /// let answer = received.reply.expect("A asked for an answer");
@@ -211,17 +211,17 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// let time = ManualClock::new(1_000);
     /// let mut a = SyncEngine::new(a_id, Settings::new(), time.clone(), Config::with_peers([b_id]));
     /// let mut b = SyncEngine::new(b_id, Settings::new(), time.clone(), Config::with_peers([a_id]));
-    /// a.update(|m, hlc| m.set("volume".into(), 7, hlc))?;
+    /// a.update(|m, hlc| m.write("volume".into(), 7, hlc))?;
     /// // Move messages until neither engine has anything to send.
     /// let mut quiet = false;
     /// while !quiet {
     ///     quiet = true;
     ///     while let Some(t) = a.poll_transmit() {
-    ///         b.handle_bytes(&t.bytes)?;
+    ///         let _ = b.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     ///     while let Some(t) = b.poll_transmit() {
-    ///         a.handle_bytes(&t.bytes)?;
+    ///         let _ = a.handle_bytes(&t.bytes)?;
     ///         quiet = false;
     ///     }
     /// }
@@ -698,7 +698,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     ///     let config = Config::with_peers([ids[0]]).limits(capped.clone());
     ///     let mut writer = SyncEngine::new(*id, Profiles::new(), time.clone(), config);
     ///     let answer = hub.receive(writer.sync_with(ids[0])?)?.reply.expect("an answer");
-    ///     writer.receive(answer)?; // versions agreed: containment needs version 2
+    ///     let _ = writer.receive(answer)?; // versions agreed: containment needs version 2
     ///     writers.push(writer);
     /// }
     /// // Three masters race on "k": the hub takes two of the writes, the third is one
