@@ -62,7 +62,7 @@ fn main() {
     }
     for (a, _b, back) in keep.iter_mut() {
         let s = Instant::now();
-        a.engine.receive_bytes(back).unwrap();
+        let _ = a.engine.receive_bytes(back).unwrap();
         t2 += s.elapsed();
     }
     ctl("disable\n");
