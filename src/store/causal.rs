@@ -1005,6 +1005,13 @@ pub trait Crdt:
     /// Every dot this state has seen.
     fn context(&self) -> &CausalContext;
 
+    /// True if this state holds a counter fold (see [`DotStore::fold`]): a message
+    /// carrying one goes at protocol version 3 at the least, where a fold keeps its
+    /// provenance. The default is `false`.
+    fn holds_fold(&self) -> bool {
+        false
+    }
+
     /// True if every state of this type reads back from the binary wire form exactly
     /// as it was written (see [`DotStore::binary_faithful`]): [`wire::encode`](crate::wire::encode)
     /// then writes a message without decoding it back to check. The default, `false`,

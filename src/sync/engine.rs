@@ -1235,7 +1235,8 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     }
 
     /// A message to `to`: what this replica has seen, and, if `against` is given, the
-    /// delta since it.
+    /// delta since it (at version 3 at the least if it holds a fold, see
+    /// `fold_version`).
     /// A master–follower master records the send time (`lead`) it stamps, per peer
     /// (see `Peer::lead_sent`).
     fn envelope(&mut self, to: ReplicaId, v: u32, delta: Option<T>, reply: bool) -> Message<T> {
@@ -1256,7 +1257,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
                 .get(&to)
                 .and_then(|p| p.echo_out)
                 .filter(|_| fenced),
-            v,
+            v: fold_version(v, delta.as_ref()),
             vmax: self.config.protocol_version,
             from: self.node,
             to,
@@ -1311,6 +1312,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         if delta.is_some() {
             msg.base = against.clone();
         }
+        msg.v = fold_version(v, delta.as_ref());
         msg.delta = delta;
         msg
     }
@@ -1452,3 +1454,17 @@ mod snapshot;
 
 pub use config::{Config, MAX_EPOCH};
 pub use snapshot::Snapshot;
+
+/// The version a message with `delta` is written at, `v` being the peer's: 3 at the
+/// least if the delta holds a counter fold, which an older version would carry as a
+/// plain segment, and the receiver keep so for good (unable to tell a removal of what
+/// it folded). Every node speaks 3 when a fold is made (a master folds only while
+/// all its peers do), so a peer that seems to speak less is one heard from a boot
+/// before its upgrade, or one held back against `Config::fold_counters`' advice.
+fn fold_version<T: Crdt>(v: u32, delta: Option<&T>) -> u32 {
+    if v < crate::counter::FOLD_PROVENANCE_VERSION && delta.is_some_and(Crdt::holds_fold) {
+        crate::counter::FOLD_PROVENANCE_VERSION
+    } else {
+        v
+    }
+}

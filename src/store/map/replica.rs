@@ -101,6 +101,14 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         crate::wire::faithful_scalar::<K>() && V::binary_faithful()
     }
 
+    fn holds_fold(&self) -> bool {
+        let mut any = false;
+        if V::FOLDS {
+            DotStore::for_each_fold(self, &mut |_, _| any = true);
+        }
+        any
+    }
+
     fn delta_since_context(&self, seen: &CausalContext) -> Self {
         self.delta_since_offered(seen, seen)
     }

@@ -78,12 +78,12 @@ pub struct Config {
     /// folding off with weaker durability or with restores from backups. Folding also
     /// assumes that `peers` is every replica that may remove a counter (a full mesh),
     /// and waits until every peer speaks protocol version 3 (a fold travels to an
-    /// older peer as a plain segment, and would stay one there). So with folding on,
-    /// a peer once heard speaking version 3 or newer is written to at 3 at the least:
-    /// a late message from a boot it replaced (the restart of its upgrade) cannot set
-    /// it back. Holding a node back below version 3 ([`Config::protocol_version`])
-    /// after it has spoken 3 is not supported with folding on: its peers keep writing
-    /// 3, which it refuses, until the limit is lifted.
+    /// older peer as a plain segment, and would stay one there). So a message that
+    /// carries a fold goes at version 3 at the least, whatever the peer was last heard
+    /// to speak (a late message from its boot before an upgrade, or a relay that has
+    /// not heard it since, may say less). Holding a node back below version 3
+    /// ([`Config::protocol_version`]) once folds exist is not supported: it refuses
+    /// the messages that carry folds until the limit is lifted.
     ///
     /// Folding waits for *every* peer: while one is unreachable, this master's new
     /// segments stay unfolded (about 11 bytes of state per increment) and fold once

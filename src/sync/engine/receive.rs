@@ -485,8 +485,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         let before = peer.acked.intersection(&peer.offered);
         let mut replaced_boot = false;
         // A late message from a boot the peer has replaced (an upgrade's restart,
-        // say) tells nothing of the version it speaks now: a fold sent at the older
-        // version it names would lose its provenance for good.
+        // say) tells nothing of the version it speaks now.
         let retired = peer.retired.contains(&msg.inc);
         if peer.boot == Some(msg.inc) {
             peer.acked.merge_ref(&msg.seen);
@@ -537,21 +536,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
         }
         peer.offered.merge_ref(&peer.acked);
         if !retired || peer.vmax.is_none() {
-            // With folding on, a peer heard speaking 3 or newer is held to 3 at the
-            // least: a fold written at an older version loses its provenance for good,
-            // and a message that says otherwise is a late one from a boot before its
-            // upgrade (holding a node back below 3 once folds exist is unsupported,
-            // see `Config::fold_counters`).
-            let floor = if self.config.fold_counters
-                && peer
-                    .vmax
-                    .is_some_and(|v| v >= crate::counter::FOLD_PROVENANCE_VERSION)
-            {
-                crate::counter::FOLD_PROVENANCE_VERSION
-            } else {
-                OLDEST_PROTOCOL_VERSION
-            };
-            peer.vmax = Some(msg.vmax.max(floor));
+            peer.vmax = Some(msg.vmax);
         }
         peer.last_heard_ms = Some(now);
         if !skip {
