@@ -53,7 +53,7 @@ fn law(result: Result<(), String>) -> TestResult {
 // The operations the programs run, one type per state type.
 // ---------------------------------------------------------------------------------
 
-/// `LwwRegister::set`.
+/// `LwwRegister::write`.
 #[derive(Clone, Debug)]
 struct Set(u8);
 

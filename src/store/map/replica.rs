@@ -53,7 +53,8 @@ impl<K: Key, V: DotStore> Resolver for OrMap<K, V> {
 }
 
 /// Merges every map of the iterator into this one ([`Resolver::merge`] each; the
-/// outcomes are not kept): a batch of deltas, say.
+/// outcomes are not kept): a batch of deltas, say. The merge trusts its input: what a
+/// peer sent goes through [`Crdt::try_merge`] (or the engine), which checks it first.
 ///
 /// ```
 /// use concord::{Hlc, ManualClock, OrMap, PnCounter, ReplicaId};

@@ -250,6 +250,7 @@ impl<T: Crdt, S: TimeSource> SyncEngine<T, S> {
     /// }
     /// # Ok::<(), concord::Error>(())
     /// ```
+    #[must_use = "the transmit is taken off the queue: send it"]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.expire_flights();
         let ids: Vec<ReplicaId> = self.peers.keys().copied().collect();
