@@ -51,6 +51,11 @@
 use std::fmt;
 
 use proptest::prelude::*;
+
+/// The `arbitrary` crate (feature `arbitrary`), which [`Action`] and [`Faults`]
+/// implement, for fuzz targets that build simulator programs from bytes.
+#[cfg(feature = "arbitrary")]
+pub use arbitrary;
 use serde::{Deserialize, Serialize};
 
 use super::{CheckResult, Operation};
@@ -182,6 +187,52 @@ pub enum Action<W> {
         /// Milliseconds.
         ms: u64,
     },
+}
+
+/// Fuzzers' structured input (feature `arbitrary`): an action drawn as [`action`]
+/// draws it (node numbers 0 to 7, taken modulo the number of nodes; deliveries of up
+/// to 16 messages; time passing up to 10 s), so that a fuzz target decodes its bytes
+/// into a program of small, valid steps.
+#[cfg(feature = "arbitrary")]
+impl<'a, W: arbitrary::Arbitrary<'a>> arbitrary::Arbitrary<'a> for Action<W> {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let node = |u: &mut arbitrary::Unstructured<'a>| u.int_in_range(0..=7usize);
+        Ok(match u.int_in_range(0..=19u8)? {
+            0..=5 => Action::Write {
+                node: node(u)?,
+                op: W::arbitrary(u)?,
+            },
+            6 | 7 => Action::Sync {
+                from: node(u)?,
+                to: node(u)?,
+            },
+            8..=10 => Action::Push { node: node(u)? },
+            11..=14 => Action::Deliver {
+                count: u.int_in_range(0..=16)?,
+            },
+            15 => Action::Partition {
+                side_a: <u64 as arbitrary::Arbitrary>::arbitrary(u)?,
+            },
+            16 => Action::Heal,
+            17 => Action::Snapshot { node: node(u)? },
+            18 => Action::Crash { node: node(u)? },
+            _ => Action::Advance {
+                ms: u.int_in_range(0..=10_000)?,
+            },
+        })
+    }
+}
+
+/// Fuzzers' structured input (feature `arbitrary`): up to 60% loss and duplicates.
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Faults {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Faults {
+            loss: u.int_in_range(0..=60)?,
+            duplicate: u.int_in_range(0..=60)?,
+            reorder: <bool as arbitrary::Arbitrary>::arbitrary(u)?,
+        })
+    }
 }
 
 /// What happened during a simulation.

@@ -713,3 +713,590 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("converge", (0u8..128).map(|i| i.wrapping_mul(37)).collect()));
     out
 }
+
+// ---------------------------------------------------------------------------------
+// sim
+// ---------------------------------------------------------------------------------
+
+use concord::testing::sim::arbitrary::{self, Arbitrary, Unstructured};
+
+impl<'a> Arbitrary<'a> for Op {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(match u.int_in_range(0..=5u8)? {
+            0..=2 => Op::Put {
+                key: u.int_in_range(0..=3)?,
+                value: u8::arbitrary(u)?,
+            },
+            3 | 4 => Op::Remove {
+                key: u.int_in_range(0..=3)?,
+            },
+            _ => Op::Collapse,
+        })
+    }
+}
+
+/// The most actions a [`SimProgram`] holds (small programs keep the target fast).
+pub const SIM_ACTIONS: usize = 48;
+
+/// A simulator setup and program decoded by `arbitrary` (the `sim` target).
+#[derive(Clone, Debug)]
+pub struct SimProgram {
+    /// Replicas (2–4).
+    pub nodes: usize,
+    /// The simulator's seed.
+    pub seed: u64,
+    /// Network faults.
+    pub faults: Faults,
+    /// Durable crashes (a crashed node restarts from its state at the crash).
+    pub durable: bool,
+    /// A message limit small enough that catch-ups go in chunks, or none.
+    pub message_limit: Option<usize>,
+    /// The actions, at most [`SIM_ACTIONS`].
+    pub actions: Vec<Action<Op>>,
+}
+
+impl<'a> Arbitrary<'a> for SimProgram {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let nodes = u.int_in_range(2..=4)?;
+        let seed = u64::from(u8::arbitrary(u)?);
+        let faults = Faults::arbitrary(u)?;
+        let durable = bool::arbitrary(u)?;
+        let message_limit = if bool::arbitrary(u)? {
+            Some(u.int_in_range(1_000..=4_000)?)
+        } else {
+            None
+        };
+        let mut actions = Vec::new();
+        while !u.is_empty() && actions.len() < SIM_ACTIONS {
+            actions.push(Action::arbitrary(u)?);
+        }
+        Ok(SimProgram {
+            nodes,
+            seed,
+            faults,
+            durable,
+            message_limit,
+            actions,
+        })
+    }
+}
+
+/// Runs the `arbitrary` program from `data` ([`SimProgram`]), heals, quiesces, and
+/// makes the simulator's own checks ([`check_quiesced`](concord::testing::sim::check_quiesced)).
+///
+/// # Panics
+///
+/// On a panic inside concord; if the replicas do not converge; if a dot was issued
+/// twice; if a context names more replicas than there are nodes; if an honest replica
+/// rejected a message; if a write other replicas held when its writer crashed is lost.
+pub fn sim(data: &[u8]) {
+    let Ok(program) = SimProgram::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let mut sim: Sim<Map> =
+        Sim::new(program.nodes, program.seed, program.faults).with_durable_crashes(program.durable);
+    if let Some(bytes) = program.message_limit {
+        sim = sim.with_message_limit(bytes);
+    }
+    sim.run(program.actions.clone());
+    sim.quiesce();
+    if let Err(e) = concord::testing::sim::check_quiesced(&sim) {
+        panic!("{e}\nprogram: {program:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// large
+// ---------------------------------------------------------------------------------
+
+/// The most dots (element and context-only) one [`Large`] description produces.
+pub const LARGE_DOTS: u64 = 200_000;
+
+/// The receiver's message size limit in the `large` target.
+pub const LARGE_MAX_BYTES: usize = 16 << 20;
+
+/// The receiver's limits in the `large` target: room for the 200,000-dot messages of
+/// the hash-flooding case, tight caps on relayed gaps and claims.
+pub const LARGE_LIMITS: Limits = Limits {
+    max_siblings: 64,
+    max_entries: 1 << 18,
+    max_context_ranges: 1 << 18,
+    max_claim_ahead: 1 << 16,
+    max_relayed_gaps: 256,
+};
+
+/// A run of counters of one writer: `count` of them, `stride` apart from `start`; each
+/// a lone dot (an element) or, in a context, a range of `len` counters.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// The writer (an index into [`Large::writers`], modulo its length).
+    pub writer: u8,
+    /// The first counter.
+    pub start: u64,
+    /// The distance between counters (`k·2^32` among the choices).
+    pub stride: u64,
+    /// How many.
+    pub count: u32,
+    /// The length of each range (contexts only).
+    pub len: u64,
+}
+
+impl<'a> Arbitrary<'a> for Run {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let start = match u.int_in_range(0..=5u8)? {
+            0 => u64::arbitrary(u)?,
+            1 => concord::causal::MAX_COUNTER - u64::from(u16::arbitrary(u)?),
+            2 => u64::from(u8::arbitrary(u)?),
+            _ => 1 + u64::from(u16::arbitrary(u)?),
+        };
+        let stride = match u.int_in_range(0..=7u8)? {
+            0 | 1 => 1,
+            2 => 2,
+            3 => u64::from(u8::arbitrary(u)?) + 1,
+            4 | 5 => u64::from(u.int_in_range(1..=8u8)?) << 32,
+            6 => u64::from(u32::arbitrary(u)?) + 1,
+            _ => u64::arbitrary(u)?,
+        };
+        let count = match u.int_in_range(0..=3u8)? {
+            0 => u.int_in_range(0..=16)?,
+            1 => u.int_in_range(0..=1_024)?,
+            2 => u.int_in_range(0..=16_384)?,
+            _ => u.int_in_range(0..=LARGE_DOTS as u32)?,
+        };
+        let len = match u.int_in_range(0..=3u8)? {
+            0 | 1 => 1,
+            2 => u64::from(u8::arbitrary(u)?),
+            _ => u64::arbitrary(u)?,
+        };
+        Ok(Run {
+            writer: u8::arbitrary(u)?,
+            start,
+            stride,
+            count,
+            len,
+        })
+    }
+}
+
+/// A compact description of a large message from A to B (the `large` target): the
+/// replica table, the element dots, the context's extra ranges (removed writes, gaps,
+/// claims far ahead), how the elements spread over keys, removal notes, and claims the
+/// envelope's `seen` makes on top of the delta's context.
+#[derive(Clone, Debug)]
+pub struct Large {
+    /// Nested counters (`OrMap<String, OrMap<String, PnCounter>>`) instead of
+    /// registers ([`Map`]).
+    pub nested: bool,
+    /// The replica table: the incarnations of A, B and C, and ids none of them knows.
+    pub writers: Vec<ReplicaId>,
+    /// Element dots.
+    pub elements: Vec<Run>,
+    /// Context-only ranges.
+    pub ranges: Vec<Run>,
+    /// How many keys the elements spread over (1: every element a sibling of one key).
+    pub keys: u32,
+    /// Removal notes.
+    pub notes: u16,
+    /// Claims of `seen` only: (writer, counter).
+    pub claims: Vec<(u8, u64)>,
+    /// The `reply` flag.
+    pub reply: bool,
+}
+
+impl<'a> Arbitrary<'a> for Large {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let nested = bool::arbitrary(u)?;
+        let mut writers = Vec::new();
+        for _ in 0..u.int_in_range(1..=6u8)? {
+            writers.push(match u.int_in_range(0..=5u8)? {
+                0 | 1 => incarnation_of(A),
+                2 => incarnation_of(C),
+                3 => incarnation_of(B),
+                _ => ReplicaId::from_u128(u128::arbitrary(u)?),
+            });
+        }
+        let elements = (0..u.int_in_range(0..=3u8)?)
+            .map(|_| Run::arbitrary(u))
+            .collect::<arbitrary::Result<_>>()?;
+        let ranges = (0..u.int_in_range(0..=3u8)?)
+            .map(|_| Run::arbitrary(u))
+            .collect::<arbitrary::Result<_>>()?;
+        let keys = match u.int_in_range(0..=2u8)? {
+            0 => 1,
+            1 => u.int_in_range(1..=128)?,
+            _ => u.int_in_range(1..=LARGE_DOTS as u32)?,
+        };
+        let notes = u.int_in_range(0..=5_000)?;
+        let claims = (0..u.int_in_range(0..=3u8)?)
+            .map(|_| Ok((u8::arbitrary(u)?, u64::arbitrary(u)?)))
+            .collect::<arbitrary::Result<_>>()?;
+        Ok(Large {
+            nested,
+            writers,
+            elements,
+            ranges,
+            keys,
+            notes,
+            claims,
+            reply: bool::arbitrary(u)?,
+        })
+    }
+}
+
+/// Sorted, disjoint, non-adjacent ranges from any.
+fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// Ranges as the relative spans of the wire's context (`n`, `[n, extra]`).
+fn spans(ranges: &[(u64, u64)]) -> Value {
+    let mut previous = 0;
+    Value::Array(
+        ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                let gap = lo - previous;
+                previous = hi;
+                if lo == hi {
+                    json!(gap)
+                } else {
+                    json!([gap, hi - lo])
+                }
+            })
+            .collect(),
+    )
+}
+
+/// A built message: its JSON (version 3) form, and what the checks need to know.
+pub struct BuiltLarge {
+    /// The message, JSON of version 3.
+    pub json: Vec<u8>,
+    /// Element dots of writers other than A's and B's incarnations, and removal notes'
+    /// dots: writes and removals a peer may rightly relay, each possibly a range of
+    /// its own in the receiver's context.
+    pub relayed_dots: usize,
+}
+
+impl Large {
+    /// Builds the message.
+    pub fn build(&self) -> BuiltLarge {
+        let writers = &self.writers;
+        let index = |w: u8| usize::from(w) % writers.len();
+        let mut context: Vec<Vec<(u64, u64)>> = vec![Vec::new(); writers.len()];
+        let mut elements: Vec<(usize, u64)> = Vec::new();
+        let mut budget = LARGE_DOTS;
+        let counters = |run: &Run, budget: &mut u64| -> Vec<u64> {
+            let count = u64::from(run.count).min(*budget);
+            *budget -= count;
+            (0..count)
+                .map_while(|j| run.start.checked_add(j.checked_mul(run.stride)?))
+                .collect()
+        };
+        for run in &self.elements {
+            let w = index(run.writer);
+            for n in counters(run, &mut budget) {
+                elements.push((w, n));
+                context[w].push((n, n));
+            }
+        }
+        for run in &self.ranges {
+            let w = index(run.writer);
+            for lo in counters(run, &mut budget) {
+                let hi = lo.saturating_add(run.len.max(1) - 1);
+                context[w].push((lo, hi));
+            }
+        }
+        let keys = self.keys.max(1) as usize;
+        let key = |j: usize| format!("k{}", j % keys);
+        // Removal notes: one per key and remover (the writers in turn, once every key
+        // has one; past `keys × writers` notes a key has two by one remover), each
+        // removal's dot past everything else its remover holds.
+        let mut notes = Vec::new();
+        let mut next: Vec<Option<u64>> = context
+            .iter()
+            .map(|r| r.iter().map(|r| r.1).max().unwrap_or(0).checked_add(2))
+            .collect();
+        for j in 0..usize::from(self.notes) {
+            let w = j / keys % writers.len();
+            let Some(n) = next[w] else { break };
+            next[w] = n.checked_add(2);
+            context[w].push((n, n));
+            notes.push(json!([[w, n], key(j), [[w, [n]]]]));
+        }
+        let context: Vec<Vec<(u64, u64)>> = context.into_iter().map(merged).collect();
+
+        let mut e = serde_json::Map::new();
+        for (j, (w, n)) in elements.iter().enumerate() {
+            let k = key(j);
+            if self.nested {
+                let inner = e.entry(k).or_insert_with(|| json!({}));
+                let list = inner
+                    .as_object_mut()
+                    .expect("an object")
+                    .entry(format!("c{}", j % 3))
+                    .or_insert_with(|| json!([]));
+                let amount = [1i64, -1, i64::MAX, i64::MIN, 7][j % 5];
+                list.as_array_mut()
+                    .expect("a list")
+                    .push(json!([w, n, amount]));
+            } else {
+                let list = e.entry(k).or_insert_with(|| json!([]));
+                list.as_array_mut()
+                    .expect("a list")
+                    .push(json!([w, n, j as u8]));
+            }
+        }
+        let c: Vec<Value> = context
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(i, r)| json!([i, spans(r)]))
+            .collect();
+        let r: Vec<String> = writers.iter().map(|w| w.to_string()).collect();
+        let mut delta = json!({ "r": r, "c": c, "e": e });
+        if !notes.is_empty() {
+            delta["x"] = Value::Array(notes);
+        }
+
+        let mut seen: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+        for (i, ranges) in context.iter().enumerate() {
+            seen.entry(writers[i].to_string())
+                .or_default()
+                .extend(ranges.iter().copied());
+        }
+        for &(w, n) in &self.claims {
+            seen.entry(writers[index(w)].to_string())
+                .or_default()
+                .push((1, n));
+        }
+        let seen: serde_json::Map<String, Value> = seen
+            .into_iter()
+            .map(|(w, r)| (w, json!(merged(r))))
+            .filter(|(_, r)| r.as_array().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let message = json!({
+            "v": 3,
+            "vmax": 4,
+            "from": A.to_string(),
+            "to": B.to_string(),
+            "inc": incarnation_of(A).to_string(),
+            "seen": seen,
+            "delta": delta,
+            "reply": self.reply,
+        });
+        let known = [incarnation_of(A), incarnation_of(B)];
+        let relayed_dots = elements
+            .iter()
+            .filter(|(w, _)| !known.contains(&writers[*w]))
+            .count()
+            + usize::from(self.notes);
+        BuiltLarge {
+            json: serde_json::to_vec(&message).expect("JSON values serialize"),
+            relayed_dots,
+        }
+    }
+}
+
+/// The `large` target's engines: limits [`LARGE_LIMITS`], size limit [`LARGE_MAX_BYTES`].
+fn large_engine<T: Crdt + Default>(
+    node: ReplicaId,
+    state: T,
+    peers: &[ReplicaId],
+    time: &ManualClock,
+) -> SyncEngine<T, ManualClock> {
+    let mut config = Config::with_peers(peers.iter().copied()).incarnation(incarnation_of(node));
+    config.limits = LARGE_LIMITS;
+    config.max_message_bytes = LARGE_MAX_BYTES;
+    SyncEngine::new(node, state, time.clone(), config)
+}
+
+/// The receiver B of the `large` target, which has written (`write`) and synced with
+/// C, which has written too.
+fn large_receiver<T: Crdt + Default>(
+    write: fn(&mut SyncEngine<T, ManualClock>, &str),
+) -> SyncEngine<T, ManualClock> {
+    let time = ManualClock::new(START_MS);
+    let mut b = large_engine(B, T::default(), &[A, C], &time);
+    let mut c = large_engine(C, T::default(), &[A, B], &time);
+    write(&mut b, "k0");
+    write(&mut c, "k1");
+    let hello = c.sync_with(B).expect("a peer");
+    let reply = b.receive(hello).expect("valid").reply.expect("an answer");
+    c.receive(reply).expect("valid");
+    write(&mut b, "k2");
+    b
+}
+
+/// Ranges of B's context that name writers other than A's and B's incarnations.
+fn relayed_ranges<T: Crdt>(b: &SyncEngine<T, ManualClock>) -> usize {
+    let known = [incarnation_of(A), incarnation_of(B)];
+    b.state()
+        .context()
+        .ranges()
+        .filter(|(w, _)| !known.contains(w))
+        .map(|(_, r)| r.len())
+        .sum()
+}
+
+/// Builds the message `data` describes ([`Large`]) and has a receiver apply it in
+/// both forms: JSON (version 3) and, if it decodes, binary (version 4).
+///
+/// Returns `Ok` if some form was accepted, otherwise the JSON form's error.
+///
+/// # Panics
+///
+/// On a panic inside concord; if a refused message changed the receiver; if after an
+/// accepted one the receiver's state is inconsistent, the receiver and a sender
+/// holding the message's delta do not converge in a session, or the receiver's next
+/// message to a third peer grew by more than a small multiple of the message, or its
+/// context holds more relayed ranges than the relayed writes and
+/// [`Limits::max_relayed_gaps`] allow.
+pub fn large(data: &[u8]) -> Result<()> {
+    match Large::arbitrary_take_rest(Unstructured::new(data)) {
+        Ok(description) => large_described(&description),
+        Err(_) => Ok(()),
+    }
+}
+
+/// [`large`] for a description.
+///
+/// # Panics
+///
+/// As [`large`].
+pub fn large_described(description: &Large) -> Result<()> {
+    let built = description.build();
+    if description.nested {
+        large_as::<OrMap<String, OrMap<String, PnCounter>>>(&built, |e, key| {
+            e.update(|m, hlc| {
+                m.update(key.to_string(), hlc, |inner, op| {
+                    inner.update_in(op, "c0".to_string(), |n, op| n.add(op, 3))
+                })
+            })
+            .expect("a master writes");
+        })
+    } else {
+        large_as::<Map>(&built, |e, key| write(e, key, 1))
+    }
+}
+
+fn large_as<T: Crdt + Default>(
+    built: &BuiltLarge,
+    write: fn(&mut SyncEngine<T, ManualClock>, &str),
+) -> Result<()> {
+    let mut forms = vec![built.json.clone()];
+    if let Ok(mut msg) = Message::<T>::decode(&built.json, usize::MAX) {
+        msg.v = concord::wire::BINARY_VERSION;
+        forms.push(concord::wire::encode(&msg));
+    }
+    let mut refused = None;
+    let mut accepted = false;
+    for bytes in &forms {
+        match large_one(
+            &bytes[..],
+            built,
+            write,
+            forms.last().expect("a form").len(),
+        ) {
+            Ok(()) => accepted = true,
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    match refused {
+        Some(e) if !accepted => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn large_one<T: Crdt + Default>(
+    bytes: &[u8],
+    built: &BuiltLarge,
+    write: fn(&mut SyncEngine<T, ManualClock>, &str),
+    compact_len: usize,
+) -> Result<()> {
+    // What B would send C without the message.
+    let mut before_c = large_receiver(write);
+    let to_c_before = before_c.sync_with(C).expect("a peer").encode().len();
+    let ranges_before = relayed_ranges(&before_c);
+
+    let mut b = large_receiver(write);
+    let before = b.snapshot().expect("a snapshot");
+    let held = b.state().context().clone();
+    let received = match b.receive_bytes(bytes) {
+        Ok(received) => received,
+        Err(e) => {
+            assert_eq!(
+                concord::wire::encode_snapshot(&b.snapshot().expect("a snapshot")),
+                concord::wire::encode_snapshot(&before),
+                "refused with {e:?} but changed"
+            );
+            return Err(e);
+        }
+    };
+    b.state()
+        .validate(&Limits::default())
+        .unwrap_or_else(|e| panic!("accepted state is inconsistent: {e}"));
+
+    // No poisoning: B's next message to C grows by the message at most (its delta
+    // and context, once as the delta and once as `seen`), and its context holds no
+    // more relayed ranges than the relayed writes and the cap on relayed gaps allow.
+    let ranges_after = relayed_ranges(&b);
+    let allowed = ranges_before + built.relayed_dots + LARGE_LIMITS.max_relayed_gaps + 8;
+    assert!(
+        ranges_after <= allowed,
+        "the receiver's context holds {ranges_after} relayed ranges, more than {allowed}"
+    );
+    let to_c = b.sync_with(C).expect("a peer").encode().len();
+    assert!(
+        to_c <= to_c_before + 3 * compact_len + 4_096,
+        "a message of {compact_len} bytes made the next message to a third peer \
+         {to_c} bytes (was {to_c_before})"
+    );
+
+    // The receiver and a sender holding the message's delta converge in a session,
+    // if the receiver took the delta whole (a delta that claims too far ahead is
+    // skipped; one with too many siblings on a key is contained) and the delta names
+    // no dot the receiver held before: a relayed dot that B holds already may be a
+    // forgery of another write (the same dot on another key), which B cannot tell and
+    // rightly ignores, while the sender keeps it.
+    let msg = Message::<T>::decode(bytes, usize::MAX).expect("an accepted message decodes");
+    let Some(delta) = msg.delta else {
+        return Ok(());
+    };
+    if !received.hot_keys.is_empty()
+        || !b.state().context().includes(delta.context())
+        || !delta.context().intersection(&held).is_empty()
+    {
+        return Ok(());
+    }
+    let time = ManualClock::new(START_MS);
+    let mut a = large_engine(A, delta, &[B, C], &time);
+    let mut next = Some(a.sync_with(B).expect("a peer"));
+    for hop in 0..8 {
+        let Some(msg) = next.take() else { break };
+        let at = if hop % 2 == 0 { &mut b } else { &mut a };
+        match at.receive(msg) {
+            Ok(received) => next = received.reply,
+            Err(Error::TooManyEntries { .. } | Error::TooManySiblings { .. }) => return Ok(()),
+            Err(e) => panic!("the receiver's session with the sender fails: {e}"),
+        }
+    }
+    if b.hot_keys().is_empty() && a.hot_keys().is_empty() {
+        assert!(
+            a.state() == b.state(),
+            "the receiver and the sender did not converge:\n  sender: {:?}\n  receiver: {:?}",
+            a.state(),
+            b.state()
+        );
+    }
+    Ok(())
+}
