@@ -341,9 +341,10 @@ fn encode_binary<T: Crdt>(msg: &Message<T>) -> Option<Vec<u8>> {
 }
 
 /// True if `T` is one of the types whose binary form reads back exactly as written,
-/// whatever the value: strings, booleans, characters, integers and byte vectors. Floats
-/// are not among them (a NaN a peer sent would not compare equal to itself), nor is
-/// any type of the application's own (it may need a self-describing format). Told
+/// whatever the value: strings, booleans, characters, fixed-width integers and byte
+/// vectors. Floats are not among them (a NaN a peer sent would not compare equal to
+/// itself), nor `usize`/`isize` (a 64-bit value does not read back on a 32-bit peer),
+/// nor any type of the application's own (it may need a self-describing format). Told
 /// apart by name, which is exact for these types within one build.
 pub(crate) fn faithful_scalar<T: ?Sized>() -> bool {
     use std::any::type_name;
@@ -357,13 +358,11 @@ pub(crate) fn faithful_scalar<T: ?Sized>() -> bool {
         type_name::<u32>(),
         type_name::<u64>(),
         type_name::<u128>(),
-        type_name::<usize>(),
         type_name::<i8>(),
         type_name::<i16>(),
         type_name::<i32>(),
         type_name::<i64>(),
         type_name::<i128>(),
-        type_name::<isize>(),
         type_name::<Vec<u8>>(),
     ]
     .contains(&name)
