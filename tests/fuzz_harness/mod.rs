@@ -1198,6 +1198,7 @@ fn large_as<T: Crdt + Default>(
     }
     let mut refused = None;
     let mut accepted = false;
+    let mut outcomes = Vec::new();
     for bytes in &forms {
         match large_one(
             &bytes[..],
@@ -1205,11 +1206,24 @@ fn large_as<T: Crdt + Default>(
             write,
             forms.last().expect("a form").len(),
         ) {
-            Ok(()) => accepted = true,
+            Ok(()) => {
+                accepted = true;
+                outcomes.push(Ok(()));
+            }
             Err(e) => {
+                outcomes.push(Err(e.to_string()));
                 refused.get_or_insert(e);
             }
         }
+    }
+    // The binary form is the JSON form decoded and written again: the same message.
+    // Within the size limit, the receiver takes or refuses both alike.
+    if forms.len() == 2 && forms.iter().all(|f| f.len() <= LARGE_MAX_BYTES) {
+        assert_eq!(
+            outcomes[0].is_ok(),
+            outcomes[1].is_ok(),
+            "the JSON and binary forms of one message fared differently: {outcomes:?}"
+        );
     }
     match refused {
         Some(e) if !accepted => Err(e),
