@@ -199,6 +199,14 @@ pub(crate) fn check<V: Data, F: MergeFn<V>>(
         let resolved = master
             .resolve(|s: &[&V]| f.merge_values(s))
             .expect("written");
+        if resolved != first {
+            return fail(format!(
+                "it is not deterministic: a master collapsing the siblings resolved them \
+                 differently\n siblings    = {siblings:?}\n f(siblings) = {first:?} on the \
+                 first call\n f(siblings) = {resolved:?} at master r{} as it collapsed\n{ADVICE}",
+                i + 1
+            ));
+        }
         let delta = master
             .write(resolved, &mut hlcs[i])
             .map_err(|e| TestCaseError::fail(format!("writing the resolution failed: {e}")))?;
