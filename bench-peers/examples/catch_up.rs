@@ -1,6 +1,10 @@
 //! The driver's long-lived figures: bootstrap of an empty replica from a large master
 //! (time, messages, bytes, and the peak of extra live heap while it runs) at a 64 KiB
 //! message limit and at the default limit, and the bytes a dropped answer costs.
+//! Beside them, Automerge's initial sync of an empty replica from a master holding the
+//! same keys and values (its sync protocol from fresh sync states, every message
+//! encoded and decoded), for a master built in one commit and one built a commit per
+//! put.
 //!
 //! `cargo run --release --example catch_up [-- --keys N]`
 
@@ -121,6 +125,47 @@ fn bootstrap(keys: usize, limit: usize) {
     );
 }
 
+fn automerge_bootstrap(keys: usize, commit_per_put: bool) {
+    use concord_bench_peers::automerge_peer::{new_replica, put_uncommitted, sync_fresh};
+    let mut master = new_replica(1);
+    for k in 0..keys {
+        put_uncommitted(
+            &mut master.doc,
+            &format!("key-{k:07}"),
+            &format!("value-{k}"),
+        );
+        if commit_per_put {
+            let _ = master.doc.commit();
+        }
+    }
+    let _ = master.doc.commit();
+    let baseline = LIVE.load(Ordering::Relaxed);
+    PEAK.store(baseline, Ordering::Relaxed);
+    let mut joiner = new_replica(2);
+    let start = Instant::now();
+    let stats = sync_fresh(&mut master, &mut joiner);
+    let elapsed = start.elapsed();
+    let state = LIVE.load(Ordering::Relaxed) - baseline;
+    let peak = PEAK.load(Ordering::Relaxed) - baseline;
+    assert_eq!(
+        concord_bench_peers::automerge_peer::get(&joiner.doc, "key-0000000"),
+        ["value-0"]
+    );
+    println!(
+        "| {keys:>7} | Automerge, {} | {:>8.1} ms | {:>8} | {:>9.1} MB | {:>8.1} MB | {:>8.1} MB |",
+        if commit_per_put {
+            "a commit per put"
+        } else {
+            "one commit"
+        },
+        elapsed.as_secs_f64() * 1e3,
+        stats.messages,
+        (stats.bytes_a_to_b + stats.bytes_b_to_a) as f64 / 1e6,
+        state as f64 / 1e6,
+        (peak - state) as f64 / 1e6,
+    );
+}
+
 fn dropped_answer(changes: usize) {
     let time = ManualClock::new(1_700_000_000_000);
     let mut a = engine(1, 64 << 20, &time);
@@ -161,5 +206,7 @@ fn main() {
     println!("|---------|-----------|-------------|----------|--------------|-------------|-------------|");
     bootstrap(keys, 64 << 10);
     bootstrap(keys, 64 << 20);
+    automerge_bootstrap(keys, false);
+    automerge_bootstrap(keys, true);
     dropped_answer(10_000);
 }
