@@ -422,6 +422,9 @@ impl DotStore for PnCounter {
             return;
         };
         self.segments.entries.retain(|(d, _)| !folds(d));
+        // Folded down to a few segments: give back the room the many took (a single
+        // segment goes back inline).
+        self.segments.entries.shrink_to_fit();
         self.segments.insert(
             op.tag(),
             Seg {

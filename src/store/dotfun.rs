@@ -3,6 +3,7 @@
 //! element per segment), plus the helpers every standalone type shares.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::causal::{
     decode_dot, encode_context, has_unseen, ConflictSink, DecodedContext, DotStore, EncodedContext,
@@ -14,16 +15,19 @@ use crate::hlc::{Hlc, TimeSource};
 use crate::id::{Dot, ReplicaId};
 use crate::resolver::Outcome;
 
+/// Elements tagged with dots, sorted by dot; one element is stored inline.
+pub(crate) type Elements<E> = SmallVec<[(Dot, E); 1]>;
+
 /// Elements tagged with dots, sorted by dot.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DotFun<E> {
-    pub(crate) entries: Vec<(Dot, E)>,
+    pub(crate) entries: Elements<E>,
 }
 
 impl<E> Default for DotFun<E> {
     fn default() -> Self {
         DotFun {
-            entries: Vec::new(),
+            entries: SmallVec::new(),
         }
     }
 }
@@ -44,9 +48,8 @@ impl<E: Clone + PartialEq> DotFun<E> {
     /// Replaces every element with one new element.
     pub(crate) fn assign(&mut self, dot: Dot, element: E) {
         self.entries.clear();
-        // One element is the usual case: allocate for exactly that (a plain `push`
-        // would reserve room for four).
-        self.entries.reserve_exact(1);
+        // One element is the usual case, and fits inline: nothing is allocated.
+        self.entries.shrink_to_fit();
         self.entries.push((dot, element));
     }
 
@@ -77,7 +80,7 @@ impl<E: Clone + PartialEq> DotFun<E> {
         }
         let mut effect = JoinEffect::default();
         let mine = std::mem::take(&mut self.entries);
-        let mut out = Vec::with_capacity(mine.len().max(other.entries.len()));
+        let mut out = Elements::with_capacity(mine.len().max(other.entries.len()));
         let mut theirs = other.entries.into_iter().peekable();
         for (dot, element) in mine {
             while let Some((d, _)) = theirs.peek() {
@@ -170,7 +173,7 @@ impl<E: Clone + PartialEq> DotFun<E> {
         triples: impl IntoIterator<Item = (u32, u64, E)>,
         replicas: &[ReplicaId],
     ) -> Result<Self> {
-        let mut entries = Vec::new();
+        let mut entries = Elements::new();
         for (i, c, e) in triples {
             entries.push((decode_dot(replicas, i, c)?, e));
         }

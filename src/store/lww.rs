@@ -47,6 +47,10 @@ pub(crate) struct Stamped<T> {
 }
 
 /// A last-write-wins register.
+///
+/// One write is stored inline (no allocation in the usual, conflict-free case), so
+/// the register is as large as a value plus about 72 bytes: keep large values behind a
+/// `Box` or an `Arc` in a map of many keys.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LwwRegister<T> {
     writes: DotFun<Stamped<T>>,

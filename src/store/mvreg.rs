@@ -65,6 +65,10 @@ impl<T, F: Fn(&[&T]) -> T> MergeFn<T> for F {
 
 /// A multi-value register: every concurrent write survives as a sibling until a later
 /// write that saw them all replaces them.
+///
+/// One sibling is stored inline (no allocation in the usual, conflict-free case), so
+/// the register is as large as a value plus about 56 bytes: keep large values behind a
+/// `Box` or an `Arc` in a map of many keys.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MvRegister<T> {
     siblings: DotFun<T>,
