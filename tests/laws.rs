@@ -707,14 +707,16 @@ proptest! {
     #[test]
     fn lww_same_millisecond_writes_converge_on_larger_timestamp_then_replica(
         a in 0..4usize,
-        b in 0..4usize,
+        // Another replica: drawn apart from `a` rather than assumed (an assumption
+        // rejects a quarter of the cases and aborts runs of many thousand).
+        offset in 1..4usize,
         ticks_a in 0..3usize,
         ticks_b in 0..3usize,
         shared_history in any::<bool>(),
         via_delta in any::<bool>(),
         (va, vb) in any::<(u8, u8)>(),
     ) {
-        prop_assume!(a != b);
+        let b = (a + offset) % 4;
         let time = ManualClock::new(START_MS);
         let mut hlc_a = Hlc::new(rid(a), time.clone());
         let mut hlc_b = Hlc::new(rid(b), time.clone());
