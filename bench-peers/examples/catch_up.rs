@@ -95,6 +95,28 @@ fn run(
     (messages, bytes)
 }
 
+/// Runs `sync` (a bootstrap: it builds the joiner, syncs it and returns it with the
+/// messages and bytes it took) and prints its table row: `what` (the limit or the
+/// peer), the time, the messages and bytes, the live heap the joiner holds at the
+/// end, and the peak above that.
+fn row<J>(keys: usize, what: &str, sync: impl FnOnce() -> (J, u64, u64)) {
+    let baseline = LIVE.load(Ordering::Relaxed);
+    PEAK.store(baseline, Ordering::Relaxed);
+    let start = Instant::now();
+    let (joiner, messages, bytes) = sync();
+    let elapsed = start.elapsed();
+    let state = LIVE.load(Ordering::Relaxed) - baseline;
+    let peak = PEAK.load(Ordering::Relaxed) - baseline;
+    println!(
+        "| {keys:>7} | {what:>9} | {:>8.1} ms | {messages:>8} | {:>9.1} MB | {:>8.1} MB | {:>8.1} MB |",
+        elapsed.as_secs_f64() * 1e3,
+        bytes as f64 / 1e6,
+        state as f64 / 1e6,
+        (peak - state) as f64 / 1e6,
+    );
+    drop(joiner);
+}
+
 fn bootstrap(keys: usize, limit: usize) {
     let time = ManualClock::new(1_700_000_000_000);
     let mut master = engine(1, limit, &time);
@@ -103,30 +125,20 @@ fn bootstrap(keys: usize, limit: usize) {
             .update(|m, hlc| m.write(format!("key-{k:07}"), format!("value-{k}"), hlc))
             .unwrap();
     }
-    let baseline = LIVE.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
-    let mut joiner = engine(2, limit, &time);
-    let start = Instant::now();
-    let (messages, bytes) = run(&mut master, &mut joiner, &time, |_| false);
-    let elapsed = start.elapsed();
-    let state = LIVE.load(Ordering::Relaxed) - baseline;
-    let peak = PEAK.load(Ordering::Relaxed) - baseline;
-    println!(
-        "| {keys:>7} | {:>9} | {:>8.1} ms | {messages:>8} | {:>9.1} MB | {:>8.1} MB | {:>8.1} MB |",
-        if limit >= 1 << 20 {
-            format!("{} MiB", limit >> 20)
-        } else {
-            format!("{} KiB", limit >> 10)
-        },
-        elapsed.as_secs_f64() * 1e3,
-        bytes as f64 / 1e6,
-        state as f64 / 1e6,
-        (peak - state) as f64 / 1e6,
-    );
+    let what = if limit >= 1 << 20 {
+        format!("{} MiB", limit >> 20)
+    } else {
+        format!("{} KiB", limit >> 10)
+    };
+    row(keys, &what, || {
+        let mut joiner = engine(2, limit, &time);
+        let (messages, bytes) = run(&mut master, &mut joiner, &time, |_| false);
+        (joiner, messages, bytes)
+    });
 }
 
 fn automerge_bootstrap(keys: usize, commit_per_put: bool) {
-    use concord_bench_peers::automerge_peer::{new_replica, put_uncommitted, sync_fresh};
+    use concord_bench_peers::automerge_peer::{get, new_replica, put_uncommitted, sync_fresh};
     let mut master = new_replica(1);
     for k in 0..keys {
         put_uncommitted(
@@ -139,31 +151,18 @@ fn automerge_bootstrap(keys: usize, commit_per_put: bool) {
         }
     }
     let _ = master.doc.commit();
-    let baseline = LIVE.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
-    let mut joiner = new_replica(2);
-    let start = Instant::now();
-    let stats = sync_fresh(&mut master, &mut joiner);
-    let elapsed = start.elapsed();
-    let state = LIVE.load(Ordering::Relaxed) - baseline;
-    let peak = PEAK.load(Ordering::Relaxed) - baseline;
-    assert_eq!(
-        concord_bench_peers::automerge_peer::get(&joiner.doc, "key-0000000"),
-        ["value-0"]
-    );
-    println!(
-        "| {keys:>7} | Automerge, {} | {:>8.1} ms | {:>8} | {:>9.1} MB | {:>8.1} MB | {:>8.1} MB |",
-        if commit_per_put {
-            "a commit per put"
-        } else {
-            "one commit"
-        },
-        elapsed.as_secs_f64() * 1e3,
-        stats.messages,
-        (stats.bytes_a_to_b + stats.bytes_b_to_a) as f64 / 1e6,
-        state as f64 / 1e6,
-        (peak - state) as f64 / 1e6,
-    );
+    let what = if commit_per_put {
+        "Automerge, a commit per put"
+    } else {
+        "Automerge, one commit"
+    };
+    row(keys, what, || {
+        let mut joiner = new_replica(2);
+        let stats = sync_fresh(&mut master, &mut joiner);
+        assert_eq!(get(&joiner.doc, "key-0000000"), ["value-0"]);
+        let bytes = (stats.bytes_a_to_b + stats.bytes_b_to_a) as u64;
+        (joiner, stats.messages as u64, bytes)
+    });
 }
 
 fn dropped_answer(changes: usize) {
