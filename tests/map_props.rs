@@ -1108,6 +1108,13 @@ fn prop_converge<V: Flavor>(
     V::check_converged(&mut world.reps, &mut world.hlcs)
 }
 
+/// True if a remover whose context was `seen` had seen the removal `dot`: it holds
+/// that dot or a later one of its replica (which had seen it). A context built from
+/// deltas merged out of order can hold the later dot without the earlier one.
+fn had_seen(seen: &CausalContext, dot: Dot) -> bool {
+    seen.max_counter(dot.replica()) >= dot.counter()
+}
+
 /// 7. Conflict reports name exactly the keys where each side holds a write the other
 ///    has not seen, with both values and the merged one; a removal the receiver learns
 ///    of (its note is new there) while it holds a write of the key the remover had not
@@ -1152,7 +1159,7 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
             may.insert((key.clone(), dot));
             let superseded = notes
                 .iter()
-                .any(|(d, k, s)| *d != dot && *k == key && s.contains(dot));
+                .any(|(d, k, s)| *d != dot && *k == key && had_seen(s, dot));
             if !superseded {
                 must.insert((key.clone(), dot));
             }
@@ -1189,7 +1196,7 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
             let named: Vec<(Dot, &CausalContext)> = covered
                 .iter()
                 .copied()
-                .filter(|(d, _)| !covered.iter().any(|(o, s)| o != d && s.contains(*d)))
+                .filter(|(d, _)| !covered.iter().any(|(o, s)| o != d && had_seen(s, *d)))
                 .collect();
             let mut joined = concord::VectorClock::default();
             for (_, seen) in &named {

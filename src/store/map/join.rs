@@ -268,8 +268,8 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         } else {
             self.log.raise_floor(&their_ctx);
         }
-        // The notes kept (those a held or another new note supersedes are not), and
-        // of them the ones that met an update.
+        // The notes kept (one per key and remover, its newest), and of them the ones
+        // that met an update.
         let mut met_seqs = Vec::new();
         for (note, met) in fresh {
             if let Some(seq) = self.notes.push(note) {
@@ -280,10 +280,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
         // One report per key: a delete-vs-update race, the removal the empty value,
         // with the removers' histories (each one's own dot the newest of its replica).
+        // A removal another kept one had seen is told by that one.
         let mut racing: IndexMap<K, crate::clock::VectorClock> = IndexMap::new();
         for seq in met_seqs {
             if let Some(pos) = self.notes.position(seq) {
                 let note = &self.notes.list[pos];
+                if self.notes.superseded(note) {
+                    continue;
+                }
                 let clock = note.seen.max_clock();
                 match racing.get_mut(&note.key) {
                     Some(joined) => {

@@ -96,15 +96,16 @@ pub(super) struct RemovalNote<K> {
 }
 
 /// The removal notes a standalone map keeps, oldest first (see [`RemovalNote`]). A
-/// note of a removal whose context holds an earlier note's removal of the same key
-/// supersedes it: a replica holding an update that raced the earlier removal but not
-/// the later one has it taken by the later removal (nothing survives to report), and
-/// one that learns of both at once is told once, of the later. A replica's context
-/// holds all its own earlier dots, so of one replica's removals of a key only the
-/// newest note is kept (a note of the same replica and key that neither holds nor is
-/// held by the kept one comes from no honest replica and is dropped): a key removed
-/// again and again keeps one note per concurrent remover, and at most
-/// [`NOTES_PER_KEY`].
+/// removal whose remover had seen an earlier removal of the same key (its dot, or a
+/// later dot of its replica) supersedes it: a replica holding an update that raced
+/// the earlier removal but not the later one has it taken by the later removal
+/// (nothing survives to report), and one that learns of both at once, or of the
+/// later first, is told of the later only. Superseded notes are left out of reports,
+/// not dropped: "had seen" is not transitive over contexts with gaps, so dropping
+/// them would make the notes kept depend on the order removals arrived in. Of one
+/// replica's removals of a key only the newest note is kept (its counter is the
+/// highest), so a key removed again and again keeps one note per remover, and at
+/// most [`NOTES_PER_KEY`].
 #[derive(Clone, Debug)]
 pub(super) struct Notes<K> {
     pub(super) list: VecDeque<RemovalNote<K>>,
@@ -134,50 +135,58 @@ impl<K: Key> Notes<K> {
         (self.list.get(pos).is_some_and(|n| n.seq == seq)).then_some(pos)
     }
 
-    /// True if a held note of the same key supersedes `note` (its removal had seen
-    /// `note`'s).
+    /// True if a held note of the same key supersedes `note`: its removal had seen
+    /// `note`'s, or a later write of `note`'s remover (which had seen it). The
+    /// context of a replica that merged deltas out of order can hold a later dot of a
+    /// replica without an earlier one; causally, it has seen both.
     pub(super) fn superseded(&self, note: &RemovalNote<K>) -> bool {
         self.by_key.get(&note.key).is_some_and(|seqs| {
             seqs.iter().any(|&seq| {
-                self.position(seq)
-                    .is_some_and(|pos| self.list[pos].seen.contains(note.dot))
+                self.position(seq).is_some_and(|pos| {
+                    let held = &self.list[pos];
+                    held.dot != note.dot
+                        && held.seen.max_counter(note.dot.replica()) >= note.dot.counter()
+                })
             })
         })
     }
 
-    /// Keeps `note` unless a held one supersedes it (or is one of the same replica
-    /// that neither holds nor is held by it), dropping those it supersedes and, past
-    /// the caps, the oldest. Returns its sequence number if kept.
-    pub(super) fn push(&mut self, mut note: RemovalNote<K>) -> Option<u64> {
-        if self.superseded(&note) {
-            return None;
-        }
+    /// Keeps `note` unless a note of the same key and remover at least as new is
+    /// held, dropping an older one of that remover and, past the caps, the oldest.
+    /// Returns its sequence number if kept.
+    ///
+    /// Only a remover's own newer removal replaces a note: of one replica's removals
+    /// the newest wins, whatever the order they arrive in, so replicas that learned
+    /// of the same removals in different orders keep the same notes. A note another
+    /// replica's removal supersedes (that removal had seen it) is kept all the same:
+    /// "had seen" is not transitive over contexts with gaps (deltas merged out of
+    /// order), so dropping it would leave replicas with different notes. Reports
+    /// leave superseded notes out instead (see [`Notes::superseded`]).
+    pub(super) fn push(&mut self, note: RemovalNote<K>) -> Option<u64> {
         if let Some(seqs) = self.by_key.get_mut(&note.key) {
-            let same_replica = seqs.iter().any(|&seq| {
-                let pos = self.list.partition_point(|n| n.seq < seq);
-                self.list.get(pos).is_some_and(|n| {
-                    n.seq == seq
-                        && n.dot.replica() == note.dot.replica()
-                        && !note.seen.contains(n.dot)
-                })
-            });
-            if same_replica {
-                return None;
-            }
             let mut kept = Vec::with_capacity(seqs.len() + 1);
+            let mut newer_held = false;
             for &seq in seqs.iter() {
                 let pos = self.list.partition_point(|n| n.seq < seq);
-                if self.list.get(pos).is_some_and(|n| n.seq == seq) {
-                    if note.seen.contains(self.list[pos].dot) {
-                        let old = self.list.remove(pos).expect("present");
-                        self.ranges -= old.seen.range_count();
-                    } else {
-                        kept.push(seq);
-                    }
+                let Some(held) = self.list.get(pos).filter(|n| n.seq == seq) else {
+                    continue;
+                };
+                if held.dot.replica() != note.dot.replica() {
+                    kept.push(seq);
+                } else if held.dot.counter() >= note.dot.counter() {
+                    newer_held = true;
+                    kept.push(seq);
+                } else {
+                    let old = self.list.remove(pos).expect("present");
+                    self.ranges -= old.seen.range_count();
                 }
             }
             *seqs = kept;
+            if newer_held {
+                return None;
+            }
         }
+        let mut note = note;
         note.seq = self.next_seq;
         self.next_seq += 1;
         self.ranges += note.seen.range_count();
@@ -275,9 +284,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// context lacks (an update made without seeing the removal) reports a
     /// delete-vs-update race (see [`Conflict`](crate::Conflict)). Released by
     /// [`prune`](Crdt::prune) once every peer has acknowledged the removal; at most
-    /// 4,096 are kept, and 64 of one key (the first kept go first), and a removal of a
-    /// key whose remover had seen an earlier removal of it replaces that one's note (so
-    /// a replica's removals of a key keep one note, of its newest).
+    /// 4,096 are kept, and 64 of one key (the first kept go first), and a replica's
+    /// removal of a key replaces the note of its earlier one (so a replica's removals
+    /// of a key keep one note, of its newest, whatever order they arrive in).
     ///
     /// ```
     /// use concord::{Crdt, Hlc, ManualClock, OrMap, PnCounter, ReplicaId};
