@@ -3,6 +3,10 @@
 //! live bytes while the replica is built (the formatted keys and values the put
 //! copies from are allocated before and freed after, so they do not count).
 //!
+//! Then the growth of live bytes while every key is overwritten once (a replica with
+//! no peer acknowledging anything: for concord, the removal log keeps every
+//! overwritten dot until its peers acknowledge it, up to 65,536 dots).
+//!
 //! `cargo run --release --example memory [-- --keys N]`
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -58,6 +62,24 @@ fn measure<P: Peer>(data: &Dataset, floor: Option<f64>) -> f64 {
     per_key
 }
 
+fn measure_overwrite<P: Peer>(data: &Dataset) {
+    let mut replica = build_from::<P>(data);
+    let values: Vec<String> = data.values.iter().map(|v| format!("{v}'")).collect();
+    let before = LIVE.load(Ordering::Relaxed);
+    for (k, v) in data.keys.iter().zip(&values) {
+        P::put(&mut replica, k, v);
+    }
+    P::flush(&mut replica);
+    let after = LIVE.load(Ordering::Relaxed);
+    println!(
+        "| {:<18} | {:>12} | {:>9.1} |",
+        P::NAME,
+        after - before,
+        (after - before) as f64 / data.keys.len() as f64
+    );
+    drop(replica);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut keys = concord_bench_peers::keys_from_env();
@@ -74,4 +96,11 @@ fn main() {
     measure::<Concord>(&data, Some(f));
     measure::<Crdts>(&data, Some(f));
     measure::<Automerge>(&data, Some(f));
+    println!("\n## Live heap growth while overwriting each of the {keys} keys once\n");
+    println!("| peer               |  heap bytes  | bytes/overwrite |");
+    println!("|--------------------|-------------:|----------:|");
+    measure_overwrite::<Floor>(&data);
+    measure_overwrite::<Concord>(&data);
+    measure_overwrite::<Crdts>(&data);
+    measure_overwrite::<Automerge>(&data);
 }

@@ -228,7 +228,7 @@ mod tests;
 mod typed;
 mod write;
 
-use log::{Notes, RemovalLog, RemovalNote, LOG_ENUMERATE_LIMIT};
+use log::{Notes, RemovalLog, RemovalNote, Trigger, LOG_ENUMERATE_LIMIT};
 
 pub use codec::{DecodedEntries, EncodedEntries};
 pub use read::Iter;

@@ -257,14 +257,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         if enumerate {
             // Told to a peer until it acknowledges the received context that killed
             // them (it then holds the writes or removals that did).
-            let trigger = if set_aside.is_empty() {
-                their_ctx.clone()
-            } else {
-                let mut trigger = their_ctx.clone();
-                trigger.merge_ref(set_aside);
-                trigger
-            };
-            self.log.push(trigger, newly_dead);
+            let mut trigger = their_ctx;
+            trigger.merge_ref(set_aside);
+            self.log.push(Trigger::Ctx(trigger), newly_dead);
         } else {
             self.log.raise_floor(&their_ctx);
         }

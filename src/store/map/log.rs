@@ -11,12 +11,61 @@ pub(super) const LOG_CAP: usize = 1 << 16;
 /// carries; a larger one (a full state) raises the log's floor instead.
 pub(super) const LOG_ENUMERATE_LIMIT: u64 = 1 << 16;
 
+/// What a peer must have seen to know of a removal: the dot of the local write that
+/// made it (an overwrite or a removal here, most of the log), or the received
+/// context that carried it. A local write's trigger is one dot, kept without a
+/// context's allocation.
+#[derive(Clone, Debug)]
+pub(super) enum Trigger {
+    /// A local write's dot.
+    Dot(Dot),
+    /// A received context (with the writes set aside from it, if any).
+    Ctx(CausalContext),
+}
+
+impl Trigger {
+    /// True if `ctx` covers the trigger (a peer that has seen `ctx` knows of the
+    /// removal).
+    pub(super) fn seen_by(&self, ctx: &CausalContext) -> bool {
+        match self {
+            Trigger::Dot(d) => ctx.contains(*d),
+            Trigger::Ctx(c) => ctx.includes(c),
+        }
+    }
+
+    /// Adds the trigger's dots to `ctx`.
+    pub(super) fn add_to(&self, ctx: &mut CausalContext) {
+        match self {
+            Trigger::Dot(d) => {
+                ctx.insert(*d);
+            }
+            Trigger::Ctx(c) => {
+                ctx.merge_ref(c);
+            }
+        }
+    }
+
+    /// The trigger's dots that `within` holds.
+    pub(super) fn intersection(&self, within: &CausalContext) -> CausalContext {
+        match self {
+            Trigger::Dot(d) => {
+                let mut ctx = CausalContext::new();
+                if within.contains(*d) {
+                    ctx.insert(*d);
+                }
+                ctx
+            }
+            Trigger::Ctx(c) => c.intersection(within),
+        }
+    }
+}
+
 /// Recent removals: which dots died, and the clock a peer must have reached to know it.
 #[derive(Clone, Debug, Default)]
 pub(super) struct RemovalLog {
-    /// `(trigger, dead dots)`: a peer whose clock does not cover `trigger` may still
-    /// hold the dots alive and must be told.
-    pub(super) entries: VecDeque<(u64, CausalContext, Vec<Dot>)>,
+    /// `(seq, trigger, dead dots)`: a peer whose clock does not cover `trigger` may
+    /// still hold the dots alive and must be told.
+    pub(super) entries: VecDeque<(u64, Trigger, Vec<Dot>)>,
     /// The sequence number of the next entry (a chunked catch-up walks the log by it).
     pub(super) next_seq: u64,
     /// Removals older than this were forgotten: a peer below it gets the full state.
@@ -26,7 +75,7 @@ pub(super) struct RemovalLog {
 }
 
 impl RemovalLog {
-    pub(super) fn push(&mut self, trigger: CausalContext, dead: Vec<Dot>) {
+    pub(super) fn push(&mut self, trigger: Trigger, dead: Vec<Dot>) {
         if dead.is_empty() {
             return;
         }
@@ -38,7 +87,7 @@ impl RemovalLog {
                 break;
             };
             self.dots -= dead.len();
-            self.floor.merge(trigger);
+            trigger.add_to(&mut self.floor);
         }
     }
 
@@ -53,9 +102,9 @@ impl RemovalLog {
         let floor = &mut self.floor;
         let mut dropped = 0;
         self.entries.retain(|(_, trigger, dead)| {
-            let keep = !stable.includes(trigger);
+            let keep = !trigger.seen_by(stable);
             if !keep {
-                floor.merge_ref(trigger);
+                trigger.add_to(floor);
                 dropped += dead.len();
             }
             keep

@@ -144,12 +144,12 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         let pending = seen.minus(acked);
         let mut causes = CausalContext::new();
         for (_, trigger, dead) in &self.log.entries {
-            if !acked.includes(trigger) {
+            if !trigger.seen_by(acked) {
                 for &d in dead {
                     delta.ctx.insert(d);
                 }
                 if !pending.is_empty() {
-                    causes.merge(pending.intersection(trigger));
+                    causes.merge(trigger.intersection(&pending));
                 }
             }
         }
@@ -217,7 +217,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 if items >= max_items {
                     break;
                 }
-                if !seen.includes(trigger) {
+                if !trigger.seen_by(seen) {
                     for &d in dead.iter().filter(|d| upto.contains(**d)) {
                         out.ctx.insert(d);
                         items += 1;

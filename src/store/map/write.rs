@@ -195,8 +195,10 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
         op.record(&mut self.ctx);
         if !dead.is_empty() {
-            self.log
-                .push(single(Dot::new(dot.replica(), op.last_counter())), dead);
+            self.log.push(
+                Trigger::Dot(Dot::new(dot.replica(), op.last_counter())),
+                dead,
+            );
         }
         let mut delta = delta;
         if let Some(key) = removed_key {
@@ -272,7 +274,7 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         self.remove_positions(vec![pos]);
         op.record(&mut self.ctx);
         if !dead.is_empty() {
-            self.log.push(single(op.dot()), dead);
+            self.log.push(Trigger::Dot(op.dot()), dead);
         }
         self.note_removal(op.dot(), key, Some(&mut delta));
         Ok(delta)
@@ -341,10 +343,4 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     {
         self.entries.swap_remove(key);
     }
-}
-
-fn single(dot: Dot) -> CausalContext {
-    let mut ctx = CausalContext::new();
-    ctx.insert(dot);
-    ctx
 }
