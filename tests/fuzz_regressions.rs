@@ -1,11 +1,12 @@
 //! Replays every input in `tests/fuzz-crashers/` through the fuzz targets' own code
 //! (`tests/fuzz_harness/mod.rs`, included below): crash inputs the fuzzer found, and hand-made
 //! hostile inputs. A file `<target>-<name>` goes to target `decode`, `apply`,
-//! `converge`, `sim` or `large`; see `tests/fuzz-crashers/README.md`.
+//! `converge`, `sim`, `fold` or `large`; see `tests/fuzz-crashers/README.md`.
 //!
 //! * `decode` and `apply` inputs must come back as a clean `Err` (no panic; the
 //!   harness also checks that the rejected input changed nothing).
-//! * `converge` and `sim` inputs must run without a panic and converge.
+//! * `converge`, `sim` and `fold` inputs must run without a panic and converge (and
+//!   `fold`'s counter totals must be right).
 //! * `large` inputs must pass the harness's checks, accepted or refused.
 //!
 //! Inputs that still expose an open bug are listed in [`OPEN_BUGS`] and replayed by
@@ -58,6 +59,10 @@ fn replay(name: &str, bytes: &[u8]) -> Result<String, String> {
         }
         "sim" => {
             harness::sim(bytes);
+            None
+        }
+        "fold" => {
+            harness::fold(bytes);
             None
         }
         // Accepted or refused: the harness checks either way.

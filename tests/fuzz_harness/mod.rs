@@ -13,6 +13,11 @@
 //!   letter and `{`; otherwise built by [`build_state`]), merged with `try_merge`
 //!   into a reachable state.
 //! * [`converge`]: bytes as a simulator program ([`program`]), run, healed, quiesced.
+//! * [`sim`]: an `arbitrary` simulator program ([`SimProgram`]), run, healed, quiesced.
+//! * [`fold`]: an `arbitrary` program of counter increments and removals with folding
+//!   on ([`FoldProgram`]), across a rolling upgrade if it asks for one; the totals are
+//!   checked against every write made.
+//! * [`large`]: a description of a large message ([`Large`]), built and received.
 
 use concord::sync::{Config, Message, Snapshot, SyncEngine};
 use concord::testing::sim::{Action, Faults, Sim};
@@ -802,6 +807,208 @@ pub fn sim(data: &[u8]) {
     sim.quiesce();
     if let Err(e) = concord::testing::sim::check_quiesced(&sim) {
         panic!("{e}\nprogram: {program:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// fold
+// ---------------------------------------------------------------------------------
+
+/// The counter map the `fold` target replicates.
+pub type Tallies = OrMap<String, PnCounter>;
+
+/// The keys of [`Tallies`] the `fold` target writes.
+pub const TALLY_KEYS: [&str; 3] = ["likes", "views", "stars"];
+
+/// The `fold` target's write: an increment of one of a few shared counters (by −3 to
+/// 4), or a removal of one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tally {
+    /// Adds `amount` to counter `key`.
+    Add {
+        /// Key number (an index into [`TALLY_KEYS`]).
+        key: u8,
+        /// The amount.
+        amount: i64,
+    },
+    /// Removes counter `key`.
+    Remove {
+        /// Key number (an index into [`TALLY_KEYS`]).
+        key: u8,
+    },
+}
+
+impl<'a> Arbitrary<'a> for Tally {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let key = u.int_in_range(0..=2u8)?;
+        Ok(if u.int_in_range(0..=6u8)? == 0 {
+            Tally::Remove { key }
+        } else {
+            Tally::Add {
+                key,
+                amount: u.int_in_range(-3..=4i64)?,
+            }
+        })
+    }
+}
+
+/// A recorded write of the `fold` target: its dot, its key, and an increment's
+/// amount or (a removal) what its master had seen.
+type Tallied = (concord::Dot, usize, std::result::Result<i64, CausalContext>);
+
+thread_local! {
+    static TALLIED: std::cell::RefCell<Vec<Tallied>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Operation<Tallies> for Tally {
+    fn apply(&self, map: &mut Tallies, hlc: &mut Hlc<ManualClock>) -> Result<Tallies> {
+        match *self {
+            Tally::Add { key, amount } => {
+                let k = usize::from(key) % TALLY_KEYS.len();
+                let dot = map.apply(TALLY_KEYS[k].into(), hlc, |c, op| c.add(op, amount))?;
+                TALLIED.with(|t| t.borrow_mut().push((dot, k, Ok(amount))));
+            }
+            Tally::Remove { key } => {
+                let k = usize::from(key) % TALLY_KEYS.len();
+                let seen = map.context().clone();
+                map.remove(TALLY_KEYS[k], hlc)?;
+                if let Some(dot) = map.context().minus(&seen).dots().next() {
+                    TALLIED.with(|t| t.borrow_mut().push((dot, k, Err(seen))));
+                }
+            }
+        }
+        // The engine ships `delta_since`, not this write's delta.
+        Ok(Tallies::new())
+    }
+}
+
+/// The most actions a [`FoldProgram`] holds.
+pub const FOLD_ACTIONS: usize = 64;
+
+/// A simulator setup and program of counter writes with folding on (the `fold`
+/// target), decoded by `arbitrary`.
+#[derive(Clone, Debug)]
+pub struct FoldProgram {
+    /// Replicas (2–4).
+    pub nodes: usize,
+    /// The simulator's seed.
+    pub seed: u64,
+    /// Network faults.
+    pub faults: Faults,
+    /// A message limit small enough that catch-ups go in chunks, or none.
+    pub message_limit: Option<usize>,
+    /// `Config::lease_block`: 1, 3 or 64.
+    pub lease_block: u64,
+    /// A rolling upgrade from these protocol versions (one per node), or none.
+    pub versions: Option<Vec<u32>>,
+    /// The actions, at most [`FOLD_ACTIONS`].
+    pub actions: Vec<Action<Tally>>,
+}
+
+impl<'a> Arbitrary<'a> for FoldProgram {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let nodes = u.int_in_range(2..=4)?;
+        let seed = u64::from(u8::arbitrary(u)?);
+        let faults = Faults::arbitrary(u)?;
+        let message_limit = if bool::arbitrary(u)? {
+            Some(u.int_in_range(1_000..=4_000)?)
+        } else {
+            None
+        };
+        let lease_block = [1, 3, 64][usize::from(u.int_in_range(0..=2u8)?)];
+        let versions = if bool::arbitrary(u)? {
+            let mut v = Vec::with_capacity(nodes);
+            for _ in 0..nodes {
+                v.push(u.int_in_range(1..=concord::sync::PROTOCOL_VERSION)?);
+            }
+            Some(v)
+        } else {
+            None
+        };
+        let mut actions = Vec::new();
+        while !u.is_empty() && actions.len() < FOLD_ACTIONS {
+            actions.push(Action::arbitrary(u)?);
+        }
+        Ok(FoldProgram {
+            nodes,
+            seed,
+            faults,
+            message_limit,
+            lease_block,
+            versions,
+            actions,
+        })
+    }
+}
+
+/// Runs the `arbitrary` counter program from `data` ([`FoldProgram`]) with folding on
+/// (`Config::fold_counters`) and durable crashes (folding's precondition), across a
+/// rolling upgrade if the program asks for one; heals, quiesces, makes the
+/// simulator's own checks, and checks every counter's total: each increment the
+/// replicas hold counts once, unless a removal they hold had seen it.
+///
+/// # Panics
+///
+/// As [`sim`]; and if a total is wrong (a fold counted an increment twice, lost one,
+/// or kept one a removal had taken).
+pub fn fold(data: &[u8]) {
+    let Ok(program) = FoldProgram::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    TALLIED.with(|t| t.borrow_mut().clear());
+    let nodes = program.nodes;
+    let mut sim: Sim<Tallies> = Sim::new(nodes, program.seed, program.faults)
+        .with_lease_block(program.lease_block)
+        .with_fold_counters(true)
+        .with_durable_crashes(true);
+    if let Some(bytes) = program.message_limit {
+        sim = sim.with_message_limit(bytes);
+    }
+    if let Some(v) = &program.versions {
+        sim = sim.with_rolling_upgrade(v);
+    }
+    for action in program.actions.iter().cloned() {
+        let crashed = match &action {
+            Action::Crash { node } => Some(node % nodes),
+            _ => None,
+        };
+        sim.step(action);
+        // A write lost in a crash before it left its node: its dot may be issued
+        // again, so the old increment no longer counts.
+        if let Some(i) = crashed {
+            let (me, leased) = (sim.engine(i).node(), sim.lease(i));
+            TALLIED.with(|t| {
+                t.borrow_mut()
+                    .retain(|(d, _, _)| d.replica() != me || d.counter() <= leased)
+            });
+        }
+    }
+    sim.quiesce();
+    if let Err(e) = concord::testing::sim::check_quiesced(&sim) {
+        panic!("{e}\nprogram: {program:?}");
+    }
+    let state = sim.engine(0).state();
+    for (k, key) in TALLY_KEYS.iter().enumerate() {
+        let expected: i64 = TALLIED.with(|t| {
+            let t = t.borrow();
+            let held = t
+                .iter()
+                .filter(|(dot, key, _)| *key == k && state.context().contains(*dot));
+            let removals: Vec<&CausalContext> = held
+                .clone()
+                .filter_map(|(_, _, op)| op.as_ref().err())
+                .collect();
+            held.filter_map(|(dot, _, op)| op.as_ref().ok().map(|n| (dot, n)))
+                .filter(|(dot, _)| !removals.iter().any(|seen| seen.contains(**dot)))
+                .map(|(_, n)| n)
+                .sum()
+        });
+        assert_eq!(
+            state.count(*key),
+            expected,
+            "{key}: {state:?}\nprogram: {program:?}"
+        );
     }
 }
 
