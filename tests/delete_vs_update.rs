@@ -670,6 +670,80 @@ fn a_removal_superseded_by_a_held_one_is_not_reported() {
     assert_eq!(b.removal_notes().count(), 2, "C's and A's");
 }
 
+/// A removal whose remover merged deltas out of order (it holds a later write of the
+/// earlier remover, not the earlier removal) and had seen the racing update does not
+/// hide the earlier removal's race: B learns of both at once while holding X's
+/// update, which A's removal had not seen; C's had, so only A's meets it, and A's
+/// is reported.
+#[test]
+fn a_superseding_removal_that_saw_the_update_does_not_hide_the_race() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_a, mut hlc_c, mut hlc_x) = (hlc(1, &time), hlc(3, &time), hlc(4, &time));
+    let mut a = Profiles::new();
+    a.write("alice".into(), "v0".into(), &mut hlc_a).unwrap();
+    let mut c = a.clone();
+    let mut x = a.clone();
+    let update = x.write("alice".into(), "x".into(), &mut hlc_x).unwrap();
+    let a_removal = a.remove("alice", &mut hlc_a).unwrap();
+    let a_later = a.write("bob".into(), "b".into(), &mut hlc_a).unwrap();
+    c.merge(update);
+    c.write("alice".into(), "c".into(), &mut hlc_c).unwrap();
+    c.merge(a_later); // out of order: without A's removal
+    let c_removal = c.remove("alice", &mut hlc_c).unwrap();
+    let mut both = Profiles::new();
+    both.merge(a_removal);
+    both.merge(c_removal);
+    assert_eq!(both.removal_notes().count(), 2);
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    x.try_merge(both, &Limits::default(), &mut reports).unwrap();
+    assert_eq!(
+        values(x.get("alice").unwrap()),
+        ["x"],
+        "the update survives"
+    );
+    let removals: Vec<_> = reports.iter().filter(|c| c.is_removal()).collect();
+    assert_eq!(removals.len(), 1, "{reports:?}");
+    assert_eq!(removals[0].theirs_clock.get(id(1)), 2, "A's removal");
+    assert_eq!(removals[0].theirs_clock.get(id(3)), 0, "not C's");
+}
+
+/// A chunked catch-up sends the notes a held one supersedes after all the others: B,
+/// holding an update both removals raced, learns of C's removal (made after seeing
+/// A's) before A's, pieces of one note each, and is told of C's only, as it would be
+/// in one message.
+#[test]
+fn a_chunked_catch_up_tells_the_superseding_removal_first() {
+    let time = ManualClock::new(START_MS);
+    let (mut hlc_a, mut hlc_b, mut hlc_c) = (hlc(1, &time), hlc(2, &time), hlc(3, &time));
+    let mut a = Profiles::new();
+    a.write("alice".into(), "v0".into(), &mut hlc_a).unwrap();
+    let mut b = a.clone();
+    let mut c = a.clone();
+    let mut relay = a.clone();
+    let a_removal = a.remove("alice", &mut hlc_a).unwrap();
+    b.write("alice".into(), "vb".into(), &mut hlc_b).unwrap();
+    c.merge(a_removal.clone());
+    c.write("alice".into(), "vc".into(), &mut hlc_c).unwrap();
+    let c_removal = c.remove("alice", &mut hlc_c).unwrap();
+    relay.merge(a_removal);
+    relay.merge(c_removal);
+    assert_eq!(relay.removal_notes().count(), 2);
+    let mut cursor = concord::ChunkCursor::default();
+    let mut reports: Vec<Conflict<String, MvRegister<String>>> = Vec::new();
+    let mut pieces = 0;
+    while !cursor.is_done() {
+        let piece = relay.delta_chunk(b.context(), relay.context(), &mut cursor, 1);
+        b.try_merge(piece, &Limits::default(), &mut reports)
+            .unwrap();
+        pieces += 1;
+    }
+    assert!(pieces > 2, "{pieces} pieces");
+    let removals: Vec<_> = reports.iter().filter(|c| c.is_removal()).collect();
+    assert_eq!(removals.len(), 1, "{reports:?}");
+    assert_eq!(removals[0].theirs_clock.get(id(3)), 2, "C's removal");
+    assert_eq!(b.removal_notes().count(), 2, "both notes arrived");
+}
+
 /// The other order: A's removal first (a report), then C's later one, made after
 /// seeing A's but not B's write (a second race, a second report).
 #[test]

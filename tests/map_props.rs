@@ -1138,7 +1138,8 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
         // Delete-vs-update: the removals `b` tells of that are new to `a`, met by a
         // write `a` holds that the remover had not seen, the key surviving. Each is
         // reported at most once; one may be left out only where another removal of
-        // the key, whose remover had seen it, is told too (it supersedes it).
+        // the key, whose remover had seen it and which met the same write, is told
+        // too (now, or when it arrived: it supersedes it).
         let notes: Vec<(Dot, &String, &CausalContext)> =
             a.removal_notes().chain(b.removal_notes()).collect();
         let mut must: BTreeSet<(String, Dot)> = BTreeSet::new();
@@ -1157,9 +1158,18 @@ fn prop_conflicts<V: Flavor>(n: usize, actions: &[Action], pairs: &[(Index, Inde
                 continue;
             }
             may.insert((key.clone(), dot));
-            let superseded = notes
-                .iter()
-                .any(|(d, k, s)| *d != dot && *k == key && had_seen(s, dot));
+            // Left out only for another removal of the key that had seen this one and
+            // met the same update (so telling it tells of the race).
+            let superseded = notes.iter().any(|(d, k, s)| {
+                *d != dot
+                    && *k == key
+                    && had_seen(s, dot)
+                    && a.get(key).is_some_and(|ours| {
+                        let mut left = ours.clone();
+                        left.kill(s);
+                        !left.is_bottom()
+                    })
+            });
             if !superseded {
                 must.insert((key.clone(), dot));
             }

@@ -974,6 +974,9 @@ pub struct ChunkCursor {
     pub(crate) full: bool,
     /// The sequence number of the next removal note to look at (phase 0).
     pub(crate) note: u64,
+    /// Phase 0's second pass: the notes that another held note supersedes, sent
+    /// after all the others.
+    pub(crate) superseded_notes: bool,
 }
 
 impl ChunkCursor {

@@ -902,6 +902,11 @@ pub struct FoldProgram {
     pub lease_block: u64,
     /// A rolling upgrade from these protocol versions (one per node), or none.
     pub versions: Option<Vec<u32>>,
+    /// After this many actions, the cluster settles: nodes still below protocol
+    /// version 3 restart (and so upgrade), every message is delivered and
+    /// acknowledged, and the masters fold; the rest of the actions then race those
+    /// folds. `None`: no settling before the end.
+    pub settle_after: Option<usize>,
     /// The actions, at most [`FOLD_ACTIONS`].
     pub actions: Vec<Action<Tally>>,
 }
@@ -917,12 +922,23 @@ impl<'a> Arbitrary<'a> for FoldProgram {
             None
         };
         let lease_block = [1, 3, 64][usize::from(u.int_in_range(0..=2u8)?)];
+        // Mostly versions that fold (3 and up): a node below 3 holds every master's
+        // folding back until it restarts.
         let versions = if bool::arbitrary(u)? {
             let mut v = Vec::with_capacity(nodes);
             for _ in 0..nodes {
-                v.push(u.int_in_range(1..=concord::sync::PROTOCOL_VERSION)?);
+                v.push(if u.ratio(1, 4)? {
+                    u.int_in_range(1..=2)?
+                } else {
+                    u.int_in_range(3..=concord::sync::PROTOCOL_VERSION)?
+                });
             }
             Some(v)
+        } else {
+            None
+        };
+        let settle_after = if u.ratio(3, 4)? {
+            Some(u.int_in_range(0..=24)?)
         } else {
             None
         };
@@ -937,9 +953,22 @@ impl<'a> Arbitrary<'a> for FoldProgram {
             message_limit,
             lease_block,
             versions,
+            settle_after,
             actions,
         })
     }
+}
+
+/// Restarts the nodes that started below protocol version 3 (a restart moves a node
+/// to the newest version; a node that restarted since is restarted again, which a
+/// durable crash allows), then delivers everything until the cluster is quiet.
+fn settle(sim: &mut Sim<Tallies>, versions: Option<&[u32]>) {
+    for (node, v) in versions.unwrap_or_default().iter().enumerate() {
+        if *v < 3 {
+            sim.step(Action::<Tally>::Crash { node });
+        }
+    }
+    sim.quiesce();
 }
 
 /// Runs the `arbitrary` counter program from `data` ([`FoldProgram`]) with folding on
@@ -968,21 +997,13 @@ pub fn fold(data: &[u8]) {
     if let Some(v) = &program.versions {
         sim = sim.with_rolling_upgrade(v);
     }
-    for action in program.actions.iter().cloned() {
-        let crashed = match &action {
-            Action::Crash { node } => Some(node % nodes),
-            _ => None,
-        };
-        sim.step(action);
-        // A write lost in a crash before it left its node: its dot may be issued
-        // again, so the old increment no longer counts.
-        if let Some(i) = crashed {
-            let (me, leased) = (sim.engine(i).node(), sim.lease(i));
-            TALLIED.with(|t| {
-                t.borrow_mut()
-                    .retain(|(d, _, _)| d.replica() != me || d.counter() <= leased)
-            });
+    // Crashes are durable (a node restarts from everything it had, and its lease
+    // covers every dot it issued), so no recorded write is ever lost or reissued.
+    for (i, action) in program.actions.iter().cloned().enumerate() {
+        if program.settle_after == Some(i) {
+            settle(&mut sim, program.versions.as_deref());
         }
+        sim.step(action);
     }
     sim.quiesce();
     if let Err(e) = concord::testing::sim::check_quiesced(&sim) {

@@ -275,12 +275,17 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         }
         // One report per key: a delete-vs-update race, the removal the empty value,
         // with the removers' histories (each one's own dot the newest of its replica).
-        // A removal another kept one had seen is told by that one.
+        // A removal that another kept one had seen, and that met an update the other
+        // met too, is told by that one (now, or when it arrived); one whose update the
+        // other had seen (possible only after deltas merged out of order) is told.
         let mut racing: IndexMap<K, crate::clock::VectorClock> = IndexMap::new();
         for seq in met_seqs {
             if let Some(pos) = self.notes.position(seq) {
                 let note = &self.notes.list[pos];
-                if self.notes.superseded(note) {
+                let ours = met_values.get(&note.key).expect("met");
+                if self.notes.superseded(note, |other| {
+                    crate::causal::survives_kill(ours, &other.seen)
+                }) {
                     continue;
                 }
                 let clock = note.seen.max_clock();

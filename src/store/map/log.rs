@@ -149,12 +149,14 @@ pub(super) struct RemovalNote<K> {
 /// later dot of its replica) supersedes it: a replica holding an update that raced
 /// the earlier removal but not the later one has it taken by the later removal
 /// (nothing survives to report), and one that learns of both at once, or of the
-/// later first, is told of the later only. Superseded notes are left out of reports,
-/// not dropped: "had seen" is not transitive over contexts with gaps, so dropping
-/// them would make the notes kept depend on the order removals arrived in. Of one
-/// replica's removals of a key only the newest note is kept (its counter is the
-/// highest), so a key removed again and again keeps one note per remover, and at
-/// most [`NOTES_PER_KEY`].
+/// later first, is told of the later only. Superseded notes are left out of reports
+/// (where the superseding one met the same update), not dropped: "had seen" is not
+/// transitive over contexts with gaps, so dropping them would make the notes kept
+/// depend on the order removals arrived in. Of one replica's removals of a key only
+/// the newest note is kept (its counter is the highest), so a key removed again and
+/// again keeps one note per remover, and at most [`NOTES_PER_KEY`]. The notes kept
+/// are the same whatever the order of arrival, within the caps (past them the first
+/// kept go first) and as long as a note pruned at stability is not received again.
 #[derive(Clone, Debug)]
 pub(super) struct Notes<K> {
     pub(super) list: VecDeque<RemovalNote<K>>,
@@ -184,17 +186,23 @@ impl<K: Key> Notes<K> {
         (self.list.get(pos).is_some_and(|n| n.seq == seq)).then_some(pos)
     }
 
-    /// True if a held note of the same key supersedes `note`: its removal had seen
-    /// `note`'s, or a later write of `note`'s remover (which had seen it). The
-    /// context of a replica that merged deltas out of order can hold a later dot of a
-    /// replica without an earlier one; causally, it has seen both.
-    pub(super) fn superseded(&self, note: &RemovalNote<K>) -> bool {
+    /// True if a held note of the same key supersedes `note` and `also_met` holds for
+    /// it. A note supersedes another whose removal its remover had seen: it holds
+    /// that removal's dot, or a later dot of its replica (the context of a replica
+    /// that merged deltas out of order can hold the later without the earlier;
+    /// causally, it has seen both).
+    pub(super) fn superseded(
+        &self,
+        note: &RemovalNote<K>,
+        also_met: impl Fn(&RemovalNote<K>) -> bool,
+    ) -> bool {
         self.by_key.get(&note.key).is_some_and(|seqs| {
             seqs.iter().any(|&seq| {
                 self.position(seq).is_some_and(|pos| {
                     let held = &self.list[pos];
                     held.dot != note.dot
                         && held.seen.max_counter(note.dot.replica()) >= note.dot.counter()
+                        && also_met(held)
                 })
             })
         })
@@ -210,7 +218,8 @@ impl<K: Key> Notes<K> {
     /// replica's removal supersedes (that removal had seen it) is kept all the same:
     /// "had seen" is not transitive over contexts with gaps (deltas merged out of
     /// order), so dropping it would leave replicas with different notes. Reports
-    /// leave superseded notes out instead (see [`Notes::superseded`]).
+    /// leave a superseded note out instead, where the superseding one met the same
+    /// update (see [`Notes::superseded`]).
     pub(super) fn push(&mut self, note: RemovalNote<K>) -> Option<u64> {
         if let Some(seqs) = self.by_key.get_mut(&note.key) {
             let mut kept = Vec::with_capacity(seqs.len() + 1);

@@ -194,22 +194,36 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 0 {
             // Removal notes the peer lacks, first: each comes with its removal's dot,
-            // so that the peer decides on it before any element of the stream.
-            let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
-            for note in self.notes.list.range(start..) {
-                if items >= max_items {
+            // so that the peer decides on it before any element of the stream. Those
+            // another held note supersedes go in a second pass, after all the others:
+            // a peer that learns of both in one stream learns of the later removal
+            // first, and is told of the earlier only if the later had seen the update
+            // it met (as if both had come in one message).
+            loop {
+                let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
+                for note in self.notes.list.range(start..) {
+                    if items >= max_items {
+                        break;
+                    }
+                    if !seen.contains(note.dot)
+                        && upto.contains(note.dot)
+                        && self.notes.superseded(note, |_| true) == cursor.superseded_notes
+                    {
+                        out.ctx.insert(note.dot);
+                        items += 1 + note.seen.range_count();
+                        out.notes.push(note.clone());
+                    }
+                    cursor.note = note.seq + 1;
+                }
+                if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
+                    // The budget ran out: the rest of the notes go in the next piece.
+                    return self.seal_chunk(out);
+                }
+                if cursor.superseded_notes {
                     break;
                 }
-                if !seen.contains(note.dot) && upto.contains(note.dot) {
-                    out.ctx.insert(note.dot);
-                    items += 1 + note.seen.range_count();
-                    out.notes.push(note.clone());
-                }
-                cursor.note = note.seq + 1;
-            }
-            if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
-                // The budget ran out: the rest of the notes go in the next piece.
-                return self.seal_chunk(out);
+                cursor.superseded_notes = true;
+                cursor.note = 0;
             }
             // Removals the peer may not know of (it may hold the dots alive).
             let start = self.log.entries.partition_point(|e| e.0 < cursor.log);
