@@ -414,3 +414,50 @@ fn without_folding_a_removal_after_acknowledging_holds() {
 fn with_folding_a_removal_after_acknowledging_holds() {
     assert_eq!(remove_after_acknowledging(true), 0);
 }
+
+/// A counter far larger than a message (folding off, its default: 2,000 unfolded
+/// segments, about 20 KB, under a 1 KiB message limit) reaches a peer that joins
+/// late, in chunks that each hold part of its segments: every message stays within
+/// the limit, the peer refuses none, and it ends with the same total.
+#[test]
+fn a_counter_larger_than_a_message_reaches_a_late_peer_in_pieces() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut engines = masters_with(2, &time, |c| c.max_message_bytes(1024));
+    for _ in 0..2_000 {
+        engines[0]
+            .update(|m, hlc| m.increment("likes".into(), 1, hlc))
+            .unwrap();
+    }
+    assert_eq!(segments(engines[0].state()), 2_000);
+    assert!(encoded_len(engines[0].state()) > 20 * 1024);
+    let mut largest = 0;
+    let mut refused = 0;
+    for _ in 0..20_000 {
+        time.advance(100);
+        for e in engines.iter_mut() {
+            if e.poll_timeout().is_some_and(|at| at <= time.now()) {
+                e.handle_timeout();
+            }
+        }
+        let mut busy = false;
+        for i in 0..2 {
+            while let Some(t) = engines[i].poll_transmit() {
+                busy = true;
+                largest = largest.max(t.bytes.len());
+                if engines[1 - i].handle_bytes(&t.bytes).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        if !busy && engines[1].state().count("likes") == 2_000 {
+            break;
+        }
+    }
+    assert_eq!(
+        refused, 0,
+        "messages refused; the largest was {largest} bytes"
+    );
+    assert!(largest <= 1024, "a message of {largest} bytes");
+    assert_eq!(engines[1].state().count("likes"), 2_000);
+    assert_eq!(engines[1].state(), engines[0].state());
+}

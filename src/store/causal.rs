@@ -977,6 +977,9 @@ pub struct ChunkCursor {
     /// Phase 0's second pass: the notes that another held note supersedes, sent
     /// after all the others.
     pub(crate) superseded_notes: bool,
+    /// In phase 2, the last dot sent of the entry at `pos`, when that entry is larger
+    /// than a piece (it goes in several, in dot order).
+    pub(crate) part: Option<Dot>,
 }
 
 impl ChunkCursor {

@@ -84,7 +84,8 @@ pub struct Transmit {
     /// The peer to send it to.
     pub to: ReplicaId,
     /// The message, encoded (at most [`Config::max_message_bytes`] unless a single
-    /// entry is larger than that).
+    /// element, one value of one key, is larger than that: a key with many elements
+    /// goes in several messages).
     pub bytes: Vec<u8>,
 }
 

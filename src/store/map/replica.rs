@@ -311,8 +311,33 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 2 {
             while cursor.pos < self.entries.len() && items < max_items {
-                items += self.copy_part(cursor.pos, &unsent, &mut out);
-                cursor.pos += 1;
+                // An entry with more dots left to send than this piece has room for
+                // (a counter of many unfolded segments, say) goes in several pieces,
+                // in dot order: each holds part of its elements and exactly their
+                // dots, a valid state on its own, so no message outgrows the limit
+                // because of one key.
+                let after = cursor.part;
+                let pending = |d: Dot| unsent(d) && after.is_none_or(|a| d > a);
+                let room = max_items - items;
+                let (_, value) = self.entries.get_index(cursor.pos).expect("in range");
+                let mut left = Vec::new();
+                value.for_each_dot(&mut |d| {
+                    if pending(d) {
+                        left.push(d);
+                    }
+                });
+                if left.len() <= room {
+                    items += self.copy_part(cursor.pos, &pending, &mut out);
+                    cursor.pos += 1;
+                    cursor.part = None;
+                } else {
+                    // The rest of the room, filled: this piece is full.
+                    left.sort_unstable();
+                    let last = left[room - 1];
+                    self.copy_part(cursor.pos, &|d| pending(d) && d <= last, &mut out);
+                    cursor.part = Some(last);
+                    break;
+                }
             }
             if cursor.pos >= self.entries.len() {
                 cursor.phase = 3;
