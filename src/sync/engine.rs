@@ -83,9 +83,11 @@ pub struct Received<T: Crdt> {
 pub struct Transmit {
     /// The peer to send it to.
     pub to: ReplicaId,
-    /// The message, encoded (at most [`Config::max_message_bytes`] unless a single
-    /// element, one value of one key, is larger than that: a key with many elements
-    /// goes in several messages).
+    /// The message, encoded: at most [`Config::max_message_bytes`] to a peer that
+    /// speaks protocol version 2 or newer (version 1 has no chunks), unless one key's
+    /// value is larger than that and cannot be split (a counter goes in several
+    /// messages; a register's siblings, or a nested map of registers, do not), in
+    /// which case the peer refuses the message, on every resend.
     pub bytes: Vec<u8>,
 }
 

@@ -51,7 +51,14 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         out: &mut Self,
     ) -> usize {
         let (k, v) = self.entries.get_index(pos).expect("position in range");
-        let part = v.filtered(keep);
+        // Whatever `out` already holds of the key (a part copied earlier in this
+        // piece, a carried fold) stays: its dots are in `out.ctx` already.
+        let mut have = Vec::new();
+        if let Some(existing) = out.entries.get(k) {
+            existing.for_each_dot(&mut |x| have.push(x));
+        }
+        have.sort_unstable();
+        let part = v.filtered(&|d| keep(d) || have.binary_search(&d).is_ok());
         if part.is_bottom() {
             return 0;
         }

@@ -311,11 +311,12 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 2 {
             while cursor.pos < self.entries.len() && items < max_items {
-                // An entry with more dots left to send than this piece has room for
-                // (a counter of many unfolded segments, say) goes in several pieces,
-                // in dot order: each holds part of its elements and exactly their
-                // dots, a valid state on its own, so no message outgrows the limit
-                // because of one key.
+                // A counter with more dots left to send than this piece has room for
+                // (many unfolded segments) goes in several pieces, in dot order: each
+                // holds part of its segments (with whatever the piece already holds of
+                // the key: a carried fold, a removal's cause) and exactly their dots,
+                // a valid state on its own, so no message outgrows the limit because
+                // of one counter.
                 let after = cursor.part;
                 let pending = |d: Dot| unsent(d) && after.is_none_or(|a| d > a);
                 let room = max_items - items;
@@ -326,7 +327,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                         left.push(d);
                     }
                 });
-                if left.len() <= room {
+                // Only values that never race are split (counters, and maps of them:
+                // concurrent increments are no conflict); a register's siblings or a
+                // map's fields split over pieces would report one race per piece.
+                if left.len() <= room || !V::FOLDS {
                     items += self.copy_part(cursor.pos, &pending, &mut out);
                     cursor.pos += 1;
                     cursor.part = None;
