@@ -311,6 +311,14 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 2 {
             while cursor.pos < self.entries.len() && items < max_items {
+                // Only values that never race are split (counters, and maps of them:
+                // concurrent increments are no conflict); a register's siblings or a
+                // map's fields split over pieces would report one race per piece.
+                if !V::FOLDS {
+                    items += self.copy_part(cursor.pos, &unsent, &mut out);
+                    cursor.pos += 1;
+                    continue;
+                }
                 // A counter with more dots left to send than this piece has room for
                 // (many unfolded segments) goes in several pieces, in dot order: each
                 // holds part of its segments (with whatever the piece already holds of
@@ -327,10 +335,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                         left.push(d);
                     }
                 });
-                // Only values that never race are split (counters, and maps of them:
-                // concurrent increments are no conflict); a register's siblings or a
-                // map's fields split over pieces would report one race per piece.
-                if left.len() <= room || !V::FOLDS {
+                if left.len() <= room {
                     items += self.copy_part(cursor.pos, &pending, &mut out);
                     cursor.pos += 1;
                     cursor.part = None;
