@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 /// Inputs that still fail because of a bug in concord (not in the input). Once the
 /// bug is fixed, remove the name: the main test then keeps it fixed.
-const OPEN_BUGS: &[&str] = &["fold-2"];
+const OPEN_BUGS: &[&str] = &[];
 
 fn crashers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-crashers")

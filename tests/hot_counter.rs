@@ -461,3 +461,58 @@ fn a_counter_larger_than_a_message_reaches_a_late_peer_in_pieces() {
     assert_eq!(engines[1].state().count("likes"), 2_000);
     assert_eq!(engines[1].state(), engines[0].state());
 }
+
+/// A fold of a fold: U folds its first two increments into G, then G and a third
+/// increment into F. R holds G. A catch-up in pieces from U, which cannot tell what R
+/// has seen and names every dead dot again, must not name the dot G folded dead
+/// without F: R would take that for a removal of G, and then refuse F, which folded
+/// G (fuzz input `fold-2`). Checked before and after U prunes what every peer has
+/// seen, and after U restarts from its state.
+#[test]
+fn a_fold_of_a_fold_reaches_a_peer_holding_the_first_fold_in_pieces() {
+    use concord::{ChunkCursor, Crdt, Hlc, Resolver};
+    for (prune, restore) in [(false, false), (true, false), (false, true)] {
+        let time = ManualClock::new(1_700_000_000_000);
+        let mut hlc = Hlc::new(ReplicaId::from_u128(1), time.clone());
+        let mut u = Likes::new();
+        u.increment("likes".into(), 1, &mut hlc).unwrap();
+        u.increment("likes".into(), 1, &mut hlc).unwrap();
+        for i in 0..8 {
+            u.increment(format!("other-{i}"), 1, &mut hlc).unwrap();
+        }
+        let first_two = u.context().clone();
+        u.increment("likes".into(), 1, &mut hlc).unwrap();
+        assert!(u.fold_stable(&first_two, &mut hlc).unwrap(), "G");
+        let mut r = Likes::new();
+        r.merge(u.clone());
+        assert_eq!(
+            (segments(&r), r.count("likes")),
+            (2, 3),
+            "R holds G and one"
+        );
+        let all = u.context().clone();
+        assert!(u.fold_stable(&all, &mut hlc).unwrap(), "F");
+        assert_eq!((segments(&u), u.count("likes")), (1, 3), "U holds F alone");
+        if prune {
+            // What every peer has seen: R's context, which holds G and not F.
+            u.prune(&r.context().clone());
+        }
+        if restore {
+            u = serde_json::from_slice(&serde_json::to_vec(&u).unwrap()).unwrap();
+        }
+        let (seen, upto) = (concord::CausalContext::new(), u.context().clone());
+        let mut cursor = ChunkCursor::default();
+        let mut pieces = 0;
+        while !cursor.is_done() && pieces < 1_000 {
+            r.merge(u.delta_chunk(&seen, &upto, &mut cursor, 1));
+            pieces += 1;
+        }
+        assert!(cursor.is_done(), "the catch-up ends");
+        assert_eq!(
+            r.count("likes"),
+            3,
+            "prune {prune}: R's reading after {pieces} pieces"
+        );
+        assert_eq!(r, u, "prune {prune}");
+    }
+}

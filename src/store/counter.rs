@@ -42,7 +42,7 @@ pub struct PnCounter {
 }
 
 /// One segment of a counter: an amount, and for a fold (see [`DotStore::fold`]) the
-/// counter of the newest dot it folded (0 for a plain update).
+/// counter of the newest plain segment it folded (0 for a plain update).
 ///
 /// A fold is a write of its own, with a fresh dot, that takes the place of segments
 /// every peer had acknowledged. A peer can still remove the counter after that
@@ -53,7 +53,10 @@ pub struct PnCounter {
 /// enough: the folder folds only segments every peer acknowledged, and it has
 /// applied every removal a peer made before acknowledging them (an acknowledgement
 /// travels with the sender's unacknowledged removals); a removal made after holds
-/// every folded segment, the newest included.
+/// every folded segment, the newest included. It is the newest *plain* segment, never
+/// an earlier fold folded again: a peer that has not seen this fold holds it alive
+/// (or dead by a removal, which then rightly kills the fold), whereas an earlier fold
+/// can be dead at a peer that only learned it had been folded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Seg {
     pub(crate) n: i64,
@@ -403,6 +406,12 @@ impl DotStore for PnCounter {
         let me = op.dot().replica();
         let folds = |d: &Dot| d.replica() == me && !op.issued(*d) && stable.contains(*d);
         let mut count = 0usize;
+        // The newest *plain* segment folded, not an earlier fold folded again: a
+        // peer that has not seen this fold holds that segment alive, and so tells
+        // this fold from a removal (see `killed_by`). Naming an earlier fold G here
+        // chained the two: a peer that dropped G on a relayed piece naming only what
+        // G had folded (G is dead at the relay) then refused this fold for good, as
+        // if a removal had seen G and not it (fuzz input `fold-2`).
         let mut newest = 0u64;
         // Summed wide: a fold whose sum would not fit in one segment is not made, so
         // the value reads the same however the segments are grouped (it is summed
@@ -411,11 +420,15 @@ impl DotStore for PnCounter {
         for (d, s) in &self.segments.entries {
             if folds(d) {
                 count += 1;
-                newest = newest.max(d.counter());
+                if s.prov == 0 {
+                    newest = newest.max(d.counter());
+                }
                 total += s.n as i128;
             }
         }
-        if count < 2 {
+        // Folds alone are not folded again (there is at most one of this replica's
+        // in a counter anyway): they wait for a plain segment to name.
+        if count < 2 || newest == 0 {
             return;
         }
         let Ok(total) = i64::try_from(total) else {
@@ -437,18 +450,21 @@ impl DotStore for PnCounter {
     fn foldable(&self, me: ReplicaId, stable: &CausalContext) -> (usize, usize) {
         let mut own = 0;
         let mut covered = 0;
+        let mut plain = false;
         let mut sum: i128 = 0;
         for (d, s) in &self.segments.entries {
             if d.replica() == me {
                 own += 1;
                 if stable.contains(*d) {
                     covered += 1;
+                    plain |= s.prov == 0;
                     sum += s.n as i128;
                 }
             }
         }
-        // Segments whose sum does not fit in one are not folded (see `fold`).
-        if i64::try_from(sum).is_err() {
+        // Segments whose sum does not fit in one are not folded, nor folds alone
+        // (see `fold`).
+        if i64::try_from(sum).is_err() || !plain {
             covered = 0;
         }
         (own, covered)

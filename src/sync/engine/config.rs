@@ -91,12 +91,11 @@ pub struct Config {
     /// of `peers` (a restart with the new configuration), or counters grow with
     /// every increment until it is.
     ///
-    /// **Known issue** (open): the simulator has found a cluster that diverges with
-    /// folding on, under the precondition above: after a rolling upgrade, with a
-    /// small `max_message_bytes` and duplicated messages, one node lost a fold of a
-    /// fold that reached it during a chunked catch-up (the input is
-    /// `tests/fuzz-crashers/fold-2`). Until it is fixed, enable folding only where a
-    /// counter's growth is the worse risk.
+    /// In a rolling upgrade, every master that folds must run a build with the
+    /// fold-of-a-fold fix (see the CHANGELOG): a fold made by an earlier build can
+    /// name an earlier fold as what it folded, and a peer that dropped that earlier
+    /// fold on a relayed catch-up piece then refuses the new one for good
+    /// (`tests/fuzz-crashers/fold-2`).
     pub fold_counters: bool,
     /// The most received writes (dots) this replica keeps set aside at once for hot
     /// keys, keys a delta would push past [`Limits::max_siblings`] (see
