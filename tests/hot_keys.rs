@@ -312,7 +312,7 @@ fn hot_dots(e: &Engine) -> Vec<(usize, concord::Dot)> {
 mod simulated {
     use std::collections::BTreeSet;
 
-    use concord::testing::sim::{action_with, faults, message_limit, Action, Sim};
+    use concord::testing::sim::{action_with, faults, message_limit, Action, Faults, Sim};
     use concord::testing::Operation;
     use concord::{Hlc, Limits, ManualClock, Result};
     use proptest::prelude::*;
@@ -405,91 +405,209 @@ mod simulated {
             program in proptest::collection::vec(action_with(op(), 5), 1..60),
             burst in proptest::collection::vec(any::<u8>(), 3..=5),
         ) {
-            FRESH.with(|n| n.set(0));
-            let capped = Limits { max_siblings: CAP, ..Limits::default() };
-            let mut sim = Sim::<Map>::new(nodes, seed, faults).with_limits(capped);
-            if let Some(bytes) = limit {
-                sim = sim.with_message_limit(bytes);
-            }
-            sim.run(program);
-            // A burst on one key from every node at once: over the cap for sure.
-            for (node, v) in burst.iter().enumerate() {
-                sim.step(Action::Write { node, op: Op::Hot(0, *v) });
-            }
-            sim.quiesce();
-            prop_assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
-            ordinary_keys_agree(&sim)?;
-            // Only the raced keys are contained, and they are contained somewhere.
-            let mut contained = BTreeSet::new();
-            for i in 0..sim.len() {
-                for hot in sim.engine(i).hot_keys() {
-                    prop_assert!(is_hot(&hot.key), "{} contained at node {}", hot.key, i);
-                    prop_assert!(hot.siblings > CAP);
-                    contained.insert(hot.key);
-                }
-            }
-            prop_assert!(contained.contains(HOT_KEYS[0]));
+            contained_and_healed(nodes, seed, faults, limit, program, burst)?;
+        }
+    }
 
-            // The resolver (node 0's application) collapses what it holds every second,
-            // over the same faulty network; the rest then fits, and so on. A node at
-            // the cap takes at least one more write per collapse.
-            let largest = |s: &[&u32]| **s.iter().max().unwrap();
-            for _ in 0..2_000 {
-                let resolved = sim.engine(0).state().conflicted_keys().count() == 0;
-                if resolved
-                    && sim.converged()
-                    && (0..sim.len()).all(|i| sim.engine(i).hot_keys().is_empty())
-                {
-                    break;
-                }
-                // Collapse the conflicted keys, and write back the keys held contained
-                // whose siblings here all agree (not conflicted, so `collapse` leaves
-                // them, yet at the cap they take nothing more).
-                let resolver = sim.engine_mut(0);
-                let hot: Vec<String> = resolver.hot_keys().into_iter().map(|h| h.key).collect();
-                resolver
-                    .update(|m, hlc| {
-                        m.collapse(largest, hlc)?;
-                        for key in &hot {
-                            if let Some(v) = m.resolved(key, largest) {
-                                m.write(key.clone(), v, hlc)?;
-                            }
-                        }
-                        Ok::<_, concord::Error>(())
-                    })
-                    .unwrap();
-                for node in 0..sim.len() {
-                    sim.step(Action::<Op>::Push { node });
-                }
-                sim.step(Action::<Op>::Deliver { count: 10_000 });
-                sim.step(Action::<Op>::Advance { ms: 1_000 });
+    /// OPEN BUG, ignored: a schedule that leaves a hot key unhealed at one replica
+    /// (about one random case in tens of thousands; none failed in 20,000 here). A
+    /// replica that contains the key learns, with the writes it sets aside, the
+    /// removals they made (a collapse kills the siblings), and tells those removals
+    /// on without their cause. A peer logs them against a context lacking the
+    /// collapse and counts as told any replica whose context covers the dead
+    /// siblings, which a replica holding them alive does. Withholding such removals
+    /// until their cause is taken was tried and made things worse (a write relayed
+    /// meanwhile goes without the removals it had seen:
+    /// `hot_keys_heal_regression_seed_17046043080849072328` then fails). Run with
+    /// `cargo test --all-features --test hot_keys -- --ignored`.
+    #[test]
+    #[ignore = "open bug: a removal caused by a set-aside collapse is relayed without its cause"]
+    fn hot_keys_heal_regression_seed_17179695038294354814() {
+        let faults = Faults {
+            loss: 38,
+            duplicate: 7,
+            reorder: true,
+        };
+        let program = vec![
+            Action::Sync { from: 2, to: 0 },
+            Action::Deliver { count: 3 },
+            Action::Deliver { count: 6 },
+            Action::Deliver { count: 1 },
+            Action::Write {
+                node: 4,
+                op: Op::Hot(0, 1),
+            },
+        ];
+        contained_and_healed(
+            5,
+            17179695038294354814,
+            faults,
+            Some(2000),
+            program,
+            vec![97, 1, 167],
+        )
+        .unwrap();
+    }
+
+    /// A schedule with crashes that a first fix of the bug above (withholding a
+    /// removal learned with a set-aside collapse until the collapse is taken) left
+    /// unhealed: a write relayed meanwhile went without the removals it had seen.
+    #[test]
+    fn hot_keys_heal_regression_seed_17046043080849072328() {
+        let faults = Faults {
+            loss: 50,
+            duplicate: 0,
+            reorder: false,
+        };
+        let program = vec![
+            Action::Push { node: 2 },
+            Action::Crash { node: 0 },
+            Action::Advance { ms: 157 },
+            Action::Push { node: 4 },
+            Action::Sync { from: 0, to: 0 },
+            Action::Sync { from: 1, to: 0 },
+            Action::Write {
+                node: 4,
+                op: Op::Hot(0, 0),
+            },
+            Action::Sync { from: 3, to: 0 },
+            Action::Crash { node: 1 },
+            Action::Deliver { count: 2 },
+            Action::Write {
+                node: 0,
+                op: Op::Hot(0, 0),
+            },
+            Action::Partition {
+                side_a: 1226697175109806327,
+            },
+            Action::Advance { ms: 1843 },
+            Action::Deliver { count: 4 },
+            Action::Deliver { count: 6 },
+            Action::Write {
+                node: 0,
+                op: Op::Fresh(0),
+            },
+            Action::Deliver { count: 4 },
+        ];
+        contained_and_healed(
+            5,
+            17046043080849072328,
+            faults,
+            Some(2000),
+            program,
+            vec![0, 0, 0, 1],
+        )
+        .unwrap();
+    }
+
+    /// Ordinary keys converge everywhere while hot keys are contained; the hot keys
+    /// converge once a resolver (node 0) collapses them, again and again (each time it
+    /// takes what fits under the cap and writes over it).
+    fn contained_and_healed(
+        nodes: usize,
+        seed: u64,
+        faults: Faults,
+        limit: Option<usize>,
+        program: Vec<Action<Op>>,
+        burst: Vec<u8>,
+    ) -> std::result::Result<(), TestCaseError> {
+        FRESH.with(|n| n.set(0));
+        let capped = Limits {
+            max_siblings: CAP,
+            ..Limits::default()
+        };
+        let mut sim = Sim::<Map>::new(nodes, seed, faults).with_limits(capped);
+        if let Some(bytes) = limit {
+            sim = sim.with_message_limit(bytes);
+        }
+        sim.run(program);
+        // A burst on one key from every node at once: over the cap for sure.
+        for (node, v) in burst.iter().enumerate() {
+            sim.step(Action::Write {
+                node,
+                op: Op::Hot(0, *v),
+            });
+        }
+        sim.quiesce();
+        prop_assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
+        ordinary_keys_agree(&sim)?;
+        // Only the raced keys are contained, and they are contained somewhere.
+        let mut contained = BTreeSet::new();
+        for i in 0..sim.len() {
+            for hot in sim.engine(i).hot_keys() {
+                prop_assert!(is_hot(&hot.key), "{} contained at node {}", hot.key, i);
+                prop_assert!(hot.siblings > CAP);
+                contained.insert(hot.key);
             }
-            sim.quiesce();
-            prop_assert!(sim.converged(), "the hot keys did not converge once resolved");
-            prop_assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
-            for key in HOT_KEYS {
-                if let Some(reg) = sim.engine(0).state().get(key) {
-                    // (Siblings that all hold one value are resolved: `collapse` leaves
-                    // them, and they read as that value.)
-                    prop_assert!(!reg.is_conflicted(), "{} still conflicted", key);
-                }
+        }
+        prop_assert!(contained.contains(HOT_KEYS[0]));
+
+        // The resolver (node 0's application) collapses what it holds every second,
+        // over the same faulty network; the rest then fits, and so on. A node at
+        // the cap takes at least one more write per collapse.
+        let largest = |s: &[&u32]| **s.iter().max().unwrap();
+        for _ in 0..2_000 {
+            let resolved = sim.engine(0).state().conflicted_keys().count() == 0;
+            if resolved
+                && sim.converged()
+                && (0..sim.len()).all(|i| sim.engine(i).hot_keys().is_empty())
+            {
+                break;
             }
-            // A key stays listed only for writes that no replica holds any more (every
-            // holder crashed before persisting them): they can never be taken.
-            for i in 0..sim.len() {
-                for hot in sim.engine(i).hot_keys() {
-                    for dot in hot.set_aside.dots() {
-                        for j in 0..sim.len() {
-                            prop_assert!(
-                                !sim.engine(j).context().contains(dot),
-                                "node {} still sets aside {} of {}, which node {} holds",
-                                i, dot, hot.key, j
-                            );
+            // Collapse the conflicted keys, and write back the keys held contained
+            // whose siblings here all agree (not conflicted, so `collapse` leaves
+            // them, yet at the cap they take nothing more).
+            let resolver = sim.engine_mut(0);
+            let hot: Vec<String> = resolver.hot_keys().into_iter().map(|h| h.key).collect();
+            resolver
+                .update(|m, hlc| {
+                    m.collapse(largest, hlc)?;
+                    for key in &hot {
+                        if let Some(v) = m.resolved(key, largest) {
+                            m.write(key.clone(), v, hlc)?;
                         }
+                    }
+                    Ok::<_, concord::Error>(())
+                })
+                .unwrap();
+            for node in 0..sim.len() {
+                sim.step(Action::<Op>::Push { node });
+            }
+            sim.step(Action::<Op>::Deliver { count: 10_000 });
+            sim.step(Action::<Op>::Advance { ms: 1_000 });
+        }
+        sim.quiesce();
+        prop_assert!(
+            sim.converged(),
+            "the hot keys did not converge once resolved"
+        );
+        prop_assert_eq!(sim.stats().rejected, 0, "{:?}", sim.last_error());
+        for key in HOT_KEYS {
+            if let Some(reg) = sim.engine(0).state().get(key) {
+                // (Siblings that all hold one value are resolved: `collapse` leaves
+                // them, and they read as that value.)
+                prop_assert!(!reg.is_conflicted(), "{} still conflicted", key);
+            }
+        }
+        // A key stays listed only for writes that no replica holds any more (every
+        // holder crashed before persisting them): they can never be taken.
+        for i in 0..sim.len() {
+            for hot in sim.engine(i).hot_keys() {
+                for dot in hot.set_aside.dots() {
+                    for j in 0..sim.len() {
+                        prop_assert!(
+                            !sim.engine(j).context().contains(dot),
+                            "node {} still sets aside {} of {}, which node {} holds",
+                            i,
+                            dot,
+                            hot.key,
+                            j
+                        );
                     }
                 }
             }
         }
+        Ok(())
     }
 }
 
