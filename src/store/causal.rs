@@ -373,9 +373,10 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// is known to hold, and after which no removal of part of them made before that
     /// acknowledgement can still arrive) into one segment with a dot of its own,
     /// issued by `op`, in every counter inside. The fold remembers the newest plain
-    /// (not itself folded) dot it folded, so that a removal made after the acknowledgement, which holds that dot
-    /// dead and never saw the fold, kills the fold too. Called by the map around a
-    /// write (whose own segment is not folded); a no-op for types without segments.
+    /// (not itself folded) dot it folded, so that a removal made after the
+    /// acknowledgement, which holds that dot dead and never saw the fold, kills the
+    /// fold too. Called by the map around a write (whose own segment is not folded);
+    /// a no-op for types without segments.
     fn fold(&mut self, op: &Op, stable: &CausalContext) {
         let _ = (op, stable);
     }
