@@ -34,3 +34,48 @@ fn a_removal_relayed_after_a_chunked_catch_up_still_removes() {
     assert_eq!(by_delta, by_state);
     assert!(!by_delta.contains_key("k"));
 }
+
+/// A chunked catch-up that breaks right after the piece carrying a removal's note
+/// (the note's dot is the removal's own) still removes: the piece carries the dots
+/// the removal killed too. Before, they were left to a later piece of the log's pass;
+/// the peer then acknowledged the removal's dot without them, and every later delta
+/// or stream took that for the removal's acknowledgement, so the peer kept the
+/// removed key for good (fuzz input `tests/fuzz-crashers/fold-3`, which needs no
+/// folding: a reordered piece broke the stream there).
+#[test]
+fn a_stream_broken_after_a_removal_note_still_removes() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut hs = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    let mut s = M::new();
+    s.write("k".into(), 1, &mut hs).unwrap();
+    s.write("other".into(), 2, &mut hs).unwrap();
+    let mut r = M::new();
+    r.merge(s.clone());
+    s.remove("k", &mut hs).unwrap();
+    assert_eq!(s.removal_notes().count(), 1);
+
+    // The first piece (the note, on a budget of one item) arrives; the rest is lost.
+    let (seen, upto) = (r.context().clone(), s.context().clone());
+    let mut cursor = ChunkCursor::default();
+    let first = s.delta_chunk(&seen, &upto, &mut cursor, 1);
+    assert_eq!(first.removal_notes().count(), 1);
+    r.merge(first);
+
+    // Whatever the sender sends next, from what the peer now acknowledges.
+    let mut by_delta = r.clone();
+    by_delta.merge(s.delta_since_context(r.context()));
+    let mut by_stream = r.clone();
+    let (seen, upto) = (r.context().clone(), s.context().clone());
+    let mut cursor = ChunkCursor::default();
+    while !cursor.is_done() {
+        by_stream.merge(s.delta_chunk(&seen, &upto, &mut cursor, 1));
+    }
+    for (how, m) in [
+        ("the piece", &r),
+        ("a delta", &by_delta),
+        ("a stream", &by_stream),
+    ] {
+        assert!(!m.contains_key("k"), "after {how}: {m:?}");
+        assert_eq!(m, &s, "after {how}");
+    }
+}

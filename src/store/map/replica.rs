@@ -11,6 +11,52 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         out
     }
 
+    /// Adds a removal-log entry (the dots `dead` that `trigger` killed) to a piece of
+    /// a chunked catch-up from `seen` to `upto`, with its causes as far as `room`
+    /// allows; returns the items added.
+    fn tell_removal(
+        &self,
+        trigger: &Trigger,
+        dead: &[Dot],
+        (seen, upto): (&CausalContext, &CausalContext),
+        room: usize,
+        out: &mut Self,
+    ) -> usize {
+        let mut items = 0;
+        for &d in dead.iter().filter(|d| upto.contains(**d)) {
+            out.ctx.insert(d);
+            items += 1;
+            // A fold's removal of what it folded goes with the fold, even one made
+            // since the stream began (see `close_over_folds`).
+            if V::FOLDS {
+                if let Some((fold, pos)) = self.fold_of(d) {
+                    if !out.ctx.contains(fold) {
+                        items += self.carry_fold(fold, pos, out);
+                    }
+                }
+            }
+        }
+        // With the writes that made them (a fold of counter segments, say): a removal
+        // must not arrive alone, even for the length of a stream. (Only while they
+        // fit in this chunk's budget: a large trigger, a big received delta, is left
+        // to phase 2 rather than overflow it.)
+        let causes = trigger.intersection(upto).minus(seen);
+        let room = room.saturating_sub(items) as u64;
+        if !causes.is_empty() && causes.dot_count() <= room {
+            let unsent = |d: Dot| !seen.contains(d) && upto.contains(d);
+            for pos in self.positions_holding(&causes) {
+                items += self.copy_part(pos, &unsent, out);
+            }
+        }
+        // And, whatever the budget, the causes no entry holds (a removal's own dot; a
+        // few context ranges): the receiver then logs the removal against a context
+        // holding its cause, and tells it on to a peer that lacks that cause (without
+        // them, a peer whose context covers the removed dots was never told, for
+        // good).
+        self.add_unheld(&causes, &mut out.ctx);
+        items
+    }
+
     /// The full state as a delta (no index or log).
     pub(super) fn full(&self) -> Self {
         let mut copy = OrMap {
@@ -201,6 +247,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             // it met (as if both had come in one message).
             loop {
                 let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
+                let mut told = CausalContext::new();
                 for note in self.notes.list.range(start..) {
                     if items >= max_items {
                         break;
@@ -210,10 +257,29 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                         && self.notes.superseded(note, |_| true) == cursor.superseded_notes
                     {
                         out.ctx.insert(note.dot);
+                        told.insert(note.dot);
                         items += 1 + note.seen.range_count();
                         out.notes.push(note.clone());
                     }
                     cursor.note = note.seq + 1;
+                }
+                if !told.is_empty() {
+                    // A note's dot is (part of) the trigger of its removal's log entry:
+                    // a peer that acknowledges it counts as told of the removal, so the
+                    // dots the removal killed go in the same piece. (Left to the log's
+                    // pass in a later piece, they were lost for good when the stream
+                    // broke in between: the restarted stream took the peer's
+                    // acknowledgement of the note's dot for the removal's.)
+                    for (_, trigger, dead) in &self.log.entries {
+                        let names_a_note = match trigger {
+                            Trigger::Dot(d) => told.contains(*d),
+                            Trigger::Ctx(c) => !c.intersection(&told).is_empty(),
+                        };
+                        if names_a_note && !trigger.seen_by(seen) {
+                            let room = max_items.saturating_sub(items);
+                            items += self.tell_removal(trigger, dead, (seen, upto), room, &mut out);
+                        }
+                    }
                 }
                 if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
                     // The budget ran out: the rest of the notes go in the next piece.
@@ -232,36 +298,8 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                     break;
                 }
                 if !trigger.seen_by(seen) {
-                    for &d in dead.iter().filter(|d| upto.contains(**d)) {
-                        out.ctx.insert(d);
-                        items += 1;
-                        // A fold's removal of what it folded goes with the fold, even
-                        // one made since the stream began (see `close_over_folds`).
-                        if V::FOLDS {
-                            if let Some((fold, pos)) = self.fold_of(d) {
-                                if !out.ctx.contains(fold) {
-                                    items += self.carry_fold(fold, pos, &mut out);
-                                }
-                            }
-                        }
-                    }
-                    // With the writes that made them (a fold of counter segments, say):
-                    // a removal must not arrive alone, even for the length of a stream.
-                    // (Only while they fit in this chunk's budget: a large trigger, a
-                    // big received delta, is left to phase 2 rather than overflow it.)
-                    let causes = trigger.intersection(upto).minus(seen);
-                    let room = max_items.saturating_sub(items) as u64;
-                    if !causes.is_empty() && causes.dot_count() <= room {
-                        for pos in self.positions_holding(&causes) {
-                            items += self.copy_part(pos, &unsent, &mut out);
-                        }
-                    }
-                    // And, whatever the budget, the causes no entry holds (a
-                    // removal's own dot; a few context ranges): the receiver then logs
-                    // the removal against a context holding its cause, and tells it on
-                    // to a peer that lacks that cause (without them, a peer whose
-                    // context covers the removed dots was never told, for good).
-                    self.add_unheld(&causes, &mut out.ctx);
+                    items +=
+                        self.tell_removal(trigger, dead, (seen, upto), max_items - items, &mut out);
                 }
                 cursor.log = seq + 1;
             }
