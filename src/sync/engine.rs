@@ -86,8 +86,11 @@ pub struct Transmit {
     /// The message, encoded: at most [`Config::max_message_bytes`] to a peer that
     /// speaks protocol version 2 or newer (version 1 has no chunks), unless one key's
     /// value is larger than that and cannot be split (a counter goes in several
-    /// messages; a register's siblings, or a nested map of registers, do not), in
-    /// which case the peer refuses the message, on every resend.
+    /// messages; a register's siblings, or a nested map of registers, do not), or the
+    /// envelope alone is (its two causal contexts, what the sender has seen and what
+    /// the receiver must hold, fragmented into many ranges under a small limit: about
+    /// 1 KB for four replicas with lease gaps in the JSON versions), in which case
+    /// the peer refuses the message, on every resend.
     pub bytes: Vec<u8>,
 }
 
