@@ -79,3 +79,47 @@ fn a_stream_broken_after_a_removal_note_still_removes() {
         assert_eq!(m, &s, "after {how}");
     }
 }
+
+/// The same when the removal killed more than a piece holds: the note, the
+/// removal's own dot and the dots it killed go in one piece, larger than the budget
+/// (split, the peer would either drop the note, its dot being known, or log the
+/// removal without its cause); a stream broken after any piece, or run to its end,
+/// removes the key, and the peer keeps the note.
+#[test]
+fn a_removal_larger_than_a_piece_goes_whole_with_its_note() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut s = M::new();
+    for writer in 10..15 {
+        let mut hlc = Hlc::new(ReplicaId::from_u128(writer), time.clone());
+        let mut m = M::new();
+        m.write("k".into(), writer as u32, &mut hlc).unwrap();
+        s.merge(m);
+    }
+    let mut hs = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    s.write("other".into(), 2, &mut hs).unwrap();
+    let r0 = s.clone();
+    s.remove("k", &mut hs).unwrap();
+    assert_eq!(s.pending_removals(), 5);
+
+    for budget in [1, 3] {
+        for broken_after in [1, 2, usize::MAX] {
+            let mut r = r0.clone();
+            let (seen, upto) = (r.context().clone(), s.context().clone());
+            let mut cursor = ChunkCursor::default();
+            let mut pieces = 0;
+            while !cursor.is_done() && pieces < broken_after {
+                let piece = s.delta_chunk(&seen, &upto, &mut cursor, budget);
+                pieces += 1;
+                r.merge(piece);
+            }
+            // Then a delta from what the peer acknowledges.
+            r.merge(s.delta_since_context(r.context()));
+            assert!(
+                !r.contains_key("k"),
+                "budget {budget}, {pieces} pieces: {r:?}"
+            );
+            assert_eq!(r, s, "budget {budget}, {pieces} pieces");
+            assert_eq!(r.removal_notes().count(), 1, "the note arrived");
+        }
+    }
+}

@@ -247,39 +247,74 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             // it met (as if both had come in one message).
             loop {
                 let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
-                let mut told = CausalContext::new();
+                let wanted = |note: &RemovalNote<K>| {
+                    !seen.contains(note.dot)
+                        && upto.contains(note.dot)
+                        && self.notes.superseded(note, |_| true) == cursor.superseded_notes
+                };
+                // A note's dot is (part of) the trigger of its removal's log entry: a
+                // peer that acknowledges it counts as told of the removal, so the dots
+                // the removal killed go no later than the note (left to the log's pass
+                // in a later piece, they were lost for good when the stream broke in
+                // between: the restarted stream took the peer's acknowledgement of the
+                // note's dot for the removal's). The log entries naming each note left
+                // to send, found in one walk over the log per piece.
+                let mut pending = CausalContext::new();
+                for note in self.notes.list.range(start..).filter(|n| wanted(n)) {
+                    pending.insert(note.dot);
+                }
+                let mut naming: HashMap<Dot, Vec<usize>> = HashMap::new();
+                if !pending.is_empty() {
+                    for (i, (_, trigger, _)) in self.log.entries.iter().enumerate() {
+                        if trigger.seen_by(seen) {
+                            continue;
+                        }
+                        match trigger {
+                            Trigger::Dot(d) if pending.contains(*d) => {
+                                naming.entry(*d).or_default().push(i);
+                            }
+                            Trigger::Dot(_) => {}
+                            Trigger::Ctx(c) => {
+                                for d in c.intersection(&pending).dots() {
+                                    naming.entry(d).or_default().push(i);
+                                }
+                            }
+                        }
+                    }
+                }
                 for note in self.notes.list.range(start..) {
                     if items >= max_items {
                         break;
                     }
-                    if !seen.contains(note.dot)
-                        && upto.contains(note.dot)
-                        && self.notes.superseded(note, |_| true) == cursor.superseded_notes
-                    {
+                    if wanted(note) {
+                        let size = 1 + note.seen.range_count();
+                        let entries = naming.get(&note.dot).map_or(&[][..], Vec::as_slice);
+                        let dead: usize = entries
+                            .iter()
+                            .map(|&i| {
+                                let dead = &self.log.entries[i].2;
+                                dead.iter().filter(|d| upto.contains(**d)).count()
+                            })
+                            .sum();
+                        if items > 0 && items + size + dead > max_items {
+                            // The next piece starts with it. (Alone it may still be
+                            // larger than a piece: the note, its removal's own dot and
+                            // the dots it killed cannot be split. Without the note the
+                            // peer would drop it when it came, its dot being known; with
+                            // the note's dot held back the peer would log the removal
+                            // without its cause.)
+                            break;
+                        }
+                        for &i in entries {
+                            let (_, trigger, dead) = &self.log.entries[i];
+                            let room = max_items.saturating_sub(items + size);
+                            items += self.tell_removal(trigger, dead, (seen, upto), room, &mut out);
+                        }
                         out.ctx.insert(note.dot);
-                        told.insert(note.dot);
-                        items += 1 + note.seen.range_count();
+                        items += size;
                         out.notes.push(note.clone());
                     }
                     cursor.note = note.seq + 1;
-                }
-                if !told.is_empty() {
-                    // A note's dot is (part of) the trigger of its removal's log entry:
-                    // a peer that acknowledges it counts as told of the removal, so the
-                    // dots the removal killed go in the same piece. (Left to the log's
-                    // pass in a later piece, they were lost for good when the stream
-                    // broke in between: the restarted stream took the peer's
-                    // acknowledgement of the note's dot for the removal's.)
-                    for (_, trigger, dead) in &self.log.entries {
-                        let names_a_note = match trigger {
-                            Trigger::Dot(d) => told.contains(*d),
-                            Trigger::Ctx(c) => !c.intersection(&told).is_empty(),
-                        };
-                        if names_a_note && !trigger.seen_by(seen) {
-                            let room = max_items.saturating_sub(items);
-                            items += self.tell_removal(trigger, dead, (seen, upto), room, &mut out);
-                        }
-                    }
                 }
                 if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
                     // The budget ran out: the rest of the notes go in the next piece.
@@ -298,8 +333,8 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                     break;
                 }
                 if !trigger.seen_by(seen) {
-                    items +=
-                        self.tell_removal(trigger, dead, (seen, upto), max_items - items, &mut out);
+                    let room = max_items - items;
+                    items += self.tell_removal(trigger, dead, (seen, upto), room, &mut out);
                 }
                 cursor.log = seq + 1;
             }
