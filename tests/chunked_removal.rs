@@ -4,7 +4,9 @@
 //! holds its cause, and it tells the removal to a third replica whose context covers
 //! the removed dot (before, that replica kept the removed key for good).
 
-use concord::{ChunkCursor, Crdt, Hlc, ManualClock, MvRegister, OrMap, ReplicaId, Resolver};
+use concord::{
+    ChunkCursor, Crdt, Hlc, Limits, ManualClock, MvRegister, OrMap, ReplicaId, Resolver,
+};
 
 type M = OrMap<String, MvRegister<u32>>;
 
@@ -120,6 +122,91 @@ fn a_removal_larger_than_a_piece_goes_whole_with_its_note() {
             );
             assert_eq!(r, s, "budget {budget}, {pieces} pieces");
             assert_eq!(r.removal_notes().count(), 1, "the note arrived");
+        }
+    }
+}
+
+/// A stream from a replica that learned a key's history in one full state (its
+/// removal log's floor covers an overwrite it never logged) to a peer below that
+/// floor: the first piece carries a removal note and the dot it removed, which
+/// completes the peer's cover of the floor. Broken there, the next delta took the
+/// peer for one that knew every removal the floor forgot, and the peer kept the
+/// overwritten value for good. Now a dot of the floor the peer lacks is held back
+/// until every removed dot has gone (the property
+/// `laws::mv_map::delta_since_a_clock_equals_full_merge` found it).
+#[test]
+fn a_stream_below_the_floor_broken_early_still_removes() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut h1 = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    let mut h3 = Hlc::new(ReplicaId::from_u128(3), time.clone());
+    let mut r1 = M::new();
+    let first = r1.write("a".into(), 0, &mut h1).unwrap();
+    let mut r2 = M::new();
+    r2.merge(first);
+    r1.write("a".into(), 0, &mut h1).unwrap();
+    let mut r3 = M::new();
+    r3.merge(r1.clone());
+    r3.remove("a", &mut h3).unwrap();
+    let mut want = r2.clone();
+    want.merge(r3.clone());
+    assert!(!want.contains_key("a"));
+
+    for budget in [1, 2] {
+        let (seen, upto) = (r2.context().clone(), r3.context().clone());
+        let mut cursor = ChunkCursor::default();
+        let mut pieces = Vec::new();
+        while !cursor.is_done() {
+            pieces.push(r3.delta_chunk(&seen, &upto, &mut cursor, budget));
+        }
+        for k in 0..=pieces.len() {
+            let mut got = r2.clone();
+            for piece in &pieces[..k] {
+                got.try_merge(piece.clone(), &Limits::default(), &mut ())
+                    .expect("a valid piece");
+            }
+            got.merge(r3.delta_since_context(got.context()));
+            assert_eq!(got, want, "budget {budget}, broken after {k} pieces");
+        }
+    }
+}
+
+/// After a restart the removal log is empty and its floor is the whole context: a
+/// peer that lacks only the removal is below the floor, and the removal's note (its
+/// dot the last the peer lacked) would complete its cover in the first piece. Broken
+/// there, the next delta took the peer for one that knew every removal the floor
+/// forgot, and it kept the removed value for good.
+#[test]
+fn a_stream_after_a_restart_broken_early_still_removes() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut h1 = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    let mut h3 = Hlc::new(ReplicaId::from_u128(3), time.clone());
+    let mut r1 = M::new();
+    r1.write("a".into(), 0, &mut h1).unwrap();
+    r1.write("b".into(), 0, &mut h1).unwrap();
+    let r2 = r1.clone();
+    let mut r3 = r1.clone();
+    r3.remove("a", &mut h3).unwrap();
+    // The restart.
+    let r3: M = concord::wire::decode_snapshot(&concord::wire::encode_snapshot(&r3)).unwrap();
+    let mut want = r2.clone();
+    want.merge(r3.clone());
+    assert!(!want.contains_key("a"));
+
+    for budget in [1, 2] {
+        let (seen, upto) = (r2.context().clone(), r3.context().clone());
+        let mut cursor = ChunkCursor::default();
+        let mut pieces = Vec::new();
+        while !cursor.is_done() {
+            pieces.push(r3.delta_chunk(&seen, &upto, &mut cursor, budget));
+        }
+        for k in 0..=pieces.len() {
+            let mut got = r2.clone();
+            for piece in &pieces[..k] {
+                got.try_merge(piece.clone(), &Limits::default(), &mut ())
+                    .expect("a valid piece");
+            }
+            got.merge(r3.delta_since_context(got.context()));
+            assert_eq!(got, want, "budget {budget}, broken after {k} pieces");
         }
     }
 }

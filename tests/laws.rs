@@ -5,6 +5,9 @@
 //! counters and maps, then the register and counter semantics as oracles over the
 //! kit's write log, and conflict reports.
 //!
+//! Set `CONCORD_LAW_CASES` to run every property of the per-type checks with that
+//! many cases (CI runs 64 per map property, 256 per register or counter one).
+//!
 //! Every property takes a `Program` (a random program of writes, clock moves,
 //! merges, pulls and delta deliveries), so a failure shrinks to the smallest program
 //! that breaks it and prints it.
@@ -23,9 +26,9 @@ use concord::testing::{
     START_MS,
 };
 use concord::{
-    CausalContext, Conflict, Crdt, Dot, DotStore, Hlc, Limits, LwwRegister, ManualClock,
-    MvRegister, OrMap, Outcome, PnCounter, ReplicaId, Resolver, Result as ConcordResult,
-    VectorClock,
+    CausalContext, ChunkCursor, Conflict, Crdt, Dot, DotStore, Hlc, Limits, LwwRegister,
+    ManualClock, MvRegister, OrMap, Outcome, PnCounter, ReplicaId, Resolver,
+    Result as ConcordResult, VectorClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -327,6 +330,100 @@ where
     Ok(())
 }
 
+/// A chunked catch-up (`delta_chunk`) from any causally complete replica to another,
+/// on budgets of 1, 2 and 4 items (and of 1 and 3 from the sender restarted from its
+/// snapshot), broken after any piece and finished by a delta or
+/// a fresh stream from what the receiver then holds (what the sync engine does after
+/// a lost message or a restart), or run to its end, leaves the receiver with the join
+/// of both states: no piece claims a dot whose effects (the removals it made, the
+/// writes it needs) the rest of the stream would then skip.
+fn chunked_catch_up_broken_anywhere<M, W>(world: &World<M, W>) -> TestResult
+where
+    M: Crdt + Default,
+    W: Clone + Debug,
+{
+    let n = world.replicas.len();
+    for s in (0..n).filter(|&s| world.is_complete(s)) {
+        for r in (0..n).filter(|&r| r != s && world.is_complete(r)) {
+            let to = &world.replicas[r].state;
+            let mut want = to.clone();
+            want.merge(world.replicas[s].state.clone());
+            // The sender as it runs, and restarted from its snapshot (its removal log
+            // empty, its floor its whole context: every peer behind is below it).
+            let live = world.replicas[s].state.clone();
+            let restarted: M =
+                concord::wire::decode_snapshot(&concord::wire::encode_snapshot(&live))
+                    .map_err(|e| TestCaseError::fail(format!("snapshot: {e}")))?;
+            for (from, budget) in [
+                (&live, 1),
+                (&live, 2),
+                (&live, 4),
+                (&restarted, 1),
+                (&restarted, 3),
+            ] {
+                let stream = |at: &M| {
+                    let (seen, upto) = (at.context().clone(), from.context().clone());
+                    let mut cursor = ChunkCursor::default();
+                    let mut pieces = Vec::new();
+                    while !cursor.is_done() && pieces.len() < 200 {
+                        pieces.push(from.delta_chunk(&seen, &upto, &mut cursor, budget));
+                    }
+                    prop_assert!(cursor.is_done(), "a stream of over 200 pieces");
+                    Ok(pieces)
+                };
+                let pieces = stream(to)?;
+                for k in 0..=pieces.len() {
+                    let mut got = to.clone();
+                    for piece in &pieces[..k] {
+                        // Each piece is valid on its own (the engine checks them).
+                        got.try_merge(piece.clone(), &Limits::default(), &mut ())
+                            .map_err(|e| TestCaseError::fail(format!("a piece refused: {e}")))?;
+                    }
+                    let mut by_delta = got.clone();
+                    by_delta.merge(from.delta_since_context(got.context()));
+                    prop_assert_eq!(
+                        &by_delta,
+                        &want,
+                        "{} -> {}, budget {}, broken after {} of {} pieces, then a delta\n\
+                         from {:?}\nto {:?}\npieces {:#?}",
+                        s,
+                        r,
+                        budget,
+                        k,
+                        pieces.len(),
+                        from,
+                        to,
+                        pieces
+                    );
+                    let mut by_stream = got.clone();
+                    for piece in stream(&got)? {
+                        by_stream.merge(piece);
+                    }
+                    prop_assert_eq!(
+                        &by_stream,
+                        &want,
+                        "{} -> {}, budget {}, broken after {} of {} pieces, then a stream",
+                        s,
+                        r,
+                        budget,
+                        k,
+                        pieces.len()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `default` cases per property, or `CONCORD_LAW_CASES` for a long run.
+fn cases(default: u32) -> u32 {
+    std::env::var("CONCORD_LAW_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The kit's checks, each a property of its own with `$cases` cases, for the state
 /// type `$ty` with the operations `$ops`; `$since`, `$converged` and `$wire` check what
 /// the type promises beyond the kit's `delta_since`, convergence and wire checks.
@@ -338,7 +435,7 @@ macro_rules! kit_properties {
             type M = $ty;
 
             proptest! {
-                #![proptest_config(Config { cases: $cases, ..config() })]
+                #![proptest_config(Config { cases: cases($cases), ..config() })]
 
                 #[test]
                 fn is_a_join_semilattice(p in programs($ops)) {
@@ -409,7 +506,7 @@ kit_properties!(
     MvMap,
     map_op(),
     64,
-    nothing_more,
+    chunked_catch_up_broken_anywhere,
     nothing_more,
     nothing_more
 );
@@ -418,7 +515,7 @@ kit_properties!(
     CountMap,
     map_op(),
     64,
-    nothing_more,
+    chunked_catch_up_broken_anywhere,
     nothing_more,
     nothing_more
 );
@@ -427,7 +524,7 @@ kit_properties!(
     Doc,
     map_op(),
     64,
-    nothing_more,
+    chunked_catch_up_broken_anywhere,
     nothing_more,
     nothing_more
 );
@@ -437,7 +534,7 @@ kit_properties!(
     NestedCounts,
     map_op(),
     64,
-    nothing_more,
+    chunked_catch_up_broken_anywhere,
     nothing_more,
     nothing_more
 );

@@ -981,6 +981,12 @@ pub struct ChunkCursor {
     /// In phase 2, the last dot sent of the entry at `pos`, when that entry is larger
     /// than a piece (it goes in several, in dot order).
     pub(crate) part: Option<Dot>,
+    /// Below the floor: a dot of the floor the peer lacks, held back from every piece
+    /// until phase 1 has sent every removed dot (see `OrMap::delta_chunk`).
+    pub(crate) witness: Option<Dot>,
+    /// The context of the pieces of phase 0 sent so far (at most the removal log's
+    /// triggers and dead dots and the notes' dots; emptied when phase 0 ends).
+    pub(crate) sent: CausalContext,
 }
 
 impl ChunkCursor {

@@ -4,6 +4,30 @@
 use super::*;
 
 impl<K: Key, V: DotStore> OrMap<K, V> {
+    /// Seals a piece of a chunked catch-up, holding back the witness of a stream
+    /// below the floor (see `delta_chunk`) while it is pending.
+    fn seal_piece(&self, mut out: Self, cursor: &ChunkCursor) -> Self {
+        if let Some(w) = cursor.witness {
+            if out.ctx.contains(w) {
+                let held_at = out.entries.iter().position(|(_, v)| {
+                    let mut has = false;
+                    v.for_each_dot(&mut |d| has |= d == w);
+                    has
+                });
+                if let Some(pos) = held_at {
+                    let part = out.entries[pos].filtered(&|d| d != w);
+                    if DotStore::size(&part) == 0 {
+                        out.entries.shift_remove_index(pos);
+                    } else {
+                        out.entries[pos] = part;
+                    }
+                }
+                out.ctx = out.ctx.minus(&one_dot(w));
+            }
+        }
+        self.seal_chunk(out)
+    }
+
     /// A piece of a chunked catch-up, completed.
     pub(super) fn seal_chunk(&self, mut out: Self) -> Self {
         self.close_over_folds(&mut out, false);
@@ -55,6 +79,129 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         // good).
         self.add_unheld(&causes, &mut out.ctx);
         items
+    }
+
+    /// Closes a piece of phase 0 over the removal log: a removal whose trigger the
+    /// peer will hold once it has the piece (a cause copied whole, a nested map field
+    /// written since, carries a later write's dot) goes in the piece with the dots it
+    /// killed, and so on for the removals those were. Otherwise a stream broken after
+    /// the piece left the peer acknowledging the trigger without its effects, and
+    /// every later delta or stream took that for the removal's acknowledgement.
+    ///
+    /// `sent` is the context of the stream's earlier pieces of phase 0: a removal
+    /// whose trigger is a received delta's context can be covered by several pieces
+    /// together.
+    fn close_over_removals(
+        &self,
+        (seen, upto): (&CausalContext, &CausalContext),
+        sent: &mut CausalContext,
+        out: &mut Self,
+    ) {
+        if out.ctx.is_empty() {
+            return;
+        }
+        let mut pending: Vec<usize> = self
+            .log
+            .entries
+            .iter()
+            .enumerate()
+            // Not those told already: by an earlier piece (their dots all sent), or
+            // the peer had seen them.
+            .filter(|(_, (_, trigger, dead))| {
+                !trigger.seen_by(seen)
+                    && !dead.iter().all(|&d| !upto.contains(d) || sent.contains(d))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        loop {
+            let mut told = seen.clone();
+            told.merge_ref(sent);
+            told.merge_ref(&out.ctx);
+            let before = pending.len();
+            pending.retain(|&i| {
+                let (_, trigger, dead) = &self.log.entries[i];
+                if !trigger.seen_by(&told) {
+                    return true;
+                }
+                self.tell_removal(trigger, dead, (seen, upto), 0, out);
+                false
+            });
+            if pending.len() == before {
+                sent.merge_ref(&out.ctx);
+                return;
+            }
+        }
+    }
+
+    /// The witness of a stream to a peer below the floor (see `delta_chunk`): a dot
+    /// of the floor (as far as the stream goes) the peer lacks that no piece needs
+    /// before phase 1 ends. Not one
+    /// the removal log names (a removal's trigger or the dots it killed go together
+    /// in phase 0) if there is such a dot, else a removal note's dot (the note waits
+    /// with it), else any.
+    fn witness(&self, seen: &CausalContext, upto: &CausalContext) -> Option<Dot> {
+        let lacking = self.log.floor.intersection(upto).minus(seen);
+        let mut named = CausalContext::new();
+        for (_, trigger, dead) in &self.log.entries {
+            trigger.add_to(&mut named);
+            for &d in dead {
+                named.insert(d);
+            }
+        }
+        let mut noted = CausalContext::new();
+        for note in &self.notes.list {
+            noted.insert(note.dot);
+        }
+        let free = lacking.minus(&named);
+        free.minus(&noted)
+            .dots()
+            .last()
+            .or_else(|| free.intersection(&noted).dots().last())
+            .or_else(|| lacking.dots().last())
+    }
+
+    /// The dots of live elements, as a context.
+    fn held(&self) -> CausalContext {
+        let mut live: Vec<Dot> = self.index.keys().copied().collect();
+        live.sort_unstable();
+        let mut held = CausalContext::new();
+        for d in live {
+            held.insert(d);
+        }
+        held
+    }
+
+    /// Adds the ranges of `dead` past `at` to a piece, one item per range, while
+    /// `items` stays under `max_items`, moving `at` on; true once every range is in.
+    /// Computed on ranges, so a long run of removed dots costs one item and no walk
+    /// over its dots.
+    fn send_removed(
+        &self,
+        dead: &CausalContext,
+        at: &mut Option<Dot>,
+        items: &mut usize,
+        max_items: usize,
+        out: &mut Self,
+    ) -> bool {
+        for (r, ranges) in dead.ranges() {
+            for &(lo, hi) in ranges {
+                let lo = match *at {
+                    Some(d) if r < d.replica() => continue,
+                    Some(d) if r == d.replica() => lo.max(d.counter().saturating_add(1)),
+                    _ => lo,
+                };
+                if lo > hi {
+                    continue;
+                }
+                if *items >= max_items {
+                    return false;
+                }
+                out.ctx.insert_range(r, lo, hi);
+                *items += 1;
+                *at = Some(Dot::new(r, hi));
+            }
+        }
+        true
     }
 
     /// The full state as a delta (no index or log).
@@ -230,14 +377,22 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         let unsent = |d: Dot| !seen.contains(d) && upto.contains(d);
         // Below the removal log's floor (now, or since the stream began): the log no
         // longer lists every removal the peer must learn, so phase 1 sends every
-        // removed dot it has seen too. If that happens mid-stream, walk again.
+        // removed dot it has seen too. If that happens mid-stream, walk again. Until
+        // phase 1 is done, one dot of the floor the peer lacks (the witness) is held
+        // back from every piece: a stream broken anywhere before leaves the peer
+        // below the floor, and the next stream (or delta) sends those dots again.
+        // Without it, the dots of earlier pieces could complete the peer's cover of
+        // the floor, and the next stream took it for a peer that knew the removals
+        // the floor forgot (the peer kept a value removed here, for good).
         if !cursor.full && !seen.includes(&self.log.floor) {
             cursor.full = true;
+            cursor.witness = self.witness(seen, upto);
             if cursor.phase >= 1 {
                 cursor.phase = 1;
                 cursor.dot = None;
             }
         }
+        let phase0 = cursor.phase == 0;
         if cursor.phase == 0 {
             // Removal notes the peer lacks, first: each comes with its removal's dot,
             // so that the peer decides on it before any element of the stream. Those
@@ -247,8 +402,10 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
             // it met (as if both had come in one message).
             loop {
                 let start = self.notes.list.partition_point(|n| n.seq < cursor.note);
+                let witness = cursor.witness;
                 let wanted = |note: &RemovalNote<K>| {
-                    !seen.contains(note.dot)
+                    Some(note.dot) != witness
+                        && !seen.contains(note.dot)
                         && upto.contains(note.dot)
                         && self.notes.superseded(note, |_| true) == cursor.superseded_notes
                 };
@@ -318,7 +475,8 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 }
                 if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
                     // The budget ran out: the rest of the notes go in the next piece.
-                    return self.seal_chunk(out);
+                    self.close_over_removals((seen, upto), &mut cursor.sent, &mut out);
+                    return self.seal_piece(out, cursor);
                 }
                 if cursor.superseded_notes {
                     break;
@@ -344,41 +502,28 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         if cursor.phase == 1 {
             // Dots removed here: those the peer never saw, and (below the floor) those
-            // it may hold alive. Computed on ranges, so a long run of removed dots
-            // costs one item and no walk over its dots.
-            let mut live: Vec<Dot> = self.index.keys().copied().collect();
-            live.sort_unstable();
-            let mut held = CausalContext::new();
-            for d in live {
-                held.insert(d);
-            }
+            // it may hold alive.
             let candidates = if cursor.full {
                 upto.clone()
             } else {
                 upto.minus(seen)
             };
-            let dead = candidates.minus(&held);
-            let mut finished = true;
-            'walk: for (r, ranges) in dead.ranges() {
-                for &(lo, hi) in ranges {
-                    let lo = match cursor.dot {
-                        Some(d) if r < d.replica() => continue,
-                        Some(d) if r == d.replica() => lo.max(d.counter().saturating_add(1)),
-                        _ => lo,
-                    };
-                    if lo > hi {
-                        continue;
-                    }
-                    if items >= max_items {
-                        finished = false;
-                        break 'walk;
-                    }
-                    out.ctx.insert_range(r, lo, hi);
-                    items += 1;
-                    cursor.dot = Some(Dot::new(r, hi));
-                }
+            let mut dead = candidates.minus(&self.held());
+            let witness = cursor.witness.filter(|&w| dead.contains(w));
+            if let Some(w) = witness {
+                dead = dead.minus(&one_dot(w));
             }
-            if finished {
+            if self.send_removed(&dead, &mut cursor.dot, &mut items, max_items, &mut out) {
+                if let Some(w) = witness {
+                    out.ctx.insert(w);
+                }
+                // A witness that is a note's dot: the note, held back with it.
+                if let Some(w) = cursor.witness.take() {
+                    if let Some(note) = self.notes.list.iter().find(|n| n.dot == w) {
+                        out.ctx.insert(w);
+                        out.notes.push(note.clone());
+                    }
+                }
                 cursor.phase = 2;
             }
         }
@@ -425,7 +570,13 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 cursor.phase = 3;
             }
         }
-        self.seal_chunk(out)
+        if phase0 {
+            self.close_over_removals((seen, upto), &mut cursor.sent, &mut out);
+            if cursor.phase > 0 {
+                cursor.sent = CausalContext::new();
+            }
+        }
+        self.seal_piece(out, cursor)
     }
 
     fn validate(&self, limits: &Limits) -> Result<()> {
@@ -665,4 +816,11 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
         }
         Ok(wrote)
     }
+}
+
+/// The context of one dot.
+fn one_dot(d: Dot) -> CausalContext {
+    let mut c = CausalContext::new();
+    c.insert(d);
+    c
 }
