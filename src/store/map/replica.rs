@@ -5,27 +5,44 @@ use super::*;
 
 impl<K: Key, V: DotStore> OrMap<K, V> {
     /// Seals a piece of a chunked catch-up, holding back the witness of a stream
-    /// below the floor (see `delta_chunk`) while it is pending.
+    /// below the floor (see `delta_chunk`) while it is pending: out of the context,
+    /// out of the elements (a live witness goes in phase 2), and with any fold in
+    /// the piece that names it (the fold says it is gone).
     fn seal_piece(&self, mut out: Self, cursor: &ChunkCursor) -> Self {
-        if let Some(w) = cursor.witness {
-            if out.ctx.contains(w) {
-                let held_at = out.entries.iter().position(|(_, v)| {
-                    let mut has = false;
-                    v.for_each_dot(&mut |d| has |= d == w);
-                    has
-                });
-                if let Some(pos) = held_at {
-                    let part = out.entries[pos].filtered(&|d| d != w);
-                    if DotStore::size(&part) == 0 {
-                        out.entries.shift_remove_index(pos);
-                    } else {
-                        out.entries[pos] = part;
+        let Some(w) = cursor.witness else {
+            return self.seal_chunk(out);
+        };
+        self.close_over_folds(&mut out, false);
+        let mut drop = vec![w];
+        for v in out.entries.values() {
+            v.for_each_fold(&mut |folded, fold| {
+                if folded == w {
+                    drop.push(fold);
+                }
+            });
+        }
+        if drop.iter().any(|&d| out.ctx.contains(d)) {
+            let gone = |d: Dot| drop.contains(&d);
+            let mut emptied = Vec::new();
+            for (pos, v) in out.entries.values_mut().enumerate() {
+                let mut has = false;
+                v.for_each_dot(&mut |d| has |= gone(d));
+                if has {
+                    *v = v.filtered(&|d| !gone(d));
+                    if DotStore::size(v) == 0 {
+                        emptied.push(pos);
                     }
                 }
-                out.ctx = out.ctx.minus(&one_dot(w));
+            }
+            for pos in emptied.into_iter().rev() {
+                out.entries.shift_remove_index(pos);
+            }
+            for &d in &drop {
+                out.ctx = out.ctx.minus(&one_dot(d));
             }
         }
-        self.seal_chunk(out)
+        out.seal();
+        out
     }
 
     /// A piece of a chunked catch-up, completed.
