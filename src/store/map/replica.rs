@@ -4,15 +4,60 @@
 use super::*;
 
 impl<K: Key, V: DotStore> OrMap<K, V> {
-    /// Seals a piece of a chunked catch-up, holding back the witness of a stream
-    /// below the floor (see `delta_chunk`) while it is pending: out of the context,
-    /// out of the elements (a live witness goes in phase 2), and with any fold in
-    /// the piece that names it (the fold says it is gone).
-    fn seal_piece(&self, mut out: Self, cursor: &ChunkCursor) -> Self {
-        let Some(w) = cursor.witness else {
-            return self.seal_chunk(out);
+    /// Seals a piece of a chunked catch-up. A piece of phase 0 (`closing`: the range
+    /// it covers) is closed over the removal log and over the folds it names, until
+    /// neither adds a dot (see `close_over_removals`); its final context joins the
+    /// cursor's `sent`. The witness of a stream below the floor (see `delta_chunk`)
+    /// is held back while pending: out of the context, out of the elements (a live
+    /// witness goes in phase 2), and with any fold in the piece that names it (the
+    /// fold says it is gone; the other dots that fold folded then arrive dead before
+    /// it, and the peer reads the counter short until it comes).
+    fn seal_piece(
+        &self,
+        mut out: Self,
+        cursor: &mut ChunkCursor,
+        closing: Option<(&CausalContext, &CausalContext)>,
+    ) -> Self {
+        let Some(range) = closing else {
+            if cursor.witness.is_none() {
+                return self.seal_chunk(out);
+            }
+            self.close_over_folds(&mut out, false);
+            return self.hold_back_witness(out, cursor.witness);
         };
-        self.close_over_folds(&mut out, false);
+        loop {
+            let before = out.ctx.clone();
+            self.close_over_removals(range, &cursor.sent, &mut out);
+            self.close_over_folds(&mut out, false);
+            // What sealing adds: the dots the piece's folds folded.
+            if V::FOLDS {
+                let mut folded = Vec::new();
+                for v in out.entries.values() {
+                    v.for_each_fold(&mut |d, _| folded.push(d));
+                }
+                for d in folded {
+                    out.ctx.insert(d);
+                }
+            }
+            if out.ctx == before {
+                break;
+            }
+        }
+        let piece = self.hold_back_witness(out, cursor.witness);
+        if cursor.phase == 0 {
+            cursor.sent.merge_ref(&piece.ctx);
+        } else {
+            cursor.sent = CausalContext::new();
+        }
+        piece
+    }
+
+    /// Takes `witness` (if any) out of a piece whose folds are closed over, and seals it.
+    fn hold_back_witness(&self, mut out: Self, witness: Option<Dot>) -> Self {
+        let Some(w) = witness else {
+            out.seal();
+            return out;
+        };
         let mut drop = vec![w];
         for v in out.entries.values() {
             v.for_each_fold(&mut |folded, fold| {
@@ -104,49 +149,65 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
     /// killed, and so on for the removals those were. Otherwise a stream broken after
     /// the piece left the peer acknowledging the trigger without its effects, and
     /// every later delta or stream took that for the removal's acknowledgement.
+    /// (Whatever the budget: a removal and its trigger cannot be split.)
     ///
     /// `sent` is the context of the stream's earlier pieces of phase 0: a removal
     /// whose trigger is a received delta's context can be covered by several pieces
-    /// together.
+    /// together. One walk over the log, then a worklist: a removal's dead dots reach
+    /// the removals they triggered through an index of the one-dot triggers, and the
+    /// context triggers (received deltas, few) are checked again only when a round
+    /// added dots.
     fn close_over_removals(
         &self,
         (seen, upto): (&CausalContext, &CausalContext),
-        sent: &mut CausalContext,
+        sent: &CausalContext,
         out: &mut Self,
     ) {
         if out.ctx.is_empty() {
             return;
         }
-        let mut pending: Vec<usize> = self
-            .log
-            .entries
-            .iter()
-            .enumerate()
+        let mut told = seen.clone();
+        told.merge_ref(sent);
+        told.merge_ref(&out.ctx);
+        let mut by_dot: HashMap<Dot, Vec<usize>> = HashMap::new();
+        let mut by_ctx: Vec<usize> = Vec::new();
+        let mut queue: Vec<usize> = Vec::new();
+        for (i, (_, trigger, dead)) in self.log.entries.iter().enumerate() {
             // Not those told already: by an earlier piece (their dots all sent), or
             // the peer had seen them.
-            .filter(|(_, (_, trigger, dead))| {
-                !trigger.seen_by(seen)
-                    && !dead.iter().all(|&d| !upto.contains(d) || sent.contains(d))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        loop {
-            let mut told = seen.clone();
-            told.merge_ref(sent);
-            told.merge_ref(&out.ctx);
-            let before = pending.len();
-            pending.retain(|&i| {
+            if trigger.seen_by(seen) || dead.iter().all(|&d| !upto.contains(d) || sent.contains(d))
+            {
+                continue;
+            }
+            if trigger.seen_by(&told) {
+                queue.push(i);
+            } else {
+                match trigger {
+                    Trigger::Dot(d) => by_dot.entry(*d).or_default().push(i),
+                    Trigger::Ctx(_) => by_ctx.push(i),
+                }
+            }
+        }
+        while !queue.is_empty() {
+            while let Some(i) = queue.pop() {
                 let (_, trigger, dead) = &self.log.entries[i];
-                if !trigger.seen_by(&told) {
-                    return true;
+                for &d in dead.iter().filter(|d| upto.contains(**d)) {
+                    if told.insert(d) {
+                        if let Some(next) = by_dot.remove(&d) {
+                            queue.extend(next);
+                        }
+                    }
                 }
                 self.tell_removal(trigger, dead, (seen, upto), 0, out);
-                false
-            });
-            if pending.len() == before {
-                sent.merge_ref(&out.ctx);
-                return;
             }
+            by_ctx.retain(|&i| {
+                if self.log.entries[i].1.seen_by(&told) {
+                    queue.push(i);
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
 
@@ -170,11 +231,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             noted.insert(note.dot);
         }
         let free = lacking.minus(&named);
-        free.minus(&noted)
-            .dots()
-            .last()
-            .or_else(|| free.intersection(&noted).dots().last())
-            .or_else(|| lacking.dots().last())
+        last_dot(&free.minus(&noted))
+            .or_else(|| last_dot(&free.intersection(&noted)))
+            .or_else(|| last_dot(&lacking))
     }
 
     /// The dots of live elements, as a context.
@@ -492,8 +551,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 }
                 if self.notes.list.back().is_some_and(|n| n.seq >= cursor.note) {
                     // The budget ran out: the rest of the notes go in the next piece.
-                    self.close_over_removals((seen, upto), &mut cursor.sent, &mut out);
-                    return self.seal_piece(out, cursor);
+                    return self.seal_piece(out, cursor, Some((seen, upto)));
                 }
                 if cursor.superseded_notes {
                     break;
@@ -587,13 +645,7 @@ impl<K: Key, V: DotStore> Crdt for OrMap<K, V> {
                 cursor.phase = 3;
             }
         }
-        if phase0 {
-            self.close_over_removals((seen, upto), &mut cursor.sent, &mut out);
-            if cursor.phase > 0 {
-                cursor.sent = CausalContext::new();
-            }
-        }
-        self.seal_piece(out, cursor)
+        self.seal_piece(out, cursor, phase0.then_some((seen, upto)))
     }
 
     fn validate(&self, limits: &Limits) -> Result<()> {
@@ -840,4 +892,10 @@ fn one_dot(d: Dot) -> CausalContext {
     let mut c = CausalContext::new();
     c.insert(d);
     c
+}
+
+/// The largest dot of a context (of its last replica), found from its ranges.
+fn last_dot(ctx: &CausalContext) -> Option<Dot> {
+    let (r, ranges) = ctx.ranges().last()?;
+    ranges.last().map(|&(_, hi)| Dot::new(r, hi))
 }
