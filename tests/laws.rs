@@ -395,9 +395,33 @@ where
                         to,
                         pieces
                     );
+                    // A fresh stream, itself broken after each of its pieces and
+                    // finished by a delta, or run to its end.
+                    let again = stream(&got)?;
                     let mut by_stream = got.clone();
-                    for piece in stream(&got)? {
-                        by_stream.merge(piece);
+                    for j in 0..=again.len() {
+                        let mut twice = by_stream.clone();
+                        twice.merge(from.delta_since_context(twice.context()));
+                        prop_assert_eq!(
+                            &twice,
+                            &want,
+                            "{} -> {}, budget {}, broken after {} of {} pieces, then {} of a \
+                             stream's {} pieces, then a delta",
+                            s,
+                            r,
+                            budget,
+                            k,
+                            pieces.len(),
+                            j,
+                            again.len()
+                        );
+                        if let Some(piece) = again.get(j) {
+                            by_stream
+                                .try_merge(piece.clone(), &Limits::default(), &mut ())
+                                .map_err(|e| {
+                                    TestCaseError::fail(format!("a piece refused: {e}"))
+                                })?;
+                        }
                     }
                     prop_assert_eq!(
                         &by_stream,
