@@ -210,3 +210,64 @@ fn a_stream_after_a_restart_broken_early_still_removes() {
         }
     }
 }
+
+/// A removal's own dot can go early in a chunked catch-up, as the cause of another
+/// removal (here a full state merged from the remover is logged as one removal whose
+/// trigger holds both removals' dots): its note goes with it. Before, the note came
+/// in a later piece, the peer dropped it as known (its dot already there) and never
+/// reported the race of that removal with its own concurrent update of the key, nor
+/// passed the note on.
+#[test]
+fn a_removal_note_goes_with_its_dot_sent_as_a_cause() {
+    use concord::{Conflict, PnCounter};
+    type C = OrMap<String, PnCounter>;
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut h1 = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    let mut h2 = Hlc::new(ReplicaId::from_u128(2), time.clone());
+    let mut r1 = C::new();
+    let mut r2 = C::new();
+    r2.increment("b".into(), -8, &mut h2).unwrap();
+    r1.increment("a".into(), -8, &mut h1).unwrap();
+    r1.increment("b".into(), -8, &mut h1).unwrap();
+    r1.remove("a", &mut h1).unwrap();
+    r1.increment("a".into(), -8, &mut h1).unwrap();
+    r1.remove("b", &mut h1).unwrap();
+    let mut r3 = C::new();
+    r3.merge(r1.clone());
+
+    // In one message, r2 is told that the removal of b raced its increment.
+    let mut whole = r2.clone();
+    let mut told: Vec<Conflict<String, PnCounter>> = Vec::new();
+    whole
+        .try_merge(
+            r3.delta_since_context(r2.context()),
+            &Limits::default(),
+            &mut told,
+        )
+        .unwrap();
+    assert_eq!(told.len(), 1);
+    assert!(told[0].is_removal());
+
+    // And in a stream of one-item pieces.
+    let (seen, upto) = (r2.context().clone(), r3.context().clone());
+    let mut cursor = ChunkCursor::default();
+    let mut chunked = r2.clone();
+    let mut reports: Vec<Conflict<String, PnCounter>> = Vec::new();
+    while !cursor.is_done() {
+        let piece = r3.delta_chunk(&seen, &upto, &mut cursor, 1);
+        chunked
+            .try_merge(piece, &Limits::default(), &mut reports)
+            .unwrap();
+    }
+    assert_eq!(chunked, whole);
+    assert_eq!(
+        reports.iter().map(|c| &c.key).collect::<Vec<_>>(),
+        ["b"],
+        "{reports:?}"
+    );
+    assert_eq!(
+        chunked.removal_notes().count(),
+        2,
+        "both notes held, to pass on"
+    );
+}

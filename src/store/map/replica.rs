@@ -43,6 +43,25 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
                 break;
             }
         }
+        // A removal note whose dot the piece carries (a removal's own dot, sent as a
+        // cause of another) goes with it: after the dot, the peer would drop the note
+        // as known and never report the delete-vs-update race it marks.
+        let (seen, _) = range;
+        let extra: Vec<RemovalNote<K>> = self
+            .notes
+            .list
+            .iter()
+            .filter(|n| {
+                Some(n.dot) != cursor.witness
+                    && !seen.contains(n.dot)
+                    && out.ctx.contains(n.dot)
+                    && !out.notes.list.iter().any(|m| m.dot == n.dot)
+            })
+            .cloned()
+            .collect();
+        for note in extra {
+            out.notes.push(note);
+        }
         let piece = self.hold_back_witness(out, cursor.witness);
         if cursor.phase == 0 {
             cursor.sent.merge_ref(&piece.ctx);
