@@ -271,3 +271,33 @@ fn a_removal_note_goes_with_its_dot_sent_as_a_cause() {
         "both notes held, to pass on"
     );
 }
+
+/// Each removal note goes once in a stream: the piece where the removal pass ends
+/// and the removed dots begin (whose ranges hold the notes' dots) does not carry the
+/// notes sent before again.
+#[test]
+fn each_note_goes_once_in_a_stream() {
+    let time = ManualClock::new(1_700_000_000_000);
+    let mut hs = Hlc::new(ReplicaId::from_u128(1), time.clone());
+    let mut s = M::new();
+    for i in 0..50 {
+        s.write(format!("k{i:02}"), i, &mut hs).unwrap();
+    }
+    let r0 = s.clone();
+    for i in 0..50 {
+        s.remove(&format!("k{i:02}"), &mut hs).unwrap();
+    }
+    for budget in [1, 4, 16] {
+        let (seen, upto) = (r0.context().clone(), s.context().clone());
+        let mut cursor = ChunkCursor::default();
+        let mut r = r0.clone();
+        let mut notes = 0;
+        while !cursor.is_done() {
+            let piece = s.delta_chunk(&seen, &upto, &mut cursor, budget);
+            notes += piece.removal_notes().count();
+            r.try_merge(piece, &Limits::default(), &mut ()).expect("a valid piece");
+        }
+        assert_eq!(notes, 50, "budget {budget}");
+        assert_eq!(r, s);
+    }
+}

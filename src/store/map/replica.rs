@@ -46,7 +46,16 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
         // A removal note whose dot the piece carries (a removal's own dot, sent as a
         // cause of another) goes with it: after the dot, the peer would drop the note
         // as known and never report the delete-vs-update race it marks.
+        // (Not one an earlier piece sent, nor one this piece holds: the dots of the
+        // notes already sent come again in phase 1's ranges. Such a note can arrive
+        // before a note that supersedes it, unlike the note pass's order: the peer
+        // may then report a race that the later removal covered, rather than miss
+        // the report for good.)
         let (seen, _) = range;
+        let mut have = CausalContext::new();
+        for n in &out.notes.list {
+            have.insert(n.dot);
+        }
         let extra: Vec<RemovalNote<K>> = self
             .notes
             .list
@@ -54,8 +63,9 @@ impl<K: Key, V: DotStore> OrMap<K, V> {
             .filter(|n| {
                 Some(n.dot) != cursor.witness
                     && !seen.contains(n.dot)
+                    && !cursor.sent.contains(n.dot)
                     && out.ctx.contains(n.dot)
-                    && !out.notes.list.iter().any(|m| m.dot == n.dot)
+                    && !have.contains(n.dot)
             })
             .cloned()
             .collect();
