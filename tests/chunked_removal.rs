@@ -295,7 +295,8 @@ fn each_note_goes_once_in_a_stream() {
         while !cursor.is_done() {
             let piece = s.delta_chunk(&seen, &upto, &mut cursor, budget);
             notes += piece.removal_notes().count();
-            r.try_merge(piece, &Limits::default(), &mut ()).expect("a valid piece");
+            r.try_merge(piece, &Limits::default(), &mut ())
+                .expect("a valid piece");
         }
         assert_eq!(notes, 50, "budget {budget}");
         assert_eq!(r, s);
