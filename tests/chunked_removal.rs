@@ -151,23 +151,7 @@ fn a_stream_below_the_floor_broken_early_still_removes() {
     want.merge(r3.clone());
     assert!(!want.contains_key("a"));
 
-    for budget in [1, 2] {
-        let (seen, upto) = (r2.context().clone(), r3.context().clone());
-        let mut cursor = ChunkCursor::default();
-        let mut pieces = Vec::new();
-        while !cursor.is_done() {
-            pieces.push(r3.delta_chunk(&seen, &upto, &mut cursor, budget));
-        }
-        for k in 0..=pieces.len() {
-            let mut got = r2.clone();
-            for piece in &pieces[..k] {
-                got.try_merge(piece.clone(), &Limits::default(), &mut ())
-                    .expect("a valid piece");
-            }
-            got.merge(r3.delta_since_context(got.context()));
-            assert_eq!(got, want, "budget {budget}, broken after {k} pieces");
-        }
-    }
+    broken_anywhere_then_a_delta(&r3, &r2, &want);
 }
 
 /// After a restart the removal log is empty and its floor is the whole context: a
@@ -192,23 +176,7 @@ fn a_stream_after_a_restart_broken_early_still_removes() {
     want.merge(r3.clone());
     assert!(!want.contains_key("a"));
 
-    for budget in [1, 2] {
-        let (seen, upto) = (r2.context().clone(), r3.context().clone());
-        let mut cursor = ChunkCursor::default();
-        let mut pieces = Vec::new();
-        while !cursor.is_done() {
-            pieces.push(r3.delta_chunk(&seen, &upto, &mut cursor, budget));
-        }
-        for k in 0..=pieces.len() {
-            let mut got = r2.clone();
-            for piece in &pieces[..k] {
-                got.try_merge(piece.clone(), &Limits::default(), &mut ())
-                    .expect("a valid piece");
-            }
-            got.merge(r3.delta_since_context(got.context()));
-            assert_eq!(got, want, "budget {budget}, broken after {k} pieces");
-        }
-    }
+    broken_anywhere_then_a_delta(&r3, &r2, &want);
 }
 
 /// A removal's own dot can go early in a chunked catch-up, as the cause of another
@@ -300,5 +268,28 @@ fn each_note_goes_once_in_a_stream() {
         }
         assert_eq!(notes, 50, "budget {budget}");
         assert_eq!(r, s);
+    }
+}
+
+/// Streams `from`'s catch-up to `to` on budgets of 1 and 2 items, breaks it after
+/// each piece (each must validate) and finishes it with a delta: `to` must end as
+/// `want`.
+fn broken_anywhere_then_a_delta(from: &M, to: &M, want: &M) {
+    for budget in [1, 2] {
+        let (seen, upto) = (to.context().clone(), from.context().clone());
+        let mut cursor = ChunkCursor::default();
+        let mut pieces = Vec::new();
+        while !cursor.is_done() {
+            pieces.push(from.delta_chunk(&seen, &upto, &mut cursor, budget));
+        }
+        for k in 0..=pieces.len() {
+            let mut got = to.clone();
+            for piece in &pieces[..k] {
+                got.try_merge(piece.clone(), &Limits::default(), &mut ())
+                    .expect("a valid piece");
+            }
+            got.merge(from.delta_since_context(got.context()));
+            assert_eq!(&got, want, "budget {budget}, broken after {k} pieces");
+        }
     }
 }
