@@ -292,6 +292,20 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// Calls `f` with the dot of every element held, at every level of nesting.
     fn for_each_dot(&self, f: &mut dyn FnMut(Dot));
 
+    /// True if `self` and `other` hold exactly the same dots, so that joining them
+    /// changes nothing (between replicas in sync, most of a full state). The default
+    /// collects and sorts both sides' dots; a store that keeps its elements sorted by
+    /// dot compares them in place.
+    fn same_dots(&self, other: &Self) -> bool {
+        let mut ours = Vec::new();
+        self.for_each_dot(&mut |d| ours.push(d));
+        let mut theirs = Vec::new();
+        other.for_each_dot(&mut |d| theirs.push(d));
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        ours == theirs
+    }
+
     /// Joins `other` (whose context is `other_ctx`) into `self` (whose context is
     /// `ctx`): an element survives if both sides hold it or the other side never saw
     /// its dot.

@@ -370,6 +370,10 @@ macro_rules! forward_to_dotfun {
             self.$field.dots().for_each(f);
         }
 
+        fn same_dots(&self, other: &Self) -> bool {
+            self.$field.dots().eq(other.$field.dots())
+        }
+
         fn join(
             &mut self,
             ctx: &crate::clock::CausalContext,
