@@ -2070,6 +2070,41 @@ fn an_element_whose_dot_is_missing_from_its_context_is_rejected() {
     assert_rejected(&receiver, hostile, "one dot, two keys");
 }
 
+/// Both ways `validate` checks the dots: by their rank among the context's dots
+/// (a context not much larger than the map, with gaps and several replicas here),
+/// and through the dot index (a context far larger than the map).
+#[test]
+fn dots_are_checked_against_a_gapped_context_and_a_far_larger_one() {
+    let receiver = reachable_mv();
+    let (a, b) = (rid(5), rid(6));
+    // Ranges on the wire are relative (see `causal::Span`): `a` 1..=3 and 10..=20
+    // (or 10..=200000), `b` 4 and 7..=9.
+    let small = r#"[[0,[[1,2],[7,10]]],[1,[4,[3,2]]]]"#;
+    let large = r#"[[0,[[1,2],[7,199990]]],[1,[4,[3,2]]]]"#;
+    for ctx in [small, large] {
+        let map = |entries: &str| -> Mv {
+            serde_json::from_str(&format!(
+                r#"{{"r":["{a}","{b}"],"c":{ctx},"e":{{{entries}}}}}"#
+            ))
+            .unwrap()
+        };
+        // Valid: dots in every range of both replicas, each once.
+        let valid =
+            map(r#""p":[[0,2,1],[1,4,2]],"q":[[0,10,3]],"s":[[0,20,4],[1,9,5]],"t":[[1,7,6]]"#);
+        let mut r = receiver.clone();
+        r.try_merge(valid, &Limits::default(), &mut ())
+            .unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
+        assert_eq!(r.get(&k("q")).map(|v| v.values().count()), Some(1));
+        // The same dot twice, in the second range of the second replica.
+        let twice = map(r#""p":[[0,2,1],[1,8,2]],"q":[[1,8,3]]"#);
+        assert_rejected(&receiver, twice, "one dot, two keys");
+        // In a gap of the context, and past its end.
+        assert_rejected(&receiver, map(r#""p":[[0,5,1]]"#), "dot in a gap");
+        assert_rejected(&receiver, map(r#""p":[[1,5,1]]"#), "dot in a gap");
+        assert_rejected(&receiver, map(r#""p":[[1,10,1]]"#), "dot past the end");
+    }
+}
+
 #[test]
 fn the_same_dot_under_two_inner_keys_is_rejected() {
     let (_, mut h) = clocks(1);

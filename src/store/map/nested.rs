@@ -76,13 +76,13 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
         other_ctx: &CausalContext,
     ) -> usize {
         let empty = V::default();
+        let mut expected = 0;
         other
             .entries
             .iter()
             .map(|(k, theirs)| {
-                self.entries
-                    .get(k)
-                    .unwrap_or(&empty)
+                let pos = self.position_near(k, &mut expected);
+                pos.map_or(&empty, |pos| &self.entries[pos])
                     .joined_siblings(ctx, theirs, other_ctx)
             })
             .max()
