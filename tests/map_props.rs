@@ -2095,13 +2095,22 @@ fn dots_are_checked_against_a_gapped_context_and_a_far_larger_one() {
         r.try_merge(valid, &Limits::default(), &mut ())
             .unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
         assert_eq!(r.get(&k("q")).map(|v| v.values().count()), Some(1));
+        let refused = |hostile: Mv, why: &str| {
+            let mut r = receiver.clone();
+            match r.try_merge(hostile, &Limits::default(), &mut ()) {
+                Err(Error::InvalidDot { reason, .. }) => assert_eq!(reason, why, "{ctx}"),
+                other => panic!("{ctx}: {other:?}"),
+            }
+            assert_eq!(r, receiver);
+        };
         // The same dot twice, in the second range of the second replica.
-        let twice = map(r#""p":[[0,2,1],[1,8,2]],"q":[[1,8,3]]"#);
-        assert_rejected(&receiver, twice, "one dot, two keys");
+        let twice = "the same dot tags two elements";
+        refused(map(r#""p":[[0,2,1],[1,8,2]],"q":[[1,8,3]]"#), twice);
         // In a gap of the context, and past its end.
-        assert_rejected(&receiver, map(r#""p":[[0,5,1]]"#), "dot in a gap");
-        assert_rejected(&receiver, map(r#""p":[[1,5,1]]"#), "dot in a gap");
-        assert_rejected(&receiver, map(r#""p":[[1,10,1]]"#), "dot past the end");
+        let missing = "element dot missing from the causal context sent with it";
+        refused(map(r#""p":[[0,5,1]]"#), missing);
+        refused(map(r#""p":[[1,5,1]]"#), missing);
+        refused(map(r#""p":[[1,10,1]]"#), missing);
     }
 }
 

@@ -495,7 +495,16 @@ fn counter_fold_provenance() {
     let older = Message { v: 2, ..v3 };
     let bytes = golden("counter_fold_message_as_v2", &wire::encode(&older));
     let read = wire::decode::<OrMap<String, PnCounter>>(&bytes, MAX_BYTES).unwrap();
-    assert_eq!(read.delta.unwrap().count("likes"), 5);
+    let plain = read.delta.unwrap();
+    assert_eq!(plain.count("likes"), 5);
+    // The same segment in its two forms, the fold and the plain one: the join keeps
+    // the provenance, whichever side holds it (the standalone join once skipped a
+    // value whose dots were the same on both sides, and kept the plain form).
+    assert_ne!(plain, m);
+    for (mut x, y) in [(plain.clone(), m.clone()), (m.clone(), plain)] {
+        x.merge(y);
+        assert_eq!(x, m);
+    }
 }
 
 #[test]

@@ -292,10 +292,14 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// Calls `f` with the dot of every element held, at every level of nesting.
     fn for_each_dot(&self, f: &mut dyn FnMut(Dot));
 
-    /// True if `self` and `other` hold exactly the same dots, so that joining them
-    /// changes nothing (between replicas in sync, most of a full state). The default
-    /// collects and sorts both sides' dots; a store that keeps its elements sorted by
-    /// dot compares them in place.
+    /// True if `self` and `other` hold the same elements, so that the standalone
+    /// map's join leaves the value as it is without joining it (between replicas in
+    /// sync, most of a full state). The default compares the dots each side holds,
+    /// which suffices for a type whose join adds or removes whole elements. An
+    /// override is only a faster way to the same answer, and must also compare
+    /// anything the join merges between two forms of one element (a counter
+    /// compares its folds' provenance). The library's registers compare their
+    /// sorted dots in place.
     fn same_dots(&self, other: &Self) -> bool {
         let mut ours = Vec::new();
         self.for_each_dot(&mut |d| ours.push(d));

@@ -317,6 +317,13 @@ impl DotStore for PnCounter {
         self.segments.dots().for_each(f);
     }
 
+    fn same_dots(&self, other: &Self) -> bool {
+        // Segments in dot order, and a fold's provenance: a fold that reached one side
+        // through an older peer lost it, and the join gives it back (see `join`).
+        let ours = self.segments.entries.iter().map(|(d, s)| (*d, s.prov));
+        ours.eq(other.segments.entries.iter().map(|(d, s)| (*d, s.prov)))
+    }
+
     fn join(&mut self, ctx: &CausalContext, other: Self, other_ctx: &CausalContext) -> JoinEffect {
         // Folds that die here (see `Seg`): ours against their side, theirs against ours.
         let mut dying: Vec<Dot> = Vec::new();
