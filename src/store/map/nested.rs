@@ -69,6 +69,16 @@ impl<K: Key, V: DotStore> DotStore for OrMap<K, V> {
         out
     }
 
+    fn same_dots(&self, other: &Self) -> bool {
+        // Key by key, so that each value compares what its own join merges between
+        // two forms of one element (a counter's fold provenance).
+        self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .all(|(k, v)| other.entries.get(k).is_some_and(|o| v.same_dots(o)))
+    }
+
     fn joined_siblings(
         &self,
         ctx: &CausalContext,
