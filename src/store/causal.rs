@@ -297,9 +297,10 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// sync, most of a full state). The default compares the dots each side holds,
     /// which suffices for a type whose join adds or removes whole elements. An
     /// override is only a faster way to the same answer, and must also compare
-    /// anything the join merges between two forms of one element (a counter
-    /// compares its folds' provenance). The library's registers compare their
-    /// sorted dots in place.
+    /// anything the join merges between two forms of one element: a counter
+    /// compares its folds' provenance, and a map its values key by key, so that a
+    /// counter inside does too. The library's registers compare their sorted dots
+    /// in place.
     fn same_dots(&self, other: &Self) -> bool {
         let mut ours = Vec::new();
         self.for_each_dot(&mut |d| ours.push(d));
