@@ -295,9 +295,10 @@ pub trait DotStore: Clone + Default + PartialEq + fmt::Debug {
     /// True if `self` and `other` hold the same elements, so that the standalone
     /// map's join leaves the value as it is without joining it (between replicas in
     /// sync, most of a full state). The default compares the dots each side holds,
-    /// which suffices for a type whose join adds or removes whole elements. An
-    /// override is only a faster way to the same answer, and must also compare
-    /// anything the join merges between two forms of one element: a counter
+    /// which suffices for a type whose join adds or removes whole elements. A type
+    /// whose join also merges two forms of one element must override it to answer
+    /// whether the join would change anything (and may override it to answer
+    /// faster), comparing whatever that join merges: a counter
     /// compares its folds' provenance, and a map its values key by key, so that a
     /// counter inside does too. The library's registers compare their sorted dots
     /// in place.
