@@ -470,21 +470,7 @@ fn counter_fold_provenance() {
     assert!(m.fold_stable(&stable, &mut hlc).unwrap());
     assert_eq!(m.count("likes"), 5);
     assert_eq!(m.get("likes").map(concord::DotStore::size), Some(1));
-    let msg = Message {
-        v: PROTOCOL_VERSION,
-        vmax: PROTOCOL_VERSION,
-        from: id(A),
-        to: id(B),
-        inc: id(A + 1),
-        seen: m.context().clone(),
-        delta: Some(m.clone()),
-        base: CausalContext::new(),
-        chunk: None,
-        reply: false,
-        epoch: 0,
-        lead: None,
-        echo: None,
-    };
+    let msg = state_message(PROTOCOL_VERSION, &m);
     let v3 = Message {
         v: 3,
         vmax: 3,
@@ -497,13 +483,37 @@ fn counter_fold_provenance() {
     let read = wire::decode::<OrMap<String, PnCounter>>(&bytes, MAX_BYTES).unwrap();
     let plain = read.delta.unwrap();
     assert_eq!(plain.count("likes"), 5);
-    // The same segment in its two forms, the fold and the plain one: the join keeps
-    // the provenance, whichever side holds it (the standalone join once skipped a
-    // value whose dots were the same on both sides, and kept the plain form).
-    assert_ne!(plain, m);
+    both_forms_join_to_the_fold(plain, &m);
+}
+
+/// A message from `A` to `B` at version `v` carrying `m` whole.
+fn state_message<T: Clone + Crdt>(v: u32, m: &T) -> Message<T> {
+    Message {
+        v,
+        vmax: v,
+        from: id(A),
+        to: id(B),
+        inc: id(A + 1),
+        seen: m.context().clone(),
+        delta: Some(m.clone()),
+        base: CausalContext::new(),
+        chunk: None,
+        reply: false,
+        epoch: 0,
+        lead: None,
+        echo: None,
+    }
+}
+
+/// The same segment in its two forms, the fold (in `m`) and the plain one (in
+/// `plain`, read from a message written for a version-2 peer): the join keeps the
+/// provenance, whichever side holds it (the map's join once skipped a value whose
+/// dots were the same on both sides, and kept the plain form).
+fn both_forms_join_to_the_fold<T: Clone + Crdt + Debug>(plain: T, m: &T) {
+    assert_ne!(&plain, m);
     for (mut x, y) in [(plain.clone(), m.clone()), (m.clone(), plain)] {
         x.merge(y);
-        assert_eq!(x, m);
+        assert_eq!(&x, m);
     }
 }
 
@@ -523,28 +533,9 @@ fn counter_fold_provenance_in_a_nested_map() {
     }
     let stable = m.context().clone();
     assert!(m.fold_stable(&stable, &mut hlc).unwrap());
-    let msg = Message {
-        v: 2,
-        vmax: 2,
-        from: id(A),
-        to: id(B),
-        inc: id(A + 1),
-        seen: m.context().clone(),
-        delta: Some(m.clone()),
-        base: CausalContext::new(),
-        chunk: None,
-        reply: false,
-        epoch: 0,
-        lead: None,
-        echo: None,
-    };
-    let read = wire::decode::<Nested>(&wire::encode(&msg), MAX_BYTES).unwrap();
-    let plain = read.delta.unwrap();
-    assert_ne!(plain, m);
-    for (mut x, y) in [(plain.clone(), m.clone()), (m.clone(), plain)] {
-        x.merge(y);
-        assert_eq!(x, m);
-    }
+    let bytes = wire::encode(&state_message(2, &m));
+    let read = wire::decode::<Nested>(&bytes, MAX_BYTES).unwrap();
+    both_forms_join_to_the_fold(read.delta.unwrap(), &m);
 }
 
 #[test]
